@@ -5,6 +5,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 BUF_VERSION ?= 1.75.0
+# The multimodal library is not used; skipping it halves the from-source build.
+LLAMA_CMAKE_ARGS ?= -DLLAVA_BUILD=OFF
 BUF := .tools/node_modules/.bin/buf
 PROTO_SRC := $(shell find protos -name '*.proto')
 PY_GEN := clients/python

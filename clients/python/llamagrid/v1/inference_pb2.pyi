@@ -922,7 +922,7 @@ class ModelInfo(_message.Message):
     hf_repo: _builtins.str
     """The Hugging Face repository the file came from, when it did."""
     context_size: _builtins.int
-    """The context size the worker runs with, in tokens."""
+    """The most tokens (prompt plus completion) one request may use: the context of one slot."""
     train_context_size: _builtins.int
     """The context size the model was trained with, in tokens."""
     parameter_count: _builtins.int

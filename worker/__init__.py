@@ -1,0 +1,1 @@
+"""llamagrid worker: one process, one GGUF model, served over the llamagrid.v1 gRPC API."""

@@ -1,0 +1,303 @@
+"""The Engine interface and LlamaEngine, whose single thread owns every llama.cpp object.
+
+gRPC handlers run on the asyncio loop and never call llama.cpp. They submit work through a
+thread-safe inbox; the engine thread runs scheduler steps and answers through EventChannels
+(generation) or futures (embed, tokenize, detokenize).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import os
+import queue
+import threading
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Protocol, TypeVar
+
+import grpc
+
+from llamagrid import errors as codes
+from worker import llama_backend as lb
+from worker.bridge import EventChannel
+from worker.chat_template import ChatTemplate, load_template_source
+from worker.embedder import Embedder
+from worker.errors import EngineError
+from worker.model_source import ModelSource
+from worker.requests import (
+    EmbedResult,
+    Event,
+    Final,
+    GenerationRequest,
+    ModelDescription,
+    TokenPiece,
+)
+from worker.scheduler import Scheduler
+from worker.settings import WorkerSettings
+from worker.slot import Job
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+#: Embedding inputs packed into one decode.
+EMBED_SEQUENCES = 16
+
+
+class Engine(Protocol):
+    """What the gRPC service needs from an inference engine."""
+
+    @property
+    def ready(self) -> bool:
+        """Loaded and accepting work."""
+
+    def description(self) -> ModelDescription:
+        """The model served (only valid once ready)."""
+
+    def generate(self, request: GenerationRequest) -> AsyncIterator[Event]:
+        """Stream events; closing the iterator early cancels the generation."""
+
+    async def embed(self, inputs: list[str | list[int]], normalize: bool) -> EmbedResult:
+        """Embeddings of texts or token lists."""
+
+    async def tokenize(
+        self, text: str, add_special: bool, parse_special: bool
+    ) -> list[TokenPiece]:
+        """Token ids and their bytes."""
+
+    async def detokenize(self, tokens: list[int], render_special: bool) -> str:
+        """Text of token ids."""
+
+    async def drain(self, grace_s: float) -> None:
+        """Refuse new work, let running work finish for up to grace_s, then stop."""
+
+
+class LlamaEngine:
+    """An Engine on llama.cpp, with one thread that loads the model and runs the scheduler."""
+
+    def __init__(self, settings: WorkerSettings, source: ModelSource) -> None:
+        self.settings = settings
+        self.source = source
+        self._inbox: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="llama-engine", daemon=True)
+        self._loaded = threading.Event()
+        self._load_error: BaseException | None = None
+        self._stopping = False
+        self._desc: ModelDescription | None = None
+        self._lock = threading.Lock()
+        self._queued = 0
+        self._running = 0
+
+    # Life cycle.
+    def start(self) -> None:
+        """Start loading in the engine thread; `ready` turns true when done."""
+        self._thread.start()
+
+    async def wait_loaded(self) -> None:
+        """Wait until loading ends; raises if it failed."""
+        await asyncio.to_thread(self._loaded.wait)
+        if self._load_error is not None:
+            raise RuntimeError(f"model failed to load: {self._load_error}")
+
+    @property
+    def ready(self) -> bool:
+        """Loaded, not shutting down."""
+        return self._desc is not None and not self._stopping
+
+    @property
+    def busy(self) -> int:
+        """Requests waiting or running."""
+        return self._queued + self._running
+
+    def description(self) -> ModelDescription:
+        """The model served."""
+        if self._desc is None:
+            raise EngineError(grpc.StatusCode.UNAVAILABLE, "the model is still loading",
+                              codes.REASON_NOT_READY)
+        return self._desc
+
+    async def drain(self, grace_s: float) -> None:
+        """Refuse new requests, wait up to grace_s for running ones, then stop the thread."""
+        self._stopping = True
+        deadline = asyncio.get_running_loop().time() + grace_s
+        while self.busy and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+        self._inbox.put(("stop",))
+        await asyncio.to_thread(self._thread.join, 30)
+
+    # Work.
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[Event]:
+        """Stream the events of one generation."""
+        self._check_accepting()
+        job = Job(request, EventChannel(asyncio.get_running_loop()))
+        with self._lock:
+            free = self.settings.parallel - self._running
+            if self._queued >= self.settings.max_queue + max(free, 0):
+                raise EngineError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                  f"the queue is full ({self.settings.max_queue} waiting)",
+                                  codes.REASON_QUEUE_FULL, retry_after_s=1.0)
+            self._queued += 1
+        self._inbox.put(("job", job))
+        done = False
+        try:
+            while not done:
+                for item in await job.channel.take():
+                    if isinstance(item, BaseException):
+                        done = True
+                        raise item
+                    done = isinstance(item, Final)
+                    yield item
+        finally:
+            if not done:
+                job.cancelled = True
+                self._inbox.put(("wake",))
+
+    async def embed(self, inputs: list[str | list[int]], normalize: bool) -> EmbedResult:
+        """Embeddings of texts or token lists, in order."""
+        def run(engine: _Loaded) -> EmbedResult:
+            tokens = [engine.model.tokenize(i, True, True) if isinstance(i, str) else i
+                      for i in inputs]
+            return engine.embedder.embed(tokens, normalize)
+        return await self._call(run)
+
+    async def tokenize(
+        self, text: str, add_special: bool, parse_special: bool
+    ) -> list[TokenPiece]:
+        """Token ids of text, with their bytes."""
+        def run(engine: _Loaded) -> list[TokenPiece]:
+            ids = engine.model.tokenize(text, add_special, parse_special)
+            return [TokenPiece(t, engine.model.piece(t, special=True)) for t in ids]
+        return await self._call(run)
+
+    async def detokenize(self, tokens: list[int], render_special: bool) -> str:
+        """Text of token ids."""
+        def run(engine: _Loaded) -> str:
+            engine.model.check_tokens(tokens, "token_ids")
+            return engine.model.detokenize(tokens, render_special)
+        return await self._call(run)
+
+    def _check_accepting(self) -> None:
+        if self._stopping:
+            raise EngineError(grpc.StatusCode.UNAVAILABLE, "the worker is shutting down",
+                              codes.REASON_NOT_READY)
+        self.description()
+
+    async def _call(self, fn: Callable[[_Loaded], T]) -> T:
+        self._check_accepting()
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        self._inbox.put(("call", fn, future))
+        return await asyncio.wrap_future(future)
+
+    # The engine thread.
+    def _run(self) -> None:
+        try:
+            loaded = _Loaded(self.settings, self.source)
+        except BaseException as exc:  # report any load failure to the waiting server
+            log.exception("loading %s failed", self.source.path)
+            self._load_error = exc
+            self._loaded.set()
+            return
+        self._desc = loaded.describe()
+        self._loaded.set()
+        log.info("model %s ready (%s)", self._desc.alias, self.source.path)
+        try:
+            self._loop(loaded)
+        finally:
+            loaded.close()
+
+    def _loop(self, engine: _Loaded) -> None:
+        sched = engine.scheduler
+        sched.on_admit = self._on_admit
+        while True:
+            block = not sched.active and not sched.waiting
+            if not self._handle(engine, self._inbox.get() if block else None):
+                return
+            while not self._inbox.empty():
+                if not self._handle(engine, self._inbox.get_nowait()):
+                    return
+            try:
+                sched.step()
+            except Exception as exc:  # a failed decode must not kill the worker
+                log.exception("decode step failed; failing the running requests")
+                sched.fail_all(EngineError(grpc.StatusCode.INTERNAL, f"decode failed: {exc}"))
+                engine.ctx.clear()
+            self._running = sched.active
+
+    def _on_admit(self, job: Job) -> None:
+        with self._lock:
+            self._queued -= 1
+            self._running += 1
+
+    def _handle(self, engine: _Loaded, cmd: tuple[Any, ...] | None) -> bool:
+        if cmd is None or cmd[0] == "wake":
+            return True
+        if cmd[0] == "stop":
+            return False
+        if cmd[0] == "job":
+            engine.scheduler.enqueue(cmd[1])
+        elif cmd[0] == "call":
+            fn, future = cmd[1], cmd[2]
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(fn(engine))
+                except Exception as exc:  # handed back to the awaiting handler
+                    future.set_exception(exc)
+        return True
+
+
+class _Loaded:
+    """Everything created on the engine thread once the model is loaded."""
+
+    def __init__(self, s: WorkerSettings, source: ModelSource) -> None:
+        lb.init_backend(verbose=s.log_level.lower() == "debug")
+        self.settings = s
+        self.source = source
+        self.model = lb.Model(lb.ModelOptions(
+            path=str(source.path), n_gpu_layers=s.n_gpu_layers, main_gpu=s.main_gpu,
+            split_mode=s.split_mode, tensor_split=tuple(s.tensor_split),
+            use_mmap=s.use_mmap, use_mlock=s.use_mlock))
+        info = self.model.describe()
+        n_ctx = s.n_ctx or info["n_ctx_train"] * s.parallel
+        common = {"n_threads": s.n_threads or (os.cpu_count() or 1),
+                  "n_threads_batch": s.n_threads_batch, "flash_attn": s.flash_attn}
+        self.ctx = lb.Context(self.model, lb.ContextOptions(
+            n_ctx=n_ctx, n_seq_max=s.parallel, n_batch=s.n_batch, n_ubatch=s.n_ubatch,
+            **common))
+        per_seq = self.ctx.n_ctx_seq
+        embed_opts = lb.ContextOptions(
+            n_ctx=per_seq, n_seq_max=EMBED_SEQUENCES, n_batch=per_seq, n_ubatch=per_seq,
+            embeddings=True, pooling=s.pooling, kv_unified=True, **common)
+        embed_ctx = lb.Context(self.model, embed_opts)
+        if embed_ctx.pooling == "none":  # a causal LM: no pooling of its own, so mean
+            embed_ctx.close()
+            embed_ctx = lb.Context(self.model, lb.ContextOptions(
+                **{**embed_opts.__dict__, "pooling": "mean"}))
+        self.embedder = Embedder(self.model, embed_ctx)
+        template_src = load_template_source(s.chat_template) or self.model.chat_template()
+        self.template = ChatTemplate(template_src, self.model.bos_text, self.model.eos_text)
+        self.template.check()
+        self.scheduler = Scheduler(self.model, self.ctx, self.template)
+        self.info = info
+
+    def describe(self) -> ModelDescription:
+        s, info = self.settings, self.info
+        gpu = lb.supports_gpu_offload() and s.n_gpu_layers != 0
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+        return ModelDescription(
+            alias=self.source.alias, file=str(self.source.path), hf_repo=self.source.hf_repo,
+            context_size=self.ctx.n_ctx, context_per_slot=self.ctx.n_ctx_seq,
+            train_context_size=info["n_ctx_train"], parameter_count=info["n_params"],
+            size_bytes=info["size"], chat_template=self.template.source,
+            can_generate=info["has_decoder"], can_embed=True, slots=s.parallel,
+            embedding_size=info["n_embd"], vocab_size=self.model.n_vocab,
+            pooling=self.embedder.ctx.pooling, description=info["desc"],
+            backend="cuda" if gpu else "cpu",
+            visible_devices=tuple(v for v in visible.split(",") if v) if gpu else (),
+            n_gpu_layers=s.n_gpu_layers if gpu else 0, main_gpu=s.main_gpu,
+            split_mode=s.split_mode, tensor_split=tuple(s.tensor_split))
+
+    def close(self) -> None:
+        self.scheduler.close()
+        self.embedder.close()
+        self.ctx.close()
+        self.model.close()

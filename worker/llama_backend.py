@@ -1,0 +1,414 @@
+"""The one module that imports llama_cpp: model, context, batch and sampler wrappers.
+
+Everything here runs on the engine thread. The wrappers own their native handles and free them
+in ``close``; nothing else in the worker touches a llama.cpp pointer.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import llama_cpp as lc
+import numpy as np
+import numpy.typing as npt
+from llama_cpp.llama_grammar import json_schema_to_gbnf
+
+from worker.errors import invalid
+
+_log = logging.getLogger("llama.cpp")
+#: ggml's log levels (NONE=0, DEBUG, INFO, WARN, ERROR, CONT=5 continues the previous line).
+_LOG_LEVELS = {1: logging.DEBUG, 2: logging.INFO, 3: logging.WARNING, 4: logging.ERROR}
+_last_level = [logging.DEBUG]
+
+
+@lc.llama_log_callback  # type: ignore[untyped-decorator]
+def _forward_log(level: int, text: bytes, _user_data: ctypes.c_void_p) -> None:
+    """Route llama.cpp's own log lines into Python logging (INFO chatter is dropped by default)."""
+    py_level = _last_level[0] if level == 5 else _LOG_LEVELS.get(level, logging.DEBUG)
+    _last_level[0] = py_level
+    if _log.isEnabledFor(py_level):
+        _log.log(py_level, "%s", text.decode("utf-8", errors="replace").rstrip())
+
+
+FloatArray = npt.NDArray[np.float32]
+
+_SPLIT_MODES = {"none": lc.LLAMA_SPLIT_MODE_NONE, "layer": lc.LLAMA_SPLIT_MODE_LAYER,
+                "row": lc.LLAMA_SPLIT_MODE_ROW}
+_FLASH_ATTN = {"auto": lc.LLAMA_FLASH_ATTN_TYPE_AUTO, "on": lc.LLAMA_FLASH_ATTN_TYPE_ENABLED,
+               "off": lc.LLAMA_FLASH_ATTN_TYPE_DISABLED}
+POOLING_NAMES = {lc.LLAMA_POOLING_TYPE_NONE: "none", lc.LLAMA_POOLING_TYPE_MEAN: "mean",
+                 lc.LLAMA_POOLING_TYPE_CLS: "cls", lc.LLAMA_POOLING_TYPE_LAST: "last",
+                 lc.LLAMA_POOLING_TYPE_RANK: "rank"}
+_POOLING_BY_NAME = {name: value for value, name in POOLING_NAMES.items()}
+#: The seed llama.cpp reads as "pick a random one".
+RANDOM_SEED = lc.LLAMA_DEFAULT_SEED
+
+
+def init_backend(verbose: bool = False) -> None:
+    """Initialise llama.cpp once per process."""
+    _log.setLevel(logging.DEBUG if verbose else logging.WARNING)
+    lc.llama_log_set(_forward_log, ctypes.c_void_p(0))
+    lc.llama_backend_init()
+
+
+def supports_gpu_offload() -> bool:
+    """Whether this llama.cpp build can offload layers to a GPU."""
+    return bool(lc.llama_supports_gpu_offload())
+
+
+@dataclass(frozen=True)
+class ModelOptions:
+    """How to load the weights."""
+
+    path: str
+    n_gpu_layers: int = 0
+    main_gpu: int = 0
+    split_mode: str = "layer"
+    tensor_split: tuple[float, ...] = ()
+    use_mmap: bool = True
+    use_mlock: bool = False
+
+
+@dataclass(frozen=True)
+class ContextOptions:
+    """How to build a context over a loaded model."""
+
+    n_ctx: int
+    n_seq_max: int = 1
+    n_batch: int = 512
+    n_ubatch: int = 512
+    n_threads: int = 0
+    n_threads_batch: int = 0
+    flash_attn: str = "auto"
+    embeddings: bool = False
+    pooling: str = "model"
+    kv_unified: bool = False
+
+
+class Model:
+    """A loaded GGUF model and its vocabulary."""
+
+    def __init__(self, opts: ModelOptions) -> None:
+        params = lc.llama_model_default_params()
+        params.n_gpu_layers = opts.n_gpu_layers if opts.n_gpu_layers >= 0 else 2**31 - 1
+        params.main_gpu = opts.main_gpu
+        params.split_mode = _SPLIT_MODES[opts.split_mode]
+        params.load_mode = _load_mode(opts.use_mmap, opts.use_mlock)
+        self._tensor_split: Any = None
+        if opts.tensor_split:
+            size = lc.llama_max_devices()
+            values = list(opts.tensor_split)[:size] + [0.0] * max(0, size - len(opts.tensor_split))
+            self._tensor_split = (ctypes.c_float * size)(*values)
+            params.tensor_split = self._tensor_split
+        ptr = lc.llama_model_load_from_file(opts.path.encode(), params)
+        if not ptr:
+            raise RuntimeError(f"llama.cpp could not load the model file {opts.path}")
+        self.ptr = ptr
+        self.options = opts
+        self.vocab = lc.llama_model_get_vocab(ptr)
+        self.n_vocab = int(lc.llama_vocab_n_tokens(self.vocab))
+        self._pieces: dict[int, bytes] = {}
+
+    def close(self) -> None:
+        """Free the weights."""
+        if self.ptr:
+            lc.llama_model_free(self.ptr)
+            self.ptr = None
+
+    # Vocabulary.
+    def tokenize(self, text: str, add_special: bool, parse_special: bool) -> list[int]:
+        """Token ids of text."""
+        data = text.encode("utf-8")
+        n_max = len(data) + 8
+        buf = (lc.llama_token * n_max)()
+        n = lc.llama_tokenize(self.vocab, data, len(data), buf, n_max, add_special, parse_special)
+        if n < 0:
+            n_max = -n
+            buf = (lc.llama_token * n_max)()
+            n = lc.llama_tokenize(
+                self.vocab, data, len(data), buf, n_max, add_special, parse_special
+            )
+        return list(buf[:n])
+
+    def piece(self, token: int, special: bool = False) -> bytes:
+        """The exact bytes of one token (special tokens render empty unless special is set)."""
+        if not special and (cached := self._pieces.get(token)) is not None:
+            return cached
+        buf = ctypes.create_string_buffer(64)
+        n = lc.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = lc.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)
+        data = buf.raw[:n]
+        if not special:
+            self._pieces[token] = data
+        return data
+
+    def detokenize(self, tokens: list[int], render_special: bool) -> str:
+        """The text of a token list; invalid UTF-8 is replaced."""
+        arr = (lc.llama_token * len(tokens))(*tokens)
+        size = max(64, len(tokens) * 16)
+        for _ in range(2):
+            buf = ctypes.create_string_buffer(size)
+            n = lc.llama_detokenize(
+                self.vocab, arr, len(tokens), buf, size, False, render_special
+            )
+            if n >= 0:
+                return buf.raw[:n].decode("utf-8", errors="replace")
+            size = -n
+        raise RuntimeError("llama_detokenize failed")
+
+    def check_tokens(self, tokens: list[int], param: str) -> None:
+        """Raise INVALID_ARGUMENT if a token id is outside the vocabulary."""
+        for t in tokens:
+            if not 0 <= t < self.n_vocab:
+                raise invalid(f"token id {t} is outside the vocabulary (0..{self.n_vocab - 1})",
+                              param)
+
+    def is_eog(self, token: int) -> bool:
+        """Whether token ends generation (EOS, EOT, ...)."""
+        return bool(lc.llama_vocab_is_eog(self.vocab, token))
+
+    def special_text(self, token: int) -> str:
+        """The text of a special token such as BOS, or "" if the model has none."""
+        if token < 0:
+            return ""
+        return self.piece(token, special=True).decode("utf-8", errors="replace")
+
+    @property
+    def bos_text(self) -> str:
+        """BOS as text."""
+        return self.special_text(lc.llama_vocab_bos(self.vocab))
+
+    @property
+    def eos_text(self) -> str:
+        """EOS as text."""
+        return self.special_text(lc.llama_vocab_eos(self.vocab))
+
+    @property
+    def adds_bos(self) -> bool:
+        """Whether tokenizing with add_special prepends BOS."""
+        return bool(lc.llama_vocab_get_add_bos(self.vocab))
+
+    # Metadata.
+    def meta(self, key: str) -> str:
+        """A GGUF metadata value as text, or ""."""
+        buf = ctypes.create_string_buffer(4096)
+        n = lc.llama_model_meta_val_str(self.ptr, key.encode(), buf, len(buf))
+        if n < 0:
+            return ""
+        if n >= len(buf):
+            buf = ctypes.create_string_buffer(n + 1)
+            lc.llama_model_meta_val_str(self.ptr, key.encode(), buf, len(buf))
+        return buf.value.decode("utf-8", errors="replace")
+
+    def chat_template(self) -> str:
+        """The chat template stored in the GGUF, or ""."""
+        raw = lc.llama_model_chat_template(self.ptr, None)
+        return raw.decode("utf-8", errors="replace") if raw else ""
+
+    def describe(self) -> dict[str, Any]:
+        """Numbers about the model for ModelInfo."""
+        buf = ctypes.create_string_buffer(256)
+        lc.llama_model_desc(self.ptr, buf, len(buf))
+        return {
+            "n_params": int(lc.llama_model_n_params(self.ptr)),
+            "size": int(lc.llama_model_size(self.ptr)),
+            "n_embd": int(lc.llama_model_n_embd(self.ptr)),
+            "n_ctx_train": int(lc.llama_model_n_ctx_train(self.ptr)),
+            "desc": buf.value.decode("utf-8", errors="replace"),
+            "has_decoder": bool(lc.llama_model_has_decoder(self.ptr)),
+        }
+
+
+def _load_mode(use_mmap: bool, use_mlock: bool) -> int:
+    if use_mmap and use_mlock:
+        return int(lc.LLAMA_LOAD_MODE_MMAP_MLOCK)
+    if use_mlock:
+        return int(lc.LLAMA_LOAD_MODE_MLOCK)
+    return int(lc.LLAMA_LOAD_MODE_MMAP if use_mmap else lc.LLAMA_LOAD_MODE_NONE)
+
+
+class Context:
+    """A llama.cpp context (KV cache plus compute buffers) over a model."""
+
+    def __init__(self, model: Model, opts: ContextOptions) -> None:
+        params = lc.llama_context_default_params()
+        params.n_ctx = opts.n_ctx
+        params.n_batch = opts.n_batch
+        params.n_ubatch = min(opts.n_ubatch, opts.n_batch)
+        params.n_seq_max = opts.n_seq_max
+        if opts.n_threads:
+            params.n_threads = opts.n_threads
+        params.n_threads_batch = opts.n_threads_batch or params.n_threads
+        params.flash_attn_type = _FLASH_ATTN[opts.flash_attn]
+        params.embeddings = opts.embeddings
+        params.kv_unified = opts.kv_unified
+        params.no_perf = True
+        if opts.embeddings and opts.pooling != "model":
+            params.pooling_type = _POOLING_BY_NAME[opts.pooling]
+        ptr = lc.llama_init_from_model(model.ptr, params)
+        if not ptr:
+            raise RuntimeError("llama.cpp could not create a context (out of memory?)")
+        self.ptr = ptr
+        self.model = model
+        self.memory = lc.llama_get_memory(ptr)
+        self.n_ctx = int(lc.llama_n_ctx(ptr))
+        self.n_ctx_seq = int(lc.llama_n_ctx_seq(ptr))
+        self.n_batch = opts.n_batch
+        self.n_seq_max = opts.n_seq_max
+
+    def close(self) -> None:
+        """Free the context."""
+        if self.ptr:
+            lc.llama_free(self.ptr)
+            self.ptr = None
+
+    @property
+    def pooling(self) -> str:
+        """The pooling this context applies to embeddings."""
+        return POOLING_NAMES.get(int(lc.llama_pooling_type(self.ptr)), "none")
+
+    def decode(self, batch: Batch) -> None:
+        """Run one llama_decode over the batch."""
+        rc = lc.llama_decode(self.ptr, batch.native)
+        if rc != 0:
+            raise RuntimeError(f"llama_decode failed with code {rc}")
+
+    def logits(self, index: int) -> FloatArray:
+        """A copy of the logits at a batch position whose output was requested."""
+        ptr = lc.llama_get_logits_ith(self.ptr, index)
+        return np.ctypeslib.as_array(ptr, shape=(self.model.n_vocab,)).copy()
+
+    def forget(self, seq: int) -> None:
+        """Drop a sequence's KV cells."""
+        lc.llama_memory_seq_rm(self.memory, seq, -1, -1)
+
+    def clear(self) -> None:
+        """Drop every sequence's KV cells."""
+        lc.llama_memory_clear(self.memory, True)
+
+    def sequence_embedding(self, seq: int) -> FloatArray:
+        """The pooled embedding of a sequence after decode."""
+        ptr = lc.llama_get_embeddings_seq(self.ptr, seq)
+        if not ptr:
+            raise RuntimeError("llama.cpp returned no pooled embedding")
+        n = lc.llama_model_n_embd(self.model.ptr)
+        return np.ctypeslib.as_array(ptr, shape=(n,)).copy()
+
+
+class Batch:
+    """A reusable llama_batch holding tokens of any number of sequences."""
+
+    def __init__(self, capacity: int, n_seq_max: int = 1) -> None:
+        self.capacity = capacity
+        self.native = lc.llama_batch_init(capacity, 0, n_seq_max)
+        self.native.n_tokens = 0
+
+    def __len__(self) -> int:
+        return int(self.native.n_tokens)
+
+    def clear(self) -> None:
+        """Empty the batch for the next step."""
+        self.native.n_tokens = 0
+
+    def add(self, token: int, pos: int, seq: int, output: bool) -> int:
+        """Append one token; returns its index (for logits when output is set)."""
+        b = self.native
+        i = int(b.n_tokens)
+        b.token[i] = token
+        b.pos[i] = pos
+        b.n_seq_id[i] = 1
+        b.seq_id[i][0] = seq
+        b.logits[i] = output
+        b.n_tokens = i + 1
+        return i
+
+    def close(self) -> None:
+        """Free the native batch (once)."""
+        if self.capacity:
+            lc.llama_batch_free(self.native)
+            self.capacity = 0
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    """A fully resolved sampling setup (no unset fields)."""
+
+    temperature: float = 0.8
+    top_k: int = 40
+    top_p: float = 0.95
+    min_p: float = 0.05
+    typical_p: float = 1.0
+    repeat_penalty: float = 1.0
+    repeat_last_n: int = 64
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    seed: int = RANDOM_SEED
+    logit_bias: dict[int, float] = field(default_factory=dict)
+    grammar: str = ""
+
+
+def grammar_from_json_schema(schema: str) -> str:
+    """GBNF that accepts exactly the JSON documents valid under schema."""
+    try:
+        return str(json_schema_to_gbnf(schema))
+    except Exception as exc:  # the converter raises bare Exceptions on unsupported schemas
+        raise invalid(f"unusable JSON schema: {exc}", "response_format") from exc
+
+
+class Sampler:
+    """A native llama.cpp sampler chain for one sequence."""
+
+    def __init__(self, model: Model, cfg: SamplerConfig) -> None:
+        self.ptr = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
+        try:
+            self._build(model, cfg)
+        except BaseException:
+            self.close()
+            raise
+
+    def _add(self, sampler: Any) -> None:
+        lc.llama_sampler_chain_add(self.ptr, sampler)
+
+    def _build(self, model: Model, cfg: SamplerConfig) -> None:
+        if cfg.logit_bias:
+            arr = (lc.llama_logit_bias * len(cfg.logit_bias))(
+                *[lc.llama_logit_bias(token=t, bias=b) for t, b in cfg.logit_bias.items()]
+            )
+            self._add(lc.llama_sampler_init_logit_bias(model.n_vocab, len(arr), arr))
+        if cfg.repeat_penalty != 1.0 or cfg.presence_penalty or cfg.frequency_penalty:
+            self._add(lc.llama_sampler_init_penalties(
+                model.n_vocab, cfg.repeat_last_n, cfg.repeat_penalty,
+                cfg.frequency_penalty, cfg.presence_penalty))
+        if cfg.grammar:
+            grammar = lc.llama_sampler_init_grammar(model.vocab, cfg.grammar.encode(), b"root")
+            if not grammar:
+                raise invalid("the grammar could not be parsed", "grammar")
+            self._add(grammar)
+        if cfg.temperature <= 0:
+            self._add(lc.llama_sampler_init_greedy())
+            return
+        if cfg.top_k > 0:
+            self._add(lc.llama_sampler_init_top_k(cfg.top_k))
+        if cfg.typical_p < 1.0:
+            self._add(lc.llama_sampler_init_typical(cfg.typical_p, 1))
+        if cfg.top_p < 1.0:
+            self._add(lc.llama_sampler_init_top_p(cfg.top_p, 1))
+        if cfg.min_p > 0.0:
+            self._add(lc.llama_sampler_init_min_p(cfg.min_p, 1))
+        self._add(lc.llama_sampler_init_temp(cfg.temperature))
+        self._add(lc.llama_sampler_init_dist(cfg.seed & 0xFFFFFFFF))
+
+    def sample(self, ctx: Context, index: int) -> int:
+        """Pick the next token from the logits at batch index (and accept it into the chain)."""
+        return int(lc.llama_sampler_sample(self.ptr, ctx.ptr, index))
+
+    def close(self) -> None:
+        """Free the chain and every sampler in it."""
+        if self.ptr:
+            lc.llama_sampler_free(self.ptr)
+            self.ptr = None

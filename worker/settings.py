@@ -1,0 +1,85 @@
+"""The worker's typed settings: environment (LLAMAGRID_WORKER_*), CLI flags and defaults in one."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class WorkerSettings(BaseSettings):
+    """Everything a worker process needs to load one model and serve it."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="LLAMAGRID_WORKER_",
+        extra="ignore",
+        cli_kebab_case=True,
+        cli_implicit_flags=True,
+        cli_prog_name="llamagrid worker",
+    )
+
+    # Where the model comes from.
+    model: str = Field(
+        default="",
+        validation_alias=AliasChoices("model", "m"),
+        description="Path of a GGUF file. Empty means --hf-repo/--hf-file, or the default model.",
+    )
+    hf_repo: str = Field(default="", description="Hugging Face repository to fetch the GGUF from.")
+    hf_file: str = Field(default="", description="File name (or glob) inside --hf-repo.")
+    hf_revision: str = Field(default="main", description="Branch, tag or commit of --hf-repo.")
+    alias: str = Field(default="", description="Name clients use for the model; default: file stem.")
+    chat_template: str = Field(
+        default="", description="Jinja chat template overriding the GGUF's, inline or a file path."
+    )
+
+    # Network.
+    host: str = Field(default="127.0.0.1", description="Address the gRPC server binds.")
+    port: int = Field(default=50051, ge=0, le=65535, description="gRPC port; 0 picks a free one.")
+    port_file: str = Field(
+        default="", description="Write the bound port to this file once serving (for port 0)."
+    )
+
+    # llama.cpp model options.
+    n_gpu_layers: int = Field(default=0, description="Layers to offload to the GPU; -1 means all.")
+    main_gpu: int = Field(default=0, ge=0, description="GPU that holds the model (split none).")
+    split_mode: Literal["none", "layer", "row"] = Field(
+        default="layer", description="How to split the model across several GPUs."
+    )
+    tensor_split: list[float] = Field(
+        default_factory=list, description="Fraction of the model per GPU, e.g. 3,1."
+    )
+    use_mmap: bool = Field(default=True, description="Map the model file instead of reading it.")
+    use_mlock: bool = Field(default=False, description="Lock the model in RAM (no swapping).")
+
+    # llama.cpp context options.
+    n_ctx: int = Field(
+        default=8192, ge=0, description="Total KV context in tokens, shared by the slots; 0: train."
+    )
+    parallel: int = Field(
+        default=4, ge=1, le=256, description="Slots: sequences decoded together in one batch."
+    )
+    n_batch: int = Field(default=512, ge=1, description="Most tokens sent to one llama_decode.")
+    n_ubatch: int = Field(default=512, ge=1, description="Physical micro-batch size.")
+    n_threads: int = Field(default=0, ge=0, description="Threads for generation; 0: all cores.")
+    n_threads_batch: int = Field(
+        default=0, ge=0, description="Threads for prompt processing; 0: same as n_threads."
+    )
+    flash_attn: Literal["auto", "on", "off"] = Field(
+        default="auto", description="Flash attention."
+    )
+    pooling: Literal["model", "mean", "cls", "last"] = Field(
+        default="model",
+        description="Embedding pooling; 'model' uses the GGUF's, or mean if it has none.",
+    )
+
+    # Serving.
+    max_queue: int = Field(default=64, ge=0, description="Requests that may wait for a slot.")
+    drain_grace_s: float = Field(
+        default=30.0, ge=0, description="On SIGTERM, how long in-flight streams may finish."
+    )
+    log_level: str = Field(default="info", description="Python logging level.")
+
+    def context_per_slot(self, n_ctx: int) -> int:
+        """The context each slot gets out of a total of n_ctx."""
+        return n_ctx // self.parallel

@@ -1,0 +1,107 @@
+"""One sequence in flight: its prompt, KV position, sampler, text stream and timings."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from worker.bridge import EventChannel
+from worker.llama_backend import Context, Model, Sampler
+from worker.requests import (
+    Chunk,
+    Event,
+    Final,
+    FinishReason,
+    GenerationRequest,
+    LogprobEntry,
+    TokenLogprob,
+    Usage,
+)
+from worker.text_stream import TextStream
+
+
+@dataclass(eq=False)
+class Job:
+    """A generation request from submission until its final event."""
+
+    request: GenerationRequest
+    channel: EventChannel[Event | BaseException]
+    submitted: float = field(default_factory=time.perf_counter)
+    cancelled: bool = False
+
+    def fail(self, error: BaseException) -> None:
+        """End the job's stream with an error."""
+        self.channel.push(error)
+
+
+@dataclass(eq=False)
+class Slot:
+    """A job admitted to a sequence id of the context."""
+
+    seq: int
+    job: Job
+    prompt: list[int]
+    sampler: Sampler
+    text: TextStream
+    max_tokens: int
+    top_logprobs: int | None
+    admitted: float = field(default_factory=time.perf_counter)
+    n_past: int = 0
+    next_token: int | None = None
+    generated: int = 0
+    first_token_at: float | None = None
+
+    @property
+    def prefilling(self) -> bool:
+        """Whether prompt tokens remain to be decoded."""
+        return self.n_past < len(self.prompt)
+
+    def emit_token(self, model: Model, ctx: Context, token: int, index: int) -> Final | None:
+        """Record a sampled token, push its text; returns the final event if the job is done."""
+        if self.first_token_at is None:
+            self.first_token_at = time.perf_counter()
+        ignore_eos = self.job.request.sampling.ignore_eos
+        if model.is_eog(token) and not ignore_eos:
+            return self._finish(FinishReason.EOS)
+        self.generated += 1
+        logprobs = [self._logprob(model, ctx, token, index)] if self.top_logprobs is not None else []
+        delta = self.text.feed(model.piece(token))
+        self.job.channel.push(Chunk(delta.text, [token], logprobs))
+        if delta.stopped_by is not None:
+            return self._finish(FinishReason.STOP_STRING, delta.stopped_by)
+        if self.generated >= self.max_tokens:
+            return self._finish(FinishReason.LENGTH)
+        self.next_token = token
+        return None
+
+    def _finish(self, reason: FinishReason, matched: str = "") -> Final:
+        tail = self.text.finish()
+        if tail.text:
+            self.job.channel.push(Chunk(tail.text, []))
+        if tail.stopped_by is not None:
+            reason, matched = FinishReason.STOP_STRING, tail.stopped_by
+        now = time.perf_counter()
+        first = self.first_token_at or now
+        usage = Usage(
+            prompt_tokens=len(self.prompt),
+            completion_tokens=self.generated,
+            queue_ms=(self.admitted - self.job.submitted) * 1000,
+            prefill_ms=(first - self.admitted) * 1000,
+            decode_ms=(now - first) * 1000,
+        )
+        return Final(reason, usage, matched)
+
+    def _logprob(self, model: Model, ctx: Context, token: int, index: int) -> TokenLogprob:
+        logits = ctx.logits(index).astype(np.float64)
+        shifted = logits - logits.max()
+        logprobs = shifted - np.log(np.exp(shifted).sum())
+        n = self.top_logprobs or 0
+        top_ids = np.argpartition(-logprobs, n)[:n] if n else np.array([], dtype=np.int64)
+        top_ids = top_ids[np.argsort(-logprobs[top_ids])]
+
+        def entry(t: int) -> LogprobEntry:
+            return LogprobEntry(t, model.piece(t), float(logprobs[t]))
+
+        return TokenLogprob(entry(token), tuple(entry(int(t)) for t in top_ids))

@@ -1,0 +1,117 @@
+"""Translation between llamagrid.v1 protobuf messages and the engine's own types."""
+
+from __future__ import annotations
+
+from llamagrid.v1 import inference_pb2 as pb
+
+from worker.errors import invalid
+from worker.requests import (
+    Chunk,
+    Final,
+    FinishReason,
+    GenerationRequest,
+    LogprobEntry,
+    Message,
+    ModelDescription,
+    Sampling,
+    TokenLogprob,
+)
+
+_FINISH = {
+    FinishReason.EOS: pb.FINISH_REASON_EOS,
+    FinishReason.STOP_STRING: pb.FINISH_REASON_STOP_STRING,
+    FinishReason.LENGTH: pb.FINISH_REASON_LENGTH,
+}
+_OPTIONAL_FIELDS = (
+    "max_tokens", "temperature", "top_p", "top_k", "min_p", "typical_p", "repeat_penalty",
+    "repeat_last_n", "presence_penalty", "frequency_penalty", "seed", "top_logprobs",
+)
+
+
+def sampling_from_proto(p: pb.SamplingParams) -> Sampling:
+    """Sampling options; unset optional fields stay None."""
+    values = {name: getattr(p, name) for name in _OPTIONAL_FIELDS if p.HasField(name)}
+    constraint = p.WhichOneof("constraint")
+    return Sampling(
+        **values,
+        logit_bias=dict(p.logit_bias),
+        stop=tuple(p.stop),
+        ignore_eos=p.ignore_eos,
+        grammar=p.grammar if constraint == "grammar" else "",
+        json_schema=p.json_schema if constraint == "json_schema" else "",
+    )
+
+
+def generation_from_proto(req: pb.GenerateRequest) -> GenerationRequest:
+    """The engine request for a GenerateRequest."""
+    sampling = sampling_from_proto(req.sampling)
+    which = req.WhichOneof("input")
+    if which == "prompt":
+        return GenerationRequest(prompt=req.prompt, sampling=sampling, request_id=req.request_id)
+    if which == "tokens":
+        return GenerationRequest(tokens=tuple(req.tokens.ids), sampling=sampling,
+                                 request_id=req.request_id)
+    if which == "chat":
+        messages = tuple(_message(m, i) for i, m in enumerate(req.chat.messages))
+        if not messages:
+            raise invalid("chat.messages must not be empty", "messages")
+        return GenerationRequest(messages=messages, sampling=sampling, request_id=req.request_id)
+    raise invalid("set one of prompt, tokens or chat", "input")
+
+
+def _message(m: pb.ChatMessage, index: int) -> Message:
+    if not m.role:
+        raise invalid(f"messages[{index}].role must not be empty", f"messages[{index}].role")
+    return Message(m.role, m.content, m.name if m.HasField("name") else None)
+
+
+def _entry(e: LogprobEntry) -> pb.LogprobEntry:
+    return pb.LogprobEntry(
+        token_id=e.token_id,
+        token=e.token_bytes.decode("utf-8", errors="replace"),
+        token_bytes=e.token_bytes,
+        logprob=e.logprob,
+    )
+
+
+def _logprob(lp: TokenLogprob) -> pb.TokenLogprob:
+    return pb.TokenLogprob(chosen=_entry(lp.chosen), top=[_entry(e) for e in lp.top])
+
+
+def chunks_to_proto(chunks: list[Chunk]) -> pb.GenerateResponse:
+    """One GenerateChunk from consecutive engine chunks (coalesced when a client lags)."""
+    out = pb.GenerateChunk()
+    for c in chunks:
+        out.text += c.text
+        out.token_ids.extend(c.token_ids)
+        out.logprobs.extend(_logprob(lp) for lp in c.logprobs)
+    return pb.GenerateResponse(chunk=out)
+
+
+def final_to_proto(f: Final) -> pb.GenerateResponse:
+    """The closing message of a Generate stream."""
+    u = f.usage
+    usage = pb.Usage(
+        prompt_tokens=u.prompt_tokens, completion_tokens=u.completion_tokens,
+        cached_tokens=u.cached_tokens, queue_ms=u.queue_ms, prefill_ms=u.prefill_ms,
+        decode_ms=u.decode_ms,
+    )
+    return pb.GenerateResponse(final=pb.GenerateFinal(
+        finish_reason=_FINISH[f.finish_reason], usage=usage, matched_stop=f.matched_stop))
+
+
+def model_info_to_proto(d: ModelDescription) -> pb.ModelInfo:
+    """ModelInfo for GetModelInfo and ListModels."""
+    caps = [c for c, on in ((pb.CAPABILITY_GENERATE, d.can_generate),
+                            (pb.CAPABILITY_EMBED, d.can_embed)) if on]
+    return pb.ModelInfo(
+        alias=d.alias, file=d.file, hf_repo=d.hf_repo, context_size=d.context_per_slot,
+        train_context_size=d.train_context_size, parameter_count=d.parameter_count,
+        size_bytes=d.size_bytes, chat_template=d.chat_template, capabilities=caps,
+        slots=d.slots, embedding_size=d.embedding_size, vocab_size=d.vocab_size,
+        pooling=d.pooling, description=d.description,
+        placement=pb.DevicePlacement(
+            backend=d.backend, visible_devices=list(d.visible_devices),
+            n_gpu_layers=d.n_gpu_layers, main_gpu=d.main_gpu, split_mode=d.split_mode,
+            tensor_split=list(d.tensor_split)),
+    )
