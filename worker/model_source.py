@@ -48,23 +48,24 @@ def default_model_path() -> Path:
 def from_hugging_face(repo: str, pattern: str, revision: str = "main") -> Path:
     """Download (or reuse from the local cache) one GGUF file of a Hugging Face repository.
 
-    pattern may be an exact file name or a glob such as ``*Q4_K_M.gguf``. Offline mode
-    (HF_HUB_OFFLINE=1) and a custom endpoint (HF_ENDPOINT) are honoured by huggingface-hub.
+    pattern may be an exact file name or a glob such as ``*Q4_K_M.gguf``; the first match in
+    name order is used. huggingface-hub honours HF_HUB_OFFLINE=1 (cache only), HF_HUB_CACHE
+    and HF_ENDPOINT.
     """
-    from huggingface_hub import HfApi, hf_hub_download
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
     from huggingface_hub.utils import HfHubHTTPError
 
-    filename = pattern
-    if any(ch in pattern for ch in "*?["):
-        names = HfApi().list_repo_files(repo, revision=revision)
-        matches = sorted(n for n in names if fnmatch.fnmatch(n, pattern))
-        if not matches:
-            raise ModelNotFound(f"no file in {repo} matches {pattern}")
-        filename = matches[0]
     try:
-        return Path(hf_hub_download(repo_id=repo, filename=filename, revision=revision))
-    except (HfHubHTTPError, OSError, ValueError) as exc:
-        raise ModelNotFound(f"cannot fetch {filename} from {repo}: {exc}") from exc
+        folder = Path(snapshot_download(repo_id=repo, revision=revision,
+                                        allow_patterns=[pattern]))
+    except (HfHubHTTPError, LocalEntryNotFoundError, HFValidationError, OSError) as exc:
+        raise ModelNotFound(f"cannot fetch {pattern} from {repo}: {exc}") from exc
+    matches = sorted(p for p in folder.rglob("*") if p.is_file()
+                     and fnmatch.fnmatch(str(p.relative_to(folder)), pattern))
+    if not matches:
+        raise ModelNotFound(f"no file in {repo}@{revision} matches {pattern}")
+    return matches[0]
 
 
 def resolve(model: str, hf_repo: str, hf_file: str, revision: str, alias: str) -> ModelSource:

@@ -1,0 +1,60 @@
+"""`llamagrid serve` settings (LLAMAGRID_SERVE_* or flags)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ServeSettings(BaseSettings):
+    """One worker on one model, plus the gateway in front of it."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="LLAMAGRID_SERVE_",
+        extra="ignore",
+        cli_kebab_case=True,
+        cli_implicit_flags=True,
+        cli_prog_name="llamagrid serve",
+    )
+
+    host: str = Field(default="127.0.0.1", description="Address the HTTP gateway binds.")
+    port: int = Field(default=8080, ge=0, le=65535, description="HTTP gateway port.")
+    worker_host: str = Field(default="127.0.0.1", description="Address the worker binds.")
+    worker_port: int = Field(default=50051, ge=1, le=65535, description="The worker's gRPC port.")
+    model: str = Field(default="", description="GGUF path; empty means the default SmolLM2.")
+    hf_repo: str = Field(default="", description="Hugging Face repository of the GGUF.")
+    hf_file: str = Field(default="", description="File name (or glob) inside --hf-repo.")
+    alias: str = Field(default="", description="Model name for clients (default smollm2).")
+    n_ctx: int = Field(default=8192, ge=0, description="Worker KV context, shared by slots.")
+    parallel: int = Field(default=4, ge=1, description="Worker slots.")
+    n_threads: int = Field(default=0, ge=0, description="Worker threads; 0: all cores.")
+    n_gpu_layers: int = Field(default=0, description="Layers offloaded to the GPU; -1: all.")
+    api_key: str = Field(default="", description="Bearer token the gateway requires; empty: none.")
+    restart_backoff_s: float = Field(
+        default=1.0, gt=0, description="First delay before restarting a crashed process."
+    )
+    startup_timeout_s: float = Field(
+        default=300.0, gt=0, description="How long to wait for the first model load."
+    )
+    log_level: str = Field(default="info", description="Log level of every process.")
+
+    def worker_args(self) -> list[str]:
+        """Flags for the worker process."""
+        args = ["--host", self.worker_host, "--port", str(self.worker_port),
+                "--n-ctx", str(self.n_ctx), "--parallel", str(self.parallel),
+                "--n-threads", str(self.n_threads), "--n-gpu-layers", str(self.n_gpu_layers),
+                "--log-level", self.log_level]
+        for flag, value in (("--model", self.model), ("--hf-repo", self.hf_repo),
+                            ("--hf-file", self.hf_file), ("--alias", self.alias)):
+            if value:
+                args += [flag, value]
+        return args
+
+    def gateway_args(self) -> list[str]:
+        """Flags for the gateway process."""
+        args = ["--host", self.host, "--port", str(self.port),
+                "--worker", f"{self.worker_host}:{self.worker_port}",
+                "--log-level", self.log_level]
+        if self.api_key:
+            args += ["--api-key", self.api_key]
+        return args

@@ -1,0 +1,58 @@
+"""Fixtures for the integration ring: real worker processes on SmolLM2 and a real gateway."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from llamagrid.grpc_options import channel_options
+from llamagrid.v1 import inference_pb2_grpc as pb_grpc
+from openai import OpenAI
+
+from tests.procs import Proc, running, spawn_gateway, spawn_worker, wait_http_ok, wait_serving
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "tests/integration/" in str(item.fspath):
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="session")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("procs")
+
+
+@pytest.fixture(scope="session")
+def worker(run_dir: Path) -> Iterator[Proc]:
+    """The shared worker: SmolLM2, 4 slots."""
+    with running(spawn_worker(run_dir, "--parallel", "4", "--n-ctx", "8192")) as proc:
+        wait_serving(proc.target)
+        yield proc
+
+
+@pytest.fixture(scope="session")
+def gateway(run_dir: Path, worker: Proc) -> Iterator[Proc]:
+    with running(spawn_gateway(run_dir, worker.target)) as proc:
+        wait_http_ok(f"http://127.0.0.1:{proc.port}/health")
+        yield proc
+
+
+@pytest.fixture(scope="session")
+def base_url(gateway: Proc) -> str:
+    return f"http://127.0.0.1:{gateway.port}"
+
+
+@pytest.fixture(scope="session")
+def openai_client(base_url: str) -> OpenAI:
+    return OpenAI(base_url=f"{base_url}/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+@pytest.fixture(scope="session")
+def stub(worker: Proc) -> Iterator[pb_grpc.InferenceServiceStub]:
+    channel = grpc.insecure_channel(worker.target, options=channel_options())
+    grpc.channel_ready_future(channel).result(timeout=60)
+    yield pb_grpc.InferenceServiceStub(channel)
+    channel.close()
