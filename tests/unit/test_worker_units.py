@@ -1,0 +1,111 @@
+"""Worker pieces that need no model: chat templates, sampling defaults and validation,
+proto translation."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from llamagrid.v1 import inference_pb2 as pb
+
+from worker.chat_template import CHATML_TEMPLATE, ChatTemplate
+from worker.errors import EngineError
+from worker.llama_backend import RANDOM_SEED
+from worker.requests import Chunk, Final, FinishReason, Sampling, Usage
+from worker.sampling import resolve, validate
+from worker.translate import (
+    chunks_to_proto,
+    final_to_proto,
+    generation_from_proto,
+    sampling_from_proto,
+)
+
+
+def test_chatml_fallback_renders_generation_prompt() -> None:
+    t = ChatTemplate("")
+    assert t.source == CHATML_TEMPLATE
+    out = t.render([{"role": "user", "content": "hi"}])
+    assert out == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+
+
+def test_template_errors_are_invalid_argument() -> None:
+    t = ChatTemplate("{{ raise_exception('roles must alternate') }}")
+    with pytest.raises(EngineError) as err:
+        t.render([{"role": "user", "content": "x"}])
+    assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "roles must alternate" in err.value.message
+
+
+def test_template_is_sandboxed() -> None:
+    t = ChatTemplate("{{ messages.__class__.__mro__[1].__subclasses__() }}")
+    with pytest.raises(EngineError):
+        t.render([{"role": "user", "content": "x"}])
+
+
+def test_broken_template_fails_check() -> None:
+    with pytest.raises(ValueError, match="does not compile"):
+        ChatTemplate("{% for %}").check()
+
+
+def test_unset_fields_get_defaults_and_zero_is_kept() -> None:
+    cfg = resolve(Sampling(temperature=0.0, top_k=0, repeat_last_n=-1), context_per_slot=2048)
+    assert cfg.temperature == 0.0  # explicit 0 means greedy, not "default"
+    assert cfg.top_k == 0
+    assert cfg.repeat_last_n == 2048
+    assert cfg.top_p == 0.95 and cfg.seed == RANDOM_SEED
+
+
+def test_json_schema_becomes_a_grammar() -> None:
+    cfg = resolve(Sampling(json_schema='{"type": "object"}'), context_per_slot=512)
+    assert "root" in cfg.grammar
+
+
+@pytest.mark.parametrize(
+    ("sampling", "param"),
+    [
+        (Sampling(temperature=-0.1), "temperature"),
+        (Sampling(top_p=1.5), "top_p"),
+        (Sampling(min_p=2), "min_p"),
+        (Sampling(presence_penalty=3), "presence_penalty"),
+        (Sampling(top_logprobs=21), "top_logprobs"),
+        (Sampling(max_tokens=0), "max_tokens"),
+        (Sampling(logit_bias={50_000: 1.0}), "logit_bias"),
+        (Sampling(logit_bias={5: 101.0}), "logit_bias"),
+        (Sampling(stop=("",)), "stop"),
+        (Sampling(grammar="root ::= x", json_schema="{}"), "grammar"),
+    ],
+)
+def test_validation_names_the_field(sampling: Sampling, param: str) -> None:
+    with pytest.raises(EngineError) as err:
+        validate(sampling, n_vocab=49152)
+    assert err.value.param == param
+    assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_sampling_from_proto_keeps_presence() -> None:
+    p = pb.SamplingParams(temperature=0.0, max_tokens=7, stop=["a"], logit_bias={3: -5.0},
+                          json_schema='{"type":"object"}')
+    s = sampling_from_proto(p)
+    assert s.temperature == 0.0 and s.max_tokens == 7 and s.top_p is None
+    assert s.stop == ("a",) and s.logit_bias == {3: -5.0}
+    assert s.json_schema and not s.grammar
+
+
+def test_generation_from_proto_inputs() -> None:
+    chat = pb.GenerateRequest(chat=pb.ChatConversation(
+        messages=[pb.ChatMessage(role="user", content="hi", name="bob")]))
+    assert generation_from_proto(chat).messages[0].name == "bob"  # type: ignore[index]
+    toks = generation_from_proto(pb.GenerateRequest(tokens=pb.TokenList(ids=[1, 2])))
+    assert toks.tokens == (1, 2)
+    with pytest.raises(EngineError):
+        generation_from_proto(pb.GenerateRequest())
+    with pytest.raises(EngineError):
+        generation_from_proto(pb.GenerateRequest(chat=pb.ChatConversation(
+            messages=[pb.ChatMessage(role="", content="x")])))
+
+
+def test_events_to_proto() -> None:
+    msg = chunks_to_proto([Chunk("he", [1]), Chunk("llo", [2, 3])])
+    assert msg.chunk.text == "hello" and list(msg.chunk.token_ids) == [1, 2, 3]
+    fin = final_to_proto(Final(FinishReason.LENGTH, Usage(3, 4, 1), ""))
+    assert fin.final.finish_reason == pb.FINISH_REASON_LENGTH
+    assert fin.final.usage.cached_tokens == 1
