@@ -85,12 +85,14 @@ async def supervise(settings: ServeSettings) -> None:
         loop.add_signal_handler(sig, stop.set)
     base = f"http://{settings.host}:{settings.port}"
     healthy = asyncio.create_task(wait_healthy(f"{base}/health", settings.startup_timeout_s))
-    await asyncio.wait({healthy, asyncio.create_task(stop.wait())},
-                       return_when=asyncio.FIRST_COMPLETED)
+    await asyncio.wait(
+        {healthy, asyncio.create_task(stop.wait())}, return_when=asyncio.FIRST_COMPLETED
+    )
     if healthy.done() and healthy.result():
         alias = settings.alias or "smollm2"
-        print(f"llamagrid is ready: point an OpenAI client at {base}/v1 (model '{alias}')",
-              flush=True)
+        print(
+            f"llamagrid is ready: point an OpenAI client at {base}/v1 (model '{alias}')", flush=True
+        )
     elif healthy.done():
         log.error("the gateway did not become healthy within %.0f s", settings.startup_timeout_s)
     await stop.wait()
@@ -102,6 +104,7 @@ async def supervise(settings: ServeSettings) -> None:
 def main(argv: list[str] | None = None) -> None:
     """Run until interrupted."""
     settings = CliApp.run(ServeSettings, cli_args=sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=settings.log_level.upper(),
-                        format="%(asctime)s %(levelname)s serve: %(message)s")
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s serve: %(message)s"
+    )
     asyncio.run(supervise(settings))

@@ -40,21 +40,44 @@ class ServeSettings(BaseSettings):
 
     def worker_args(self) -> list[str]:
         """Flags for the worker process."""
-        args = ["--host", self.worker_host, "--port", str(self.worker_port),
-                "--n-ctx", str(self.n_ctx), "--parallel", str(self.parallel),
-                "--n-threads", str(self.n_threads), "--n-gpu-layers", str(self.n_gpu_layers),
-                "--log-level", self.log_level]
-        for flag, value in (("--model", self.model), ("--hf-repo", self.hf_repo),
-                            ("--hf-file", self.hf_file), ("--alias", self.alias)):
+        args = [
+            "--host",
+            self.worker_host,
+            "--port",
+            str(self.worker_port),
+            "--n-ctx",
+            str(self.n_ctx),
+            "--parallel",
+            str(self.parallel),
+            "--n-threads",
+            str(self.n_threads),
+            "--n-gpu-layers",
+            str(self.n_gpu_layers),
+            "--log-level",
+            self.log_level,
+        ]
+        for flag, value in (
+            ("--model", self.model),
+            ("--hf-repo", self.hf_repo),
+            ("--hf-file", self.hf_file),
+            ("--alias", self.alias),
+        ):
             if value:
                 args += [flag, value]
         return args
 
     def gateway_args(self) -> list[str]:
         """Flags for the gateway process."""
-        args = ["--host", self.host, "--port", str(self.port),
-                "--worker", f"{self.worker_host}:{self.worker_port}",
-                "--log-level", self.log_level]
+        args = [
+            "--host",
+            self.host,
+            "--port",
+            str(self.port),
+            "--worker",
+            f"{self.worker_host}:{self.worker_port}",
+            "--log-level",
+            self.log_level,
+        ]
         if self.api_key:
             args += ["--api-key", self.api_key]
         return args

@@ -53,20 +53,39 @@ class Proc:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
 
-def _spawn(args: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+def _spawn(
+    args: list[str], log: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     out = log.open("wb")
     full_env = {**os.environ, **(env or {})}
-    return subprocess.Popen([sys.executable, *args], stdout=out, stderr=subprocess.STDOUT,
-                            cwd=ROOT, env=full_env)
+    return subprocess.Popen(
+        [sys.executable, *args], stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env=full_env
+    )
 
 
-def spawn_worker(tmp: Path, *args: str, env: dict[str, str] | None = None,
-                 wait_port: bool = True) -> Proc:
+def spawn_worker(
+    tmp: Path, *args: str, env: dict[str, str] | None = None, wait_port: bool = True
+) -> Proc:
     """A worker on port 0 (the default SmolLM2 unless args say otherwise); waits for its port."""
     port_file = tmp / f"worker-{time.monotonic_ns()}.port"
     log = port_file.with_suffix(".log")
-    popen = _spawn(["-m", "worker", "--port", "0", "--port-file", str(port_file),
-                    "--n-threads", "2", "--log-level", "info", *args], log, env)
+    popen = _spawn(
+        [
+            "-m",
+            "worker",
+            "--port",
+            "0",
+            "--port-file",
+            str(port_file),
+            "--n-threads",
+            "2",
+            "--log-level",
+            "info",
+            *args,
+        ],
+        log,
+        env,
+    )
     proc = Proc(popen, 0, log)
     deadline = time.monotonic() + 60
     while wait_port and proc.port == 0:

@@ -35,7 +35,9 @@ class Embedder:
             if len(tokens) > self.max_tokens:
                 raise context_exceeded(
                     f"input {i} has {len(tokens)} tokens; the most this model embeds is "
-                    f"{self.max_tokens}", "input")
+                    f"{self.max_tokens}",
+                    "input",
+                )
             self.model.check_tokens(tokens, "input")
         vectors: list[list[float]] = []
         start = 0
@@ -47,8 +49,11 @@ class Embedder:
 
     def _pack(self, inputs: list[list[int]], start: int) -> int:
         used, end = 0, start
-        while (end < len(inputs) and end - start < self.ctx.n_seq_max
-               and used + len(inputs[end]) <= self.ctx.n_batch):
+        while (
+            end < len(inputs)
+            and end - start < self.ctx.n_seq_max
+            and used + len(inputs[end]) <= self.ctx.n_batch
+        ):
             used += len(inputs[end])
             end += 1
         return end

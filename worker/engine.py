@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import logging
 import os
 import queue
@@ -17,8 +18,8 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol, TypeVar
 
 import grpc
-
 from llamagrid import errors as codes
+
 from worker import llama_backend as lb
 from worker.bridge import EventChannel
 from worker.chat_template import ChatTemplate, load_template_source
@@ -60,9 +61,7 @@ class Engine(Protocol):
     async def embed(self, inputs: list[str | list[int]], normalize: bool) -> EmbedResult:
         """Embeddings of texts or token lists."""
 
-    async def tokenize(
-        self, text: str, add_special: bool, parse_special: bool
-    ) -> list[TokenPiece]:
+    async def tokenize(self, text: str, add_special: bool, parse_special: bool) -> list[TokenPiece]:
         """Token ids and their bytes."""
 
     async def detokenize(self, tokens: list[int], render_special: bool) -> str:
@@ -112,8 +111,9 @@ class LlamaEngine:
     def description(self) -> ModelDescription:
         """The model served."""
         if self._desc is None:
-            raise EngineError(grpc.StatusCode.UNAVAILABLE, "the model is still loading",
-                              codes.REASON_NOT_READY)
+            raise EngineError(
+                grpc.StatusCode.UNAVAILABLE, "the model is still loading", codes.REASON_NOT_READY
+            )
         return self._desc
 
     async def drain(self, grace_s: float) -> None:
@@ -133,9 +133,12 @@ class LlamaEngine:
         with self._lock:
             free = self.settings.parallel - self._running
             if self._queued >= self.settings.max_queue + max(free, 0):
-                raise EngineError(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                  f"the queue is full ({self.settings.max_queue} waiting)",
-                                  codes.REASON_QUEUE_FULL, retry_after_s=1.0)
+                raise EngineError(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"the queue is full ({self.settings.max_queue} waiting)",
+                    codes.REASON_QUEUE_FULL,
+                    retry_after_s=1.0,
+                )
             self._queued += 1
         self._inbox.put(("job", job))
         done = False
@@ -154,32 +157,38 @@ class LlamaEngine:
 
     async def embed(self, inputs: list[str | list[int]], normalize: bool) -> EmbedResult:
         """Embeddings of texts or token lists, in order."""
+
         def run(engine: _Loaded) -> EmbedResult:
-            tokens = [engine.model.tokenize(i, True, True) if isinstance(i, str) else i
-                      for i in inputs]
+            tokens = [
+                engine.model.tokenize(i, True, True) if isinstance(i, str) else i for i in inputs
+            ]
             return engine.embedder.embed(tokens, normalize)
+
         return await self._call(run)
 
-    async def tokenize(
-        self, text: str, add_special: bool, parse_special: bool
-    ) -> list[TokenPiece]:
+    async def tokenize(self, text: str, add_special: bool, parse_special: bool) -> list[TokenPiece]:
         """Token ids of text, with their bytes."""
+
         def run(engine: _Loaded) -> list[TokenPiece]:
             ids = engine.model.tokenize(text, add_special, parse_special)
             return [TokenPiece(t, engine.model.piece(t, special=True)) for t in ids]
+
         return await self._call(run)
 
     async def detokenize(self, tokens: list[int], render_special: bool) -> str:
         """Text of token ids."""
+
         def run(engine: _Loaded) -> str:
             engine.model.check_tokens(tokens, "token_ids")
             return engine.model.detokenize(tokens, render_special)
+
         return await self._call(run)
 
     def _check_accepting(self) -> None:
         if self._stopping:
-            raise EngineError(grpc.StatusCode.UNAVAILABLE, "the worker is shutting down",
-                              codes.REASON_NOT_READY)
+            raise EngineError(
+                grpc.StatusCode.UNAVAILABLE, "the worker is shutting down", codes.REASON_NOT_READY
+            )
         self.description()
 
     async def _call(self, fn: Callable[[_Loaded], T]) -> T:
@@ -252,26 +261,45 @@ class _Loaded:
         lb.init_backend(verbose=s.log_level.lower() == "debug")
         self.settings = s
         self.source = source
-        self.model = lb.Model(lb.ModelOptions(
-            path=str(source.path), n_gpu_layers=s.n_gpu_layers, main_gpu=s.main_gpu,
-            split_mode=s.split_mode, tensor_split=tuple(s.tensor_split),
-            use_mmap=s.use_mmap, use_mlock=s.use_mlock))
+        self.model = lb.Model(
+            lb.ModelOptions(
+                path=str(source.path),
+                n_gpu_layers=s.n_gpu_layers,
+                main_gpu=s.main_gpu,
+                split_mode=s.split_mode,
+                tensor_split=tuple(s.tensor_split),
+                use_mmap=s.use_mmap,
+                use_mlock=s.use_mlock,
+            )
+        )
         info = self.model.describe()
         n_ctx = s.n_ctx or info["n_ctx_train"] * s.parallel
-        common = {"n_threads": s.n_threads or (os.cpu_count() or 1),
-                  "n_threads_batch": s.n_threads_batch, "flash_attn": s.flash_attn}
-        self.ctx = lb.Context(self.model, lb.ContextOptions(
-            n_ctx=n_ctx, n_seq_max=s.parallel, n_batch=s.n_batch, n_ubatch=s.n_ubatch,
-            **common))
+        threads = s.n_threads or (os.cpu_count() or 1)
+        gen_opts = lb.ContextOptions(
+            n_ctx=n_ctx,
+            n_seq_max=s.parallel,
+            n_batch=s.n_batch,
+            n_ubatch=s.n_ubatch,
+            n_threads=threads,
+            n_threads_batch=s.n_threads_batch,
+            flash_attn=s.flash_attn,
+        )
+        self.ctx = lb.Context(self.model, gen_opts)
         per_seq = self.ctx.n_ctx_seq
-        embed_opts = lb.ContextOptions(
-            n_ctx=per_seq, n_seq_max=EMBED_SEQUENCES, n_batch=per_seq, n_ubatch=per_seq,
-            embeddings=True, pooling=s.pooling, kv_unified=True, **common)
+        embed_opts = dataclasses.replace(
+            gen_opts,
+            n_ctx=per_seq,
+            n_seq_max=EMBED_SEQUENCES,
+            n_batch=per_seq,
+            n_ubatch=per_seq,
+            embeddings=True,
+            pooling=s.pooling,
+            kv_unified=True,
+        )
         embed_ctx = lb.Context(self.model, embed_opts)
         if embed_ctx.pooling == "none":  # a causal LM: no pooling of its own, so mean
             embed_ctx.close()
-            embed_ctx = lb.Context(self.model, lb.ContextOptions(
-                **{**embed_opts.__dict__, "pooling": "mean"}))
+            embed_ctx = lb.Context(self.model, dataclasses.replace(embed_opts, pooling="mean"))
         self.embedder = Embedder(self.model, embed_ctx)
         template_src = load_template_source(s.chat_template) or self.model.chat_template()
         self.template = ChatTemplate(template_src, self.model.bos_text, self.model.eos_text)
@@ -284,17 +312,29 @@ class _Loaded:
         gpu = lb.supports_gpu_offload() and s.n_gpu_layers != 0
         visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
         return ModelDescription(
-            alias=self.source.alias, file=str(self.source.path), hf_repo=self.source.hf_repo,
-            context_size=self.ctx.n_ctx, context_per_slot=self.ctx.n_ctx_seq,
-            train_context_size=info["n_ctx_train"], parameter_count=info["n_params"],
-            size_bytes=info["size"], chat_template=self.template.source,
-            can_generate=info["has_decoder"], can_embed=True, slots=s.parallel,
-            embedding_size=info["n_embd"], vocab_size=self.model.n_vocab,
-            pooling=self.embedder.ctx.pooling, description=info["desc"],
+            alias=self.source.alias,
+            file=str(self.source.path),
+            hf_repo=self.source.hf_repo,
+            context_size=self.ctx.n_ctx,
+            context_per_slot=self.ctx.n_ctx_seq,
+            train_context_size=info["n_ctx_train"],
+            parameter_count=info["n_params"],
+            size_bytes=info["size"],
+            chat_template=self.template.source,
+            can_generate=info["has_decoder"],
+            can_embed=True,
+            slots=s.parallel,
+            embedding_size=info["n_embd"],
+            vocab_size=self.model.n_vocab,
+            pooling=self.embedder.ctx.pooling,
+            description=info["desc"],
             backend="cuda" if gpu else "cpu",
             visible_devices=tuple(v for v in visible.split(",") if v) if gpu else (),
-            n_gpu_layers=s.n_gpu_layers if gpu else 0, main_gpu=s.main_gpu,
-            split_mode=s.split_mode, tensor_split=tuple(s.tensor_split))
+            n_gpu_layers=s.n_gpu_layers if gpu else 0,
+            main_gpu=s.main_gpu,
+            split_mode=s.split_mode,
+            tensor_split=tuple(s.tensor_split),
+        )
 
     def close(self) -> None:
         self.scheduler.close()

@@ -35,13 +35,23 @@ def _forward_log(level: int, text: bytes, _user_data: ctypes.c_void_p) -> None:
 
 FloatArray = npt.NDArray[np.float32]
 
-_SPLIT_MODES = {"none": lc.LLAMA_SPLIT_MODE_NONE, "layer": lc.LLAMA_SPLIT_MODE_LAYER,
-                "row": lc.LLAMA_SPLIT_MODE_ROW}
-_FLASH_ATTN = {"auto": lc.LLAMA_FLASH_ATTN_TYPE_AUTO, "on": lc.LLAMA_FLASH_ATTN_TYPE_ENABLED,
-               "off": lc.LLAMA_FLASH_ATTN_TYPE_DISABLED}
-POOLING_NAMES = {lc.LLAMA_POOLING_TYPE_NONE: "none", lc.LLAMA_POOLING_TYPE_MEAN: "mean",
-                 lc.LLAMA_POOLING_TYPE_CLS: "cls", lc.LLAMA_POOLING_TYPE_LAST: "last",
-                 lc.LLAMA_POOLING_TYPE_RANK: "rank"}
+_SPLIT_MODES = {
+    "none": lc.LLAMA_SPLIT_MODE_NONE,
+    "layer": lc.LLAMA_SPLIT_MODE_LAYER,
+    "row": lc.LLAMA_SPLIT_MODE_ROW,
+}
+_FLASH_ATTN = {
+    "auto": lc.LLAMA_FLASH_ATTN_TYPE_AUTO,
+    "on": lc.LLAMA_FLASH_ATTN_TYPE_ENABLED,
+    "off": lc.LLAMA_FLASH_ATTN_TYPE_DISABLED,
+}
+POOLING_NAMES = {
+    lc.LLAMA_POOLING_TYPE_NONE: "none",
+    lc.LLAMA_POOLING_TYPE_MEAN: "mean",
+    lc.LLAMA_POOLING_TYPE_CLS: "cls",
+    lc.LLAMA_POOLING_TYPE_LAST: "last",
+    lc.LLAMA_POOLING_TYPE_RANK: "rank",
+}
 _POOLING_BY_NAME = {name: value for value, name in POOLING_NAMES.items()}
 #: The seed llama.cpp reads as "pick a random one".
 RANDOM_SEED = lc.LLAMA_DEFAULT_SEED
@@ -153,9 +163,7 @@ class Model:
         size = max(64, len(tokens) * 16)
         for _ in range(2):
             buf = ctypes.create_string_buffer(size)
-            n = lc.llama_detokenize(
-                self.vocab, arr, len(tokens), buf, size, False, render_special
-            )
+            n = lc.llama_detokenize(self.vocab, arr, len(tokens), buf, size, False, render_special)
             if n >= 0:
                 return buf.raw[:n].decode("utf-8", errors="replace")
             size = -n
@@ -165,8 +173,9 @@ class Model:
         """Raise INVALID_ARGUMENT if a token id is outside the vocabulary."""
         for t in tokens:
             if not 0 <= t < self.n_vocab:
-                raise invalid(f"token id {t} is outside the vocabulary (0..{self.n_vocab - 1})",
-                              param)
+                raise invalid(
+                    f"token id {t} is outside the vocabulary (0..{self.n_vocab - 1})", param
+                )
 
     def is_eog(self, token: int) -> bool:
         """Whether token ends generation (EOS, EOT, ...)."""
@@ -381,9 +390,15 @@ class Sampler:
             )
             self._add(lc.llama_sampler_init_logit_bias(model.n_vocab, len(arr), arr))
         if cfg.repeat_penalty != 1.0 or cfg.presence_penalty or cfg.frequency_penalty:
-            self._add(lc.llama_sampler_init_penalties(
-                model.n_vocab, cfg.repeat_last_n, cfg.repeat_penalty,
-                cfg.frequency_penalty, cfg.presence_penalty))
+            self._add(
+                lc.llama_sampler_init_penalties(
+                    model.n_vocab,
+                    cfg.repeat_last_n,
+                    cfg.repeat_penalty,
+                    cfg.frequency_penalty,
+                    cfg.presence_penalty,
+                )
+            )
         if cfg.grammar:
             grammar = lc.llama_sampler_init_grammar(model.vocab, cfg.grammar.encode(), b"root")
             if not grammar:

@@ -23,11 +23,14 @@ def parse(argv: list[str] | None) -> WorkerSettings:
 def main(argv: list[str] | None = None) -> None:
     """Run a worker until it is told to stop."""
     settings = parse(argv)
-    logging.basicConfig(level=settings.log_level.upper(),
-                        format="%(asctime)s %(levelname)s worker %(name)s: %(message)s")
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s worker %(name)s: %(message)s",
+    )
     try:
-        source = resolve(settings.model, settings.hf_repo, settings.hf_file,
-                         settings.hf_revision, settings.alias)
+        source = resolve(
+            settings.model, settings.hf_repo, settings.hf_file, settings.hf_revision, settings.alias
+        )
     except ModelNotFound as exc:
         sys.exit(f"llamagrid worker: {exc}")
     asyncio.run(serve(settings, LlamaEngine(settings, source)))

@@ -53,16 +53,21 @@ def from_hugging_face(repo: str, pattern: str, revision: str = "main") -> Path:
     and HF_ENDPOINT.
     """
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
-    from huggingface_hub.utils import HfHubHTTPError
+    from huggingface_hub.errors import (
+        HfHubHTTPError,
+        HFValidationError,
+        LocalEntryNotFoundError,
+    )
 
     try:
-        folder = Path(snapshot_download(repo_id=repo, revision=revision,
-                                        allow_patterns=[pattern]))
+        folder = Path(snapshot_download(repo_id=repo, revision=revision, allow_patterns=[pattern]))
     except (HfHubHTTPError, LocalEntryNotFoundError, HFValidationError, OSError) as exc:
         raise ModelNotFound(f"cannot fetch {pattern} from {repo}: {exc}") from exc
-    matches = sorted(p for p in folder.rglob("*") if p.is_file()
-                     and fnmatch.fnmatch(str(p.relative_to(folder)), pattern))
+    matches = sorted(
+        p
+        for p in folder.rglob("*")
+        if p.is_file() and fnmatch.fnmatch(str(p.relative_to(folder)), pattern)
+    )
     if not matches:
         raise ModelNotFound(f"no file in {repo}@{revision} matches {pattern}")
     return matches[0]

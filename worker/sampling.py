@@ -17,26 +17,46 @@ MAX_TOP_LOGPROBS = 20
 def validate(s: Sampling, n_vocab: int) -> None:
     """Reject values no sampler can honour, naming the field."""
     checks: list[tuple[bool, str, str]] = [
-        (s.temperature is not None and not 0.0 <= s.temperature <= 100.0, "temperature",
-         "must be between 0 and 100"),
+        (
+            s.temperature is not None and not 0.0 <= s.temperature <= 100.0,
+            "temperature",
+            "must be between 0 and 100",
+        ),
         (s.top_p is not None and not 0.0 < s.top_p <= 1.0, "top_p", "must be in (0, 1]"),
         (s.top_k is not None and s.top_k < 0, "top_k", "must not be negative"),
         (s.min_p is not None and not 0.0 <= s.min_p <= 1.0, "min_p", "must be in [0, 1]"),
-        (s.typical_p is not None and not 0.0 < s.typical_p <= 1.0, "typical_p",
-         "must be in (0, 1]"),
-        (s.repeat_penalty is not None and s.repeat_penalty <= 0.0, "repeat_penalty",
-         "must be positive"),
-        (s.repeat_last_n is not None and s.repeat_last_n < -1, "repeat_last_n",
-         "must be -1 or more"),
-        (s.presence_penalty is not None and not -2.0 <= s.presence_penalty <= 2.0,
-         "presence_penalty", "must be between -2 and 2"),
-        (s.frequency_penalty is not None and not -2.0 <= s.frequency_penalty <= 2.0,
-         "frequency_penalty", "must be between -2 and 2"),
-        (s.top_logprobs is not None and not 0 <= s.top_logprobs <= MAX_TOP_LOGPROBS,
-         "top_logprobs", f"must be between 0 and {MAX_TOP_LOGPROBS}"),
+        (
+            s.typical_p is not None and not 0.0 < s.typical_p <= 1.0,
+            "typical_p",
+            "must be in (0, 1]",
+        ),
+        (
+            s.repeat_penalty is not None and s.repeat_penalty <= 0.0,
+            "repeat_penalty",
+            "must be positive",
+        ),
+        (
+            s.repeat_last_n is not None and s.repeat_last_n < -1,
+            "repeat_last_n",
+            "must be -1 or more",
+        ),
+        (
+            s.presence_penalty is not None and not -2.0 <= s.presence_penalty <= 2.0,
+            "presence_penalty",
+            "must be between -2 and 2",
+        ),
+        (
+            s.frequency_penalty is not None and not -2.0 <= s.frequency_penalty <= 2.0,
+            "frequency_penalty",
+            "must be between -2 and 2",
+        ),
+        (
+            s.top_logprobs is not None and not 0 <= s.top_logprobs <= MAX_TOP_LOGPROBS,
+            "top_logprobs",
+            f"must be between 0 and {MAX_TOP_LOGPROBS}",
+        ),
         (s.max_tokens is not None and s.max_tokens < 1, "max_tokens", "must be at least 1"),
-        (bool(s.grammar) and bool(s.json_schema), "grammar",
-         "cannot be combined with json_schema"),
+        (bool(s.grammar) and bool(s.json_schema), "grammar", "cannot be combined with json_schema"),
     ]
     for failed, param, rule in checks:
         if failed:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from typing import Any, NoReturn
 
 import grpc
 from llamagrid import errors as codes
@@ -22,6 +23,7 @@ from worker.translate import (
 )
 
 log = logging.getLogger(__name__)
+Context = grpc.aio.ServicerContext[Any, Any]
 
 
 class InferenceService(pb_grpc.InferenceServiceServicer):
@@ -33,29 +35,29 @@ class InferenceService(pb_grpc.InferenceServiceServicer):
     def _check_model(self, model: str) -> None:
         alias = self.engine.description().alias
         if model and model != alias:
-            raise EngineError(grpc.StatusCode.NOT_FOUND,
-                              f"model '{model}' is not served here (this worker serves '{alias}')",
-                              codes.REASON_MODEL_NOT_FOUND, "model")
+            raise EngineError(
+                grpc.StatusCode.NOT_FOUND,
+                f"model '{model}' is not served here (this worker serves '{alias}')",
+                codes.REASON_MODEL_NOT_FOUND,
+                "model",
+            )
 
-    async def Generate(  # noqa: N802 - gRPC method name
-        self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
+    async def Generate(
+        self, request: pb.GenerateRequest, context: Context
     ) -> AsyncIterator[pb.GenerateResponse]:
         """Stream chunks, then the final message; errors end the call with their status."""
         try:
             self._check_model(request.model)
             if not self.engine.description().can_generate:
-                raise invalid("this model cannot generate text", "model",
-                              codes.REASON_UNSUPPORTED)
+                raise invalid("this model cannot generate text", "model", codes.REASON_UNSUPPORTED)
             events = self.engine.generate(generation_from_proto(request))
-            async with contextlib.aclosing(events):
+            async with contextlib.aclosing(events):  # type: ignore[type-var]
                 async for event in events:
                     yield _event_to_proto(event)
         except EngineError as exc:
-            await context.abort_with_status(exc.to_status())
+            await _abort(context, exc)
 
-    async def Embed(  # noqa: N802
-        self, request: pb.EmbedRequest, context: grpc.aio.ServicerContext
-    ) -> pb.EmbedResponse:
+    async def Embed(self, request: pb.EmbedRequest, context: Context) -> pb.EmbedResponse:
         """One embedding per input."""
         try:
             self._check_model(request.model)
@@ -67,64 +69,67 @@ class InferenceService(pb_grpc.InferenceServiceServicer):
             ]
             result = await self.engine.embed(inputs, request.normalize)
         except EngineError as exc:
-            await context.abort_with_status(exc.to_status())
-            raise  # unreachable: abort raises
+            await _abort(context, exc)
         return pb.EmbedResponse(
-            embeddings=[pb.Embedding(values=v, token_count=n)
-                        for v, n in zip(result.vectors, result.token_counts, strict=True)],
+            embeddings=[
+                pb.Embedding(values=v, token_count=n)
+                for v, n in zip(result.vectors, result.token_counts, strict=True)
+            ],
             total_tokens=sum(result.token_counts),
         )
 
-    async def Tokenize(  # noqa: N802
-        self, request: pb.TokenizeRequest, context: grpc.aio.ServicerContext
-    ) -> pb.TokenizeResponse:
+    async def Tokenize(self, request: pb.TokenizeRequest, context: Context) -> pb.TokenizeResponse:
         """Token ids, and pieces when asked: text when valid UTF-8 on its own, else bytes."""
         try:
             self._check_model(request.model)
             pieces = await self.engine.tokenize(
-                request.text, request.add_special, request.parse_special)
+                request.text, request.add_special, request.parse_special
+            )
         except EngineError as exc:
-            await context.abort_with_status(exc.to_status())
-            raise
+            await _abort(context, exc)
         out = pb.TokenizeResponse(token_ids=[p.token_id for p in pieces])
         if request.with_pieces:
             out.pieces.extend(_piece(p.token_id, p.data) for p in pieces)
         return out
 
-    async def Detokenize(  # noqa: N802
-        self, request: pb.DetokenizeRequest, context: grpc.aio.ServicerContext
+    async def Detokenize(
+        self, request: pb.DetokenizeRequest, context: Context
     ) -> pb.DetokenizeResponse:
         """The text of token ids."""
         try:
             self._check_model(request.model)
             text = await self.engine.detokenize(list(request.token_ids), request.render_special)
         except EngineError as exc:
-            await context.abort_with_status(exc.to_status())
-            raise
+            await _abort(context, exc)
         return pb.DetokenizeResponse(text=text)
 
-    async def GetModelInfo(  # noqa: N802
-        self, request: pb.GetModelInfoRequest, context: grpc.aio.ServicerContext
+    async def GetModelInfo(
+        self, request: pb.GetModelInfoRequest, context: Context
     ) -> pb.GetModelInfoResponse:
         """The model served under the requested alias."""
         try:
             self._check_model(request.model)
             desc = self.engine.description()
         except EngineError as exc:
-            await context.abort_with_status(exc.to_status())
-            raise
+            await _abort(context, exc)
         return pb.GetModelInfoResponse(info=model_info_to_proto(desc))
 
-    async def ListModels(  # noqa: N802
-        self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
+    async def ListModels(
+        self, request: pb.ListModelsRequest, context: Context
     ) -> pb.ListModelsResponse:
         """Every model served (one per worker)."""
         try:
             desc = self.engine.description()
         except EngineError as exc:
-            await context.abort_with_status(exc.to_status())
-            raise
+            await _abort(context, exc)
         return pb.ListModelsResponse(models=[model_info_to_proto(desc)])
+
+
+async def _abort(context: Context, exc: EngineError) -> NoReturn:
+    """End the call with the error's rich status (ErrorInfo, RetryInfo)."""
+    # grpc-stubs lacks aio's abort_with_status; grpc.aio has had it since 1.34.
+    await context.abort_with_status(exc.to_status())  # type: ignore[attr-defined]
+    raise AssertionError("abort_with_status returned")
 
 
 def _piece(token_id: int, data: bytes) -> pb.TokenPiece:

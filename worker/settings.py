@@ -28,7 +28,9 @@ class WorkerSettings(BaseSettings):
     hf_repo: str = Field(default="", description="Hugging Face repository to fetch the GGUF from.")
     hf_file: str = Field(default="", description="File name (or glob) inside --hf-repo.")
     hf_revision: str = Field(default="main", description="Branch, tag or commit of --hf-repo.")
-    alias: str = Field(default="", description="Name clients use for the model; default: file stem.")
+    alias: str = Field(
+        default="", description="Name clients use for the model; default: file stem."
+    )
     chat_template: str = Field(
         default="", description="Jinja chat template overriding the GGUF's, inline or a file path."
     )
@@ -65,9 +67,7 @@ class WorkerSettings(BaseSettings):
     n_threads_batch: int = Field(
         default=0, ge=0, description="Threads for prompt processing; 0: same as n_threads."
     )
-    flash_attn: Literal["auto", "on", "off"] = Field(
-        default="auto", description="Flash attention."
-    )
+    flash_attn: Literal["auto", "on", "off"] = Field(default="auto", description="Flash attention.")
     pooling: Literal["model", "mean", "cls", "last"] = Field(
         default="model",
         description="Embedding pooling; 'model' uses the GGUF's, or mean if it has none.",

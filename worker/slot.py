@@ -66,7 +66,9 @@ class Slot:
         if model.is_eog(token) and not ignore_eos:
             return self._finish(FinishReason.EOS)
         self.generated += 1
-        logprobs = [self._logprob(model, ctx, token, index)] if self.top_logprobs is not None else []
+        logprobs = (
+            [self._logprob(model, ctx, token, index)] if self.top_logprobs is not None else []
+        )
         delta = self.text.feed(model.piece(token))
         self.job.channel.push(Chunk(delta.text, [token], logprobs))
         if delta.stopped_by is not None:

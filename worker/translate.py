@@ -23,14 +23,24 @@ _FINISH = {
     FinishReason.LENGTH: pb.FINISH_REASON_LENGTH,
 }
 _OPTIONAL_FIELDS = (
-    "max_tokens", "temperature", "top_p", "top_k", "min_p", "typical_p", "repeat_penalty",
-    "repeat_last_n", "presence_penalty", "frequency_penalty", "seed", "top_logprobs",
+    "max_tokens",
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "typical_p",
+    "repeat_penalty",
+    "repeat_last_n",
+    "presence_penalty",
+    "frequency_penalty",
+    "seed",
+    "top_logprobs",
 )
 
 
 def sampling_from_proto(p: pb.SamplingParams) -> Sampling:
     """Sampling options; unset optional fields stay None."""
-    values = {name: getattr(p, name) for name in _OPTIONAL_FIELDS if p.HasField(name)}
+    values = {f.name: v for f, v in p.ListFields() if f.name in _OPTIONAL_FIELDS}
     constraint = p.WhichOneof("constraint")
     return Sampling(
         **values,
@@ -49,8 +59,9 @@ def generation_from_proto(req: pb.GenerateRequest) -> GenerationRequest:
     if which == "prompt":
         return GenerationRequest(prompt=req.prompt, sampling=sampling, request_id=req.request_id)
     if which == "tokens":
-        return GenerationRequest(tokens=tuple(req.tokens.ids), sampling=sampling,
-                                 request_id=req.request_id)
+        return GenerationRequest(
+            tokens=tuple(req.tokens.ids), sampling=sampling, request_id=req.request_id
+        )
     if which == "chat":
         messages = tuple(_message(m, i) for i, m in enumerate(req.chat.messages))
         if not messages:
@@ -92,26 +103,48 @@ def final_to_proto(f: Final) -> pb.GenerateResponse:
     """The closing message of a Generate stream."""
     u = f.usage
     usage = pb.Usage(
-        prompt_tokens=u.prompt_tokens, completion_tokens=u.completion_tokens,
-        cached_tokens=u.cached_tokens, queue_ms=u.queue_ms, prefill_ms=u.prefill_ms,
+        prompt_tokens=u.prompt_tokens,
+        completion_tokens=u.completion_tokens,
+        cached_tokens=u.cached_tokens,
+        queue_ms=u.queue_ms,
+        prefill_ms=u.prefill_ms,
         decode_ms=u.decode_ms,
     )
-    return pb.GenerateResponse(final=pb.GenerateFinal(
-        finish_reason=_FINISH[f.finish_reason], usage=usage, matched_stop=f.matched_stop))
+    return pb.GenerateResponse(
+        final=pb.GenerateFinal(
+            finish_reason=_FINISH[f.finish_reason], usage=usage, matched_stop=f.matched_stop
+        )
+    )
 
 
 def model_info_to_proto(d: ModelDescription) -> pb.ModelInfo:
     """ModelInfo for GetModelInfo and ListModels."""
-    caps = [c for c, on in ((pb.CAPABILITY_GENERATE, d.can_generate),
-                            (pb.CAPABILITY_EMBED, d.can_embed)) if on]
+    caps = [
+        c
+        for c, on in ((pb.CAPABILITY_GENERATE, d.can_generate), (pb.CAPABILITY_EMBED, d.can_embed))
+        if on
+    ]
     return pb.ModelInfo(
-        alias=d.alias, file=d.file, hf_repo=d.hf_repo, context_size=d.context_per_slot,
-        train_context_size=d.train_context_size, parameter_count=d.parameter_count,
-        size_bytes=d.size_bytes, chat_template=d.chat_template, capabilities=caps,
-        slots=d.slots, embedding_size=d.embedding_size, vocab_size=d.vocab_size,
-        pooling=d.pooling, description=d.description,
+        alias=d.alias,
+        file=d.file,
+        hf_repo=d.hf_repo,
+        context_size=d.context_per_slot,
+        train_context_size=d.train_context_size,
+        parameter_count=d.parameter_count,
+        size_bytes=d.size_bytes,
+        chat_template=d.chat_template,
+        capabilities=caps,
+        slots=d.slots,
+        embedding_size=d.embedding_size,
+        vocab_size=d.vocab_size,
+        pooling=d.pooling,
+        description=d.description,
         placement=pb.DevicePlacement(
-            backend=d.backend, visible_devices=list(d.visible_devices),
-            n_gpu_layers=d.n_gpu_layers, main_gpu=d.main_gpu, split_mode=d.split_mode,
-            tensor_split=list(d.tensor_split)),
+            backend=d.backend,
+            visible_devices=list(d.visible_devices),
+            n_gpu_layers=d.n_gpu_layers,
+            main_gpu=d.main_gpu,
+            split_mode=d.split_mode,
+            tensor_split=list(d.tensor_split),
+        ),
     )

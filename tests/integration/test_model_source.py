@@ -29,8 +29,18 @@ def make_hf_cache(root: Path) -> Path:
 def test_worker_loads_from_hugging_face_cache_offline(tmp_path: Path) -> None:
     cache = make_hf_cache(tmp_path / "hub")
     env = {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache)}
-    proc = spawn_worker(tmp_path, "--hf-repo", REPO, "--hf-file", "*q4_1.gguf", "--alias",
-                        "smol-hf", "--parallel", "1", env=env)
+    proc = spawn_worker(
+        tmp_path,
+        "--hf-repo",
+        REPO,
+        "--hf-file",
+        "*q4_1.gguf",
+        "--alias",
+        "smol-hf",
+        "--parallel",
+        "1",
+        env=env,
+    )
     with running(proc):
         wait_serving(proc.target)
         channel = grpc.insecure_channel(proc.target)
@@ -45,8 +55,9 @@ def test_worker_loads_from_hugging_face_cache_offline(tmp_path: Path) -> None:
 def test_missing_hugging_face_file_fails_clearly(tmp_path: Path) -> None:
     cache = make_hf_cache(tmp_path / "hub")
     env = {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache)}
-    proc = spawn_worker(tmp_path, "--hf-repo", REPO, "--hf-file", "*Q8_0.gguf", env=env,
-                        wait_port=False)
+    proc = spawn_worker(
+        tmp_path, "--hf-repo", REPO, "--hf-file", "*Q8_0.gguf", env=env, wait_port=False
+    )
     code = proc.popen.wait(60)
     assert code != 0
     assert "no file in" in proc.log_text() and "Q8_0" in proc.log_text()

@@ -28,7 +28,9 @@ def chat(text: str, **sampling: object) -> pb.GenerateRequest:
     )
 
 
-def collect(stub: pb_grpc.InferenceServiceStub, req: pb.GenerateRequest) -> tuple[str, pb.GenerateFinal]:
+def collect(
+    stub: pb_grpc.InferenceServiceStub, req: pb.GenerateRequest
+) -> tuple[str, pb.GenerateFinal]:
     text, final = [], None
     for msg in stub.Generate(req, timeout=120):
         if msg.HasField("chunk"):
@@ -46,8 +48,9 @@ def test_tokenize_detokenize_round_trip(stub: pb_grpc.InferenceServiceStub) -> N
     assert 1 in toks.token_ids  # <|im_start|> parsed as the special token
     # Pieces are text where valid UTF-8, bytes where a character is split between tokens.
     assert any(p.WhichOneof("piece") == "raw" for p in toks.pieces)
-    joined = b"".join(p.raw if p.WhichOneof("piece") == "raw" else p.text.encode()
-                      for p in toks.pieces)
+    joined = b"".join(
+        p.raw if p.WhichOneof("piece") == "raw" else p.text.encode() for p in toks.pieces
+    )
     assert joined.decode() == text
     back = stub.Detokenize(pb.DetokenizeRequest(token_ids=toks.token_ids, render_special=True))
     assert back.text == text
@@ -57,9 +60,14 @@ def test_tokenize_detokenize_round_trip(stub: pb_grpc.InferenceServiceStub) -> N
 
 def test_embed_batch_normalised(stub: pb_grpc.InferenceServiceStub) -> None:
     ids = stub.Tokenize(pb.TokenizeRequest(text="a red apple")).token_ids
-    req = pb.EmbedRequest(inputs=[pb.EmbedInput(text="a red apple"),
-                                  pb.EmbedInput(text="quantum chromodynamics"),
-                                  pb.EmbedInput(tokens=pb.TokenList(ids=ids))], normalize=True)
+    req = pb.EmbedRequest(
+        inputs=[
+            pb.EmbedInput(text="a red apple"),
+            pb.EmbedInput(text="quantum chromodynamics"),
+            pb.EmbedInput(tokens=pb.TokenList(ids=ids)),
+        ],
+        normalize=True,
+    )
     out = stub.Embed(req)
     info = stub.GetModelInfo(pb.GetModelInfoRequest()).info
     assert len(out.embeddings) == 3
@@ -131,8 +139,9 @@ def test_stop_string_spanning_tokens_never_leaks(stub: pb_grpc.InferenceServiceS
     full, _ = collect(stub, chat("Name three colors.", temperature=0, max_tokens=40))
     assert len(full) > 12
     stop = full[5:12]  # a stop string that begins and ends inside tokens
-    text, final = collect(stub, chat("Name three colors.", temperature=0, max_tokens=40,
-                                     stop=[stop]))
+    text, final = collect(
+        stub, chat("Name three colors.", temperature=0, max_tokens=40, stop=[stop])
+    )
     assert final.finish_reason == pb.FINISH_REASON_STOP_STRING
     assert final.matched_stop == stop
     assert text == full[: full.index(stop)]
@@ -171,8 +180,10 @@ def test_health_transitions_and_drain(tmp_path: Path) -> None:
             time.sleep(0.02)
         assert seen[0] == NOT_SERVING and SERVING in seen  # loading, then ready
         stub = pb_grpc.InferenceServiceStub(channel)
-        stream = stub.Generate(chat("Count to one hundred.", max_tokens=200, ignore_eos=True,
-                                    temperature=0), timeout=120)
+        stream = stub.Generate(
+            chat("Count to one hundred.", max_tokens=200, ignore_eos=True, temperature=0),
+            timeout=120,
+        )
         first = next(stream)  # the request is running
         assert first.HasField("chunk")
         proc.popen.send_signal(15)
@@ -181,7 +192,7 @@ def test_health_transitions_and_drain(tmp_path: Path) -> None:
         assert rest[-1].final.usage.completion_tokens == 200
         assert proc.popen.wait(30) == 0
         watcher.join(10)
-        assert NOT_SERVING in seen[seen.index(SERVING):]  # shutdown reported before exit
+        assert NOT_SERVING in seen[seen.index(SERVING) :]  # shutdown reported before exit
         done.set()
         channel.close()
     finally:

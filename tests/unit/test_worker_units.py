@@ -82,8 +82,13 @@ def test_validation_names_the_field(sampling: Sampling, param: str) -> None:
 
 
 def test_sampling_from_proto_keeps_presence() -> None:
-    p = pb.SamplingParams(temperature=0.0, max_tokens=7, stop=["a"], logit_bias={3: -5.0},
-                          json_schema='{"type":"object"}')
+    p = pb.SamplingParams(
+        temperature=0.0,
+        max_tokens=7,
+        stop=["a"],
+        logit_bias={3: -5.0},
+        json_schema='{"type":"object"}',
+    )
     s = sampling_from_proto(p)
     assert s.temperature == 0.0 and s.max_tokens == 7 and s.top_p is None
     assert s.stop == ("a",) and s.logit_bias == {3: -5.0}
@@ -91,16 +96,20 @@ def test_sampling_from_proto_keeps_presence() -> None:
 
 
 def test_generation_from_proto_inputs() -> None:
-    chat = pb.GenerateRequest(chat=pb.ChatConversation(
-        messages=[pb.ChatMessage(role="user", content="hi", name="bob")]))
+    chat = pb.GenerateRequest(
+        chat=pb.ChatConversation(messages=[pb.ChatMessage(role="user", content="hi", name="bob")])
+    )
     assert generation_from_proto(chat).messages[0].name == "bob"  # type: ignore[index]
     toks = generation_from_proto(pb.GenerateRequest(tokens=pb.TokenList(ids=[1, 2])))
     assert toks.tokens == (1, 2)
     with pytest.raises(EngineError):
         generation_from_proto(pb.GenerateRequest())
     with pytest.raises(EngineError):
-        generation_from_proto(pb.GenerateRequest(chat=pb.ChatConversation(
-            messages=[pb.ChatMessage(role="", content="x")])))
+        generation_from_proto(
+            pb.GenerateRequest(
+                chat=pb.ChatConversation(messages=[pb.ChatMessage(role="", content="x")])
+            )
+        )
 
 
 def test_events_to_proto() -> None:
