@@ -79,10 +79,13 @@ def test_json_object_mode(openai_client: OpenAI) -> None:
     out = openai_client.chat.completions.create(
         model="smollm2",
         temperature=0,
-        max_tokens=60,
-        messages=[{"role": "user", "content": "Give me a JSON object about a cat."}],
+        max_tokens=300,
+        messages=[
+            {"role": "user", "content": "Reply with a JSON object with the keys name and color."}
+        ],
         response_format={"type": "json_object"},
     )
+    assert out.choices[0].finish_reason == "stop"
     assert isinstance(json.loads(out.choices[0].message.content or ""), dict)
 
 
