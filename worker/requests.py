@@ -74,6 +74,11 @@ class TokenLogprob:
     top: tuple[LogprobEntry, ...]
 
 
+@dataclass(frozen=True)
+class Admitted:
+    """The request passed validation and holds a slot: it will produce a stream."""
+
+
 @dataclass
 class Chunk:
     """Text and tokens produced since the previous event."""
@@ -104,7 +109,7 @@ class Final:
     matched_stop: str = ""
 
 
-Event = Chunk | Final
+Event = Admitted | Chunk | Final
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ import grpc
 from worker.chat_template import ChatTemplate
 from worker.errors import EngineError, context_exceeded, invalid
 from worker.llama_backend import Batch, Context, Model, Sampler
-from worker.requests import GenerationRequest, Message
+from worker.requests import Admitted, GenerationRequest, Message
 from worker.sampling import resolve, validate
 from worker.slot import Job, Slot
 from worker.text_stream import TextStream
@@ -118,6 +118,8 @@ class Scheduler:
                 self.slots[seq] = self._make_slot(seq, job)
             except EngineError as exc:
                 job.fail(exc)
+                continue
+            job.channel.push(Admitted())
 
     def _make_slot(self, seq: int, job: Job) -> Slot:
         req = job.request

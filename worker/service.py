@@ -14,7 +14,7 @@ from llamagrid.v1 import inference_pb2_grpc as pb_grpc
 
 from worker.engine import Engine
 from worker.errors import EngineError, invalid
-from worker.requests import Chunk, Final
+from worker.requests import Admitted, Chunk, Final
 from worker.translate import (
     chunks_to_proto,
     final_to_proto,
@@ -53,7 +53,12 @@ class InferenceService(pb_grpc.InferenceServiceServicer):
             events = self.engine.generate(generation_from_proto(request))
             async with contextlib.aclosing(events):  # type: ignore[type-var]
                 async for event in events:
-                    yield _event_to_proto(event)
+                    if isinstance(event, Admitted):
+                        # Headers now tell the caller the request was accepted: errors before
+                        # this point are plain statuses, after it they end a started stream.
+                        await context.send_initial_metadata(())
+                    else:
+                        yield _event_to_proto(event)
         except EngineError as exc:
             await _abort(context, exc)
 

@@ -116,7 +116,7 @@ def test_invalid_generate_is_invalid_argument(
     assert err.value.details()
     assert parse_details(err.value.trailing_metadata()).param == param
     # The worker keeps serving.
-    text, final = collect(stub, chat("Say hi.", temperature=0, max_tokens=5))
+    _, final = collect(stub, chat("Say hi.", temperature=0, max_tokens=5))
     assert final.usage.completion_tokens > 0
 
 

@@ -16,6 +16,9 @@ CLIENT_KEEPALIVE_TIME_MS = 30_000
 SERVER_MIN_PING_INTERVAL_MS = 10_000
 #: How long to wait for a ping's answer before the connection is considered dead.
 KEEPALIVE_TIMEOUT_MS = 10_000
+#: The longest wait between reconnection attempts, so a restarted worker is found quickly
+#: (gRPC's default grows to two minutes).
+MAX_RECONNECT_BACKOFF_MS = 5_000
 
 ChannelOptions = list[tuple[str, int]]
 
@@ -29,6 +32,7 @@ def channel_options() -> ChannelOptions:
         ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.max_pings_without_data", 0),
+        ("grpc.max_reconnect_backoff_ms", MAX_RECONNECT_BACKOFF_MS),
     ]
 
 

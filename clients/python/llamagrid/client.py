@@ -1,0 +1,149 @@
+"""A typed asyncio client for the llamagrid.v1 InferenceService and the worker's health service.
+
+Every method raises ``grpc.aio.AioRpcError`` when the call fails; read the machine-readable
+reason with :func:`llamagrid.errors.parse_details` on ``error.trailing_metadata()``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from types import TracebackType
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from llamagrid.grpc_options import channel_options
+from llamagrid.v1 import inference_pb2 as pb
+from llamagrid.v1 import inference_pb2_grpc as pb_grpc
+
+
+class GenerateStream(AsyncIterator[pb.GenerateResponse]):
+    """A running Generate call: iterate it for the responses.
+
+    The call is cancelled when the task reading it is cancelled, when the stream is closed
+    (``aclose()``, or leaving ``async with``) and when the stream is garbage collected.
+    """
+
+    def __init__(
+        self, call: grpc.aio.UnaryStreamCall[pb.GenerateRequest, pb.GenerateResponse]
+    ) -> None:
+        self._call = call
+
+    def __aiter__(self) -> GenerateStream:
+        return self
+
+    async def __anext__(self) -> pb.GenerateResponse:
+        # grpc.aio cancels the call itself when the task awaiting read() is cancelled.
+        message = await self._call.read()
+        if isinstance(message, pb.GenerateResponse):
+            return message
+        raise StopAsyncIteration
+
+    async def admitted(self) -> None:
+        """Return once the worker has accepted the call (sent its initial metadata).
+
+        Raises the call's ``grpc.aio.AioRpcError`` when the worker rejected it instead.
+        """
+        await self._call.initial_metadata()
+        if self._call.done() and await self._call.code() != grpc.StatusCode.OK:
+            await self._call.read()  # raises the call's error
+
+    def cancel(self) -> bool:
+        """Cancel the call; False when it had already finished."""
+        return self._call.cancel()
+
+    def cancelled(self) -> bool:
+        """Whether the call was cancelled."""
+        return self._call.cancelled()
+
+    async def aclose(self) -> None:
+        """Cancel the call unless it has finished."""
+        self._call.cancel()
+
+    async def __aenter__(self) -> GenerateStream:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self._call.cancel()
+
+    def __del__(self) -> None:
+        # A running grpc.aio call is kept alive by its own tasks: dropping it does not end it.
+        call = getattr(self, "_call", None)
+        if call is not None and not call.done():
+            call.cancel()
+
+
+class AsyncInferenceClient:
+    """One channel to one llamagrid worker, with typed methods for each RPC."""
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+        self._channel = grpc.aio.insecure_channel(target, options=channel_options())
+        self._stub = pb_grpc.InferenceServiceStub(self._channel)
+        self._health = health_pb2_grpc.HealthStub(self._channel)
+
+    def generate(self, request: pb.GenerateRequest, timeout: float | None = None) -> GenerateStream:
+        """Start a Generate call; iterate the result for chunks and the final message."""
+        return GenerateStream(self._stub.Generate(request, timeout=timeout))
+
+    async def embed(
+        self, request: pb.EmbedRequest, timeout: float | None = None
+    ) -> pb.EmbedResponse:
+        """Embed a batch of inputs."""
+        return await self._stub.Embed(request, timeout=timeout)
+
+    async def tokenize(
+        self, request: pb.TokenizeRequest, timeout: float | None = None
+    ) -> pb.TokenizeResponse:
+        """Tokenize a text."""
+        return await self._stub.Tokenize(request, timeout=timeout)
+
+    async def detokenize(
+        self, request: pb.DetokenizeRequest, timeout: float | None = None
+    ) -> pb.DetokenizeResponse:
+        """Turn token ids back into text."""
+        return await self._stub.Detokenize(request, timeout=timeout)
+
+    async def get_model_info(
+        self, request: pb.GetModelInfoRequest, timeout: float | None = None
+    ) -> pb.GetModelInfoResponse:
+        """Describe the model served under an alias."""
+        return await self._stub.GetModelInfo(request, timeout=timeout)
+
+    async def list_models(
+        self, request: pb.ListModelsRequest | None = None, timeout: float | None = None
+    ) -> pb.ListModelsResponse:
+        """Describe every model the worker serves."""
+        return await self._stub.ListModels(request or pb.ListModelsRequest(), timeout=timeout)
+
+    async def watch_health(self, service: str = "") -> AsyncIterator[bool]:
+        """Yield whether ``service`` is SERVING, now and after every change (grpc.health.v1).
+
+        Ends with ``grpc.aio.AioRpcError`` when the watch breaks; closing it cancels the call.
+        """
+        call = self._health.Watch(health_pb2.HealthCheckRequest(service=service))
+        try:
+            async for response in call:
+                yield response.status == health_pb2.HealthCheckResponse.SERVING
+        finally:
+            call.cancel()
+
+    async def close(self, grace: float | None = None) -> None:
+        """Close the channel, cancelling calls still running after ``grace`` seconds."""
+        await self._channel.close(grace)
+
+    async def __aenter__(self) -> AsyncInferenceClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()

@@ -1,0 +1,1 @@
+"""The llamagrid HTTP gateway: OpenAI-compatible HTTP in front of llamagrid gRPC workers."""

@@ -1,0 +1,118 @@
+"""The OpenAI routes: chat and text completions, embeddings and models."""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+from llamagrid.client import AsyncInferenceClient
+from llamagrid.v1 import inference_pb2 as pb
+from pydantic import BaseModel
+
+from gateway.dispatch import Dispatcher
+from gateway.errors import model_not_found
+from gateway.openai import rendering, service
+from gateway.openai.schemas import (
+    ChatCompletion,
+    ChatCompletionRequest,
+    Completion,
+    CompletionRequest,
+    EmbeddingList,
+    EmbeddingRequest,
+    Model,
+    ModelList,
+    StreamOptions,
+)
+from gateway.sse import EventStreamResponse
+
+logger = logging.getLogger(__name__)
+
+
+router = APIRouter(prefix="/v1", tags=["openai"])
+
+
+def get_dispatcher(request: Request) -> Dispatcher:
+    """The app's dispatcher (set by create_app)."""
+    dispatcher = request.app.state.dispatcher
+    assert isinstance(dispatcher, Dispatcher)
+    return dispatcher
+
+
+Dispatch = Annotated[Dispatcher, Depends(get_dispatcher)]
+
+
+@router.post("/chat/completions", response_model=None)
+async def chat_completions(
+    body: ChatCompletionRequest, request: Request, dispatcher: Dispatch
+) -> ChatCompletion | EventStreamResponse:
+    """Chat completion, streamed as server-sent events when ``stream`` is true."""
+    _log_unknown_fields(body, request)
+    proto = service.chat_request(body)
+    logprobs = bool(body.logprobs)
+    if body.stream:
+        include_usage = _include_usage(body.stream_options)
+        chunks = rendering.ChatChunks(proto.request_id, body.model, include_usage, logprobs)
+        return EventStreamResponse(rendering.stream_events(dispatcher.stream(proto), chunks))
+    generated = rendering.Generated.gather(await dispatcher.generate(request, proto))
+    return rendering.chat_completion(proto.request_id, body.model, generated, logprobs)
+
+
+@router.post("/completions", response_model=None)
+async def completions(
+    body: CompletionRequest, request: Request, dispatcher: Dispatch
+) -> Completion | EventStreamResponse:
+    """Text completion, streamed as server-sent events when ``stream`` is true."""
+    _log_unknown_fields(body, request)
+    proto = service.completion_request(body)
+    logprobs = body.logprobs is not None
+    offset = len(proto.prompt) if proto.WhichOneof("input") == "prompt" else 0
+    if body.stream:
+        include_usage = _include_usage(body.stream_options)
+        chunks = rendering.CompletionChunks(
+            proto.request_id, body.model, include_usage, logprobs, offset
+        )
+        return EventStreamResponse(rendering.stream_events(dispatcher.stream(proto), chunks))
+    generated = rendering.Generated.gather(await dispatcher.generate(request, proto))
+    return rendering.completion(proto.request_id, body.model, generated, logprobs, offset)
+
+
+@router.post("/embeddings")
+async def embeddings(
+    body: EmbeddingRequest, request: Request, dispatcher: Dispatch
+) -> EmbeddingList:
+    """Embeddings of one or more inputs, as floats or base64."""
+    _log_unknown_fields(body, request)
+    proto = service.embed_request(body)
+
+    async def embed(client: AsyncInferenceClient, timeout: float) -> pb.EmbedResponse:
+        return await client.embed(proto, timeout=timeout)
+
+    response = await dispatcher.unary(request, body.model, embed)
+    return rendering.embedding_list(body.model, response, body.encoding_format)
+
+
+@router.get("/models")
+async def list_models(dispatcher: Dispatch) -> ModelList:
+    """The models served by healthy workers."""
+    served = dispatcher.pool.models()
+    return ModelList(data=[Model(id=alias, created=seen) for alias, (_, seen) in served.items()])
+
+
+@router.get("/models/{model_id:path}")
+async def get_model(model_id: str, dispatcher: Dispatch) -> Model:
+    """One model served by a healthy worker."""
+    served = dispatcher.pool.models()
+    if model_id not in served:
+        raise model_not_found(model_id)
+    return Model(id=model_id, created=served[model_id][1])
+
+
+def _include_usage(options: StreamOptions | None) -> bool:
+    return options is not None and options.include_usage
+
+
+def _log_unknown_fields(body: BaseModel, request: Request) -> None:
+    extra: dict[str, Any] = body.model_extra or {}
+    if extra:
+        logger.info("%s: ignoring unknown fields %s", request.url.path, sorted(extra))

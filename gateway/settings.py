@@ -1,0 +1,59 @@
+"""The gateway's one settings object, read from LLAMAGRID_GATEWAY_* variables and CLI flags."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+LogLevel = Literal["critical", "error", "warning", "info", "debug", "trace"]
+
+
+class GatewaySettings(BaseSettings):
+    """How the gateway listens, which workers it routes to and how long it waits for them."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="LLAMAGRID_GATEWAY_",
+        cli_kebab_case=True,
+        cli_shortcuts={"workers": "worker"},
+        cli_prog_name="llamagrid-gateway",
+        extra="ignore",
+    )
+
+    host: str = Field("127.0.0.1", description="Address the HTTP server listens on.")
+    port: int = Field(8080, ge=0, le=65535, description="Port the HTTP server listens on.")
+    workers: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="gRPC addresses (HOST:PORT) of the workers; repeat the flag or join with ','.",
+    )
+    api_key: SecretStr | None = Field(
+        None, description="When set, requests must carry 'Authorization: Bearer <api_key>'."
+    )
+    request_timeout_s: float = Field(
+        600.0, gt=0, description="Deadline of each gRPC call to a worker, in seconds."
+    )
+    health_retry_s: float = Field(
+        1.0, gt=0, description="Seconds to wait before re-opening a broken health watch."
+    )
+    log_level: LogLevel = Field("info", description="Log level of the gateway and uvicorn.")
+
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _split_workers(cls, value: object) -> object:
+        """Accept a JSON list, a comma-joined string, or a list of (comma-joined) strings."""
+        if isinstance(value, str):
+            value = json.loads(value) if value.lstrip().startswith("[") else [value]
+        if isinstance(value, list):
+            return [part.strip() for item in value for part in str(item).split(",") if part.strip()]
+        return value
+
+    @field_validator("workers")
+    @classmethod
+    def _check_addresses(cls, value: list[str]) -> list[str]:
+        for address in value:
+            host, _, port = address.rpartition(":")
+            if not host or not port.isdigit():
+                raise ValueError(f"worker address {address!r} is not HOST:PORT")
+        return value

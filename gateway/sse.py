@@ -1,0 +1,103 @@
+"""Server-sent events: the only place that frames them.
+
+A stream is an async generator of events. Nothing goes out until it yields its first event, so an
+error raised before that (the worker rejected the call) is answered as a plain HTTP error; an
+error raised later becomes one ``data: {"error": ...}`` event that ends the stream without
+``[DONE]``. When the client disconnects, the generator is cancelled and closed at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from collections.abc import AsyncGenerator, Mapping
+from typing import Any
+
+import anyio
+from pydantic import BaseModel
+from starlette.responses import JSONResponse, Response
+from starlette.types import Receive, Scope, Send
+
+from gateway.errors import OpenAIError
+
+logger = logging.getLogger(__name__)
+
+#: What a stream yields: a message sent as ``data: <json>``, or None for a comment line that
+#: carries no data (yielded once the worker has accepted the call, to flush the headers).
+Event = BaseModel | Mapping[str, Any] | None
+Events = AsyncGenerator[Event, None]
+
+COMMENT = b": ok\n\n"
+DONE = b"data: [DONE]\n\n"
+HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "Connection": "keep-alive"}
+
+
+def frame(event: Event) -> bytes:
+    """One SSE message: ``data: <json>`` and a blank line, or the comment line for None."""
+    if event is None:
+        return COMMENT
+    if isinstance(event, BaseModel):
+        data = event.model_dump_json()
+    else:
+        data = json.dumps(event, separators=(",", ":"), ensure_ascii=False)
+    return b"data: " + data.encode() + b"\n\n"
+
+
+def error_response(error: OpenAIError) -> JSONResponse:
+    """The plain HTTP response for an error."""
+    return JSONResponse(error.body(), status_code=error.status_code, headers=error.headers)
+
+
+class EventStreamResponse(Response):
+    """An event stream that starts with the first event and stops when the client leaves."""
+
+    media_type = "text/event-stream"
+
+    def __init__(self, events: Events) -> None:
+        # Not Response.__init__: a stream has no body to measure (and no Content-Length).
+        self._events = events
+        self.status_code = 200
+        self.background = None
+        self.init_headers(HEADERS)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # The events are closed after the task group: outside its cancelled scope.
+        async with contextlib.aclosing(self._events), anyio.create_task_group() as group:
+            group.start_soon(self._cancel_on_disconnect, receive, group.cancel_scope)
+            with contextlib.suppress(OSError):  # the client left while we were sending
+                await self._stream(scope, receive, send)
+            group.cancel_scope.cancel()
+
+    async def _stream(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            first = await anext(self._events)
+        except OpenAIError as error:
+            await error_response(error)(scope, receive, send)
+            return
+        except StopAsyncIteration:
+            first = None
+        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+        await self._send(send, frame(first))
+        try:
+            async for event in self._events:
+                await self._send(send, frame(event))
+        except OpenAIError as error:
+            await self._send(send, frame(error.body()), more_body=False)
+            return
+        except Exception:
+            logger.exception("event stream failed")
+            failure = OpenAIError(500, "The stream failed.", "server_error")
+            await self._send(send, frame(failure.body()), more_body=False)
+            return
+        await self._send(send, DONE, more_body=False)
+
+    @staticmethod
+    async def _send(send: Send, body: bytes, more_body: bool = True) -> None:
+        await send({"type": "http.response.body", "body": body, "more_body": more_body})
+
+    @staticmethod
+    async def _cancel_on_disconnect(receive: Receive, scope: anyio.CancelScope) -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        scope.cancel()

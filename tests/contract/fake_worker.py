@@ -1,0 +1,218 @@
+"""An in-process fake worker: the real llamagrid.v1 gRPC service with scripted output.
+
+It serves on a real grpc.aio server (port 0) with the grpc.health.v1 service beside it, records
+every request it receives and every call that was cancelled, and can be told to fail, to stream
+slowly, or to hold a call before admitting it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from dataclasses import dataclass, field
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from llamagrid.errors import REASON_MODEL_NOT_FOUND, build_status
+from llamagrid.grpc_options import server_options
+from llamagrid.v1 import inference_pb2 as pb
+from llamagrid.v1 import inference_pb2_grpc as pb_grpc
+
+MODEL = "fake-model"
+PROMPT_TOKENS = 7
+CACHED_TOKENS = 3
+EMBEDDING_SIZE = 4
+FIRST_TOKEN_ID = 100
+
+
+@dataclass
+class Failure:
+    """A status to abort the next calls with."""
+
+    code: grpc.StatusCode
+    message: str = "scripted failure"
+    reason: str = ""
+    param: str = ""
+    retry_after_s: float | None = None
+    after_chunks: int = 0  # > 0: fail a Generate stream after this many chunks
+
+
+@dataclass
+class Script:
+    """What the fake worker does with the next calls."""
+
+    pieces: list[str] = field(default_factory=lambda: ["Hello", ",", " world", "!"])
+    admit_delay_s: float = 0.0  # before the initial metadata: "queued"
+    first_delay_s: float = 0.0  # after admission, before the first chunk: "prefill"
+    delay_s: float = 0.0  # between chunks
+    failure: Failure | None = None
+
+
+class FakeWorker(pb_grpc.InferenceServiceServicer):
+    """The fake worker; ``await start()`` it, then point a gateway at ``address``."""
+
+    def __init__(self, models: tuple[str, ...] = (MODEL,)) -> None:
+        self.models = models
+        self.script = Script()
+        self.requests: list[object] = []
+        self.cancelled: list[pb.GenerateRequest] = []
+        self.chunks_sent = 0
+        self.health = health.aio.HealthServicer()
+        self.address = ""
+        self._server: grpc.aio.Server | None = None
+
+    # ---------------------------------------------------------------- lifecycle
+
+    async def start(self, serving: bool = True) -> str:
+        return await self.start_on(0, serving)
+
+    async def start_on(self, port: int, serving: bool = True) -> str:
+        self._server = grpc.aio.server(options=server_options())
+        pb_grpc.add_InferenceServiceServicer_to_server(self, self._server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
+        port = self._server.add_insecure_port(f"127.0.0.1:{port}")
+        await self.set_serving(serving)
+        await self._server.start()
+        self.address = f"127.0.0.1:{port}"
+        return self.address
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            await self._server.stop(grace=None)
+
+    async def set_serving(self, serving: bool) -> None:
+        status = health_pb2.HealthCheckResponse
+        await self.health.set("", status.SERVING if serving else status.NOT_SERVING)
+
+    def fail_with(self, code: grpc.StatusCode, message: str = "scripted failure", **kw: object):
+        self.script.failure = Failure(code, message, **kw)  # type: ignore[arg-type]
+
+    def generate_requests(self) -> list[pb.GenerateRequest]:
+        return [r for r in self.requests if isinstance(r, pb.GenerateRequest)]
+
+    async def wait_cancelled(self, timeout: float = 5.0) -> pb.GenerateRequest:
+        """The first cancelled Generate call, waiting for it up to ``timeout`` seconds."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while not self.cancelled:
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError("the worker never saw its call cancelled")
+            await asyncio.sleep(0.01)
+        return self.cancelled[0]
+
+    # ---------------------------------------------------------------- RPCs
+
+    async def Generate(self, request, context):
+        self.requests.append(request)
+        script = self.script
+        try:
+            await self._check(request.model, context, before_chunks=True)
+            await asyncio.sleep(script.admit_delay_s)
+            await context.send_initial_metadata(())
+            await asyncio.sleep(script.first_delay_s)
+            async for response in self._responses(request, context):
+                yield response
+        except asyncio.CancelledError:
+            self.cancelled.append(request)
+            raise
+
+    async def _responses(self, request, context):
+        sampling, script = request.sampling, self.script
+        limit = sampling.max_tokens if sampling.HasField("max_tokens") else None
+        text, reason, matched = "", pb.FINISH_REASON_EOS, ""
+        count = 0
+        for index, piece in enumerate(script.pieces):
+            if limit is not None and index >= limit:
+                reason = pb.FINISH_REASON_LENGTH
+                break
+            failure = script.failure
+            if failure is not None and failure.after_chunks and index == failure.after_chunks:
+                await context.abort_with_status(_status(failure))
+            stop = next((s for s in sampling.stop if s in text + piece), None)
+            if stop is not None:
+                piece = (text + piece)[: (text + piece).index(stop)][len(text) :]
+                reason, matched = pb.FINISH_REASON_STOP_STRING, stop
+            chunk = pb.GenerateChunk(text=piece, token_ids=[FIRST_TOKEN_ID + index])
+            if sampling.HasField("top_logprobs"):
+                chunk.logprobs.append(_logprob(index, piece, sampling.top_logprobs))
+            if piece or stop is None:
+                count += 1
+                self.chunks_sent += 1
+                yield pb.GenerateResponse(chunk=chunk)
+            text += piece
+            if stop is not None:
+                break
+            await asyncio.sleep(script.delay_s)
+        usage = pb.Usage(
+            prompt_tokens=PROMPT_TOKENS, completion_tokens=count, cached_tokens=CACHED_TOKENS
+        )
+        final = pb.GenerateFinal(finish_reason=reason, usage=usage, matched_stop=matched)
+        yield pb.GenerateResponse(final=final)
+
+    async def Embed(self, request, context):
+        self.requests.append(request)
+        await self._check(request.model, context)
+        embeddings = []
+        for index, item in enumerate(request.inputs):
+            size = len(item.text) if item.HasField("text") else len(item.tokens.ids)
+            values = [float(index + 1 + j) / (size + 1) for j in range(EMBEDDING_SIZE)]
+            if request.normalize:
+                norm = math.sqrt(sum(v * v for v in values))
+                values = [v / norm for v in values]
+            embeddings.append(pb.Embedding(values=values, token_count=size))
+        total = sum(e.token_count for e in embeddings)
+        return pb.EmbedResponse(embeddings=embeddings, total_tokens=total)
+
+    async def Tokenize(self, request, context):
+        self.requests.append(request)
+        return pb.TokenizeResponse(token_ids=[ord(c) for c in request.text])
+
+    async def Detokenize(self, request, context):
+        self.requests.append(request)
+        return pb.DetokenizeResponse(text="".join(chr(i) for i in request.token_ids))
+
+    async def GetModelInfo(self, request, context):
+        await self._check(request.model or self.models[0], context)
+        return pb.GetModelInfoResponse(info=self._info(request.model or self.models[0]))
+
+    async def ListModels(self, request, context):
+        return pb.ListModelsResponse(models=[self._info(alias) for alias in self.models])
+
+    # ---------------------------------------------------------------- helpers
+
+    async def _check(self, model: str, context, before_chunks: bool = False) -> None:
+        failure = self.script.failure
+        if failure is not None and not (before_chunks and failure.after_chunks):
+            await context.abort_with_status(_status(failure))
+        if model not in self.models:
+            status = build_status(
+                grpc.StatusCode.NOT_FOUND, f"no model {model!r}", REASON_MODEL_NOT_FOUND, "model"
+            )
+            await context.abort_with_status(status)
+
+    def _info(self, alias: str) -> pb.ModelInfo:
+        return pb.ModelInfo(
+            alias=alias,
+            context_size=2048,
+            capabilities=[pb.CAPABILITY_GENERATE, pb.CAPABILITY_EMBED],
+            embedding_size=EMBEDDING_SIZE,
+            slots=4,
+        )
+
+
+def _status(failure: Failure) -> grpc.Status:
+    return build_status(
+        failure.code, failure.message, failure.reason, failure.param, failure.retry_after_s
+    )
+
+
+def _logprob(index: int, piece: str, top: int) -> pb.TokenLogprob:
+    chosen = pb.LogprobEntry(
+        token_id=FIRST_TOKEN_ID + index, token=piece, token_bytes=piece.encode(), logprob=-0.25
+    )
+    alternatives = [
+        pb.LogprobEntry(
+            token_id=1 + k, token=f"alt{k}", token_bytes=f"alt{k}".encode(), logprob=-1.0 - k
+        )
+        for k in range(max(0, top - 1))
+    ]
+    return pb.TokenLogprob(chosen=chosen, top=[chosen, *alternatives][:top])

@@ -1,0 +1,139 @@
+"""The worker pool: choosing a worker, and following health with a fake client."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import pytest
+from llamagrid.v1 import inference_pb2 as pb
+
+from gateway.errors import OpenAIError
+from gateway.pool import Worker, WorkerPool, least_loaded
+
+
+class FakeClient:
+    """Stands in for AsyncInferenceClient: health comes from a queue."""
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+        self.health: asyncio.Queue[bool | Exception] = asyncio.Queue()
+        self.models = ["m"]
+        self.watches = 0
+        self.closed = False
+
+    async def watch_health(self, service: str = "") -> AsyncIterator[bool]:
+        assert service == ""
+        self.watches += 1
+        while True:
+            item = await self.health.get()
+            if isinstance(item, Exception):
+                raise item
+            yield item
+
+    async def list_models(self, timeout: float | None = None) -> pb.ListModelsResponse:
+        return pb.ListModelsResponse(models=[pb.ModelInfo(alias=a) for a in self.models])
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+def worker(address: str, healthy: bool = True, in_flight: int = 0, started: int = 0) -> Worker:
+    w = Worker(address, FakeClient(address), healthy, in_flight, started)  # type: ignore[arg-type]
+    w.models = {"m": pb.ModelInfo(alias="m")}
+    return w
+
+
+def test_least_loaded_prefers_fewest_in_flight_then_fewest_started() -> None:
+    a, b, c = (
+        worker("a", in_flight=2),
+        worker("b", in_flight=1, started=9),
+        worker("c", in_flight=1),
+    )
+    assert least_loaded([a, b, c]) is c
+    assert least_loaded([a]) is a
+
+
+async def started_pool(*addresses: str) -> tuple[WorkerPool, dict[str, FakeClient]]:
+    clients: dict[str, FakeClient] = {}
+
+    def factory(address: str) -> Any:
+        clients[address] = FakeClient(address)
+        return clients[address]
+
+    pool = WorkerPool(addresses, retry_s=0.01, client_factory=factory)
+    await pool.start()
+    return pool, clients
+
+
+async def settle(condition: Any) -> None:
+    for _ in range(500):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition not met")
+
+
+async def test_pick_and_lease() -> None:
+    pool, clients = await started_pool("a:1", "b:2")
+    with pytest.raises(OpenAIError) as caught:
+        pool.pick("m")
+    assert caught.value.status_code == 503  # nobody healthy yet
+    clients["a:1"].health.put_nowait(True)
+    clients["b:2"].models = ["other"]
+    clients["b:2"].health.put_nowait(True)
+    await settle(lambda: all(w.healthy for w in pool.workers))
+    assert list(pool.models()) == ["m", "other"]
+    with pytest.raises(OpenAIError) as caught:
+        pool.pick("nope")
+    assert (caught.value.status_code, caught.value.code) == (404, "model_not_found")
+    assert pool.pick("other").address == "b:2"
+    async with pool.lease("m") as first:
+        assert first.address == "a:1" and first.in_flight == 1
+    assert first.in_flight == 0 and first.started == 1
+    await pool.close()
+    assert all(c.closed for c in clients.values())
+
+
+async def test_a_model_whose_workers_are_down_is_a_503_not_a_404() -> None:
+    pool, clients = await started_pool("a:1", "b:2")
+    clients["a:1"].health.put_nowait(True)
+    clients["b:2"].models = ["other"]
+    clients["b:2"].health.put_nowait(True)
+    await settle(lambda: all(w.healthy for w in pool.workers))
+    clients["b:2"].health.put_nowait(False)
+    await settle(lambda: not pool.workers[1].healthy)
+    with pytest.raises(OpenAIError) as caught:
+        pool.pick("other")
+    assert caught.value.status_code == 503
+    assert "other" not in pool.models()
+    await pool.close()
+
+
+async def test_a_broken_watch_marks_unhealthy_and_is_reopened() -> None:
+    pool, clients = await started_pool("a:1")
+    client = clients["a:1"]
+    client.health.put_nowait(True)
+    await settle(lambda: pool.any_healthy())
+    broken = grpc.aio.AioRpcError(
+        grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), details="gone"
+    )
+    client.health.put_nowait(broken)
+    await settle(lambda: not pool.any_healthy() and client.watches == 2)
+    client.models = ["new"]
+    client.health.put_nowait(True)
+    await settle(lambda: pool.any_healthy())
+    assert list(pool.models()) == ["new"]  # refreshed when it turned healthy again
+    await pool.close()
+
+
+async def test_pool_without_workers() -> None:
+    pool = WorkerPool([])
+    await pool.start()
+    assert not pool.any_healthy() and pool.models() == {}
+    with pytest.raises(OpenAIError) as caught:
+        pool.pick("m")
+    assert caught.value.status_code == 503
+    await pool.close()
