@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import struct
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -174,68 +176,62 @@ def test_unsupported_parameter_via_sdk(openai_client: OpenAI) -> None:
     assert err.value.code == "unsupported_parameter"
 
 
-def test_disconnect_mid_stream_frees_the_worker(tmp_path: Path) -> None:
-    """One slot only: if the abandoned stream kept generating, the next request would wait
-    for its 4000 tokens and time out."""
-    worker = spawn_worker(tmp_path, "--parallel", "1", "--n-ctx", "8192")
-    with running(worker):
-        wait_serving(worker.target)
-        with running(spawn_gateway(tmp_path, worker.target)) as gw:
-            base = f"http://127.0.0.1:{gw.port}"
-            wait_http_ok(f"{base}/health")
-            body = {
-                "model": "smollm2",
-                "stream": True,
-                "max_tokens": 4000,
-                "ignore_eos": True,
-                "messages": [{"role": "user", "content": "Write."}],
-            }
-            with httpx.stream("POST", f"{base}/v1/chat/completions", json=body, timeout=60) as r:
-                assert r.status_code == 200
-                lines = r.iter_lines()
-                got = [next(lines) for _ in range(6)]
-                assert any(line.startswith("data: ") for line in got)
-            # The connection is closed: the next request gets the only slot at once.
-            client = OpenAI(base_url=f"{base}/v1", api_key="x", max_retries=0, timeout=20)
-            out = client.chat.completions.create(
-                model="smollm2",
-                messages=MESSAGES,  # type: ignore[arg-type]
-                max_tokens=8,
-                temperature=0,
-            )
-            assert out.choices[0].message.content
+LONG = {
+    "model": "smollm2",
+    "max_tokens": 4000,
+    "ignore_eos": True,
+    "messages": [{"role": "user", "content": "Write."}],
+}
 
 
-def test_disconnect_while_queued_or_in_prefill_frees_the_worker(tmp_path: Path) -> None:
-    """One slot: A runs, B waits in the queue, C's long prompt is being prefilled. B and C
-    disconnect, A is cancelled; a request after that must not wait behind B or C."""
+@contextlib.contextmanager
+def one_slot_gateway(tmp_path: Path) -> Iterator[str]:
+    """A gateway in front of a worker with a single slot; yields the gateway's base URL."""
     worker = spawn_worker(tmp_path, "--parallel", "1", "--n-ctx", "8192", "--n-batch", "64")
     with running(worker):
         wait_serving(worker.target)
         with running(spawn_gateway(tmp_path, worker.target)) as gw:
             base = f"http://127.0.0.1:{gw.port}"
             wait_http_ok(f"{base}/health")
-            long = {
-                "model": "smollm2",
-                "max_tokens": 4000,
-                "ignore_eos": True,
-                "messages": [{"role": "user", "content": "Write."}],
-            }
-            with httpx.stream(
-                "POST", f"{base}/v1/chat/completions", json={**long, "stream": True}, timeout=60
-            ) as a:
-                next(a.iter_lines())  # A holds the slot
-                with pytest.raises(httpx.ReadTimeout):  # B queues behind A, then gives up
-                    httpx.post(f"{base}/v1/chat/completions", json=long, timeout=1.0)
-            prefill = {**long, "messages": [{"role": "user", "content": "word " * 1800}]}
-            with pytest.raises(httpx.ReadTimeout):  # C disconnects during its prefill
-                httpx.post(f"{base}/v1/chat/completions", json=prefill, timeout=0.3)
-            client = OpenAI(base_url=f"{base}/v1", api_key="x", max_retries=0, timeout=20)
-            out = client.chat.completions.create(
-                model="smollm2",
-                messages=MESSAGES,  # type: ignore[arg-type]
-                max_tokens=8,
-                temperature=0,
-            )
-            assert out.choices[0].message.content
-            assert out.usage is not None and out.usage.completion_tokens > 0
+            yield base
+
+
+def served_promptly(base: str) -> None:
+    """A short request completes within a timeout far below what a busy slot would cost."""
+    client = OpenAI(base_url=f"{base}/v1", api_key="x", max_retries=0, timeout=20)
+    out = client.chat.completions.create(
+        model="smollm2",
+        messages=MESSAGES,  # type: ignore[arg-type]
+        max_tokens=8,
+        temperature=0,
+    )
+    assert out.choices[0].message.content
+    assert out.usage is not None and out.usage.completion_tokens > 0
+
+
+def test_disconnect_mid_stream_frees_the_worker(tmp_path: Path) -> None:
+    """One slot only: if the abandoned stream kept generating, the next request would wait
+    for its 4000 tokens and time out."""
+    with one_slot_gateway(tmp_path) as base:
+        body = {**LONG, "stream": True}
+        with httpx.stream("POST", f"{base}/v1/chat/completions", json=body, timeout=60) as r:
+            assert r.status_code == 200
+            lines = r.iter_lines()
+            got = [next(lines) for _ in range(6)]
+            assert any(line.startswith("data: ") for line in got)
+        served_promptly(base)  # the connection is closed: the slot is free at once
+
+
+def test_disconnect_while_queued_or_in_prefill_frees_the_worker(tmp_path: Path) -> None:
+    """One slot: A runs, B waits in the queue, C's long prompt is being prefilled. B and C
+    disconnect, A is cancelled; a request after that must not wait behind B or C."""
+    with one_slot_gateway(tmp_path) as base:
+        url = f"{base}/v1/chat/completions"
+        with httpx.stream("POST", url, json={**LONG, "stream": True}, timeout=60) as a:
+            next(a.iter_lines())  # A holds the slot
+            with pytest.raises(httpx.ReadTimeout):  # B queues behind A, then gives up
+                httpx.post(url, json=LONG, timeout=1.0)
+        prefill = {**LONG, "messages": [{"role": "user", "content": "word " * 1800}]}
+        with pytest.raises(httpx.ReadTimeout):  # C disconnects during its prefill
+            httpx.post(url, json=prefill, timeout=0.3)
+        served_promptly(base)
