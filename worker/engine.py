@@ -315,7 +315,6 @@ class _Loaded:
             alias=self.source.alias,
             file=str(self.source.path),
             hf_repo=self.source.hf_repo,
-            context_size=self.ctx.n_ctx,
             context_per_slot=self.ctx.n_ctx_seq,
             train_context_size=info["n_ctx_train"],
             parameter_count=info["n_params"],

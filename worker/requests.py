@@ -135,7 +135,6 @@ class ModelDescription:
     alias: str
     file: str
     hf_repo: str
-    context_size: int
     context_per_slot: int
     train_context_size: int
     parameter_count: int

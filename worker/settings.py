@@ -79,7 +79,3 @@ class WorkerSettings(BaseSettings):
         default=30.0, ge=0, description="On SIGTERM, how long in-flight streams may finish."
     )
     log_level: str = Field(default="info", description="Python logging level.")
-
-    def context_per_slot(self, n_ctx: int) -> int:
-        """The context each slot gets out of a total of n_ctx."""
-        return n_ctx // self.parallel

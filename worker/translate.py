@@ -90,7 +90,7 @@ def _logprob(lp: TokenLogprob) -> pb.TokenLogprob:
 
 
 def chunks_to_proto(chunks: list[Chunk]) -> pb.GenerateResponse:
-    """One GenerateChunk from consecutive engine chunks (coalesced when a client lags)."""
+    """One GenerateChunk from one or more consecutive engine chunks."""
     out = pb.GenerateChunk()
     for c in chunks:
         out.text += c.text
