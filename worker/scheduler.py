@@ -3,20 +3,26 @@
 Each step builds one llama_batch from every active slot: one token per decoding slot, and as
 much of each prefilling slot's prompt as the remaining token budget (n_batch) allows. One
 llama_decode runs it, then every slot whose logits were produced samples its next token.
-Cancelled jobs leave the batch at the next step and their KV cells are dropped at once.
+A request joins the batch at the step after it arrives; finished and cancelled ones leave it
+at once, keeping their KV cells for the prefix cache. Requests that wait longer than the queue
+timeout are refused with RESOURCE_EXHAUSTED.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import grpc
+from llamagrid import errors as codes
 
 from worker.chat_template import ChatTemplate
 from worker.errors import EngineError, context_exceeded, invalid
 from worker.llama_backend import Batch, Context, Model, Sampler
+from worker.prefix_cache import PrefixCache, Reuse
 from worker.requests import Admitted, GenerationRequest, Message
 from worker.sampling import resolve, validate
 from worker.slot import Job, Slot
@@ -25,22 +31,45 @@ from worker.text_stream import TextStream
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class KvUse:
+    """KV cache occupancy in cells (one cell holds one token of one or more sequences)."""
+
+    used: int
+    total: int
+
+
 class Scheduler:
     """Owns the generation context's sequences. Call only from the engine thread."""
 
-    def __init__(self, model: Model, ctx: Context, template: ChatTemplate) -> None:
+    def __init__(
+        self, model: Model, ctx: Context, template: ChatTemplate, queue_timeout_s: float = 0.0
+    ) -> None:
         self.model = model
         self.ctx = ctx
         self.template = template
+        self.queue_timeout_s = queue_timeout_s
+        #: Tokens one request may hold (prompt plus completion): the context split by the slots.
+        self.seq_ctx = ctx.n_ctx // ctx.n_seq_max
         self.slots: list[Slot | None] = [None] * ctx.n_seq_max
         self.waiting: deque[Job] = deque()
+        self.cache = PrefixCache(ctx.n_seq_max, shareable=ctx.unified)
         self._batch = Batch(ctx.n_batch, 1)
-        self.on_admit: Callable[[Job], None] = lambda job: None
+        #: Called once for every job that leaves the wait queue (admitted, cancelled or failed).
+        self.on_dequeue: Callable[[Job], None] = lambda job: None
 
     @property
     def active(self) -> int:
         """Slots in use."""
         return sum(s is not None for s in self.slots)
+
+    def kv_use(self) -> KvUse:
+        """Cells in use: running sequences' tokens plus idle sequences' cached prefixes."""
+        held = [
+            s.decoded() if s is not None else self.cache.held(seq)
+            for seq, s in enumerate(self.slots)
+        ]
+        return KvUse(self.cache.distinct_tokens(held), self.ctx.n_ctx)
 
     def close(self) -> None:
         """Free native resources; fail whatever is still pending."""
@@ -48,17 +77,21 @@ class Scheduler:
         self._batch.close()
 
     def fail_all(self, error: EngineError) -> None:
-        """End every waiting and running job with error."""
+        """End every waiting and running job with error, and empty the KV cache."""
         while self.waiting:
-            self.waiting.popleft().fail(error)
+            self._leave_queue(self.waiting.popleft()).fail(error)
         for slot in self.slots:
             if slot is not None:
                 slot.job.fail(error)
-                self._release(slot)
+                slot.sampler.close()
+                self.slots[slot.seq] = None
+        self.ctx.clear()
+        self.cache.drop_all()
 
     def step(self) -> bool:
         """Admit, batch, decode and sample once. Returns False when there was nothing to do."""
         self._drop_cancelled()
+        self._expire_waiting()
         self._admit()
         live = [s for s in self.slots if s is not None]
         if not live:
@@ -94,56 +127,95 @@ class Scheduler:
             slot.n_past = end
         return outputs
 
+    def _leave_queue(self, job: Job) -> Job:
+        self.on_dequeue(job)
+        return job
+
     def _drop_cancelled(self) -> None:
         if any(job.cancelled for job in self.waiting):
+            for job in self.waiting:
+                if job.cancelled:
+                    self._leave_queue(job)
             self.waiting = deque(job for job in self.waiting if not job.cancelled)
         for slot in self.slots:
             if slot is not None and slot.job.cancelled:
                 log.debug("request %s cancelled", slot.job.request.request_id)
                 self._release(slot)
 
+    def _expire_waiting(self) -> None:
+        if not self.queue_timeout_s or not self.waiting:
+            return
+        oldest = time.perf_counter() - self.queue_timeout_s
+        while self.waiting and self.waiting[0].submitted < oldest:
+            job = self._leave_queue(self.waiting.popleft())
+            job.fail(
+                EngineError(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"the request waited {self.queue_timeout_s:g} s for a free slot",
+                    codes.REASON_QUEUE_TIMEOUT,
+                    retry_after_s=self.queue_timeout_s,
+                )
+            )
+
     def _release(self, slot: Slot) -> None:
-        self.ctx.forget(slot.seq)
+        """End a slot's request; its KV cells stay as the sequence's cached prefix."""
+        self.cache.retain(slot.seq, slot.decoded())
         slot.sampler.close()
         self.slots[slot.seq] = None
 
     def _admit(self) -> None:
         while self.waiting and None in self.slots:
-            job = self.waiting.popleft()
-            self.on_admit(job)
+            job = self._leave_queue(self.waiting.popleft())
             if job.cancelled:
                 continue
-            seq = self.slots.index(None)
             try:
-                self.slots[seq] = self._make_slot(seq, job)
+                slot = self._make_slot(job)
             except EngineError as exc:
                 job.fail(exc)
                 continue
+            self.slots[slot.seq] = slot
             job.channel.push(Admitted())
 
-    def _make_slot(self, seq: int, job: Job) -> Slot:
+    def _place(self, prompt: list[int]) -> Reuse:
+        """Choose the sequence for a prompt and set its KV cells to the reused prefix."""
+        free = [seq for seq, s in enumerate(self.slots) if s is None]
+        busy = {s.seq: s.decoded() for s in self.slots if s is not None}
+        reuse = self.cache.plan(prompt, free, busy)
+        self.cache.take(reuse.seq)
+        if reuse.source is not None:
+            self.ctx.forget(reuse.seq)
+            self.ctx.share(reuse.source, reuse.seq, reuse.length)
+        elif not self.ctx.trim(reuse.seq, reuse.length):
+            self.ctx.forget(reuse.seq)  # this memory can't cut a sequence: start it afresh
+            return Reuse(reuse.seq, 0)
+        return reuse
+
+    def _make_slot(self, job: Job) -> Slot:
         req = job.request
         s = req.sampling
         validate(s, self.model.n_vocab)
         prompt = self.prompt_tokens(req)
-        room = self.ctx.n_ctx_seq - len(prompt)
+        room = self.seq_ctx - len(prompt)
         if room <= 0 or (s.max_tokens is not None and s.max_tokens > room):
             asked = len(prompt) + (s.max_tokens or 1)
             raise context_exceeded(
-                f"this model's context is {self.ctx.n_ctx_seq} tokens per request, but the "
+                f"this model's context is {self.seq_ctx} tokens per request, but the "
                 f"request needs {asked} ({len(prompt)} in the prompt, "
                 f"{s.max_tokens or 1} to generate)",
                 "messages" if req.messages is not None else "prompt",
             )
-        sampler = Sampler(self.model, resolve(s, self.ctx.n_ctx_seq))
+        sampler = Sampler(self.model, resolve(s, self.seq_ctx))
+        reuse = self._place(prompt)
         return Slot(
-            seq=seq,
+            seq=reuse.seq,
             job=job,
             prompt=prompt,
             sampler=sampler,
             text=TextStream(s.stop),
             max_tokens=min(s.max_tokens or room, room),
             top_logprobs=s.top_logprobs,
+            n_past=reuse.length,
+            cached=reuse.length,
         )
 
     def prompt_tokens(self, req: GenerationRequest) -> list[int]:

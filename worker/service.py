@@ -19,6 +19,7 @@ from worker.translate import (
     chunks_to_proto,
     final_to_proto,
     generation_from_proto,
+    load_to_proto,
     model_info_to_proto,
 )
 
@@ -128,6 +129,14 @@ class InferenceService(pb_grpc.InferenceServiceServicer):
         except EngineError as exc:
             await _abort(context, exc)
         return pb.ListModelsResponse(models=[model_info_to_proto(desc)])
+
+    async def GetLoad(self, request: pb.GetLoadRequest, context: Context) -> pb.GetLoadResponse:
+        """Work in progress and KV cache occupancy."""
+        try:
+            load = await self.engine.load()
+        except EngineError as exc:
+            await _abort(context, exc)
+        return load_to_proto(load)
 
 
 async def _abort(context: Context, exc: EngineError) -> NoReturn:

@@ -68,6 +68,11 @@ class WorkerSettings(BaseSettings):
         default=0, ge=0, description="Threads for prompt processing; 0: same as n_threads."
     )
     flash_attn: Literal["auto", "on", "off"] = Field(default="auto", description="Flash attention.")
+    kv_unified: bool = Field(
+        default=True,
+        description="One KV buffer for all slots, so that concurrent requests share a cached "
+        "prefix's cells; off: one buffer per slot (prefix reuse then only within a slot).",
+    )
     pooling: Literal["model", "mean", "cls", "last"] = Field(
         default="model",
         description="Embedding pooling; 'model' uses the GGUF's, or mean if it has none.",
@@ -75,6 +80,11 @@ class WorkerSettings(BaseSettings):
 
     # Serving.
     max_queue: int = Field(default=64, ge=0, description="Requests that may wait for a slot.")
+    queue_timeout_s: float = Field(
+        default=120.0,
+        ge=0,
+        description="Longest wait for a slot before RESOURCE_EXHAUSTED (429); 0: no limit.",
+    )
     drain_grace_s: float = Field(
         default=30.0, ge=0, description="On SIGTERM, how long in-flight streams may finish."
     )

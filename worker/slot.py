@@ -48,15 +48,25 @@ class Slot:
     max_tokens: int
     top_logprobs: int | None
     admitted: float = field(default_factory=time.perf_counter)
+    #: Positions whose KV cells hold this sequence's tokens (prompt, then generated).
     n_past: int = 0
+    #: Prompt tokens whose KV was reused from the prefix cache.
+    cached: int = 0
+    #: Tokens generated so far (the last one is decoded at the next step, if the job goes on).
+    out_tokens: list[int] = field(default_factory=list)
     next_token: int | None = None
-    generated: int = 0
     first_token_at: float | None = None
 
     @property
     def prefilling(self) -> bool:
         """Whether prompt tokens remain to be decoded."""
         return self.n_past < len(self.prompt)
+
+    def decoded(self) -> list[int]:
+        """The tokens whose KV cells this sequence holds, in position order."""
+        if self.n_past <= len(self.prompt):
+            return self.prompt[: self.n_past]
+        return self.prompt + self.out_tokens[: self.n_past - len(self.prompt)]
 
     def emit_token(self, model: Model, ctx: Context, token: int, index: int) -> Final | None:
         """Record a sampled token, push its text; returns the final event if the job is done."""
@@ -65,7 +75,7 @@ class Slot:
         ignore_eos = self.job.request.sampling.ignore_eos
         if model.is_eog(token) and not ignore_eos:
             return self._finish(FinishReason.EOS)
-        self.generated += 1
+        self.out_tokens.append(token)
         logprobs = (
             [self._logprob(model, ctx, token, index)] if self.top_logprobs is not None else []
         )
@@ -73,7 +83,7 @@ class Slot:
         self.job.channel.push(Chunk(delta.text, [token], logprobs))
         if delta.stopped_by is not None:
             return self._finish(FinishReason.STOP_STRING, delta.stopped_by)
-        if self.generated >= self.max_tokens:
+        if len(self.out_tokens) >= self.max_tokens:
             return self._finish(FinishReason.LENGTH)
         self.next_token = token
         return None
@@ -88,7 +98,8 @@ class Slot:
         first = self.first_token_at or now
         usage = Usage(
             prompt_tokens=len(self.prompt),
-            completion_tokens=self.generated,
+            completion_tokens=len(self.out_tokens),
+            cached_tokens=self.cached,
             queue_ms=(self.admitted - self.job.submitted) * 1000,
             prefill_ms=(first - self.admitted) * 1000,
             decode_ms=(now - first) * 1000,

@@ -10,6 +10,7 @@ from worker.requests import (
     Final,
     FinishReason,
     GenerationRequest,
+    Load,
     LogprobEntry,
     Message,
     ModelDescription,
@@ -147,4 +148,17 @@ def model_info_to_proto(d: ModelDescription) -> pb.ModelInfo:
             split_mode=d.split_mode,
             tensor_split=list(d.tensor_split),
         ),
+    )
+
+
+def load_to_proto(load: Load) -> pb.GetLoadResponse:
+    """The GetLoad answer for an engine load snapshot."""
+    return pb.GetLoadResponse(
+        active_requests=load.active,
+        queued_requests=load.queued,
+        slots=load.slots,
+        max_queue=load.max_queue,
+        kv_cells_used=load.kv_cells_used,
+        kv_cells_total=load.kv_cells_total,
+        embed_queued_inputs=load.embed_queued,
     )

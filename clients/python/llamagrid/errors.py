@@ -27,6 +27,8 @@ REASON_INVALID_VALUE = "INVALID_VALUE"
 REASON_UNSUPPORTED = "UNSUPPORTED_PARAMETER"
 #: The worker's queue is full.
 REASON_QUEUE_FULL = "QUEUE_FULL"
+#: The request waited in the worker's queue longer than its queue timeout.
+REASON_QUEUE_TIMEOUT = "QUEUE_TIMEOUT"
 #: The worker is shutting down or still loading.
 REASON_NOT_READY = "NOT_READY"
 

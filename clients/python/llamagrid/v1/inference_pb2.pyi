@@ -1062,3 +1062,66 @@ class ListModelsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListModelsResponse: _TypeAlias = ListModelsResponse  # noqa: Y015
+
+@_typing.final
+class GetLoadRequest(_message.Message):
+    """GetLoadRequest asks for the worker's current load."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetLoadRequest: _TypeAlias = GetLoadRequest  # noqa: Y015
+
+@_typing.final
+class GetLoadResponse(_message.Message):
+    """GetLoadResponse is a snapshot of the worker's load, taken between two engine steps."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACTIVE_REQUESTS_FIELD_NUMBER: _builtins.int
+    QUEUED_REQUESTS_FIELD_NUMBER: _builtins.int
+    SLOTS_FIELD_NUMBER: _builtins.int
+    MAX_QUEUE_FIELD_NUMBER: _builtins.int
+    KV_CELLS_USED_FIELD_NUMBER: _builtins.int
+    KV_CELLS_TOTAL_FIELD_NUMBER: _builtins.int
+    EMBED_QUEUED_INPUTS_FIELD_NUMBER: _builtins.int
+    active_requests: _builtins.int
+    """Generation requests holding a slot (prefilling or decoding)."""
+    queued_requests: _builtins.int
+    """Generation requests waiting for a slot."""
+    slots: _builtins.int
+    """Slots: sequences the engine decodes together."""
+    max_queue: _builtins.int
+    """The most requests that may wait for a slot before new ones get RESOURCE_EXHAUSTED."""
+    kv_cells_used: _builtins.int
+    """KV cache cells in use, by running requests and by cached prefixes of finished ones."""
+    kv_cells_total: _builtins.int
+    """KV cache cells in all."""
+    embed_queued_inputs: _builtins.int
+    """Embedding inputs waiting to be decoded."""
+    def __init__(
+        self,
+        *,
+        active_requests: _builtins.int = ...,
+        queued_requests: _builtins.int = ...,
+        slots: _builtins.int = ...,
+        max_queue: _builtins.int = ...,
+        kv_cells_used: _builtins.int = ...,
+        kv_cells_total: _builtins.int = ...,
+        embed_queued_inputs: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_requests", b"active_requests", "embed_queued_inputs", b"embed_queued_inputs", "kv_cells_total", b"kv_cells_total", "kv_cells_used", b"kv_cells_used", "max_queue", b"max_queue", "queued_requests", b"queued_requests", "slots", b"slots"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetLoadResponse: _TypeAlias = GetLoadResponse  # noqa: Y015

@@ -66,6 +66,11 @@ class InferenceServiceStub:
                 request_serializer=llamagrid_dot_v1_dot_inference__pb2.ListModelsRequest.SerializeToString,
                 response_deserializer=llamagrid_dot_v1_dot_inference__pb2.ListModelsResponse.FromString,
                 _registered_method=True)
+        self.GetLoad = channel.unary_unary(
+                '/llamagrid.v1.InferenceService/GetLoad',
+                request_serializer=llamagrid_dot_v1_dot_inference__pb2.GetLoadRequest.SerializeToString,
+                response_deserializer=llamagrid_dot_v1_dot_inference__pb2.GetLoadResponse.FromString,
+                _registered_method=True)
 
 
 class InferenceServiceServicer:
@@ -116,6 +121,13 @@ class InferenceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetLoad(self, request, context):
+        """GetLoad reports the work in progress and the KV cache occupancy, for load balancers.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_InferenceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -148,6 +160,11 @@ def add_InferenceServiceServicer_to_server(servicer, server):
                     servicer.ListModels,
                     request_deserializer=llamagrid_dot_v1_dot_inference__pb2.ListModelsRequest.FromString,
                     response_serializer=llamagrid_dot_v1_dot_inference__pb2.ListModelsResponse.SerializeToString,
+            ),
+            'GetLoad': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetLoad,
+                    request_deserializer=llamagrid_dot_v1_dot_inference__pb2.GetLoadRequest.FromString,
+                    response_serializer=llamagrid_dot_v1_dot_inference__pb2.GetLoadResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -314,6 +331,33 @@ class InferenceService:
             '/llamagrid.v1.InferenceService/ListModels',
             llamagrid_dot_v1_dot_inference__pb2.ListModelsRequest.SerializeToString,
             llamagrid_dot_v1_dot_inference__pb2.ListModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetLoad(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llamagrid.v1.InferenceService/GetLoad',
+            llamagrid_dot_v1_dot_inference__pb2.GetLoadRequest.SerializeToString,
+            llamagrid_dot_v1_dot_inference__pb2.GetLoadResponse.FromString,
             options,
             channel_credentials,
             insecure,

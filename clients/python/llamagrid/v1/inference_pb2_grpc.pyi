@@ -49,6 +49,8 @@ class InferenceServiceStub:
     """GetModelInfo describes the model served under a given alias."""
     ListModels: _grpc.UnaryUnaryMultiCallable[_inference_pb2.ListModelsRequest, _inference_pb2.ListModelsResponse]
     """ListModels describes every model this worker serves."""
+    GetLoad: _grpc.UnaryUnaryMultiCallable[_inference_pb2.GetLoadRequest, _inference_pb2.GetLoadResponse]
+    """GetLoad reports the work in progress and the KV cache occupancy, for load balancers."""
 
 @_typing.type_check_only
 class InferenceServiceAsyncStub(InferenceServiceStub):
@@ -71,6 +73,8 @@ class InferenceServiceAsyncStub(InferenceServiceStub):
     """GetModelInfo describes the model served under a given alias."""
     ListModels: _aio.UnaryUnaryMultiCallable[_inference_pb2.ListModelsRequest, _inference_pb2.ListModelsResponse]  # type: ignore[assignment]
     """ListModels describes every model this worker serves."""
+    GetLoad: _aio.UnaryUnaryMultiCallable[_inference_pb2.GetLoadRequest, _inference_pb2.GetLoadResponse]  # type: ignore[assignment]
+    """GetLoad reports the work in progress and the KV cache occupancy, for load balancers."""
 
 class InferenceServiceServicer(metaclass=_abc_1.ABCMeta):
     """InferenceService serves one GGUF model held by a worker process: text generation, embeddings,
@@ -126,5 +130,13 @@ class InferenceServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_inference_pb2.ListModelsResponse, _abc.Awaitable[_inference_pb2.ListModelsResponse]]:
         """ListModels describes every model this worker serves."""
+
+    @_abc_1.abstractmethod
+    def GetLoad(
+        self,
+        request: _inference_pb2.GetLoadRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_inference_pb2.GetLoadResponse, _abc.Awaitable[_inference_pb2.GetLoadResponse]]:
+        """GetLoad reports the work in progress and the KV cache occupancy, for load balancers."""
 
 def add_InferenceServiceServicer_to_server(servicer: InferenceServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
