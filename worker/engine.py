@@ -183,6 +183,7 @@ class LlamaEngine:
                 kv_cells_used=kv.used,
                 kv_cells_total=kv.total,
                 embed_queued=sum(len(j.inputs) - j.scheduled for j in engine.embedder.pending),
+                decode_steps=engine.scheduler.steps,
             )
 
         return await self._call(run)
@@ -275,6 +276,12 @@ class LlamaEngine:
         return True
 
 
+def _flash_attn(s: WorkerSettings) -> str:
+    """The flash-attention mode: 'auto' means off on the CPU (batch-invariant greedy output)."""
+    on_gpu = lb.supports_gpu_offload() and s.n_gpu_layers != 0
+    return "off" if s.flash_attn == "auto" and not on_gpu else s.flash_attn
+
+
 class _Loaded:
     """Everything created on the engine thread once the model is loaded."""
 
@@ -303,7 +310,7 @@ class _Loaded:
             n_ubatch=s.n_ubatch,
             n_threads=threads,
             n_threads_batch=s.n_threads_batch,
-            flash_attn=s.flash_attn,
+            flash_attn=_flash_attn(s),
             kv_unified=s.kv_unified,
         )
         self.ctx = lb.Context(self.model, gen_opts)

@@ -166,3 +166,4 @@ class Load:
     kv_cells_used: int
     kv_cells_total: int
     embed_queued: int
+    decode_steps: int

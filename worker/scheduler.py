@@ -55,6 +55,8 @@ class Scheduler:
         self.waiting: deque[Job] = deque()
         self.cache = PrefixCache(ctx.n_seq_max, shareable=ctx.unified)
         self._batch = Batch(ctx.n_batch, 1)
+        #: Decode steps run so far.
+        self.steps = 0
         #: Called once for every job that leaves the wait queue (admitted, cancelled or failed).
         self.on_dequeue: Callable[[Job], None] = lambda job: None
 
@@ -98,6 +100,7 @@ class Scheduler:
             return False
         outputs = self._fill_batch(live)
         self.ctx.decode(self._batch)
+        self.steps += 1
         for slot, index in outputs:
             token = slot.sampler.sample(self.ctx, index)
             final = slot.emit_token(self.model, self.ctx, token, index)

@@ -67,11 +67,16 @@ class WorkerSettings(BaseSettings):
     n_threads_batch: int = Field(
         default=0, ge=0, description="Threads for prompt processing; 0: same as n_threads."
     )
-    flash_attn: Literal["auto", "on", "off"] = Field(default="auto", description="Flash attention.")
+    flash_attn: Literal["auto", "on", "off"] = Field(
+        default="auto",
+        description="Flash attention. 'auto' is off on the CPU, where llama.cpp's kernels make a "
+        "greedy output depend on how the prompt was batched, and llama.cpp's choice on a GPU.",
+    )
     kv_unified: bool = Field(
-        default=True,
-        description="One KV buffer for all slots, so that concurrent requests share a cached "
-        "prefix's cells; off: one buffer per slot (prefix reuse then only within a slot).",
+        default=False,
+        description="One KV buffer for all slots: concurrent requests then share a common "
+        "prefix's cells, but a greedy output may depend on what else is in the batch. Off: "
+        "one buffer per slot, prefix reuse within a slot.",
     )
     pooling: Literal["model", "mean", "cls", "last"] = Field(
         default="model",

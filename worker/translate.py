@@ -161,4 +161,5 @@ def load_to_proto(load: Load) -> pb.GetLoadResponse:
         kv_cells_used=load.kv_cells_used,
         kv_cells_total=load.kv_cells_total,
         embed_queued_inputs=load.embed_queued,
+        decode_steps=load.decode_steps,
     )

@@ -121,6 +121,10 @@ class AsyncInferenceClient:
         """Describe every model the worker serves."""
         return await self._stub.ListModels(request or pb.ListModelsRequest(), timeout=timeout)
 
+    async def get_load(self, timeout: float | None = None) -> pb.GetLoadResponse:
+        """The worker's work in progress and KV cache occupancy."""
+        return await self._stub.GetLoad(pb.GetLoadRequest(), timeout=timeout)
+
     async def watch_health(self, service: str = "") -> AsyncIterator[bool]:
         """Yield whether ``service`` is SERVING, now and after every change (grpc.health.v1).
 

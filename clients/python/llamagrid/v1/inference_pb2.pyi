@@ -1093,6 +1093,7 @@ class GetLoadResponse(_message.Message):
     KV_CELLS_USED_FIELD_NUMBER: _builtins.int
     KV_CELLS_TOTAL_FIELD_NUMBER: _builtins.int
     EMBED_QUEUED_INPUTS_FIELD_NUMBER: _builtins.int
+    DECODE_STEPS_FIELD_NUMBER: _builtins.int
     active_requests: _builtins.int
     """Generation requests holding a slot (prefilling or decoding)."""
     queued_requests: _builtins.int
@@ -1107,6 +1108,8 @@ class GetLoadResponse(_message.Message):
     """KV cache cells in all."""
     embed_queued_inputs: _builtins.int
     """Embedding inputs waiting to be decoded."""
+    decode_steps: _builtins.int
+    """Generation decode steps run since the worker started (one llama_decode each)."""
     def __init__(
         self,
         *,
@@ -1117,10 +1120,11 @@ class GetLoadResponse(_message.Message):
         kv_cells_used: _builtins.int = ...,
         kv_cells_total: _builtins.int = ...,
         embed_queued_inputs: _builtins.int = ...,
+        decode_steps: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_requests", b"active_requests", "embed_queued_inputs", b"embed_queued_inputs", "kv_cells_total", b"kv_cells_total", "kv_cells_used", b"kv_cells_used", "max_queue", b"max_queue", "queued_requests", b"queued_requests", "slots", b"slots"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_requests", b"active_requests", "decode_steps", b"decode_steps", "embed_queued_inputs", b"embed_queued_inputs", "kv_cells_total", b"kv_cells_total", "kv_cells_used", b"kv_cells_used", "max_queue", b"max_queue", "queued_requests", b"queued_requests", "slots", b"slots"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
