@@ -19,6 +19,10 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not settings.workers:
         logging.getLogger(__name__).warning("no --worker given: every request will get a 503")
-    pool = WorkerPool(settings.workers, retry_s=settings.health_retry_s)
+    pool = WorkerPool(
+        settings.workers,
+        retry_s=settings.health_retry_s,
+        load_interval_s=settings.load_interval_s,
+    )
     app = create_app(settings, pool)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level)

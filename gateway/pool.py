@@ -21,6 +21,8 @@ logger = logging.getLogger(__name__)
 HEALTH_SERVICE = ""
 #: Seconds allowed for the ListModels call made when a worker turns healthy.
 LIST_MODELS_TIMEOUT_S = 10.0
+#: Seconds allowed for one GetLoad call.
+GET_LOAD_TIMEOUT_S = 5.0
 
 
 @dataclass(eq=False)
@@ -33,11 +35,22 @@ class Worker:
     in_flight: int = 0
     started: int = 0
     models: dict[str, pb.ModelInfo] = field(default_factory=dict)
+    #: The worker's latest GetLoad report (None before the first, or when it has none).
+    load: pb.GetLoadResponse | None = None
+
+    @property
+    def pressure(self) -> float:
+        """Requests per slot: the worker's own count of running and queued requests (which
+        includes other clients'), or the calls this gateway has in flight on it if higher."""
+        if self.load is None or not self.load.slots:
+            return float(self.in_flight)
+        reported = self.load.active_requests + self.load.queued_requests
+        return max(self.in_flight, reported) / self.load.slots
 
 
 def least_loaded(candidates: Sequence[Worker]) -> Worker:
-    """The candidate with the fewest calls in flight; ties go to the one given fewer calls."""
-    return min(candidates, key=lambda worker: (worker.in_flight, worker.started))
+    """The candidate with the least pressure; ties go to the one given fewer calls."""
+    return min(candidates, key=lambda worker: (worker.pressure, worker.started))
 
 
 class WorkerPool:
@@ -48,10 +61,12 @@ class WorkerPool:
         addresses: Sequence[str],
         *,
         retry_s: float = 1.0,
+        load_interval_s: float = 1.0,
         client_factory: Callable[[str], AsyncInferenceClient] = AsyncInferenceClient,
     ) -> None:
         self._addresses = list(dict.fromkeys(addresses))
         self._retry_s = retry_s
+        self._load_interval_s = load_interval_s
         self._client_factory = client_factory
         self._workers: list[Worker] = []
         self._watches: list[asyncio.Task[None]] = []
@@ -70,6 +85,9 @@ class WorkerPool:
             worker = Worker(address, self._client_factory(address))
             self._workers.append(worker)
             self._watches.append(asyncio.create_task(self._watch(worker), name=f"watch {address}"))
+            self._watches.append(
+                asyncio.create_task(self._poll_load(worker), name=f"load {address}")
+            )
 
     async def close(self) -> None:
         """Stop the health watches and close every channel."""
@@ -136,6 +154,21 @@ class WorkerPool:
                 logger.info("worker %s is %s", worker.address, _state(False))
             worker.healthy = False
             await asyncio.sleep(self._retry_s)
+
+    async def _poll_load(self, worker: Worker) -> None:
+        """Read the worker's GetLoad report every interval while it is healthy."""
+        while True:
+            await asyncio.sleep(self._load_interval_s)
+            if not worker.healthy:
+                worker.load = None
+                continue
+            try:
+                worker.load = await worker.client.get_load(timeout=GET_LOAD_TIMEOUT_S)
+            except grpc.aio.AioRpcError as error:
+                worker.load = None
+                if error.code() == grpc.StatusCode.UNIMPLEMENTED:
+                    logger.info("worker %s reports no load; using in-flight counts", worker.address)
+                    return
 
     async def _refresh_models(self, worker: Worker) -> None:
         response = await worker.client.list_models(timeout=LIST_MODELS_TIMEOUT_S)

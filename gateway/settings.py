@@ -37,6 +37,9 @@ class GatewaySettings(BaseSettings):
     health_retry_s: float = Field(
         1.0, gt=0, description="Seconds to wait before re-opening a broken health watch."
     )
+    load_interval_s: float = Field(
+        1.0, gt=0, description="Seconds between two GetLoad reads of each worker's load."
+    )
     log_level: LogLevel = Field("info", description="Log level of the gateway and uvicorn.")
 
     @field_validator("workers", mode="before")

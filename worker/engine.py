@@ -139,7 +139,8 @@ class LlamaEngine:
             if self._queued >= self.settings.max_queue + max(free, 0):
                 raise EngineError(
                     grpc.StatusCode.RESOURCE_EXHAUSTED,
-                    f"the queue is full ({self.settings.max_queue} waiting)",
+                    f"all {self.settings.parallel} slots are busy and the queue is full "
+                    f"({self.settings.max_queue} waiting)",
                     codes.REASON_QUEUE_FULL,
                     retry_after_s=1.0,
                 )

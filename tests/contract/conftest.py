@@ -83,7 +83,11 @@ async def running_gateway(
     settings = GatewaySettings(
         workers=[worker.address], api_key=api_key, request_timeout_s=timeout_s, health_retry_s=0.05
     )
-    pool = WorkerPool(settings.workers, retry_s=settings.health_retry_s)
+    pool = WorkerPool(
+        settings.workers,
+        retry_s=settings.health_retry_s,
+        load_interval_s=settings.load_interval_s,
+    )
     async with serve(create_app(settings, pool)) as url:
         yield Gateway(url, pool, worker)
 

@@ -6,6 +6,7 @@ import base64
 import contextlib
 import json
 import struct
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -184,10 +185,27 @@ LONG = {
 }
 
 
+def test_prefix_reuse_shows_as_cached_tokens(openai_client: OpenAI) -> None:
+    system = "You answer in one short sentence. " * 30
+    messages = [{"role": "system", "content": system}, {"role": "user", "content": "Hi!"}]
+    outs = [
+        openai_client.chat.completions.create(
+            model="smollm2", messages=messages, temperature=0, max_tokens=16
+        )  # type: ignore[arg-type]
+        for _ in range(2)
+    ]
+    usage = outs[1].usage
+    assert usage is not None and usage.prompt_tokens_details is not None
+    assert usage.prompt_tokens_details.cached_tokens == usage.prompt_tokens - 1
+    assert outs[1].choices[0].message.content == outs[0].choices[0].message.content
+
+
 @contextlib.contextmanager
-def one_slot_gateway(tmp_path: Path) -> Iterator[str]:
+def one_slot_gateway(tmp_path: Path, *worker_args: str) -> Iterator[str]:
     """A gateway in front of a worker with a single slot; yields the gateway's base URL."""
-    worker = spawn_worker(tmp_path, "--parallel", "1", "--n-ctx", "8192", "--n-batch", "64")
+    worker = spawn_worker(
+        tmp_path, "--parallel", "1", "--n-ctx", "8192", "--n-batch", "64", *worker_args
+    )
     with running(worker):
         wait_serving(worker.target)
         with running(spawn_gateway(tmp_path, worker.target)) as gw:
@@ -235,3 +253,25 @@ def test_disconnect_while_queued_or_in_prefill_frees_the_worker(tmp_path: Path) 
         with pytest.raises(httpx.ReadTimeout):  # C disconnects during its prefill
             httpx.post(url, json=prefill, timeout=0.3)
         served_promptly(base)
+
+
+def test_full_queue_is_429_with_retry_after(tmp_path: Path) -> None:
+    """One slot and no queue: while A streams, B is refused at once."""
+    with one_slot_gateway(tmp_path, "--max-queue", "0") as base:
+        url = f"{base}/v1/chat/completions"
+        with httpx.stream("POST", url, json={**LONG, "stream": True}, timeout=60) as a:
+            next(a.iter_lines())  # A holds the slot
+            client = OpenAI(base_url=f"{base}/v1", api_key="x", max_retries=0, timeout=20)
+            with pytest.raises(openai.RateLimitError) as caught:
+                client.chat.completions.create(model="smollm2", messages=MESSAGES)  # type: ignore[arg-type]
+        # A's slot frees as soon as its disconnect reaches the worker; then B's retry is served.
+        for _ in range(100):
+            with contextlib.suppress(openai.RateLimitError):
+                served_promptly(base)
+                break
+            time.sleep(0.05)
+        else:
+            pytest.fail("the slot never became free")
+    assert int(caught.value.response.headers["retry-after"]) >= 1
+    body = caught.value.response.json()["error"]
+    assert body["type"] == "rate_limit_error" and body["code"] == "queue_full"

@@ -21,6 +21,7 @@ class FakeClient:
         self.target = target
         self.health: asyncio.Queue[bool | Exception] = asyncio.Queue()
         self.models = ["m"]
+        self.load: pb.GetLoadResponse | None = None
         self.watches = 0
         self.closed = False
 
@@ -35,6 +36,13 @@ class FakeClient:
 
     async def list_models(self, timeout: float | None = None) -> pb.ListModelsResponse:
         return pb.ListModelsResponse(models=[pb.ModelInfo(alias=a) for a in self.models])
+
+    async def get_load(self, timeout: float | None = None) -> pb.GetLoadResponse:
+        if self.load is None:
+            raise grpc.aio.AioRpcError(
+                grpc.StatusCode.UNIMPLEMENTED, grpc.aio.Metadata(), grpc.aio.Metadata()
+            )
+        return self.load
 
     async def close(self) -> None:
         self.closed = True
@@ -56,6 +64,32 @@ def test_least_loaded_prefers_fewest_in_flight_then_fewest_started() -> None:
     assert least_loaded([a]) is a
 
 
+def test_least_loaded_weighs_reported_load_per_slot() -> None:
+    busy, roomy = worker("busy"), worker("roomy", in_flight=2)
+    # busy has nothing in flight from this gateway, but 3 of its 4 slots are used by others.
+    busy.load = pb.GetLoadResponse(active_requests=3, queued_requests=0, slots=4)
+    roomy.load = pb.GetLoadResponse(active_requests=2, queued_requests=0, slots=8)
+    assert least_loaded([busy, roomy]) is roomy
+    # A queue counts as load too, and this gateway's own count wins when it is higher.
+    roomy.load = pb.GetLoadResponse(active_requests=8, queued_requests=4, slots=8)
+    assert least_loaded([busy, roomy]) is busy
+    busy.in_flight = 8
+    assert busy.pressure == 2.0 and least_loaded([busy, roomy]) is roomy
+
+
+async def test_pool_reads_worker_load_while_healthy() -> None:
+    pool, clients = await started_pool("a:1", "b:2")
+    clients["a:1"].load = pb.GetLoadResponse(active_requests=1, slots=4, kv_cells_used=10)
+    for client in clients.values():
+        client.health.put_nowait(True)
+    await settle(lambda: pool.workers[0].load is not None)
+    assert pool.workers[0].load == clients["a:1"].load
+    assert pool.workers[1].load is None  # UNIMPLEMENTED: in-flight counts only
+    clients["a:1"].health.put_nowait(False)
+    await settle(lambda: pool.workers[0].load is None)
+    await pool.close()
+
+
 async def started_pool(*addresses: str) -> tuple[WorkerPool, dict[str, FakeClient]]:
     clients: dict[str, FakeClient] = {}
 
@@ -63,7 +97,7 @@ async def started_pool(*addresses: str) -> tuple[WorkerPool, dict[str, FakeClien
         clients[address] = FakeClient(address)
         return clients[address]
 
-    pool = WorkerPool(addresses, retry_s=0.01, client_factory=factory)
+    pool = WorkerPool(addresses, retry_s=0.01, load_interval_s=0.01, client_factory=factory)
     await pool.start()
     return pool, clients
 
