@@ -32,6 +32,8 @@ class EmbedJob:
     vectors: list[list[float]] = field(default_factory=list)
     #: Inputs handed to a decode so far.
     scheduled: int = 0
+    #: Whether the future was marked running (so a cancel can no longer take it back).
+    started: bool = False
 
     def __post_init__(self) -> None:
         self.vectors = [[] for _ in self.inputs]
@@ -121,9 +123,11 @@ class Embedder:
         group: list[tuple[EmbedJob, int]] = []
         used = 0
         for job in list(self.pending):
-            if job.scheduled == 0 and not job.future.set_running_or_notify_cancel():
-                self.pending.remove(job)  # the caller went away before any work was done
-                continue
+            if not job.started:
+                if not job.future.set_running_or_notify_cancel():
+                    self.pending.remove(job)  # the caller went away before any work was done
+                    continue
+                job.started = True
             while job.scheduled < len(job.inputs) and len(group) < self.ctx.n_seq_max:
                 n = len(job.inputs[job.scheduled])
                 if group and used + n > self.step_tokens:

@@ -267,3 +267,34 @@ async def test_seed_is_honoured(eight: Proc) -> None:
         others = [(await run(client, sampled(s)))[0] for s in (2, 3, 4)]
     assert a == again
     assert any(o != a for o in others)
+
+
+async def test_concurrent_embeds_batch_together_and_match_solo(eight: Proc) -> None:
+    texts = [[f"{s} number {i}" for i in range(3)] for s in SUBJECTS[:6]]
+
+    def request(batch: list[str]) -> pb.EmbedRequest:
+        return pb.EmbedRequest(inputs=[pb.EmbedInput(text=t) for t in batch], normalize=True)
+
+    async with AsyncInferenceClient(eight.target) as client:
+        alone = [await client.embed(request(b)) for b in texts]
+        stream = client.generate(endless(), timeout=300)  # embeds interleave with decoding
+        await next_chunk(stream)
+        together = await asyncio.gather(*(client.embed(request(b)) for b in texts))
+        still_streaming = await next_chunk(stream)
+        stream.cancel()
+    assert still_streaming.token_ids
+    for solo, batched in zip(alone, together, strict=True):
+        assert len(batched.embeddings) == 3
+        for a, b in zip(solo.embeddings, batched.embeddings, strict=True):
+            assert max(abs(x - y) for x, y in zip(a.values, b.values, strict=True)) < 1e-4
+
+
+async def test_embedding_input_longer_than_the_context_is_invalid(eight: Proc) -> None:
+    async with AsyncInferenceClient(eight.target) as client:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await client.embed(pb.EmbedRequest(inputs=[pb.EmbedInput(text="word " * 3000)]))
+        # The worker is fine afterwards.
+        ok = await client.embed(pb.EmbedRequest(inputs=[pb.EmbedInput(text="fine")]))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert parse_details(caught.value.trailing_metadata()).reason == "CONTEXT_LENGTH_EXCEEDED"
+    assert len(ok.embeddings) == 1

@@ -171,6 +171,13 @@ def test_bad_input_gets_openai_error_and_worker_keeps_serving(
     assert ok.choices[0].message.content is not None
 
 
+def test_embedding_input_over_the_context_is_400(openai_client: OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as err:
+        openai_client.embeddings.create(model="smollm2", input=["short", "word " * 3000])
+    assert err.value.code == "context_length_exceeded"
+    assert len(openai_client.embeddings.create(model="smollm2", input="fine").data) == 1
+
+
 def test_unsupported_parameter_via_sdk(openai_client: OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as err:
         openai_client.chat.completions.create(model="smollm2", messages=MESSAGES, n=2)  # type: ignore[arg-type]
