@@ -277,12 +277,6 @@ class LlamaEngine:
         return True
 
 
-def _flash_attn(s: WorkerSettings) -> str:
-    """The flash-attention mode: 'auto' means off on the CPU (batch-invariant greedy output)."""
-    on_gpu = lb.supports_gpu_offload() and s.n_gpu_layers != 0
-    return "off" if s.flash_attn == "auto" and not on_gpu else s.flash_attn
-
-
 class _Loaded:
     """Everything created on the engine thread once the model is loaded."""
 
@@ -302,6 +296,7 @@ class _Loaded:
             )
         )
         info = self.model.describe()
+        self.on_gpu = lb.supports_gpu_offload() and s.n_gpu_layers != 0
         n_ctx = s.n_ctx or info["n_ctx_train"] * s.parallel
         threads = s.n_threads or (os.cpu_count() or 1)
         gen_opts = lb.ContextOptions(
@@ -311,7 +306,7 @@ class _Loaded:
             n_ubatch=s.n_ubatch,
             n_threads=threads,
             n_threads_batch=s.n_threads_batch,
-            flash_attn=_flash_attn(s),
+            flash_attn=s.flash_attn,
             kv_unified=s.kv_unified,
         )
         self.ctx = lb.Context(self.model, gen_opts)
@@ -325,6 +320,8 @@ class _Loaded:
             embeddings=True,
             pooling=s.pooling,
             kv_unified=True,
+            # On the CPU, flash attention would make a vector depend on its batch neighbours.
+            flash_attn=s.flash_attn if self.on_gpu else "off",
         )
         embed_ctx = lb.Context(self.model, embed_opts)
         if embed_ctx.pooling == "none":  # a causal LM: no pooling of its own, so mean
@@ -339,7 +336,7 @@ class _Loaded:
 
     def describe(self) -> ModelDescription:
         s, info = self.settings, self.info
-        gpu = lb.supports_gpu_offload() and s.n_gpu_layers != 0
+        gpu = self.on_gpu
         visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
         return ModelDescription(
             alias=self.source.alias,

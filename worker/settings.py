@@ -69,8 +69,8 @@ class WorkerSettings(BaseSettings):
     )
     flash_attn: Literal["auto", "on", "off"] = Field(
         default="auto",
-        description="Flash attention. 'auto' is off on the CPU, where llama.cpp's kernels make a "
-        "greedy output depend on how the prompt was batched, and llama.cpp's choice on a GPU.",
+        description="Flash attention ('auto': llama.cpp decides). On the CPU, 'off' costs speed "
+        "but makes greedy output independent of how a prompt was batched or cached.",
     )
     kv_unified: bool = Field(
         default=False,
