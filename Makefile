@@ -11,7 +11,7 @@ BUF := .tools/node_modules/.bin/buf
 PROTO_SRC := $(shell find protos -name '*.proto')
 PY_GEN := clients/python
 
-.PHONY: install run test test-unit test-integration proto proto-check lint typecheck clean
+.PHONY: install run test test-unit test-integration proto proto-check lint typecheck clean bench
 
 $(VENV)/.installed: pyproject.toml clients/python/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -57,6 +57,16 @@ test-unit: install
 
 test-integration: install
 	$(VENV)/bin/pytest -ra -m integration
+
+# Side by side on the default model: llamagrid (HTTP and gRPC), llama-cpp-python in-process and
+# its server, llama.cpp's llama-server. Writes bench/results/. Smoke run: make bench BENCH_ARGS=--quick
+BENCH_ARGS ?=
+bench: install
+	# llama_cpp.server's own dependencies (its `server` extra, without reinstalling llama-cpp-python).
+	$(PIP) install --quiet 'sse-starlette>=1.6.1' 'starlette-context>=0.3.6,<0.4' 'PyYAML>=5.1'
+	# A failed build is not fatal: the benchmark then skips llama-server and says why.
+	bash bench/build_llama_server.sh || echo "llama-server not built; the benchmark will skip it"
+	$(PY) -m bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .tools
