@@ -68,14 +68,7 @@ def _start_llamagrid_http(cfg: Config, server: Server, log_dir: Path) -> None:
     target = _start_worker(cfg, server, log_dir)
     port = procs.free_port()
     argv = [sys.executable, "-m", "gateway", "--worker", target]
-    argv += ["--host", "127.0.0.1", "--port", str(port)]
-    gateway = procs.launch("gateway", argv, log_dir)
-    server.children.append(gateway)
-    server.address = f"http://127.0.0.1:{port}"
-    procs.wait_http_ok(f"{server.address}/health", gateway)
-    server.model = _http_model_id(server.address)
-    server.extra_body = {"ignore_eos": True, "stream_options": {"include_usage": True}}
-    server.notes.append("tokens: usage.completion_tokens (ignore_eos: true)")
+    _serve_openai_http("gateway", argv, port, server, log_dir)
 
 
 def _start_llamagrid_grpc(cfg: Config, server: Server, log_dir: Path) -> None:
@@ -130,8 +123,15 @@ def _start_llama_server(cfg: Config, server: Server, log_dir: Path) -> None:
     port = procs.free_port()
     argv = [binary, "-m", str(cfg.model), "-t", str(cfg.threads), "-tb", str(cfg.threads)]
     argv += ["-np", str(cfg.slots), "-c", str(cfg.n_ctx), "--no-webui"]
-    argv += ["--host", "127.0.0.1", "--port", str(port)]
-    child = procs.launch("server", argv, log_dir)
+    _serve_openai_http("server", argv, port, server, log_dir)
+
+
+def _serve_openai_http(
+    name: str, argv: list[str], port: int, server: Server, log_dir: Path
+) -> None:
+    """Launch an OpenAI-compatible server that honours ignore_eos and streamed usage."""
+    argv = [*argv, "--host", "127.0.0.1", "--port", str(port)]
+    child = procs.launch(name, argv, log_dir)
     server.children.append(child)
     server.address = f"http://127.0.0.1:{port}"
     procs.wait_http_ok(f"{server.address}/health", child)
