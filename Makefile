@@ -8,6 +8,8 @@ BUF_VERSION ?= 1.75.0
 # The multimodal library is not used; skipping it halves the from-source build.
 LLAMA_CMAKE_ARGS ?= -DLLAVA_BUILD=OFF
 BUF := .tools/node_modules/.bin/buf
+# What `buf breaking` compares the protos with: main (on main itself, its last commit).
+BUF_AGAINST ?= .git\#branch=main
 PROTO_SRC := $(shell find protos -name '*.proto')
 PY_GEN := clients/python
 
@@ -44,6 +46,7 @@ $(BUF):
 
 lint: install $(BUF)
 	$(BUF) lint
+	$(BUF) breaking --against '$(BUF_AGAINST)'
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy

@@ -84,6 +84,7 @@ class Generated:
     """A whole Generate stream, gathered."""
 
     text: str = ""
+    token_ids: list[int] = field(default_factory=list)
     logprobs: list[pb.TokenLogprob] = field(default_factory=list)
     final: pb.GenerateFinal | None = None
 
@@ -95,6 +96,7 @@ class Generated:
         for response in responses:
             if response.HasField("chunk"):
                 texts.append(response.chunk.text)
+                generated.token_ids.extend(response.chunk.token_ids)
                 generated.logprobs.extend(response.chunk.logprobs)
             elif response.HasField("final"):
                 generated.final = response.final
@@ -105,7 +107,7 @@ class Generated:
 
 
 def chat_completion(
-    response_id: str, model: str, generated: Generated, logprobs: bool
+    response_id: str, model: str, generated: Generated, logprobs: bool, token_ids: bool = False
 ) -> s.ChatCompletion:
     """The response of a non-streamed chat completion."""
     assert generated.final is not None
@@ -114,6 +116,7 @@ def chat_completion(
         message=s.AssistantMessage(content=generated.text),
         logprobs=chat_logprobs(generated.logprobs) if logprobs else None,
         finish_reason=finish_reason(generated.final),
+        token_ids=generated.token_ids if token_ids else None,
     )
     return s.ChatCompletion(
         id=response_id,

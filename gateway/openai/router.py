@@ -55,7 +55,9 @@ async def chat_completions(
         chunks = rendering.ChatChunks(proto.request_id, body.model, include_usage, logprobs)
         return EventStreamResponse(rendering.stream_events(dispatcher.stream(proto), chunks))
     generated = rendering.Generated.gather(await dispatcher.generate(request, proto))
-    return rendering.chat_completion(proto.request_id, body.model, generated, logprobs)
+    return rendering.chat_completion(
+        proto.request_id, body.model, generated, logprobs, bool(body.return_token_ids)
+    )
 
 
 @router.post("/completions", response_model=None)

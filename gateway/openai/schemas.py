@@ -110,6 +110,8 @@ class ChatCompletionRequest(SamplingFields):
     logprobs: bool | None = None
     top_logprobs: int | None = Field(None, ge=0, le=20)
     response_format: ResponseFormat | None = None
+    #: vLLM's extension: return the generated token ids with the (non-streamed) choice.
+    return_token_ids: bool | None = None
     # Accepted only so that they can be refused by name.
     tools: Any = None
     tool_choice: Any = None
@@ -219,6 +221,8 @@ class ChatChoice(BaseModel):
     message: AssistantMessage
     logprobs: ChoiceLogprobs | None
     finish_reason: FinishReason
+    #: The generated token ids, when the request set return_token_ids.
+    token_ids: list[int] | None = None
 
 
 class ChatCompletion(BaseModel):
