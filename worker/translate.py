@@ -81,7 +81,7 @@ def _entry(e: LogprobEntry) -> pb.LogprobEntry:
     return pb.LogprobEntry(
         token_id=e.token_id,
         token=e.token_bytes.decode("utf-8", errors="replace"),
-        token_bytes=e.token_bytes,
+        raw=e.token_bytes,
         logprob=e.logprob,
     )
 

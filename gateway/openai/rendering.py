@@ -54,7 +54,7 @@ def chat_logprobs(entries: Sequence[pb.TokenLogprob]) -> s.ChoiceLogprobs:
 
 
 def _top(entry: pb.LogprobEntry) -> s.TopLogprob:
-    return s.TopLogprob(token=entry.token, logprob=entry.logprob, bytes=list(entry.token_bytes))
+    return s.TopLogprob(token=entry.token, logprob=entry.logprob, bytes=list(entry.raw))
 
 
 def _tops(entries: Sequence[pb.LogprobEntry]) -> list[s.TopLogprob]:

@@ -207,12 +207,10 @@ def _status(failure: Failure) -> grpc.Status:
 
 def _logprob(index: int, piece: str, top: int) -> pb.TokenLogprob:
     chosen = pb.LogprobEntry(
-        token_id=FIRST_TOKEN_ID + index, token=piece, token_bytes=piece.encode(), logprob=-0.25
+        token_id=FIRST_TOKEN_ID + index, token=piece, raw=piece.encode(), logprob=-0.25
     )
     alternatives = [
-        pb.LogprobEntry(
-            token_id=1 + k, token=f"alt{k}", token_bytes=f"alt{k}".encode(), logprob=-1.0 - k
-        )
+        pb.LogprobEntry(token_id=1 + k, token=f"alt{k}", raw=f"alt{k}".encode(), logprob=-1.0 - k)
         for k in range(max(0, top - 1))
     ]
     return pb.TokenLogprob(chosen=chosen, top=[chosen, *alternatives][:top])

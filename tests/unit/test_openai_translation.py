@@ -264,9 +264,7 @@ def test_embed_dimensions_refused() -> None:
 
 
 def entry(token: str, logprob: float, token_id: int = 1) -> pb.LogprobEntry:
-    return pb.LogprobEntry(
-        token_id=token_id, token=token, token_bytes=token.encode(), logprob=logprob
-    )
+    return pb.LogprobEntry(token_id=token_id, token=token, raw=token.encode(), logprob=logprob)
 
 
 def stream(

@@ -380,14 +380,16 @@ class LogprobEntry(_message.Message):
 
     TOKEN_ID_FIELD_NUMBER: _builtins.int
     TOKEN_FIELD_NUMBER: _builtins.int
-    TOKEN_BYTES_FIELD_NUMBER: _builtins.int
+    RAW_FIELD_NUMBER: _builtins.int
     LOGPROB_FIELD_NUMBER: _builtins.int
     token_id: _builtins.int
     """The token id."""
     token: _builtins.str
     """The token's text. Bytes that are not valid UTF-8 on their own are replaced."""
-    token_bytes: _builtins.bytes
-    """The token's exact bytes."""
+    raw: _builtins.bytes
+    """The token's exact bytes (named raw, not token_bytes, which clashes in Java with the
+    accessor generated for token).
+    """
     logprob: _builtins.float
     """The natural logarithm of the token's probability."""
     def __init__(
@@ -395,12 +397,12 @@ class LogprobEntry(_message.Message):
         *,
         token_id: _builtins.int = ...,
         token: _builtins.str = ...,
-        token_bytes: _builtins.bytes = ...,
+        raw: _builtins.bytes = ...,
         logprob: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["logprob", b"logprob", "token", b"token", "token_bytes", b"token_bytes", "token_id", b"token_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["logprob", b"logprob", "raw", b"raw", "token", b"token", "token_id", b"token_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
