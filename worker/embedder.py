@@ -34,6 +34,8 @@ class EmbedJob:
     scheduled: int = 0
     #: Whether the future was marked running (so a cancel can no longer take it back).
     started: bool = False
+    #: Set from the event loop when the caller went away: remaining inputs are dropped.
+    abandoned: bool = False
 
     def __post_init__(self) -> None:
         self.vectors = [[] for _ in self.inputs]
@@ -65,9 +67,7 @@ class Embedder:
         self._batch.close()
         self.ctx.close()
 
-    def submit(
-        self, inputs: list[list[int]], normalize: bool
-    ) -> concurrent.futures.Future[EmbedResult]:
+    def submit(self, inputs: list[list[int]], normalize: bool) -> EmbedJob:
         """Queue one request's inputs; raises EngineError at once for an input that can't fit."""
         for i, tokens in enumerate(inputs):
             if not tokens:
@@ -79,12 +79,12 @@ class Embedder:
                     "input",
                 )
             self.model.check_tokens(tokens, "input")
-        future: concurrent.futures.Future[EmbedResult] = concurrent.futures.Future()
+        job = EmbedJob(inputs, normalize, concurrent.futures.Future())
         if not inputs:
-            future.set_result(EmbedResult([], []))
+            job.future.set_result(EmbedResult([], []))
         else:
-            self.pending.append(EmbedJob(inputs, normalize, future))
-        return future
+            self.pending.append(job)
+        return job
 
     def step(self) -> bool:
         """Run one decode over as many queued inputs as fit. Returns False when idle."""
@@ -123,6 +123,9 @@ class Embedder:
         group: list[tuple[EmbedJob, int]] = []
         used = 0
         for job in list(self.pending):
+            if job.abandoned:  # nobody waits for the result any more
+                self.pending.remove(job)
+                continue
             if not job.started:
                 if not job.future.set_running_or_notify_cancel():
                     self.pending.remove(job)  # the caller went away before any work was done

@@ -23,7 +23,7 @@ from llamagrid import errors as codes
 from worker import llama_backend as lb
 from worker.bridge import EventChannel
 from worker.chat_template import ChatTemplate, load_template_source
-from worker.embedder import Embedder
+from worker.embedder import Embedder, EmbedJob
 from worker.errors import EngineError
 from worker.model_source import ModelSource
 from worker.requests import (
@@ -163,13 +163,19 @@ class LlamaEngine:
     async def embed(self, inputs: list[str | list[int]], normalize: bool) -> EmbedResult:
         """Embeddings of texts or token lists, in order, batched with concurrent requests."""
 
-        def run(engine: _Loaded) -> concurrent.futures.Future[EmbedResult]:
+        def run(engine: _Loaded) -> EmbedJob:
             tokens = [
                 engine.model.tokenize(i, True, True) if isinstance(i, str) else i for i in inputs
             ]
             return engine.embedder.submit(tokens, normalize)
 
-        return await asyncio.wrap_future(await self._call(run))
+        job = await self._call(run)
+        try:
+            return await asyncio.wrap_future(job.future)
+        finally:
+            if not job.future.done():  # the caller went away: drop the inputs not yet decoded
+                job.abandoned = True
+                self._inbox.put(("wake",))
 
     async def load(self) -> Load:
         """Work in progress and KV cache occupancy, read between two engine steps."""

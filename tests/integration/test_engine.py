@@ -316,3 +316,19 @@ async def test_embedding_input_longer_than_the_context_is_invalid(eight: Proc) -
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert parse_details(caught.value.trailing_metadata()).reason == "CONTEXT_LENGTH_EXCEEDED"
     assert len(ok.embeddings) == 1
+
+
+async def test_an_abandoned_embedding_batch_is_dropped(eight: Proc) -> None:
+    request = pb.EmbedRequest(inputs=[pb.EmbedInput(text=f"item {i}") for i in range(3000)])
+    async with AsyncInferenceClient(eight.target) as client:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await client.embed(request, timeout=0.5)
+        for _ in range(300):
+            load = await client.get_load()
+            if load.embed_queued_inputs == 0:
+                break
+            await asyncio.sleep(0.05)
+        after = await client.embed(pb.EmbedRequest(inputs=[pb.EmbedInput(text="next")]))
+    assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert load.embed_queued_inputs == 0
+    assert len(after.embeddings) == 1
