@@ -13,7 +13,7 @@ BUF_AGAINST ?= .git\#branch=main
 PROTO_SRC := $(shell find protos -name '*.proto')
 PY_GEN := clients/python
 
-.PHONY: install run test test-unit test-integration proto proto-check lint typecheck clean bench
+.PHONY: install run test test-unit test-integration proto proto-check clients lint typecheck clean bench
 
 $(VENV)/.installed: pyproject.toml clients/python/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -37,9 +37,19 @@ proto: install
 	  --mypy_out=$(PY_GEN) --mypy_grpc_out=$(PY_GEN) \
 	  $(PROTO_SRC)
 
-# Fails when the committed stubs differ from what `make proto` generates.
+# Every client from protos/: Python and Go stubs are generated into the tree (and committed);
+# Java (protobuf-maven-plugin) and Rust (build.rs) generate theirs when they build.
+CARGO_TARGET_DIR ?= $(HOME)/.cache/llamagrid/cargo-target
+clients: proto
+	bash clients/go/generate.sh
+	cd clients/go && go build ./...
+	mvn -B -q -f clients/java/pom.xml compile
+	CARGO_TARGET_DIR=$(CARGO_TARGET_DIR) cargo build -j2 --manifest-path clients/rust/Cargo.toml
+
+# Fails when the committed stubs differ from what `make clients` generates.
 proto-check: proto
-	git diff --exit-code -- $(PY_GEN)/llamagrid/v1
+	bash clients/go/generate.sh
+	git diff --exit-code -- $(PY_GEN)/llamagrid/v1 clients/go/llamagridv1
 
 $(BUF):
 	npm install --no-audit --no-fund --prefix .tools @bufbuild/buf@$(BUF_VERSION)

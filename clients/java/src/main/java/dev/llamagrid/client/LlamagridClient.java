@@ -1,0 +1,307 @@
+package dev.llamagrid.client;
+
+import com.google.protobuf.InvalidProtocolBufferException;
+import com.google.rpc.ErrorInfo;
+import dev.llamagrid.v1.DetokenizeRequest;
+import dev.llamagrid.v1.DetokenizeResponse;
+import dev.llamagrid.v1.EmbedRequest;
+import dev.llamagrid.v1.EmbedResponse;
+import dev.llamagrid.v1.GenerateRequest;
+import dev.llamagrid.v1.GenerateResponse;
+import dev.llamagrid.v1.GetLoadRequest;
+import dev.llamagrid.v1.GetLoadResponse;
+import dev.llamagrid.v1.GetModelInfoRequest;
+import dev.llamagrid.v1.GetModelInfoResponse;
+import dev.llamagrid.v1.InferenceServiceGrpc;
+import dev.llamagrid.v1.ListModelsRequest;
+import dev.llamagrid.v1.ListModelsResponse;
+import dev.llamagrid.v1.TokenizeRequest;
+import dev.llamagrid.v1.TokenizeResponse;
+import io.grpc.ConnectivityState;
+import io.grpc.Context;
+import io.grpc.ManagedChannel;
+import io.grpc.ManagedChannelBuilder;
+import io.grpc.protobuf.StatusProto;
+import io.grpc.stub.StreamObserver;
+import java.time.Duration;
+import java.util.Iterator;
+import java.util.Optional;
+import java.util.concurrent.Executors;
+import java.util.concurrent.ScheduledExecutorService;
+import java.util.concurrent.TimeUnit;
+
+/**
+ * A client for one llamagrid worker ({@code llamagrid.v1.InferenceService}).
+ *
+ * <p>{@link #connect(String)} opens a plaintext channel with the llamagrid defaults:
+ *
+ * <ul>
+ *   <li>messages up to {@value #MAX_MESSAGE_BYTES} bytes (64 MiB) sent and received;
+ *   <li>a keepalive ping every 30 s, even without calls, answered within 10 s (the worker accepts
+ *       pings no closer than 10 s apart);
+ *   <li>reconnection attempts at most 5 s apart while the worker is unreachable.
+ * </ul>
+ *
+ * <p>Calls have no deadline unless one is set with {@link #withTimeout(Duration)}. Failures are
+ * thrown as {@link io.grpc.StatusRuntimeException}; {@link #errorReason(Throwable)} reads the
+ * worker's {@code google.rpc.ErrorInfo} reason (such as {@code INVALID_VALUE}) from it.
+ *
+ * <p>A client is thread-safe. Close the client returned by {@link #connect(String)} when done;
+ * views made by {@link #withTimeout(Duration)} share its channel and need no closing.
+ */
+public final class LlamagridClient implements AutoCloseable {
+  /** The largest message sent or accepted: 64 MiB. */
+  public static final int MAX_MESSAGE_BYTES = 64 * 1024 * 1024;
+  /** How often an idle connection is pinged. */
+  public static final Duration KEEPALIVE_TIME = Duration.ofSeconds(30);
+  /** How long a ping may go unanswered before the connection is dropped. */
+  public static final Duration KEEPALIVE_TIMEOUT = Duration.ofSeconds(10);
+  /** The longest wait between two attempts to reach an unreachable worker. */
+  public static final Duration MAX_RECONNECT_BACKOFF = Duration.ofSeconds(5);
+  /** The {@code ErrorInfo} domain of every llamagrid error. */
+  public static final String ERROR_DOMAIN = "llamagrid.dev";
+
+  private final ManagedChannel channel;
+  private final ScheduledExecutorService backoffTimer; // null when the channel is not ours
+  private final Duration timeout; // null: no deadline
+
+  private LlamagridClient(
+      ManagedChannel channel, ScheduledExecutorService backoffTimer, Duration timeout) {
+    this.channel = channel;
+    this.backoffTimer = backoffTimer;
+    this.timeout = timeout;
+  }
+
+  /**
+   * Wraps a channel built by the caller, who keeps ownership of it: {@link #close()} leaves it
+   * open. Use {@link #channelBuilder(String)} to get the llamagrid defaults.
+   */
+  public LlamagridClient(ManagedChannel channel) {
+    this(channel, null, null);
+  }
+
+  /** Connects to a worker at {@code target} ("host:port" or any gRPC target URI), in plaintext. */
+  public static LlamagridClient connect(String target) {
+    ManagedChannel channel = channelBuilder(target).build();
+    ScheduledExecutorService timer =
+        Executors.newSingleThreadScheduledExecutor(
+            r -> {
+              Thread t = new Thread(r, "llamagrid-reconnect");
+              t.setDaemon(true);
+              return t;
+            });
+    capReconnectBackoff(channel, timer);
+    return new LlamagridClient(channel, timer, null);
+  }
+
+  /**
+   * A plaintext channel builder with the llamagrid message-size and keepalive defaults. The
+   * outbound limit is applied per call by this class, as grpc-java has no channel-wide one, and
+   * the 5 s reconnect cap only comes with {@link #connect(String)}.
+   */
+  public static ManagedChannelBuilder<?> channelBuilder(String target) {
+    return ManagedChannelBuilder.forTarget(target)
+        .usePlaintext()
+        .maxInboundMessageSize(MAX_MESSAGE_BYTES)
+        .keepAliveTime(KEEPALIVE_TIME.toMillis(), TimeUnit.MILLISECONDS)
+        .keepAliveTimeout(KEEPALIVE_TIMEOUT.toMillis(), TimeUnit.MILLISECONDS)
+        .keepAliveWithoutCalls(true);
+  }
+
+  /**
+   * grpc-java has no setting for the maximum reconnect backoff (its own grows to two minutes), so
+   * while the channel is in TRANSIENT_FAILURE this resets the backoff every
+   * {@link #MAX_RECONNECT_BACKOFF}, which makes it try again at once: attempts are never further
+   * apart than that.
+   */
+  private static void capReconnectBackoff(ManagedChannel channel, ScheduledExecutorService timer) {
+    long period = MAX_RECONNECT_BACKOFF.toMillis();
+    timer.scheduleWithFixedDelay(
+        () -> {
+          if (channel.getState(false) == ConnectivityState.TRANSIENT_FAILURE) {
+            channel.resetConnectBackoff();
+          }
+        },
+        period,
+        period,
+        TimeUnit.MILLISECONDS);
+  }
+
+  /**
+   * A view of this client whose calls each get a deadline {@code timeout} after they start. It
+   * shares this client's channel; closing it does nothing.
+   */
+  public LlamagridClient withTimeout(Duration timeout) {
+    return new LlamagridClient(channel, null, timeout);
+  }
+
+  /** The channel, for stubs of other services (such as {@code grpc.health.v1.Health}). */
+  public ManagedChannel channel() {
+    return channel;
+  }
+
+  /** A blocking stub with this client's message limit and deadline. */
+  public InferenceServiceGrpc.InferenceServiceBlockingStub blockingStub() {
+    InferenceServiceGrpc.InferenceServiceBlockingStub stub =
+        InferenceServiceGrpc.newBlockingStub(channel)
+            .withMaxInboundMessageSize(MAX_MESSAGE_BYTES)
+            .withMaxOutboundMessageSize(MAX_MESSAGE_BYTES);
+    return timeout == null ? stub : stub.withDeadlineAfter(timeout);
+  }
+
+  /** An async stub with this client's message limit and deadline. */
+  public InferenceServiceGrpc.InferenceServiceStub asyncStub() {
+    InferenceServiceGrpc.InferenceServiceStub stub =
+        InferenceServiceGrpc.newStub(channel)
+            .withMaxInboundMessageSize(MAX_MESSAGE_BYTES)
+            .withMaxOutboundMessageSize(MAX_MESSAGE_BYTES);
+    return timeout == null ? stub : stub.withDeadlineAfter(timeout);
+  }
+
+  /**
+   * Starts a generation and returns its stream: chunks, then one final message. Iterating blocks
+   * until the next message; a failure is thrown from {@code hasNext()}/{@code next()} as a
+   * {@link io.grpc.StatusRuntimeException}. Close the stream to cancel the generation early
+   * (try-with-resources); a fully read stream needs no closing.
+   */
+  public GenerateStream generate(GenerateRequest request) {
+    Context.CancellableContext context = Context.current().withCancellation();
+    Context previous = context.attach();
+    try {
+      return new GenerateStream(blockingStub().generate(request), context);
+    } finally {
+      context.detach(previous);
+    }
+  }
+
+  /**
+   * Starts a generation whose messages go to {@code observer}, on gRPC's threads. Pass an
+   * {@link io.grpc.stub.ClientResponseObserver} to get the call's handle and cancel it.
+   */
+  public void generate(GenerateRequest request, StreamObserver<GenerateResponse> observer) {
+    asyncStub().generate(request, observer);
+  }
+
+  /** Embeds a batch of texts or token lists. */
+  public EmbedResponse embed(EmbedRequest request) {
+    return blockingStub().embed(request);
+  }
+
+  /** Turns text into token ids. */
+  public TokenizeResponse tokenize(TokenizeRequest request) {
+    return blockingStub().tokenize(request);
+  }
+
+  /** Turns token ids back into text. */
+  public DetokenizeResponse detokenize(DetokenizeRequest request) {
+    return blockingStub().detokenize(request);
+  }
+
+  /** Describes the model served under an alias (empty: the worker's only model). */
+  public GetModelInfoResponse getModelInfo(GetModelInfoRequest request) {
+    return blockingStub().getModelInfo(request);
+  }
+
+  /** Describes every model the worker serves. */
+  public ListModelsResponse listModels() {
+    return blockingStub().listModels(ListModelsRequest.getDefaultInstance());
+  }
+
+  /** The worker's current load: active and queued requests, KV cache occupancy. */
+  public GetLoadResponse getLoad() {
+    return blockingStub().getLoad(GetLoadRequest.getDefaultInstance());
+  }
+
+  /**
+   * The {@code google.rpc.ErrorInfo} a worker attached to a failed call, read from the
+   * {@code grpc-status-details-bin} trailer of a {@link io.grpc.StatusRuntimeException} or
+   * {@link io.grpc.StatusException}; empty for other errors or when there is none.
+   */
+  public static Optional<ErrorInfo> errorInfo(Throwable error) {
+    com.google.rpc.Status status = StatusProto.fromThrowable(error);
+    if (status == null) {
+      return Optional.empty();
+    }
+    for (com.google.protobuf.Any detail : status.getDetailsList()) {
+      if (detail.is(ErrorInfo.class)) {
+        try {
+          return Optional.of(detail.unpack(ErrorInfo.class));
+        } catch (InvalidProtocolBufferException e) {
+          return Optional.empty();
+        }
+      }
+    }
+    return Optional.empty();
+  }
+
+  /**
+   * The reason of a failed call's {@code ErrorInfo} (such as {@code CONTEXT_LENGTH_EXCEEDED},
+   * {@code INVALID_VALUE} or {@code QUEUE_FULL}), or "" when it carries none.
+   */
+  public static String errorReason(Throwable error) {
+    return errorInfo(error).map(ErrorInfo::getReason).orElse("");
+  }
+
+  /**
+   * Shuts the channel down, if this client opened it, giving running calls up to 5 s to finish
+   * before cancelling them.
+   */
+  @Override
+  public void close() {
+    if (backoffTimer == null) {
+      return;
+    }
+    backoffTimer.shutdownNow();
+    channel.shutdown();
+    try {
+      if (!channel.awaitTermination(5, TimeUnit.SECONDS)) {
+        channel.shutdownNow();
+      }
+    } catch (InterruptedException e) {
+      channel.shutdownNow();
+      Thread.currentThread().interrupt();
+    }
+  }
+
+  /** The messages of one Generate call, read in order; closing it cancels the call. */
+  public static final class GenerateStream implements Iterator<GenerateResponse>, AutoCloseable {
+    private final Iterator<GenerateResponse> responses;
+    private final Context.CancellableContext context;
+
+    GenerateStream(Iterator<GenerateResponse> responses, Context.CancellableContext context) {
+      this.responses = responses;
+      this.context = context;
+    }
+
+    @Override
+    public boolean hasNext() {
+      boolean more;
+      try {
+        more = responses.hasNext();
+      } catch (RuntimeException e) {
+        close();
+        throw e;
+      }
+      if (!more) {
+        close();
+      }
+      return more;
+    }
+
+    @Override
+    public GenerateResponse next() {
+      try {
+        return responses.next();
+      } catch (RuntimeException e) {
+        close();
+        throw e;
+      }
+    }
+
+    /** Cancels the call if it is still running; the worker stops generating for it. */
+    @Override
+    public void close() {
+      context.cancel(null);
+    }
+  }
+}
