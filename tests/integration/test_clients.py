@@ -30,6 +30,11 @@ CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "llamag
 SUITES: dict[str, tuple[list[str], Path, dict[str, str]]] = {
     "go": (["go", "test", "-count=1", "./..."], ROOT / "clients/go", {}),
     "java": (["mvn", "-B", "-q", "-f", "clients/java/pom.xml", "test"], ROOT, {}),
+    "rust": (
+        ["cargo", "test", "-j2", "--manifest-path", "clients/rust/Cargo.toml"],
+        ROOT,
+        {"CARGO_TARGET_DIR": str(CACHE / "cargo-target")},
+    ),
 }
 
 

@@ -1,0 +1,164 @@
+//! The error of every call, carrying the gRPC status code and the worker's `google.rpc.ErrorInfo`.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::time::Duration;
+
+use tonic::{Code, Status};
+use tonic_types::StatusExt;
+
+/// The `ErrorInfo.domain` of every error a llamagrid worker reports.
+pub const ERROR_DOMAIN: &str = "llamagrid.dev";
+
+/// The `ErrorInfo.reason` values a llamagrid worker reports.
+pub mod reason {
+    /// The prompt plus the requested completion does not fit the context.
+    pub const CONTEXT_LENGTH_EXCEEDED: &str = "CONTEXT_LENGTH_EXCEEDED";
+    /// The request names a model this worker does not serve.
+    pub const MODEL_NOT_FOUND: &str = "MODEL_NOT_FOUND";
+    /// A field has a value out of range or of the wrong form.
+    pub const INVALID_VALUE: &str = "INVALID_VALUE";
+    /// The request asks for something this worker cannot do.
+    pub const UNSUPPORTED_PARAMETER: &str = "UNSUPPORTED_PARAMETER";
+    /// The worker's queue is full (RESOURCE_EXHAUSTED, with a retry delay).
+    pub const QUEUE_FULL: &str = "QUEUE_FULL";
+    /// The request waited in the worker's queue longer than its queue timeout.
+    pub const QUEUE_TIMEOUT: &str = "QUEUE_TIMEOUT";
+    /// The worker is shutting down or still loading.
+    pub const NOT_READY: &str = "NOT_READY";
+}
+
+/// Why a call failed.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Error {
+    /// The call ended with a gRPC status: one sent by the worker, or one made by the client
+    /// (DEADLINE_EXCEEDED when the call's timeout passed, UNAVAILABLE when the connection broke).
+    Status(Box<StatusError>),
+    /// The channel could not be set up: a malformed address or a failed connection.
+    Transport(tonic::transport::Error),
+}
+
+/// A gRPC status with the details a llamagrid worker attaches to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StatusError {
+    /// The gRPC status code.
+    pub code: Code,
+    /// The human-readable message.
+    pub message: String,
+    /// `ErrorInfo.reason`, such as [`reason::INVALID_VALUE`], when the status carried one.
+    pub reason: Option<String>,
+    /// `ErrorInfo.domain` ([`ERROR_DOMAIN`] for the worker's errors).
+    pub domain: Option<String>,
+    /// `ErrorInfo.metadata`, e.g. `param`: the request field at fault.
+    pub metadata: HashMap<String, String>,
+    /// `RetryInfo.retry_delay`: how long to wait before retrying (QUEUE_FULL).
+    pub retry_delay: Option<Duration>,
+}
+
+impl Error {
+    /// The gRPC status code; UNAVAILABLE for a transport error.
+    pub fn code(&self) -> Code {
+        match self {
+            Error::Status(status) => status.code,
+            Error::Transport(_) => Code::Unavailable,
+        }
+    }
+
+    /// The human-readable message.
+    pub fn message(&self) -> String {
+        match self {
+            Error::Status(status) => status.message.clone(),
+            Error::Transport(err) => with_causes(err),
+        }
+    }
+
+    /// The worker's `ErrorInfo.reason`, such as [`reason::QUEUE_FULL`], when there is one.
+    pub fn reason(&self) -> Option<&str> {
+        self.status().and_then(|status| status.reason.as_deref())
+    }
+
+    /// The request field at fault (`ErrorInfo.metadata["param"]`), when the worker named one.
+    pub fn param(&self) -> Option<&str> {
+        self.status().and_then(|status| status.metadata.get("param")).map(String::as_str)
+    }
+
+    /// How long the worker asks the client to wait before retrying, when it said.
+    pub fn retry_delay(&self) -> Option<Duration> {
+        self.status().and_then(|status| status.retry_delay)
+    }
+
+    /// The status and its details, unless this is a transport error.
+    pub fn status(&self) -> Option<&StatusError> {
+        match self {
+            Error::Status(status) => Some(status),
+            Error::Transport(_) => None,
+        }
+    }
+}
+
+impl From<Status> for Error {
+    fn from(status: Status) -> Self {
+        let details = status.get_error_details();
+        let info = details.error_info();
+        Error::Status(Box::new(StatusError {
+            code: status.code(),
+            message: status.message().to_owned(),
+            reason: info.map(|info| info.reason.clone()).filter(|r| !r.is_empty()),
+            domain: info.map(|info| info.domain.clone()).filter(|d| !d.is_empty()),
+            metadata: info.map(|info| info.metadata.clone()).unwrap_or_default(),
+            retry_delay: details.retry_info().and_then(|retry| retry.retry_delay),
+        }))
+    }
+}
+
+impl From<tonic::transport::Error> for Error {
+    fn from(err: tonic::transport::Error) -> Self {
+        Error::Transport(err)
+    }
+}
+
+impl fmt::Display for StatusError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}: {}", self.code, self.message)?;
+        if let Some(reason) = &self.reason {
+            write!(f, " [{reason}]")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Status(status) => status.fmt(f),
+            Error::Transport(err) => f.write_str(&with_causes(err)),
+        }
+    }
+}
+
+impl std::error::Error for StatusError {}
+
+/// "transport error: tcp connect error: Connection refused": tonic's own message says little.
+fn with_causes(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.ends_with(&cause_text) {
+            text = format!("{text}: {cause_text}");
+        }
+        source = cause.source();
+    }
+    text
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Status(_) => None,
+            Error::Transport(err) => Some(err),
+        }
+    }
+}

@@ -1,0 +1,104 @@
+//! A thin async client for llamagrid workers, speaking the `llamagrid.v1.InferenceService` gRPC
+//! contract over [tonic].
+//!
+//! ```no_run
+//! use llamagrid_client::{ChatMessage, Client, Event, GenerateRequest, SamplingParams};
+//!
+//! # async fn demo() -> Result<(), llamagrid_client::Error> {
+//! let client = Client::connect("127.0.0.1:50051").await?;
+//! let request = GenerateRequest::chat([ChatMessage::new("user", "Name three primary colors.")])
+//!     .with_sampling(SamplingParams { max_tokens: Some(24), ..Default::default() });
+//! let mut stream = client.generate(request).await?;
+//! while let Some(response) = stream.message().await? {
+//!     match response.event {
+//!         Some(Event::Chunk(chunk)) => print!("{}", chunk.text),
+//!         Some(Event::Final(fin)) => println!("\n[{}]", fin.finish_reason().as_str_name()),
+//!         None => {}
+//!     }
+//! }
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! The messages are generated at build time from `protos/llamagrid/v1/inference.proto` and live
+//! in [`v1`]; the most used ones are re-exported at the crate root.
+#![warn(missing_docs)]
+
+mod client;
+mod error;
+
+use std::time::Duration;
+
+pub use client::{Client, GenerateStream};
+pub use error::{ERROR_DOMAIN, Error, StatusError, reason};
+pub use tonic::Code;
+pub use v1::generate_response::Event;
+pub use v1::{
+    ChatConversation, ChatMessage, DetokenizeRequest, DetokenizeResponse, EmbedInput, EmbedRequest,
+    EmbedResponse, Embedding, FinishReason, GenerateChunk, GenerateFinal, GenerateRequest,
+    GenerateResponse, GetLoadResponse, ModelInfo, SamplingParams, TokenList, TokenizeRequest,
+    TokenizeResponse, Usage,
+};
+
+/// Compiles the README's code blocks as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
+
+/// The code generated from `llamagrid/v1/inference.proto`: messages, enums and the
+/// `inference_service_client::InferenceServiceClient` stub.
+#[allow(missing_docs)]
+pub mod v1 {
+    tonic::include_proto!("llamagrid.v1");
+}
+
+/// The largest message sent or accepted, both ways: 64 MiB, as the worker allows (tonic's own
+/// default for received messages is 4 MiB).
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+/// How often an HTTP/2 ping is sent, even on an idle connection. The worker accepts pings no
+/// closer than 10 s apart.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+/// How long a ping may go unanswered before the connection is considered dead.
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl ChatMessage {
+    /// A chat turn with the given role ("system", "user", "assistant", "tool") and text.
+    #[must_use]
+    pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
+        Self { role: role.into(), content: content.into(), name: None }
+    }
+}
+
+impl GenerateRequest {
+    /// A request to continue a conversation, formatted with the model's chat template.
+    #[must_use]
+    pub fn chat(messages: impl IntoIterator<Item = ChatMessage>) -> Self {
+        let chat = ChatConversation { messages: messages.into_iter().collect() };
+        Self { input: Some(v1::generate_request::Input::Chat(chat)), ..Default::default() }
+    }
+
+    /// A request to complete raw prompt text.
+    #[must_use]
+    pub fn prompt(text: impl Into<String>) -> Self {
+        Self { input: Some(v1::generate_request::Input::Prompt(text.into())), ..Default::default() }
+    }
+
+    /// The same request with these sampling parameters.
+    #[must_use]
+    pub fn with_sampling(mut self, sampling: SamplingParams) -> Self {
+        self.sampling = Some(sampling);
+        self
+    }
+}
+
+impl EmbedRequest {
+    /// A request to embed each text, for the worker's only model.
+    #[must_use]
+    pub fn texts<S: Into<String>>(texts: impl IntoIterator<Item = S>, normalize: bool) -> Self {
+        let inputs = texts
+            .into_iter()
+            .map(|text| EmbedInput { input: Some(v1::embed_input::Input::Text(text.into())) })
+            .collect();
+        Self { inputs, normalize, ..Default::default() }
+    }
+}
