@@ -32,8 +32,6 @@ class EmbedJob:
     vectors: list[list[float]] = field(default_factory=list)
     #: Inputs handed to a decode so far.
     scheduled: int = 0
-    #: Whether the future was marked running (so a cancel can no longer take it back).
-    started: bool = False
     #: Set from the event loop when the caller went away: remaining inputs are dropped.
     abandoned: bool = False
 
@@ -56,6 +54,11 @@ class Embedder:
     def max_tokens(self) -> int:
         """The longest input that fits one decode."""
         return self.ctx.n_batch
+
+    @property
+    def queued_inputs(self) -> int:
+        """Inputs waiting for a decode."""
+        return sum(len(job.inputs) - job.scheduled for job in self.pending)
 
     def close(self) -> None:
         """Fail queued requests; free the batch and the context."""
@@ -126,11 +129,9 @@ class Embedder:
             if job.abandoned:  # nobody waits for the result any more
                 self.pending.remove(job)
                 continue
-            if not job.started:
-                if not job.future.set_running_or_notify_cancel():
-                    self.pending.remove(job)  # the caller went away before any work was done
-                    continue
-                job.started = True
+            if not job.future.running() and not job.future.set_running_or_notify_cancel():
+                self.pending.remove(job)  # the caller went away before any work was done
+                continue
             while job.scheduled < len(job.inputs) and len(group) < self.ctx.n_seq_max:
                 n = len(job.inputs[job.scheduled])
                 if group and used + n > self.step_tokens:

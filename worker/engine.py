@@ -189,7 +189,7 @@ class LlamaEngine:
                 max_queue=self.settings.max_queue,
                 kv_cells_used=kv.used,
                 kv_cells_total=kv.total,
-                embed_queued=sum(len(j.inputs) - j.scheduled for j in engine.embedder.pending),
+                embed_queued=engine.embedder.queued_inputs,
                 decode_steps=engine.scheduler.steps,
             )
 

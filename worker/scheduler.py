@@ -182,7 +182,12 @@ class Scheduler:
     def _place(self, prompt: list[int]) -> Reuse:
         """Choose the sequence for a prompt and set its KV cells to the reused prefix."""
         free = [seq for seq, s in enumerate(self.slots) if s is None]
-        busy = {s.seq: s.decoded() for s in self.slots if s is not None}
+        # Only shared cells let a running sequence donate its prefix: skip the copies otherwise.
+        busy = (
+            {s.seq: s.decoded() for s in self.slots if s is not None}
+            if self.cache.shareable
+            else {}
+        )
         reuse = self.cache.plan(prompt, free, busy)
         self.cache.take(reuse.seq)
         if reuse.source is not None:
