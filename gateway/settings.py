@@ -9,6 +9,8 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 LogLevel = Literal["critical", "error", "warning", "info", "debug", "trace"]
+#: The load-balancing policies (gateway/policies/), by name.
+PolicyName = Literal["round_robin", "least_load", "prefix_affinity", "session_affinity"]
 
 
 class GatewaySettings(BaseSettings):
@@ -28,6 +30,27 @@ class GatewaySettings(BaseSettings):
         default_factory=list,
         description="gRPC addresses (HOST:PORT) of the workers; repeat the flag or join with ','.",
     )
+    worker_dns: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="NAME:PORT whose DNS addresses are all workers (a Kubernetes headless "
+        "Service), re-resolved every --dns-interval-s; repeat the flag or join with ','.",
+    )
+    dns_interval_s: float = Field(
+        10.0, gt=0, description="Seconds between two resolutions of each --worker-dns name."
+    )
+    config: str = Field(
+        "",
+        description="Fleet config file (YAML or JSON): its gateway section and per-model policies "
+        "supply defaults; flags and environment variables still win.",
+    )
+    policy: PolicyName = Field(
+        "prefix_affinity", description="Default load-balancing policy for every model."
+    )
+    model_policies: dict[str, PolicyName] = Field(
+        default_factory=dict,
+        description="Policy per model alias, overriding --policy; JSON, e.g. "
+        '\'{"smollm2": "round_robin"}\'.',
+    )
     api_key: SecretStr | None = Field(
         None, description="When set, requests must carry 'Authorization: Bearer <api_key>'."
     )
@@ -40,9 +63,12 @@ class GatewaySettings(BaseSettings):
     load_interval_s: float = Field(
         1.0, gt=0, description="Seconds between two GetLoad reads of each worker's load."
     )
+    drain_grace_s: float = Field(
+        30.0, ge=0, description="On SIGTERM, how long in-flight requests may finish (new get 503)."
+    )
     log_level: LogLevel = Field("info", description="Log level of the gateway and uvicorn.")
 
-    @field_validator("workers", mode="before")
+    @field_validator("workers", "worker_dns", mode="before")
     @classmethod
     def _split_workers(cls, value: object) -> object:
         """Accept a JSON list, a comma-joined string, or a list of (comma-joined) strings."""
@@ -52,7 +78,7 @@ class GatewaySettings(BaseSettings):
             return [part.strip() for item in value for part in str(item).split(",") if part.strip()]
         return value
 
-    @field_validator("workers")
+    @field_validator("workers", "worker_dns")
     @classmethod
     def _check_addresses(cls, value: list[str]) -> list[str]:
         for address in value:

@@ -35,6 +35,16 @@ class WorkerSettings(BaseSettings):
         default="", description="Jinja chat template overriding the GGUF's, inline or a file path."
     )
 
+    # Fleet config (the file `llamagrid serve --config` reads; also mounted on Kubernetes).
+    config: str = Field(
+        default="",
+        description="Fleet config file (YAML or JSON): the model entry named by --config-model "
+        "supplies this worker's defaults; flags and environment variables still win.",
+    )
+    config_model: str = Field(
+        default="", description="Alias of the --config model entry to serve; empty: the only one."
+    )
+
     # Network.
     host: str = Field(default="127.0.0.1", description="Address the gRPC server binds.")
     port: int = Field(default=50051, ge=0, le=65535, description="gRPC port; 0 picks a free one.")
@@ -92,5 +102,15 @@ class WorkerSettings(BaseSettings):
     )
     drain_grace_s: float = Field(
         default=30.0, ge=0, description="On SIGTERM, how long in-flight streams may finish."
+    )
+    name: str = Field(
+        default="",
+        description="Name this worker reports (gRPC trailers, metrics labels); default HOST:PORT.",
+    )
+    metrics_port: int = Field(
+        default=0,
+        ge=0,
+        le=65535,
+        description="Port of the Prometheus /metrics HTTP endpoint; 0: no endpoint.",
     )
     log_level: str = Field(default="info", description="Python logging level.")
