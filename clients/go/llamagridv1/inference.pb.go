@@ -131,6 +131,68 @@ func (Capability) EnumDescriptor() ([]byte, []int) {
 	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{1}
 }
 
+// DeviceType says what kind of hardware a device is, as ggml (llama.cpp's tensor library)
+// classifies it.
+type DeviceType int32
+
+const (
+	// The worker could not tell the device's kind.
+	DeviceType_DEVICE_TYPE_UNSPECIFIED DeviceType = 0
+	// The host CPU, using system memory.
+	DeviceType_DEVICE_TYPE_CPU DeviceType = 1
+	// A discrete GPU with memory of its own.
+	DeviceType_DEVICE_TYPE_GPU DeviceType = 2
+	// An integrated GPU sharing the host's memory.
+	DeviceType_DEVICE_TYPE_IGPU DeviceType = 3
+	// An accelerator that works beside the CPU backend, such as BLAS or AMX.
+	DeviceType_DEVICE_TYPE_ACCEL DeviceType = 4
+)
+
+// Enum value maps for DeviceType.
+var (
+	DeviceType_name = map[int32]string{
+		0: "DEVICE_TYPE_UNSPECIFIED",
+		1: "DEVICE_TYPE_CPU",
+		2: "DEVICE_TYPE_GPU",
+		3: "DEVICE_TYPE_IGPU",
+		4: "DEVICE_TYPE_ACCEL",
+	}
+	DeviceType_value = map[string]int32{
+		"DEVICE_TYPE_UNSPECIFIED": 0,
+		"DEVICE_TYPE_CPU":         1,
+		"DEVICE_TYPE_GPU":         2,
+		"DEVICE_TYPE_IGPU":        3,
+		"DEVICE_TYPE_ACCEL":       4,
+	}
+)
+
+func (x DeviceType) Enum() *DeviceType {
+	p := new(DeviceType)
+	*p = x
+	return p
+}
+
+func (x DeviceType) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (DeviceType) Descriptor() protoreflect.EnumDescriptor {
+	return file_llamagrid_v1_inference_proto_enumTypes[2].Descriptor()
+}
+
+func (DeviceType) Type() protoreflect.EnumType {
+	return &file_llamagrid_v1_inference_proto_enumTypes[2]
+}
+
+func (x DeviceType) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use DeviceType.Descriptor instead.
+func (DeviceType) EnumDescriptor() ([]byte, []int) {
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{2}
+}
+
 // TokenList is a sequence of token ids of the model's vocabulary.
 type TokenList struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1682,28 +1744,147 @@ func (x *DetokenizeResponse) GetText() string {
 	return ""
 }
 
+// Device is one compute device that llama.cpp runs the model on, as ggml reports it.
+type Device struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The ggml device name, such as "CPU", "CUDA0" or "Vulkan1".
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// The hardware, such as "NVIDIA H100 80GB HBM3" or the CPU's model name.
+	Description string `protobuf:"bytes,2,opt,name=description,proto3" json:"description,omitempty"`
+	// What kind of device this is.
+	Type DeviceType `protobuf:"varint,3,opt,name=type,proto3,enum=llamagrid.v1.DeviceType" json:"type,omitempty"`
+	// The ggml backend that drives the device, such as "CPU", "CUDA", "Metal" or "Vulkan".
+	Backend string `protobuf:"bytes,4,opt,name=backend,proto3" json:"backend,omitempty"`
+	// The device's memory in bytes (system memory for the CPU), 0 when the backend does not say.
+	MemoryTotalBytes uint64 `protobuf:"varint,5,opt,name=memory_total_bytes,json=memoryTotalBytes,proto3" json:"memory_total_bytes,omitempty"`
+	// The device's free memory in bytes once the model and its contexts were loaded.
+	MemoryFreeBytes uint64 `protobuf:"varint,6,opt,name=memory_free_bytes,json=memoryFreeBytes,proto3" json:"memory_free_bytes,omitempty"`
+	// The PCI bus id ("0000:c1:00.0") for PCI devices, empty when unknown.
+	DeviceId string `protobuf:"bytes,7,opt,name=device_id,json=deviceId,proto3" json:"device_id,omitempty"`
+	// How many of the model's layers llama.cpp placed on this device (see total_layers).
+	Layers        uint32 `protobuf:"varint,8,opt,name=layers,proto3" json:"layers,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Device) Reset() {
+	*x = Device{}
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Device) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Device) ProtoMessage() {}
+
+func (x *Device) ProtoReflect() protoreflect.Message {
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Device.ProtoReflect.Descriptor instead.
+func (*Device) Descriptor() ([]byte, []int) {
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *Device) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *Device) GetDescription() string {
+	if x != nil {
+		return x.Description
+	}
+	return ""
+}
+
+func (x *Device) GetType() DeviceType {
+	if x != nil {
+		return x.Type
+	}
+	return DeviceType_DEVICE_TYPE_UNSPECIFIED
+}
+
+func (x *Device) GetBackend() string {
+	if x != nil {
+		return x.Backend
+	}
+	return ""
+}
+
+func (x *Device) GetMemoryTotalBytes() uint64 {
+	if x != nil {
+		return x.MemoryTotalBytes
+	}
+	return 0
+}
+
+func (x *Device) GetMemoryFreeBytes() uint64 {
+	if x != nil {
+		return x.MemoryFreeBytes
+	}
+	return 0
+}
+
+func (x *Device) GetDeviceId() string {
+	if x != nil {
+		return x.DeviceId
+	}
+	return ""
+}
+
+func (x *Device) GetLayers() uint32 {
+	if x != nil {
+		return x.Layers
+	}
+	return 0
+}
+
 // DevicePlacement says where a model's weights and computation live.
 type DevicePlacement struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// "cpu", or the GPU backend in use such as "cuda".
+	// "cpu", or the backend of the GPU holding layers, such as "cuda".
 	Backend string `protobuf:"bytes,1,opt,name=backend,proto3" json:"backend,omitempty"`
-	// The GPU ids this worker was pinned to (CUDA_VISIBLE_DEVICES), empty for the CPU.
+	// The GPU ids this worker was pinned to: CUDA_VISIBLE_DEVICES as the worker saw it, split at
+	// commas; empty when the variable is unset or empty.
 	VisibleDevices []string `protobuf:"bytes,2,rep,name=visible_devices,json=visibleDevices,proto3" json:"visible_devices,omitempty"`
-	// How many layers are offloaded to the GPU.
+	// The n_gpu_layers setting the worker was started with (-1 means all layers); offloaded_layers
+	// says how many llama.cpp really placed on a GPU.
 	NGpuLayers int32 `protobuf:"varint,3,opt,name=n_gpu_layers,json=nGpuLayers,proto3" json:"n_gpu_layers,omitempty"`
 	// The GPU that holds the whole model when split_mode is "none".
 	MainGpu int32 `protobuf:"varint,4,opt,name=main_gpu,json=mainGpu,proto3" json:"main_gpu,omitempty"`
 	// How the model is split across GPUs: "none", "layer" or "row".
 	SplitMode string `protobuf:"bytes,5,opt,name=split_mode,json=splitMode,proto3" json:"split_mode,omitempty"`
 	// The fraction of the model given to each GPU, when set.
-	TensorSplit   []float32 `protobuf:"fixed32,6,rep,packed,name=tensor_split,json=tensorSplit,proto3" json:"tensor_split,omitempty"`
+	TensorSplit []float32 `protobuf:"fixed32,6,rep,packed,name=tensor_split,json=tensorSplit,proto3" json:"tensor_split,omitempty"`
+	// The devices llama.cpp uses for this model: every device holding layers, the accelerators,
+	// and the CPU (which always keeps the input layer), in ggml's device order.
+	Devices []*Device `protobuf:"bytes,7,rep,name=devices,proto3" json:"devices,omitempty"`
+	// How many layers llama.cpp placed on a device other than the CPU.
+	OffloadedLayers uint32 `protobuf:"varint,8,opt,name=offloaded_layers,json=offloadedLayers,proto3" json:"offloaded_layers,omitempty"`
+	// How many layers the model has, counting the repeating layers and the output layer: the
+	// layers of all devices add up to this.
+	TotalLayers   uint32 `protobuf:"varint,9,opt,name=total_layers,json=totalLayers,proto3" json:"total_layers,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *DevicePlacement) Reset() {
 	*x = DevicePlacement{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[20]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1715,7 +1896,7 @@ func (x *DevicePlacement) String() string {
 func (*DevicePlacement) ProtoMessage() {}
 
 func (x *DevicePlacement) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[20]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1728,7 +1909,7 @@ func (x *DevicePlacement) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DevicePlacement.ProtoReflect.Descriptor instead.
 func (*DevicePlacement) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{20}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *DevicePlacement) GetBackend() string {
@@ -1773,6 +1954,27 @@ func (x *DevicePlacement) GetTensorSplit() []float32 {
 	return nil
 }
 
+func (x *DevicePlacement) GetDevices() []*Device {
+	if x != nil {
+		return x.Devices
+	}
+	return nil
+}
+
+func (x *DevicePlacement) GetOffloadedLayers() uint32 {
+	if x != nil {
+		return x.OffloadedLayers
+	}
+	return 0
+}
+
+func (x *DevicePlacement) GetTotalLayers() uint32 {
+	if x != nil {
+		return x.TotalLayers
+	}
+	return 0
+}
+
 // ModelInfo describes a loaded model.
 type ModelInfo struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1812,7 +2014,7 @@ type ModelInfo struct {
 
 func (x *ModelInfo) Reset() {
 	*x = ModelInfo{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[21]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1824,7 +2026,7 @@ func (x *ModelInfo) String() string {
 func (*ModelInfo) ProtoMessage() {}
 
 func (x *ModelInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[21]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1837,7 +2039,7 @@ func (x *ModelInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ModelInfo.ProtoReflect.Descriptor instead.
 func (*ModelInfo) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{21}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *ModelInfo) GetAlias() string {
@@ -1956,7 +2158,7 @@ type GetModelInfoRequest struct {
 
 func (x *GetModelInfoRequest) Reset() {
 	*x = GetModelInfoRequest{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[22]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1968,7 +2170,7 @@ func (x *GetModelInfoRequest) String() string {
 func (*GetModelInfoRequest) ProtoMessage() {}
 
 func (x *GetModelInfoRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[22]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1981,7 +2183,7 @@ func (x *GetModelInfoRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetModelInfoRequest.ProtoReflect.Descriptor instead.
 func (*GetModelInfoRequest) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{22}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *GetModelInfoRequest) GetModel() string {
@@ -2002,7 +2204,7 @@ type GetModelInfoResponse struct {
 
 func (x *GetModelInfoResponse) Reset() {
 	*x = GetModelInfoResponse{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[23]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2014,7 +2216,7 @@ func (x *GetModelInfoResponse) String() string {
 func (*GetModelInfoResponse) ProtoMessage() {}
 
 func (x *GetModelInfoResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[23]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2027,7 +2229,7 @@ func (x *GetModelInfoResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetModelInfoResponse.ProtoReflect.Descriptor instead.
 func (*GetModelInfoResponse) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{23}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *GetModelInfoResponse) GetInfo() *ModelInfo {
@@ -2046,7 +2248,7 @@ type ListModelsRequest struct {
 
 func (x *ListModelsRequest) Reset() {
 	*x = ListModelsRequest{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[24]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2058,7 +2260,7 @@ func (x *ListModelsRequest) String() string {
 func (*ListModelsRequest) ProtoMessage() {}
 
 func (x *ListModelsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[24]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2071,7 +2273,7 @@ func (x *ListModelsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListModelsRequest.ProtoReflect.Descriptor instead.
 func (*ListModelsRequest) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{24}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{25}
 }
 
 // ListModelsResponse lists every model a worker serves.
@@ -2085,7 +2287,7 @@ type ListModelsResponse struct {
 
 func (x *ListModelsResponse) Reset() {
 	*x = ListModelsResponse{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[25]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2097,7 +2299,7 @@ func (x *ListModelsResponse) String() string {
 func (*ListModelsResponse) ProtoMessage() {}
 
 func (x *ListModelsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[25]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2110,7 +2312,7 @@ func (x *ListModelsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListModelsResponse.ProtoReflect.Descriptor instead.
 func (*ListModelsResponse) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{25}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ListModelsResponse) GetModels() []*ModelInfo {
@@ -2129,7 +2331,7 @@ type GetLoadRequest struct {
 
 func (x *GetLoadRequest) Reset() {
 	*x = GetLoadRequest{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[26]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2141,7 +2343,7 @@ func (x *GetLoadRequest) String() string {
 func (*GetLoadRequest) ProtoMessage() {}
 
 func (x *GetLoadRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[26]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2154,7 +2356,7 @@ func (x *GetLoadRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetLoadRequest.ProtoReflect.Descriptor instead.
 func (*GetLoadRequest) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{26}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{27}
 }
 
 // GetLoadResponse is a snapshot of the worker's load, taken between two engine steps.
@@ -2182,7 +2384,7 @@ type GetLoadResponse struct {
 
 func (x *GetLoadResponse) Reset() {
 	*x = GetLoadResponse{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[27]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2194,7 +2396,7 @@ func (x *GetLoadResponse) String() string {
 func (*GetLoadResponse) ProtoMessage() {}
 
 func (x *GetLoadResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[27]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2207,7 +2409,7 @@ func (x *GetLoadResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetLoadResponse.ProtoReflect.Descriptor instead.
 func (*GetLoadResponse) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{27}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *GetLoadResponse) GetActiveRequests() uint32 {
@@ -2400,7 +2602,16 @@ const file_llamagrid_v1_inference_proto_rawDesc = "" +
 	"\ttoken_ids\x18\x02 \x03(\x05R\btokenIds\x12%\n" +
 	"\x0erender_special\x18\x03 \x01(\bR\rrenderSpecial\"(\n" +
 	"\x12DetokenizeResponse\x12\x12\n" +
-	"\x04text\x18\x01 \x01(\tR\x04text\"\xd3\x01\n" +
+	"\x04text\x18\x01 \x01(\tR\x04text\"\x95\x02\n" +
+	"\x06Device\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12 \n" +
+	"\vdescription\x18\x02 \x01(\tR\vdescription\x12,\n" +
+	"\x04type\x18\x03 \x01(\x0e2\x18.llamagrid.v1.DeviceTypeR\x04type\x12\x18\n" +
+	"\abackend\x18\x04 \x01(\tR\abackend\x12,\n" +
+	"\x12memory_total_bytes\x18\x05 \x01(\x04R\x10memoryTotalBytes\x12*\n" +
+	"\x11memory_free_bytes\x18\x06 \x01(\x04R\x0fmemoryFreeBytes\x12\x1b\n" +
+	"\tdevice_id\x18\a \x01(\tR\bdeviceId\x12\x16\n" +
+	"\x06layers\x18\b \x01(\rR\x06layers\"\xd1\x02\n" +
 	"\x0fDevicePlacement\x12\x18\n" +
 	"\abackend\x18\x01 \x01(\tR\abackend\x12'\n" +
 	"\x0fvisible_devices\x18\x02 \x03(\tR\x0evisibleDevices\x12 \n" +
@@ -2409,7 +2620,10 @@ const file_llamagrid_v1_inference_proto_rawDesc = "" +
 	"\bmain_gpu\x18\x04 \x01(\x05R\amainGpu\x12\x1d\n" +
 	"\n" +
 	"split_mode\x18\x05 \x01(\tR\tsplitMode\x12!\n" +
-	"\ftensor_split\x18\x06 \x03(\x02R\vtensorSplit\"\x9f\x04\n" +
+	"\ftensor_split\x18\x06 \x03(\x02R\vtensorSplit\x12.\n" +
+	"\adevices\x18\a \x03(\v2\x14.llamagrid.v1.DeviceR\adevices\x12)\n" +
+	"\x10offloaded_layers\x18\b \x01(\rR\x0foffloadedLayers\x12!\n" +
+	"\ftotal_layers\x18\t \x01(\rR\vtotalLayers\"\x9f\x04\n" +
 	"\tModelInfo\x12\x14\n" +
 	"\x05alias\x18\x01 \x01(\tR\x05alias\x12\x12\n" +
 	"\x04file\x18\x02 \x01(\tR\x04file\x12\x17\n" +
@@ -2455,7 +2669,14 @@ const file_llamagrid_v1_inference_proto_rawDesc = "" +
 	"Capability\x12\x1a\n" +
 	"\x16CAPABILITY_UNSPECIFIED\x10\x00\x12\x17\n" +
 	"\x13CAPABILITY_GENERATE\x10\x01\x12\x14\n" +
-	"\x10CAPABILITY_EMBED\x10\x022\xad\x04\n" +
+	"\x10CAPABILITY_EMBED\x10\x02*\x80\x01\n" +
+	"\n" +
+	"DeviceType\x12\x1b\n" +
+	"\x17DEVICE_TYPE_UNSPECIFIED\x10\x00\x12\x13\n" +
+	"\x0fDEVICE_TYPE_CPU\x10\x01\x12\x13\n" +
+	"\x0fDEVICE_TYPE_GPU\x10\x02\x12\x14\n" +
+	"\x10DEVICE_TYPE_IGPU\x10\x03\x12\x15\n" +
+	"\x11DEVICE_TYPE_ACCEL\x10\x042\xad\x04\n" +
 	"\x10InferenceService\x12K\n" +
 	"\bGenerate\x12\x1d.llamagrid.v1.GenerateRequest\x1a\x1e.llamagrid.v1.GenerateResponse0\x01\x12@\n" +
 	"\x05Embed\x12\x1a.llamagrid.v1.EmbedRequest\x1a\x1b.llamagrid.v1.EmbedResponse\x12I\n" +
@@ -2480,81 +2701,85 @@ func file_llamagrid_v1_inference_proto_rawDescGZIP() []byte {
 	return file_llamagrid_v1_inference_proto_rawDescData
 }
 
-var file_llamagrid_v1_inference_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_llamagrid_v1_inference_proto_msgTypes = make([]protoimpl.MessageInfo, 29)
+var file_llamagrid_v1_inference_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
+var file_llamagrid_v1_inference_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
 var file_llamagrid_v1_inference_proto_goTypes = []any{
 	(FinishReason)(0),            // 0: llamagrid.v1.FinishReason
 	(Capability)(0),              // 1: llamagrid.v1.Capability
-	(*TokenList)(nil),            // 2: llamagrid.v1.TokenList
-	(*ChatMessage)(nil),          // 3: llamagrid.v1.ChatMessage
-	(*ChatConversation)(nil),     // 4: llamagrid.v1.ChatConversation
-	(*SamplingParams)(nil),       // 5: llamagrid.v1.SamplingParams
-	(*GenerateRequest)(nil),      // 6: llamagrid.v1.GenerateRequest
-	(*LogprobEntry)(nil),         // 7: llamagrid.v1.LogprobEntry
-	(*TokenLogprob)(nil),         // 8: llamagrid.v1.TokenLogprob
-	(*GenerateChunk)(nil),        // 9: llamagrid.v1.GenerateChunk
-	(*Usage)(nil),                // 10: llamagrid.v1.Usage
-	(*GenerateFinal)(nil),        // 11: llamagrid.v1.GenerateFinal
-	(*GenerateResponse)(nil),     // 12: llamagrid.v1.GenerateResponse
-	(*EmbedInput)(nil),           // 13: llamagrid.v1.EmbedInput
-	(*EmbedRequest)(nil),         // 14: llamagrid.v1.EmbedRequest
-	(*Embedding)(nil),            // 15: llamagrid.v1.Embedding
-	(*EmbedResponse)(nil),        // 16: llamagrid.v1.EmbedResponse
-	(*TokenizeRequest)(nil),      // 17: llamagrid.v1.TokenizeRequest
-	(*TokenPiece)(nil),           // 18: llamagrid.v1.TokenPiece
-	(*TokenizeResponse)(nil),     // 19: llamagrid.v1.TokenizeResponse
-	(*DetokenizeRequest)(nil),    // 20: llamagrid.v1.DetokenizeRequest
-	(*DetokenizeResponse)(nil),   // 21: llamagrid.v1.DetokenizeResponse
-	(*DevicePlacement)(nil),      // 22: llamagrid.v1.DevicePlacement
-	(*ModelInfo)(nil),            // 23: llamagrid.v1.ModelInfo
-	(*GetModelInfoRequest)(nil),  // 24: llamagrid.v1.GetModelInfoRequest
-	(*GetModelInfoResponse)(nil), // 25: llamagrid.v1.GetModelInfoResponse
-	(*ListModelsRequest)(nil),    // 26: llamagrid.v1.ListModelsRequest
-	(*ListModelsResponse)(nil),   // 27: llamagrid.v1.ListModelsResponse
-	(*GetLoadRequest)(nil),       // 28: llamagrid.v1.GetLoadRequest
-	(*GetLoadResponse)(nil),      // 29: llamagrid.v1.GetLoadResponse
-	nil,                          // 30: llamagrid.v1.SamplingParams.LogitBiasEntry
+	(DeviceType)(0),              // 2: llamagrid.v1.DeviceType
+	(*TokenList)(nil),            // 3: llamagrid.v1.TokenList
+	(*ChatMessage)(nil),          // 4: llamagrid.v1.ChatMessage
+	(*ChatConversation)(nil),     // 5: llamagrid.v1.ChatConversation
+	(*SamplingParams)(nil),       // 6: llamagrid.v1.SamplingParams
+	(*GenerateRequest)(nil),      // 7: llamagrid.v1.GenerateRequest
+	(*LogprobEntry)(nil),         // 8: llamagrid.v1.LogprobEntry
+	(*TokenLogprob)(nil),         // 9: llamagrid.v1.TokenLogprob
+	(*GenerateChunk)(nil),        // 10: llamagrid.v1.GenerateChunk
+	(*Usage)(nil),                // 11: llamagrid.v1.Usage
+	(*GenerateFinal)(nil),        // 12: llamagrid.v1.GenerateFinal
+	(*GenerateResponse)(nil),     // 13: llamagrid.v1.GenerateResponse
+	(*EmbedInput)(nil),           // 14: llamagrid.v1.EmbedInput
+	(*EmbedRequest)(nil),         // 15: llamagrid.v1.EmbedRequest
+	(*Embedding)(nil),            // 16: llamagrid.v1.Embedding
+	(*EmbedResponse)(nil),        // 17: llamagrid.v1.EmbedResponse
+	(*TokenizeRequest)(nil),      // 18: llamagrid.v1.TokenizeRequest
+	(*TokenPiece)(nil),           // 19: llamagrid.v1.TokenPiece
+	(*TokenizeResponse)(nil),     // 20: llamagrid.v1.TokenizeResponse
+	(*DetokenizeRequest)(nil),    // 21: llamagrid.v1.DetokenizeRequest
+	(*DetokenizeResponse)(nil),   // 22: llamagrid.v1.DetokenizeResponse
+	(*Device)(nil),               // 23: llamagrid.v1.Device
+	(*DevicePlacement)(nil),      // 24: llamagrid.v1.DevicePlacement
+	(*ModelInfo)(nil),            // 25: llamagrid.v1.ModelInfo
+	(*GetModelInfoRequest)(nil),  // 26: llamagrid.v1.GetModelInfoRequest
+	(*GetModelInfoResponse)(nil), // 27: llamagrid.v1.GetModelInfoResponse
+	(*ListModelsRequest)(nil),    // 28: llamagrid.v1.ListModelsRequest
+	(*ListModelsResponse)(nil),   // 29: llamagrid.v1.ListModelsResponse
+	(*GetLoadRequest)(nil),       // 30: llamagrid.v1.GetLoadRequest
+	(*GetLoadResponse)(nil),      // 31: llamagrid.v1.GetLoadResponse
+	nil,                          // 32: llamagrid.v1.SamplingParams.LogitBiasEntry
 }
 var file_llamagrid_v1_inference_proto_depIdxs = []int32{
-	3,  // 0: llamagrid.v1.ChatConversation.messages:type_name -> llamagrid.v1.ChatMessage
-	30, // 1: llamagrid.v1.SamplingParams.logit_bias:type_name -> llamagrid.v1.SamplingParams.LogitBiasEntry
-	2,  // 2: llamagrid.v1.GenerateRequest.tokens:type_name -> llamagrid.v1.TokenList
-	4,  // 3: llamagrid.v1.GenerateRequest.chat:type_name -> llamagrid.v1.ChatConversation
-	5,  // 4: llamagrid.v1.GenerateRequest.sampling:type_name -> llamagrid.v1.SamplingParams
-	7,  // 5: llamagrid.v1.TokenLogprob.chosen:type_name -> llamagrid.v1.LogprobEntry
-	7,  // 6: llamagrid.v1.TokenLogprob.top:type_name -> llamagrid.v1.LogprobEntry
-	8,  // 7: llamagrid.v1.GenerateChunk.logprobs:type_name -> llamagrid.v1.TokenLogprob
+	4,  // 0: llamagrid.v1.ChatConversation.messages:type_name -> llamagrid.v1.ChatMessage
+	32, // 1: llamagrid.v1.SamplingParams.logit_bias:type_name -> llamagrid.v1.SamplingParams.LogitBiasEntry
+	3,  // 2: llamagrid.v1.GenerateRequest.tokens:type_name -> llamagrid.v1.TokenList
+	5,  // 3: llamagrid.v1.GenerateRequest.chat:type_name -> llamagrid.v1.ChatConversation
+	6,  // 4: llamagrid.v1.GenerateRequest.sampling:type_name -> llamagrid.v1.SamplingParams
+	8,  // 5: llamagrid.v1.TokenLogprob.chosen:type_name -> llamagrid.v1.LogprobEntry
+	8,  // 6: llamagrid.v1.TokenLogprob.top:type_name -> llamagrid.v1.LogprobEntry
+	9,  // 7: llamagrid.v1.GenerateChunk.logprobs:type_name -> llamagrid.v1.TokenLogprob
 	0,  // 8: llamagrid.v1.GenerateFinal.finish_reason:type_name -> llamagrid.v1.FinishReason
-	10, // 9: llamagrid.v1.GenerateFinal.usage:type_name -> llamagrid.v1.Usage
-	9,  // 10: llamagrid.v1.GenerateResponse.chunk:type_name -> llamagrid.v1.GenerateChunk
-	11, // 11: llamagrid.v1.GenerateResponse.final:type_name -> llamagrid.v1.GenerateFinal
-	2,  // 12: llamagrid.v1.EmbedInput.tokens:type_name -> llamagrid.v1.TokenList
-	13, // 13: llamagrid.v1.EmbedRequest.inputs:type_name -> llamagrid.v1.EmbedInput
-	15, // 14: llamagrid.v1.EmbedResponse.embeddings:type_name -> llamagrid.v1.Embedding
-	18, // 15: llamagrid.v1.TokenizeResponse.pieces:type_name -> llamagrid.v1.TokenPiece
-	1,  // 16: llamagrid.v1.ModelInfo.capabilities:type_name -> llamagrid.v1.Capability
-	22, // 17: llamagrid.v1.ModelInfo.placement:type_name -> llamagrid.v1.DevicePlacement
-	23, // 18: llamagrid.v1.GetModelInfoResponse.info:type_name -> llamagrid.v1.ModelInfo
-	23, // 19: llamagrid.v1.ListModelsResponse.models:type_name -> llamagrid.v1.ModelInfo
-	6,  // 20: llamagrid.v1.InferenceService.Generate:input_type -> llamagrid.v1.GenerateRequest
-	14, // 21: llamagrid.v1.InferenceService.Embed:input_type -> llamagrid.v1.EmbedRequest
-	17, // 22: llamagrid.v1.InferenceService.Tokenize:input_type -> llamagrid.v1.TokenizeRequest
-	20, // 23: llamagrid.v1.InferenceService.Detokenize:input_type -> llamagrid.v1.DetokenizeRequest
-	24, // 24: llamagrid.v1.InferenceService.GetModelInfo:input_type -> llamagrid.v1.GetModelInfoRequest
-	26, // 25: llamagrid.v1.InferenceService.ListModels:input_type -> llamagrid.v1.ListModelsRequest
-	28, // 26: llamagrid.v1.InferenceService.GetLoad:input_type -> llamagrid.v1.GetLoadRequest
-	12, // 27: llamagrid.v1.InferenceService.Generate:output_type -> llamagrid.v1.GenerateResponse
-	16, // 28: llamagrid.v1.InferenceService.Embed:output_type -> llamagrid.v1.EmbedResponse
-	19, // 29: llamagrid.v1.InferenceService.Tokenize:output_type -> llamagrid.v1.TokenizeResponse
-	21, // 30: llamagrid.v1.InferenceService.Detokenize:output_type -> llamagrid.v1.DetokenizeResponse
-	25, // 31: llamagrid.v1.InferenceService.GetModelInfo:output_type -> llamagrid.v1.GetModelInfoResponse
-	27, // 32: llamagrid.v1.InferenceService.ListModels:output_type -> llamagrid.v1.ListModelsResponse
-	29, // 33: llamagrid.v1.InferenceService.GetLoad:output_type -> llamagrid.v1.GetLoadResponse
-	27, // [27:34] is the sub-list for method output_type
-	20, // [20:27] is the sub-list for method input_type
-	20, // [20:20] is the sub-list for extension type_name
-	20, // [20:20] is the sub-list for extension extendee
-	0,  // [0:20] is the sub-list for field type_name
+	11, // 9: llamagrid.v1.GenerateFinal.usage:type_name -> llamagrid.v1.Usage
+	10, // 10: llamagrid.v1.GenerateResponse.chunk:type_name -> llamagrid.v1.GenerateChunk
+	12, // 11: llamagrid.v1.GenerateResponse.final:type_name -> llamagrid.v1.GenerateFinal
+	3,  // 12: llamagrid.v1.EmbedInput.tokens:type_name -> llamagrid.v1.TokenList
+	14, // 13: llamagrid.v1.EmbedRequest.inputs:type_name -> llamagrid.v1.EmbedInput
+	16, // 14: llamagrid.v1.EmbedResponse.embeddings:type_name -> llamagrid.v1.Embedding
+	19, // 15: llamagrid.v1.TokenizeResponse.pieces:type_name -> llamagrid.v1.TokenPiece
+	2,  // 16: llamagrid.v1.Device.type:type_name -> llamagrid.v1.DeviceType
+	23, // 17: llamagrid.v1.DevicePlacement.devices:type_name -> llamagrid.v1.Device
+	1,  // 18: llamagrid.v1.ModelInfo.capabilities:type_name -> llamagrid.v1.Capability
+	24, // 19: llamagrid.v1.ModelInfo.placement:type_name -> llamagrid.v1.DevicePlacement
+	25, // 20: llamagrid.v1.GetModelInfoResponse.info:type_name -> llamagrid.v1.ModelInfo
+	25, // 21: llamagrid.v1.ListModelsResponse.models:type_name -> llamagrid.v1.ModelInfo
+	7,  // 22: llamagrid.v1.InferenceService.Generate:input_type -> llamagrid.v1.GenerateRequest
+	15, // 23: llamagrid.v1.InferenceService.Embed:input_type -> llamagrid.v1.EmbedRequest
+	18, // 24: llamagrid.v1.InferenceService.Tokenize:input_type -> llamagrid.v1.TokenizeRequest
+	21, // 25: llamagrid.v1.InferenceService.Detokenize:input_type -> llamagrid.v1.DetokenizeRequest
+	26, // 26: llamagrid.v1.InferenceService.GetModelInfo:input_type -> llamagrid.v1.GetModelInfoRequest
+	28, // 27: llamagrid.v1.InferenceService.ListModels:input_type -> llamagrid.v1.ListModelsRequest
+	30, // 28: llamagrid.v1.InferenceService.GetLoad:input_type -> llamagrid.v1.GetLoadRequest
+	13, // 29: llamagrid.v1.InferenceService.Generate:output_type -> llamagrid.v1.GenerateResponse
+	17, // 30: llamagrid.v1.InferenceService.Embed:output_type -> llamagrid.v1.EmbedResponse
+	20, // 31: llamagrid.v1.InferenceService.Tokenize:output_type -> llamagrid.v1.TokenizeResponse
+	22, // 32: llamagrid.v1.InferenceService.Detokenize:output_type -> llamagrid.v1.DetokenizeResponse
+	27, // 33: llamagrid.v1.InferenceService.GetModelInfo:output_type -> llamagrid.v1.GetModelInfoResponse
+	29, // 34: llamagrid.v1.InferenceService.ListModels:output_type -> llamagrid.v1.ListModelsResponse
+	31, // 35: llamagrid.v1.InferenceService.GetLoad:output_type -> llamagrid.v1.GetLoadResponse
+	29, // [29:36] is the sub-list for method output_type
+	22, // [22:29] is the sub-list for method input_type
+	22, // [22:22] is the sub-list for extension type_name
+	22, // [22:22] is the sub-list for extension extendee
+	0,  // [0:22] is the sub-list for field type_name
 }
 
 func init() { file_llamagrid_v1_inference_proto_init() }
@@ -2589,8 +2814,8 @@ func file_llamagrid_v1_inference_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_llamagrid_v1_inference_proto_rawDesc), len(file_llamagrid_v1_inference_proto_rawDesc)),
-			NumEnums:      2,
-			NumMessages:   29,
+			NumEnums:      3,
+			NumMessages:   30,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -71,6 +71,40 @@ CAPABILITY_EMBED: Capability.ValueType  # 2
 """Vector embeddings through Embed."""
 Global___Capability: _TypeAlias = Capability  # noqa: Y015
 
+class _DeviceType:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _DeviceTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DeviceType.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    DEVICE_TYPE_UNSPECIFIED: _DeviceType.ValueType  # 0
+    """The worker could not tell the device's kind."""
+    DEVICE_TYPE_CPU: _DeviceType.ValueType  # 1
+    """The host CPU, using system memory."""
+    DEVICE_TYPE_GPU: _DeviceType.ValueType  # 2
+    """A discrete GPU with memory of its own."""
+    DEVICE_TYPE_IGPU: _DeviceType.ValueType  # 3
+    """An integrated GPU sharing the host's memory."""
+    DEVICE_TYPE_ACCEL: _DeviceType.ValueType  # 4
+    """An accelerator that works beside the CPU backend, such as BLAS or AMX."""
+
+class DeviceType(_DeviceType, metaclass=_DeviceTypeEnumTypeWrapper):
+    """DeviceType says what kind of hardware a device is, as ggml (llama.cpp's tensor library)
+    classifies it.
+    """
+
+DEVICE_TYPE_UNSPECIFIED: DeviceType.ValueType  # 0
+"""The worker could not tell the device's kind."""
+DEVICE_TYPE_CPU: DeviceType.ValueType  # 1
+"""The host CPU, using system memory."""
+DEVICE_TYPE_GPU: DeviceType.ValueType  # 2
+"""A discrete GPU with memory of its own."""
+DEVICE_TYPE_IGPU: DeviceType.ValueType  # 3
+"""An integrated GPU sharing the host's memory."""
+DEVICE_TYPE_ACCEL: DeviceType.ValueType  # 4
+"""An accelerator that works beside the CPU backend, such as BLAS or AMX."""
+Global___DeviceType: _TypeAlias = DeviceType  # noqa: Y015
+
 @_typing.final
 class TokenList(_message.Message):
     """TokenList is a sequence of token ids of the model's vocabulary."""
@@ -851,6 +885,56 @@ class DetokenizeResponse(_message.Message):
 Global___DetokenizeResponse: _TypeAlias = DetokenizeResponse  # noqa: Y015
 
 @_typing.final
+class Device(_message.Message):
+    """Device is one compute device that llama.cpp runs the model on, as ggml reports it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
+    BACKEND_FIELD_NUMBER: _builtins.int
+    MEMORY_TOTAL_BYTES_FIELD_NUMBER: _builtins.int
+    MEMORY_FREE_BYTES_FIELD_NUMBER: _builtins.int
+    DEVICE_ID_FIELD_NUMBER: _builtins.int
+    LAYERS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The ggml device name, such as "CPU", "CUDA0" or "Vulkan1"."""
+    description: _builtins.str
+    """The hardware, such as "NVIDIA H100 80GB HBM3" or the CPU's model name."""
+    type: Global___DeviceType.ValueType
+    """What kind of device this is."""
+    backend: _builtins.str
+    """The ggml backend that drives the device, such as "CPU", "CUDA", "Metal" or "Vulkan"."""
+    memory_total_bytes: _builtins.int
+    """The device's memory in bytes (system memory for the CPU), 0 when the backend does not say."""
+    memory_free_bytes: _builtins.int
+    """The device's free memory in bytes once the model and its contexts were loaded."""
+    device_id: _builtins.str
+    """The PCI bus id ("0000:c1:00.0") for PCI devices, empty when unknown."""
+    layers: _builtins.int
+    """How many of the model's layers llama.cpp placed on this device (see total_layers)."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        description: _builtins.str = ...,
+        type: Global___DeviceType.ValueType = ...,
+        backend: _builtins.str = ...,
+        memory_total_bytes: _builtins.int = ...,
+        memory_free_bytes: _builtins.int = ...,
+        device_id: _builtins.str = ...,
+        layers: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "description", b"description", "device_id", b"device_id", "layers", b"layers", "memory_free_bytes", b"memory_free_bytes", "memory_total_bytes", b"memory_total_bytes", "name", b"name", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Device: _TypeAlias = Device  # noqa: Y015
+
+@_typing.final
 class DevicePlacement(_message.Message):
     """DevicePlacement says where a model's weights and computation live."""
 
@@ -862,21 +946,40 @@ class DevicePlacement(_message.Message):
     MAIN_GPU_FIELD_NUMBER: _builtins.int
     SPLIT_MODE_FIELD_NUMBER: _builtins.int
     TENSOR_SPLIT_FIELD_NUMBER: _builtins.int
+    DEVICES_FIELD_NUMBER: _builtins.int
+    OFFLOADED_LAYERS_FIELD_NUMBER: _builtins.int
+    TOTAL_LAYERS_FIELD_NUMBER: _builtins.int
     backend: _builtins.str
-    """"cpu", or the GPU backend in use such as "cuda"."""
+    """"cpu", or the backend of the GPU holding layers, such as "cuda"."""
     n_gpu_layers: _builtins.int
-    """How many layers are offloaded to the GPU."""
+    """The n_gpu_layers setting the worker was started with (-1 means all layers); offloaded_layers
+    says how many llama.cpp really placed on a GPU.
+    """
     main_gpu: _builtins.int
     """The GPU that holds the whole model when split_mode is "none"."""
     split_mode: _builtins.str
     """How the model is split across GPUs: "none", "layer" or "row"."""
+    offloaded_layers: _builtins.int
+    """How many layers llama.cpp placed on a device other than the CPU."""
+    total_layers: _builtins.int
+    """How many layers the model has, counting the repeating layers and the output layer: the
+    layers of all devices add up to this.
+    """
     @_builtins.property
     def visible_devices(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """The GPU ids this worker was pinned to (CUDA_VISIBLE_DEVICES), empty for the CPU."""
+        """The GPU ids this worker was pinned to: CUDA_VISIBLE_DEVICES as the worker saw it, split at
+        commas; empty when the variable is unset or empty.
+        """
 
     @_builtins.property
     def tensor_split(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
         """The fraction of the model given to each GPU, when set."""
+
+    @_builtins.property
+    def devices(self) -> _containers.RepeatedCompositeFieldContainer[Global___Device]:
+        """The devices llama.cpp uses for this model: every device holding layers, the accelerators,
+        and the CPU (which always keeps the input layer), in ggml's device order.
+        """
 
     def __init__(
         self,
@@ -887,10 +990,13 @@ class DevicePlacement(_message.Message):
         main_gpu: _builtins.int = ...,
         split_mode: _builtins.str = ...,
         tensor_split: _abc.Iterable[_builtins.float] | None = ...,
+        devices: _abc.Iterable[Global___Device] | None = ...,
+        offloaded_layers: _builtins.int = ...,
+        total_layers: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "main_gpu", b"main_gpu", "n_gpu_layers", b"n_gpu_layers", "split_mode", b"split_mode", "tensor_split", b"tensor_split", "visible_devices", b"visible_devices"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "devices", b"devices", "main_gpu", b"main_gpu", "n_gpu_layers", b"n_gpu_layers", "offloaded_layers", b"offloaded_layers", "split_mode", b"split_mode", "tensor_split", b"tensor_split", "total_layers", b"total_layers", "visible_devices", b"visible_devices"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
