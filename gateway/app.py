@@ -13,39 +13,88 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.params import Depends as DependsParam
 from fastapi.security import HTTPBearer
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 
-from gateway.dispatch import Dispatcher
+from gateway.discovery import DnsDiscovery
+from gateway.dispatch import Dispatcher, Routed
 from gateway.errors import OpenAIError, from_rpc_error, validation_failure
+from gateway.lifecycle import Drain
+from gateway.metrics import GatewayMetrics
+from gateway.middleware import GatewayMiddleware
 from gateway.openai.router import router as openai_router
-from gateway.pool import WorkerPool
+from gateway.pool import PoolOptions, WorkerPool
 from gateway.settings import GatewaySettings
 from gateway.sse import error_response
 
 logger = logging.getLogger(__name__)
 
 
+def pool_options(settings: GatewaySettings) -> PoolOptions:
+    """The pool's options from the gateway's settings."""
+    return PoolOptions(
+        retry_s=settings.health_retry_s,
+        load_interval_s=settings.load_interval_s,
+        policy=settings.policy,
+        model_policies=dict(settings.model_policies),
+        affinity_bound=settings.affinity_bound,
+        breaker_threshold=settings.breaker_threshold,
+        breaker_cooldown_s=settings.breaker_cooldown_s,
+    )
+
+
+def create_pool(settings: GatewaySettings) -> WorkerPool:
+    """The pool for the settings' static workers (DNS names are added by the app)."""
+    return WorkerPool(settings.workers, pool_options(settings))
+
+
 def create_app(settings: GatewaySettings, pool: WorkerPool) -> FastAPI:
-    """The gateway application; it starts the pool on startup and closes it on shutdown."""
+    """The gateway application; it starts the pool and DNS discovery on startup and stops them
+    on shutdown."""
+    discovery = DnsDiscovery(pool, settings.worker_dns, settings.dns_interval_s)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await pool.start()
+        discovery.start()
         try:
             yield
         finally:
+            await discovery.stop()
             await pool.close()
 
     app = FastAPI(title="llamagrid gateway", lifespan=lifespan)
-    app.state.dispatcher = Dispatcher(pool, settings.request_timeout_s)
+    metrics = GatewayMetrics(pool)
+    drain = Drain(settings.drain_grace_s)
+    app.state.metrics, app.state.drain = metrics, drain
+    app.state.dispatcher = Dispatcher(
+        pool,
+        settings.request_timeout_s,
+        metrics,
+        max_retries=settings.max_retries,
+        retry_backoff_s=settings.retry_backoff_s,
+        prefix_chars=settings.affinity_prefix_chars,
+    )
     app.include_router(openai_router, dependencies=_auth(settings))
+    app.add_middleware(GatewayMiddleware, drain=drain, metrics=metrics)
 
     @app.get("/health", tags=["health"])
     async def health() -> dict[str, str]:
+        """Readiness: 200 while some worker is serving (503 when none is, or while draining)."""
         if not pool.any_healthy():
             raise OpenAIError(503, "No worker is serving.", "service_unavailable_error")
         return {"status": "ok"}
+
+    @app.get("/livez", tags=["health"])
+    async def livez() -> dict[str, str]:
+        """Liveness: 200 while the process runs, whatever the workers do."""
+        return {"status": "ok"}
+
+    @app.get("/metrics", tags=["metrics"], include_in_schema=False)
+    async def prometheus_metrics() -> Response:
+        """Prometheus text exposition of the gateway's metrics."""
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     _install_error_handlers(app)
     return app
@@ -73,14 +122,22 @@ class ApiKeyCheck:
             raise OpenAIError(401, message, "authentication_error", code="invalid_api_key")
 
 
-def _install_error_handlers(app: FastAPI) -> None:
-    async def openai_error(_: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, OpenAIError)
-        return error_response(exc)
+def _with_route(request: Request, error: OpenAIError) -> JSONResponse:
+    """The error response, with the X-Llamagrid-* headers when a worker had been chosen."""
+    routed = getattr(request.state, "routed", None)
+    if isinstance(routed, Routed):
+        error.headers.update(routed.headers())
+    return error_response(error)
 
-    async def rpc_error(_: Request, exc: Exception) -> JSONResponse:
+
+def _install_error_handlers(app: FastAPI) -> None:
+    async def openai_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, OpenAIError)
+        return _with_route(request, exc)
+
+    async def rpc_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, grpc.aio.AioRpcError)
-        return error_response(from_rpc_error(exc))
+        return _with_route(request, from_rpc_error(exc))
 
     async def validation_error(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)

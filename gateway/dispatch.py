@@ -1,42 +1,147 @@
-"""Running one call on one worker: lease, deadline, error mapping and client disconnects."""
+"""Running one call on the workers: choice, lease, failover, deadline, metrics and disconnects.
+
+Failover happens only while nothing has reached the HTTP client: a call that the chosen worker
+could not take (a transport failure or UNAVAILABLE, or a full queue) is retried on another
+worker after a short jittered pause, at most ``max_retries`` times. Once a stream has been
+accepted its response has started, so a later failure is never replayed: it ends the stream.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Awaitable, Callable
+import logging
+import random
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 import grpc
 from llamagrid.client import AsyncInferenceClient
+from llamagrid.errors import parse_details
 from llamagrid.v1 import inference_pb2 as pb
 from starlette.requests import Request
 
+from gateway.breaker import COUNTED
 from gateway.errors import OpenAIError, from_rpc_error
-from gateway.pool import WorkerPool
+from gateway.metrics import GatewayMetrics
+from gateway.policies import RouteRequest
+from gateway.pool import Worker, WorkerPool
+
+logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
 #: A call to make on the chosen worker's client, given the deadline in seconds.
 Call = Callable[[AsyncInferenceClient, float], Awaitable[T]]
 
+#: The ErrorInfo reason of a worker whose queue is full: another worker may have room.
+QUEUE_FULL = "QUEUE_FULL"
+
+
+@dataclass
+class Routed:
+    """Where a call went, why, and after how many attempts: sent back as response headers."""
+
+    worker: str = ""
+    reason: str = ""
+    attempts: int = 0
+    tried: list[Worker] = field(default_factory=list)
+
+    def headers(self) -> dict[str, str]:
+        """``X-Llamagrid-Worker``, ``X-Llamagrid-Route`` and ``X-Llamagrid-Attempts``."""
+        if not self.worker:
+            return {}
+        return {
+            "X-Llamagrid-Worker": self.worker,
+            "X-Llamagrid-Route": self.reason,
+            "X-Llamagrid-Attempts": str(self.attempts),
+        }
+
 
 class Dispatcher:
     """Runs calls on the pool's workers and cancels them when the HTTP client leaves."""
 
-    def __init__(self, pool: WorkerPool, timeout_s: float) -> None:
+    def __init__(
+        self,
+        pool: WorkerPool,
+        timeout_s: float,
+        metrics: GatewayMetrics,
+        *,
+        max_retries: int = 2,
+        retry_backoff_s: float = 0.05,
+        prefix_chars: int = 1024,
+    ) -> None:
         self.pool = pool
         self.timeout_s = timeout_s
+        self.metrics = metrics
+        self.max_retries = max_retries
+        self.retry_backoff_s = retry_backoff_s
+        #: How much of a prompt the routing key holds (gateway.routing.prefix_key).
+        self.prefix_chars = prefix_chars
 
-    async def unary(self, request: Request, model: str, call: Call[T]) -> T:
-        """Run ``call`` on a worker serving ``model``; cancel it if the client disconnects."""
-        async with self.pool.lease(model) as worker:
-            try:
-                return await until_disconnected(request, call(worker.client, self.timeout_s))
-            except grpc.aio.AioRpcError as error:
-                raise from_rpc_error(error) from error
+    def _choose(
+        self, route: RouteRequest, routed: Routed, last: grpc.aio.AioRpcError | None
+    ) -> Worker:
+        """The next worker to try; the last worker's error once no untried one is left."""
+        try:
+            choice = self.pool.select(route, exclude=routed.tried)
+        except OpenAIError:
+            if last is not None:
+                raise from_rpc_error(last) from last
+            raise
+        routed.worker, routed.reason = choice.worker.address, choice.reason
+        routed.attempts += 1
+        routed.tried.append(choice.worker)
+        self.metrics.routed.labels(route.model, choice.worker.address, choice.reason).inc()
+        return choice.worker
+
+    async def _retry(
+        self, route: RouteRequest, routed: Routed, worker: Worker, error: grpc.aio.AioRpcError
+    ) -> bool:
+        """Count the failure; pause and return True if the call should go to another worker."""
+        code = error.code()
+        if code in COUNTED:
+            self.pool.breaker.failed(worker, code)
+        else:
+            self.pool.breaker.succeeded(worker)  # the worker answered: it is alive
+        retryable = code == grpc.StatusCode.UNAVAILABLE or (
+            code == grpc.StatusCode.RESOURCE_EXHAUSTED
+            and parse_details(error.trailing_metadata()).reason == QUEUE_FULL
+        )
+        if not retryable or routed.attempts > self.max_retries:
+            return False
+        logger.info("retrying %s: %s answered %s", route.model, worker.address, code.name)
+        self.metrics.retries.labels(route.model, code.name).inc()
+        pause = self.retry_backoff_s * (2 ** (routed.attempts - 1))
+        await asyncio.sleep(random.uniform(pause / 2, pause))
+        return True
+
+    async def unary(
+        self, request: Request, route: RouteRequest, call: Call[T], routed: Routed | None = None
+    ) -> T:
+        """Run ``call`` on a worker serving the model, failing over while nothing was sent;
+        cancel it if the HTTP client disconnects."""
+        return await until_disconnected(request, self._unary(route, call, routed or Routed()))
+
+    async def _unary(self, route: RouteRequest, call: Call[T], routed: Routed) -> T:
+        deadline = time.monotonic() + self.timeout_s
+        last: grpc.aio.AioRpcError | None = None
+        while True:
+            worker = self._choose(route, routed, last)
+            async with self.pool.lease(worker):
+                try:
+                    result = await call(worker.client, max(0.001, deadline - time.monotonic()))
+                except grpc.aio.AioRpcError as error:
+                    last = error
+                else:
+                    self.pool.breaker.succeeded(worker)
+                    return result
+            if not await self._retry(route, routed, worker, last):
+                raise from_rpc_error(last) from last
 
     async def generate(
-        self, request: Request, proto: pb.GenerateRequest
+        self, request: Request, proto: pb.GenerateRequest, route: RouteRequest, routed: Routed
     ) -> list[pb.GenerateResponse]:
         """Run a Generate call to its end and return every response."""
 
@@ -46,26 +151,70 @@ class Dispatcher:
             async with client.generate(proto, timeout=timeout) as stream:
                 return [response async for response in stream]
 
-        return await self.unary(request, proto.model, collect)
+        responses = await self.unary(request, route, collect, routed)
+        if responses and responses[-1].HasField("final"):
+            self.count_usage(route.model, responses[-1].final.usage)
+        return responses
 
     async def stream(
-        self, proto: pb.GenerateRequest
+        self, proto: pb.GenerateRequest, route: RouteRequest, routed: Routed
     ) -> AsyncGenerator[pb.GenerateResponse | None, None]:
         """Yield None once a worker has accepted the Generate call, then each response.
 
         Closing the generator (or cancelling the task iterating it) cancels the call.
         """
-        async with (
-            self.pool.lease(proto.model) as worker,
-            worker.client.generate(proto, timeout=self.timeout_s) as stream,
-        ):
-            try:
-                await stream.admitted()
-                yield None
-                async for response in stream:
-                    yield response
-            except grpc.aio.AioRpcError as error:
-                raise from_rpc_error(error) from error
+        started = time.monotonic()
+        last: grpc.aio.AioRpcError | None = None
+        while True:
+            worker = self._choose(route, routed, last)
+            async with (
+                self.pool.lease(worker),
+                worker.client.generate(proto, timeout=self.timeout_s) as stream,
+            ):
+                try:
+                    await stream.admitted()
+                except grpc.aio.AioRpcError as error:
+                    last = error
+                else:
+                    self.pool.breaker.succeeded(worker)
+                    yield None
+                    async for response in self._relay(stream, route.model, worker, started):
+                        yield response
+                    return
+            if not await self._retry(route, routed, worker, last):
+                raise from_rpc_error(last) from last
+
+    async def _relay(
+        self,
+        stream: AsyncIterator[pb.GenerateResponse],
+        model: str,
+        worker: Worker,
+        started: float,
+    ) -> AsyncGenerator[pb.GenerateResponse, None]:
+        """The accepted stream's responses, timed; a failure ends it with an error."""
+        previous: float | None = None
+        try:
+            async for response in stream:
+                now = time.monotonic()
+                if response.HasField("chunk"):
+                    if previous is None:
+                        self.metrics.ttft.labels(model).observe(now - started)
+                    else:
+                        self.metrics.itl.labels(model).observe(now - previous)
+                    previous = now
+                elif response.HasField("final"):
+                    self.count_usage(model, response.final.usage)
+                yield response
+        except grpc.aio.AioRpcError as error:
+            self.pool.breaker.failed(worker, error.code())
+            self.metrics.stream_errors.labels(model).inc()
+            raise from_rpc_error(error) from error
+
+    def count_usage(self, model: str, usage: pb.Usage) -> None:
+        """Add a response's token counts to the metrics."""
+        self.metrics.prompt_tokens.labels(model).inc(usage.prompt_tokens)
+        self.metrics.completion_tokens.labels(model).inc(usage.completion_tokens)
+        self.metrics.cached_tokens.labels(model).inc(usage.cached_tokens)
 
 
 async def until_disconnected(request: Request, work: Awaitable[T]) -> T:

@@ -1,4 +1,4 @@
-"""The gateway's view of its workers: health, load and models served, and the choice of one."""
+"""The gateway's view of its workers: health, load, models served, and the choice of one."""
 
 from __future__ import annotations
 
@@ -6,14 +6,17 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import grpc
 from llamagrid.client import AsyncInferenceClient
 from llamagrid.v1 import inference_pb2 as pb
 
+from gateway.breaker import Breaker
 from gateway.errors import OpenAIError, model_not_found
+from gateway.policies import Choice, Policy, RouteRequest, create_policy
+from gateway.policies.prefix_affinity import DEFAULT_BOUND
 
 logger = logging.getLogger(__name__)
 
@@ -23,6 +26,8 @@ HEALTH_SERVICE = ""
 LIST_MODELS_TIMEOUT_S = 10.0
 #: Seconds allowed for one GetLoad call.
 GET_LOAD_TIMEOUT_S = 5.0
+
+ClientFactory = Callable[[str], AsyncInferenceClient]
 
 
 @dataclass(eq=False)
@@ -37,97 +42,166 @@ class Worker:
     models: dict[str, pb.ModelInfo] = field(default_factory=dict)
     #: The worker's latest GetLoad report (None before the first, or when it has none).
     load: pb.GetLoadResponse | None = None
+    #: Taken out of rotation by the circuit breaker until its health says SERVING again.
+    ejected: bool = False
+    #: No longer listed by discovery: it takes no new calls and is closed once idle.
+    retired: bool = False
+    #: Breaker-counted failures (transport, UNAVAILABLE, INTERNAL) since the last success.
+    failures: int = 0
+
+    @property
+    def requests(self) -> int:
+        """Running and queued requests: the worker's report (which counts other gateways'
+        calls too) or the calls this gateway has in flight on it, whichever is higher."""
+        if self.load is None:
+            return self.in_flight
+        return max(self.in_flight, self.load.active_requests + self.load.queued_requests)
 
     @property
     def pressure(self) -> float:
-        """Requests per slot: the worker's own count of running and queued requests (which
-        includes other clients'), or the calls this gateway has in flight on it if higher."""
-        if self.load is None or not self.load.slots:
-            return float(self.in_flight)
-        reported = self.load.active_requests + self.load.queued_requests
-        return max(self.in_flight, reported) / self.load.slots
+        """Requests per slot (per request when the worker reports no slots)."""
+        slots = self.load.slots if self.load is not None else 0
+        return self.requests / slots if slots else float(self.requests)
+
+    @property
+    def available(self) -> bool:
+        """Whether new calls may go to this worker."""
+        return self.healthy and not self.ejected and not self.retired
 
 
-def least_loaded(candidates: Sequence[Worker]) -> Worker:
-    """The candidate with the least pressure; ties go to the one given fewer calls."""
-    return min(candidates, key=lambda worker: (worker.pressure, worker.started))
+@dataclass
+class PoolOptions:
+    """How the pool watches workers and which policy each model uses."""
+
+    retry_s: float = 1.0
+    load_interval_s: float = 1.0
+    policy: str = "prefix_affinity"
+    model_policies: dict[str, str] = field(default_factory=dict)
+    affinity_bound: float = DEFAULT_BOUND
+    breaker_threshold: int = 3
+    breaker_cooldown_s: float = 5.0
 
 
 class WorkerPool:
-    """Keeps a client, a health watch and the model list of every worker, and picks workers."""
+    """Keeps a client, a health watch and the model list of every worker, and picks workers.
+
+    Workers come and go through ``sync`` (a static list, the supervisor's list, or a DNS name
+    re-resolved by ``gateway.discovery``); each model routes with its own policy instance.
+    """
 
     def __init__(
         self,
-        addresses: Sequence[str],
+        addresses: Sequence[str] = (),
+        options: PoolOptions | None = None,
         *,
-        retry_s: float = 1.0,
-        load_interval_s: float = 1.0,
-        client_factory: Callable[[str], AsyncInferenceClient] = AsyncInferenceClient,
+        client_factory: ClientFactory = AsyncInferenceClient,
     ) -> None:
-        self._addresses = list(dict.fromkeys(addresses))
-        self._retry_s = retry_s
-        self._load_interval_s = load_interval_s
+        self.options = options or PoolOptions()
+        self._initial = list(dict.fromkeys(addresses))
         self._client_factory = client_factory
-        self._workers: list[Worker] = []
-        self._watches: list[asyncio.Task[None]] = []
+        self._workers: dict[str, Worker] = {}
+        self._tasks: dict[str, list[asyncio.Task[None]]] = {}
+        self._sources: dict[str, set[str]] = {}
         self._first_seen: dict[str, int] = {}
+        self._policies: dict[str, Policy] = {}
+        self.breaker = Breaker(
+            self.options.breaker_threshold, self.options.breaker_cooldown_s, HEALTH_SERVICE
+        )
+        self._started = False
 
     @property
     def workers(self) -> list[Worker]:
-        """Every worker, in the order given."""
-        return list(self._workers)
+        """Every worker currently known, in the order they were added."""
+        return list(self._workers.values())
 
     async def start(self) -> None:
-        """Open a channel to every worker and start watching its health (idempotent)."""
-        if self._workers:
-            return
-        for address in self._addresses:
-            worker = Worker(address, self._client_factory(address))
-            self._workers.append(worker)
-            self._watches.append(asyncio.create_task(self._watch(worker), name=f"watch {address}"))
-            self._watches.append(
-                asyncio.create_task(self._poll_load(worker), name=f"load {address}")
-            )
+        """Add the addresses given to the constructor (idempotent)."""
+        if not self._started:
+            self._started = True
+            self.sync("static", self._initial)
 
     async def close(self) -> None:
-        """Stop the health watches and close every channel."""
-        for task in self._watches:
+        """Stop every watch and close every channel."""
+        tasks = [task for group in self._tasks.values() for task in group]
+        tasks += self.breaker.tasks()
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._watches, return_exceptions=True)
-        await asyncio.gather(*(worker.client.close() for worker in self._workers))
-        self._watches.clear()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*(worker.client.close() for worker in self._workers.values()))
+        self._tasks.clear()
         self._workers.clear()
+
+    def sync(self, source: str, addresses: Iterable[str]) -> None:
+        """Make ``source``'s workers exactly ``addresses``: add new ones, retire vanished ones."""
+        wanted = set(addresses)
+        self._sources[source] = wanted
+        listed = set().union(*self._sources.values())
+        for address in sorted(wanted - self._workers.keys()):
+            self._add(address)
+        for address in list(self._workers):
+            if address not in listed:
+                self._retire(self._workers[address])
+
+    def _add(self, address: str) -> None:
+        worker = Worker(address, self._client_factory(address))
+        self._workers[address] = worker
+        self._tasks[address] = [
+            asyncio.create_task(self._watch(worker), name=f"watch {address}"),
+            asyncio.create_task(self._poll_load(worker), name=f"load {address}"),
+        ]
+        logger.info("worker %s added", address)
+
+    def _retire(self, worker: Worker) -> None:
+        logger.info("worker %s is no longer listed; retiring it", worker.address)
+        worker.retired = True
+        del self._workers[worker.address]
+        for task in self._tasks.pop(worker.address, []):
+            task.cancel()
+        self._tasks[f"close {worker.address}"] = [
+            asyncio.create_task(self._close_when_idle(worker), name=f"close {worker.address}")
+        ]
+
+    async def _close_when_idle(self, worker: Worker) -> None:
+        while worker.in_flight:
+            await asyncio.sleep(0.5)
+        await worker.client.close()
 
     def any_healthy(self) -> bool:
         """Whether at least one worker is serving."""
-        return any(worker.healthy for worker in self._workers)
+        return any(worker.available for worker in self._workers.values())
 
     def models(self) -> dict[str, tuple[pb.ModelInfo, int]]:
-        """Each model served by a healthy worker, with the time the gateway first saw it."""
+        """Each model served by an available worker, with the time the gateway first saw it."""
         served: dict[str, tuple[pb.ModelInfo, int]] = {}
-        for worker in self._workers:
-            if worker.healthy:
+        for worker in self._workers.values():
+            if worker.available:
                 for alias, info in worker.models.items():
                     served.setdefault(alias, (info, self._first_seen[alias]))
         return dict(sorted(served.items()))
 
-    def pick(self, model: str) -> Worker:
-        """A healthy worker serving ``model``: 404 if none serves it, 503 if none is healthy."""
-        if not self.any_healthy():
-            raise OpenAIError(503, "No worker is available.", "service_unavailable_error")
-        known = [worker for worker in self._workers if model in worker.models]
+    def policy(self, model: str) -> Policy:
+        """The model's policy instance (created on first use)."""
+        if model not in self._policies:
+            name = self.options.model_policies.get(model, self.options.policy)
+            self._policies[model] = create_policy(name, bound=self.options.affinity_bound)
+        return self._policies[model]
+
+    def select(self, request: RouteRequest, exclude: Sequence[Worker] = ()) -> Choice[Worker]:
+        """A worker for the request: 404 if no worker serves the model, 503 if none can."""
+        known = [worker for worker in self._workers.values() if request.model in worker.models]
         if not known:
-            raise model_not_found(model)
-        candidates = [worker for worker in known if worker.healthy]
+            if not self.any_healthy():
+                raise OpenAIError(503, "No worker is available.", "service_unavailable_error")
+            raise model_not_found(request.model)
+        candidates = [w for w in known if w.available and w not in exclude]
         if not candidates:
-            message = f"No worker serving '{model}' is available."
+            message = f"No worker serving '{request.model}' is available."
             raise OpenAIError(503, message, "service_unavailable_error")
-        return least_loaded(candidates)
+        return self.policy(request.model).select(candidates, request)
 
     @contextlib.asynccontextmanager
-    async def lease(self, model: str) -> AsyncIterator[Worker]:
-        """Pick a worker for ``model`` and count a call in flight on it while the block runs."""
-        worker = self.pick(model)
+    async def lease(self, worker: Worker) -> AsyncIterator[Worker]:
+        """Count a call in flight on ``worker`` while the block runs."""
         worker.in_flight += 1
         worker.started += 1
         try:
@@ -145,6 +219,8 @@ class WorkerPool:
                     if serving != worker.healthy:
                         logger.info("worker %s is %s", worker.address, _state(serving))
                     worker.healthy = serving
+                    if serving:
+                        self.breaker.restore(worker)
                 logger.warning("health watch of %s ended", worker.address)
             except grpc.aio.AioRpcError as error:
                 logger.debug("health watch of %s failed: %s", worker.address, error.code())
@@ -153,12 +229,12 @@ class WorkerPool:
             if worker.healthy:
                 logger.info("worker %s is %s", worker.address, _state(False))
             worker.healthy = False
-            await asyncio.sleep(self._retry_s)
+            await asyncio.sleep(self.options.retry_s)
 
     async def _poll_load(self, worker: Worker) -> None:
         """Read the worker's GetLoad report every interval while it is healthy."""
         while True:
-            await asyncio.sleep(self._load_interval_s)
+            await asyncio.sleep(self.options.load_interval_s)
             if not worker.healthy:
                 worker.load = None
                 continue

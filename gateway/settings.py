@@ -51,6 +51,32 @@ class GatewaySettings(BaseSettings):
         description="Policy per model alias, overriding --policy; JSON, e.g. "
         '\'{"smollm2": "round_robin"}\'.',
     )
+    affinity_bound: float = Field(
+        1.25,
+        ge=1.0,
+        description="prefix_affinity: a worker may hold this many times the average load "
+        "before a prefix spills over to the next worker on the ring.",
+    )
+    affinity_prefix_chars: int = Field(
+        1024, ge=1, description="prefix_affinity: leading prompt characters that form the key."
+    )
+    max_retries: int = Field(
+        2,
+        ge=0,
+        description="Retries on another worker for a call that failed before its response "
+        "started (transport failure, UNAVAILABLE, full queue).",
+    )
+    retry_backoff_s: float = Field(
+        0.05, ge=0, description="First pause before a retry; doubles, with jitter."
+    )
+    breaker_threshold: int = Field(
+        3,
+        ge=1,
+        description="Consecutive transport/UNAVAILABLE/INTERNAL failures that eject a worker.",
+    )
+    breaker_cooldown_s: float = Field(
+        5.0, gt=0, description="Seconds before an ejected worker's health is probed again."
+    )
     api_key: SecretStr | None = Field(
         None, description="When set, requests must carry 'Authorization: Bearer <api_key>'."
     )

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from typing import Any
 
 import anyio
@@ -54,9 +54,13 @@ class EventStreamResponse(Response):
 
     media_type = "text/event-stream"
 
-    def __init__(self, events: Events) -> None:
+    def __init__(
+        self, events: Events, late_headers: Callable[[], Mapping[str, str]] | None = None
+    ) -> None:
         # Not Response.__init__: a stream has no body to measure (and no Content-Length).
         self._events = events
+        #: Headers known only once the first event exists (the worker that took the call).
+        self._late_headers = late_headers
         self.status_code = 200
         self.background = None
         self.init_headers(HEADERS)
@@ -73,10 +77,15 @@ class EventStreamResponse(Response):
         try:
             first = await anext(self._events)
         except OpenAIError as error:
+            if self._late_headers is not None:
+                error.headers.update(self._late_headers())
             await error_response(error)(scope, receive, send)
             return
         except StopAsyncIteration:
             first = None
+        if self._late_headers is not None:
+            for name, value in self._late_headers().items():
+                self.raw_headers.append((name.lower().encode(), value.encode()))
         await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
         await self._send(send, frame(first))
         try:

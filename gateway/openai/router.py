@@ -5,12 +5,12 @@ from __future__ import annotations
 import logging
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Request, Response
 from llamagrid.client import AsyncInferenceClient
 from llamagrid.v1 import inference_pb2 as pb
 from pydantic import BaseModel
 
-from gateway.dispatch import Dispatcher
+from gateway.dispatch import Dispatcher, Routed
 from gateway.errors import model_not_found
 from gateway.openai import rendering, service
 from gateway.openai.schemas import (
@@ -24,6 +24,8 @@ from gateway.openai.schemas import (
     ModelList,
     StreamOptions,
 )
+from gateway.policies import RouteRequest
+from gateway.routing import generate_route, session_key
 from gateway.sse import EventStreamResponse
 
 logger = logging.getLogger(__name__)
@@ -44,17 +46,20 @@ Dispatch = Annotated[Dispatcher, Depends(get_dispatcher)]
 
 @router.post("/chat/completions", response_model=None)
 async def chat_completions(
-    body: ChatCompletionRequest, request: Request, dispatcher: Dispatch
+    body: ChatCompletionRequest, request: Request, response: Response, dispatcher: Dispatch
 ) -> ChatCompletion | EventStreamResponse:
     """Chat completion, streamed as server-sent events when ``stream`` is true."""
     _log_unknown_fields(body, request)
     proto = service.chat_request(body)
+    route, routed = _route(dispatcher, proto, request, body.user)
     logprobs = bool(body.logprobs)
     if body.stream:
         include_usage = _include_usage(body.stream_options)
         chunks = rendering.ChatChunks(proto.request_id, body.model, include_usage, logprobs)
-        return EventStreamResponse(rendering.stream_events(dispatcher.stream(proto), chunks))
-    generated = rendering.Generated.gather(await dispatcher.generate(request, proto))
+        events = rendering.stream_events(dispatcher.stream(proto, route, routed), chunks)
+        return EventStreamResponse(events, routed.headers)
+    generated = rendering.Generated.gather(await dispatcher.generate(request, proto, route, routed))
+    response.headers.update(routed.headers())
     return rendering.chat_completion(
         proto.request_id, body.model, generated, logprobs, bool(body.return_token_ids)
     )
@@ -62,11 +67,12 @@ async def chat_completions(
 
 @router.post("/completions", response_model=None)
 async def completions(
-    body: CompletionRequest, request: Request, dispatcher: Dispatch
+    body: CompletionRequest, request: Request, response: Response, dispatcher: Dispatch
 ) -> Completion | EventStreamResponse:
     """Text completion, streamed as server-sent events when ``stream`` is true."""
     _log_unknown_fields(body, request)
     proto = service.completion_request(body)
+    route, routed = _route(dispatcher, proto, request, body.user)
     logprobs = body.logprobs is not None
     offset = len(proto.prompt) if proto.WhichOneof("input") == "prompt" else 0
     if body.stream:
@@ -74,24 +80,31 @@ async def completions(
         chunks = rendering.CompletionChunks(
             proto.request_id, body.model, include_usage, logprobs, offset
         )
-        return EventStreamResponse(rendering.stream_events(dispatcher.stream(proto), chunks))
-    generated = rendering.Generated.gather(await dispatcher.generate(request, proto))
+        events = rendering.stream_events(dispatcher.stream(proto, route, routed), chunks)
+        return EventStreamResponse(events, routed.headers)
+    generated = rendering.Generated.gather(await dispatcher.generate(request, proto, route, routed))
+    response.headers.update(routed.headers())
     return rendering.completion(proto.request_id, body.model, generated, logprobs, offset)
 
 
 @router.post("/embeddings")
 async def embeddings(
-    body: EmbeddingRequest, request: Request, dispatcher: Dispatch
+    body: EmbeddingRequest, request: Request, response: Response, dispatcher: Dispatch
 ) -> EmbeddingList:
     """Embeddings of one or more inputs, as floats or base64."""
     _log_unknown_fields(body, request)
     proto = service.embed_request(body)
+    route = RouteRequest(body.model, None, session_key(request, body.user))
+    routed = Routed()
+    request.state.model, request.state.routed = body.model, routed
 
     async def embed(client: AsyncInferenceClient, timeout: float) -> pb.EmbedResponse:
         return await client.embed(proto, timeout=timeout)
 
-    response = await dispatcher.unary(request, body.model, embed)
-    return rendering.embedding_list(body.model, response, body.encoding_format)
+    result = await dispatcher.unary(request, route, embed, routed)
+    dispatcher.metrics.prompt_tokens.labels(body.model).inc(result.total_tokens)
+    response.headers.update(routed.headers())
+    return rendering.embedding_list(body.model, result, body.encoding_format)
 
 
 @router.get("/models")
@@ -108,6 +121,17 @@ async def get_model(model_id: str, dispatcher: Dispatch) -> Model:
     if model_id not in served:
         raise model_not_found(model_id)
     return Model(id=model_id, created=served[model_id][1])
+
+
+def _route(
+    dispatcher: Dispatcher, proto: pb.GenerateRequest, request: Request, user: str | None
+) -> tuple[RouteRequest, Routed]:
+    """The routing facts of a Generate call, and where it went (kept on request.state for the
+    error handlers and the metrics)."""
+    route = generate_route(proto, request, user, dispatcher.prefix_chars)
+    routed = Routed()
+    request.state.model, request.state.routed = proto.model, routed
+    return route, routed
 
 
 def _include_usage(options: StreamOptions | None) -> bool:

@@ -14,7 +14,7 @@ import openai
 import pytest
 import uvicorn
 
-from gateway.app import create_app
+from gateway.app import create_app, create_pool
 from gateway.pool import WorkerPool
 from gateway.settings import GatewaySettings
 from tests.contract.fake_worker import FakeWorker
@@ -83,11 +83,7 @@ async def running_gateway(
     settings = GatewaySettings(
         workers=[worker.address], api_key=api_key, request_timeout_s=timeout_s, health_retry_s=0.05
     )
-    pool = WorkerPool(
-        settings.workers,
-        retry_s=settings.health_retry_s,
-        load_interval_s=settings.load_interval_s,
-    )
+    pool = create_pool(settings)
     async with serve(create_app(settings, pool)) as url:
         yield Gateway(url, pool, worker)
 

@@ -11,7 +11,8 @@ import pytest
 from llamagrid.v1 import inference_pb2 as pb
 
 from gateway.errors import OpenAIError
-from gateway.pool import Worker, WorkerPool, least_loaded
+from gateway.policies import RouteRequest, least_loaded
+from gateway.pool import PoolOptions, Worker, WorkerPool
 
 
 class FakeClient:
@@ -97,7 +98,8 @@ async def started_pool(*addresses: str) -> tuple[WorkerPool, dict[str, FakeClien
         clients[address] = FakeClient(address)
         return clients[address]
 
-    pool = WorkerPool(addresses, retry_s=0.01, load_interval_s=0.01, client_factory=factory)
+    options = PoolOptions(retry_s=0.01, load_interval_s=0.01, policy="least_load")
+    pool = WorkerPool(addresses, options, client_factory=factory)
     await pool.start()
     return pool, clients
 
@@ -113,7 +115,7 @@ async def settle(condition: Any) -> None:
 async def test_pick_and_lease() -> None:
     pool, clients = await started_pool("a:1", "b:2")
     with pytest.raises(OpenAIError) as caught:
-        pool.pick("m")
+        pool.select(RouteRequest("m")).worker
     assert caught.value.status_code == 503  # nobody healthy yet
     clients["a:1"].health.put_nowait(True)
     clients["b:2"].models = ["other"]
@@ -121,10 +123,10 @@ async def test_pick_and_lease() -> None:
     await settle(lambda: all(w.healthy for w in pool.workers))
     assert list(pool.models()) == ["m", "other"]
     with pytest.raises(OpenAIError) as caught:
-        pool.pick("nope")
+        pool.select(RouteRequest("nope")).worker
     assert (caught.value.status_code, caught.value.code) == (404, "model_not_found")
-    assert pool.pick("other").address == "b:2"
-    async with pool.lease("m") as first:
+    assert pool.select(RouteRequest("other")).worker.address == "b:2"
+    async with pool.lease(pool.select(RouteRequest("m")).worker) as first:
         assert first.address == "a:1" and first.in_flight == 1
     assert first.in_flight == 0 and first.started == 1
     await pool.close()
@@ -140,7 +142,7 @@ async def test_a_model_whose_workers_are_down_is_a_503_not_a_404() -> None:
     clients["b:2"].health.put_nowait(False)
     await settle(lambda: not pool.workers[1].healthy)
     with pytest.raises(OpenAIError) as caught:
-        pool.pick("other")
+        pool.select(RouteRequest("other")).worker
     assert caught.value.status_code == 503
     assert "other" not in pool.models()
     await pool.close()
@@ -168,6 +170,6 @@ async def test_pool_without_workers() -> None:
     await pool.start()
     assert not pool.any_healthy() and pool.models() == {}
     with pytest.raises(OpenAIError) as caught:
-        pool.pick("m")
+        pool.select(RouteRequest("m")).worker
     assert caught.value.status_code == 503
     await pool.close()

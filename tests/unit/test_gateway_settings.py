@@ -56,10 +56,12 @@ def test_bad_worker_address() -> None:
 def test_main_wires_settings_pool_and_uvicorn(monkeypatch: pytest.MonkeyPatch) -> None:
     seen: dict[str, Any] = {}
 
-    def fake_run(app: Any, **kwargs: Any) -> None:
-        seen.update(kwargs, app=app)
+    def fake_run(server: Any) -> None:
+        seen.update(config=server.config, drain=server.drain)
 
-    monkeypatch.setattr(gateway.main.uvicorn, "run", fake_run)
-    gateway.main.main(["--worker", "127.0.0.1:50051", "--port", "8081"])
-    assert seen["port"] == 8081 and seen["host"] == "127.0.0.1"
-    assert "/v1/chat/completions" in seen["app"].openapi()["paths"]
+    monkeypatch.setattr(gateway.main.DrainingServer, "run", fake_run)
+    gateway.main.main(["--worker", "127.0.0.1:50051", "--port", "8081", "--drain-grace-s", "7"])
+    config = seen["config"]
+    assert config.port == 8081 and config.host == "127.0.0.1"
+    assert "/v1/chat/completions" in config.app.openapi()["paths"]
+    assert seen["drain"].grace_s == 7
