@@ -115,7 +115,7 @@ async def settle(condition: Any) -> None:
 async def test_pick_and_lease() -> None:
     pool, clients = await started_pool("a:1", "b:2")
     with pytest.raises(OpenAIError) as caught:
-        pool.select(RouteRequest("m")).worker
+        pool.select(RouteRequest("m"))
     assert caught.value.status_code == 503  # nobody healthy yet
     clients["a:1"].health.put_nowait(True)
     clients["b:2"].models = ["other"]
@@ -123,7 +123,7 @@ async def test_pick_and_lease() -> None:
     await settle(lambda: all(w.healthy for w in pool.workers))
     assert list(pool.models()) == ["m", "other"]
     with pytest.raises(OpenAIError) as caught:
-        pool.select(RouteRequest("nope")).worker
+        pool.select(RouteRequest("nope"))
     assert (caught.value.status_code, caught.value.code) == (404, "model_not_found")
     assert pool.select(RouteRequest("other")).worker.address == "b:2"
     async with pool.lease(pool.select(RouteRequest("m")).worker) as first:
@@ -142,7 +142,7 @@ async def test_a_model_whose_workers_are_down_is_a_503_not_a_404() -> None:
     clients["b:2"].health.put_nowait(False)
     await settle(lambda: not pool.workers[1].healthy)
     with pytest.raises(OpenAIError) as caught:
-        pool.select(RouteRequest("other")).worker
+        pool.select(RouteRequest("other"))
     assert caught.value.status_code == 503
     assert "other" not in pool.models()
     await pool.close()
@@ -170,6 +170,6 @@ async def test_pool_without_workers() -> None:
     await pool.start()
     assert not pool.any_healthy() and pool.models() == {}
     with pytest.raises(OpenAIError) as caught:
-        pool.select(RouteRequest("m")).worker
+        pool.select(RouteRequest("m"))
     assert caught.value.status_code == 503
     await pool.close()
