@@ -1,63 +1,37 @@
-"""`llamagrid serve`: run a worker and the gateway as child processes, restart them if they die."""
+"""`llamagrid serve`: run the workers and the gateway as child processes and keep them running.
+
+Without --config: one worker on the serve flags' model, and the gateway. With --config: one
+worker per replica of every model of the fleet config (pinned to its GPUs), and the gateway in
+front of all of them (supervisor/plan.py says how). On SIGTERM/SIGINT every child gets SIGTERM at
+once and may drain; stragglers get SIGKILL after the longest drain grace plus a margin. The exit
+status is 0 when every child exited on its own, 1 when one had to be killed or was given up on.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import os
 import signal
 import sys
 import time
+from typing import Any
 
 import httpx
 from pydantic_settings import CliApp
 
-from supervisor.settings import ServeSettings
+from supervisor.children import Child, describe_exit
+from supervisor.config import load_fleet_config
+from supervisor.plan import Plan, fleet_plan, single_model_plan
+from supervisor.problems import FleetConfigError
+from supervisor.settings import SINGLE_MODEL_FIELDS, ServeSettings
 
 log = logging.getLogger("llamagrid.serve")
 
-#: A process that ran this long before dying is restarted after the initial backoff again.
-HEALTHY_RUN_S = 60.0
-MAX_BACKOFF_S = 30.0
-
-
-class Child:
-    """One supervised process, restarted with exponential backoff when it exits."""
-
-    def __init__(self, name: str, module: str, args: list[str], backoff_s: float) -> None:
-        self.name = name
-        self.argv = [sys.executable, "-m", module, *args]
-        self.backoff_s = backoff_s
-        self.proc: asyncio.subprocess.Process | None = None
-        self.stopping = False
-
-    async def run(self) -> None:
-        """Keep the process running until stop()."""
-        delay = self.backoff_s
-        while not self.stopping:
-            started = time.monotonic()
-            self.proc = await asyncio.create_subprocess_exec(*self.argv)
-            code = await self.proc.wait()
-            if self.stopping:
-                return
-            if time.monotonic() - started > HEALTHY_RUN_S:
-                delay = self.backoff_s
-            log.warning("%s exited with %s; restarting in %.1f s", self.name, code, delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, MAX_BACKOFF_S)
-
-    async def stop(self, timeout_s: float) -> None:
-        """SIGTERM, then SIGKILL after timeout_s."""
-        self.stopping = True
-        proc = self.proc
-        if proc is None or proc.returncode is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(proc.wait(), timeout_s)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
+#: Added to the longest drain grace before stragglers get SIGKILL.
+SHUTDOWN_MARGIN_S = 10.0
 
 
 async def wait_healthy(url: str, timeout_s: float) -> bool:
@@ -72,39 +46,105 @@ async def wait_healthy(url: str, timeout_s: float) -> bool:
     return False
 
 
-async def supervise(settings: ServeSettings) -> None:
-    """Start both processes, announce the endpoint, and stop both on SIGTERM/SIGINT."""
-    children = [
-        Child("worker", "worker", settings.worker_args(), settings.restart_backoff_s),
-        Child("gateway", "gateway", settings.gateway_args(), settings.restart_backoff_s),
-    ]
-    tasks = [asyncio.create_task(c.run()) for c in children]
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    base = f"http://{settings.host}:{settings.port}"
-    healthy = asyncio.create_task(wait_healthy(f"{base}/health", settings.startup_timeout_s))
-    await asyncio.wait(
-        {healthy, asyncio.create_task(stop.wait())}, return_when=asyncio.FIRST_COMPLETED
-    )
-    if healthy.done() and healthy.result():
-        alias = settings.alias or "smollm2"
+async def announce(plan: Plan, timeout_s: float) -> None:
+    """Say where to point clients once the gateway is healthy."""
+    if await wait_healthy(f"{plan.gateway_url}/health", timeout_s):
         print(
-            f"llamagrid is ready: point an OpenAI client at {base}/v1 (model '{alias}')", flush=True
+            f"llamagrid is ready: point an OpenAI client at {plan.gateway_url}/v1 "
+            f"(models: {', '.join(plan.models)})",
+            flush=True,
         )
-    elif healthy.done():
-        log.error("the gateway did not become healthy within %.0f s", settings.startup_timeout_s)
+    else:
+        log.error("the gateway was not healthy within %.0f s", timeout_s)
+
+
+async def shutdown(children: list[Child], timeout_s: float, force: asyncio.Event) -> bool:
+    """SIGTERM every child at once; SIGKILL those still running after timeout_s (or on force).
+
+    Returns whether every child exited by itself.
+    """
+    for child in children:
+        child.terminate()
+    waiting = asyncio.ensure_future(asyncio.gather(*(c.wait() for c in children)))
+    forced = asyncio.ensure_future(force.wait())
+    either: list[asyncio.Future[Any]] = [waiting, forced]
+    done, _ = await asyncio.wait(either, timeout=timeout_s, return_when="FIRST_COMPLETED")
+    forced.cancel()
+    if waiting in done:
+        return True
+    stragglers = [c for c in children if c.running]
+    for child in stragglers:
+        log.error("%s did not exit in time: SIGKILL", child.spec.name)
+        child.kill()
+    await waiting
+    return not stragglers
+
+
+async def supervise(plan: Plan, startup_timeout_s: float) -> int:
+    """Run the plan until SIGTERM/SIGINT (or a child is given up on); the exit status."""
+    stop, force = asyncio.Event(), asyncio.Event()
+    given_up: list[Child] = []
+
+    def give_up(child: Child) -> None:
+        given_up.append(child)
+        lines = "\n".join(f"    {line}" for line in child.tail) or "    (no output)"
+        log.error("the last output of %s:\n%s", child.spec.name, lines)
+        stop.set()
+
+    children = [Child(spec, plan.restart, give_up) for spec in plan.processes]
+    loop = asyncio.get_running_loop()
+
+    def on_signal(sig: signal.Signals) -> None:
+        if stop.is_set():
+            log.warning("%s again: killing every child now", sig.name)
+            force.set()
+        else:
+            log.info("%s: stopping every child", sig.name)
+            stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal, sig)
+    tasks = [asyncio.create_task(c.run()) for c in children]
+    ready = asyncio.create_task(announce(plan, startup_timeout_s))
     await stop.wait()
-    await asyncio.gather(*(c.stop(timeout_s=40.0) for c in reversed(children)))
-    for task in tasks:
-        task.cancel()
+    ready.cancel()
+    grace = max(spec.drain_grace_s for spec in plan.processes) + SHUTDOWN_MARGIN_S
+    clean = await shutdown(children, grace, force)
+    await asyncio.gather(*tasks, return_exceptions=True)
+    for child in children:
+        if child.proc is not None and child.proc.returncode is not None:
+            log.info("%s stopped (%s)", child.spec.name, describe_exit(child.proc.returncode))
+    return 0 if clean and not given_up else 1
+
+
+def build_plan(settings: ServeSettings) -> Plan:
+    """The plan for these settings (FleetConfigError: a bad config file or bad flags)."""
+    if not settings.config:
+        return single_model_plan(settings)
+    clash = sorted(settings.model_fields_set & set(SINGLE_MODEL_FIELDS))
+    if clash:
+        flags = ", ".join("--" + name.replace("_", "-") for name in clash)
+        raise FleetConfigError(
+            settings.config, [f"{flags}: single-model flags; with --config, set them in the file"]
+        )
+    config = load_fleet_config(settings.config)
+    return fleet_plan(config, settings, cores=len(os.sched_getaffinity(0)))
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Run until interrupted."""
+    """Run until interrupted; exit with supervise()'s status."""
     settings = CliApp.run(ServeSettings, cli_args=sys.argv[1:] if argv is None else argv)
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s serve: %(message)s"
     )
-    asyncio.run(supervise(settings))
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # not one line per readiness probe
+    try:
+        plan = build_plan(settings)
+    except FleetConfigError as exc:
+        sys.exit(f"llamagrid serve: {exc}")
+    if settings.print_plan:
+        print(json.dumps(plan.to_json(), indent=2))
+        return
+    for warning in plan.warnings:
+        log.warning("config: %s", warning)
+    sys.exit(asyncio.run(supervise(plan, settings.startup_timeout_s)))

@@ -5,9 +5,24 @@ from __future__ import annotations
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+#: Flags that describe the one model of `llamagrid serve` without --config; with --config the
+#: file describes the models, and these are refused.
+SINGLE_MODEL_FIELDS = (
+    "worker_host",
+    "worker_port",
+    "model",
+    "hf_repo",
+    "hf_file",
+    "alias",
+    "n_ctx",
+    "parallel",
+    "n_threads",
+    "n_gpu_layers",
+)
+
 
 class ServeSettings(BaseSettings):
-    """One worker on one model, plus the gateway in front of it."""
+    """One worker on one model plus the gateway in front of it, or a whole fleet (--config)."""
 
     model_config = SettingsConfigDict(
         env_prefix="LLAMAGRID_SERVE_",
@@ -17,6 +32,16 @@ class ServeSettings(BaseSettings):
         cli_prog_name="llamagrid serve",
     )
 
+    config: str = Field(
+        default="",
+        description="Fleet config file (YAML or JSON; a llama-cpp-python server config works "
+        "too): run every replica of every model, and the gateway, from it. --host, --port, "
+        "--api-key, --log-level and --restart-backoff-s still override it.",
+    )
+    print_plan: bool = Field(
+        default=False,
+        description="Print the processes to run (argv, environment) as JSON, and exit.",
+    )
     host: str = Field(default="127.0.0.1", description="Address the HTTP gateway binds.")
     port: int = Field(default=8080, ge=0, le=65535, description="HTTP gateway port.")
     worker_host: str = Field(default="127.0.0.1", description="Address the worker binds.")
@@ -39,7 +64,7 @@ class ServeSettings(BaseSettings):
     log_level: str = Field(default="info", description="Log level of every process.")
 
     def worker_args(self) -> list[str]:
-        """Flags for the worker process."""
+        """Flags for the worker process (without --config)."""
         args = [
             "--host",
             self.worker_host,
@@ -67,7 +92,7 @@ class ServeSettings(BaseSettings):
         return args
 
     def gateway_args(self) -> list[str]:
-        """Flags for the gateway process."""
+        """Flags for the gateway process (without --config)."""
         args = [
             "--host",
             self.host,

@@ -14,19 +14,38 @@ from worker.server import serve
 from worker.settings import WorkerSettings
 
 
-def parse(argv: list[str] | None) -> WorkerSettings:
-    """Settings from defaults, LLAMAGRID_WORKER_* variables and CLI flags (flags win)."""
+def parse(argv: list[str] | None) -> tuple[WorkerSettings, tuple[str, ...]]:
+    """Settings from defaults, the --config model entry, LLAMAGRID_WORKER_* and flags.
+
+    Flags and environment variables win over the config file, which wins over the defaults.
+    Returns the settings and the config file's warnings. A bad config file exits with its
+    FleetConfigError message.
+    """
     args = sys.argv[1:] if argv is None else argv
-    return CliApp.run(WorkerSettings, cli_args=args)
+    settings = CliApp.run(WorkerSettings, cli_args=args)
+    if not settings.config:
+        return settings, ()
+    from supervisor.config import FleetConfigError, load_fleet_config
+
+    try:
+        config = load_fleet_config(settings.config)
+        entry = config.model(settings.config_model or None)
+    except FleetConfigError as exc:
+        sys.exit(f"llamagrid worker: {exc}")
+    explicit = settings.model_dump(include=settings.model_fields_set)
+    merged = WorkerSettings.model_validate({**entry.worker_settings(), **explicit})
+    return merged, config.warnings
 
 
 def main(argv: list[str] | None = None) -> None:
     """Run a worker until it is told to stop."""
-    settings = parse(argv)
+    settings, warnings = parse(argv)
     logging.basicConfig(
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s worker %(name)s: %(message)s",
     )
+    for warning in warnings:
+        logging.getLogger(__name__).warning("config %s: %s", settings.config, warning)
     try:
         source = resolve(
             settings.model, settings.hf_repo, settings.hf_file, settings.hf_revision, settings.alias

@@ -1,0 +1,5 @@
+"""`python -m supervisor`: the `llamagrid` command."""
+
+from supervisor.cli import main
+
+main()

@@ -1,0 +1,400 @@
+"""The fleet config: one YAML/JSON file for `llamagrid serve`, the workers and the gateway.
+
+Shape (README, "Fleet config"): a ``gateway`` section (GatewaySettings fields), a ``supervisor``
+section (read only by `llamagrid serve`) and a ``models`` list whose entries are an ``alias``, an
+optional ``policy``, ``replicas`` (a count or a list of GPU groups) and any WorkerSettings field,
+flat. Every section is validated by the settings class of the process that uses it (without
+reading the environment), and every problem is reported at once with its location. A
+llama-cpp-python server config file is accepted too (supervisor/llama_cpp_config.py).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from gateway.settings import GatewaySettings, PolicyName
+from supervisor import llama_cpp_config
+from supervisor.documents import read_document
+from supervisor.problems import FleetConfigError, Loc, Problems
+from worker.settings import WorkerSettings
+
+__all__ = [
+    "FleetConfig",
+    "FleetConfigError",
+    "ModelEntry",
+    "Replica",
+    "SupervisorSection",
+    "load_fleet_config",
+    "parse_fleet_config",
+]
+
+TOP_KEYS = ("gateway", "supervisor", "models")
+#: Model entry keys that are not WorkerSettings fields.
+ENTRY_KEYS = ("alias", "policy", "replicas")
+#: WorkerSettings fields `llamagrid serve` sets per replica: refused in a model entry, and why.
+SUPERVISOR_OWNED = {
+    "host": "set by `llamagrid serve` from supervisor.worker_host",
+    "port": "set by `llamagrid serve`: the i-th replica listens on supervisor.base_port + i",
+    "metrics_port": "set by `llamagrid serve` from supervisor.metrics_base_port",
+    "name": "set by `llamagrid serve`: each replica is named <alias>-<index>",
+    "port_file": "not a fleet setting (a worker flag for scripts and tests)",
+    "config": "not a fleet setting: this file is the config",
+    "config_model": "not a fleet setting: each model entry is one config model",
+}
+#: GatewaySettings fields refused in the gateway section, and why.
+GATEWAY_REFUSED = {
+    "config": "not a fleet setting: this file is the config",
+    "model_policies": "set `policy` on each model entry instead",
+}
+_GPU_UUID = re.compile(r"^(GPU|MIG)-[0-9a-fA-F]{4}[0-9a-fA-F-]*$|^MIG-GPU-[0-9a-fA-F-]+/\d+/\d+$")
+
+
+class _FileOnly(BaseSettings):
+    """A settings class whose only source is the values given (never the environment)."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Only the values in the file."""
+        return (init_settings,)
+
+
+class _WorkerEntry(_FileOnly, WorkerSettings):
+    """A model entry's flat worker settings: WorkerSettings' own fields and rules."""
+
+    model_config = SettingsConfigDict(extra="forbid")
+
+
+class _GatewaySection(_FileOnly, GatewaySettings):
+    """The gateway section: GatewaySettings' own fields and rules."""
+
+    model_config = SettingsConfigDict(extra="forbid")
+
+
+class SupervisorSection(BaseModel):
+    """How `llamagrid serve` places, restarts and stops its processes."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    worker_host: str = Field("127.0.0.1", description="Address every worker binds.")
+    base_port: int = Field(
+        50051, ge=1, le=65535, description="The i-th replica of the fleet listens on base + i."
+    )
+    metrics_base_port: int = Field(
+        0, ge=0, le=65535, description="Replica i's /metrics port is base + i; 0: no /metrics."
+    )
+    restart_backoff_s: float = Field(1.0, gt=0, description="First delay before a restart.")
+    max_backoff_s: float = Field(30.0, gt=0, description="Longest delay before a restart.")
+    drain_grace_s: float = Field(
+        30.0, ge=0, description="On SIGTERM, how long the processes may drain before SIGKILL."
+    )
+    healthy_run_s: float = Field(
+        60.0, gt=0, description="A run this long (after becoming ready) resets the backoff."
+    )
+    max_startup_failures: int = Field(
+        5, ge=1, description="Give up (exit 1) when a process fails this often before ready."
+    )
+
+    @model_validator(mode="after")
+    def _backoff_order(self) -> SupervisorSection:
+        if self.max_backoff_s < self.restart_backoff_s:
+            raise ValueError("max_backoff_s must be at least restart_backoff_s")
+        return self
+
+
+@dataclass(frozen=True)
+class Replica:
+    """One worker process of a model: the GPUs it is pinned to (empty: not pinned)."""
+
+    gpus: tuple[int | str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One model of the fleet: its alias, routing policy, replicas and worker settings."""
+
+    alias: str
+    policy: PolicyName | None
+    replicas: tuple[Replica, ...]
+    settings: WorkerSettings
+
+    def worker_settings(self) -> dict[str, Any]:
+        """The WorkerSettings fields this entry sets (alias included), for a worker's defaults."""
+        values = self.settings.model_dump(include=self.settings.model_fields_set)
+        return {**values, "alias": self.alias}
+
+
+@dataclass(frozen=True)
+class FleetConfig:
+    """A validated fleet config."""
+
+    source: Path
+    format: Literal["llamagrid", "llama-cpp-python"]
+    gateway: GatewaySettings
+    supervisor: SupervisorSection
+    models: tuple[ModelEntry, ...]
+    warnings: tuple[str, ...] = ()
+
+    def gateway_settings(self) -> dict[str, Any]:
+        """The gateway section's fields (only those set) plus ``model_policies`` from the models."""
+        gw = self.gateway
+        values = gw.model_dump(include=gw.model_fields_set)
+        if isinstance(values.get("api_key"), SecretStr):
+            values["api_key"] = values["api_key"].get_secret_value()
+        policies = {m.alias: m.policy for m in self.models if m.policy}
+        if policies:
+            values["model_policies"] = policies
+        return values
+
+    def model(self, alias: str | None) -> ModelEntry:
+        """The entry named ``alias``; None: the only entry (an error when there are several)."""
+        aliases = [m.alias for m in self.models]
+        if alias is None:
+            if len(self.models) == 1:
+                return self.models[0]
+            raise FleetConfigError(
+                str(self.source),
+                [f"models: several ({', '.join(aliases)}); pick one (--config-model)"],
+            )
+        for entry in self.models:
+            if entry.alias == alias:
+                return entry
+        raise FleetConfigError(
+            str(self.source), [f"models: no model '{alias}' (aliases: {', '.join(aliases)})"]
+        )
+
+
+def load_fleet_config(path: str | Path) -> FleetConfig:
+    """Read, convert (llama-cpp-python format) and validate a fleet config file."""
+    return parse_fleet_config(read_document(Path(path)), Path(path))
+
+
+def parse_fleet_config(raw: Any, source: Path) -> FleetConfig:
+    """Validate a parsed document; FleetConfigError lists every problem at once."""
+    problems = Problems()
+    fmt: Literal["llamagrid", "llama-cpp-python"] = "llamagrid"
+    if llama_cpp_config.detect(raw, problems):
+        fmt = "llama-cpp-python"
+        raw = llama_cpp_config.convert(raw, problems)
+    problems.raise_if_any(str(source))
+    if not isinstance(raw, dict):
+        problems.error([], "expected a mapping with a models list (and gateway, supervisor)")
+        problems.raise_if_any(str(source))
+    for key in raw:
+        if key not in TOP_KEYS:
+            problems.unknown_key([], str(key), TOP_KEYS, "section")
+    gateway = _section(_GatewaySection, raw.get("gateway"), "gateway", GATEWAY_REFUSED, problems)
+    supervisor = _section(SupervisorSection, raw.get("supervisor"), "supervisor", {}, problems)
+    models = _models(raw.get("models"), problems)
+    problems.raise_if_any(str(source))
+    assert isinstance(gateway, GatewaySettings) and isinstance(supervisor, SupervisorSection)
+    return FleetConfig(source, fmt, gateway, supervisor, tuple(models), tuple(problems.warnings))
+
+
+def _section(
+    cls: type[BaseModel], value: Any, name: str, refused: dict[str, str], problems: Problems
+) -> BaseModel | None:
+    """Validate one section (absent or empty: every default)."""
+    if value is None:
+        value = {}
+    if not isinstance(value, dict):
+        problems.error([name], f"expected a mapping (got {value!r})")
+        return None
+    for key in refused.keys() & value.keys():
+        problems.error([name, key], refused[key])
+    values = {k: v for k, v in value.items() if k not in refused}
+    try:
+        return cls.model_validate(values)
+    except ValidationError as exc:
+        problems.pydantic([name], exc, cls.model_fields.keys() - refused.keys())
+        return None
+
+
+def _models(value: Any, problems: Problems) -> list[ModelEntry]:
+    """Every entry of the models list, then the checks across entries."""
+    if not isinstance(value, list) or not value:
+        what = "missing" if value is None else f"got {value!r}"
+        problems.error(["models"], f"expected a non-empty list of model entries ({what})")
+        return []
+    entries: dict[int, ModelEntry] = {}
+    first: dict[str, int] = {}
+    for i, item in enumerate(value):
+        entry = _entry(item, ["models", i], problems)
+        if entry is not None:
+            entries[i] = entry
+        alias = item.get("alias") if isinstance(item, dict) else None
+        if isinstance(alias, str) and alias in first:
+            problems.error(
+                ["models", i, "alias"], f"'{alias}' is already the alias of models[{first[alias]}]"
+            )
+        elif isinstance(alias, str):
+            first[alias] = i
+    _check_gpu_sharing(entries, problems)
+    return list(entries.values())
+
+
+class _EntryHead(BaseModel):
+    """The keys of a model entry that are not worker settings."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    alias: str = Field(description="The model name clients send.")
+    policy: PolicyName | None = Field(None, description="Load-balancing policy of this model.")
+
+    @field_validator("alias")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not value or any(c.isspace() for c in value):
+            raise ValueError("an alias is a non-empty name without spaces")
+        return value
+
+
+def _entry(item: Any, loc: list[str | int], problems: Problems) -> ModelEntry | None:
+    """One model entry: head keys, replicas, refused keys, then the flat worker settings."""
+    if not isinstance(item, dict):
+        problems.error(loc, f"expected a mapping with at least an alias (got {item!r})")
+        return None
+    known = (set(ENTRY_KEYS) | WorkerSettings.model_fields.keys()) - SUPERVISOR_OWNED.keys()
+    errors_before = len(problems.errors)
+    head: _EntryHead | None = None
+    try:
+        head = _EntryHead.model_validate(item)
+    except ValidationError as exc:
+        problems.pydantic(loc, exc, known)
+    replicas = _replicas(item.get("replicas"), [*loc, "replicas"], problems)
+    for key in SUPERVISOR_OWNED.keys() & item.keys():
+        problems.error([*loc, key], SUPERVISOR_OWNED[key])
+    flat = {k: v for k, v in item.items() if k not in (*ENTRY_KEYS, *SUPERVISOR_OWNED)}
+    settings: WorkerSettings | None = None
+    try:
+        settings = _WorkerEntry.model_validate(flat)
+    except ValidationError as exc:
+        problems.pydantic(loc, exc, known)
+    if head is None or settings is None or len(problems.errors) > errors_before:
+        return None
+    _check_placement(settings, replicas, loc, problems)
+    return ModelEntry(head.alias, head.policy, replicas, settings)
+
+
+def _replicas(value: Any, loc: list[str | int], problems: Problems) -> tuple[Replica, ...]:
+    """``replicas``: absent (1), a count, or a list of ``{gpus: [...]}``."""
+    if value is None:
+        return (Replica(),)
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value < 1:
+            problems.error(loc, f"at least 1 replica (got {value})")
+        return tuple(Replica() for _ in range(max(value, 0)))
+    if not isinstance(value, list) or not value:
+        problems.error(loc, f"expected a count (2) or a list of {{gpus: [...]}} (got {value!r})")
+        return ()
+    out: list[Replica] = []
+    for j, item in enumerate(value):
+        where = [*loc, j]
+        if isinstance(item, int) and not isinstance(item, bool):
+            problems.error(
+                where,
+                f"a count ({item}) inside a replica list: give either `replicas: N` "
+                "(unpinned) or a list of {gpus: [...]} entries, not both",
+            )
+        elif not isinstance(item, dict) or "gpus" not in item:
+            problems.error(where, f"expected {{gpus: [GPU ids]}} (got {item!r})")
+        else:
+            for key in item.keys() - {"gpus"}:
+                problems.unknown_key(where, str(key), ["gpus"], "replica key")
+            out.append(Replica(_gpus(item["gpus"], [*where, "gpus"], problems)))
+    return tuple(out)
+
+
+def _gpus(value: Any, loc: list[str | int], problems: Problems) -> tuple[int | str, ...]:
+    """A replica's GPU ids: indices (0, 1, ...) or UUIDs (GPU-..., MIG-...), not both."""
+    if not isinstance(value, list) or not value:
+        problems.error(loc, f"expected a non-empty list of GPU indices or UUIDs (got {value!r})")
+        return ()
+    ids: list[int | str] = []
+    for k, gpu in enumerate(value):
+        parsed = _gpu_id(gpu)
+        if parsed is None:
+            problems.error(
+                [*loc, k],
+                f"{gpu!r} is not a GPU index (0, 1, ...) or UUID (GPU-..., MIG-..., "
+                "as `nvidia-smi -L` prints them)",
+            )
+        elif parsed in ids:
+            problems.error([*loc, k], f"GPU {parsed} is listed twice")
+        else:
+            ids.append(parsed)
+    if len({isinstance(g, int) for g in ids}) > 1:
+        problems.error(loc, "mixes GPU indices and UUIDs: use one kind per replica")
+    return tuple(ids)
+
+
+def _gpu_id(value: Any) -> int | str | None:
+    """An index (an int or a string of digits) or a UUID; None when it is neither."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value if value >= 0 else None
+    if isinstance(value, str):
+        text = value.strip()
+        if text.isdigit():
+            return int(text)
+        if _GPU_UUID.match(text):
+            return text
+    return None
+
+
+def _check_placement(
+    settings: WorkerSettings, replicas: tuple[Replica, ...], loc: Loc, problems: Problems
+) -> None:
+    """main_gpu and tensor_split index the replica's own GPUs; unpinned GPU replicas share all."""
+    pinned = [r for r in replicas if r.gpus]
+    if pinned:
+        fewest = min(len(r.gpus) for r in pinned)
+        if "main_gpu" in settings.model_fields_set and settings.main_gpu >= fewest:
+            problems.error(
+                [*loc, "main_gpu"],
+                f"{settings.main_gpu}, but a replica has only {fewest} GPU(s): main_gpu counts "
+                "within the replica's own GPUs (CUDA_VISIBLE_DEVICES renumbers them from 0)",
+            )
+        if len(settings.tensor_split) > fewest:
+            problems.error(
+                [*loc, "tensor_split"],
+                f"{len(settings.tensor_split)} fractions, but a replica has only {fewest} GPU(s)",
+            )
+    elif settings.n_gpu_layers != 0 and len(replicas) > 1:
+        problems.warn(
+            [*loc, "replicas"],
+            f"{len(replicas)} replicas offload layers (n_gpu_layers {settings.n_gpu_layers}) "
+            "without gpus: each sees every GPU the supervisor sees; pin them with "
+            "replicas: [{gpus: [0]}, {gpus: [1]}]",
+        )
+
+
+def _check_gpu_sharing(entries: dict[int, ModelEntry], problems: Problems) -> None:
+    """Warn when one GPU is pinned to several replicas (allowed: they share its memory)."""
+    users: dict[str, list[str]] = {}
+    for entry in entries.values():
+        for r, replica in enumerate(entry.replicas):
+            for gpu in replica.gpus:
+                users.setdefault(str(gpu), []).append(f"{entry.alias}-{r}")
+    for gpu, names in users.items():
+        if len(names) > 1:
+            problems.warn(["models"], f"GPU {gpu} is shared by {', '.join(names)}")

@@ -1,0 +1,237 @@
+"""What `llamagrid serve` runs: every process's argv and environment, computed up front.
+
+The plan is pure data (``--print-plan`` prints it): one worker per replica, in model order, and
+the gateway pointed at all of them. Rules (README, "Fleet config"):
+
+- Replica i of the fleet listens on ``base_port + i`` (and ``metrics_base_port + i``), and is
+  named ``<alias>-<index within its model>``.
+- Every worker gets ``CUDA_DEVICE_ORDER=PCI_BUS_ID`` (GPU indices mean what ``nvidia-smi``
+  shows). A pinned replica gets ``CUDA_VISIBLE_DEVICES`` = its GPUs; an unpinned one of a model
+  with ``n_gpu_layers: 0`` gets ``CUDA_VISIBLE_DEVICES=""`` (a CUDA build sees no GPU and takes
+  no GPU memory); an unpinned one that offloads layers inherits the supervisor's GPUs.
+- Threads, for models that leave ``n_threads`` at 0: a GPU replica (n_gpu_layers != 0) gets
+  ``GPU_REPLICA_THREADS``; CPU replicas share the cores left after explicit n_threads and GPU
+  replicas, evenly, at least one each.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+from supervisor.config import FleetConfig, ModelEntry
+from supervisor.problems import FleetConfigError
+from supervisor.settings import ServeSettings
+
+#: Threads of a GPU replica that leaves n_threads at 0: the CPU side of a mostly offloaded model.
+GPU_REPLICA_THREADS = 2
+#: Environment every child gets: its log lines reach the supervisor as they are written.
+BASE_ENV = {"PYTHONUNBUFFERED": "1"}
+
+
+@dataclass(frozen=True)
+class ProcessSpec:
+    """One child process: how to start it and where it answers once ready."""
+
+    name: str
+    role: Literal["worker", "gateway"]
+    argv: tuple[str, ...]
+    env: dict[str, str]  # set on top of the supervisor's environment
+    address: str  # HOST:PORT the supervisor dials to see it ready
+    drain_grace_s: float
+    model: str = ""
+    gpus: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class RestartPolicy:
+    """Backoff and give-up rules for crashed children."""
+
+    initial_s: float = 1.0
+    max_s: float = 30.0
+    healthy_run_s: float = 60.0
+    max_startup_failures: int = 5
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Every process of one `llamagrid serve`, and how to supervise them."""
+
+    processes: tuple[ProcessSpec, ...]
+    gateway_url: str
+    models: tuple[str, ...]
+    restart: RestartPolicy
+    warnings: tuple[str, ...] = ()
+    config: str = ""
+    format: str = ""
+    cores: int = 0  # what the thread split was computed from
+
+    def to_json(self) -> dict[str, Any]:
+        """The plan as printed by ``--print-plan`` (the gateway's --api-key value masked)."""
+        out: dict[str, Any] = json.loads(json.dumps(asdict(self)))
+        for proc in out["processes"]:
+            argv = proc["argv"]
+            proc["argv"] = [
+                "***" if i and argv[i - 1] == "--api-key" else a for i, a in enumerate(argv)
+            ]
+        return out
+
+
+def dial_host(host: str) -> str:
+    """The address to dial a server bound to ``host`` (a wildcard means this machine)."""
+    if host in ("", "0.0.0.0"):
+        return "127.0.0.1"
+    if host == "::":
+        return "[::1]"
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+def thread_shares(models: tuple[ModelEntry, ...], cores: int) -> tuple[dict[str, int], list[str]]:
+    """``--n-threads`` per alias for models that leave n_threads at 0, plus warnings."""
+    auto = [m for m in models if m.settings.n_threads == 0]
+    gpu = [m for m in auto if m.settings.n_gpu_layers != 0]
+    cpu = [m for m in auto if m.settings.n_gpu_layers == 0]
+    shares = {m.alias: min(GPU_REPLICA_THREADS, cores) for m in gpu}
+    explicit = sum(m.settings.n_threads * len(m.replicas) for m in models)
+    left = cores - explicit - sum(shares[m.alias] * len(m.replicas) for m in gpu)
+    n_cpu = sum(len(m.replicas) for m in cpu)
+    warnings = []
+    if n_cpu and left < n_cpu:
+        warnings.append(
+            f"{n_cpu} CPU replica(s) leave n_threads at 0 but only {max(left, 0)} of {cores} "
+            "cores are left: each gets 1 thread (the cores are oversubscribed)"
+        )
+    shares.update({m.alias: max(1, left // n_cpu) for m in cpu})
+    return shares, warnings
+
+
+def fleet_plan(
+    config: FleetConfig, serve: ServeSettings, cores: int, python: str = sys.executable
+) -> Plan:
+    """The processes for a fleet config; explicit serve flags override the file."""
+    sv, gw = config.supervisor, config.gateway
+    explicit = serve.model_fields_set
+    host = serve.host if "host" in explicit else gw.host
+    port = serve.port if "port" in explicit else gw.port
+    level = ["--log-level", serve.log_level] if "log_level" in explicit else []
+    replicas = sum(len(m.replicas) for m in config.models)
+    _check_ports(config, port, replicas)
+    shares, warnings = thread_shares(config.models, cores)
+    path = str(config.source.resolve())
+    workers: list[ProcessSpec] = []
+    for entry in config.models:
+        for index, replica in enumerate(entry.replicas):
+            i = len(workers)
+            args = ["--config", path, "--config-model", entry.alias, "--host", sv.worker_host]
+            args += ["--port", str(sv.base_port + i), "--name", f"{entry.alias}-{index}"]
+            if sv.metrics_base_port:
+                args += ["--metrics-port", str(sv.metrics_base_port + i)]
+            if entry.alias in shares:
+                args += ["--n-threads", str(shares[entry.alias])]
+            grace = entry.settings.drain_grace_s
+            if "drain_grace_s" not in entry.settings.model_fields_set:
+                grace = sv.drain_grace_s
+                args += ["--drain-grace-s", str(grace)]
+            env = {**BASE_ENV, "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
+            gpus = tuple(str(g) for g in replica.gpus)
+            if gpus or entry.settings.n_gpu_layers == 0:
+                env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
+            workers.append(
+                ProcessSpec(
+                    name=f"{entry.alias}-{index}",
+                    role="worker",
+                    argv=(python, "-m", "worker", *args, *level),
+                    env=env,
+                    address=f"{dial_host(sv.worker_host)}:{sv.base_port + i}",
+                    drain_grace_s=grace,
+                    model=entry.alias,
+                    gpus=gpus,
+                )
+            )
+    args = ["--config", path, "--host", host, "--port", str(port)]
+    for w in workers:
+        args += ["--worker", w.address]
+    gw_grace = gw.drain_grace_s
+    if "drain_grace_s" not in gw.model_fields_set:
+        gw_grace = sv.drain_grace_s
+        args += ["--drain-grace-s", str(gw_grace)]
+    if "api_key" in explicit and serve.api_key:
+        args += ["--api-key", serve.api_key]
+    gateway = ProcessSpec(
+        name="gateway",
+        role="gateway",
+        argv=(python, "-m", "gateway", *args, *level),
+        env=dict(BASE_ENV),
+        address=f"{dial_host(host)}:{port}",
+        drain_grace_s=gw_grace,
+    )
+    restart = RestartPolicy(
+        initial_s=serve.restart_backoff_s
+        if "restart_backoff_s" in explicit
+        else sv.restart_backoff_s,
+        max_s=sv.max_backoff_s,
+        healthy_run_s=sv.healthy_run_s,
+        max_startup_failures=sv.max_startup_failures,
+    )
+    return Plan(
+        processes=(*workers, gateway),
+        gateway_url=f"http://{gateway.address}",
+        models=tuple(m.alias for m in config.models),
+        restart=restart,
+        warnings=(*config.warnings, *warnings),
+        config=path,
+        format=config.format,
+        cores=cores,
+    )
+
+
+def _check_ports(config: FleetConfig, gateway_port: int, replicas: int) -> None:
+    """Every port in range and used once (the gateway, workers and /metrics all listen here)."""
+    sv = config.supervisor
+    problems: list[str] = []
+    if gateway_port == 0:
+        problems.append("gateway.port: `llamagrid serve` needs a fixed port, not 0")
+    ranges = {"supervisor.base_port": sv.base_port}
+    if sv.metrics_base_port:
+        ranges["supervisor.metrics_base_port"] = sv.metrics_base_port
+    for name, base in ranges.items():
+        if base + replicas - 1 > 65535:
+            problems.append(f"{name}: {replicas} replicas from {base} go past port 65535")
+        if base <= gateway_port < base + replicas:
+            problems.append(
+                f"{name}: replica ports {base}-{base + replicas - 1} include the "
+                f"gateway's port {gateway_port}"
+            )
+    if len(ranges) == 2 and abs(sv.base_port - sv.metrics_base_port) < replicas:
+        problems.append("supervisor.metrics_base_port: the /metrics ports overlap the gRPC ports")
+    if problems:
+        raise FleetConfigError(str(config.source), problems)
+
+
+def single_model_plan(serve: ServeSettings, python: str = sys.executable) -> Plan:
+    """Without --config: one worker (the serve flags) and the gateway; the environment as is."""
+    worker = ProcessSpec(
+        name="worker",
+        role="worker",
+        argv=(python, "-m", "worker", *serve.worker_args()),
+        env=dict(BASE_ENV),
+        address=f"{dial_host(serve.worker_host)}:{serve.worker_port}",
+        drain_grace_s=30.0,
+        model=serve.alias or "smollm2",
+    )
+    gateway = ProcessSpec(
+        name="gateway",
+        role="gateway",
+        argv=(python, "-m", "gateway", *serve.gateway_args()),
+        env=dict(BASE_ENV),
+        address=f"{dial_host(serve.host)}:{serve.port}",
+        drain_grace_s=30.0,
+    )
+    return Plan(
+        processes=(worker, gateway),
+        gateway_url=f"http://{gateway.address}",
+        models=(worker.model,),
+        restart=RestartPolicy(initial_s=serve.restart_backoff_s),
+    )
