@@ -58,9 +58,16 @@ class Worker:
         return max(self.in_flight, self.load.active_requests + self.load.queued_requests)
 
     @property
+    def slots(self) -> int:
+        """Requests the worker runs at once: its load report's, else its models' (0: unknown)."""
+        if self.load is not None and self.load.slots:
+            return self.load.slots
+        return max((info.slots for info in self.models.values()), default=0)
+
+    @property
     def pressure(self) -> float:
-        """Requests per slot (per request when the worker reports no slots)."""
-        slots = self.load.slots if self.load is not None else 0
+        """Requests per slot (per request when the slots are unknown)."""
+        slots = self.slots
         return self.requests / slots if slots else float(self.requests)
 
     @property

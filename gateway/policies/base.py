@@ -26,6 +26,11 @@ class Routable(Protocol):
         ...
 
     @property
+    def slots(self) -> int:
+        """Requests the worker runs at once (0 when unknown)."""
+        ...
+
+    @property
     def started(self) -> int:
         """Calls this gateway has sent to the worker so far."""
         ...

@@ -4,6 +4,9 @@ Consistent hashing with bounded loads: the prompt's leading characters pick a po
 ring, and the request goes to the first worker clockwise whose load stays within ``bound`` times
 the average once this request is counted. A hot prefix therefore spills over to the next worker
 on the ring (the same one every time, so its cache warms too) instead of overloading its home.
+
+A worker with a free slot is never over the bound: a request there starts at once and shares
+the cached prefix, which costs less than computing the prefix again elsewhere.
 """
 
 from __future__ import annotations
@@ -29,10 +32,11 @@ class PrefixAffinity:
         self.bound = bound
         self._ring = HashRing(())
 
-    def capacity(self, workers: Sequence[W]) -> int:
-        """The most requests a worker may hold, counting the one being placed."""
-        total = sum(worker.requests for worker in workers) + 1
-        return max(1, math.ceil(self.bound * total / len(workers)))
+    def capacity(self, workers: Sequence[W], worker: W) -> int:
+        """The most requests ``worker`` may hold, counting the one being placed: its slots, or
+        ``bound`` times the average load, whichever is more."""
+        total = sum(candidate.requests for candidate in workers) + 1
+        return max(1, worker.slots, math.ceil(self.bound * total / len(workers)))
 
     def select(self, workers: Sequence[W], request: RouteRequest) -> Choice[W]:
         """The first worker on the ring from the prefix's point that is within the bound."""
@@ -41,10 +45,9 @@ class PrefixAffinity:
         by_address = {worker.address: worker for worker in workers}
         if self._ring.addresses != by_address.keys():
             self._ring = HashRing(sorted(by_address))
-        capacity = self.capacity(workers)
         for rank, address in enumerate(self._ring.walk(request.prefix_key)):
             worker = by_address[address]
-            if worker.requests + 1 <= capacity:
+            if worker.requests + 1 <= self.capacity(workers, worker):
                 return Choice(
                     worker, "prefix_affinity:home" if rank == 0 else "prefix_affinity:spill"
                 )
