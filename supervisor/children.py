@@ -84,7 +84,11 @@ class Child:
         delay, failures = self.policy.initial_s, 0
         while not self._stopping.is_set():
             started = time.monotonic()
-            code = await self._run_once()
+            try:
+                code = await self._run_once()
+            except OSError as exc:  # e.g. out of file descriptors: a failed start like any other
+                log.error("cannot start %s: %s", self.spec.name, exc)
+                code, self.ready = 127, False
             if self._stopping.is_set():
                 return
             ran = time.monotonic() - started
@@ -116,6 +120,7 @@ class Child:
     async def _run_once(self) -> int:
         """One run: spawn, forward output, watch readiness; the exit code."""
         self.ready = False
+        self.tail.clear()  # show the last run's output when giving up
         self.proc = await asyncio.create_subprocess_exec(
             *self.spec.argv,
             env={**os.environ, **self.spec.env},
@@ -147,10 +152,9 @@ class Child:
             if not line:
                 return
             self.tail.append(line.decode(errors="replace").rstrip("\n"))
-            sys.stderr.buffer.write(
-                prefix + line if line.endswith(b"\n") else prefix + line + b"\n"
-            )
-            sys.stderr.buffer.flush()
+            with contextlib.suppress(OSError):  # a closed stderr must not stop the child
+                sys.stderr.buffer.write(prefix + line.rstrip(b"\n") + b"\n")
+                sys.stderr.buffer.flush()
 
     async def _watch_ready(self) -> None:
         """Probe until the child is ready, then log it once."""

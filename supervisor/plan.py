@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
 from supervisor.config import FleetConfig, ModelEntry
@@ -111,70 +111,36 @@ def fleet_plan(
     config: FleetConfig, serve: ServeSettings, cores: int, python: str = sys.executable
 ) -> Plan:
     """The processes for a fleet config; explicit serve flags override the file."""
-    sv, gw = config.supervisor, config.gateway
-    explicit = serve.model_fields_set
-    host = serve.host if "host" in explicit else gw.host
-    port = serve.port if "port" in explicit else gw.port
-    level = ["--log-level", serve.log_level] if "log_level" in explicit else []
-    replicas = sum(len(m.replicas) for m in config.models)
-    _check_ports(config, port, replicas)
+    sv, explicit = config.supervisor, serve.model_fields_set
+    host = serve.host if "host" in explicit else config.gateway.host
+    port = serve.port if "port" in explicit else config.gateway.port
+    _check_ports(config, port, sum(len(m.replicas) for m in config.models))
     shares, warnings = thread_shares(config.models, cores)
     path = str(config.source.resolve())
+    tail = ("--log-level", serve.log_level) if "log_level" in explicit else ()
     workers: list[ProcessSpec] = []
     for entry in config.models:
-        for index, replica in enumerate(entry.replicas):
-            i = len(workers)
-            args = ["--config", path, "--config-model", entry.alias, "--host", sv.worker_host]
-            args += ["--port", str(sv.base_port + i), "--name", f"{entry.alias}-{index}"]
-            if sv.metrics_base_port:
-                args += ["--metrics-port", str(sv.metrics_base_port + i)]
-            if entry.alias in shares:
-                args += ["--n-threads", str(shares[entry.alias])]
-            grace = entry.settings.drain_grace_s
-            if "drain_grace_s" not in entry.settings.model_fields_set:
-                grace = sv.drain_grace_s
-                args += ["--drain-grace-s", str(grace)]
-            env = {**BASE_ENV, "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
-            gpus = tuple(str(g) for g in replica.gpus)
-            if gpus or entry.settings.n_gpu_layers == 0:
-                env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
-            workers.append(
-                ProcessSpec(
-                    name=f"{entry.alias}-{index}",
-                    role="worker",
-                    argv=(python, "-m", "worker", *args, *level),
-                    env=env,
-                    address=f"{dial_host(sv.worker_host)}:{sv.base_port + i}",
-                    drain_grace_s=grace,
-                    model=entry.alias,
-                    gpus=gpus,
-                )
-            )
+        for index in range(len(entry.replicas)):
+            spec = _worker(config, entry, index, len(workers), shares.get(entry.alias))
+            workers.append(replace(spec, argv=(python, *spec.argv, *tail)))
     args = ["--config", path, "--host", host, "--port", str(port)]
-    for w in workers:
-        args += ["--worker", w.address]
-    gw_grace = gw.drain_grace_s
-    if "drain_grace_s" not in gw.model_fields_set:
-        gw_grace = sv.drain_grace_s
-        args += ["--drain-grace-s", str(gw_grace)]
+    args += [a for w in workers for a in ("--worker", w.address)]
+    grace = config.gateway.drain_grace_s
+    if "drain_grace_s" not in config.gateway.model_fields_set:
+        grace = sv.drain_grace_s
+        args += ["--drain-grace-s", str(grace)]
     if "api_key" in explicit and serve.api_key:
         args += ["--api-key", serve.api_key]
     gateway = ProcessSpec(
         name="gateway",
         role="gateway",
-        argv=(python, "-m", "gateway", *args, *level),
+        argv=(python, "-m", "gateway", *args, *tail),
         env=dict(BASE_ENV),
         address=f"{dial_host(host)}:{port}",
-        drain_grace_s=gw_grace,
+        drain_grace_s=grace,
     )
-    restart = RestartPolicy(
-        initial_s=serve.restart_backoff_s
-        if "restart_backoff_s" in explicit
-        else sv.restart_backoff_s,
-        max_s=sv.max_backoff_s,
-        healthy_run_s=sv.healthy_run_s,
-        max_startup_failures=sv.max_startup_failures,
-    )
+    initial = serve.restart_backoff_s if "restart_backoff_s" in explicit else sv.restart_backoff_s
+    restart = RestartPolicy(initial, sv.max_backoff_s, sv.healthy_run_s, sv.max_startup_failures)
     return Plan(
         processes=(*workers, gateway),
         gateway_url=f"http://{gateway.address}",
@@ -184,6 +150,39 @@ def fleet_plan(
         config=path,
         format=config.format,
         cores=cores,
+    )
+
+
+def _worker(
+    config: FleetConfig, entry: ModelEntry, index: int, i: int, threads: int | None
+) -> ProcessSpec:
+    """Replica ``index`` of ``entry``, the ``i``-th of the fleet (argv without the python)."""
+    sv, settings = config.supervisor, entry.settings
+    name, port = f"{entry.alias}-{index}", sv.base_port + i
+    args = ["-m", "worker", "--config", str(config.source.resolve())]
+    args += ["--config-model", entry.alias, "--host", sv.worker_host, "--port", str(port)]
+    args += ["--name", name]
+    if sv.metrics_base_port:
+        args += ["--metrics-port", str(sv.metrics_base_port + i)]
+    if threads is not None:
+        args += ["--n-threads", str(threads)]
+    grace = settings.drain_grace_s
+    if "drain_grace_s" not in settings.model_fields_set:
+        grace = sv.drain_grace_s
+        args += ["--drain-grace-s", str(grace)]
+    env = {**BASE_ENV, "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
+    gpus = tuple(str(g) for g in entry.replicas[index].gpus)
+    if gpus or settings.n_gpu_layers == 0:
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
+    return ProcessSpec(
+        name=name,
+        role="worker",
+        argv=tuple(args),
+        env=env,
+        address=f"{dial_host(sv.worker_host)}:{port}",
+        drain_grace_s=grace,
+        model=entry.alias,
+        gpus=gpus,
     )
 
 

@@ -74,7 +74,7 @@ async def shutdown(children: list[Child], timeout_s: float, force: asyncio.Event
         return True
     stragglers = [c for c in children if c.running]
     for child in stragglers:
-        log.error("%s did not exit in time: SIGKILL", child.spec.name)
+        log.error("%s is still running: SIGKILL", child.spec.name)
         child.kill()
     await waiting
     return not stragglers
@@ -114,6 +114,9 @@ async def supervise(plan: Plan, startup_timeout_s: float) -> int:
     for child in children:
         if child.proc is not None and child.proc.returncode is not None:
             log.info("%s stopped (%s)", child.spec.name, describe_exit(child.proc.returncode))
+    if given_up:
+        names = ", ".join(c.spec.name for c in given_up)
+        log.error("gave up on %s: it never became ready (its last output is above)", names)
     return 0 if clean and not given_up else 1
 
 

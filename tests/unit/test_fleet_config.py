@@ -120,6 +120,21 @@ def test_sections_ignore_the_environment(tmp_path: Path, monkeypatch: pytest.Mon
     assert config.gateway_settings()["port"] == 8090
 
 
+def test_warnings_for_unpinned_gpu_replicas_and_shared_gpus(tmp_path: Path) -> None:
+    data = {
+        "models": [
+            {"alias": "a", "n_gpu_layers": -1, "replicas": 2},
+            {"alias": "b", "replicas": [{"gpus": [0]}]},
+            {"alias": "c", "replicas": [{"gpus": [1]}, {"gpus": [0, 1]}]},
+        ]
+    }
+    warnings = load_fleet_config(write(tmp_path, data)).warnings
+    assert warnings[0].startswith("models[0].replicas: 2 replicas offload layers")
+    assert "models: GPU 0 is shared by b-0, c-1" in warnings
+    assert "models: GPU 1 is shared by c-0, c-1" in warnings
+    assert len(warnings) == 3
+
+
 def test_model_lookup_errors(tmp_path: Path) -> None:
     config = load_fleet_config(write(tmp_path, GOOD))
     with pytest.raises(FleetConfigError, match=r"several \(big, small\)"):
