@@ -13,6 +13,8 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.params import Depends as DependsParam
 from fastapi.security import HTTPBearer
+from llamagrid.client import AsyncInferenceClient
+from llamagrid.grpc_options import channel_options
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse, Response
@@ -46,7 +48,15 @@ def pool_options(settings: GatewaySettings) -> PoolOptions:
 
 def create_pool(settings: GatewaySettings) -> WorkerPool:
     """The pool for the settings' static workers (DNS names are added by the app)."""
-    return WorkerPool(settings.workers, pool_options(settings))
+    options = channel_options(
+        keepalive_time_ms=int(settings.worker_keepalive_s * 1000),
+        keepalive_timeout_ms=int(settings.worker_keepalive_timeout_s * 1000),
+    )
+
+    def client(address: str) -> AsyncInferenceClient:
+        return AsyncInferenceClient(address, options)
+
+    return WorkerPool(settings.workers, pool_options(settings), client_factory=client)
 
 
 def create_app(settings: GatewaySettings, pool: WorkerPool) -> FastAPI:

@@ -89,6 +89,15 @@ class GatewaySettings(BaseSettings):
     load_interval_s: float = Field(
         1.0, gt=0, description="Seconds between two GetLoad reads of each worker's load."
     )
+    worker_keepalive_s: float = Field(
+        30.0,
+        gt=0,
+        description="Seconds between keepalive pings to each worker; a worker whose link is "
+        "lost is noticed within this plus --worker-keepalive-timeout-s.",
+    )
+    worker_keepalive_timeout_s: float = Field(
+        10.0, gt=0, description="Seconds to wait for a keepalive ping's answer."
+    )
     drain_grace_s: float = Field(
         30.0, ge=0, description="On SIGTERM, how long in-flight requests may finish (new get 503)."
     )

@@ -6,7 +6,7 @@ reason with :func:`llamagrid.errors.parse_details` on ``error.trailing_metadata(
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from types import TracebackType
 
 import grpc
@@ -81,9 +81,12 @@ class GenerateStream(AsyncIterator[pb.GenerateResponse]):
 class AsyncInferenceClient:
     """One channel to one llamagrid worker, with typed methods for each RPC."""
 
-    def __init__(self, target: str) -> None:
+    def __init__(self, target: str, options: Sequence[tuple[str, int]] | None = None) -> None:
+        """A channel to ``target`` (HOST:PORT) with ``options`` (default: channel_options())."""
         self.target = target
-        self._channel = grpc.aio.insecure_channel(target, options=channel_options())
+        self._channel = grpc.aio.insecure_channel(
+            target, options=list(options) if options is not None else channel_options()
+        )
         self._stub = pb_grpc.InferenceServiceStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 

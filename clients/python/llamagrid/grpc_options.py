@@ -23,13 +23,20 @@ MAX_RECONNECT_BACKOFF_MS = 5_000
 ChannelOptions = list[tuple[str, int]]
 
 
-def channel_options() -> ChannelOptions:
-    """Options for a client channel to a llamagrid worker."""
+def channel_options(
+    keepalive_time_ms: int = CLIENT_KEEPALIVE_TIME_MS,
+    keepalive_timeout_ms: int = KEEPALIVE_TIMEOUT_MS,
+) -> ChannelOptions:
+    """Options for a client channel to a llamagrid worker.
+
+    A dead peer (a lost link, a crashed host) is noticed within about ``keepalive_time_ms`` plus
+    ``keepalive_timeout_ms``; lower both to notice it sooner (the server tolerates any rate).
+    """
     return [
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-        ("grpc.keepalive_time_ms", CLIENT_KEEPALIVE_TIME_MS),
-        ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+        ("grpc.keepalive_time_ms", keepalive_time_ms),
+        ("grpc.keepalive_timeout_ms", keepalive_timeout_ms),
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.max_pings_without_data", 0),
         ("grpc.max_reconnect_backoff_ms", MAX_RECONNECT_BACKOFF_MS),
