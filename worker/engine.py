@@ -20,11 +20,13 @@ from typing import Any, Protocol, TypeVar
 import grpc
 from llamagrid import errors as codes
 
+from worker import devices as dv
 from worker import llama_backend as lb
 from worker.bridge import EventChannel
 from worker.chat_template import ChatTemplate, load_template_source
 from worker.embedder import Embedder, EmbedJob
 from worker.errors import EngineError
+from worker.metrics import EngineCounters, EngineSnapshot
 from worker.model_source import ModelSource
 from worker.requests import (
     EmbedResult,
@@ -55,6 +57,12 @@ class Engine(Protocol):
 
     def description(self) -> ModelDescription:
         """The model served (only valid once ready)."""
+
+    def placement(self) -> dv.Placement:
+        """Where the model runs: devices and layers (only valid once ready)."""
+
+    def metrics_snapshot(self) -> EngineSnapshot | None:
+        """Counters and state for /metrics, from any thread; None while not serving."""
 
     def generate(self, request: GenerationRequest) -> AsyncIterator[Event]:
         """Stream events; closing the iterator early cancels the generation."""
@@ -87,6 +95,7 @@ class LlamaEngine:
         self._load_error: BaseException | None = None
         self._stopping = False
         self._desc: ModelDescription | None = None
+        self._placement: dv.Placement | None = None
         self._lock = threading.Lock()
         self._queued = 0
         self._running = 0
@@ -99,6 +108,8 @@ class LlamaEngine:
     async def wait_loaded(self) -> None:
         """Wait until loading ends; raises if it failed."""
         await asyncio.to_thread(self._loaded.wait)
+        if isinstance(self._load_error, dv.OffloadError):
+            raise self._load_error
         if self._load_error is not None:
             raise RuntimeError(f"model failed to load: {self._load_error}")
 
@@ -119,6 +130,43 @@ class LlamaEngine:
                 grpc.StatusCode.UNAVAILABLE, "the model is still loading", codes.REASON_NOT_READY
             )
         return self._desc
+
+    def placement(self) -> dv.Placement:
+        """Devices and layer placement of the model served."""
+        self.description()
+        assert self._placement is not None
+        return self._placement
+
+    def metrics_snapshot(self, timeout_s: float = 5.0) -> EngineSnapshot | None:
+        """A snapshot taken by the engine thread between two steps; None if it doesn't answer."""
+        if self._desc is None or not self._thread.is_alive():
+            return None
+        future: concurrent.futures.Future[EngineSnapshot] = concurrent.futures.Future()
+        self._inbox.put(("call", self._snapshot, future))
+        try:
+            return future.result(timeout_s)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            log.warning("the engine did not answer a metrics scrape within %.0f s", timeout_s)
+            return None
+
+    def _snapshot(self, engine: _Loaded) -> EngineSnapshot:
+        sched = engine.scheduler
+        kv = sched.kv_use()
+        return EngineSnapshot(
+            counters=engine.counters.copy(),
+            slots=self.settings.parallel,
+            slots_busy=sched.active,
+            queued=self._queued,
+            max_queue=self.settings.max_queue,
+            kv_cells_used=kv.used,
+            kv_cells_total=kv.total,
+            prefix_cache_tokens=sum(
+                len(sched.cache.held(seq)) for seq, s in enumerate(sched.slots) if s is None
+            ),
+            embed_queued=engine.embedder.queued_inputs,
+            device_layers={d.name: d.layers for d in engine.placement.devices},
+        )
 
     async def drain(self, grace_s: float) -> None:
         """Refuse new requests, wait up to grace_s for running ones, then stop the thread."""
@@ -167,7 +215,9 @@ class LlamaEngine:
             tokens = [
                 engine.model.tokenize(i, True, True) if isinstance(i, str) else i for i in inputs
             ]
-            return engine.embedder.submit(tokens, normalize)
+            job = engine.embedder.submit(tokens, normalize)
+            engine.counters.on_embed([len(t) for t in tokens])
+            return job
 
         job = await self._call(run)
         try:
@@ -190,7 +240,7 @@ class LlamaEngine:
                 kv_cells_used=kv.used,
                 kv_cells_total=kv.total,
                 embed_queued=engine.embedder.queued_inputs,
-                decode_steps=engine.scheduler.steps,
+                decode_steps=engine.counters.decode_calls,
             )
 
         return await self._call(run)
@@ -231,10 +281,12 @@ class LlamaEngine:
         try:
             loaded = _Loaded(self.settings, self.source)
         except BaseException as exc:  # report any load failure to the waiting server
-            log.exception("loading %s failed", self.source.path)
+            if not isinstance(exc, dv.OffloadError):  # whose message says it all
+                log.exception("loading %s failed", self.source.path)
             self._load_error = exc
             self._loaded.set()
             return
+        self._placement = loaded.placement
         self._desc = loaded.describe()
         self._loaded.set()
         log.info("model %s ready (%s)", self._desc.alias, self.source.path)
@@ -288,6 +340,10 @@ class _Loaded:
 
     def __init__(self, s: WorkerSettings, source: ModelSource) -> None:
         lb.init_backend(verbose=s.log_level.lower() == "debug")
+        self.cuda_visible = cuda_visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        dv.check_offload_possible(
+            s.n_gpu_layers, lb.supports_gpu_offload(), lb.backend_names(), cuda_visible
+        )
         self.settings = s
         self.source = source
         self.model = lb.Model(
@@ -301,8 +357,10 @@ class _Loaded:
                 use_mlock=s.use_mlock,
             )
         )
+        self.placement = self._place()
+        dv.check_offloaded(self.placement, cuda_visible)
         info = self.model.describe()
-        self.on_gpu = lb.supports_gpu_offload() and s.n_gpu_layers != 0
+        self.on_gpu = self.placement.offloaded_layers > 0
         n_ctx = s.n_ctx or info["n_ctx_train"] * s.parallel
         threads = s.n_threads or (os.cpu_count() or 1)
         gen_opts = lb.ContextOptions(
@@ -337,13 +395,20 @@ class _Loaded:
         template_src = load_template_source(s.chat_template) or self.model.chat_template()
         self.template = ChatTemplate(template_src, self.model.bos_text, self.model.eos_text)
         self.template.check()
-        self.scheduler = Scheduler(self.model, self.ctx, self.template, s.queue_timeout_s)
+        self.counters = EngineCounters()
+        self.scheduler = Scheduler(
+            self.model, self.ctx, self.template, s.queue_timeout_s, self.counters
+        )
         self.info = info
+        self.placement = self._place()  # again: free memory once the KV caches are allocated
+
+    def _place(self) -> dv.Placement:
+        return dv.placement(
+            self.settings, lb.devices(), self.model.load_log, self.model.n_layers, self.cuda_visible
+        )
 
     def describe(self) -> ModelDescription:
-        s, info = self.settings, self.info
-        gpu = self.on_gpu
-        visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+        s, info, place = self.settings, self.info, self.placement
         return ModelDescription(
             alias=self.source.alias,
             file=str(self.source.path),
@@ -360,12 +425,12 @@ class _Loaded:
             vocab_size=self.model.n_vocab,
             pooling=self.embedder.ctx.pooling,
             description=info["desc"],
-            backend="cuda" if gpu else "cpu",
-            visible_devices=tuple(v for v in visible.split(",") if v) if gpu else (),
-            n_gpu_layers=s.n_gpu_layers if gpu else 0,
-            main_gpu=s.main_gpu,
-            split_mode=s.split_mode,
-            tensor_split=tuple(s.tensor_split),
+            backend=place.backend,
+            visible_devices=place.visible_devices,
+            n_gpu_layers=place.n_gpu_layers,
+            main_gpu=place.main_gpu,
+            split_mode=place.split_mode,
+            tensor_split=place.tensor_split,
         )
 
     def close(self) -> None:

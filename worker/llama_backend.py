@@ -14,19 +14,25 @@ from typing import Any
 import llama_cpp as lc
 import numpy as np
 import numpy.typing as npt
+from llama_cpp._ggml import libggml as _ggml
 from llama_cpp.llama_grammar import json_schema_to_gbnf
 
+from worker.devices import DEVICE_TYPES, DeviceInfo
 from worker.errors import invalid
 
 _log = logging.getLogger("llama.cpp")
 #: ggml's log levels (NONE=0, DEBUG, INFO, WARN, ERROR, CONT=5 continues the previous line).
 _LOG_LEVELS = {1: logging.DEBUG, 2: logging.INFO, 3: logging.WARNING, 4: logging.ERROR}
 _last_level = [logging.DEBUG]
+#: While a model loads: the "load_tensors:" lines llama.cpp logs (layer placement among them).
+_load_lines: list[str] | None = None
 
 
 @lc.llama_log_callback  # type: ignore[untyped-decorator]
 def _forward_log(level: int, text: bytes, _user_data: ctypes.c_void_p) -> None:
     """Route llama.cpp's own log lines into Python logging (INFO chatter is dropped by default)."""
+    if _load_lines is not None and text.startswith(b"load_tensors:"):
+        _load_lines.append(text.decode("utf-8", errors="replace"))
     py_level = _last_level[0] if level == 5 else _LOG_LEVELS.get(level, logging.DEBUG)
     _last_level[0] = py_level
     if _log.isEnabledFor(py_level):
@@ -67,6 +73,76 @@ def init_backend(verbose: bool = False) -> None:
 def supports_gpu_offload() -> bool:
     """Whether this llama.cpp build can offload layers to a GPU."""
     return bool(lc.llama_supports_gpu_offload())
+
+
+def _bind(name: str, restype: Any, *argtypes: Any) -> Any:
+    """A ggml function (llama-cpp-python binds none of ggml's device API itself)."""
+    fn = getattr(_ggml, name)
+    fn.restype, fn.argtypes = restype, list(argtypes)
+    return fn
+
+
+_vp, _size = ctypes.c_void_p, ctypes.c_size_t
+_dev_count = _bind("ggml_backend_dev_count", _size)
+_dev_get = _bind("ggml_backend_dev_get", _vp, _size)
+_dev_name = _bind("ggml_backend_dev_name", ctypes.c_char_p, _vp)
+_dev_description = _bind("ggml_backend_dev_description", ctypes.c_char_p, _vp)
+_dev_type = _bind("ggml_backend_dev_type", ctypes.c_int, _vp)
+_dev_memory = _bind(
+    "ggml_backend_dev_memory", None, _vp, ctypes.POINTER(_size), ctypes.POINTER(_size)
+)
+_dev_reg = _bind("ggml_backend_dev_backend_reg", _vp, _vp)
+_dev_props = _bind("ggml_backend_dev_get_props", None, _vp, _vp)
+_reg_count = _bind("ggml_backend_reg_count", _size)
+_reg_get = _bind("ggml_backend_reg_get", _vp, _size)
+_reg_name = _bind("ggml_backend_reg_name", ctypes.c_char_p, _vp)
+
+
+class _DevProps(ctypes.Structure):
+    """ggml_backend_dev_props, with room to spare should a later ggml append fields."""
+
+    _fields_ = [
+        ("name", ctypes.c_char_p),
+        ("description", ctypes.c_char_p),
+        ("memory_free", _size),
+        ("memory_total", _size),
+        ("type", ctypes.c_int),
+        ("device_id", ctypes.c_char_p),
+        ("reserved", ctypes.c_byte * 256),
+    ]
+
+
+def _text(raw: bytes | None) -> str:
+    return raw.decode("utf-8", errors="replace") if raw else ""
+
+
+def backend_names() -> list[str]:
+    """The ggml backends this llama.cpp build registered ("CPU", "CUDA", "BLAS", ...)."""
+    return [_text(_reg_name(_reg_get(i))) for i in range(_reg_count())]
+
+
+def devices() -> list[DeviceInfo]:
+    """Every device ggml registered, in its order, with memory as of now."""
+    out = []
+    for i in range(_dev_count()):
+        dev = _dev_get(i)
+        free, total = _size(0), _size(0)
+        _dev_memory(dev, ctypes.byref(free), ctypes.byref(total))
+        props = _DevProps()
+        _dev_props(dev, ctypes.addressof(props))
+        kind = _dev_type(dev)
+        out.append(
+            DeviceInfo(
+                name=_text(_dev_name(dev)),
+                description=_text(_dev_description(dev)),
+                type=DEVICE_TYPES[kind] if 0 <= kind < len(DEVICE_TYPES) else "",
+                backend=_text(_reg_name(_dev_reg(dev))),
+                memory_free=int(free.value),
+                memory_total=int(total.value),
+                device_id=_text(props.device_id),
+            )
+        )
+    return out
 
 
 @dataclass(frozen=True)
@@ -113,13 +189,21 @@ class Model:
             values = list(opts.tensor_split)[:size] + [0.0] * max(0, size - len(opts.tensor_split))
             self._tensor_split = (ctypes.c_float * size)(*values)
             params.tensor_split = self._tensor_split
-        ptr = lc.llama_model_load_from_file(opts.path.encode(), params)
+        global _load_lines
+        _load_lines = []
+        try:
+            ptr = lc.llama_model_load_from_file(opts.path.encode(), params)
+        finally:
+            #: What llama.cpp logged about the tensors, e.g. the device of each layer.
+            self.load_log, _load_lines = _load_lines, None
         if not ptr:
             raise RuntimeError(f"llama.cpp could not load the model file {opts.path}")
         self.ptr = ptr
         self.options = opts
         self.vocab = lc.llama_model_get_vocab(ptr)
         self.n_vocab = int(lc.llama_vocab_n_tokens(self.vocab))
+        #: Layers llama.cpp can place on a device: the repeating ones and the output layer.
+        self.n_layers = int(lc.llama_model_n_layer(ptr) + lc.llama_model_n_layer_nextn(ptr) + 1)
         self._pieces: dict[int, bytes] = {}
 
     def close(self) -> None:

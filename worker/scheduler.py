@@ -22,6 +22,7 @@ from llamagrid import errors as codes
 from worker.chat_template import ChatTemplate
 from worker.errors import EngineError, context_exceeded, invalid
 from worker.llama_backend import Batch, Context, Model, Sampler
+from worker.metrics import EngineCounters
 from worker.prefix_cache import PrefixCache, Reuse
 from worker.requests import Admitted, GenerationRequest, Message
 from worker.sampling import resolve, validate
@@ -43,7 +44,12 @@ class Scheduler:
     """Owns the generation context's sequences. Call only from the engine thread."""
 
     def __init__(
-        self, model: Model, ctx: Context, template: ChatTemplate, queue_timeout_s: float = 0.0
+        self,
+        model: Model,
+        ctx: Context,
+        template: ChatTemplate,
+        queue_timeout_s: float = 0.0,
+        counters: EngineCounters | None = None,
     ) -> None:
         self.model = model
         self.ctx = ctx
@@ -55,8 +61,8 @@ class Scheduler:
         self.waiting: deque[Job] = deque()
         self.cache = PrefixCache(ctx.n_seq_max, shareable=ctx.unified)
         self._batch = Batch(ctx.n_batch, 1)
-        #: Decode steps run so far.
-        self.steps = 0
+        #: Totals for /metrics (decode calls, finished generations), kept on this thread.
+        self.counters = counters or EngineCounters()
         #: Called once for every job that leaves the wait queue (admitted, cancelled or failed).
         self.on_dequeue: Callable[[Job], None] = lambda job: None
 
@@ -100,11 +106,12 @@ class Scheduler:
             return False
         outputs = self._fill_batch(live)
         self.ctx.decode(self._batch)
-        self.steps += 1
+        self.counters.on_decode(len(live))
         for slot, index in outputs:
             token = slot.sampler.sample(self.ctx, index)
             final = slot.emit_token(self.model, self.ctx, token, index)
             if final is not None:
+                self.counters.on_final(final)
                 slot.job.channel.push(final)
                 self._release(slot)
         return True

@@ -1,11 +1,20 @@
-"""The worker's gRPC server: our service plus grpc.health.v1 and reflection, and its life cycle."""
+"""The worker's gRPC server: our service plus grpc.health.v1 and reflection, and its life cycle.
+
+Every InferenceService call, whatever its outcome, ends with the trailing metadata
+``llamagrid-worker: <name>`` (--name, else host:port) and is counted for /metrics by status code;
+both happen in one interceptor, CallObserver.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -15,13 +24,108 @@ from llamagrid.grpc_options import server_options
 from llamagrid.v1 import inference_pb2 as pb
 from llamagrid.v1 import inference_pb2_grpc as pb_grpc
 
+from worker.devices import OffloadError
 from worker.engine import Engine, LlamaEngine
+from worker.metrics import RequestCounts, WorkerMetrics
 from worker.service import InferenceService
 from worker.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["InferenceService"].full_name
+#: The trailing metadata key naming the worker that served a call.
+WORKER_TRAILER = "llamagrid-worker"
+_WILDCARD_HOSTS = ("", "0.0.0.0", "::", "[::]")
+Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
+if TYPE_CHECKING:  # generic in grpc-stubs only
+    _Interceptor = grpc.aio.ServerInterceptor[Any, Any]
+else:
+    _Interceptor = grpc.aio.ServerInterceptor
+
+
+def worker_name(settings: WorkerSettings, port: int) -> str:
+    """--name, else host:port with the bound port (the machine's hostname for a wildcard host)."""
+    if settings.name:
+        return settings.name
+    host = socket.gethostname() if settings.host in _WILDCARD_HOSTS else settings.host
+    return f"{host}:{port}"
+
+
+class CallObserver(_Interceptor):
+    """Adds the worker's name to every InferenceService call's trailers and counts outcomes."""
+
+    def __init__(self, counts: RequestCounts) -> None:
+        self.counts = counts
+        #: Set once the port is bound.
+        self.name = ""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler]],
+        details: grpc.HandlerCallDetails,
+    ) -> Handler:
+        """Wrap our service's unary and server-streaming handlers; pass others through."""
+        handler = await continuation(details)
+        service, _, method = details.method.lstrip("/").partition("/")
+        if handler is None or service != SERVICE_NAME:
+            return handler
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                self._unary(handler.unary_unary, method),
+                handler.request_deserializer,
+                handler.response_serializer,
+            )
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                self._stream(handler.unary_stream, method),
+                handler.request_deserializer,
+                handler.response_serializer,
+            )
+        return handler
+
+    def _begin(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        context.set_trailing_metadata(((WORKER_TRAILER, self.name),))
+
+    def _end(self, method: str, context: grpc.aio.ServicerContext[Any, Any], failed: bool) -> None:
+        code = context.code()
+        if code is None:  # not aborted: success, or an unexpected exception (UNKNOWN)
+            code = grpc.StatusCode.UNKNOWN if failed else grpc.StatusCode.OK
+        self.counts.add(method, code)
+
+    def _unary(self, behavior: Any, method: str) -> Any:
+        async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            self._begin(context)
+            try:
+                reply = await behavior(request, context)
+            except asyncio.CancelledError:
+                self.counts.add(method, grpc.StatusCode.CANCELLED)
+                raise
+            except BaseException:
+                self._end(method, context, failed=True)
+                raise
+            self._end(method, context, failed=False)
+            return reply
+
+        return call
+
+    def _stream(self, behavior: Any, method: str) -> Any:
+        async def call(
+            request: Any, context: grpc.aio.ServicerContext[Any, Any]
+        ) -> AsyncIterator[Any]:
+            self._begin(context)
+            try:
+                async with contextlib.aclosing(behavior(request, context)) as replies:
+                    async for reply in replies:
+                        yield reply
+            except (asyncio.CancelledError, GeneratorExit):
+                self.counts.add(method, grpc.StatusCode.CANCELLED)
+                raise
+            except BaseException:
+                self._end(method, context, failed=True)
+                raise
+            self._end(method, context, failed=False)
+
+        return call
 
 
 class WorkerServer:
@@ -30,7 +134,9 @@ class WorkerServer:
     def __init__(self, settings: WorkerSettings, engine: Engine, alias: str) -> None:
         self.settings = settings
         self.engine = engine
-        self.server = grpc.aio.server(options=server_options())
+        counts = RequestCounts()
+        self.calls = CallObserver(counts)
+        self.server = grpc.aio.server(options=server_options(), interceptors=[self.calls])
         self.health = HealthServicer()
         #: Health is reported for the whole server (""), the service and the model's alias.
         self.health_names = ("", SERVICE_NAME, alias)
@@ -45,6 +151,10 @@ class WorkerServer:
             self.server,
         )
         self.port = self.server.add_insecure_port(f"{settings.host}:{settings.port}")
+        self.name = self.calls.name = worker_name(settings, self.port)
+        self.metrics = WorkerMetrics(
+            engine.metrics_snapshot, {"name": self.name, "model": alias}, counts
+        )
 
     async def set_serving(self, serving: bool) -> None:
         """Report SERVING or NOT_SERVING under every health name."""
@@ -60,6 +170,15 @@ class WorkerServer:
         """Listen (NOT_SERVING until the engine is ready)."""
         await self.set_serving(False)
         await self.server.start()
+        host, port = self.settings.host, self.settings.metrics_port
+        if port:
+            try:
+                self.metrics.serve(host, port)
+            except OSError as exc:
+                await self.server.stop(grace=None)
+                message = f"llamagrid worker: cannot serve /metrics on {host}:{port}: {exc}"
+                raise SystemExit(message) from None
+            log.info("metrics on http://%s:%d/metrics", host, port)
         if self.settings.port_file:
             Path(self.settings.port_file).write_text(str(self.port))
         log.info("worker listening on %s:%d", self.settings.host, self.port)
@@ -70,6 +189,7 @@ class WorkerServer:
         grace = self.settings.drain_grace_s
         await self.engine.drain(grace)
         await self.server.stop(grace=1.0)
+        self.metrics.close()
 
 
 def create_server(settings: WorkerSettings, engine: Engine, alias: str) -> WorkerServer:
@@ -90,7 +210,12 @@ async def serve(settings: WorkerSettings, engine: LlamaEngine) -> None:
     stopping = asyncio.create_task(stop.wait())
     await asyncio.wait({loading, stopping}, return_when=asyncio.FIRST_COMPLETED)
     if loading.done():
-        loading.result()  # raises when the model failed to load
+        if (error := loading.exception()) is not None:
+            await server.server.stop(grace=None)
+            server.metrics.close()
+            if not isinstance(error, OffloadError):
+                raise error
+            raise SystemExit(f"llamagrid worker: {error}")
         await server.set_serving(True)
         log.info("model '%s' is SERVING on port %d", engine.source.alias, server.port)
         await stopping

@@ -118,7 +118,7 @@ class InferenceService(pb_grpc.InferenceServiceServicer):
             desc = self.engine.description()
         except EngineError as exc:
             await _abort(context, exc)
-        return pb.GetModelInfoResponse(info=model_info_to_proto(desc))
+        return pb.GetModelInfoResponse(info=model_info_to_proto(desc, self.engine.placement()))
 
     async def ListModels(
         self, request: pb.ListModelsRequest, context: Context
@@ -128,7 +128,7 @@ class InferenceService(pb_grpc.InferenceServiceServicer):
             desc = self.engine.description()
         except EngineError as exc:
             await _abort(context, exc)
-        return pb.ListModelsResponse(models=[model_info_to_proto(desc)])
+        return pb.ListModelsResponse(models=[model_info_to_proto(desc, self.engine.placement())])
 
     async def GetLoad(self, request: pb.GetLoadRequest, context: Context) -> pb.GetLoadResponse:
         """Work in progress and KV cache occupancy."""
@@ -140,10 +140,15 @@ class InferenceService(pb_grpc.InferenceServiceServicer):
 
 
 async def _abort(context: Context, exc: EngineError) -> NoReturn:
-    """End the call with the error's rich status (ErrorInfo, RetryInfo)."""
-    # grpc-stubs lacks aio's abort_with_status; grpc.aio has had it since 1.34.
-    await context.abort_with_status(exc.to_status())  # type: ignore[attr-defined]
-    raise AssertionError("abort_with_status returned")
+    """End the call with the error's rich status (ErrorInfo, RetryInfo).
+
+    Trailing metadata set before (the worker's name, see server.CallObserver) is kept: abort
+    would otherwise replace it with the status details.
+    """
+    status = exc.to_status()
+    metadata = (*(context.trailing_metadata() or ()), *status.trailing_metadata)
+    await context.abort(status.code, status.details, metadata)
+    raise AssertionError("abort returned")
 
 
 def _piece(token_id: int, data: bytes) -> pb.TokenPiece:

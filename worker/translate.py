@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from llamagrid.v1 import inference_pb2 as pb
 
+from worker.devices import DeviceInfo, Placement
 from worker.errors import invalid
 from worker.requests import (
     Chunk,
@@ -118,7 +119,43 @@ def final_to_proto(f: Final) -> pb.GenerateResponse:
     )
 
 
-def model_info_to_proto(d: ModelDescription) -> pb.ModelInfo:
+_DEVICE_TYPES = {
+    "cpu": pb.DEVICE_TYPE_CPU,
+    "gpu": pb.DEVICE_TYPE_GPU,
+    "igpu": pb.DEVICE_TYPE_IGPU,
+    "accel": pb.DEVICE_TYPE_ACCEL,
+}
+
+
+def _device(d: DeviceInfo) -> pb.Device:
+    return pb.Device(
+        name=d.name,
+        description=d.description,
+        type=_DEVICE_TYPES.get(d.type, pb.DEVICE_TYPE_UNSPECIFIED),
+        backend=d.backend,
+        memory_total_bytes=d.memory_total,
+        memory_free_bytes=d.memory_free,
+        device_id=d.device_id,
+        layers=d.layers,
+    )
+
+
+def placement_to_proto(p: Placement) -> pb.DevicePlacement:
+    """Where the model runs: the settings and the devices llama.cpp uses."""
+    return pb.DevicePlacement(
+        backend=p.backend,
+        visible_devices=list(p.visible_devices),
+        n_gpu_layers=p.n_gpu_layers,
+        main_gpu=p.main_gpu,
+        split_mode=p.split_mode,
+        tensor_split=list(p.tensor_split),
+        devices=[_device(d) for d in p.devices],
+        offloaded_layers=p.offloaded_layers,
+        total_layers=p.total_layers,
+    )
+
+
+def model_info_to_proto(d: ModelDescription, placement: Placement) -> pb.ModelInfo:
     """ModelInfo for GetModelInfo and ListModels."""
     caps = [
         c
@@ -140,14 +177,7 @@ def model_info_to_proto(d: ModelDescription) -> pb.ModelInfo:
         vocab_size=d.vocab_size,
         pooling=d.pooling,
         description=d.description,
-        placement=pb.DevicePlacement(
-            backend=d.backend,
-            visible_devices=list(d.visible_devices),
-            n_gpu_layers=d.n_gpu_layers,
-            main_gpu=d.main_gpu,
-            split_mode=d.split_mode,
-            tensor_split=list(d.tensor_split),
-        ),
+        placement=placement_to_proto(placement),
     )
 
 
