@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,11 +99,12 @@ def spawn_worker(
     return proc
 
 
-def spawn_gateway(tmp: Path, *workers: str) -> Proc:
-    """A gateway in front of the given workers; waits until it answers HTTP."""
+def spawn_gateway(tmp: Path, *workers: str, extra: Sequence[str] = ()) -> Proc:
+    """A gateway in front of the given workers (``extra``: more flags); waits until it answers
+    HTTP."""
     port = free_port()
     log = tmp / f"gateway-{port}.log"
-    args = ["-m", "gateway", "--host", "127.0.0.1", "--port", str(port)]
+    args = ["-m", "gateway", "--host", "127.0.0.1", "--port", str(port), *extra]
     for w in workers:
         args += ["--worker", w]
     popen = _spawn(args, log)
