@@ -133,20 +133,25 @@ def check_offloaded(placement: Placement, cuda_visible: str | None) -> None:
 
 
 def devices_in_use(
-    all_devices: Sequence[DeviceInfo], layers: dict[int, str], fallback_total: int
+    all_devices: Sequence[DeviceInfo],
+    layers: dict[int, str],
+    fallback_total: int,
+    model_devices: Sequence[str] = (),
 ) -> tuple[tuple[DeviceInfo, ...], int, int]:
     """The devices a model uses, each with its layer count; plus offloaded and total layers.
 
-    A device is in use when it holds layers; the CPU (which always keeps the input layer) and
-    ggml's accelerators (used beside the CPU backend) are always in use. fallback_total is the
-    model's layer count from its metadata, used only if llama.cpp logged no placement.
+    In use: the devices llama.cpp gave the model (model_devices: they hold its layers, and run
+    operations offloaded from the CPU even when they hold none), any device holding layers, the
+    CPU (which always keeps the input layer) and ggml's accelerators (used beside the CPU
+    backend). fallback_total is the model's layer count from its metadata, used only if
+    llama.cpp logged no placement.
     """
     per_device = Counter(layers.values())
     host_names = {d.name for d in all_devices if d.type in _HOST_TYPES}
     used = [
         replace(d, layers=per_device.get(d.name, 0))
         for d in all_devices
-        if d.type in _HOST_TYPES or per_device.get(d.name, 0)
+        if d.type in _HOST_TYPES or per_device.get(d.name, 0) or d.name in model_devices
     ]
     known = {d.name for d in all_devices}
     used += [DeviceInfo(name, layers=n) for name, n in per_device.items() if name not in known]
@@ -173,10 +178,12 @@ def placement(
     all_devices: Sequence[DeviceInfo],
     load_log: Iterable[str],
     n_layers: int,
+    model_devices: Sequence[str],
     cuda_visible: str | None,
 ) -> Placement:
     """The Placement of a loaded model, from llama.cpp's devices and its load log."""
-    used, offloaded, total = devices_in_use(all_devices, layer_devices(load_log), n_layers)
+    layers = layer_devices(load_log)
+    used, offloaded, total = devices_in_use(all_devices, layers, n_layers, model_devices)
     return Placement(
         backend=backend_of(used),
         visible_devices=visible_devices(cuda_visible),

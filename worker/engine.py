@@ -403,8 +403,14 @@ class _Loaded:
         self.placement = self._place()  # again: free memory once the KV caches are allocated
 
     def _place(self) -> dv.Placement:
+        m = self.model
         return dv.placement(
-            self.settings, lb.devices(), self.model.load_log, self.model.n_layers, self.cuda_visible
+            self.settings,
+            lb.devices(),
+            m.load_log,
+            m.n_layers,
+            m.device_names or (),
+            self.cuda_visible,
         )
 
     def describe(self) -> ModelDescription:

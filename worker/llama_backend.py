@@ -98,6 +98,24 @@ _reg_get = _bind("ggml_backend_reg_get", _vp, _size)
 _reg_name = _bind("ggml_backend_reg_name", ctypes.c_char_p, _vp)
 
 
+def _bind_ext(names: tuple[str, ...], restype: Any, *argtypes: Any) -> Any:
+    """A function of llama.cpp's llama-ext.h (C++ linkage), found as llama_cpp_ext finds its own."""
+    for name in names:
+        fn = getattr(lc.llama_cpp._lib, name, None)
+        if fn is not None:
+            fn.restype, fn.argtypes = restype, list(argtypes)
+            return fn
+    return None
+
+
+_model_n_devices = _bind_ext(
+    ("llama_model_n_devices", "_Z21llama_model_n_devicesPK11llama_model"), ctypes.c_int32, _vp
+)
+_model_get_device = _bind_ext(
+    ("llama_model_get_device", "_Z22llama_model_get_devicePK11llama_modeli"), _vp, _vp, ctypes.c_int
+)
+
+
 class _DevProps(ctypes.Structure):
     """ggml_backend_dev_props, with room to spare should a later ggml append fields."""
 
@@ -204,6 +222,12 @@ class Model:
         self.n_vocab = int(lc.llama_vocab_n_tokens(self.vocab))
         #: Layers llama.cpp can place on a device: the repeating ones and the output layer.
         self.n_layers = int(lc.llama_model_n_layer(ptr) + lc.llama_model_n_layer_nextn(ptr) + 1)
+        #: The devices llama.cpp gave the model besides the CPU (layers and offloaded operations
+        #: go there); None if this llama.cpp does not export llama_model_get_device.
+        self.device_names: list[str] | None = None
+        if _model_n_devices is not None and _model_get_device is not None:
+            n = int(_model_n_devices(ptr))
+            self.device_names = [_text(_dev_name(_model_get_device(ptr, i))) for i in range(n)]
         self._pieces: dict[int, bytes] = {}
 
     def close(self) -> None:

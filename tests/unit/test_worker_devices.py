@@ -67,6 +67,7 @@ def test_the_real_load_log_places_every_smollm2_layer_on_the_cpu() -> None:
     try:
         layers = layer_devices(model.load_log)
         assert sorted(layers) == list(range(model.n_layers))  # 30 repeating + output
+        assert model.device_names == []  # this llama.cpp exports it; no GPU here
         used, offloaded, total = devices_in_use(lb.devices(), layers, model.n_layers)
     finally:
         model.close()
@@ -95,6 +96,15 @@ def test_partial_offload_keeps_the_first_layers_on_the_cpu() -> None:
     used, offloaded, total = devices_in_use([CUDA0, CUDA1, CPU], layer_devices(log), 31)
     assert [(d.name, d.layers) for d in used] == [("CUDA0", 10), ("CPU", 21)]
     assert (offloaded, total) == (10, 31)
+
+
+def test_a_gpu_given_to_the_model_is_listed_even_without_layers() -> None:
+    # n_gpu_layers=0 on a CUDA build: llama.cpp still runs big CPU-weight matmuls on the GPU.
+    log = lines(dict.fromkeys(range(31), "CPU"))
+    used, offloaded, total = devices_in_use([CUDA0, CUDA1, CPU], layer_devices(log), 31, ["CUDA0"])
+    assert [(d.name, d.layers) for d in used] == [("CUDA0", 0), ("CPU", 31)]
+    assert (offloaded, total) == (0, 31)
+    assert backend_of(used) == "cpu"
 
 
 def test_no_placement_logged_falls_back_to_the_cpu(caplog: pytest.LogCaptureFixture) -> None:

@@ -1870,8 +1870,9 @@ type DevicePlacement struct {
 	SplitMode string `protobuf:"bytes,5,opt,name=split_mode,json=splitMode,proto3" json:"split_mode,omitempty"`
 	// The fraction of the model given to each GPU, when set.
 	TensorSplit []float32 `protobuf:"fixed32,6,rep,packed,name=tensor_split,json=tensorSplit,proto3" json:"tensor_split,omitempty"`
-	// The devices llama.cpp uses for this model: every device holding layers, the accelerators,
-	// and the CPU (which always keeps the input layer), in ggml's device order.
+	// The devices llama.cpp uses for this model, in ggml's device order: the GPUs it gave the model
+	// (they hold its offloaded layers, and run operations offloaded from the CPU even when they hold
+	// none), the accelerators, and the CPU (which always keeps the input layer).
 	Devices []*Device `protobuf:"bytes,7,rep,name=devices,proto3" json:"devices,omitempty"`
 	// How many layers llama.cpp placed on a device other than the CPU.
 	OffloadedLayers uint32 `protobuf:"varint,8,opt,name=offloaded_layers,json=offloadedLayers,proto3" json:"offloaded_layers,omitempty"`

@@ -977,8 +977,9 @@ class DevicePlacement(_message.Message):
 
     @_builtins.property
     def devices(self) -> _containers.RepeatedCompositeFieldContainer[Global___Device]:
-        """The devices llama.cpp uses for this model: every device holding layers, the accelerators,
-        and the CPU (which always keeps the input layer), in ggml's device order.
+        """The devices llama.cpp uses for this model, in ggml's device order: the GPUs it gave the model
+        (they hold its offloaded layers, and run operations offloaded from the CPU even when they hold
+        none), the accelerators, and the CPU (which always keeps the input layer).
         """
 
     def __init__(
