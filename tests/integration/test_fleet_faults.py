@@ -8,26 +8,16 @@ worker and it gets traffic again, and no request vanishes.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 
 import pytest
-import yaml
 
+from tests.fleet import Fleet, free_block, supervised
 from tests.fleet_load import LoadRun
-from tests.integration.test_supervisor import (
-    Fleet,
-    free_block,
-    start_supervisor,
-    stop_supervisor,
-    wait_listed,
-)
-from tests.procs import ROOT, free_port, wait_http_ok, wait_serving
+from tests.procs import free_port, wait_serving
 
 MODEL = "smollm2"
 
@@ -35,36 +25,15 @@ MODEL = "smollm2"
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     """Two supervised SmolLM2 replicas behind the gateway, round robin between them."""
-    tmp = tmp_path_factory.mktemp("faults")
-    port, base = free_port(), free_block(2)
     config = {
-        "gateway": {"host": "127.0.0.1", "port": port, "policy": "round_robin"},
-        "supervisor": {"base_port": base, "restart_backoff_s": 0.2, "drain_grace_s": 20},
+        "gateway": {"host": "127.0.0.1", "port": free_port(), "policy": "round_robin"},
+        "supervisor": {"base_port": free_block(2), "restart_backoff_s": 0.2, "drain_grace_s": 20},
         "models": [
             {"alias": MODEL, "replicas": 2, "n_ctx": 2048, "parallel": 2, "n_threads": 1},
         ],
     }
-    path = tmp / "fleet.yaml"
-    path.write_text(yaml.safe_dump(config))
-    printed = subprocess.run(
-        [sys.executable, "-m", "supervisor", "serve", "--config", str(path), "--print-plan"],
-        cwd=ROOT,
-        capture_output=True,
-        check=True,
-        timeout=60,
-    )
-    plan = json.loads(printed.stdout)
-    log = tmp / "supervisor.log"
-    popen = start_supervisor(path, log)
-    fleet = Fleet(popen, config, plan, f"http://127.0.0.1:{port}", log)
-    try:
-        wait_http_ok(f"{fleet.base_url}/health", timeout=180)
-        for process in plan["processes"][:-1]:
-            wait_serving(process["address"], timeout=180)
-        wait_listed(fleet.base_url, {MODEL})
+    with supervised(config, tmp_path_factory.mktemp("faults")) as fleet:
         yield fleet
-    finally:
-        stop_supervisor(popen)
 
 
 def test_killing_a_worker_under_load_loses_no_request(pair: Fleet) -> None:
