@@ -11,6 +11,7 @@ import traceback
 from datetime import datetime, timezone
 from types import FrameType
 
+from bench import routing
 from bench.config import PREFIX_TARGETS, Config, parse_args
 from bench.load import Point, run_inproc, run_point, warm_up
 from bench.prefix import PrefixResult, build_prefixes, run_prefix
@@ -23,12 +24,12 @@ from bench.report import (
     machine,
     markdown_table,
     prefix_lines,
-    ratio_lines,
     ratios,
     text_table,
     write,
 )
-from bench.targets import TargetSkipped, serving
+from bench.tables import ratio_lines
+from bench.targets import TargetSkipped, fleet, serving
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:
@@ -72,6 +73,28 @@ async def _measure_server(name: str, cfg: Config, prefixes: list[str], results: 
             _progress(point)
 
 
+def _measure_routing(cfg: Config, results: Results) -> None:
+    """Each policy in turn on a fresh fleet, with the same prompts in the same order."""
+    prompts = routing.system_prompts(cfg)
+    results.notes["routing"] = [
+        "tokens: usage.completion_tokens (ignore_eos: true); cached_tokens from the streamed "
+        "usage (stream_options.include_usage)"
+    ]
+    for policy in cfg.routing.policies:
+        with fleet(cfg, policy) as server:
+            results.commands[f"routing-{policy}"] = server.commands()
+            _say(f"  [routing {policy}] ready: {server.address} -> {', '.join(server.workers)}")
+            r = asyncio.run(routing.run_policy(server, cfg, prompts, policy))
+        results.routing.append(r)
+        err = f", {r.errors} errors (first: {r.first_error})" if r.errors else ""
+        _say(
+            f"  [routing {policy}] {r.requests} requests: cached ratio "
+            f"{r.cached_ratio or 0:.3f}, TTFT p50 {r.ttft_p50_ms or 0:.0f} ms, "
+            f"{r.tok_s:.1f} tok/s, per worker {r.per_worker}, other processes "
+            f"{r.foreign_cpu_pct:.0f}% CPU, {r.wall_s:.1f} s{err}"
+        )
+
+
 def _measure(name: str, cfg: Config, prefixes: list[str], results: Results) -> None:
     _say(f"== {name}")
     t0 = time.monotonic()
@@ -85,6 +108,8 @@ def _measure(name: str, cfg: Config, prefixes: list[str], results: Results) -> N
             for point in run_inproc(cfg):
                 results.points.append(point)
                 _progress(point)
+        elif name == "routing":
+            _measure_routing(cfg, results)
         else:
             asyncio.run(_measure_server(name, cfg, prefixes, results))
         results.status[name] = "ok"
@@ -97,8 +122,7 @@ def _measure(name: str, cfg: Config, prefixes: list[str], results: Results) -> N
     _say(f"  [{name}] {time.monotonic() - t0:.0f} s")
 
 
-def _report(results: Results, cfg: Config) -> None:
-    rs = ratios(results.points)
+def _report_serving(results: Results) -> None:
     _say("\n" + text_table(results.points))
     _say(textwrap.fill(LEGEND, 100))
     for line in busy_lines(results.points):
@@ -107,13 +131,34 @@ def _report(results: Results, cfg: Config) -> None:
     for line in prefix_lines(results.prefix):
         _say(line)
     _say("")
-    for line in ratio_lines(rs):
+    for line in ratio_lines(ratios(results.points)):
         _say(line)
+
+
+def _report_routing(results: Results, cfg: Config) -> None:
+    _say("\n" + textwrap.fill(routing.setup_line(cfg), 100) + "\n")
+    _say(routing.text_table(results.routing, BUSY_PCT))
+    _say(textwrap.fill(routing.LEGEND, 100))
+    for line in routing.detail_lines(results.routing):
+        _say(line)
+    _say("")
+    for line in ratio_lines(routing.ratios(results.routing)):
+        _say(line)
+
+
+def _report(results: Results, cfg: Config) -> None:
+    if results.points or results.prefix:
+        _report_serving(results)
+    if results.routing:
+        _report_routing(results, cfg)
     for target, status in results.status.items():
         if status != "ok":
             _say(f"{target}: {status}")
-    _say("\nMarkdown:\n\n" + markdown_table(results.points) + "\n")
-    for path in write(results, rs, cfg.out_dir, cfg.quick):
+    if results.points:
+        _say("\nMarkdown:\n\n" + markdown_table(results.points) + "\n")
+    if results.routing:
+        _say("\nMarkdown (routing):\n\n" + routing.markdown_table(results.routing, BUSY_PCT))
+    for path in write(results, cfg):
         _say(f"wrote {path}")
 
 

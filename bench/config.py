@@ -16,6 +16,8 @@ TARGETS = (
     "llamagrid-grpc",
     "llama-cpp-python-server",
     "llama-server",
+    # Not one server: a fleet of workers behind one gateway, once per routing policy.
+    "routing",
 )
 #: Targets that get the prefix-cache point.
 PREFIX_TARGETS = ("llamagrid-http", "llama-server")
@@ -49,6 +51,38 @@ _SUBJECTS = (
 
 
 @dataclass(frozen=True)
+class RoutingConfig:
+    """The fleet routing section: the same workers, prompts and load under each policy."""
+
+    #: Total requests per policy, drawn by all clients from one shared, seeded schedule.
+    requests: int = 64
+    #: Completion tokens of every request (ignore_eos keeps them all the same length).
+    max_tokens: int = 64
+    #: Concurrent streaming clients.
+    clients: int = 4
+    #: Distinct system prompts (one per tenant).
+    tenants: int = 8
+    #: Length of each system prompt, in the model's tokens.
+    system_tokens: int = 500
+    #: Seed of the tenant order, the same for every policy.
+    seed: int = 20261122
+    policies: tuple[str, ...] = ("round_robin", "prefix_affinity")
+    #: Worker processes behind the gateway, each with the settings below.
+    workers: int = 2
+    slots: int = 4
+    ctx_per_slot: int = 1024
+    #: Threads per worker: 2 workers x 1 thread share the 2 cores fairly.
+    threads: int = 1
+    #: Workers' --kv-unified (off by default, as in the worker): running slots share prefixes.
+    kv_unified: bool = False
+
+    @property
+    def n_ctx(self) -> int:
+        """Total context of each worker."""
+        return self.slots * self.ctx_per_slot
+
+
+@dataclass(frozen=True)
 class Config:
     """Everything that is the same for every target in one run."""
 
@@ -64,6 +98,7 @@ class Config:
     prefix_trials: int = 3
     quick: bool = False
     out_dir: Path = RESULTS
+    routing: RoutingConfig = RoutingConfig()
 
     @property
     def n_ctx(self) -> int:
@@ -117,6 +152,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--ctx-per-slot", type=int, default=1024)
     p.add_argument("--prefix-tokens", type=int, default=900, help="shared prefix length")
     p.add_argument("--prefix-trials", type=int, help="prefix pairs (default 3, --quick 1)")
+    p.add_argument(
+        "--routing-requests", type=int, help="routing: requests per policy (default 64, --quick 8)"
+    )
+    p.add_argument(
+        "--routing-max-tokens", type=int, help="routing: completion tokens (default 64, --quick 16)"
+    )
+    p.add_argument("--routing-clients", type=int, default=4, help="routing: concurrent clients")
+    p.add_argument("--routing-tenants", type=int, default=8, help="routing: system prompts")
+    p.add_argument("--routing-slots", type=int, default=4, help="routing: slots of each worker")
+    p.add_argument(
+        "--routing-kv-unified", action="store_true", help="routing: workers with --kv-unified"
+    )
     p.add_argument("--quick", action="store_true", help="fast smoke run")
     p.add_argument("--out-dir", type=Path, default=RESULTS)
     return p
@@ -143,6 +190,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
         raise SystemExit(f"--prefix-tokens + {64 + PREFIX_MAX_TOKENS} must fit in --ctx-per-slot")
     if max_tokens + 64 > a.ctx_per_slot:
         raise SystemExit("--max-tokens + 64 must fit in --ctx-per-slot")
+    routing = _routing(a)
     return Config(
         model=(a.model or default_model()).resolve(),
         targets=targets,
@@ -156,4 +204,26 @@ def parse_args(argv: list[str] | None = None) -> Config:
         prefix_trials=a.prefix_trials or (1 if a.quick else 3),
         quick=a.quick,
         out_dir=a.out_dir,
+        routing=routing,
     )
+
+
+def _routing(a: argparse.Namespace) -> RoutingConfig:
+    """The routing section's settings, checked."""
+    r = RoutingConfig(
+        requests=a.routing_requests or (8 if a.quick else RoutingConfig.requests),
+        max_tokens=a.routing_max_tokens or (16 if a.quick else RoutingConfig.max_tokens),
+        clients=a.routing_clients,
+        tenants=a.routing_tenants,
+        slots=a.routing_slots,
+        kv_unified=a.routing_kv_unified,
+    )
+    if min(r.requests, r.clients, r.tenants, r.slots) < 1:
+        raise SystemExit(
+            "--routing-requests, --routing-clients, --routing-tenants and --routing-slots "
+            "must be >= 1"
+        )
+    # System prompt, a short question, the chat template's tokens, then the completion.
+    if r.system_tokens + 64 + r.max_tokens > r.ctx_per_slot:
+        raise SystemExit(f"--routing-max-tokens must be <= {r.ctx_per_slot - r.system_tokens - 64}")
+    return r

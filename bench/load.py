@@ -33,6 +33,9 @@ class Stream:
     prompt_tokens: int | None = None
     cached_tokens: int | None = None
     error: str | None = None
+    #: The gateway's X-Llamagrid-Worker and X-Llamagrid-Route response headers, if any.
+    worker: str | None = None
+    route: str | None = None
 
     @property
     def ttft(self) -> float | None:
@@ -152,6 +155,8 @@ async def http_chat(
     finish: str | None = None
     url = f"{server.address}/v1/chat/completions"
     async with client.stream("POST", url, json=body) as reply:
+        s.worker = reply.headers.get("x-llamagrid-worker")
+        s.route = reply.headers.get("x-llamagrid-route")
         if reply.status_code != 200:
             s.error = f"HTTP {reply.status_code}: {(await reply.aread())[:300]!r}"
             return s
@@ -215,7 +220,8 @@ async def open_sender(server: Server, concurrency: int) -> AsyncIterator[Send]:
         yield send_http
 
 
-async def _safe(send: Send, messages: Messages, max_tokens: int) -> Stream:
+async def safe_send(send: Send, messages: Messages, max_tokens: int) -> Stream:
+    """send, with an exception recorded as the stream's error."""
     start = time.perf_counter()
     try:
         return await send(messages, max_tokens)
@@ -228,7 +234,7 @@ async def _client(
 ) -> list[Stream]:
     out = []
     for r in range(requests):
-        out.append(await _safe(send, [("user", prompt(concurrency, client, r))], max_tokens))
+        out.append(await safe_send(send, [("user", prompt(concurrency, client, r))], max_tokens))
     return out
 
 

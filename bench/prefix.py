@@ -44,19 +44,24 @@ def _raw_prefix(trial: int) -> str:
     return "\n".join(lines)
 
 
-def build_prefixes(model: Path, tokens: int, trials: int) -> list[str]:
-    """`trials` distinct system prompts of about `tokens` tokens each (model's tokenizer)."""
+def truncate_to_tokens(model: Path, texts: list[str], tokens: int) -> list[str]:
+    """Each text cut to its first `tokens` tokens of the model's tokenizer."""
     import llama_cpp
 
     vocab = llama_cpp.Llama(model_path=str(model), vocab_only=True, verbose=False)
     try:
         out = []
-        for t in range(trials):
-            ids = vocab.tokenize(_raw_prefix(t).encode(), add_bos=False, special=False)
+        for text in texts:
+            ids = vocab.tokenize(text.encode(), add_bos=False, special=False)
             out.append(vocab.detokenize(ids[:tokens]).decode("utf-8", errors="ignore"))
         return out
     finally:
         vocab.close()
+
+
+def build_prefixes(model: Path, tokens: int, trials: int) -> list[str]:
+    """`trials` distinct system prompts of about `tokens` tokens each (model's tokenizer)."""
+    return truncate_to_tokens(model, [_raw_prefix(t) for t in range(trials)], tokens)
 
 
 def _ms(s: Stream) -> float | None:

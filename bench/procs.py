@@ -81,9 +81,10 @@ def stop(child: Child, timeout: float = 15.0) -> None:
         os.killpg(child.pid, signal.SIGKILL)
 
 
-def _poll(
+def poll(
     what: str, child: Child | None, timeout: float, ready: Callable[[], bool], every: float = 0.1
 ) -> None:
+    """Call ready every `every` s until it is true; raise if child exits or timeout passes."""
     deadline = time.monotonic() + timeout
     while True:
         if child is not None and not child.alive():
@@ -107,7 +108,7 @@ def wait_http_ok(url: str, child: Child, timeout: float = 180.0) -> None:
             return httpx.get(url, timeout=2).status_code == 200
         return False
 
-    _poll(f"{url} answered 200", child, timeout, ok)
+    poll(f"{url} answered 200", child, timeout, ok)
 
 
 def wait_port_file(path: Path, child: Child, timeout: float = 120.0) -> int:
@@ -116,7 +117,7 @@ def wait_port_file(path: Path, child: Child, timeout: float = 120.0) -> int:
     def written() -> bool:
         return path.exists() and path.read_text().strip().isdigit()
 
-    _poll(f"{child.label} wrote {path.name}", child, timeout, written, every=0.02)
+    poll(f"{child.label} wrote {path.name}", child, timeout, written, every=0.02)
     return int(path.read_text().strip())
 
 
@@ -134,7 +135,7 @@ def wait_grpc_serving(target: str, child: Child, timeout: float = 180.0) -> None
                 return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
             return False
 
-        _poll(f"{target} SERVING", child, timeout, serving, every=0.05)
+        poll(f"{target} SERVING", child, timeout, serving, every=0.05)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -9,9 +9,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.config import Config
+from bench import routing
+from bench.config import TARGETS, Config
 from bench.load import Point
 from bench.prefix import PrefixResult
+from bench.tables import Ratio, div, markdown_grid, num, ratio_lines, text_grid
 
 OURS = "llamagrid-http"
 #: A point during which other processes used more of the CPU than this (%) is flagged.
@@ -29,27 +31,6 @@ HEADERS = (
 
 
 @dataclass
-class Ratio:
-    """One of our numbers divided by a peer's, against its target."""
-
-    label: str
-    value: float | None
-    op: str = ""
-    #: None for a ratio that is only informative.
-    target: float | None = None
-
-    @property
-    def verdict(self) -> str:
-        """PASS, FAIL, info, or n/a (a side is missing)."""
-        if self.value is None:
-            return "n/a"
-        if self.target is None:
-            return "info"
-        ok = self.value >= self.target if self.op == ">=" else self.value <= self.target
-        return "PASS" if ok else "FAIL"
-
-
-@dataclass
 class Results:
     """Everything one run measured."""
 
@@ -58,6 +39,7 @@ class Results:
     machine: dict[str, Any]
     points: list[Point] = field(default_factory=list)
     prefix: list[PrefixResult] = field(default_factory=list)
+    routing: list[routing.RoutingResult] = field(default_factory=list)
     #: Per target: "ok", or why it was skipped or failed.
     status: dict[str, str] = field(default_factory=dict)
     commands: dict[str, dict[str, str]] = field(default_factory=dict)
@@ -95,10 +77,6 @@ def config_dict(cfg: Config) -> dict[str, Any]:
     return d
 
 
-def _num(v: float | None, digits: int = 1) -> str:
-    return "-" if v is None else f"{v:.{digits}f}"
-
-
 def _rss(p: Point) -> str:
     parts = {k: v for k, v in p.peak_rss_mib.items() if v is not None}
     if not parts:
@@ -113,18 +91,18 @@ def rows(points: list[Point]) -> list[list[str]]:
     """The table's cells, one row per target and concurrency."""
     out = []
     for p in points:
-        tok_s = _num(p.tok_s) + (f" ({p.errors} errors)" if p.errors else "")
+        tok_s = num(p.tok_s) + (f" ({p.errors} errors)" if p.errors else "")
         tok_s += " !" if p.foreign_cpu_pct > BUSY_PCT else ""
         out.append(
             [
                 p.target,
                 str(p.concurrency),
                 tok_s,
-                _num(p.ttft_p50_ms),
-                _num(p.ttft_p95_ms),
-                _num(p.itl_p50_ms, 2),
+                num(p.ttft_p50_ms),
+                num(p.ttft_p95_ms),
+                num(p.itl_p50_ms, 2),
                 _rss(p),
-                _num(p.tokens_per_request),
+                num(p.tokens_per_request),
             ]
         )
     return out
@@ -132,33 +110,16 @@ def rows(points: list[Point]) -> list[list[str]]:
 
 def text_table(points: list[Point]) -> str:
     """Aligned plain-text table."""
-    cells = [list(HEADERS), *rows(points)]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(HEADERS))]
-    lines = [
-        "  ".join(
-            c.ljust(w) if i == 0 else c.rjust(w)
-            for i, (c, w) in enumerate(zip(r, widths, strict=True))
-        )
-        for r in cells
-    ]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return text_grid(HEADERS, rows(points))
 
 
 def markdown_table(points: list[Point]) -> str:
     """GitHub Markdown table."""
-    head = "| " + " | ".join(HEADERS) + " |"
-    align = "|" + "|".join([":---"] + ["---:"] * (len(HEADERS) - 1)) + "|"
-    body = ["| " + " | ".join(r) + " |" for r in rows(points)]
-    return "\n".join([head, align, *body])
+    return markdown_grid(HEADERS, rows(points))
 
 
 def _point(points: list[Point], target: str, c: int) -> Point | None:
     return next((p for p in points if p.target == target and p.concurrency == c), None)
-
-
-def _div(a: float | None, b: float | None) -> float | None:
-    return None if a is None or b is None or b == 0 else a / b
 
 
 def ratios(points: list[Point]) -> list[Ratio]:
@@ -176,28 +137,28 @@ def ratios(points: list[Point]) -> list[Ratio]:
     overhead = None if http1 is None or not grpc1 else 1 - http1 / grpc1
     return [
         Ratio(
-            "1 client: tok/s ours / llama-server", _div(http1, tok("llama-server", 1)), ">=", 0.95
+            "1 client: tok/s ours / llama-server", div(http1, tok("llama-server", 1)), ">=", 0.95
         ),
         Ratio(
             "8 clients: tok/s ours / llama-server",
-            _div(tok(OURS, 8), tok("llama-server", 8)),
+            div(tok(OURS, 8), tok("llama-server", 8)),
             ">=",
             1.0,
         ),
         Ratio(
             "8 clients: tok/s ours / llama-cpp-python server",
-            _div(tok(OURS, 8), tok("llama-cpp-python-server", 8)),
+            div(tok(OURS, 8), tok("llama-cpp-python-server", 8)),
             ">=",
             2.0,
         ),
         Ratio(
             "8 clients: TTFT p50 ours / llama-server",
-            _div(ttft(OURS, 8), ttft("llama-server", 8)),
+            div(ttft(OURS, 8), ttft("llama-server", 8)),
             "<=",
             1.5,
         ),
         Ratio("1 client: gateway cost, 1 - tok/s HTTP / gRPC", overhead, "<=", 0.03),
-        Ratio("1 client: tok/s ours / in-process llama-cpp-python", _div(http1, tok("inproc", 1))),
+        Ratio("1 client: tok/s ours / in-process llama-cpp-python", div(http1, tok("inproc", 1))),
     ]
 
 
@@ -210,16 +171,6 @@ def busy_lines(points: list[Point]) -> list[str]:
     return [f"! other processes used more than {BUSY_PCT:.0f}% of the CPU during: {which}"]
 
 
-def ratio_lines(rs: list[Ratio]) -> list[str]:
-    """One line per ratio."""
-    return [
-        f"{r.label}: {_num(r.value, 3)}"
-        + ("" if r.target is None else f" (target {r.op} {r.target})")
-        + f" {r.verdict}"
-        for r in rs
-    ]
-
-
 def prefix_lines(prefix: list[PrefixResult]) -> list[str]:
     """One line per prefix-cache target."""
     out = []
@@ -227,8 +178,8 @@ def prefix_lines(prefix: list[PrefixResult]) -> list[str]:
         verdict = "n/a" if p.ratio is None else ("PASS" if p.ratio <= 0.25 else "FAIL")
         out.append(
             f"prefix cache {p.target}: prompt {p.prompt_tokens} tokens, TTFT first "
-            f"{_num(p.first_ttft_ms)} ms, second {_num(p.second_ttft_ms)} ms "
-            f"(cached {p.second_cached_tokens}), ratio {_num(p.ratio, 3)} (target <= 0.25) "
+            f"{num(p.first_ttft_ms)} ms, second {num(p.second_ttft_ms)} ms "
+            f"(cached {p.second_cached_tokens}), ratio {num(p.ratio, 3)} (target <= 0.25) "
             f"{verdict}" + (f"; errors: {p.errors}" if p.errors else "")
         )
     return out
@@ -243,18 +194,12 @@ LEGEND = (
 )
 
 
-def markdown_document(results: Results, rs: list[Ratio]) -> str:
-    """latest.md: the table, the prefix-cache lines, the ratios and the machine."""
-    m, c = results.machine, results.config
-    lines = [
-        f"# llamagrid benchmark, {results.started_utc}",
-        "",
-        f"Machine: {m['cpu']}, {m['cores']} cores, {m['ram_gib']} GiB RAM ({m['os']}).",
+def _serving_section(results: Results, rs: list[Ratio]) -> list[str]:
+    c = results.config
+    return [
         f"Model: `{Path(c['model']).name}`; {c['threads']} threads; every server started "
         f"fresh with {c['slots']} slots of {c['ctx_per_slot']} tokens; temperature 0, "
-        f"max_tokens {c['max_tokens']}; requests per client by concurrency: {c['requests']}"
-        + (" (quick smoke run)" if c["quick"] else "")
-        + ".",
+        f"max_tokens {c['max_tokens']}; requests per client by concurrency: {c['requests']}.",
         "",
         markdown_table(results.points),
         "",
@@ -264,9 +209,43 @@ def markdown_document(results: Results, rs: list[Ratio]) -> str:
         "",
         *[f"- {line}" for line in ratio_lines(rs)],
         "",
-        "Targets:",
+    ]
+
+
+def _routing_section(results: Results, rs: list[Ratio], setup: str) -> list[str]:
+    return [
+        "## Fleet routing",
+        "",
+        setup,
+        "",
+        routing.markdown_table(results.routing, BUSY_PCT),
+        "",
+        routing.LEGEND,
+        "",
+        *[f"- {line}" for line in routing.detail_lines(results.routing)],
+        "",
+        *[f"- {line}" for line in ratio_lines(rs)],
         "",
     ]
+
+
+def markdown_document(
+    results: Results, rs: list[Ratio], routing_rs: list[Ratio], routing_setup: str
+) -> str:
+    """latest.md: the machine, each section's table, lines and ratios, the targets' status."""
+    m = results.machine
+    lines = [
+        f"# llamagrid benchmark, {results.started_utc}"
+        + (" (quick smoke run)" if results.config["quick"] else ""),
+        "",
+        f"Machine: {m['cpu']}, {m['cores']} cores, {m['ram_gib']} GiB RAM ({m['os']}).",
+        "",
+    ]
+    if results.points or results.prefix:
+        lines += _serving_section(results, rs)
+    if results.routing:
+        lines += _routing_section(results, routing_rs, routing_setup)
+    lines += ["Targets:", ""]
     for target, status in results.status.items():
         notes = "; ".join(results.notes.get(target, []))
         lines.append(f"- `{target}`: {status}" + (f" ({notes})" if notes else ""))
@@ -279,16 +258,20 @@ def _write(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
-def write(results: Results, rs: list[Ratio], out_dir: Path, quick: bool) -> list[Path]:
-    """<stamp>.json, latest.json, latest.md; a quick run: <stamp>-quick.json and .md only."""
+def write(results: Results, cfg: Config) -> list[Path]:
+    """<stamp>.json, latest.json, latest.md for a full run of every target; a quick run or one
+    of some targets only: <stamp>-quick.* or <stamp>-<targets>.* (latest.* keep the full run)."""
+    rs, routing_rs = ratios(results.points), routing.ratios(results.routing)
+    out_dir = cfg.out_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     data = asdict(results)
-    data["ratios"] = [{**asdict(r), "verdict": r.verdict} for r in rs]
+    data["ratios"] = [{**asdict(r), "verdict": r.verdict} for r in rs + routing_rs]
     text = json.dumps(data, indent=2) + "\n"
     stamp = results.started_utc.replace(":", "").replace("-", "")
-    md = markdown_document(results, rs)
-    if quick:
-        files = {f"{stamp}-quick.json": text, f"{stamp}-quick.md": md}
+    md = markdown_document(results, rs, routing_rs, routing.setup_line(cfg))
+    if cfg.quick or set(cfg.targets) != set(TARGETS):
+        suffix = "quick" if cfg.quick else "-".join(cfg.targets)
+        files = {f"{stamp}-{suffix}.json": text, f"{stamp}-{suffix}.md": md}
     else:
         files = {f"{stamp}.json": text, "latest.json": text, "latest.md": md}
     for name, content in files.items():

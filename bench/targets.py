@@ -37,6 +37,8 @@ class Server:
     extra_body: dict[str, Any] = field(default_factory=dict)
     #: How completion tokens are counted and any deviation from the server's defaults.
     notes: list[str] = field(default_factory=list)
+    #: gRPC addresses of the workers behind a gateway, in start order (fleets only).
+    workers: list[str] = field(default_factory=list)
 
     def commands(self) -> dict[str, str]:
         """The command line of each process, by label."""
@@ -49,19 +51,36 @@ def _http_model_id(base_url: str) -> str:
     return str(reply.json()["data"][0]["id"])
 
 
-def _start_worker(cfg: Config, server: Server, log_dir: Path) -> str:
-    port_file = log_dir / "worker.port"
+def start_worker(
+    server: Server,
+    log_dir: Path,
+    model: Path,
+    *,
+    threads: int,
+    slots: int,
+    n_ctx: int,
+    label: str = "worker",
+    extra: tuple[str, ...] = (),
+) -> str:
+    """Start one worker process for server; returns its gRPC address once it is SERVING."""
+    port_file = log_dir / f"{label}.port"
     port_file.unlink(missing_ok=True)
-    argv = [sys.executable, "-m", "worker", "--model", str(cfg.model)]
+    argv = [sys.executable, "-m", "worker", "--model", str(model)]
     argv += ["--port", "0", "--port-file", str(port_file)]
-    argv += ["--n-threads", str(cfg.threads), "--n-threads-batch", str(cfg.threads)]
-    argv += ["--parallel", str(cfg.slots), "--n-ctx", str(cfg.n_ctx)]
-    worker = procs.launch("worker", argv, log_dir)
+    argv += ["--n-threads", str(threads), "--n-threads-batch", str(threads)]
+    argv += ["--parallel", str(slots), "--n-ctx", str(n_ctx), *extra]
+    worker = procs.launch(label, argv, log_dir)
     server.children.append(worker)
     port = procs.wait_port_file(port_file, worker)
     target = f"127.0.0.1:{port}"
     procs.wait_grpc_serving(target, worker)
     return target
+
+
+def _start_worker(cfg: Config, server: Server, log_dir: Path) -> str:
+    return start_worker(
+        server, log_dir, cfg.model, threads=cfg.threads, slots=cfg.slots, n_ctx=cfg.n_ctx
+    )
 
 
 def _start_llamagrid_http(cfg: Config, server: Server, log_dir: Path) -> None:
@@ -149,13 +168,14 @@ _STARTERS: dict[str, tuple[Protocol, Callable[[Config, Server, Path], None]]] = 
 
 
 @contextmanager
-def serving(name: str, cfg: Config) -> Iterator[Server]:
-    """Start target `name` fresh; stop every process it started on exit, error or interrupt."""
-    protocol, start = _STARTERS[name]
+def _running(
+    name: str, protocol: Protocol, start: Callable[[Server, Path], None]
+) -> Iterator[Server]:
+    """Run start; stop every process it started on exit, error or interrupt."""
     log_dir = Path(tempfile.mkdtemp(prefix=f"llamagrid-bench-{name}-"))
     server = Server(name, protocol, "")
     try:
-        start(cfg, server, log_dir)
+        start(server, log_dir)
         yield server
     except BaseException:
         print(f"  [{name}] logs kept in {log_dir}", flush=True)
@@ -164,3 +184,54 @@ def serving(name: str, cfg: Config) -> Iterator[Server]:
         for child in reversed(server.children):
             procs.stop(child)
     shutil.rmtree(log_dir, ignore_errors=True)
+
+
+@contextmanager
+def serving(name: str, cfg: Config) -> Iterator[Server]:
+    """Start target `name` fresh; stop every process it started on exit, error or interrupt."""
+    protocol, start = _STARTERS[name]
+    with _running(name, protocol, lambda server, log_dir: start(cfg, server, log_dir)) as server:
+        yield server
+
+
+def _wait_workers_available(server: Server, timeout: float = 60.0) -> None:
+    """Poll the gateway's /metrics until it counts every worker available."""
+    wanted = {f'llamagrid_gateway_worker_available{{worker="{w}"}} 1.0' for w in server.workers}
+
+    def all_available() -> bool:
+        try:
+            lines = set(httpx.get(f"{server.address}/metrics", timeout=2).text.splitlines())
+        except httpx.HTTPError:
+            return False
+        return wanted <= lines
+
+    procs.poll("every worker available in the gateway", server.children[-1], timeout, all_available)
+
+
+@contextmanager
+def fleet(cfg: Config, policy: str) -> Iterator[Server]:
+    """cfg.routing.workers fresh workers behind one fresh gateway routing with `policy`."""
+    r = cfg.routing
+
+    def start(server: Server, log_dir: Path) -> None:
+        for i in range(r.workers):
+            server.workers.append(
+                start_worker(
+                    server,
+                    log_dir,
+                    cfg.model,
+                    threads=r.threads,
+                    slots=r.slots,
+                    n_ctx=r.n_ctx,
+                    label=f"worker-{i}",
+                    extra=("--kv-unified",) if r.kv_unified else (),
+                )
+            )
+        argv = [sys.executable, "-m", "gateway", "--policy", policy]
+        for address in server.workers:
+            argv += ["--worker", address]
+        _serve_openai_http("gateway", argv, procs.free_port(), server, log_dir)
+        _wait_workers_available(server)
+
+    with _running(f"routing-{policy}", "http", start) as server:
+        yield server
