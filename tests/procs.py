@@ -147,7 +147,10 @@ def wait_serving(target: str, timeout: float = 120.0) -> None:
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     deadline = time.monotonic() + timeout
-    with grpc.insecure_channel(target) as channel:
+    # Reconnect quickly: with grpc's default backoff (1 s growing to 120 s) a worker that is
+    # restarting would be seen SERVING seconds after it is, later than the gateway sees it.
+    options = [("grpc.initial_reconnect_backoff_ms", 100), ("grpc.max_reconnect_backoff_ms", 200)]
+    with grpc.insecure_channel(target, options=options) as channel:
         health = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline:
             with contextlib.suppress(grpc.RpcError):

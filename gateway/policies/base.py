@@ -65,7 +65,8 @@ class Policy(Protocol):
     name: str
 
     def select(self, workers: Sequence[W], request: RouteRequest) -> Choice[W]:
-        """The chosen worker; deterministic for the same workers, loads and request."""
+        """The chosen worker; deterministic for the same workers, loads, request and the
+        requests the policy has seen before (prefix_affinity remembers placements)."""
         ...
 
 

@@ -140,6 +140,56 @@ def test_prefix_affinity_fills_the_home_workers_free_slots_before_spilling() -> 
     assert sorted(w.requests for w in workers) == [2, 4]
 
 
+def test_prefix_affinity_places_new_prefixes_evenly_where_the_ring_alone_would_not() -> None:
+    workers = fleet(2, slots=4)
+    tenants = [f"tenant {i} " * 30 for i in range(32, 40)]
+    # Plain consistent hashing puts these 8 prefixes 6:2 on the two workers...
+    ring = HashRing([w.address for w in workers])
+    assert sorted(Counter(next(ring.walk(t)) for t in tenants).values()) == [2, 6]
+    # ...two choices places them 4:4, and every later request of a tenant goes to its worker.
+    policy = PrefixAffinity()
+    placed = {t: policy.select(workers, RouteRequest("m", t)).worker.address for t in tenants}
+    assert sorted(Counter(placed.values()).values()) == [4, 4]
+    assert [policy.held(w.address) for w in workers] == [4, 4]
+    for t in tenants * 3:
+        choice = policy.select(workers, RouteRequest("m", t))
+        assert choice.worker.address == placed[t] and choice.reason == "prefix_affinity:home"
+
+
+def test_prefix_affinity_places_a_prefix_only_on_its_first_two_workers_on_the_ring() -> None:
+    workers = fleet(5)
+    policy = PrefixAffinity()
+    ring = HashRing([w.address for w in workers])
+    for i in range(60):
+        key = f"conversation {i} " * 20
+        choice = policy.select(workers, RouteRequest("m", key))
+        assert choice.worker.address in list(ring.walk(key))[:2]
+    held = [policy.held(w.address) for w in workers]
+    assert sum(held) == 60 and max(held) - min(held) <= 3, held
+
+
+def test_prefix_affinity_forgets_idle_placements_and_replaces_a_departed_workers() -> None:
+    now = [0.0]
+    workers = fleet(3)
+    policy = PrefixAffinity(idle_s=60, clock=lambda: now[0])
+    first = policy.select(workers, RouteRequest("m", SYSTEM)).worker
+    assert policy.held(first.address) == 1
+    # Used again within the window: still placed there.
+    now[0] = 50.0
+    assert policy.select(workers, RouteRequest("m", SYSTEM)).worker is first
+    # Idle past the window (counted from the last use): the placement is forgotten.
+    now[0] = 111.0
+    other = policy.select(workers, RouteRequest("m", "another prompt " * 40)).worker
+    assert [policy.held(w.address) for w in workers] == [int(w is other) for w in workers]
+    # A prefix whose worker left the pool moves to one of the others, and is counted there.
+    again = policy.select(workers, RouteRequest("m", SYSTEM)).worker
+    rest = [w for w in workers if w is not again]
+    moved = policy.select(rest, RouteRequest("m", SYSTEM)).worker
+    assert moved is not again and policy.held(again.address) == 0 and policy.held(moved.address)
+    # It stays on its new worker when the old one returns.
+    assert policy.select(workers, RouteRequest("m", SYSTEM)).worker is moved
+
+
 def test_prefix_affinity_refuses_a_bound_below_one() -> None:
     with pytest.raises(ValueError):
         PrefixAffinity(bound=0.5)
