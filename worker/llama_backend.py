@@ -409,9 +409,20 @@ class Context:
         """Keep only positions [0, keep) of a sequence; False if the memory can't cut there."""
         return bool(lc.llama_memory_seq_rm(self.memory, seq, keep, -1))
 
-    def share(self, source: int, seq: int, length: int) -> None:
-        """Give an empty sequence the source's positions [0, length) (shared cells if unified)."""
-        lc.llama_memory_seq_cp(self.memory, source, seq, 0, length)
+    def share(self, source: int, seq: int, length: int) -> bool:
+        """Give an empty sequence the source's positions [0, length); False if it can't.
+
+        Unified cells are shared. With a buffer per sequence, llama.cpp copies only whole
+        buffers (before the next decode), so the copy is trimmed to the prefix afterwards.
+        """
+        if self.unified:
+            lc.llama_memory_seq_cp(self.memory, source, seq, 0, length)
+            return True
+        lc.llama_memory_seq_cp(self.memory, source, seq, -1, -1)
+        if self.trim(seq, length):
+            return True
+        self.forget(seq)
+        return False
 
     def clear(self) -> None:
         """Drop every sequence's KV cells."""

@@ -2,10 +2,15 @@
 
 A sequence keeps its KV cells after its request ends, so the next request with the same
 leading tokens (a system prompt, a chat history that grows one turn at a time) skips their
-prefill. A new request takes the idle sequence with the longest common prefix, or the least
-recently used idle sequence when none shares anything. With a unified KV buffer, a prefix can
-also be copied from any other sequence, idle or running: llama.cpp's seq_cp then shares the
-cells instead of copying them, so concurrent requests with one system prompt hold it once.
+prefill. A new request takes the idle sequence with the longest common prefix. When none shares
+enough to matter, it takes the least valuable idle sequence instead: an empty one, else one
+whose prefix another sequence also holds, else the least recently used.
+
+A running sequence can donate its prefix too, so a request does not prefill a system prompt
+again only because another request with the same prompt is running. With a unified KV buffer,
+llama.cpp's seq_cp shares the cells at no cost. With a buffer per sequence, it copies the
+donor's whole buffer before the next decode and the copy is trimmed to the prefix: a memory
+copy, worth it once the prefix is ``min_copy`` tokens longer than what the idle sequence has.
 """
 
 from __future__ import annotations
@@ -42,11 +47,24 @@ class Reuse:
     source: int | None = None
 
 
+#: For eviction, a sequence's prefix is also held elsewhere when another sequence starts with
+#: the same first three quarters of it, or the same first this many tokens.
+_HEAD = 256
+
+
 class PrefixCache:
     """Bookkeeping of idle sequences' cached tokens. Call only from the engine thread."""
 
-    def __init__(self, n_seq: int, shareable: bool) -> None:
+    def __init__(
+        self, n_seq: int, shareable: bool, *, min_reuse: int = 16, min_copy: int = 32
+    ) -> None:
+        #: Whether sequences share cells (a unified KV buffer): donating a prefix is then free.
         self.shareable = shareable
+        #: Fewer common tokens than this (a chat template's header) are not worth keeping an
+        #: idle sequence for: the least valuable sequence is overwritten instead.
+        self.min_reuse = min_reuse
+        #: Without shared cells, a running sequence donates only this many more tokens.
+        self.min_copy = min_copy
         self._held: list[list[int]] = [[] for _ in range(n_seq)]
         self._used_at = [0] * n_seq
         self._clock = 0
@@ -72,26 +90,38 @@ class PrefixCache:
     def plan(self, prompt: list[int], free: list[int], busy: Mapping[int, list[int]]) -> Reuse:
         """Pick a free sequence for prompt; busy maps running sequences to their decoded tokens."""
         limit = len(prompt) - 1
-        best_free = max(
-            free,
-            key=lambda s: (min(common_prefix(prompt, self._held[s]), limit), -self._used_at[s]),
-        )
-        own = min(common_prefix(prompt, self._held[best_free]), limit)
-        if self.shareable and busy:
-            # An idle sequence can't beat best_free, so only running ones are donors.
-            source, shared = max(
-                ((s, min(common_prefix(prompt, t), limit)) for s, t in busy.items()),
-                key=lambda d: d[1],
-            )
-            if shared > own:
-                return Reuse(self._least_valuable(free), shared, source)
-        if own == 0:
-            best_free = self._least_valuable(free)
-        return Reuse(best_free, own)
 
-    def _least_valuable(self, free: list[int]) -> int:
-        """An empty idle sequence, else the least recently used one."""
-        return min(free, key=lambda s: (len(self._held[s]) > 0, self._used_at[s]))
+        def reuse(tokens: list[int]) -> int:
+            return min(common_prefix(prompt, tokens), limit)
+
+        seq = max(free, key=lambda s: (reuse(self._held[s]), -self._used_at[s]))
+        own = reuse(self._held[seq])
+        if own < self.min_reuse:
+            seq = self._least_valuable(free, busy)
+            own = reuse(self._held[seq])
+        if busy:
+            # An idle sequence can't beat the best free one, so only running ones are donors.
+            source, shared = max(((s, reuse(t)) for s, t in busy.items()), key=lambda d: d[1])
+            gain = shared - own
+            if gain > 0 and (self.shareable or gain >= self.min_copy):
+                target = seq if own < self.min_reuse else self._least_valuable(free, busy)
+                return Reuse(target, shared, source)
+        return Reuse(seq, own)
+
+    def _least_valuable(self, free: list[int], busy: Mapping[int, list[int]]) -> int:
+        """An empty idle sequence, else one whose prefix another sequence also holds, else the
+        least recently used one."""
+        others = [*busy.values(), *(self._held[s] for s in free)]
+
+        def duplicated(seq: int) -> bool:
+            held = self._held[seq]
+            head = held[: min(_HEAD, max(1, len(held) * 3 // 4))]
+            return sum(tokens[: len(head)] == head for tokens in others) > 1
+
+        return min(
+            free,
+            key=lambda s: (len(self._held[s]) > 0, not duplicated(s), self._used_at[s]),
+        )
 
     def distinct_tokens(self, sequences: list[list[int]]) -> int:
         """Distinct cached prefixes over the given sequences: KV cells in use when shared."""

@@ -189,17 +189,13 @@ class Scheduler:
     def _place(self, prompt: list[int]) -> Reuse:
         """Choose the sequence for a prompt and set its KV cells to the reused prefix."""
         free = [seq for seq, s in enumerate(self.slots) if s is None]
-        # Only shared cells let a running sequence donate its prefix: skip the copies otherwise.
-        busy = (
-            {s.seq: s.decoded() for s in self.slots if s is not None}
-            if self.cache.shareable
-            else {}
-        )
+        busy = {s.seq: s.decoded() for s in self.slots if s is not None}
         reuse = self.cache.plan(prompt, free, busy)
         self.cache.take(reuse.seq)
         if reuse.source is not None:
             self.ctx.forget(reuse.seq)
-            self.ctx.share(reuse.source, reuse.seq, reuse.length)
+            if not self.ctx.share(reuse.source, reuse.seq, reuse.length):
+                return Reuse(reuse.seq, 0)
         elif not self.ctx.trim(reuse.seq, reuse.length):
             self.ctx.forget(reuse.seq)  # this memory can't cut a sequence: start it afresh
             return Reuse(reuse.seq, 0)

@@ -134,6 +134,26 @@ async def test_prefix_reuse_reports_cached_tokens_and_keeps_the_output(exact: Pr
     assert other
 
 
+async def test_a_running_request_donates_its_prefix_by_copy(exact: Proc) -> None:
+    """With a KV buffer per slot, a request whose system prompt only a running request holds
+    gets a copy of that request's buffer, trimmed to the prefix: the same output, no prefill."""
+    tutor = "You are a patient tutor who explains things to children. " * 20
+    async with AsyncInferenceClient(exact.target) as client:
+        reference, cold = await run(client, greedy("What is a cloud?", system=tutor))
+        # The running stream takes the idle slot that holds the tutor prompt.
+        stream = client.generate(
+            chat("Tell a long story.", tutor, max_tokens=1500, ignore_eos=True, temperature=0.0),
+            timeout=300,
+        )
+        await next_chunk(stream)
+        copied, usage = await run(client, greedy("What is a cloud?", system=tutor))
+        stream.cancel()
+    assert cold.prompt_tokens > 200 and cold.cached_tokens < 20
+    # Everything up to the user's turn came from the running request's buffer.
+    assert cold.prompt_tokens - 20 < usage.cached_tokens < cold.prompt_tokens
+    assert copied == reference
+
+
 async def test_prefix_reuse_with_default_flash_attention(eight: Proc) -> None:
     """With llama.cpp's CPU flash attention, a cached prompt's output may differ after a near
     tie (README, Determinism): the cache is used and the output is a normal completion."""

@@ -19,9 +19,9 @@ def test_common_prefix() -> None:
 
 
 def test_placement_prefers_the_longest_cached_prefix_then_lru() -> None:
-    cache = PrefixCache(3, shareable=False)
+    cache = PrefixCache(3, shareable=False, min_reuse=1)
     cache.retain(0, [1, 2, 3, 4])
-    cache.retain(1, [1, 2, 9])
+    cache.retain(1, [1, 9, 9])
     cache.retain(2, [7, 7])
     assert cache.plan([1, 2, 3, 4, 5], [0, 1, 2], {}) == Reuse(0, 4)
     # The whole prompt is cached: one token is still decoded, for its logits.
@@ -32,16 +32,55 @@ def test_placement_prefers_the_longest_cached_prefix_then_lru() -> None:
     assert cache.plan([5, 5], [0, 1, 2], {}) == Reuse(0, 0)  # an empty one goes first
 
 
-def test_a_running_sequence_donates_its_prefix_only_when_cells_are_shareable() -> None:
-    busy = {0: [1, 2, 3, 4, 5, 6]}
+HEADER = [1, 2, 3]  # what every chat prompt starts with (the template's first tokens)
+
+
+def tenant(n: int, length: int = 200) -> list[int]:
+    return [*HEADER, *([100 + n] * length)]
+
+
+def test_a_few_common_template_tokens_do_not_cost_another_tenants_cached_prompt() -> None:
+    cache = PrefixCache(3, shareable=False)
+    cache.retain(0, tenant(1))
+    cache.retain(1, tenant(2))
+    # Tenant 3 shares only the header with 0 and 1: the empty sequence 2 takes it, and both
+    # cached system prompts survive.
+    assert cache.plan([*tenant(3), 7], [0, 1, 2], {}) == Reuse(2, 0)
+    cache.retain(2, tenant(3))
+    # Tenant 1 again: its own sequence, everything but the question.
+    assert cache.plan([*tenant(1), 7], [0, 1, 2], {}) == Reuse(0, len(tenant(1)))
+
+
+def test_eviction_takes_a_prefix_held_twice_before_the_least_recently_used() -> None:
+    cache = PrefixCache(4, shareable=False)
+    cache.retain(0, [*tenant(1), 7])  # least recently used, and the only copy of tenant 1
+    cache.retain(1, [*tenant(2), 8])
+    cache.retain(2, [*tenant(2), 9])  # tenant 2 again: held twice
+    # Tenant 4 evicts one of tenant 2's copies (the older), not tenant 1's only copy.
+    assert cache.plan([*tenant(4), 5], [0, 1, 2], {}) == Reuse(1, len(HEADER))
+    # A running sequence's prefix counts as a copy too.
+    assert cache.plan([*tenant(4), 5], [0, 2], {3: tenant(1)}) == Reuse(0, len(HEADER))
+
+
+def test_a_running_sequence_donates_its_prefix_shared_or_copied() -> None:
+    busy = {0: [*tenant(1), 5, 6, 7]}
+    prompt = [*tenant(1), 9]
     separate = PrefixCache(3, shareable=False)
-    separate.retain(1, [1, 2])
-    assert separate.plan([1, 2, 3, 4, 9], [1, 2], busy) == Reuse(1, 2)
+    separate.retain(1, tenant(2))
+    # Without shared cells the donor's buffer is copied into the empty sequence, then trimmed.
+    assert separate.plan(prompt, [1, 2], busy) == Reuse(2, len(tenant(1)), source=0)
+    # ...but only when that saves at least min_copy tokens over the best idle sequence.
+    separate.retain(2, tenant(1, length=190))
+    assert separate.plan(prompt, [1, 2], busy) == Reuse(2, len(tenant(1, length=190)))
     unified = PrefixCache(3, shareable=True)
-    unified.retain(2, [8])
-    unified.retain(1, [1, 2])
-    # Copied into the least recently used idle sequence (2), so seq 1 keeps its cache.
-    assert unified.plan([1, 2, 3, 4, 9], [1, 2], busy) == Reuse(2, 4, source=0)
+    unified.retain(2, [8] * 20)
+    unified.retain(1, tenant(2))
+    # Shared cells cost nothing: the longer prefix is taken, into the least recently used
+    # idle sequence (2), so seq 1 keeps its cache...
+    assert unified.plan(prompt, [1, 2], busy) == Reuse(2, len(tenant(1)), source=0)
+    # ...unless seq 1 holds what the donor holds anyway: then it is the one overwritten.
+    unified.retain(1, tenant(1, length=190))
+    assert unified.plan(prompt, [1, 2], busy) == Reuse(1, len(tenant(1)), source=0)
 
 
 def test_distinct_tokens_counts_shared_prefixes_once() -> None:
