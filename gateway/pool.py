@@ -42,6 +42,8 @@ class Worker:
     models: dict[str, pb.ModelInfo] = field(default_factory=dict)
     #: The worker's latest GetLoad report (None before the first, or when it has none).
     load: pb.GetLoadResponse | None = None
+    #: This gateway's calls in flight on the worker when ``load`` arrived.
+    in_flight_at_load: int = 0
     #: Taken out of rotation by the circuit breaker until its health says SERVING again.
     ejected: bool = False
     #: No longer listed by discovery: it takes no new calls and is closed once idle.
@@ -51,11 +53,19 @@ class Worker:
 
     @property
     def requests(self) -> int:
-        """Running and queued requests: the worker's report (which counts other gateways'
-        calls too) or the calls this gateway has in flight on it, whichever is higher."""
+        """Running and queued requests: the calls this gateway has in flight on the worker, plus
+        the others its latest report counted (other gateways' calls). The report is up to one
+        load interval old: calls of this gateway that started or ended since are counted as
+        they are now, not as they were then."""
         if self.load is None:
             return self.in_flight
-        return max(self.in_flight, self.load.active_requests + self.load.queued_requests)
+        reported = self.load.active_requests + self.load.queued_requests
+        return self.in_flight + max(0, reported - self.in_flight_at_load)
+
+    def report(self, load: pb.GetLoadResponse | None) -> None:
+        """Take the worker's latest load report."""
+        self.load = load
+        self.in_flight_at_load = self.in_flight
 
     @property
     def slots(self) -> int:
@@ -243,12 +253,12 @@ class WorkerPool:
         while True:
             await asyncio.sleep(self.options.load_interval_s)
             if not worker.healthy:
-                worker.load = None
+                worker.report(None)
                 continue
             try:
-                worker.load = await worker.client.get_load(timeout=GET_LOAD_TIMEOUT_S)
+                worker.report(await worker.client.get_load(timeout=GET_LOAD_TIMEOUT_S))
             except grpc.aio.AioRpcError as error:
-                worker.load = None
+                worker.report(None)
                 if error.code() == grpc.StatusCode.UNIMPLEMENTED:
                     logger.info("worker %s reports no load; using in-flight counts", worker.address)
                     return

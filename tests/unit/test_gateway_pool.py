@@ -68,14 +68,30 @@ def test_least_loaded_prefers_fewest_in_flight_then_fewest_started() -> None:
 def test_least_loaded_weighs_reported_load_per_slot() -> None:
     busy, roomy = worker("busy"), worker("roomy", in_flight=2)
     # busy has nothing in flight from this gateway, but 3 of its 4 slots are used by others.
-    busy.load = pb.GetLoadResponse(active_requests=3, queued_requests=0, slots=4)
-    roomy.load = pb.GetLoadResponse(active_requests=2, queued_requests=0, slots=8)
+    busy.report(pb.GetLoadResponse(active_requests=3, queued_requests=0, slots=4))
+    roomy.report(pb.GetLoadResponse(active_requests=2, queued_requests=0, slots=8))
+    assert (busy.requests, roomy.requests) == (3, 2)
     assert least_loaded([busy, roomy]) is roomy
-    # A queue counts as load too, and this gateway's own count wins when it is higher.
-    roomy.load = pb.GetLoadResponse(active_requests=8, queued_requests=4, slots=8)
-    assert least_loaded([busy, roomy]) is busy
+    # A queue counts as load too: 10 calls of other gateways besides this one's 2.
+    roomy.report(pb.GetLoadResponse(active_requests=8, queued_requests=4, slots=8))
+    assert roomy.requests == 12 and least_loaded([busy, roomy]) is busy
+    # Calls this gateway started since the report count at once.
     busy.in_flight = 8
-    assert busy.pressure == 2.0 and least_loaded([busy, roomy]) is roomy
+    assert busy.pressure == 11 / 4 and least_loaded([busy, roomy]) is roomy
+
+
+def test_a_stale_report_follows_this_gateways_calls_since() -> None:
+    w = worker("w", in_flight=3)
+    w.report(pb.GetLoadResponse(active_requests=3, slots=4))
+    assert w.requests == 3
+    # Two of this gateway's calls end before the next report: the worker has 1, not 3.
+    w.in_flight = 1
+    assert w.requests == 1
+    # The next report also counts another gateway's call.
+    w.report(pb.GetLoadResponse(active_requests=2, slots=4))
+    assert w.requests == 2
+    w.report(None)
+    assert w.requests == 1
 
 
 async def test_pool_reads_worker_load_while_healthy() -> None:
