@@ -13,7 +13,7 @@ from bench import routing
 from bench.config import TARGETS, Config
 from bench.load import Point
 from bench.prefix import PrefixResult
-from bench.tables import Ratio, div, markdown_grid, num, ratio_lines, text_grid
+from bench.tables import Ratio, div, markdown_grid, num, ratio_lines, text_grid, tok_s_cell
 
 OURS = "llamagrid-http"
 #: A point during which other processes used more of the CPU than this (%) is flagged.
@@ -91,8 +91,7 @@ def rows(points: list[Point]) -> list[list[str]]:
     """The table's cells, one row per target and concurrency."""
     out = []
     for p in points:
-        tok_s = num(p.tok_s) + (f" ({p.errors} errors)" if p.errors else "")
-        tok_s += " !" if p.foreign_cpu_pct > BUSY_PCT else ""
+        tok_s = tok_s_cell(p.tok_s, p.errors, p.foreign_cpu_pct, BUSY_PCT)
         out.append(
             [
                 p.target,

@@ -19,7 +19,7 @@ from typing import Any
 from bench import procs
 from bench.config import Config, RoutingConfig
 from bench.load import Messages, Stream, open_sender, percentile, safe_send
-from bench.tables import Ratio, div, markdown_grid, num, text_grid
+from bench.tables import Ratio, div, markdown_grid, num, text_grid, tok_s_cell
 from bench.targets import Server
 
 _TENANTS = (
@@ -246,8 +246,7 @@ def rows(results: list[RoutingResult], busy_pct: float) -> list[list[str]]:
     """The routing table's cells, one row per policy; '!' marks a busy machine."""
     out = []
     for r in results:
-        tok_s = num(r.tok_s) + (f" ({r.errors} errors)" if r.errors else "")
-        tok_s += " !" if r.foreign_cpu_pct > busy_pct else ""
+        tok_s = tok_s_cell(r.tok_s, r.errors, r.foreign_cpu_pct, busy_pct)
         out.append(
             [
                 r.policy,

@@ -11,6 +11,12 @@ def num(v: float | None, digits: int = 1) -> str:
     return "-" if v is None else f"{v:.{digits}f}"
 
 
+def tok_s_cell(tok_s: float, errors: int, foreign_cpu_pct: float, busy_pct: float) -> str:
+    """A tok/s cell: the errors behind it, and '!' when other processes used the CPU."""
+    cell = num(tok_s) + (f" ({errors} errors)" if errors else "")
+    return cell + (" !" if foreign_cpu_pct > busy_pct else "")
+
+
 def div(a: float | None, b: float | None) -> float | None:
     """a / b, or None when a side is missing or b is 0."""
     return None if a is None or b is None or b == 0 else a / b
