@@ -96,15 +96,17 @@ class PrefixCache:
 
         seq = max(free, key=lambda s: (reuse(self._held[s]), -self._used_at[s]))
         own = reuse(self._held[seq])
+        spare = None
         if own < self.min_reuse:
-            seq = self._least_valuable(free, busy)
+            seq = spare = self._least_valuable(free, busy)
             own = reuse(self._held[seq])
         if busy:
             # An idle sequence can't beat the best free one, so only running ones are donors.
             source, shared = max(((s, reuse(t)) for s, t in busy.items()), key=lambda d: d[1])
             gain = shared - own
             if gain > 0 and (self.shareable or gain >= self.min_copy):
-                target = seq if own < self.min_reuse else self._least_valuable(free, busy)
+                # Into the least valuable sequence, so that seq keeps what it holds.
+                target = spare if spare is not None else self._least_valuable(free, busy)
                 return Reuse(target, shared, source)
         return Reuse(seq, own)
 

@@ -23,10 +23,11 @@ a prefix is cached on at most two workers however many gateways route to them.
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
 from gateway.policies.base import Choice, RouteRequest, W, least_loaded
@@ -90,25 +91,27 @@ class PrefixAffinity:
         by_address = {worker.address: worker for worker in workers}
         if self._ring.addresses != by_address.keys():
             self._ring = HashRing(sorted(by_address))
-        ring = list(self._ring.walk(request.prefix_key))
-        home = self._home(hash64(request.prefix_key), ring)
-        for address in [home, *(address for address in ring if address != home)]:
+        walk = self._ring.walk(request.prefix_key)
+        candidates = list(itertools.islice(walk, self.choices))
+        home = self._home(hash64(request.prefix_key), candidates, by_address.keys())
+        rest = (address for address in itertools.chain(candidates, walk) if address != home)
+        for address in itertools.chain([home], rest):
             worker = by_address[address]
             if worker.requests + 1 <= self.capacity(workers, worker):
                 reason = "home" if address == home else "spill"
                 return Choice(worker, f"prefix_affinity:{reason}")
         return Choice(least_loaded(workers), "least_load:all_full")  # unreachable by the bound
 
-    def _home(self, key: int, ring: list[str]) -> str:
-        """The prefix's worker: where it was placed, else the candidate holding fewest prefixes."""
+    def _home(self, key: int, candidates: list[str], present: Collection[str]) -> str:
+        """The prefix's worker: where it was placed while that worker is still present, else
+        the candidate holding fewest prefixes."""
         now = self._clock()
         self._forget(now)
         placement = self._placed.get(key)
-        if placement is not None and placement.address in ring:
+        if placement is not None and placement.address in present:
             placement.used = now
             self._placed.move_to_end(key)
             return placement.address
-        candidates = ring[: self.choices]
         address = min(candidates, key=lambda a: (self._held[a], candidates.index(a)))
         if placement is not None:  # its worker left the pool
             self._release(placement.address)
