@@ -15,6 +15,7 @@ copy, worth it once the prefix is ``min_copy`` tokens longer than what the idle 
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -50,6 +51,11 @@ class Reuse:
 #: For eviction, a sequence's prefix is also held elsewhere when another sequence starts with
 #: the same first three quarters of it, or the same first this many tokens.
 _HEAD = 256
+
+
+def _head(tokens: list[int]) -> tuple[int, ...]:
+    """The part of a sequence that, held by another sequence too, makes it a duplicate."""
+    return tuple(tokens[: min(_HEAD, max(1, len(tokens) * 3 // 4))])
 
 
 class PrefixCache:
@@ -113,12 +119,18 @@ class PrefixCache:
     def _least_valuable(self, free: list[int], busy: Mapping[int, list[int]]) -> int:
         """An empty idle sequence, else one whose prefix another sequence also holds, else the
         least recently used one."""
+        heads = {s: _head(self._held[s]) for s in free if self._held[s]}
+        # How many sequences start with each head: one hash pass per distinct head length (most
+        # heads are _HEAD long), not a comparison per pair of sequences.
         others = [*busy.values(), *(self._held[s] for s in free)]
+        starts = {
+            length: Counter(tuple(tokens[:length]) for tokens in others if len(tokens) >= length)
+            for length in {len(head) for head in heads.values()}
+        }
 
         def duplicated(seq: int) -> bool:
-            held = self._held[seq]
-            head = held[: min(_HEAD, max(1, len(held) * 3 // 4))]
-            return sum(tokens[: len(head)] == head for tokens in others) > 1
+            head = heads.get(seq)
+            return head is not None and starts[len(head)][head] > 1
 
         return min(
             free,
