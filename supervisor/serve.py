@@ -32,6 +32,9 @@ log = logging.getLogger("llamagrid.serve")
 
 #: Added to the longest drain grace before stragglers get SIGKILL.
 SHUTDOWN_MARGIN_S = 10.0
+#: A signal repeated within this many seconds is the same request to stop, passed on twice
+#: (e.g. by `make` and to the process group by `timeout`), not a second one that forces.
+REPEAT_WINDOW_S = 0.5
 
 
 async def wait_healthy(url: str, timeout_s: float) -> bool:
@@ -94,13 +97,18 @@ async def supervise(plan: Plan, startup_timeout_s: float) -> int:
     children = [Child(spec, plan.restart, give_up) for spec in plan.processes]
     loop = asyncio.get_running_loop()
 
+    stopping_since: list[float] = []
+
     def on_signal(sig: signal.Signals) -> None:
-        if stop.is_set():
+        if not stop.is_set():
+            log.info("%s: stopping every child", sig.name)
+            stopping_since.append(loop.time())
+            stop.set()
+        elif stopping_since and loop.time() - stopping_since[0] < REPEAT_WINDOW_S:
+            log.info("%s again at once: the same request to stop, still draining", sig.name)
+        else:
             log.warning("%s again: killing every child now", sig.name)
             force.set()
-        else:
-            log.info("%s: stopping every child", sig.name)
-            stop.set()
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)

@@ -256,3 +256,38 @@ def test_a_second_signal_kills_the_stragglers_and_exits_1(tmp_path: Path) -> Non
     assert code == 1, text
     assert "SIGTERM again: killing every child now" in text
     assert "smollm2-0 is still running: SIGKILL" in text
+
+
+def test_one_stop_delivered_twice_at_once_still_drains(tmp_path: Path) -> None:
+    """`timeout make run` (or a kill of make's process group) hands the supervisor SIGTERM by two
+    routes within moments: that is one request to stop, not a second that forces."""
+    port = free_port()
+    config = {
+        "gateway": {"port": port},
+        "supervisor": {"base_port": free_block(1), "drain_grace_s": 60},
+        "models": [{"alias": "smollm2", "n_ctx": 2048, "parallel": 1, "n_threads": 1}],
+    }
+    path = tmp_path / "fleet.yaml"
+    path.write_text(yaml.safe_dump(config))
+    log = tmp_path / "supervisor.log"
+    popen = start_supervisor(path, log)
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http_ok(f"{base_url}/health", timeout=180)
+        body = {**CHAT, "model": "smollm2", "stream": True, "max_tokens": 64, "ignore_eos": True}
+        with httpx.stream("POST", f"{base_url}/v1/chat/completions", json=body, timeout=60) as r:
+            lines = r.iter_lines()
+            assert next(line for line in lines if line.startswith("data: "))
+            popen.send_signal(signal.SIGTERM)
+            # Apart enough to be delivered twice (a pending signal is not queued twice).
+            time.sleep(0.05)
+            popen.send_signal(signal.SIGTERM)
+            # The running stream drains to its end.
+            assert [line for line in lines if line.startswith("data: ")][-1] == "data: [DONE]"
+        code = popen.wait(60)
+    finally:
+        stop_supervisor(popen)
+    text = log.read_text(errors="replace")
+    assert code == 0, text
+    assert "SIGTERM again at once: the same request to stop, still draining" in text
+    assert "killing every child now" not in text and "SIGKILL" not in text
