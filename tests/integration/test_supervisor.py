@@ -9,6 +9,7 @@ import contextlib
 import json
 import os
 import signal
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -227,7 +228,12 @@ def test_a_worker_that_cannot_start_is_given_up_on(tmp_path: Path) -> None:
     assert "missing.gguf" in text.split("the last output of ghost-0:", 1)[1]
 
 
-def test_a_second_signal_kills_the_stragglers_and_exits_1(tmp_path: Path) -> None:
+@contextlib.contextmanager
+def _one_stream(
+    tmp_path: Path, max_tokens: int
+) -> Iterator[tuple[subprocess.Popen[bytes], Iterator[str], Path]]:
+    """A supervisor of one SmolLM2 worker, and a chat stream from it that has begun: yields the
+    supervisor, the stream's remaining lines and the supervisor's log; stops it at the end."""
     port = free_port()
     config = {
         "gateway": {"port": port},
@@ -241,17 +247,23 @@ def test_a_second_signal_kills_the_stragglers_and_exits_1(tmp_path: Path) -> Non
     base_url = f"http://127.0.0.1:{port}"
     try:
         wait_http_ok(f"{base_url}/health", timeout=180)
-        body = {**CHAT, "model": "smollm2", "stream": True, "max_tokens": 1800, "ignore_eos": True}
+        body = {**CHAT, "model": "smollm2", "stream": True, "max_tokens": max_tokens}
+        body["ignore_eos"] = True
         with httpx.stream("POST", f"{base_url}/v1/chat/completions", json=body, timeout=60) as r:
             lines = r.iter_lines()
             assert next(line for line in lines if line.startswith("data: "))
-            popen.send_signal(signal.SIGTERM)  # the worker drains: the stream goes on
-            time.sleep(1.0)
-            assert popen.poll() is None
-            popen.send_signal(signal.SIGTERM)  # again: no more waiting
-            code = popen.wait(30)
+            yield popen, lines, log
     finally:
         stop_supervisor(popen)
+
+
+def test_a_second_signal_kills_the_stragglers_and_exits_1(tmp_path: Path) -> None:
+    with _one_stream(tmp_path, max_tokens=1800) as (popen, _, log):
+        popen.send_signal(signal.SIGTERM)  # the worker drains: the stream goes on
+        time.sleep(1.0)
+        assert popen.poll() is None
+        popen.send_signal(signal.SIGTERM)  # again: no more waiting
+        code = popen.wait(30)
     text = log.read_text(errors="replace")
     assert code == 1, text
     assert "SIGTERM again: killing every child now" in text
@@ -261,32 +273,14 @@ def test_a_second_signal_kills_the_stragglers_and_exits_1(tmp_path: Path) -> Non
 def test_one_stop_delivered_twice_at_once_still_drains(tmp_path: Path) -> None:
     """`timeout make run` (or a kill of make's process group) hands the supervisor SIGTERM by two
     routes within moments: that is one request to stop, not a second that forces."""
-    port = free_port()
-    config = {
-        "gateway": {"port": port},
-        "supervisor": {"base_port": free_block(1), "drain_grace_s": 60},
-        "models": [{"alias": "smollm2", "n_ctx": 2048, "parallel": 1, "n_threads": 1}],
-    }
-    path = tmp_path / "fleet.yaml"
-    path.write_text(yaml.safe_dump(config))
-    log = tmp_path / "supervisor.log"
-    popen = start_supervisor(path, log)
-    base_url = f"http://127.0.0.1:{port}"
-    try:
-        wait_http_ok(f"{base_url}/health", timeout=180)
-        body = {**CHAT, "model": "smollm2", "stream": True, "max_tokens": 64, "ignore_eos": True}
-        with httpx.stream("POST", f"{base_url}/v1/chat/completions", json=body, timeout=60) as r:
-            lines = r.iter_lines()
-            assert next(line for line in lines if line.startswith("data: "))
-            popen.send_signal(signal.SIGTERM)
-            # Apart enough to be delivered twice (a pending signal is not queued twice).
-            time.sleep(0.05)
-            popen.send_signal(signal.SIGTERM)
-            # The running stream drains to its end.
-            assert [line for line in lines if line.startswith("data: ")][-1] == "data: [DONE]"
+    with _one_stream(tmp_path, max_tokens=64) as (popen, lines, log):
+        popen.send_signal(signal.SIGTERM)
+        # Apart enough to be delivered twice (a pending signal is not queued twice).
+        time.sleep(0.05)
+        popen.send_signal(signal.SIGTERM)
+        # The running stream drains to its end.
+        assert [line for line in lines if line.startswith("data: ")][-1] == "data: [DONE]"
         code = popen.wait(60)
-    finally:
-        stop_supervisor(popen)
     text = log.read_text(errors="replace")
     assert code == 0, text
     assert "SIGTERM again at once: the same request to stop, still draining" in text
