@@ -66,6 +66,14 @@ class Point:
     peak_rss_mib: dict[str, float | None]
     #: CPU used by processes other than the benchmark and its servers, in % of the machine.
     foreign_cpu_pct: float = 0.0
+    #: CPU time (user + system, from /proc/PID/stat) each server process used during the point,
+    #: per completion token streamed, in microseconds, by process label ("worker", "gateway", ...).
+    cpu_us_per_token: dict[str, float | None] = field(default_factory=dict)
+
+    @property
+    def gateway_cpu_us_per_token(self) -> float | None:
+        """The gateway's CPU per streamed token (None for targets without a gateway)."""
+        return self.cpu_us_per_token.get("gateway")
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -89,6 +97,7 @@ def summarise(
     wall: float,
     rss: dict[str, float | None],
     foreign_cpu_pct: float = 0.0,
+    cpu_s: dict[str, float] | None = None,
 ) -> Point:
     """Aggregate the streams of one point."""
     ok = [s for s in streams if s.error is None]
@@ -112,6 +121,10 @@ def summarise(
         first_error=errors[0] if errors else None,
         peak_rss_mib=rss,
         foreign_cpu_pct=foreign_cpu_pct,
+        cpu_us_per_token={
+            label: None if used is None or not tokens else used * 1e6 / tokens
+            for label, used in (cpu_s or {}).items()
+        },
     )
 
 
@@ -247,20 +260,32 @@ def _read_peaks(server: Server) -> dict[str, float | None]:
     return {child.label: procs.peak_rss_mib(child.pid) for child in server.children}
 
 
+def _read_cpu(server: Server) -> dict[str, float]:
+    """CPU seconds used so far by each server process (and its descendants), by label."""
+    return {child.label: procs.tree_cpu_s([child.pid]) for child in server.children}
+
+
+def _cpu_since(server: Server, before: dict[str, float]) -> dict[str, float]:
+    """CPU seconds each server process used since `before`."""
+    return {label: used - before[label] for label, used in _read_cpu(server).items()}
+
+
 async def run_point(server: Server, cfg: Config, concurrency: int) -> Point:
     """`concurrency` clients, each sending its requests back to back."""
     requests = cfg.requests[concurrency]
     async with open_sender(server, concurrency) as send:
         _reset_peaks(server)
         foreign = procs.ForeignCpu([os.getpid()])
+        cpu = _read_cpu(server)
         start = time.perf_counter()
         per_client = await asyncio.gather(
             *(_client(send, concurrency, c, requests, cfg.max_tokens) for c in range(concurrency))
         )
         wall = time.perf_counter() - start
+        used = _cpu_since(server, cpu)
         busy = foreign.percent()
     streams = [s for streams in per_client for s in streams]
-    return summarise(server.name, concurrency, streams, wall, _read_peaks(server), busy)
+    return summarise(server.name, concurrency, streams, wall, _read_peaks(server), busy, used)
 
 
 async def warm_up(server: Server, cfg: Config) -> Stream:

@@ -27,6 +27,7 @@ HEADERS = (
     "ITL p50 ms",
     "peak RSS MiB",
     "tok/req",
+    "gateway CPU µs/tok",
 )
 
 
@@ -102,6 +103,7 @@ def rows(points: list[Point]) -> list[list[str]]:
                 num(p.itl_p50_ms, 2),
                 _rss(p),
                 num(p.tokens_per_request),
+                num(p.gateway_cpu_us_per_token, 0),
             ]
         )
     return out
@@ -134,6 +136,7 @@ def ratios(points: list[Point]) -> list[Ratio]:
 
     http1, grpc1 = tok(OURS, 1), tok("llamagrid-grpc", 1)
     overhead = None if http1 is None or not grpc1 else 1 - http1 / grpc1
+    http8 = _point(points, OURS, 8)
     return [
         Ratio(
             "1 client: tok/s ours / llama-server", div(http1, tok("llama-server", 1)), ">=", 0.95
@@ -157,6 +160,15 @@ def ratios(points: list[Point]) -> list[Ratio]:
             1.5,
         ),
         Ratio("1 client: gateway cost, 1 - tok/s HTTP / gRPC", overhead, "<=", 0.03),
+        Ratio(
+            "8 clients: tok/s HTTP / gRPC", div(tok(OURS, 8), tok("llamagrid-grpc", 8)), ">=", 0.95
+        ),
+        Ratio(
+            "8 clients: gateway CPU per streamed token, µs",
+            http8.gateway_cpu_us_per_token if http8 else None,
+            "<=",
+            50.0,
+        ),
         Ratio("1 client: tok/s ours / in-process llama-cpp-python", div(http1, tok("inproc", 1))),
     ]
 
@@ -187,7 +199,9 @@ def prefix_lines(prefix: list[PrefixResult]) -> list[str]:
 LEGEND = (
     "tok/s: completion tokens of all requests / wall time of the point. TTFT: request sent to "
     "first content. ITL: gap between consecutive content events of one stream. Peak RSS: "
-    "VmHWM during the point (inproc: the benchmark process itself). inproc and "
+    "VmHWM during the point (inproc: the benchmark process itself). Gateway CPU: user + system "
+    "time of the gateway process during the point (/proc/PID/stat, 10 ms ticks) / completion "
+    "tokens streamed. inproc and "
     "llama-cpp-python-server hold one context of ctx_per_slot tokens; the others "
     "slots x ctx_per_slot. A '!' marks a point during which other processes used the CPU."
 )

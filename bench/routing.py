@@ -199,9 +199,8 @@ def summarise(
 
 async def _warm_workers(server: Server) -> None:
     """One short request straight to each worker (gRPC), outside the tenants' prompts."""
-    from llamagrid.client import AsyncInferenceClient
-
     from bench.load import grpc_chat
+    from llamagrid.client import AsyncInferenceClient
 
     for address in server.workers:
         async with AsyncInferenceClient(address) as client:

@@ -65,7 +65,7 @@ def start_worker(
     """Start one worker process for server; returns its gRPC address once it is SERVING."""
     port_file = log_dir / f"{label}.port"
     port_file.unlink(missing_ok=True)
-    argv = [sys.executable, "-m", "worker", "--model", str(model)]
+    argv = [sys.executable, "-m", "llamagrid.worker", "--model", str(model)]
     argv += ["--port", "0", "--port-file", str(port_file)]
     argv += ["--n-threads", str(threads), "--n-threads-batch", str(threads)]
     argv += ["--parallel", str(slots), "--n-ctx", str(n_ctx), *extra]
@@ -86,7 +86,7 @@ def _start_worker(cfg: Config, server: Server, log_dir: Path) -> str:
 def _start_llamagrid_http(cfg: Config, server: Server, log_dir: Path) -> None:
     target = _start_worker(cfg, server, log_dir)
     port = procs.free_port()
-    argv = [sys.executable, "-m", "gateway", "--worker", target]
+    argv = [sys.executable, "-m", "llamagrid.gateway", "--worker", target]
     _serve_openai_http("gateway", argv, port, server, log_dir)
 
 
@@ -227,7 +227,7 @@ def fleet(cfg: Config, policy: str) -> Iterator[Server]:
                     extra=("--kv-unified",) if r.kv_unified else (),
                 )
             )
-        argv = [sys.executable, "-m", "gateway", "--policy", policy]
+        argv = [sys.executable, "-m", "llamagrid.gateway", "--policy", policy]
         for address in server.workers:
             argv += ["--worker", address]
         _serve_openai_http("gateway", argv, procs.free_port(), server, log_dir)

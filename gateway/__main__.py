@@ -1,5 +1,5 @@
-"""``python -m gateway``: run the gateway."""
+"""``python -m llamagrid.gateway``: run the gateway."""
 
-from gateway.main import main
+from llamagrid.gateway.main import main
 
 main()

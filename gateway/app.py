@@ -13,22 +13,22 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.params import Depends as DependsParam
 from fastapi.security import HTTPBearer
-from llamagrid.client import AsyncInferenceClient
-from llamagrid.grpc_options import channel_options
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse, Response
 
-from gateway.discovery import DnsDiscovery
-from gateway.dispatch import Dispatcher, Routed
-from gateway.errors import OpenAIError, from_rpc_error, validation_failure
-from gateway.lifecycle import Drain
-from gateway.metrics import GatewayMetrics
-from gateway.middleware import GatewayMiddleware
-from gateway.openai.router import router as openai_router
-from gateway.pool import PoolOptions, WorkerPool
-from gateway.settings import GatewaySettings
-from gateway.sse import error_response
+from llamagrid.client import AsyncInferenceClient
+from llamagrid.gateway.discovery import DnsDiscovery
+from llamagrid.gateway.dispatch import Dispatcher, Routed
+from llamagrid.gateway.errors import OpenAIError, from_rpc_error, validation_failure
+from llamagrid.gateway.lifecycle import Drain
+from llamagrid.gateway.metrics import GatewayMetrics
+from llamagrid.gateway.middleware import GatewayMiddleware
+from llamagrid.gateway.openai.router import router as openai_router
+from llamagrid.gateway.pool import PoolOptions, WorkerPool
+from llamagrid.gateway.settings import GatewaySettings
+from llamagrid.gateway.sse import error_response
+from llamagrid.grpc_options import channel_options
 
 logger = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import grpc
 
 if TYPE_CHECKING:
-    from gateway.pool import Worker
+    from llamagrid.gateway.pool import Worker
 
 logger = logging.getLogger(__name__)
 

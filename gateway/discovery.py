@@ -13,7 +13,7 @@ import logging
 import socket
 from collections.abc import Sequence
 
-from gateway.pool import WorkerPool
+from llamagrid.gateway.pool import WorkerPool
 
 logger = logging.getLogger(__name__)
 

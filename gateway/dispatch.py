@@ -17,16 +17,16 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 import grpc
-from llamagrid.client import AsyncInferenceClient
-from llamagrid.errors import parse_details
-from llamagrid.v1 import inference_pb2 as pb
 from starlette.requests import Request
 
-from gateway.breaker import COUNTED
-from gateway.errors import OpenAIError, from_rpc_error
-from gateway.metrics import GatewayMetrics
-from gateway.policies import RouteRequest
-from gateway.pool import Worker, WorkerPool
+from llamagrid.client import AsyncInferenceClient
+from llamagrid.errors import parse_details
+from llamagrid.gateway.breaker import COUNTED
+from llamagrid.gateway.errors import OpenAIError, from_rpc_error
+from llamagrid.gateway.metrics import GatewayMetrics
+from llamagrid.gateway.policies import RouteRequest
+from llamagrid.gateway.pool import Worker, WorkerPool
+from llamagrid.v1 import inference_pb2 as pb
 
 logger = logging.getLogger(__name__)
 

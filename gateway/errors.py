@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import grpc
+
 from llamagrid.errors import ErrorDetails, parse_details
 
 #: HTTP status and OpenAI error type for each gRPC status code; any other code is a 500.

@@ -8,9 +8,9 @@ import sys
 import uvicorn
 from pydantic_settings import CliApp
 
-from gateway.app import create_app, create_pool
-from gateway.lifecycle import DrainingServer
-from gateway.settings import GatewaySettings
+from llamagrid.gateway.app import create_app, create_pool
+from llamagrid.gateway.lifecycle import DrainingServer
+from llamagrid.gateway.settings import GatewaySettings
 
 #: Seconds uvicorn waits for connections once the drain has finished (they are idle by then).
 SHUTDOWN_TIMEOUT_S = 5
@@ -21,7 +21,7 @@ def load_settings(argv: list[str] | None) -> GatewaySettings:
     settings = CliApp.run(GatewaySettings, cli_args=argv)
     if not settings.config:
         return settings
-    from supervisor.config import FleetConfigError, load_fleet_config
+    from llamagrid.fleet.config import FleetConfigError, load_fleet_config
 
     try:
         values = load_fleet_config(settings.config).gateway_settings()

@@ -14,7 +14,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
-    from gateway.pool import Worker, WorkerPool
+    from llamagrid.gateway.pool import Worker, WorkerPool
 
 PREFIX = "llamagrid_gateway"
 #: Buckets for time to first token, in seconds.

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway.errors import OpenAIError
-from gateway.lifecycle import Drain
-from gateway.metrics import GatewayMetrics
-from gateway.sse import error_response
+from llamagrid.gateway.errors import OpenAIError
+from llamagrid.gateway.lifecycle import Drain
+from llamagrid.gateway.metrics import GatewayMetrics
+from llamagrid.gateway.sse import error_response
 
 #: Paths that keep answering while the gateway drains, and that are not counted as requests.
 ALWAYS_OPEN = frozenset({"/livez", "/metrics"})

@@ -10,13 +10,13 @@ from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import grpc
-from llamagrid.client import AsyncInferenceClient
-from llamagrid.v1 import inference_pb2 as pb
 
-from gateway.breaker import Breaker
-from gateway.errors import OpenAIError, model_not_found
-from gateway.policies import Choice, Policy, RouteRequest, create_policy
-from gateway.policies.prefix_affinity import DEFAULT_BOUND
+from llamagrid.client import AsyncInferenceClient
+from llamagrid.gateway.breaker import Breaker
+from llamagrid.gateway.errors import OpenAIError, model_not_found
+from llamagrid.gateway.policies import Choice, Policy, RouteRequest, create_policy
+from llamagrid.gateway.policies.prefix_affinity import DEFAULT_BOUND
+from llamagrid.v1 import inference_pb2 as pb
 
 logger = logging.getLogger(__name__)
 

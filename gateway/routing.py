@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from llamagrid.v1 import inference_pb2 as pb
 from starlette.requests import Request
 
-from gateway.policies import RouteRequest
+from llamagrid.gateway.policies import RouteRequest
+from llamagrid.v1 import inference_pb2 as pb
 
 #: The header that names a client's session for session_affinity.
 SESSION_HEADER = "X-Session-ID"

@@ -19,7 +19,7 @@ from pydantic import BaseModel
 from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
-from gateway.errors import OpenAIError
+from llamagrid.gateway.errors import OpenAIError
 
 logger = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ import grpc
 import httpx
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from supervisor.plan import ProcessSpec, RestartPolicy
+from llamagrid.supervisor.plan import ProcessSpec, RestartPolicy
 
 log = logging.getLogger("llamagrid.serve")
 

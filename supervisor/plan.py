@@ -21,9 +21,9 @@ import sys
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
-from supervisor.config import FleetConfig, ModelEntry
-from supervisor.problems import FleetConfigError
-from supervisor.settings import ServeSettings
+from llamagrid.fleet.config import FleetConfig, ModelEntry
+from llamagrid.fleet.problems import FleetConfigError
+from llamagrid.supervisor.settings import ServeSettings
 
 #: Threads of a GPU replica that leaves n_threads at 0: the CPU side of a mostly offloaded model.
 GPU_REPLICA_THREADS = 2
@@ -134,7 +134,7 @@ def fleet_plan(
     gateway = ProcessSpec(
         name="gateway",
         role="gateway",
-        argv=(python, "-m", "gateway", *args, *tail),
+        argv=(python, "-m", "llamagrid.gateway", *args, *tail),
         env=dict(BASE_ENV),
         address=f"{dial_host(host)}:{port}",
         drain_grace_s=grace,
@@ -159,7 +159,7 @@ def _worker(
     """Replica ``index`` of ``entry``, the ``i``-th of the fleet (argv without the python)."""
     sv, settings = config.supervisor, entry.settings
     name, port = f"{entry.alias}-{index}", sv.base_port + i
-    args = ["-m", "worker", "--config", str(config.source.resolve())]
+    args = ["-m", "llamagrid.worker", "--config", str(config.source.resolve())]
     args += ["--config-model", entry.alias, "--host", sv.worker_host, "--port", str(port)]
     args += ["--name", name]
     if sv.metrics_base_port:
@@ -214,7 +214,7 @@ def single_model_plan(serve: ServeSettings, python: str = sys.executable) -> Pla
     worker = ProcessSpec(
         name="worker",
         role="worker",
-        argv=(python, "-m", "worker", *serve.worker_args()),
+        argv=(python, "-m", "llamagrid.worker", *serve.worker_args()),
         env=dict(BASE_ENV),
         address=f"{dial_host(serve.worker_host)}:{serve.worker_port}",
         drain_grace_s=30.0,
@@ -223,7 +223,7 @@ def single_model_plan(serve: ServeSettings, python: str = sys.executable) -> Pla
     gateway = ProcessSpec(
         name="gateway",
         role="gateway",
-        argv=(python, "-m", "gateway", *serve.gateway_args()),
+        argv=(python, "-m", "llamagrid.gateway", *serve.gateway_args()),
         env=dict(BASE_ENV),
         address=f"{dial_host(serve.host)}:{serve.port}",
         drain_grace_s=30.0,

@@ -22,11 +22,11 @@ from typing import Any
 import httpx
 from pydantic_settings import CliApp
 
-from supervisor.children import Child, describe_exit
-from supervisor.config import load_fleet_config
-from supervisor.plan import Plan, fleet_plan, single_model_plan
-from supervisor.problems import FleetConfigError
-from supervisor.settings import SINGLE_MODEL_FIELDS, ServeSettings
+from llamagrid.fleet.config import load_fleet_config
+from llamagrid.fleet.problems import FleetConfigError
+from llamagrid.supervisor.children import Child, describe_exit
+from llamagrid.supervisor.plan import Plan, fleet_plan, single_model_plan
+from llamagrid.supervisor.settings import SINGLE_MODEL_FIELDS, ServeSettings
 
 log = logging.getLogger("llamagrid.serve")
 

@@ -83,7 +83,7 @@ class Fleet:
 
 def start_supervisor(config: Path, log: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "supervisor", "serve", "--config", str(config)],
+        [sys.executable, "-m", "llamagrid", "serve", "--config", str(config)],
         stdout=log.open("wb"),
         stderr=subprocess.STDOUT,
         cwd=ROOT,
@@ -124,7 +124,7 @@ def supervised(config: dict[str, Any], tmp: Path) -> Iterator[Fleet]:
     path = tmp / "fleet.yaml"
     path.write_text(yaml.safe_dump(config))
     printed = subprocess.run(
-        [sys.executable, "-m", "supervisor", "serve", "--config", str(path), "--print-plan"],
+        [sys.executable, "-m", "llamagrid", "serve", "--config", str(path), "--print-plan"],
         cwd=ROOT,
         capture_output=True,
         check=True,

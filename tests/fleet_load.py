@@ -4,11 +4,15 @@ Each request ends in exactly one recorded outcome: ``done`` (the stream reached 
 ``error_event`` (the stream had started and ended with an OpenAI error event), ``http_<status>``
 (refused before streaming) or ``lost`` (no answer within the client's timeout, or the connection
 dropped without an error event). Fleet tests assert that nothing is ``lost``.
+
+``GatewayWatch`` scrapes the gateway's /metrics meanwhile: when the gateway itself took a worker
+out of rotation, brought it back, and how many calls it routed to it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections import Counter
@@ -16,6 +20,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from llamagrid.gateway.metrics import PREFIX
 
 
 @dataclass
@@ -39,8 +46,13 @@ class LoadRun:
     clients: int = 4
     max_tokens: int = 24
     timeout_s: float = 90.0
+    #: What each chat asks for (a numbered suffix keeps the prompts apart).
+    task: str = "Count to ten."
     outcomes: list[Outcome] = field(default_factory=list)
     sent: int = 0
+    #: Streams that have received content and not ended yet, by worker.
+    streaming: Counter[str] = field(default_factory=Counter)
+    _progress: asyncio.Event = field(default_factory=asyncio.Event)
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -69,6 +81,17 @@ class LoadRun:
                 raise AssertionError(f"load condition not met; outcomes so far: {self.count()}")
             await asyncio.sleep(0.1)
 
+    async def wait_streaming(self, worker: str, timeout: float = 120.0) -> None:
+        """Return as soon as a stream on ``worker`` has received content and not ended: woken by
+        the stream's own chunk, not by polling, so the worker is still generating it."""
+        deadline = time.monotonic() + timeout
+        while not self.streaming[worker]:
+            self._progress.clear()
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no stream on {worker}; outcomes so far: {self.count()}")
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._progress.wait(), 1.0)
+
     async def _loop(self, index: int) -> None:
         async with httpx.AsyncClient(base_url=self.base_url, timeout=self.timeout_s) as http:
             number = 0
@@ -81,13 +104,13 @@ class LoadRun:
         """One streamed chat, reduced to its outcome."""
         body = {
             "model": self.model,
-            "messages": [{"role": "user", "content": f"Count to ten. ({content})"}],
+            "messages": [{"role": "user", "content": f"{self.task} ({content})"}],
             "max_tokens": self.max_tokens,
             "temperature": 0,
             "stream": True,
         }
         started = time.monotonic()
-        worker, text = "", ""
+        worker, text, streaming = "", "", False
         try:
             async with http.stream("POST", "/v1/chat/completions", json=body) as response:
                 worker = response.headers.get("x-llamagrid-worker", "")
@@ -108,8 +131,98 @@ class LoadRun:
                         return Outcome("error_event", worker, started, ended, text, event["error"])
                     for choice in event.get("choices", []):
                         text += choice["delta"].get("content") or ""
+                    if text and not streaming:
+                        streaming = True
+                        self.streaming[worker] += 1
+                        self._progress.set()
         except httpx.HTTPError as error:
             return Outcome(
                 "lost", worker, started, time.monotonic(), text, {"message": repr(error)}
             )
+        finally:
+            if streaming:
+                self.streaming[worker] -= 1
         return Outcome("lost", worker, started, time.monotonic(), text)
+
+
+@dataclass
+class WorkerRecord:
+    """One worker in one scrape of the gateway's /metrics."""
+
+    available: bool
+    ejected: bool
+    #: Calls the gateway has routed to the worker so far (every model and routing reason).
+    routed: int
+
+
+@dataclass
+class GatewayWatch:
+    """Scrapes the gateway's /metrics in a loop: the gateway's own record of its workers.
+
+    Each scrape is one snapshot of the gateway's state (the endpoint renders every metric in one
+    pass on the gateway's event loop), so comparing a worker's ``available`` gauge with its
+    ``routed`` counter across scrapes needs no clock shared with the gateway.
+    """
+
+    base_url: str
+    interval_s: float = 0.05
+    scrapes: list[dict[str, WorkerRecord]] = field(default_factory=list)
+    _stop: asyncio.Event = field(default_factory=asyncio.Event)
+    _task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Start scraping."""
+        self._task = asyncio.create_task(self._loop())
+
+    async def stop(self) -> None:
+        """Stop after one more scrape, begun now."""
+        self._stop.set()
+        if self._task is not None:
+            await self._task
+
+    async def wait_for(self, condition: Any, timeout: float = 120.0) -> None:
+        """Wait until ``condition(self)`` is true."""
+        deadline = time.monotonic() + timeout
+        while not condition(self):
+            if self._task is not None and self._task.done():
+                self._task.result()  # raises why scraping stopped
+            if time.monotonic() > deadline:
+                raise AssertionError(f"gateway condition not met; last: {self.scrapes[-1:]}")
+            await asyncio.sleep(0.05)
+
+    def history(self, worker: str, since: int = 0) -> list[WorkerRecord]:
+        """The worker's record in every scrape from number ``since`` on that listed it."""
+        return [scrape[worker] for scrape in self.scrapes[since:] if worker in scrape]
+
+    async def _loop(self) -> None:
+        async with httpx.AsyncClient(base_url=self.base_url, timeout=30) as http:
+            while True:
+                stopping = self._stop.is_set()  # then this scrape, begun after stop(), is last
+                response = await http.get("/metrics")
+                response.raise_for_status()
+                self.scrapes.append(parse_workers(response.text))
+                if stopping:
+                    return
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), self.interval_s)
+
+
+def parse_workers(exposition: str) -> dict[str, WorkerRecord]:
+    """Per-worker availability, ejection and routed calls from the gateway's /metrics text."""
+    gauges: dict[str, dict[str, float]] = {"available": {}, "ejected": {}}
+    routed: Counter[str] = Counter()
+    for family in text_string_to_metric_families(exposition):
+        for sample in family.samples:
+            worker = sample.labels.get("worker", "")
+            if sample.name == f"{PREFIX}_routed_total":
+                routed[worker] += int(sample.value)
+            elif sample.name in (f"{PREFIX}_worker_available", f"{PREFIX}_worker_ejected"):
+                gauges[sample.name.rsplit("_", 1)[1]][worker] = sample.value
+    return {
+        worker: WorkerRecord(
+            available=gauges["available"][worker] == 1,
+            ejected=gauges["ejected"][worker] == 1,
+            routed=routed[worker],
+        )
+        for worker in gauges["available"]
+    }

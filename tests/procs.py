@@ -72,7 +72,7 @@ def spawn_worker(
     popen = _spawn(
         [
             "-m",
-            "worker",
+            "llamagrid.worker",
             "--port",
             "0",
             "--port-file",
@@ -104,7 +104,7 @@ def spawn_gateway(tmp: Path, *workers: str, extra: Sequence[str] = ()) -> Proc:
     HTTP."""
     port = free_port()
     log = tmp / f"gateway-{port}.log"
-    args = ["-m", "gateway", "--host", "127.0.0.1", "--port", str(port), *extra]
+    args = ["-m", "llamagrid.gateway", "--host", "127.0.0.1", "--port", str(port), *extra]
     for w in workers:
         args += ["--worker", w]
     popen = _spawn(args, log)

@@ -1,5 +1,5 @@
-"""`python -m worker`."""
+"""`python -m llamagrid.worker`."""
 
-from worker.main import main
+from llamagrid.worker.main import main
 
 main()

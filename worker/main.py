@@ -1,4 +1,4 @@
-"""`llamagrid worker` / `python -m worker`: parse settings, resolve the model, serve."""
+"""`llamagrid worker` / `python -m llamagrid.worker`: parse settings, resolve the model, serve."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import sys
 
 from pydantic_settings import CliApp
 
-from worker.engine import LlamaEngine
-from worker.model_source import ModelNotFound, resolve
-from worker.server import serve
-from worker.settings import WorkerSettings
+from llamagrid.worker.engine.llama_engine import LlamaEngine
+from llamagrid.worker.model_source import ModelNotFound, resolve
+from llamagrid.worker.rpc.server import serve
+from llamagrid.worker.settings import WorkerSettings
 
 
 def parse(argv: list[str] | None) -> tuple[WorkerSettings, tuple[str, ...]]:
@@ -25,7 +25,7 @@ def parse(argv: list[str] | None) -> tuple[WorkerSettings, tuple[str, ...]]:
     settings = CliApp.run(WorkerSettings, cli_args=args)
     if not settings.config:
         return settings, ()
-    from supervisor.config import FleetConfigError, load_fleet_config
+    from llamagrid.fleet.config import FleetConfigError, load_fleet_config
 
     try:
         config = load_fleet_config(settings.config)

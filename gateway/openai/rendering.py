@@ -10,11 +10,10 @@ from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from llamagrid.gateway.errors import OpenAIError
+from llamagrid.gateway.openai import schemas as s
+from llamagrid.gateway.sse import Event, Events
 from llamagrid.v1 import inference_pb2 as pb
-
-from gateway.errors import OpenAIError
-from gateway.openai import schemas as s
-from gateway.sse import Event, Events
 
 FINISH_REASONS: dict[int, s.FinishReason] = {
     pb.FINISH_REASON_EOS: "stop",

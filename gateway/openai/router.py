@@ -6,14 +6,13 @@ import logging
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response
-from llamagrid.client import AsyncInferenceClient
-from llamagrid.v1 import inference_pb2 as pb
 from pydantic import BaseModel
 
-from gateway.dispatch import Dispatcher, Routed
-from gateway.errors import model_not_found
-from gateway.openai import rendering, service
-from gateway.openai.schemas import (
+from llamagrid.client import AsyncInferenceClient
+from llamagrid.gateway.dispatch import Dispatcher, Routed
+from llamagrid.gateway.errors import model_not_found
+from llamagrid.gateway.openai import rendering, translate
+from llamagrid.gateway.openai.schemas import (
     ChatCompletion,
     ChatCompletionRequest,
     Completion,
@@ -24,9 +23,10 @@ from gateway.openai.schemas import (
     ModelList,
     StreamOptions,
 )
-from gateway.policies import RouteRequest
-from gateway.routing import generate_route, session_key
-from gateway.sse import EventStreamResponse
+from llamagrid.gateway.policies import RouteRequest
+from llamagrid.gateway.routing import generate_route, session_key
+from llamagrid.gateway.sse import EventStreamResponse
+from llamagrid.v1 import inference_pb2 as pb
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ async def chat_completions(
 ) -> ChatCompletion | EventStreamResponse:
     """Chat completion, streamed as server-sent events when ``stream`` is true."""
     _log_unknown_fields(body, request)
-    proto = service.chat_request(body)
+    proto = translate.chat_request(body)
     route, routed = _route(dispatcher, proto, request, body.user)
     logprobs = bool(body.logprobs)
     if body.stream:
@@ -71,7 +71,7 @@ async def completions(
 ) -> Completion | EventStreamResponse:
     """Text completion, streamed as server-sent events when ``stream`` is true."""
     _log_unknown_fields(body, request)
-    proto = service.completion_request(body)
+    proto = translate.completion_request(body)
     route, routed = _route(dispatcher, proto, request, body.user)
     logprobs = body.logprobs is not None
     offset = len(proto.prompt) if proto.WhichOneof("input") == "prompt" else 0
@@ -93,7 +93,7 @@ async def embeddings(
 ) -> EmbeddingList:
     """Embeddings of one or more inputs, as floats or base64."""
     _log_unknown_fields(body, request)
-    proto = service.embed_request(body)
+    proto = translate.embed_request(body)
     route = RouteRequest(body.model, None, session_key(request, body.user))
     routed = Routed()
     request.state.model, request.state.routed = body.model, routed

@@ -68,12 +68,16 @@ class JsonSchemaFormat(_Body):
 ResponseFormat = Annotated[
     TextFormat | JsonObjectFormat | JsonSchemaFormat, Field(discriminator="type")
 ]
+# Only what the llamagrid.v1 wire can carry is checked here (an int32 is an int32). Whether a
+# value is acceptable (temperature in range, a token in the vocabulary, ...) is decided once, by
+# the worker (llamagrid.worker.engine.validation), and mapped onto a 400 like any worker error.
+INT32_MIN = -(2**31)
 INT32_MAX = 2**31 - 1
-Probability = Annotated[float, Field(ge=0.0, le=1.0)]
-TokenCount = Annotated[int, Field(ge=1, le=INT32_MAX)]
-TokenId = Annotated[StrictInt, Field(ge=0, le=INT32_MAX)]
+UINT32_MAX = 2**32 - 1
+Int32 = Annotated[int, Field(ge=INT32_MIN, le=INT32_MAX)]
+UInt32 = Annotated[int, Field(ge=0, le=UINT32_MAX)]
+TokenId = Annotated[StrictInt, Field(ge=INT32_MIN, le=INT32_MAX)]
 TokenIds = list[TokenId]
-Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]
 
 
 class SamplingFields(_Body):
@@ -83,21 +87,21 @@ class SamplingFields(_Body):
     stream: bool = False
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
-    max_tokens: TokenCount | None = None
-    temperature: float | None = Field(None, ge=0.0, le=2.0)
-    top_p: Probability | None = None
+    max_tokens: UInt32 | None = None
+    temperature: float | None = None
+    top_p: float | None = None
     seed: int | None = None
-    presence_penalty: Penalty | None = None
-    frequency_penalty: Penalty | None = None
-    logit_bias: dict[str, Annotated[float, Field(ge=-100.0, le=100.0)]] | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    logit_bias: dict[str, float] | None = None
     n: int | None = None
     user: str | None = None
     # llama.cpp extras
-    top_k: int | None = Field(None, ge=0, le=INT32_MAX)
-    min_p: Probability | None = None
-    typical_p: Probability | None = None
-    repeat_penalty: float | None = Field(None, ge=0.0)
-    repeat_last_n: int | None = Field(None, ge=-1, le=INT32_MAX)
+    top_k: Int32 | None = None
+    min_p: float | None = None
+    typical_p: float | None = None
+    repeat_penalty: float | None = None
+    repeat_last_n: Int32 | None = None
     ignore_eos: bool | None = None
     grammar: str | None = None
 
@@ -105,10 +109,10 @@ class SamplingFields(_Body):
 class ChatCompletionRequest(SamplingFields):
     """POST /v1/chat/completions."""
 
-    messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: TokenCount | None = None
+    messages: list[ChatMessage]
+    max_completion_tokens: UInt32 | None = None
     logprobs: bool | None = None
-    top_logprobs: int | None = Field(None, ge=0, le=20)
+    top_logprobs: UInt32 | None = None
     response_format: ResponseFormat | None = None
     #: vLLM's extension: return the generated token ids with the (non-streamed) choice.
     return_token_ids: bool | None = None
@@ -128,8 +132,8 @@ class CompletionRequest(SamplingFields):
     """POST /v1/completions."""
 
     prompt: StrictStr | list[StrictStr] | TokenIds | list[TokenIds]
-    max_tokens: TokenCount | None = 16
-    logprobs: int | None = Field(None, ge=0, le=20)
+    max_tokens: UInt32 | None = 16
+    logprobs: UInt32 | None = None
     echo: bool | None = None
     best_of: int | None = None
     suffix: str | None = None

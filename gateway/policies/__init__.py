@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from gateway.policies.base import Choice, Policy, Routable, RouteRequest, least_loaded
-from gateway.policies.least_load import LeastLoad
-from gateway.policies.prefix_affinity import PrefixAffinity
-from gateway.policies.round_robin import RoundRobin
-from gateway.policies.session_affinity import SessionAffinity
+from llamagrid.gateway.policies.base import Choice, Policy, Routable, RouteRequest, least_loaded
+from llamagrid.gateway.policies.least_load import LeastLoad
+from llamagrid.gateway.policies.prefix_affinity import PrefixAffinity
+from llamagrid.gateway.policies.round_robin import RoundRobin
+from llamagrid.gateway.policies.session_affinity import SessionAffinity
 
 __all__ = [
     "Choice",

@@ -75,5 +75,10 @@ def least_loaded(workers: Sequence[W]) -> W:
     far (so idle workers take turns), then to the lower address."""
     return min(
         workers,
-        key=lambda worker: (worker.pressure, worker.requests, worker.started, worker.address),
+        key=lambda worker: (
+            worker.pressure,
+            worker.requests,
+            worker.started,
+            worker.address,
+        ),
     )

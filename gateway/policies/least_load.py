@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from gateway.policies.base import Choice, RouteRequest, W, least_loaded
+from llamagrid.gateway.policies.base import Choice, RouteRequest, W, least_loaded
 
 
 class LeastLoad:

@@ -30,8 +30,8 @@ from collections import Counter, OrderedDict
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
-from gateway.policies.base import Choice, RouteRequest, W, least_loaded
-from gateway.policies.hashing import HashRing, hash64
+from llamagrid.gateway.policies.base import Choice, RouteRequest, W, least_loaded
+from llamagrid.gateway.policies.hashing import HashRing, hash64
 
 #: A worker may hold this many times the average load before a prefix spills over.
 DEFAULT_BOUND = 1.25

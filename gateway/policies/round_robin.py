@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from gateway.policies.base import Choice, RouteRequest, W
+from llamagrid.gateway.policies.base import Choice, RouteRequest, W
 
 
 class RoundRobin:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from gateway.policies.base import Choice, RouteRequest, W, least_loaded
-from gateway.policies.hashing import hash64
+from llamagrid.gateway.policies.base import Choice, RouteRequest, W, least_loaded
+from llamagrid.gateway.policies.hashing import hash64
 
 
 class SessionAffinity:

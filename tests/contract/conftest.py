@@ -14,9 +14,9 @@ import openai
 import pytest
 import uvicorn
 
-from gateway.app import create_app, create_pool
-from gateway.pool import WorkerPool
-from gateway.settings import GatewaySettings
+from llamagrid.gateway.app import create_app, create_pool
+from llamagrid.gateway.pool import WorkerPool
+from llamagrid.gateway.settings import GatewaySettings
 from tests.contract.fake_worker import FakeWorker
 
 API_KEY = "sk-test"

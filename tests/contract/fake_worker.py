@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
 from llamagrid.errors import REASON_MODEL_NOT_FOUND, build_status
 from llamagrid.grpc_options import server_options
 from llamagrid.v1 import inference_pb2 as pb

@@ -8,10 +8,10 @@ from collections.abc import AsyncIterator
 
 import grpc
 import pytest
+
 from llamagrid.client import AsyncInferenceClient
 from llamagrid.errors import REASON_QUEUE_FULL, parse_details
 from llamagrid.v1 import inference_pb2 as pb
-
 from tests.contract.conftest import eventually
 from tests.contract.fake_worker import MODEL, FakeWorker
 

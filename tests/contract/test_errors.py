@@ -5,8 +5,12 @@ from __future__ import annotations
 import grpc
 import openai
 import pytest
-from llamagrid.errors import REASON_CONTEXT_LENGTH_EXCEEDED, REASON_QUEUE_FULL
 
+from llamagrid.errors import (
+    REASON_CONTEXT_LENGTH_EXCEEDED,
+    REASON_INVALID_VALUE,
+    REASON_QUEUE_FULL,
+)
 from tests.contract.conftest import API_KEY, Gateway, eventually, running_gateway
 from tests.contract.fake_worker import MODEL, FakeWorker
 
@@ -60,10 +64,20 @@ async def test_missing_body_is_a_400(gateway: Gateway) -> None:
     assert_openai_shape(response.json())
 
 
-async def test_empty_messages(client: openai.AsyncOpenAI) -> None:
+async def test_the_worker_judges_empty_messages_and_the_gateway_maps_its_answer(
+    client: openai.AsyncOpenAI, worker: FakeWorker
+) -> None:
+    worker.fail_with(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "messages must not be empty",
+        reason=REASON_INVALID_VALUE,
+        param="messages",
+    )
     with pytest.raises(openai.BadRequestError) as caught:
         await client.chat.completions.create(model=MODEL, messages=[])
     assert caught.value.param == "messages"
+    assert caught.value.body["message"] == "messages must not be empty"  # type: ignore[index]
+    assert not worker.generate_requests()[-1].chat.messages
 
 
 @pytest.mark.parametrize(

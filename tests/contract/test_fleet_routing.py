@@ -16,10 +16,10 @@ import pytest
 import uvicorn
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.app import create_app, create_pool
-from gateway.lifecycle import DrainingServer
-from gateway.pool import WorkerPool
-from gateway.settings import GatewaySettings
+from llamagrid.gateway.app import create_app, create_pool
+from llamagrid.gateway.lifecycle import DrainingServer
+from llamagrid.gateway.pool import WorkerPool
+from llamagrid.gateway.settings import GatewaySettings
 from tests.contract.conftest import eventually
 from tests.contract.fake_worker import MODEL, PROMPT_TOKENS, FakeWorker
 

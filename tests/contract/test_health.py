@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import httpx
 
-from gateway.app import create_app
-from gateway.pool import WorkerPool
-from gateway.settings import GatewaySettings
+from llamagrid.gateway.app import create_app
+from llamagrid.gateway.pool import WorkerPool
+from llamagrid.gateway.settings import GatewaySettings
 from tests.contract.conftest import eventually, running_gateway, serve
 from tests.contract.fake_worker import MODEL, FakeWorker
 

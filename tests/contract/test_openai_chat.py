@@ -6,8 +6,8 @@ import json
 
 import openai
 import pytest
-from llamagrid.v1 import inference_pb2 as pb
 
+from llamagrid.v1 import inference_pb2 as pb
 from tests.contract.conftest import Gateway
 from tests.contract.fake_worker import CACHED_TOKENS, MODEL, PROMPT_TOKENS
 
@@ -159,7 +159,7 @@ async def test_json_object_becomes_an_object_schema(
 async def test_unknown_fields_are_ignored_and_logged(
     client: openai.AsyncOpenAI, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level("INFO", logger="gateway.openai.router"):
+    with caplog.at_level("INFO", logger="llamagrid.gateway.openai.router"):
         out = await client.chat.completions.create(
             model=MODEL, messages=MESSAGES, extra_body={"frobnicate": 1}
         )
@@ -168,6 +168,6 @@ async def test_unknown_fields_are_ignored_and_logged(
 
 
 def test_finish_reason_enum_is_complete() -> None:
-    from gateway.openai.rendering import FINISH_REASONS
+    from llamagrid.gateway.openai.rendering import FINISH_REASONS
 
     assert set(FINISH_REASONS) == set(pb.FinishReason.values()) - {pb.FINISH_REASON_UNSPECIFIED}

@@ -7,17 +7,11 @@ from pathlib import Path
 
 import grpc
 import pytest
-from llamagrid.grpc_options import channel_options
-from llamagrid.v1 import inference_pb2_grpc as pb_grpc
 from openai import OpenAI
 
+from llamagrid.grpc_options import channel_options
+from llamagrid.v1 import inference_pb2_grpc as pb_grpc
 from tests.procs import Proc, running, spawn_gateway, spawn_worker, wait_http_ok, wait_serving
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        if "tests/integration/" in str(item.fspath):
-            item.add_marker(pytest.mark.integration)
 
 
 @pytest.fixture(scope="session")

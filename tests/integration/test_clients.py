@@ -16,10 +16,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from llamagrid.client import AsyncInferenceClient
-from llamagrid.sync_client import InferenceClient
 from openai import OpenAI
 
+from llamagrid.client import AsyncInferenceClient
+from llamagrid.sync_client import InferenceClient
 from tests.integration.test_python_client import PARITY_MESSAGES, parity_request, stream_ids
 from tests.procs import Proc
 

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import grpc
 import pytest
+
 from llamagrid.client import AsyncInferenceClient, GenerateStream
 from llamagrid.errors import REASON_QUEUE_FULL, REASON_QUEUE_TIMEOUT, parse_details
 from llamagrid.v1 import inference_pb2 as pb
-
 from tests.procs import Proc, running, spawn_worker, wait_serving
 
 SUBJECTS = ["cat", "robot", "ship", "tree", "king", "river", "cloud", "lamp"]

@@ -2,12 +2,14 @@
 
 Counted request by request: the streams that were running on the killed worker end with an error
 event, every request that had not started completes on the survivor, the supervisor restarts the
-worker and it gets traffic again, and no request vanishes.
+worker and it gets traffic again, and no request vanishes. When the victim was out of rotation is
+the gateway's own record (its /metrics, scraped throughout), not a time this test measured.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import signal
 import time
@@ -16,10 +18,11 @@ from collections.abc import Iterator
 import pytest
 
 from tests.fleet import Fleet, free_block, supervised
-from tests.fleet_load import LoadRun
-from tests.procs import free_port, wait_serving
+from tests.fleet_load import GatewayWatch, LoadRun
+from tests.procs import free_port
 
 MODEL = "smollm2"
+STORY = "Write a long story about a cat."
 
 
 @pytest.fixture(scope="module")
@@ -43,23 +46,34 @@ def test_killing_a_worker_under_load_loses_no_request(pair: Fleet) -> None:
 async def _kill_under_load(fleet: Fleet) -> None:
     victim = fleet.worker(f"{MODEL}-1")["address"]
     survivor = fleet.worker(f"{MODEL}-0")["address"]
-    load = LoadRun(fleet.base_url, MODEL, clients=4, max_tokens=32, timeout_s=120)
+    # Stories run to max_tokens (a short answer could end before the kill lands).
+    load = LoadRun(fleet.base_url, MODEL, clients=4, max_tokens=48, timeout_s=120, task=STORY)
+    gateway = GatewayWatch(fleet.base_url)
+    gateway.start()
     load.start()
     await load.wait_for(lambda run: set(run.by_worker()) == {victim, survivor})
-    # Kill it while it is streaming: with 4 clients taking turns, about 2 streams run on it.
+    await gateway.wait_for(lambda watch: _available(watch, {victim, survivor}))
     old = fleet.pid_of(f"{MODEL}-1")
+    scrapes_before_kill = len(gateway.scrapes)
+    # Kill it while it is streaming: as soon as one of its streams has sent a first token.
+    await load.wait_streaming(victim)
     os.kill(old, signal.SIGKILL)
     killed = time.monotonic()
+    # The gateway takes it out of rotation (its health watch breaks, or the breaker ejects it).
+    await gateway.wait_for(lambda watch: _down_seen(watch, victim, scrapes_before_kill))
     await load.wait_for(
         lambda run: sum(o.kind == "done" and o.started > killed for o in run.outcomes) >= 6
     )
-    # The supervisor restarts it; the gateway sees it SERVING and sends it traffic again.
-    await asyncio.to_thread(wait_serving, victim, 180)
-    back = time.monotonic()
+    # The supervisor restarts it; the gateway sees it SERVING and sends it traffic again (only
+    # the restarted process can complete a request that started after the kill).
     await load.wait_for(
-        lambda run: any(o.worker == victim and o.started > back for o in run.outcomes), 180
+        lambda run: any(
+            o.kind == "done" and o.worker == victim and o.started > killed for o in run.outcomes
+        ),
+        180,
     )
     await load.stop()
+    await gateway.stop()
     assert fleet.pid_of(f"{MODEL}-1") != old
 
     counts = load.count()
@@ -70,7 +84,26 @@ async def _kill_under_load(fleet: Fleet) -> None:
     # The streams running on the killed worker failed, each with an error event, and only they.
     assert failed and all(o.worker == victim and o.started < killed for o in failed), failed
     assert all(o.error and o.error["type"] == "service_unavailable_error" for o in failed)
-    # Every request started after the kill completed, on the survivor until the victim was back.
+    # Every request started after the kill completed.
     after = [o for o in load.outcomes if o.started > killed]
     assert all(o.kind == "done" for o in after), after
-    assert all(o.worker == survivor for o in after if o.started < back - 1)
+    # By the gateway's own record: it took the victim out of rotation, routed no call to it
+    # while it was out, and put it back (and routed calls to it) once it was SERVING again.
+    history = gateway.history(victim, since=scrapes_before_kill)
+    down = [i for i, record in enumerate(history) if not record.available]
+    assert down and down[-1] + 1 < len(history), history
+    while_out = [(a, b) for a, b in itertools.pairwise(history) if not (a.available or b.available)]
+    assert all(a.routed == b.routed for a, b in while_out), history
+    assert history[-1].available and history[-1].routed > history[down[-1]].routed, history
+    assert all(record.available for record in gateway.history(survivor, scrapes_before_kill))
+
+
+def _available(watch: GatewayWatch, workers: set[str]) -> bool:
+    """Whether the latest scrape shows every one of ``workers`` in rotation."""
+    latest = watch.scrapes[-1] if watch.scrapes else {}
+    return all(worker in latest and latest[worker].available for worker in workers)
+
+
+def _down_seen(watch: GatewayWatch, worker: str, since: int) -> bool:
+    """Whether a scrape after the first ``since`` ones shows ``worker`` out of rotation."""
+    return any(not record.available for record in watch.history(worker, since))

@@ -84,7 +84,7 @@ def test_a_worker_host_losing_its_link_is_ejected_and_returns_with_nothing_lost(
                 [
                     sys.executable,
                     "-m",
-                    "worker",
+                    "llamagrid.worker",
                     "--host",
                     "0.0.0.0",
                     "--port",
@@ -106,7 +106,7 @@ def test_a_worker_host_losing_its_link_is_ejected_and_returns_with_nothing_lost(
             [
                 sys.executable,
                 "-m",
-                "gateway",
+                "llamagrid.gateway",
                 "--host",
                 "0.0.0.0",
                 "--port",

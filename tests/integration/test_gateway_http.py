@@ -14,10 +14,10 @@ import httpx
 import jsonschema
 import openai
 import pytest
-from llamagrid.v1 import inference_pb2 as pb
-from llamagrid.v1 import inference_pb2_grpc as pb_grpc
 from openai import OpenAI
 
+from llamagrid.v1 import inference_pb2 as pb
+from llamagrid.v1 import inference_pb2_grpc as pb_grpc
 from tests.procs import running, spawn_gateway, spawn_worker, wait_http_ok, wait_serving
 
 MESSAGES = [{"role": "user", "content": "Name three colors."}]

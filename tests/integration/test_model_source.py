@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import grpc
+
 from llamagrid.v1 import inference_pb2 as pb
 from llamagrid.v1 import inference_pb2_grpc as pb_grpc
-
+from llamagrid.worker.model_source import default_model_path
 from tests.procs import running, spawn_worker, wait_serving
-from worker.model_source import default_model_path
 
 REPO = "llamagrid-test/SmolLM2-135M-Instruct-GGUF"
 COMMIT = "0123456789abcdef0123456789abcdef01234567"

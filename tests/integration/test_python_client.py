@@ -11,11 +11,11 @@ from google.protobuf.descriptor_pool import DescriptorPool
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
+
 from llamagrid.errors import parse_details
 from llamagrid.sync_client import InferenceClient
 from llamagrid.v1 import inference_pb2 as pb
 from llamagrid.v1 import inference_pb2_grpc as pb_grpc
-
 from tests.procs import Proc
 
 #: The request every client's parity test sends (see tests/integration/test_clients.py).

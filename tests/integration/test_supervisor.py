@@ -21,9 +21,9 @@ import grpc
 import httpx
 import pytest
 import yaml
+
 from llamagrid.v1 import inference_pb2 as pb
 from llamagrid.v1 import inference_pb2_grpc as pb_grpc
-
 from tests.fleet import (
     Fleet,
     children,

@@ -10,12 +10,12 @@ from pathlib import Path
 import grpc
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
 from llamagrid.errors import REASON_INVALID_VALUE, parse_details
 from llamagrid.grpc_options import channel_options
 from llamagrid.v1 import inference_pb2 as pb
 from llamagrid.v1 import inference_pb2_grpc as pb_grpc
-from prometheus_client.parser import text_string_to_metric_families
-
 from tests.procs import Proc, free_port, running, spawn_worker, wait_serving
 
 NAME = "fleet-worker-7"

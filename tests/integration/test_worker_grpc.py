@@ -10,11 +10,11 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
 from llamagrid.errors import parse_details
 from llamagrid.grpc_options import channel_options
 from llamagrid.v1 import inference_pb2 as pb
 from llamagrid.v1 import inference_pb2_grpc as pb_grpc
-
 from tests.procs import spawn_worker
 
 SERVING = health_pb2.HealthCheckResponse.SERVING

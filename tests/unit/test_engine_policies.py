@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from worker.embedder import Embedder
-from worker.prefix_cache import PrefixCache, Reuse, common_prefix
+from llamagrid.worker.engine.embedder import Embedder
+from llamagrid.worker.engine.prefix_cache import PrefixCache, Reuse, common_prefix
 
 
 def test_common_prefix() -> None:
@@ -108,7 +108,7 @@ def _queue(embedder: Embedder, *jobs: list[list[int]]) -> None:
 def _job(inputs: list[list[int]]) -> Any:
     import concurrent.futures
 
-    from worker.embedder import EmbedJob
+    from llamagrid.worker.engine.embedder import EmbedJob
 
     return EmbedJob(inputs, False, concurrent.futures.Future())
 

@@ -11,11 +11,11 @@ from typing import Any
 import pytest
 import yaml
 
-from supervisor.config import FleetConfig, FleetConfigError, load_fleet_config
-from supervisor.llama_cpp_config import CHAT_TEMPLATES, MODEL_KEYS, SERVER_KEYS
-from supervisor.plan import fleet_plan, thread_shares
-from supervisor.serve import build_plan
-from supervisor.settings import ServeSettings
+from llamagrid.fleet.config import FleetConfig, FleetConfigError, load_fleet_config
+from llamagrid.fleet.llama_cpp_config import CHAT_TEMPLATES
+from llamagrid.supervisor.plan import fleet_plan, thread_shares
+from llamagrid.supervisor.serve import build_plan
+from llamagrid.supervisor.settings import ServeSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 UUID = "GPU-8c1f0e0a-1b2c-4d5e-8f90-123456789abc"
@@ -437,19 +437,8 @@ def test_mixing_both_formats_is_an_error(tmp_path: Path) -> None:
     assert "llamagrid fleet keys (models[0].replicas)" in found
 
 
-def test_key_tables_match_the_installed_llama_cpp_python() -> None:
-    from llama_cpp.server.settings import ModelSettings, ServerSettings
-
-    assert set(MODEL_KEYS) == set(ModelSettings.model_fields)
-    assert set(SERVER_KEYS) == set(ServerSettings.model_fields)
-    for table, cls in ((MODEL_KEYS, ModelSettings), (SERVER_KEYS, ServerSettings)):
-        for key, rule in table.items():
-            if rule.kind in ("warn", "refuse"):
-                assert rule.default == cls.model_fields[key].default, key
-
-
 def test_mapped_chat_formats_render_like_llama_cpp_python() -> None:
-    from worker.chat_template import ChatTemplate
+    from llamagrid.worker.engine.chat_template import ChatTemplate
 
     messages = [
         {"role": "system", "content": "Be brief."},
@@ -493,7 +482,7 @@ def test_plan_argv_env_ports_names_and_threads(tmp_path: Path) -> None:
     path = str(config.source.resolve())
     by_name = {p.name: p for p in plan.processes}
     assert list(by_name) == ["big-0", "big-1", "small-0", "small-1", "small-2", "gateway"]
-    common = ["py", "-m", "worker", "--config", path, "--config-model"]
+    common = ["py", "-m", "llamagrid.worker", "--config", path, "--config-model"]
     # GPU replicas leave n_threads at 0: 2 threads each; the 3 CPU replicas share 16 - 4 cores.
     for i, (name, threads) in enumerate(
         [("big-0", 2), ("big-1", 2), ("small-0", 4), ("small-1", 4), ("small-2", 4)]
@@ -525,7 +514,7 @@ def test_plan_argv_env_ports_names_and_threads(tmp_path: Path) -> None:
     assert list(gateway.argv) == [
         "py",
         "-m",
-        "gateway",
+        "llamagrid.gateway",
         "--config",
         path,
         "--host",
@@ -598,7 +587,7 @@ def test_single_model_flags_are_refused_with_config(tmp_path: Path) -> None:
 def test_print_plan_prints_the_plan_and_exits_0(tmp_path: Path) -> None:
     path = write(tmp_path, GOOD)
     out = subprocess.run(
-        [sys.executable, "-m", "supervisor", "serve", "--config", str(path), "--print-plan"],
+        [sys.executable, "-m", "llamagrid", "serve", "--config", str(path), "--print-plan"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -615,7 +604,7 @@ def test_print_plan_prints_the_plan_and_exits_0(tmp_path: Path) -> None:
 def test_print_plan_fails_on_a_bad_config(tmp_path: Path) -> None:
     path = write(tmp_path, {"models": [{"alias": "a", "n_ctxx": 1}]})
     out = subprocess.run(
-        [sys.executable, "-m", "supervisor", "serve", "--config", str(path), "--print-plan"],
+        [sys.executable, "-m", "llamagrid", "serve", "--config", str(path), "--print-plan"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -631,7 +620,7 @@ def test_print_plan_fails_on_a_bad_config(tmp_path: Path) -> None:
 def test_worker_takes_defaults_from_its_entry_and_flags_and_env_win(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from worker.main import parse
+    from llamagrid.worker.main import parse
 
     path = str(write(tmp_path, GOOD))
     settings, _ = parse(["--config", path, "--config-model", "small"])
@@ -662,7 +651,7 @@ def test_worker_exits_on_a_bad_config(
 ) -> None:
     path = write(tmp_path, data)
     out = subprocess.run(
-        [sys.executable, "-m", "worker", "--config", str(path), *args],
+        [sys.executable, "-m", "llamagrid.worker", "--config", str(path), *args],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import grpc
 import pytest
+
 from llamagrid.errors import (
     REASON_CONTEXT_LENGTH_EXCEEDED,
     REASON_MODEL_NOT_FOUND,
     ErrorDetails,
     build_status,
 )
-
-from gateway.errors import (
+from llamagrid.gateway.errors import (
     STATUS_TABLE,
     OpenAIError,
     from_rpc_error,

@@ -8,11 +8,11 @@ from typing import Any
 
 import grpc
 import pytest
-from llamagrid.v1 import inference_pb2 as pb
 
-from gateway.errors import OpenAIError
-from gateway.policies import RouteRequest, least_loaded
-from gateway.pool import PoolOptions, Worker, WorkerPool
+from llamagrid.gateway.errors import OpenAIError
+from llamagrid.gateway.policies import RouteRequest, least_loaded
+from llamagrid.gateway.pool import PoolOptions, Worker, WorkerPool
+from llamagrid.v1 import inference_pb2 as pb
 
 
 class FakeClient:

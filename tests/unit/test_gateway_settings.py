@@ -8,8 +8,8 @@ import pytest
 from pydantic import ValidationError
 from pydantic_settings import CliApp
 
-import gateway.main
-from gateway.settings import GatewaySettings
+import llamagrid.gateway.main
+from llamagrid.gateway.settings import GatewaySettings
 
 
 def test_defaults() -> None:
@@ -59,8 +59,10 @@ def test_main_wires_settings_pool_and_uvicorn(monkeypatch: pytest.MonkeyPatch) -
     def fake_run(server: Any) -> None:
         seen.update(config=server.config, drain=server.drain)
 
-    monkeypatch.setattr(gateway.main.DrainingServer, "run", fake_run)
-    gateway.main.main(["--worker", "127.0.0.1:50051", "--port", "8081", "--drain-grace-s", "7"])
+    monkeypatch.setattr(llamagrid.gateway.main.DrainingServer, "run", fake_run)
+    llamagrid.gateway.main.main(
+        ["--worker", "127.0.0.1:50051", "--port", "8081", "--drain-grace-s", "7"]
+    )
     config = seen["config"]
     assert config.port == 8081 and config.host == "127.0.0.1"
     assert "/v1/chat/completions" in config.app.openapi()["paths"]

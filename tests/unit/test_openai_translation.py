@@ -8,22 +8,26 @@ import struct
 from typing import Any
 
 import pytest
-from llamagrid.v1 import inference_pb2 as pb
 from pydantic import ValidationError
 
-from gateway.errors import OpenAIError
-from gateway.openai import rendering, service
-from gateway.openai.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from llamagrid.gateway.errors import OpenAIError
+from llamagrid.gateway.openai import rendering, translate
+from llamagrid.gateway.openai.schemas import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+)
+from llamagrid.v1 import inference_pb2 as pb
 
 USER = [{"role": "user", "content": "hi"}]
 
 
 def chat(**fields: Any) -> pb.GenerateRequest:
-    return service.chat_request(ChatCompletionRequest.model_validate({"model": "m", **fields}))
+    return translate.chat_request(ChatCompletionRequest.model_validate({"model": "m", **fields}))
 
 
 def completion(**fields: Any) -> pb.GenerateRequest:
-    return service.completion_request(CompletionRequest.model_validate({"model": "m", **fields}))
+    return translate.completion_request(CompletionRequest.model_validate({"model": "m", **fields}))
 
 
 def refused(build: Any, **fields: Any) -> OpenAIError:
@@ -60,7 +64,7 @@ def test_every_sampling_field() -> None:
     assert (s.top_p, s.seed, s.top_k, s.repeat_last_n) == (pytest.approx(0.9), 7, 40, 64)
     assert s.presence_penalty == 0.5 and s.frequency_penalty == -0.5
     assert dict(s.logit_bias) == {12: 3.0, 0: -100.0}
-    assert list(s.stop) == ["a", "b"]
+    assert list(s.stop) == ["a", "", "b"]  # passed on: the worker refuses the empty one
     assert s.min_p == pytest.approx(0.05) and s.typical_p == pytest.approx(0.95)
     assert s.repeat_penalty == pytest.approx(1.1)
     assert s.HasField("ignore_eos") and s.ignore_eos is False
@@ -147,7 +151,7 @@ def test_logprobs() -> None:
     assert completion(prompt="p", logprobs=3).sampling.top_logprobs == 3
 
 
-@pytest.mark.parametrize("key", ["dog", "-1", str(2**31)])
+@pytest.mark.parametrize("key", ["dog", "1.5", str(2**31)])
 def test_bad_logit_bias_key(key: str) -> None:
     assert refused(chat, messages=USER, logit_bias={key: 1}).param == "logit_bias"
 
@@ -218,14 +222,21 @@ def test_completion_prompts(prompt: Any, field: str, value: Any) -> None:
 
 def test_several_prompts_are_refused() -> None:
     assert refused(completion, prompt=["a", "b"]).code == "unsupported_parameter"
-    assert refused(completion, prompt=[]).param == "prompt"
 
 
-def test_schema_rejects_wrong_types() -> None:
+def test_an_empty_token_prompt_goes_to_the_worker_which_decides() -> None:
+    proto = completion(prompt=[])
+    assert proto.WhichOneof("input") == "tokens" and not proto.tokens.ids
+
+
+def test_schema_rejects_only_what_the_wire_cannot_carry() -> None:
+    # Ranges are the worker's to judge: temperature 3 reaches it (and it answers).
+    ChatCompletionRequest.model_validate({"model": "m", "messages": USER, "temperature": 3})
+    ChatCompletionRequest.model_validate({"model": "m", "messages": []})
     with pytest.raises(ValidationError):
-        ChatCompletionRequest.model_validate({"model": "m", "messages": []})
+        ChatCompletionRequest.model_validate({"model": "m", "messages": "hi"})
     with pytest.raises(ValidationError):
-        ChatCompletionRequest.model_validate({"model": "m", "messages": USER, "temperature": 3})
+        ChatCompletionRequest.model_validate({"model": "m", "messages": USER, "temperature": "x"})
     with pytest.raises(ValidationError):
         CompletionRequest.model_validate({"model": "m", "prompt": [1, "a"]})
     with pytest.raises(ValidationError):  # does not fit the proto's int32 / uint32
@@ -241,22 +252,22 @@ def test_schema_rejects_wrong_types() -> None:
     [("a", ["a"]), (["a", "b"], ["a", "b"]), ([1, 2], [[1, 2]]), ([[1], [2, 3]], [[1], [2, 3]])],
 )
 def test_embed_inputs(given: Any, expected: list[Any]) -> None:
-    proto = service.embed_request(EmbeddingRequest(model="m", input=given))
+    proto = translate.embed_request(EmbeddingRequest(model="m", input=given))
     assert proto.normalize and proto.model == "m"
     got = [i.text if i.HasField("text") else list(i.tokens.ids) for i in proto.inputs]
     assert got == expected
 
 
-@pytest.mark.parametrize("given", [[], "", [""], [[]]])
-def test_empty_embed_inputs_are_refused(given: Any) -> None:
-    with pytest.raises(OpenAIError) as caught:
-        service.embed_request(EmbeddingRequest(model="m", input=given))
-    assert caught.value.param == "input"
+@pytest.mark.parametrize(("given", "count"), [([], 0), ("", 1), ([""], 1), ([[]], 1)])
+def test_empty_embed_inputs_go_to_the_worker_which_decides(given: Any, count: int) -> None:
+    proto = translate.embed_request(EmbeddingRequest(model="m", input=given))
+    assert len(proto.inputs) == count
+    assert all(not (i.text or i.tokens.ids) for i in proto.inputs)
 
 
 def test_embed_dimensions_refused() -> None:
     with pytest.raises(OpenAIError) as caught:
-        service.embed_request(EmbeddingRequest(model="m", input="x", dimensions=8))
+        translate.embed_request(EmbeddingRequest(model="m", input="x", dimensions=8))
     assert caught.value.code == "unsupported_parameter"
 
 

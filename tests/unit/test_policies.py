@@ -7,12 +7,12 @@ from dataclasses import dataclass
 
 import pytest
 
-from gateway.policies import RouteRequest, create_policy
-from gateway.policies.hashing import HashRing, hash64
-from gateway.policies.least_load import LeastLoad
-from gateway.policies.prefix_affinity import PrefixAffinity
-from gateway.policies.round_robin import RoundRobin
-from gateway.policies.session_affinity import SessionAffinity
+from llamagrid.gateway.policies import RouteRequest, create_policy
+from llamagrid.gateway.policies.hashing import HashRing, hash64
+from llamagrid.gateway.policies.least_load import LeastLoad
+from llamagrid.gateway.policies.prefix_affinity import PrefixAffinity
+from llamagrid.gateway.policies.round_robin import RoundRobin
+from llamagrid.gateway.policies.session_affinity import SessionAffinity
 
 
 @dataclass

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from supervisor.config import load_fleet_config
+from llamagrid.fleet.config import load_fleet_config
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from worker.text_stream import TextStream
+from llamagrid.worker.engine.text_stream import TextStream
 
 
 def run(pieces: list[bytes], stops: list[str]) -> tuple[list[str], str | None]:

@@ -1,5 +1,6 @@
 """Device placement and the GPU offload checks, on llama.cpp's real outputs where this
-CPU-only machine has them and on llama.cpp's documented formats for the GPU cases."""
+CPU-only machine has them and on llama.cpp's documented formats for the GPU cases. The check on
+a real model's load log is in tests/integration/test_worker_devices.py."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ import logging
 
 import pytest
 
-from worker import llama_backend as lb
-from worker.devices import (
+from llamagrid.worker.native import llama_backend as lb
+from llamagrid.worker.native.devices import (
     DeviceInfo,
     OffloadError,
     Placement,
@@ -19,7 +20,6 @@ from worker.devices import (
     layer_devices,
     visible_devices,
 )
-from worker.model_source import default_model_path
 
 GIB = 1 << 30
 H100 = "NVIDIA H100 80GB HBM3"
@@ -59,21 +59,6 @@ def test_this_build_reports_its_cpu_device() -> None:
     assert cpu[0].name == "CPU" and cpu[0].backend == "CPU"
     assert cpu[0].memory_total > 0
     assert "CPU" in lb.backend_names()
-
-
-def test_the_real_load_log_places_every_smollm2_layer_on_the_cpu() -> None:
-    lb.init_backend()
-    model = lb.Model(lb.ModelOptions(path=str(default_model_path())))
-    try:
-        layers = layer_devices(model.load_log)
-        assert sorted(layers) == list(range(model.n_layers))  # 30 repeating + output
-        assert model.device_names == []  # this llama.cpp exports it; no GPU here
-        used, offloaded, total = devices_in_use(lb.devices(), layers, model.n_layers)
-    finally:
-        model.close()
-    assert (offloaded, total) == (0, 31)
-    assert [(d.name, d.layers) for d in used if d.type == "cpu"] == [("CPU", 31)]
-    assert backend_of(used) == "cpu"
 
 
 def test_layers_split_across_two_gpus() -> None:

@@ -7,14 +7,9 @@ import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from worker.metrics import (
-    SCALARS,
-    EngineCounters,
-    EngineSnapshot,
-    RequestCounts,
-    WorkerMetrics,
-)
-from worker.requests import Final, FinishReason, Usage
+from llamagrid.worker.engine.counters import EngineCounters, EngineSnapshot
+from llamagrid.worker.engine.events import Final, FinishReason, Usage
+from llamagrid.worker.metrics import SCALARS, RequestCounts, WorkerMetrics
 
 
 def final(

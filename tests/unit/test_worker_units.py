@@ -3,16 +3,21 @@ proto translation."""
 
 from __future__ import annotations
 
-import grpc
 import pytest
-from llamagrid.v1 import inference_pb2 as pb
 
-from worker.chat_template import CHATML_TEMPLATE, ChatTemplate
-from worker.errors import EngineError
-from worker.llama_backend import RANDOM_SEED
-from worker.requests import Chunk, Final, FinishReason, Sampling, Usage
-from worker.sampling import resolve, validate
-from worker.translate import (
+from llamagrid.v1 import inference_pb2 as pb
+from llamagrid.worker.engine.chat_template import CHATML_TEMPLATE, ChatTemplate
+from llamagrid.worker.engine.errors import EngineError, Reason
+from llamagrid.worker.engine.events import Chunk, Final, FinishReason, Usage
+from llamagrid.worker.engine.requests import GenerationSpec, JsonSchema, Sampling
+from llamagrid.worker.engine.sampling import resolve
+from llamagrid.worker.engine.validation import (
+    check_embed_inputs,
+    check_generation,
+    check_sampling,
+)
+from llamagrid.worker.native.llama_backend import RANDOM_SEED
+from llamagrid.worker.rpc.translate import (
     chunks_to_proto,
     final_to_proto,
     generation_from_proto,
@@ -31,7 +36,7 @@ def test_template_errors_are_invalid_argument() -> None:
     t = ChatTemplate("{{ raise_exception('roles must alternate') }}")
     with pytest.raises(EngineError) as err:
         t.render([{"role": "user", "content": "x"}])
-    assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.reason is Reason.INVALID_VALUE
     assert "roles must alternate" in err.value.message
 
 
@@ -55,7 +60,7 @@ def test_unset_fields_get_defaults_and_zero_is_kept() -> None:
 
 
 def test_json_schema_becomes_a_grammar() -> None:
-    cfg = resolve(Sampling(json_schema='{"type": "object"}'), context_per_slot=512)
+    cfg = resolve(Sampling(constraint=JsonSchema('{"type": "object"}')), context_per_slot=512)
     assert "root" in cfg.grammar
 
 
@@ -71,14 +76,13 @@ def test_json_schema_becomes_a_grammar() -> None:
         (Sampling(logit_bias={50_000: 1.0}), "logit_bias"),
         (Sampling(logit_bias={5: 101.0}), "logit_bias"),
         (Sampling(stop=("",)), "stop"),
-        (Sampling(grammar="root ::= x", json_schema="{}"), "grammar"),
     ],
 )
 def test_validation_names_the_field(sampling: Sampling, param: str) -> None:
     with pytest.raises(EngineError) as err:
-        validate(sampling, n_vocab=49152)
+        check_sampling(sampling, n_vocab=49152)
     assert err.value.param == param
-    assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.reason is Reason.INVALID_VALUE
 
 
 def test_sampling_from_proto_keeps_presence() -> None:
@@ -92,7 +96,7 @@ def test_sampling_from_proto_keeps_presence() -> None:
     s = sampling_from_proto(p)
     assert s.temperature == 0.0 and s.max_tokens == 7 and s.top_p is None
     assert s.stop == ("a",) and s.logit_bias == {3: -5.0}
-    assert s.json_schema and not s.grammar
+    assert s.constraint == JsonSchema('{"type":"object"}')
 
 
 def test_generation_from_proto_inputs() -> None:
@@ -102,14 +106,45 @@ def test_generation_from_proto_inputs() -> None:
     assert generation_from_proto(chat).messages[0].name == "bob"  # type: ignore[index]
     toks = generation_from_proto(pb.GenerateRequest(tokens=pb.TokenList(ids=[1, 2])))
     assert toks.tokens == (1, 2)
-    with pytest.raises(EngineError):
-        generation_from_proto(pb.GenerateRequest())
-    with pytest.raises(EngineError):
-        generation_from_proto(
-            pb.GenerateRequest(
-                chat=pb.ChatConversation(messages=[pb.ChatMessage(role="", content="x")])
-            )
-        )
+    with pytest.raises(EngineError) as no_input:
+        check_generation(generation_from_proto(pb.GenerateRequest()), n_vocab=49152)
+    assert no_input.value.param == "input"
+    no_role = pb.GenerateRequest(
+        chat=pb.ChatConversation(messages=[pb.ChatMessage(role="", content="x")])
+    )
+    with pytest.raises(EngineError) as caught:
+        check_generation(generation_from_proto(no_role), n_vocab=49152)
+    assert caught.value.param == "messages[0].role"
+
+
+@pytest.mark.parametrize(
+    ("spec", "param"),
+    [
+        (GenerationSpec(messages=()), "messages"),
+        (GenerationSpec(tokens=()), "prompt"),
+        (GenerationSpec(tokens=(1, 49152)), "prompt"),
+        (GenerationSpec(prompt="a", tokens=(1,)), "input"),
+        (GenerationSpec(prompt="a", sampling=Sampling(temperature=float("nan"))), "temperature"),
+        (
+            GenerationSpec(prompt="a", sampling=Sampling(repeat_penalty=float("inf"))),
+            "repeat_penalty",
+        ),
+        (GenerationSpec(prompt="a", sampling=Sampling(logit_bias={1: float("nan")})), "logit_bias"),
+    ],
+)
+def test_one_rule_per_field_names_it(spec: GenerationSpec, param: str) -> None:
+    with pytest.raises(EngineError) as caught:
+        check_generation(spec, n_vocab=49152)
+    assert (caught.value.reason, caught.value.param) == (Reason.INVALID_VALUE, param)
+
+
+def test_embed_inputs_are_checked_before_any_work() -> None:
+    for inputs, message in (([], "input must not be empty"), (["a", ""], "input 1 is empty")):
+        with pytest.raises(EngineError) as caught:
+            check_embed_inputs(inputs, n_vocab=10)
+        assert (caught.value.param, caught.value.message) == ("input", message)
+    with pytest.raises(EngineError, match="outside the vocabulary"):
+        check_embed_inputs([[1, 10]], n_vocab=10)
 
 
 def test_events_to_proto() -> None:

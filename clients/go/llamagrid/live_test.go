@@ -48,7 +48,7 @@ func dial(t *testing.T) *llamagrid.Client {
 	addr := os.Getenv("LLAMAGRID_WORKER_ADDR")
 	if addr == "" {
 		t.Fatal("LLAMAGRID_WORKER_ADDR is not set: these tests need a running llamagrid worker " +
-			"(for example `python -m worker --port 50051`, then LLAMAGRID_WORKER_ADDR=127.0.0.1:50051)")
+			"(for example `python -m llamagrid.worker --port 50051`, then LLAMAGRID_WORKER_ADDR=127.0.0.1:50051)")
 	}
 	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 	defer cancel()

@@ -11,7 +11,7 @@ from typing import Any, NoReturn
 from jinja2 import TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from worker.errors import invalid
+from llamagrid.worker.engine.errors import invalid
 
 #: Used when a GGUF has no template of its own: ChatML, which many small models were tuned on.
 CHATML_TEMPLATE = (

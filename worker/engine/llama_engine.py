@@ -17,29 +17,25 @@ import threading
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol, TypeVar
 
-import grpc
-from llamagrid import errors as codes
-
-from worker import devices as dv
-from worker import llama_backend as lb
-from worker.bridge import EventChannel
-from worker.chat_template import ChatTemplate, load_template_source
-from worker.embedder import Embedder, EmbedJob
-from worker.errors import EngineError
-from worker.metrics import EngineCounters, EngineSnapshot
-from worker.model_source import ModelSource
-from worker.requests import (
-    EmbedResult,
-    Event,
-    Final,
-    GenerationRequest,
-    Load,
-    ModelDescription,
-    TokenPiece,
+from llamagrid.worker.engine.channel import EventChannel
+from llamagrid.worker.engine.chat_template import ChatTemplate, load_template_source
+from llamagrid.worker.engine.counters import EngineCounters, EngineSnapshot
+from llamagrid.worker.engine.embedder import Embedder, EmbedJob
+from llamagrid.worker.engine.errors import EngineError, Reason, internal, not_ready
+from llamagrid.worker.engine.events import Event, Final
+from llamagrid.worker.engine.reports import EmbedResult, Load, ModelDescription, TokenPiece
+from llamagrid.worker.engine.requests import GenerationSpec
+from llamagrid.worker.engine.scheduler import Scheduler
+from llamagrid.worker.engine.slot import Job
+from llamagrid.worker.engine.validation import (
+    check_embed_inputs,
+    check_generation,
+    check_token_ids,
 )
-from worker.scheduler import Scheduler
-from worker.settings import WorkerSettings
-from worker.slot import Job
+from llamagrid.worker.model_source import ModelSource
+from llamagrid.worker.native import devices as dv
+from llamagrid.worker.native import llama_backend as lb
+from llamagrid.worker.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -64,7 +60,7 @@ class Engine(Protocol):
     def metrics_snapshot(self) -> EngineSnapshot | None:
         """Counters and state for /metrics, from any thread; None while not serving."""
 
-    def generate(self, request: GenerationRequest) -> AsyncIterator[Event]:
+    def generate(self, request: GenerationSpec) -> AsyncIterator[Event]:
         """Stream events; closing the iterator early cancels the generation."""
 
     async def embed(self, inputs: list[str | list[int]], normalize: bool) -> EmbedResult:
@@ -126,9 +122,7 @@ class LlamaEngine:
     def description(self) -> ModelDescription:
         """The model served."""
         if self._desc is None:
-            raise EngineError(
-                grpc.StatusCode.UNAVAILABLE, "the model is still loading", codes.REASON_NOT_READY
-            )
+            raise not_ready("the model is still loading")
         return self._desc
 
     def placement(self) -> dv.Placement:
@@ -150,11 +144,11 @@ class LlamaEngine:
             log.warning("the engine did not answer a metrics scrape within %.0f s", timeout_s)
             return None
 
-    def _snapshot(self, engine: _Loaded) -> EngineSnapshot:
-        sched = engine.scheduler
+    def _snapshot(self, rt: _Runtime) -> EngineSnapshot:
+        sched = rt.scheduler
         kv = sched.kv_use()
         return EngineSnapshot(
-            counters=engine.counters.copy(),
+            counters=rt.counters.copy(),
             slots=self.settings.parallel,
             slots_busy=sched.active,
             queued=self._queued,
@@ -164,8 +158,8 @@ class LlamaEngine:
             prefix_cache_tokens=sum(
                 len(sched.cache.held(seq)) for seq, s in enumerate(sched.slots) if s is None
             ),
-            embed_queued=engine.embedder.queued_inputs,
-            device_layers={d.name: d.layers for d in engine.placement.devices},
+            embed_queued=rt.embedder.queued_inputs,
+            device_layers={d.name: d.layers for d in rt.placement.devices},
         )
 
     async def drain(self, grace_s: float) -> None:
@@ -178,18 +172,18 @@ class LlamaEngine:
         await asyncio.to_thread(self._thread.join, 30)
 
     # Work.
-    async def generate(self, request: GenerationRequest) -> AsyncIterator[Event]:
+    async def generate(self, request: GenerationSpec) -> AsyncIterator[Event]:
         """Stream the events of one generation."""
         self._check_accepting()
+        check_generation(request, self.description().vocab_size)
         job = Job(request, EventChannel(asyncio.get_running_loop()))
         with self._lock:
             free = self.settings.parallel - self._running
             if self._queued >= self.settings.max_queue + max(free, 0):
                 raise EngineError(
-                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    Reason.QUEUE_FULL,
                     f"all {self.settings.parallel} slots are busy and the queue is full "
                     f"({self.settings.max_queue} waiting)",
-                    codes.REASON_QUEUE_FULL,
                     retry_after_s=1.0,
                 )
             self._queued += 1
@@ -210,13 +204,13 @@ class LlamaEngine:
 
     async def embed(self, inputs: list[str | list[int]], normalize: bool) -> EmbedResult:
         """Embeddings of texts or token lists, in order, batched with concurrent requests."""
+        self._check_accepting()
+        check_embed_inputs(inputs, self.description().vocab_size)
 
-        def run(engine: _Loaded) -> EmbedJob:
-            tokens = [
-                engine.model.tokenize(i, True, True) if isinstance(i, str) else i for i in inputs
-            ]
-            job = engine.embedder.submit(tokens, normalize)
-            engine.counters.on_embed([len(t) for t in tokens])
+        def run(rt: _Runtime) -> EmbedJob:
+            tokens = [rt.model.tokenize(i, True, True) if isinstance(i, str) else i for i in inputs]
+            job = rt.embedder.submit(tokens, normalize)
+            rt.counters.on_embed([len(t) for t in tokens])
             return job
 
         job = await self._call(run)
@@ -230,17 +224,17 @@ class LlamaEngine:
     async def load(self) -> Load:
         """Work in progress and KV cache occupancy, read between two engine steps."""
 
-        def run(engine: _Loaded) -> Load:
-            kv = engine.scheduler.kv_use()
+        def run(rt: _Runtime) -> Load:
+            kv = rt.scheduler.kv_use()
             return Load(
-                active=engine.scheduler.active,
+                active=rt.scheduler.active,
                 queued=self._queued,
                 slots=self.settings.parallel,
                 max_queue=self.settings.max_queue,
                 kv_cells_used=kv.used,
                 kv_cells_total=kv.total,
-                embed_queued=engine.embedder.queued_inputs,
-                decode_steps=engine.counters.decode_calls,
+                embed_queued=rt.embedder.queued_inputs,
+                decode_steps=rt.counters.decode_calls,
             )
 
         return await self._call(run)
@@ -248,29 +242,28 @@ class LlamaEngine:
     async def tokenize(self, text: str, add_special: bool, parse_special: bool) -> list[TokenPiece]:
         """Token ids of text, with their bytes."""
 
-        def run(engine: _Loaded) -> list[TokenPiece]:
-            ids = engine.model.tokenize(text, add_special, parse_special)
-            return [TokenPiece(t, engine.model.piece(t, special=True)) for t in ids]
+        def run(rt: _Runtime) -> list[TokenPiece]:
+            ids = rt.model.tokenize(text, add_special, parse_special)
+            return [TokenPiece(t, rt.model.piece(t, special=True)) for t in ids]
 
         return await self._call(run)
 
     async def detokenize(self, tokens: list[int], render_special: bool) -> str:
         """Text of token ids."""
+        self._check_accepting()
+        check_token_ids(tokens, self.description().vocab_size, "token_ids")
 
-        def run(engine: _Loaded) -> str:
-            engine.model.check_tokens(tokens, "token_ids")
-            return engine.model.detokenize(tokens, render_special)
+        def run(rt: _Runtime) -> str:
+            return rt.model.detokenize(tokens, render_special)
 
         return await self._call(run)
 
     def _check_accepting(self) -> None:
         if self._stopping:
-            raise EngineError(
-                grpc.StatusCode.UNAVAILABLE, "the worker is shutting down", codes.REASON_NOT_READY
-            )
+            raise not_ready("the worker is shutting down")
         self.description()
 
-    async def _call(self, fn: Callable[[_Loaded], T]) -> T:
+    async def _call(self, fn: Callable[[_Runtime], T]) -> T:
         self._check_accepting()
         future: concurrent.futures.Future[T] = concurrent.futures.Future()
         self._inbox.put(("call", fn, future))
@@ -279,38 +272,38 @@ class LlamaEngine:
     # The engine thread.
     def _run(self) -> None:
         try:
-            loaded = _Loaded(self.settings, self.source)
+            runtime = _Runtime(self.settings, self.source)
         except BaseException as exc:  # report any load failure to the waiting server
             if not isinstance(exc, dv.OffloadError):  # whose message says it all
                 log.exception("loading %s failed", self.source.path)
             self._load_error = exc
             self._loaded.set()
             return
-        self._placement = loaded.placement
-        self._desc = loaded.describe()
+        self._placement = runtime.placement
+        self._desc = runtime.describe()
         self._loaded.set()
         log.info("model %s ready (%s)", self._desc.alias, self.source.path)
         try:
-            self._loop(loaded)
+            self._loop(runtime)
         finally:
-            loaded.close()
+            runtime.close()
 
-    def _loop(self, engine: _Loaded) -> None:
-        sched = engine.scheduler
+    def _loop(self, rt: _Runtime) -> None:
+        sched = rt.scheduler
         sched.on_dequeue = self._on_dequeue
         while True:
-            block = not sched.active and not sched.waiting and not engine.embedder.pending
-            if not self._handle(engine, self._inbox.get() if block else None):
+            block = not sched.active and not sched.waiting and not rt.embedder.pending
+            if not self._handle(rt, self._inbox.get() if block else None):
                 return
             while not self._inbox.empty():
-                if not self._handle(engine, self._inbox.get_nowait()):
+                if not self._handle(rt, self._inbox.get_nowait()):
                     return
             try:
                 sched.step()
             except Exception as exc:  # a failed decode must not kill the worker
                 log.exception("decode step failed; failing the running requests")
-                sched.fail_all(EngineError(grpc.StatusCode.INTERNAL, f"decode failed: {exc}"))
-            engine.embedder.step()
+                sched.fail_all(internal(f"decode failed: {exc}"))
+            rt.embedder.step()
             self._running = sched.active
 
     def _on_dequeue(self, job: Job) -> None:
@@ -318,24 +311,24 @@ class LlamaEngine:
             self._queued -= 1
             self._running += 1
 
-    def _handle(self, engine: _Loaded, cmd: tuple[Any, ...] | None) -> bool:
+    def _handle(self, rt: _Runtime, cmd: tuple[Any, ...] | None) -> bool:
         if cmd is None or cmd[0] == "wake":
             return True
         if cmd[0] == "stop":
             return False
         if cmd[0] == "job":
-            engine.scheduler.enqueue(cmd[1])
+            rt.scheduler.enqueue(cmd[1])
         elif cmd[0] == "call":
             fn, future = cmd[1], cmd[2]
             if future.set_running_or_notify_cancel():
                 try:
-                    future.set_result(fn(engine))
+                    future.set_result(fn(rt))
                 except Exception as exc:  # handed back to the awaiting handler
                     future.set_exception(exc)
         return True
 
 
-class _Loaded:
+class _Runtime:
     """Everything created on the engine thread once the model is loaded."""
 
     def __init__(self, s: WorkerSettings, source: ModelSource) -> None:
@@ -414,7 +407,7 @@ class _Loaded:
         )
 
     def describe(self) -> ModelDescription:
-        s, info, place = self.settings, self.info, self.placement
+        s, info = self.settings, self.info
         return ModelDescription(
             alias=self.source.alias,
             file=str(self.source.path),
@@ -431,12 +424,6 @@ class _Loaded:
             vocab_size=self.model.n_vocab,
             pooling=self.embedder.ctx.pooling,
             description=info["desc"],
-            backend=place.backend,
-            visible_devices=place.visible_devices,
-            n_gpu_layers=place.n_gpu_layers,
-            main_gpu=place.main_gpu,
-            split_mode=place.split_mode,
-            tensor_split=place.tensor_split,
         )
 
     def close(self) -> None:

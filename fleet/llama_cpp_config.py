@@ -15,8 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from supervisor.problems import Loc, Problems
-from worker.settings import WorkerSettings
+from llamagrid.fleet.problems import Loc, Problems
+from llamagrid.worker.settings import WorkerSettings
 
 SPLIT_MODES = {0: "none", 1: "layer", 2: "row"}  # llama.cpp's enum llama_split_mode
 DEFAULT_N_CTX = 2048  # llama-cpp-python's default, per request

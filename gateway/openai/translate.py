@@ -12,11 +12,10 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from llamagrid.v1 import inference_pb2 as pb
-
-from gateway.errors import invalid_request, unsupported
-from gateway.openai.schemas import (
+from llamagrid.gateway.errors import invalid_request, unsupported
+from llamagrid.gateway.openai.schemas import (
     INT32_MAX,
+    INT32_MIN,
     ChatCompletionRequest,
     ChatMessage,
     CompletionRequest,
@@ -26,6 +25,7 @@ from gateway.openai.schemas import (
     JsonSchemaFormat,
     SamplingFields,
 )
+from llamagrid.v1 import inference_pb2 as pb
 
 #: Fields whose value is copied as is onto SamplingParams.
 _PLAIN_SAMPLING_FIELDS = (
@@ -103,6 +103,7 @@ def completion_request(request: CompletionRequest) -> pb.GenerateRequest:
     if isinstance(prompt, str):
         proto.prompt = prompt
     else:
+        proto.tokens.SetInParent()  # an empty list is still a (token) prompt: the worker decides
         proto.tokens.ids.extend(prompt)
     return proto
 
@@ -118,8 +119,6 @@ def embed_request(request: EmbeddingRequest) -> pb.EmbedRequest:
         values = [[item for item in request.input if isinstance(item, int)]]
     else:
         values = [item for item in request.input if not isinstance(item, int)]
-    if not values or not all(values):
-        raise invalid_request("input must not be empty or hold empty items.", "input")
     inputs = [
         pb.EmbedInput(text=value) if isinstance(value, str) else pb.EmbedInput(tokens=_ids(value))
         for value in values
@@ -146,10 +145,10 @@ def sampling_params(request: SamplingFields, max_tokens: int | None) -> pb.Sampl
 
 
 def stop_strings(stop: str | list[str] | None) -> list[str]:
-    """The stop strings, without empty ones."""
+    """The stop strings as a list (the worker refuses empty ones)."""
     if stop is None:
         return []
-    return [s for s in ([stop] if isinstance(stop, str) else stop) if s]
+    return [stop] if isinstance(stop, str) else list(stop)
 
 
 def logit_bias(bias: dict[str, float] | None) -> dict[int, float]:
@@ -158,7 +157,7 @@ def logit_bias(bias: dict[str, float] | None) -> dict[int, float]:
     for key, value in (bias or {}).items():
         try:
             token = int(key)
-            if not 0 <= token <= INT32_MAX:
+            if not INT32_MIN <= token <= INT32_MAX:
                 raise ValueError(key)
             result[token] = value
         except ValueError:
@@ -187,8 +186,6 @@ def single_input(
     """The one prompt of a request: a string, a token list, or a list holding one of them."""
     if isinstance(value, str):
         return value
-    if not value:
-        raise invalid_request(f"{param} must not be empty.", param)
     if all(isinstance(item, int) for item in value):
         return [int(item) for item in value if isinstance(item, int)]
     if len(value) != 1:

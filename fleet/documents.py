@@ -10,7 +10,7 @@ import yaml
 from yaml.constructor import ConstructorError
 from yaml.nodes import MappingNode
 
-from supervisor.problems import FleetConfigError
+from llamagrid.fleet.problems import FleetConfigError
 
 
 class _StrictLoader(yaml.SafeLoader):

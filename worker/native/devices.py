@@ -14,7 +14,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 
-from worker.settings import WorkerSettings
+from llamagrid.worker.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
 

@@ -7,26 +7,26 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from worker.bridge import EventChannel
-from worker.llama_backend import Context, Model, Sampler
-from worker.requests import (
+from llamagrid.worker.engine.channel import EventChannel
+from llamagrid.worker.engine.events import (
     Chunk,
     Event,
     Final,
     FinishReason,
-    GenerationRequest,
     LogprobEntry,
     TokenLogprob,
     Usage,
 )
-from worker.text_stream import TextStream
+from llamagrid.worker.engine.requests import GenerationSpec
+from llamagrid.worker.engine.text_stream import TextStream
+from llamagrid.worker.native.llama_backend import Context, Model, Sampler
 
 
 @dataclass(eq=False)
 class Job:
     """A generation request from submission until its final event."""
 
-    request: GenerationRequest
+    request: GenerationSpec
     channel: EventChannel[Event | BaseException]
     submitted: float = field(default_factory=time.perf_counter)
     cancelled: bool = False

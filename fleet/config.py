@@ -5,7 +5,7 @@ section (read only by `llamagrid serve`) and a ``models`` list whose entries are
 optional ``policy``, ``replicas`` (a count or a list of GPU groups) and any WorkerSettings field,
 flat. Every section is validated by the settings class of the process that uses it (without
 reading the environment), and every problem is reported at once with its location. A
-llama-cpp-python server config file is accepted too (supervisor/llama_cpp_config.py).
+llama-cpp-python server config file is accepted too (fleet/llama_cpp_config.py).
 """
 
 from __future__ import annotations
@@ -25,12 +25,12 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from gateway.settings import GatewaySettings, PolicyName
-from supervisor import llama_cpp_config
-from supervisor.documents import read_document
-from supervisor.problems import FleetConfigError, Problems
-from supervisor.replicas import Replica, check_gpu_sharing, check_placement, parse_replicas
-from worker.settings import WorkerSettings
+from llamagrid.fleet import llama_cpp_config
+from llamagrid.fleet.documents import read_document
+from llamagrid.fleet.problems import FleetConfigError, Problems
+from llamagrid.fleet.replicas import Replica, check_gpu_sharing, check_placement, parse_replicas
+from llamagrid.gateway.settings import GatewaySettings, PolicyName
+from llamagrid.worker.settings import WorkerSettings
 
 __all__ = [
     "FleetConfig",

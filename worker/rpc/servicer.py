@@ -8,14 +8,14 @@ from collections.abc import AsyncIterator
 from typing import Any, NoReturn
 
 import grpc
-from llamagrid import errors as codes
+
 from llamagrid.v1 import inference_pb2 as pb
 from llamagrid.v1 import inference_pb2_grpc as pb_grpc
-
-from worker.engine import Engine
-from worker.errors import EngineError, invalid
-from worker.requests import Admitted, Chunk, Final
-from worker.translate import (
+from llamagrid.worker.engine.errors import EngineError, Reason, unsupported
+from llamagrid.worker.engine.events import Admitted, Chunk, Final
+from llamagrid.worker.engine.llama_engine import Engine
+from llamagrid.worker.rpc.status import to_status
+from llamagrid.worker.rpc.translate import (
     chunks_to_proto,
     final_to_proto,
     generation_from_proto,
@@ -37,9 +37,8 @@ class InferenceService(pb_grpc.InferenceServiceServicer):
         alias = self.engine.description().alias
         if model and model != alias:
             raise EngineError(
-                grpc.StatusCode.NOT_FOUND,
+                Reason.MODEL_NOT_FOUND,
                 f"model '{model}' is not served here (this worker serves '{alias}')",
-                codes.REASON_MODEL_NOT_FOUND,
                 "model",
             )
 
@@ -50,7 +49,7 @@ class InferenceService(pb_grpc.InferenceServiceServicer):
         try:
             self._check_model(request.model)
             if not self.engine.description().can_generate:
-                raise invalid("this model cannot generate text", "model", codes.REASON_UNSUPPORTED)
+                raise unsupported("this model cannot generate text", "model")
             events = self.engine.generate(generation_from_proto(request))
             async with contextlib.aclosing(events):  # type: ignore[type-var]
                 async for event in events:
@@ -67,8 +66,6 @@ class InferenceService(pb_grpc.InferenceServiceServicer):
         """One embedding per input."""
         try:
             self._check_model(request.model)
-            if not request.inputs:
-                raise invalid("inputs must not be empty", "input")
             inputs: list[str | list[int]] = [
                 list(i.tokens.ids) if i.WhichOneof("input") == "tokens" else i.text
                 for i in request.inputs
@@ -145,7 +142,7 @@ async def _abort(context: Context, exc: EngineError) -> NoReturn:
     Trailing metadata set before (the worker's name, see server.CallObserver) is kept: abort
     would otherwise replace it with the status details.
     """
-    status = exc.to_status()
+    status = to_status(exc)
     metadata = (*(context.trailing_metadata() or ()), *status.trailing_metadata)
     await context.abort(status.code, status.details, metadata)
     raise AssertionError("abort returned")

@@ -17,8 +17,8 @@ import numpy.typing as npt
 from llama_cpp._ggml import libggml as _ggml
 from llama_cpp.llama_grammar import json_schema_to_gbnf
 
-from worker.devices import DEVICE_TYPES, DeviceInfo
-from worker.errors import invalid
+from llamagrid.worker.engine.errors import invalid
+from llamagrid.worker.native.devices import DEVICE_TYPES, DeviceInfo
 
 _log = logging.getLogger("llama.cpp")
 #: ggml's log levels (NONE=0, DEBUG, INFO, WARN, ERROR, CONT=5 continues the previous line).
@@ -276,14 +276,6 @@ class Model:
                 return buf.raw[:n].decode("utf-8", errors="replace")
             size = -n
         raise RuntimeError("llama_detokenize failed")
-
-    def check_tokens(self, tokens: list[int], param: str) -> None:
-        """Raise INVALID_ARGUMENT if a token id is outside the vocabulary."""
-        for t in tokens:
-            if not 0 <= t < self.n_vocab:
-                raise invalid(
-                    f"token id {t} is outside the vocabulary (0..{self.n_vocab - 1})", param
-                )
 
     def is_eog(self, token: int) -> bool:
         """Whether token ends generation (EOS, EOT, ...)."""

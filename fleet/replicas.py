@@ -11,8 +11,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from supervisor.problems import Loc, Problems
-from worker.settings import WorkerSettings
+from llamagrid.fleet.problems import Loc, Problems
+from llamagrid.worker.settings import WorkerSettings
 
 _GPU_UUID = re.compile(r"^(GPU|MIG)-[0-9a-fA-F]{4}[0-9a-fA-F-]*$|^MIG-GPU-[0-9a-fA-F-]+/\d+/\d+$")
 

@@ -12,12 +12,15 @@ import logging
 from collections import deque
 from dataclasses import dataclass, field
 
-import grpc
 import numpy as np
 
-from worker.errors import EngineError, context_exceeded, invalid
-from worker.llama_backend import Batch, Context, Model
-from worker.requests import EmbedResult
+from llamagrid.worker.engine.errors import (
+    context_exceeded,
+    internal,
+    not_ready,
+)
+from llamagrid.worker.engine.reports import EmbedResult
+from llamagrid.worker.native.llama_backend import Batch, Context, Model
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +65,7 @@ class Embedder:
 
     def close(self) -> None:
         """Fail queued requests; free the batch and the context."""
-        error = EngineError(grpc.StatusCode.UNAVAILABLE, "the worker is shutting down")
+        error = not_ready("the worker is shutting down")
         for job in self.pending:
             if not job.future.done():
                 job.future.set_exception(error)
@@ -71,17 +74,14 @@ class Embedder:
         self.ctx.close()
 
     def submit(self, inputs: list[list[int]], normalize: bool) -> EmbedJob:
-        """Queue one request's inputs; raises EngineError at once for an input that can't fit."""
+        """Queue validated inputs; raises EngineError at once for one that cannot fit."""
         for i, tokens in enumerate(inputs):
-            if not tokens:
-                raise invalid(f"input {i} is empty", "input")
             if len(tokens) > self.max_tokens:
                 raise context_exceeded(
                     f"input {i} has {len(tokens)} tokens; the most this model embeds is "
                     f"{self.max_tokens}",
                     "input",
                 )
-            self.model.check_tokens(tokens, "input")
         job = EmbedJob(inputs, normalize, concurrent.futures.Future())
         if not inputs:
             job.future.set_result(EmbedResult([], []))
@@ -99,7 +99,7 @@ class Embedder:
         except Exception as exc:  # a failed decode fails only the requests in it
             log.exception("embedding decode failed")
             for job in {job for job, _ in group}:
-                self._finish(job, EngineError(grpc.StatusCode.INTERNAL, f"decode failed: {exc}"))
+                self._finish(job, internal(f"decode failed: {exc}"))
             return True
         for (job, i), vec in zip(group, vectors, strict=True):
             if job.normalize:

@@ -20,15 +20,15 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
+
 from llamagrid.grpc_options import server_options
 from llamagrid.v1 import inference_pb2 as pb
 from llamagrid.v1 import inference_pb2_grpc as pb_grpc
-
-from worker.devices import OffloadError
-from worker.engine import Engine, LlamaEngine
-from worker.metrics import RequestCounts, WorkerMetrics
-from worker.service import InferenceService
-from worker.settings import WorkerSettings
+from llamagrid.worker.engine.llama_engine import Engine, LlamaEngine
+from llamagrid.worker.metrics import RequestCounts, WorkerMetrics
+from llamagrid.worker.native.devices import OffloadError
+from llamagrid.worker.rpc.servicer import InferenceService
+from llamagrid.worker.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
 

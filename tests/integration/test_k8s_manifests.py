@@ -25,8 +25,8 @@ import pytest
 import yaml
 from pydantic_settings import CliApp
 
-from gateway.settings import GatewaySettings, PolicyName
-from worker.settings import WorkerSettings
+from llamagrid.gateway.settings import GatewaySettings, PolicyName
+from llamagrid.worker.settings import WorkerSettings
 
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "deploy" / "k8s"
@@ -263,8 +263,8 @@ def check_fleet_shape(fleet: Any) -> list[str]:
 
 @cache
 def fleet_loader_present() -> bool:
-    """Whether supervisor/config.py (load_fleet_config) exists yet."""
-    return importlib.util.find_spec("supervisor.config") is not None
+    """Whether fleet/config.py (load_fleet_config) exists yet."""
+    return importlib.util.find_spec("llamagrid.fleet.config") is not None
 
 
 def parse_cli(settings: type[Any], args: list[str], config: Path) -> Any:
@@ -441,7 +441,7 @@ def test_fleet_config_is_mounted_and_names_the_worker_model(
     gateway = parse_cli(GatewaySettings, gateway_args, fleet_file)
     assert gateway.worker_dns == [flag(gateway_args, "--worker-dns")]
     if fleet_loader_present():
-        from supervisor.config import load_fleet_config
+        from llamagrid.fleet.config import load_fleet_config
 
         config = load_fleet_config(fleet_file)
         model = config.model(flag(worker_args, "--config-model"))

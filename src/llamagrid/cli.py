@@ -21,11 +21,11 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(0 if args else 2)
     command, rest = args[0], args[1:]
     if command == "worker":
-        from worker.main import main as run
+        from llamagrid.worker.main import main as run
     elif command == "gateway":
-        from gateway.main import main as run
+        from llamagrid.gateway.main import main as run
     elif command == "serve":
-        from supervisor.serve import main as run
+        from llamagrid.supervisor.serve import main as run
     else:
         sys.exit(f"llamagrid: unknown command '{command}'\n\n{USAGE}")
     run(rest)

@@ -16,18 +16,22 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import grpc
-from llamagrid import errors as codes
-
-from worker.chat_template import ChatTemplate
-from worker.errors import EngineError, context_exceeded, invalid
-from worker.llama_backend import Batch, Context, Model, Sampler
-from worker.metrics import EngineCounters
-from worker.prefix_cache import PrefixCache, Reuse
-from worker.requests import Admitted, GenerationRequest, Message
-from worker.sampling import resolve, validate
-from worker.slot import Job, Slot
-from worker.text_stream import TextStream
+from llamagrid.worker.engine.chat_template import ChatTemplate
+from llamagrid.worker.engine.counters import EngineCounters
+from llamagrid.worker.engine.errors import (
+    EngineError,
+    Reason,
+    context_exceeded,
+    invalid,
+    not_ready,
+)
+from llamagrid.worker.engine.events import Admitted
+from llamagrid.worker.engine.prefix_cache import PrefixCache, Reuse
+from llamagrid.worker.engine.requests import GenerationSpec, Message
+from llamagrid.worker.engine.sampling import resolve
+from llamagrid.worker.engine.slot import Job, Slot
+from llamagrid.worker.engine.text_stream import TextStream
+from llamagrid.worker.native.llama_backend import Batch, Context, Model, Sampler
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +85,7 @@ class Scheduler:
 
     def close(self) -> None:
         """Free native resources; fail whatever is still pending."""
-        self.fail_all(EngineError(grpc.StatusCode.UNAVAILABLE, "the worker is shutting down"))
+        self.fail_all(not_ready("the worker is shutting down"))
         self._batch.close()
 
     def fail_all(self, error: EngineError) -> None:
@@ -160,9 +164,8 @@ class Scheduler:
             job = self._leave_queue(self.waiting.popleft())
             job.fail(
                 EngineError(
-                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    Reason.QUEUE_TIMEOUT,
                     f"the request waited {self.queue_timeout_s:g} s for a free slot",
-                    codes.REASON_QUEUE_TIMEOUT,
                     retry_after_s=self.queue_timeout_s,
                 )
             )
@@ -204,7 +207,6 @@ class Scheduler:
     def _make_slot(self, job: Job) -> Slot:
         req = job.request
         s = req.sampling
-        validate(s, self.model.n_vocab)
         prompt = self.prompt_tokens(req)
         room = self.seq_ctx - len(prompt)
         if room <= 0 or (s.max_tokens is not None and s.max_tokens > room):
@@ -229,22 +231,17 @@ class Scheduler:
             cached=reuse.length,
         )
 
-    def prompt_tokens(self, req: GenerationRequest) -> list[int]:
-        """The prompt of a request as token ids (chat messages go through the template)."""
+    def prompt_tokens(self, req: GenerationSpec) -> list[int]:
+        """The prompt of a validated request as token ids (messages go through the template)."""
         if req.tokens is not None:
             tokens = list(req.tokens)
-            self.model.check_tokens(tokens, "prompt")
         elif req.messages is not None:
-            if not req.messages:
-                raise invalid("messages must not be empty", "messages")
             text = self.template.render([_message_dict(m) for m in req.messages])
             bos = self.model.bos_text
             add_bos = self.model.adds_bos and not (bos and text.startswith(bos))
             tokens = self.model.tokenize(text, add_special=add_bos, parse_special=True)
-        elif req.prompt is not None:
-            tokens = self.model.tokenize(req.prompt, add_special=True, parse_special=True)
         else:
-            raise invalid("the request has no prompt, tokens or messages", "prompt")
+            tokens = self.model.tokenize(req.prompt or "", add_special=True, parse_special=True)
         if not tokens:
             raise invalid("the prompt is empty", "prompt")
         return tokens

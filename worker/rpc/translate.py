@@ -3,26 +3,19 @@
 from __future__ import annotations
 
 from llamagrid.v1 import inference_pb2 as pb
-
-from worker.devices import DeviceInfo, Placement
-from worker.errors import invalid
-from worker.requests import (
-    Chunk,
-    Final,
-    FinishReason,
-    GenerationRequest,
-    Load,
-    LogprobEntry,
-    Message,
-    ModelDescription,
-    Sampling,
-    TokenLogprob,
-)
+from llamagrid.worker.engine.events import Chunk, Final, FinishReason, LogprobEntry, TokenLogprob
+from llamagrid.worker.engine.reports import Load, ModelDescription
+from llamagrid.worker.engine.requests import GenerationSpec, Grammar, JsonSchema, Message, Sampling
+from llamagrid.worker.native.devices import DeviceInfo, Placement
 
 _FINISH = {
     FinishReason.EOS: pb.FINISH_REASON_EOS,
     FinishReason.STOP_STRING: pb.FINISH_REASON_STOP_STRING,
     FinishReason.LENGTH: pb.FINISH_REASON_LENGTH,
+}
+_CONSTRAINTS: dict[str, type[Grammar | JsonSchema]] = {
+    "grammar": Grammar,
+    "json_schema": JsonSchema,
 }
 _OPTIONAL_FIELDS = (
     "max_tokens",
@@ -49,32 +42,24 @@ def sampling_from_proto(p: pb.SamplingParams) -> Sampling:
         logit_bias=dict(p.logit_bias),
         stop=tuple(p.stop),
         ignore_eos=p.ignore_eos,
-        grammar=p.grammar if constraint == "grammar" else "",
-        json_schema=p.json_schema if constraint == "json_schema" else "",
+        constraint=_CONSTRAINTS[constraint](getattr(p, constraint)) if constraint else None,
     )
 
 
-def generation_from_proto(req: pb.GenerateRequest) -> GenerationRequest:
-    """The engine request for a GenerateRequest."""
+def generation_from_proto(req: pb.GenerateRequest) -> GenerationSpec:
+    """The engine request for a GenerateRequest, as sent: the engine validates it."""
     sampling = sampling_from_proto(req.sampling)
     which = req.WhichOneof("input")
-    if which == "prompt":
-        return GenerationRequest(prompt=req.prompt, sampling=sampling, request_id=req.request_id)
-    if which == "tokens":
-        return GenerationRequest(
-            tokens=tuple(req.tokens.ids), sampling=sampling, request_id=req.request_id
-        )
-    if which == "chat":
-        messages = tuple(_message(m, i) for i, m in enumerate(req.chat.messages))
-        if not messages:
-            raise invalid("chat.messages must not be empty", "messages")
-        return GenerationRequest(messages=messages, sampling=sampling, request_id=req.request_id)
-    raise invalid("set one of prompt, tokens or chat", "input")
+    return GenerationSpec(
+        prompt=req.prompt if which == "prompt" else None,
+        tokens=tuple(req.tokens.ids) if which == "tokens" else None,
+        messages=tuple(_message(m) for m in req.chat.messages) if which == "chat" else None,
+        sampling=sampling,
+        request_id=req.request_id,
+    )
 
 
-def _message(m: pb.ChatMessage, index: int) -> Message:
-    if not m.role:
-        raise invalid(f"messages[{index}].role must not be empty", f"messages[{index}].role")
+def _message(m: pb.ChatMessage) -> Message:
     return Message(m.role, m.content, m.name if m.HasField("name") else None)
 
 

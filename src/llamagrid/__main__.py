@@ -1,0 +1,5 @@
+"""`python -m llamagrid`: the `llamagrid` command."""
+
+from llamagrid.cli import main
+
+main()

@@ -1,5 +1,0 @@
-"""`python -m supervisor`: the `llamagrid` command."""
-
-from supervisor.cli import main
-
-main()

@@ -1,0 +1,56 @@
+"""What the engine reports besides generations: embeddings, tokens, the model and its load."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class EmbedResult:
+    """Vectors in input order and their token counts."""
+
+    vectors: list[list[float]]
+    token_counts: list[int]
+
+
+@dataclass(frozen=True)
+class TokenPiece:
+    """One token and its bytes."""
+
+    token_id: int
+    data: bytes
+
+
+@dataclass(frozen=True)
+class ModelDescription:
+    """What GetModelInfo reports."""
+
+    alias: str
+    file: str
+    hf_repo: str
+    context_per_slot: int
+    train_context_size: int
+    parameter_count: int
+    size_bytes: int
+    chat_template: str
+    can_generate: bool
+    can_embed: bool
+    slots: int
+    embedding_size: int
+    vocab_size: int
+    pooling: str
+    description: str
+
+
+@dataclass(frozen=True)
+class Load:
+    """What GetLoad reports: the worker's work in progress and KV cache occupancy."""
+
+    active: int
+    queued: int
+    slots: int
+    max_queue: int
+    kv_cells_used: int
+    kv_cells_total: int
+    embed_queued: int
+    decode_steps: int
