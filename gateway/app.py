@@ -28,6 +28,7 @@ from llamagrid.gateway.openai.router import router as openai_router
 from llamagrid.gateway.pool import PoolOptions, WorkerPool
 from llamagrid.gateway.settings import GatewaySettings
 from llamagrid.gateway.sse import error_response
+from llamagrid.gateway.warmup import warm_up
 from llamagrid.grpc_options import channel_options
 
 logger = logging.getLogger(__name__)
@@ -66,6 +67,7 @@ def create_app(settings: GatewaySettings, pool: WorkerPool) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        warm_up()
         await pool.start()
         discovery.start()
         try:

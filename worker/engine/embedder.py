@@ -89,6 +89,11 @@ class Embedder:
             self.pending.append(job)
         return job
 
+    def warm_up(self, tokens: list[int]) -> None:
+        """Decode one input and drop its vector, so that the first Embed request does not pay
+        for llama.cpp's first decode on this context."""
+        self._decode_group([tokens])
+
     def step(self) -> bool:
         """Run one decode over as many queued inputs as fit. Returns False when idle."""
         group = self._pack()

@@ -393,6 +393,8 @@ class _Runtime:
             self.model, self.ctx, self.template, s.queue_timeout_s, self.counters
         )
         self.info = info
+        self.scheduler.warm_up()
+        self.embedder.warm_up(self.model.tokenize("Hello", True, True))
         self.placement = self._place()  # again: free memory once the KV caches are allocated
 
     def _place(self) -> dv.Placement:

@@ -27,7 +27,7 @@ from llamagrid.worker.engine.errors import (
 )
 from llamagrid.worker.engine.events import Admitted
 from llamagrid.worker.engine.prefix_cache import PrefixCache, Reuse
-from llamagrid.worker.engine.requests import GenerationSpec, Message
+from llamagrid.worker.engine.requests import GenerationSpec, Message, Sampling
 from llamagrid.worker.engine.sampling import resolve
 from llamagrid.worker.engine.slot import Job, Slot
 from llamagrid.worker.engine.text_stream import TextStream
@@ -87,6 +87,31 @@ class Scheduler:
         """Free native resources; fail whatever is still pending."""
         self.fail_all(not_ready("the worker is shutting down"))
         self._batch.close()
+
+    def warm_up(self) -> None:
+        """Pay now for what llama.cpp and the OS do on the first decode, not on the first request.
+
+        The first decodes create llama.cpp's thread pool and build its graphs for a prompt and
+        for one-token steps, and the OS pages in the mmapped weights as they are first read.
+        A short chat is rendered, prefilled into sequence 0, one token is sampled and decoded,
+        then the sequence is forgotten: no slot, cached prefix or counter changes.
+        """
+        prompt = self.prompt_tokens(GenerationSpec(messages=(Message("user", "Hello"),)))
+        sampler = Sampler(self.model, resolve(Sampling(), self.seq_ctx))
+        try:
+            index = 0
+            for pos, token in enumerate(prompt):
+                index = self._batch.add(token, pos, 0, pos == len(prompt) - 1)
+            self.ctx.decode(self._batch)
+            token = sampler.sample(self.ctx, index)
+            self._batch.clear()
+            index = self._batch.add(token, len(prompt), 0, True)
+            self.ctx.decode(self._batch)
+            sampler.sample(self.ctx, index)
+        finally:
+            self._batch.clear()
+            sampler.close()
+            self.ctx.forget(0)
 
     def fail_all(self, error: EngineError) -> None:
         """End every waiting and running job with error, and empty the KV cache."""
