@@ -3,7 +3,8 @@
 Each request ends in exactly one recorded outcome: ``done`` (the stream reached ``[DONE]``),
 ``error_event`` (the stream had started and ended with an OpenAI error event), ``http_<status>``
 (refused before streaming) or ``lost`` (no answer within the client's timeout, or the connection
-dropped without an error event). Fleet tests assert that nothing is ``lost``.
+dropped without an error event). Fleet tests assert that nothing is ``lost``. ``LoadRun.probe``
+runs one long stream on a chosen worker, to have one running there when it is killed.
 
 ``GatewayWatch`` scrapes the gateway's /metrics meanwhile: when the gateway itself took a worker
 out of rotation, brought it back, and how many calls it routed to it.
@@ -16,6 +17,7 @@ import contextlib
 import json
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,13 +48,8 @@ class LoadRun:
     clients: int = 4
     max_tokens: int = 24
     timeout_s: float = 90.0
-    #: What each chat asks for (a numbered suffix keeps the prompts apart).
-    task: str = "Count to ten."
     outcomes: list[Outcome] = field(default_factory=list)
     sent: int = 0
-    #: Streams that have received content and not ended yet, by worker.
-    streaming: Counter[str] = field(default_factory=Counter)
-    _progress: asyncio.Event = field(default_factory=asyncio.Event)
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -81,17 +78,6 @@ class LoadRun:
                 raise AssertionError(f"load condition not met; outcomes so far: {self.count()}")
             await asyncio.sleep(0.1)
 
-    async def wait_streaming(self, worker: str, timeout: float = 120.0) -> None:
-        """Return as soon as a stream on ``worker`` has received content and not ended: woken by
-        the stream's own chunk, not by polling, so the worker is still generating it."""
-        deadline = time.monotonic() + timeout
-        while not self.streaming[worker]:
-            self._progress.clear()
-            if time.monotonic() > deadline:
-                raise AssertionError(f"no stream on {worker}; outcomes so far: {self.count()}")
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._progress.wait(), 1.0)
-
     async def _loop(self, index: int) -> None:
         async with httpx.AsyncClient(base_url=self.base_url, timeout=self.timeout_s) as http:
             number = 0
@@ -100,17 +86,43 @@ class LoadRun:
                 self.sent += 1
                 self.outcomes.append(await self.one(http, f"client {index} request {number}"))
 
-    async def one(self, http: httpx.AsyncClient, content: str) -> Outcome:
-        """One streamed chat, reduced to its outcome."""
+    async def probe(self, worker: str, running: asyncio.Event, max_tokens: int = 512) -> Outcome:
+        """One long stream on ``worker``, not counted in the run's outcomes.
+
+        ``running`` is set when its first token arrives: the worker still has hundreds to
+        generate (``ignore_eos``), however late this process reads. A stream that the gateway
+        sends to another worker is closed and sent again.
+        """
+        extra = {"max_tokens": max_tokens, "ignore_eos": True}
+        async with httpx.AsyncClient(base_url=self.base_url, timeout=self.timeout_s) as http:
+            for attempt in range(1, 51):
+                outcome = await self.one(
+                    http, f"probe {attempt}", extra, only_on=worker, on_content=running.set
+                )
+                if outcome.kind != "elsewhere":
+                    return outcome
+        raise AssertionError(f"50 probes and none went to {worker}")
+
+    async def one(
+        self,
+        http: httpx.AsyncClient,
+        content: str,
+        extra: dict[str, Any] | None = None,
+        only_on: str | None = None,
+        on_content: Callable[[], None] | None = None,
+    ) -> Outcome:
+        """One streamed chat, reduced to its outcome (``elsewhere``: closed at once because it
+        did not go to worker ``only_on``). ``on_content`` is called at its first content."""
         body = {
             "model": self.model,
-            "messages": [{"role": "user", "content": f"{self.task} ({content})"}],
+            "messages": [{"role": "user", "content": f"Count to ten. ({content})"}],
             "max_tokens": self.max_tokens,
             "temperature": 0,
             "stream": True,
+            **(extra or {}),
         }
         started = time.monotonic()
-        worker, text, streaming = "", "", False
+        worker, text = "", ""
         try:
             async with http.stream("POST", "/v1/chat/completions", json=body) as response:
                 worker = response.headers.get("x-llamagrid-worker", "")
@@ -119,6 +131,8 @@ class LoadRun:
                     return Outcome(
                         f"http_{response.status_code}", worker, started, time.monotonic()
                     )
+                if only_on is not None and worker != only_on:
+                    return Outcome("elsewhere", worker, started, time.monotonic())
                 async for line in response.aiter_lines():
                     if not line.startswith("data: "):
                         continue
@@ -130,18 +144,14 @@ class LoadRun:
                         ended = time.monotonic()
                         return Outcome("error_event", worker, started, ended, text, event["error"])
                     for choice in event.get("choices", []):
+                        content_before = bool(text)
                         text += choice["delta"].get("content") or ""
-                    if text and not streaming:
-                        streaming = True
-                        self.streaming[worker] += 1
-                        self._progress.set()
+                        if text and not content_before and on_content is not None:
+                            on_content()
         except httpx.HTTPError as error:
             return Outcome(
                 "lost", worker, started, time.monotonic(), text, {"message": repr(error)}
             )
-        finally:
-            if streaming:
-                self.streaming[worker] -= 1
         return Outcome("lost", worker, started, time.monotonic(), text)
 
 

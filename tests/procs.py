@@ -141,11 +141,13 @@ def running(proc: Proc) -> Iterator[Proc]:
         proc.terminate()
 
 
-def wait_serving(target: str, timeout: float = 120.0) -> None:
-    """Poll a worker's grpc.health.v1 Check until it reports SERVING."""
+def wait_serving(worker: str | Proc, timeout: float = 120.0) -> None:
+    """Poll a worker's grpc.health.v1 Check until it reports SERVING; given the Proc, fail at
+    once (with its output) if the process has exited."""
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+    target = worker if isinstance(worker, str) else worker.target
     deadline = time.monotonic() + timeout
     # Reconnect quickly: with grpc's default backoff (1 s growing to 120 s) a worker that is
     # restarting would be seen SERVING seconds after it is, later than the gateway sees it.
@@ -153,6 +155,9 @@ def wait_serving(target: str, timeout: float = 120.0) -> None:
     with grpc.insecure_channel(target, options=options) as channel:
         health = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline:
+            if isinstance(worker, Proc) and worker.popen.poll() is not None:
+                code = worker.popen.returncode
+                raise RuntimeError(f"worker {target} exited ({code}):\n{worker.log_text()}")
             with contextlib.suppress(grpc.RpcError):
                 reply = health.Check(health_pb2.HealthCheckRequest(), timeout=2)
                 if reply.status == health_pb2.HealthCheckResponse.SERVING:

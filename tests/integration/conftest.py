@@ -23,7 +23,7 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def worker(run_dir: Path) -> Iterator[Proc]:
     """The shared worker: SmolLM2, 4 slots."""
     with running(spawn_worker(run_dir, "--parallel", "4", "--n-ctx", "8192")) as proc:
-        wait_serving(proc.target)
+        wait_serving(proc)
         yield proc
 
 

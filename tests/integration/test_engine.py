@@ -71,7 +71,7 @@ async def settled(client: AsyncInferenceClient) -> pb.GetLoadResponse:
 
 def start(tmp: Path, *args: str) -> Iterator[Proc]:
     with running(spawn_worker(tmp, *args)) as proc:
-        wait_serving(proc.target)
+        wait_serving(proc)
         yield proc
 
 
@@ -239,7 +239,7 @@ async def test_cancel_in_queue_prefill_and_decode_frees_the_slot_at_once(single:
 async def test_full_queue_and_queue_timeout_are_resource_exhausted(tmp_path: Path) -> None:
     args = ("--parallel", "1", "--max-queue", "1", "--queue-timeout-s", "1")
     with running(spawn_worker(tmp_path, *args)) as worker:
-        wait_serving(worker.target)
+        wait_serving(worker)
         async with AsyncInferenceClient(worker.target) as client:
             a = client.generate(endless(), timeout=300)
             await next_chunk(a)
@@ -264,7 +264,7 @@ async def test_full_queue_and_queue_timeout_are_resource_exhausted(tmp_path: Pat
 async def test_unified_kv_shares_a_concurrent_prefix(tmp_path: Path) -> None:
     """With --kv-unified, requests running together reuse each other's system prompt."""
     with running(spawn_worker(tmp_path, "--parallel", "4", "--kv-unified")) as worker:
-        wait_serving(worker.target)
+        wait_serving(worker)
         async with AsyncInferenceClient(worker.target) as client:
             first = client.generate(endless("Count.", 200), timeout=300)
             first_req_tokens = (await run(client, greedy("Hi", system=SYSTEM)))[1].prompt_tokens

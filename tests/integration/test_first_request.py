@@ -62,7 +62,7 @@ def test_a_ready_worker_imports_nothing_while_serving(tmp_path: Path) -> None:
     with running(
         spawn_worker(tmp_path, "--parallel", "2", "--n-ctx", "2048", env=IMPORT_LOG)
     ) as proc:
-        wait_serving(proc.target)
+        wait_serving(proc)
         before = imports_in(proc.log_text())
         channel = grpc.insecure_channel(proc.target, options=channel_options())
         with channel:

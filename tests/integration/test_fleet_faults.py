@@ -2,7 +2,8 @@
 
 Counted request by request: the streams that were running on the killed worker end with an error
 event, every request that had not started completes on the survivor, the supervisor restarts the
-worker and it gets traffic again, and no request vanishes. When the victim was out of rotation is
+worker and it gets traffic again, and no request vanishes. The kill lands while a long probe
+stream runs on the victim, so at least one stream is cut. When the victim was out of rotation is
 the gateway's own record (its /metrics, scraped throughout), not a time this test measured.
 """
 
@@ -22,7 +23,6 @@ from tests.fleet_load import GatewayWatch, LoadRun
 from tests.procs import free_port
 
 MODEL = "smollm2"
-STORY = "Write a long story about a cat."
 
 
 @pytest.fixture(scope="module")
@@ -46,17 +46,20 @@ def test_killing_a_worker_under_load_loses_no_request(pair: Fleet) -> None:
 async def _kill_under_load(fleet: Fleet) -> None:
     victim = fleet.worker(f"{MODEL}-1")["address"]
     survivor = fleet.worker(f"{MODEL}-0")["address"]
-    # Stories run to max_tokens (a short answer could end before the kill lands).
-    load = LoadRun(fleet.base_url, MODEL, clients=4, max_tokens=48, timeout_s=120, task=STORY)
+    load = LoadRun(fleet.base_url, MODEL, clients=4, max_tokens=32, timeout_s=120)
     gateway = GatewayWatch(fleet.base_url)
     gateway.start()
     load.start()
     await load.wait_for(lambda run: set(run.by_worker()) == {victim, survivor})
     await gateway.wait_for(lambda watch: _available(watch, {victim, survivor}))
     old = fleet.pid_of(f"{MODEL}-1")
+    # Kill it while it is streaming: a long probe stream at least, and likely some of the load's.
+    running = asyncio.Event()
+    probe = asyncio.create_task(load.probe(victim, running))
+    started = asyncio.create_task(running.wait())
+    await asyncio.wait({probe, started}, timeout=120, return_when=asyncio.FIRST_COMPLETED)
+    assert running.is_set(), probe.result() if probe.done() else "the probe got no token in 120 s"
     scrapes_before_kill = len(gateway.scrapes)
-    # Kill it while it is streaming: as soon as one of its streams has sent a first token.
-    await load.wait_streaming(victim)
     os.kill(old, signal.SIGKILL)
     killed = time.monotonic()
     # The gateway takes it out of rotation (its health watch breaks, or the breaker ejects it).
@@ -80,9 +83,10 @@ async def _kill_under_load(fleet: Fleet) -> None:
     assert load.sent == len(load.outcomes)
     assert counts["lost"] == 0, [o for o in load.outcomes if o.kind == "lost"]
     assert set(counts) <= {"done", "error_event"}, counts
-    failed = [o for o in load.outcomes if o.kind == "error_event"]
     # The streams running on the killed worker failed, each with an error event, and only they.
-    assert failed and all(o.worker == victim and o.started < killed for o in failed), failed
+    failed = [o for o in [*load.outcomes, await probe] if o.kind == "error_event"]
+    assert probe.result() in failed, probe.result()
+    assert all(o.worker == victim and o.started < killed for o in failed), failed
     assert all(o.error and o.error["type"] == "service_unavailable_error" for o in failed)
     # Every request started after the kill completed.
     after = [o for o in load.outcomes if o.started > killed]

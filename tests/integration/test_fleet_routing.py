@@ -36,7 +36,7 @@ def gateway_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     flags = ("--parallel", "2", "--n-ctx", "4096", "--n-threads", "1")
     with running(spawn_worker(tmp, *flags)) as a, running(spawn_worker(tmp, *flags)) as b:
         for worker in (a, b):
-            wait_serving(worker.target)
+            wait_serving(worker)
         extra = ("--policy", "prefix_affinity", "--affinity-bound", "1.25")
         with running(spawn_gateway(tmp, a.target, b.target, extra=extra)) as gateway:
             url = f"http://127.0.0.1:{gateway.port}"

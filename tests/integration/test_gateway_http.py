@@ -214,7 +214,7 @@ def one_slot_gateway(tmp_path: Path, *worker_args: str) -> Iterator[str]:
         tmp_path, "--parallel", "1", "--n-ctx", "8192", "--n-batch", "64", *worker_args
     )
     with running(worker):
-        wait_serving(worker.target)
+        wait_serving(worker)
         with running(spawn_gateway(tmp_path, worker.target)) as gw:
             base = f"http://127.0.0.1:{gw.port}"
             wait_http_ok(f"{base}/health")

@@ -4,7 +4,8 @@ Every resource file is validated against the Kubernetes OpenAPI schemas shipped 
 kubernetes-validate, in strict mode (an unknown field is an error), and so is what
 `kustomize build` renders for the base and every overlay. kustomize is built once from the Go
 module proxy (about 40 s cold on 2 cores) into ~/.cache/llamagrid/bin and reused from there;
-LLAMAGRID_KUSTOMIZE names another binary. Then the cross-references that would rot silently:
+LLAMAGRID_KUSTOMIZE names another binary (that build is why this file is in the integration
+ring, not the unit ring). Then the cross-references that would rot silently:
 probes and ports, the worker DNS name, selectors, the fleet config, GPU requests, shutdown times.
 """
 

@@ -42,7 +42,7 @@ def test_worker_loads_from_hugging_face_cache_offline(tmp_path: Path) -> None:
         env=env,
     )
     with running(proc):
-        wait_serving(proc.target)
+        wait_serving(proc)
         channel = grpc.insecure_channel(proc.target)
         stub = pb_grpc.InferenceServiceStub(channel)
         info = stub.GetModelInfo(pb.GetModelInfoRequest()).info

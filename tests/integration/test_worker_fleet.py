@@ -36,7 +36,7 @@ def fleet_worker(run_dir: Path) -> Iterator[tuple[Proc, int]]:
         env={"CUDA_VISIBLE_DEVICES": CUDA_VISIBLE},
     )
     with running(proc):
-        wait_serving(proc.target)
+        wait_serving(proc)
         yield proc, metrics_port
 
 

@@ -181,6 +181,12 @@ class NoGrpc(importlib.abc.MetaPathFinder):
 
 sys.meta_path.insert(0, NoGrpc())
 
+import importlib, pkgutil
+import llamagrid.worker.engine as engine
+
+for module in pkgutil.iter_modules(engine.__path__):  # every one, llama_engine included
+    importlib.import_module(f"llamagrid.worker.engine.{module.name}")
+
 from llamagrid.worker.engine import errors, events, requests, text_stream, validation
 
 spec = requests.GenerationSpec(

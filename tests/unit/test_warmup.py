@@ -19,4 +19,3 @@ def test_after_warm_up_no_anyio_name_is_left_to_import_lazily() -> None:
         "assert 'anyio.streams.memory' in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
-

@@ -97,6 +97,7 @@ class Scheduler:
         then the sequence is forgotten: no slot, cached prefix or counter changes.
         """
         prompt = self.prompt_tokens(GenerationSpec(messages=(Message("user", "Hello"),)))
+        prompt = prompt[: min(self.ctx.n_batch, self.seq_ctx - 1)]  # one batch, room for a token
         sampler = Sampler(self.model, resolve(Sampling(), self.seq_ctx))
         try:
             index = 0
