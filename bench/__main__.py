@@ -45,10 +45,14 @@ def _progress(p: Point) -> None:
     err = f", {p.errors} errors (first: {p.first_error})" if p.errors else ""
     if p.foreign_cpu_pct > BUSY_PCT:
         err += f", WARNING: other processes used {p.foreign_cpu_pct:.0f}% of the CPU"
+    cpu = ", ".join(
+        f"{label} {us:.0f}" for label, us in p.cpu_us_per_token.items() if us is not None
+    )
     _say(
         f"  [{p.target}] {p.concurrency} clients: {p.tok_s:.1f} tok/s, "
         f"TTFT p50 {p.ttft_p50_ms or 0:.0f} ms, {p.tokens_per_request:.1f} tok/req, "
-        f"{p.wall_s:.1f} s{err}"
+        f"{p.tokens_per_request / (p.events_per_request or 1):.2f} tok/event, "
+        f"CPU µs/tok: {cpu or '-'}, {p.wall_s:.1f} s{err}"
     )
 
 

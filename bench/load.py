@@ -67,7 +67,8 @@ class Point:
     #: CPU used by processes other than the benchmark and its servers, in % of the machine.
     foreign_cpu_pct: float = 0.0
     #: CPU time (user + system, from /proc/PID/stat) each server process used during the point,
-    #: per completion token streamed, in microseconds, by process label ("worker", "gateway", ...).
+    #: per completion token streamed, in microseconds, by process label ("worker", "gateway",
+    #: ...), and "client": the benchmark's own process, which runs the clients.
     cpu_us_per_token: dict[str, float | None] = field(default_factory=dict)
 
     @property
@@ -261,12 +262,14 @@ def _read_peaks(server: Server) -> dict[str, float | None]:
 
 
 def _read_cpu(server: Server) -> dict[str, float]:
-    """CPU seconds used so far by each server process (and its descendants), by label."""
-    return {child.label: procs.tree_cpu_s([child.pid]) for child in server.children}
+    """CPU seconds used so far by each server process (and its descendants), by label, and by
+    this process (the clients)."""
+    used = {child.label: procs.tree_cpu_s([child.pid]) for child in server.children}
+    return {**used, "client": time.process_time()}
 
 
 def _cpu_since(server: Server, before: dict[str, float]) -> dict[str, float]:
-    """CPU seconds each server process used since `before`."""
+    """CPU seconds each process used since `before`."""
     return {label: used - before[label] for label, used in _read_cpu(server).items()}
 
 

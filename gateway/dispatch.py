@@ -20,12 +20,13 @@ import grpc
 from starlette.requests import Request
 
 from llamagrid.client import AsyncInferenceClient
-from llamagrid.errors import parse_details
+from llamagrid.errors import REASON_QUEUE_FULL, parse_details
 from llamagrid.gateway.breaker import COUNTED
 from llamagrid.gateway.errors import OpenAIError, from_rpc_error
 from llamagrid.gateway.metrics import GatewayMetrics
 from llamagrid.gateway.policies import RouteRequest
 from llamagrid.gateway.pool import Worker, WorkerPool
+from llamagrid.gateway.sse import ADMITTED, Admitted, wait_for_disconnect
 from llamagrid.v1 import inference_pb2 as pb
 
 logger = logging.getLogger(__name__)
@@ -34,9 +35,6 @@ T = TypeVar("T")
 
 #: A call to make on the chosen worker's client, given the deadline in seconds.
 Call = Callable[[AsyncInferenceClient, float], Awaitable[T]]
-
-#: The ErrorInfo reason of a worker whose queue is full: another worker may have room.
-QUEUE_FULL = "QUEUE_FULL"
 
 
 @dataclass
@@ -105,9 +103,10 @@ class Dispatcher:
             self.pool.breaker.failed(worker, code)
         else:
             self.pool.breaker.succeeded(worker)  # the worker answered: it is alive
+        # A full queue (ErrorInfo reason QUEUE_FULL): another worker may have room.
         retryable = code == grpc.StatusCode.UNAVAILABLE or (
             code == grpc.StatusCode.RESOURCE_EXHAUSTED
-            and parse_details(error.trailing_metadata()).reason == QUEUE_FULL
+            and parse_details(error.trailing_metadata()).reason == REASON_QUEUE_FULL
         )
         if not retryable or routed.attempts > self.max_retries:
             return False
@@ -158,8 +157,8 @@ class Dispatcher:
 
     async def stream(
         self, proto: pb.GenerateRequest, route: RouteRequest, routed: Routed
-    ) -> AsyncGenerator[pb.GenerateResponse | None, None]:
-        """Yield None once a worker has accepted the Generate call, then each response.
+    ) -> AsyncGenerator[Admitted | pb.GenerateResponse, None]:
+        """Yield ADMITTED once a worker has accepted the Generate call, then each response.
 
         Closing the generator (or cancelling the task iterating it) cancels the call.
         """
@@ -177,7 +176,7 @@ class Dispatcher:
                     last = error
                 else:
                     self.pool.breaker.succeeded(worker)
-                    yield None
+                    yield ADMITTED
                     async for response in self._relay(stream, route.model, worker, started):
                         yield response
                     return
@@ -192,15 +191,16 @@ class Dispatcher:
         started: float,
     ) -> AsyncGenerator[pb.GenerateResponse, None]:
         """The accepted stream's responses, timed; a failure ends it with an error."""
+        ttft, itl = self.metrics.ttft.labels(model), self.metrics.itl.labels(model)
         previous: float | None = None
         try:
             async for response in stream:
-                now = time.monotonic()
                 if response.HasField("chunk"):
+                    now = time.monotonic()
                     if previous is None:
-                        self.metrics.ttft.labels(model).observe(now - started)
+                        ttft.observe(now - started)
                     else:
-                        self.metrics.itl.labels(model).observe(now - previous)
+                        itl.observe(now - previous)
                     previous = now
                 elif response.HasField("final"):
                     self.count_usage(model, response.final.usage)
@@ -220,7 +220,7 @@ class Dispatcher:
 async def until_disconnected(request: Request, work: Awaitable[T]) -> T:
     """Await ``work``, cancelling it (and answering 499) if the HTTP client disconnects first."""
     task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(_disconnected(request))
+    watcher = asyncio.ensure_future(wait_for_disconnect(request.receive))
     try:
         await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
     finally:
@@ -231,9 +231,3 @@ async def until_disconnected(request: Request, work: Awaitable[T]) -> T:
     if task.cancelled():
         raise OpenAIError(499, "The client closed the request.", "request_cancelled")
     return task.result()
-
-
-async def _disconnected(request: Request) -> None:
-    """Return when the client has disconnected (the request body has already been read)."""
-    while (await request.receive())["type"] != "http.disconnect":
-        pass

@@ -1,9 +1,12 @@
 """Server-sent events: the only place that frames them.
 
-A stream is an async generator of events. Nothing goes out until it yields its first event, so an
-error raised before that (the worker rejected the call) is answered as a plain HTTP error; an
-error raised later becomes one ``data: {"error": ...}`` event that ends the stream without
-``[DONE]``. When the client disconnects, the generator is cancelled and closed at once.
+A stream is an async generator of batches of events; each batch goes out in one write, so the
+events rendered from one worker message (the finish chunk, the usage chunk and ``[DONE]``; or
+the admission comment and the role chunk) cost one send, not one each. Nothing goes out until
+the stream yields its first batch, so an error raised before that (the worker rejected the call)
+is answered as a plain HTTP error; an error raised later becomes one ``data: {"error": ...}``
+event that ends the stream without ``[DONE]``. When the client disconnects, the generator is
+cancelled and closed at once.
 """
 
 from __future__ import annotations
@@ -11,11 +14,10 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from collections.abc import AsyncGenerator, Callable, Mapping
-from typing import Any
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
+from typing import Any, Final
 
 import anyio
-from pydantic import BaseModel
 from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
@@ -23,10 +25,24 @@ from llamagrid.gateway.errors import OpenAIError
 
 logger = logging.getLogger(__name__)
 
-#: What a stream yields: a message sent as ``data: <json>``, or None for a comment line that
-#: carries no data (yielded once the worker has accepted the call, to flush the headers).
-Event = BaseModel | Mapping[str, Any] | None
-Events = AsyncGenerator[Event, None]
+
+class Admitted:
+    """The worker has accepted the call: sent as a comment line, which flushes the headers."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "ADMITTED"
+
+
+#: The admission event (the one instance of Admitted).
+ADMITTED: Final = Admitted()
+
+#: What a stream's batches hold: the admission, a message already encoded as JSON (sent as
+#: ``data: <json>``), or a message to encode.
+Event = Admitted | bytes | Mapping[str, Any]
+Batch = Sequence[Event]
+Events = AsyncGenerator[Batch, None]
 
 COMMENT = b": ok\n\n"
 DONE = b"data: [DONE]\n\n"
@@ -34,14 +50,20 @@ HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "Connection":
 
 
 def frame(event: Event) -> bytes:
-    """One SSE message: ``data: <json>`` and a blank line, or the comment line for None."""
-    if event is None:
+    """One SSE message: ``data: <json>`` and a blank line, or the comment line for admission."""
+    if isinstance(event, bytes):
+        return b"data: " + event + b"\n\n"
+    if isinstance(event, Admitted):
         return COMMENT
-    if isinstance(event, BaseModel):
-        data = event.model_dump_json()
-    else:
-        data = json.dumps(event, separators=(",", ":"), ensure_ascii=False)
+    data = json.dumps(event, separators=(",", ":"), ensure_ascii=False)
     return b"data: " + data.encode() + b"\n\n"
+
+
+def frames(batch: Batch) -> bytes:
+    """The SSE messages of a batch, joined."""
+    if len(batch) == 1:
+        return frame(batch[0])
+    return b"".join([frame(event) for event in batch])
 
 
 def error_response(error: OpenAIError) -> JSONResponse:
@@ -49,8 +71,14 @@ def error_response(error: OpenAIError) -> JSONResponse:
     return JSONResponse(error.body(), status_code=error.status_code, headers=error.headers)
 
 
+async def wait_for_disconnect(receive: Receive) -> None:
+    """Return when the client has disconnected (the request body has already been read)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
 class EventStreamResponse(Response):
-    """An event stream that starts with the first event and stops when the client leaves."""
+    """An event stream that starts with the first batch and stops when the client leaves."""
 
     media_type = "text/event-stream"
 
@@ -68,29 +96,29 @@ class EventStreamResponse(Response):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         # The events are closed after the task group: outside its cancelled scope.
         async with contextlib.aclosing(self._events), anyio.create_task_group() as group:
-            group.start_soon(self._cancel_on_disconnect, receive, group.cancel_scope)
+            group.start_soon(_cancel_on_disconnect, receive, group.cancel_scope)
             with contextlib.suppress(OSError):  # the client left while we were sending
                 await self._stream(scope, receive, send)
             group.cancel_scope.cancel()
 
     async def _stream(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            first = await anext(self._events)
+            first: Batch = await anext(self._events)
         except OpenAIError as error:
             if self._late_headers is not None:
                 error.headers.update(self._late_headers())
             await error_response(error)(scope, receive, send)
             return
         except StopAsyncIteration:
-            first = None
+            first = [ADMITTED]
         if self._late_headers is not None:
             for name, value in self._late_headers().items():
                 self.raw_headers.append((name.lower().encode(), value.encode()))
         await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
-        await self._send(send, frame(first))
+        await self._send(send, frames(first))
         try:
-            async for event in self._events:
-                await self._send(send, frame(event))
+            async for batch in self._events:
+                await self._send(send, frames(batch))
         except OpenAIError as error:
             await self._send(send, frame(error.body()), more_body=False)
             return
@@ -105,8 +133,7 @@ class EventStreamResponse(Response):
     async def _send(send: Send, body: bytes, more_body: bool = True) -> None:
         await send({"type": "http.response.body", "body": body, "more_body": more_body})
 
-    @staticmethod
-    async def _cancel_on_disconnect(receive: Receive, scope: anyio.CancelScope) -> None:
-        while (await receive())["type"] != "http.disconnect":
-            pass
-        scope.cancel()
+
+async def _cancel_on_disconnect(receive: Receive, scope: anyio.CancelScope) -> None:
+    await wait_for_disconnect(receive)
+    scope.cancel()

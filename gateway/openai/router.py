@@ -11,7 +11,7 @@ from pydantic import BaseModel
 from llamagrid.client import AsyncInferenceClient
 from llamagrid.gateway.dispatch import Dispatcher, Routed
 from llamagrid.gateway.errors import model_not_found
-from llamagrid.gateway.openai import rendering, translate
+from llamagrid.gateway.openai import rendering, streaming, translate
 from llamagrid.gateway.openai.schemas import (
     ChatCompletion,
     ChatCompletionRequest,
@@ -34,8 +34,9 @@ logger = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1", tags=["openai"])
 
 
-def get_dispatcher(request: Request) -> Dispatcher:
-    """The app's dispatcher (set by create_app)."""
+async def get_dispatcher(request: Request) -> Dispatcher:
+    """The app's dispatcher (set by create_app); async, so that FastAPI calls it in the event
+    loop rather than in its thread pool."""
     dispatcher = request.app.state.dispatcher
     assert isinstance(dispatcher, Dispatcher)
     return dispatcher
@@ -55,8 +56,8 @@ async def chat_completions(
     logprobs = bool(body.logprobs)
     if body.stream:
         include_usage = _include_usage(body.stream_options)
-        chunks = rendering.ChatChunks(proto.request_id, body.model, include_usage, logprobs)
-        events = rendering.stream_events(dispatcher.stream(proto, route, routed), chunks)
+        chunks = streaming.ChatChunks(proto.request_id, body.model, include_usage, logprobs)
+        events = streaming.stream_events(dispatcher.stream(proto, route, routed), chunks)
         return EventStreamResponse(events, routed.headers)
     generated = rendering.Generated.gather(await dispatcher.generate(request, proto, route, routed))
     response.headers.update(routed.headers())
@@ -77,10 +78,10 @@ async def completions(
     offset = len(proto.prompt) if proto.WhichOneof("input") == "prompt" else 0
     if body.stream:
         include_usage = _include_usage(body.stream_options)
-        chunks = rendering.CompletionChunks(
+        chunks = streaming.CompletionChunks(
             proto.request_id, body.model, include_usage, logprobs, offset
         )
-        events = rendering.stream_events(dispatcher.stream(proto, route, routed), chunks)
+        events = streaming.stream_events(dispatcher.stream(proto, route, routed), chunks)
         return EventStreamResponse(events, routed.headers)
     generated = rendering.Generated.gather(await dispatcher.generate(request, proto, route, routed))
     response.headers.update(routed.headers())

@@ -11,12 +11,13 @@ import pytest
 from pydantic import ValidationError
 
 from llamagrid.gateway.errors import OpenAIError
-from llamagrid.gateway.openai import rendering, translate
+from llamagrid.gateway.openai import rendering, streaming, translate
 from llamagrid.gateway.openai.schemas import (
     ChatCompletionRequest,
     CompletionRequest,
     EmbeddingRequest,
 )
+from llamagrid.gateway.sse import ADMITTED
 from llamagrid.v1 import inference_pb2 as pb
 
 USER = [{"role": "user", "content": "hi"}]
@@ -356,10 +357,10 @@ def test_a_stream_without_final_is_an_error() -> None:
 
 
 def test_chat_chunks() -> None:
-    chunks = rendering.ChatChunks("chatcmpl-1", "m", include_usage=True, logprobs=False)
-    events = [event for r in [None, *stream("a", "", "b")] for event in chunks.render(r)]
-    assert events[0] is None  # flushes the headers
-    dumped = [json.loads(e.model_dump_json()) for e in events[1:]]  # type: ignore[union-attr]
+    chunks = streaming.ChatChunks("chatcmpl-1", "m", include_usage=True, logprobs=False)
+    events = [event for r in [ADMITTED, *stream("a", "", "b")] for event in chunks.render(r)]
+    assert events[0] is ADMITTED  # flushes the headers
+    dumped = [json.loads(e) for e in events[1:]]  # type: ignore[arg-type]
     assert dumped[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
     assert [d["choices"][0]["delta"] for d in dumped[1:3]] == [{"content": "a"}, {"content": "b"}]
     assert dumped[3]["choices"][0] == {
@@ -374,16 +375,16 @@ def test_chat_chunks() -> None:
 
 
 def test_completion_chunks_without_usage() -> None:
-    chunks = rendering.CompletionChunks(
+    chunks = streaming.CompletionChunks(
         "cmpl-1", "m", include_usage=False, logprobs=False, offset=0
     )
     events = [
         event
-        for r in [None, *stream("a", reason=pb.FINISH_REASON_LENGTH)]
+        for r in [ADMITTED, *stream("a", reason=pb.FINISH_REASON_LENGTH)]
         for event in chunks.render(r)
     ]
-    assert events[0] is None
-    dumped = [json.loads(e.model_dump_json()) for e in events[1:]]  # type: ignore[union-attr]
+    assert events[0] is ADMITTED
+    dumped = [json.loads(e) for e in events[1:]]  # type: ignore[arg-type]
     assert [d["choices"][0]["text"] for d in dumped] == ["a", ""]
     assert dumped[-1]["choices"][0]["finish_reason"] == "length"
 

@@ -60,8 +60,10 @@ class Engine(Protocol):
     def metrics_snapshot(self) -> EngineSnapshot | None:
         """Counters and state for /metrics, from any thread; None while not serving."""
 
-    def generate(self, request: GenerationSpec) -> AsyncIterator[Event]:
-        """Stream events; closing the iterator early cancels the generation."""
+    def generate(self, request: GenerationSpec) -> AsyncIterator[list[Event]]:
+        """Stream events in batches: everything produced since the previous batch, oldest first
+        (several tokens when the consumer falls behind). Closing the iterator early cancels the
+        generation."""
 
     async def embed(self, inputs: list[str | list[int]], normalize: bool) -> EmbedResult:
         """Embeddings of texts or token lists."""
@@ -172,8 +174,8 @@ class LlamaEngine:
         await asyncio.to_thread(self._thread.join, 30)
 
     # Work.
-    async def generate(self, request: GenerationSpec) -> AsyncIterator[Event]:
-        """Stream the events of one generation."""
+    async def generate(self, request: GenerationSpec) -> AsyncIterator[list[Event]]:
+        """Stream the events of one generation, in batches of everything pending."""
         self._check_accepting()
         check_generation(request, self.description().vocab_size)
         job = Job(request, EventChannel(asyncio.get_running_loop()))
@@ -191,12 +193,16 @@ class LlamaEngine:
         done = False
         try:
             while not done:
+                batch: list[Event] = []
                 for item in await job.channel.take():
                     if isinstance(item, BaseException):
-                        done = True
+                        done = True  # the job has ended: nothing to cancel
+                        if batch:
+                            yield batch
                         raise item
+                    batch.append(item)
                     done = isinstance(item, Final)
-                    yield item
+                yield batch
         finally:
             if not done:
                 job.cancelled = True

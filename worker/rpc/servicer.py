@@ -12,12 +12,11 @@ import grpc
 from llamagrid.v1 import inference_pb2 as pb
 from llamagrid.v1 import inference_pb2_grpc as pb_grpc
 from llamagrid.worker.engine.errors import EngineError, Reason, unsupported
-from llamagrid.worker.engine.events import Admitted, Chunk, Final
+from llamagrid.worker.engine.events import Admitted
 from llamagrid.worker.engine.llama_engine import Engine
 from llamagrid.worker.rpc.status import to_status
 from llamagrid.worker.rpc.translate import (
-    chunks_to_proto,
-    final_to_proto,
+    batch_to_proto,
     generation_from_proto,
     load_to_proto,
     model_info_to_proto,
@@ -50,15 +49,15 @@ class InferenceService(pb_grpc.InferenceServiceServicer):
             self._check_model(request.model)
             if not self.engine.description().can_generate:
                 raise unsupported("this model cannot generate text", "model")
-            events = self.engine.generate(generation_from_proto(request))
-            async with contextlib.aclosing(events):  # type: ignore[type-var]
-                async for event in events:
-                    if isinstance(event, Admitted):
+            batches = self.engine.generate(generation_from_proto(request))
+            async with contextlib.aclosing(batches):  # type: ignore[type-var]
+                async for batch in batches:
+                    if isinstance(batch[0], Admitted):
                         # Headers now tell the caller the request was accepted: errors before
                         # this point are plain statuses, after it they end a started stream.
                         await context.send_initial_metadata(())
-                    else:
-                        yield _event_to_proto(event)
+                    for response in batch_to_proto(batch):
+                        yield response
         except EngineError as exc:
             await _abort(context, exc)
 
@@ -153,7 +152,3 @@ def _piece(token_id: int, data: bytes) -> pb.TokenPiece:
         return pb.TokenPiece(id=token_id, text=data.decode("utf-8"))
     except UnicodeDecodeError:
         return pb.TokenPiece(id=token_id, raw=data)
-
-
-def _event_to_proto(event: Chunk | Final) -> pb.GenerateResponse:
-    return final_to_proto(event) if isinstance(event, Final) else chunks_to_proto([event])

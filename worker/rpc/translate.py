@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from llamagrid.v1 import inference_pb2 as pb
-from llamagrid.worker.engine.events import Chunk, Final, FinishReason, LogprobEntry, TokenLogprob
+from llamagrid.worker.engine.events import (
+    Chunk,
+    Event,
+    Final,
+    FinishReason,
+    LogprobEntry,
+    TokenLogprob,
+)
 from llamagrid.worker.engine.reports import Load, ModelDescription
 from llamagrid.worker.engine.requests import GenerationSpec, Grammar, JsonSchema, Message, Sampling
 from llamagrid.worker.native.devices import DeviceInfo, Placement
@@ -84,6 +93,16 @@ def chunks_to_proto(chunks: list[Chunk]) -> pb.GenerateResponse:
         out.token_ids.extend(c.token_ids)
         out.logprobs.extend(_logprob(lp) for lp in c.logprobs)
     return pb.GenerateResponse(chunk=out)
+
+
+def batch_to_proto(batch: Sequence[Event]) -> list[pb.GenerateResponse]:
+    """The messages for a batch of engine events: one GenerateChunk for all the chunks in it (the
+    tokens of one engine step, or of several when the consumer fell behind), then the final
+    message if the batch holds it. Admission travels as the call's initial metadata, not here."""
+    chunks = [event for event in batch if isinstance(event, Chunk)]
+    out = [chunks_to_proto(chunks)] if chunks else []
+    out.extend(final_to_proto(event) for event in batch if isinstance(event, Final))
+    return out
 
 
 def final_to_proto(f: Final) -> pb.GenerateResponse:
