@@ -9,23 +9,20 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import dataclasses
 import logging
-import os
 import queue
 import threading
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol, TypeVar
 
 from llamagrid.worker.engine.channel import EventChannel
-from llamagrid.worker.engine.chat_template import ChatTemplate, load_template_source
-from llamagrid.worker.engine.counters import EngineCounters, EngineSnapshot
-from llamagrid.worker.engine.embedder import Embedder, EmbedJob
+from llamagrid.worker.engine.counters import EngineSnapshot
+from llamagrid.worker.engine.embedder import EmbedJob
 from llamagrid.worker.engine.errors import EngineError, Reason, internal, not_ready
 from llamagrid.worker.engine.events import Event, Final
 from llamagrid.worker.engine.reports import EmbedResult, Load, ModelDescription, TokenPiece
 from llamagrid.worker.engine.requests import GenerationSpec
-from llamagrid.worker.engine.scheduler import Scheduler
+from llamagrid.worker.engine.runtime import Runtime
 from llamagrid.worker.engine.slot import Job
 from llamagrid.worker.engine.validation import (
     check_embed_inputs,
@@ -34,14 +31,10 @@ from llamagrid.worker.engine.validation import (
 )
 from llamagrid.worker.model_source import ModelSource
 from llamagrid.worker.native import devices as dv
-from llamagrid.worker.native import llama_backend as lb
 from llamagrid.worker.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-#: Embedding inputs packed into one decode.
-EMBED_SEQUENCES = 16
 
 
 class Engine(Protocol):
@@ -146,7 +139,7 @@ class LlamaEngine:
             log.warning("the engine did not answer a metrics scrape within %.0f s", timeout_s)
             return None
 
-    def _snapshot(self, rt: _Runtime) -> EngineSnapshot:
+    def _snapshot(self, rt: Runtime) -> EngineSnapshot:
         sched = rt.scheduler
         kv = sched.kv_use()
         return EngineSnapshot(
@@ -213,7 +206,7 @@ class LlamaEngine:
         self._check_accepting()
         check_embed_inputs(inputs, self.description().vocab_size)
 
-        def run(rt: _Runtime) -> EmbedJob:
+        def run(rt: Runtime) -> EmbedJob:
             tokens = [rt.model.tokenize(i, True, True) if isinstance(i, str) else i for i in inputs]
             job = rt.embedder.submit(tokens, normalize)
             rt.counters.on_embed([len(t) for t in tokens])
@@ -230,7 +223,7 @@ class LlamaEngine:
     async def load(self) -> Load:
         """Work in progress and KV cache occupancy, read between two engine steps."""
 
-        def run(rt: _Runtime) -> Load:
+        def run(rt: Runtime) -> Load:
             kv = rt.scheduler.kv_use()
             return Load(
                 active=rt.scheduler.active,
@@ -248,7 +241,7 @@ class LlamaEngine:
     async def tokenize(self, text: str, add_special: bool, parse_special: bool) -> list[TokenPiece]:
         """Token ids of text, with their bytes."""
 
-        def run(rt: _Runtime) -> list[TokenPiece]:
+        def run(rt: Runtime) -> list[TokenPiece]:
             ids = rt.model.tokenize(text, add_special, parse_special)
             return [TokenPiece(t, rt.model.piece(t, special=True)) for t in ids]
 
@@ -259,7 +252,7 @@ class LlamaEngine:
         self._check_accepting()
         check_token_ids(tokens, self.description().vocab_size, "token_ids")
 
-        def run(rt: _Runtime) -> str:
+        def run(rt: Runtime) -> str:
             return rt.model.detokenize(tokens, render_special)
 
         return await self._call(run)
@@ -269,7 +262,7 @@ class LlamaEngine:
             raise not_ready("the worker is shutting down")
         self.description()
 
-    async def _call(self, fn: Callable[[_Runtime], T]) -> T:
+    async def _call(self, fn: Callable[[Runtime], T]) -> T:
         self._check_accepting()
         future: concurrent.futures.Future[T] = concurrent.futures.Future()
         self._inbox.put(("call", fn, future))
@@ -278,7 +271,7 @@ class LlamaEngine:
     # The engine thread.
     def _run(self) -> None:
         try:
-            runtime = _Runtime(self.settings, self.source)
+            runtime = Runtime(self.settings, self.source)
         except BaseException as exc:  # report any load failure to the waiting server
             if not isinstance(exc, dv.OffloadError):  # whose message says it all
                 log.exception("loading %s failed", self.source.path)
@@ -294,7 +287,7 @@ class LlamaEngine:
         finally:
             runtime.close()
 
-    def _loop(self, rt: _Runtime) -> None:
+    def _loop(self, rt: Runtime) -> None:
         sched = rt.scheduler
         sched.on_dequeue = self._on_dequeue
         while True:
@@ -317,7 +310,7 @@ class LlamaEngine:
             self._queued -= 1
             self._running += 1
 
-    def _handle(self, rt: _Runtime, cmd: tuple[Any, ...] | None) -> bool:
+    def _handle(self, rt: Runtime, cmd: tuple[Any, ...] | None) -> bool:
         if cmd is None or cmd[0] == "wake":
             return True
         if cmd[0] == "stop":
@@ -332,110 +325,3 @@ class LlamaEngine:
                 except Exception as exc:  # handed back to the awaiting handler
                     future.set_exception(exc)
         return True
-
-
-class _Runtime:
-    """Everything created on the engine thread once the model is loaded."""
-
-    def __init__(self, s: WorkerSettings, source: ModelSource) -> None:
-        lb.init_backend(verbose=s.log_level.lower() == "debug")
-        self.cuda_visible = cuda_visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-        dv.check_offload_possible(
-            s.n_gpu_layers, lb.supports_gpu_offload(), lb.backend_names(), cuda_visible
-        )
-        self.settings = s
-        self.source = source
-        self.model = lb.Model(
-            lb.ModelOptions(
-                path=str(source.path),
-                n_gpu_layers=s.n_gpu_layers,
-                main_gpu=s.main_gpu,
-                split_mode=s.split_mode,
-                tensor_split=tuple(s.tensor_split),
-                use_mmap=s.use_mmap,
-                use_mlock=s.use_mlock,
-            )
-        )
-        self.placement = self._place()
-        dv.check_offloaded(self.placement, cuda_visible)
-        info = self.model.describe()
-        self.on_gpu = self.placement.offloaded_layers > 0
-        n_ctx = s.n_ctx or info["n_ctx_train"] * s.parallel
-        threads = s.n_threads or (os.cpu_count() or 1)
-        gen_opts = lb.ContextOptions(
-            n_ctx=n_ctx,
-            n_seq_max=s.parallel,
-            n_batch=s.n_batch,
-            n_ubatch=s.n_ubatch,
-            n_threads=threads,
-            n_threads_batch=s.n_threads_batch,
-            flash_attn=s.flash_attn,
-            kv_unified=s.kv_unified,
-        )
-        self.ctx = lb.Context(self.model, gen_opts)
-        per_seq = self.ctx.n_ctx // s.parallel
-        embed_opts = dataclasses.replace(
-            gen_opts,
-            n_ctx=per_seq,
-            n_seq_max=EMBED_SEQUENCES,
-            n_batch=per_seq,
-            n_ubatch=per_seq,
-            embeddings=True,
-            pooling=s.pooling,
-            kv_unified=True,
-            # On the CPU, flash attention would make a vector depend on its batch neighbours.
-            flash_attn=s.flash_attn if self.on_gpu else "off",
-        )
-        embed_ctx = lb.Context(self.model, embed_opts)
-        if embed_ctx.pooling == "none":  # a causal LM: no pooling of its own, so mean
-            embed_ctx.close()
-            embed_ctx = lb.Context(self.model, dataclasses.replace(embed_opts, pooling="mean"))
-        self.embedder = Embedder(self.model, embed_ctx, step_tokens=s.n_batch)
-        template_src = load_template_source(s.chat_template) or self.model.chat_template()
-        self.template = ChatTemplate(template_src, self.model.bos_text, self.model.eos_text)
-        self.template.check()
-        self.counters = EngineCounters()
-        self.scheduler = Scheduler(
-            self.model, self.ctx, self.template, s.queue_timeout_s, self.counters
-        )
-        self.info = info
-        self.scheduler.warm_up()
-        self.embedder.warm_up(self.model.tokenize("Hello", True, True))
-        self.placement = self._place()  # again: free memory once the KV caches are allocated
-
-    def _place(self) -> dv.Placement:
-        m = self.model
-        return dv.placement(
-            self.settings,
-            lb.devices(),
-            m.load_log,
-            m.n_layers,
-            m.device_names or (),
-            self.cuda_visible,
-        )
-
-    def describe(self) -> ModelDescription:
-        s, info = self.settings, self.info
-        return ModelDescription(
-            alias=self.source.alias,
-            file=str(self.source.path),
-            hf_repo=self.source.hf_repo,
-            context_per_slot=self.scheduler.seq_ctx,
-            train_context_size=info["n_ctx_train"],
-            parameter_count=info["n_params"],
-            size_bytes=info["size"],
-            chat_template=self.template.source,
-            can_generate=info["has_decoder"],
-            can_embed=True,
-            slots=s.parallel,
-            embedding_size=info["n_embd"],
-            vocab_size=self.model.n_vocab,
-            pooling=self.embedder.ctx.pooling,
-            description=info["desc"],
-        )
-
-    def close(self) -> None:
-        self.scheduler.close()
-        self.embedder.close()
-        self.ctx.close()
-        self.model.close()

@@ -1,0 +1,131 @@
+"""What the engine thread builds once the model is loaded: model, contexts, scheduler, embedder.
+
+Created and used on the engine thread only (LlamaEngine in llama_engine.py owns that thread).
+Loading checks GPU offload, sizes the generation and embedding contexts from the settings, and
+warms both up so that the first request pays nothing extra.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+from llamagrid.worker.engine.chat_template import ChatTemplate, load_template_source
+from llamagrid.worker.engine.counters import EngineCounters
+from llamagrid.worker.engine.embedder import Embedder
+from llamagrid.worker.engine.reports import ModelDescription
+from llamagrid.worker.engine.scheduler import Scheduler
+from llamagrid.worker.model_source import ModelSource
+from llamagrid.worker.native import devices as dv
+from llamagrid.worker.native import llama_backend as lb
+from llamagrid.worker.settings import WorkerSettings
+
+#: Embedding inputs packed into one decode.
+EMBED_SEQUENCES = 16
+
+
+class Runtime:
+    """Everything created on the engine thread once the model is loaded."""
+
+    def __init__(self, s: WorkerSettings, source: ModelSource) -> None:
+        lb.init_backend(verbose=s.log_level.lower() == "debug")
+        self.cuda_visible = cuda_visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        dv.check_offload_possible(
+            s.n_gpu_layers, lb.supports_gpu_offload(), lb.backend_names(), cuda_visible
+        )
+        self.settings = s
+        self.source = source
+        self.model = lb.Model(
+            lb.ModelOptions(
+                path=str(source.path),
+                n_gpu_layers=s.n_gpu_layers,
+                main_gpu=s.main_gpu,
+                split_mode=s.split_mode,
+                tensor_split=tuple(s.tensor_split),
+                use_mmap=s.use_mmap,
+                use_mlock=s.use_mlock,
+            )
+        )
+        self.placement = self._place()
+        dv.check_offloaded(self.placement, cuda_visible)
+        info = self.model.describe()
+        self.on_gpu = self.placement.offloaded_layers > 0
+        n_ctx = s.n_ctx or info["n_ctx_train"] * s.parallel
+        threads = s.n_threads or (os.cpu_count() or 1)
+        gen_opts = lb.ContextOptions(
+            n_ctx=n_ctx,
+            n_seq_max=s.parallel,
+            n_batch=s.n_batch,
+            n_ubatch=s.n_ubatch,
+            n_threads=threads,
+            n_threads_batch=s.n_threads_batch,
+            flash_attn=s.flash_attn,
+            kv_unified=s.kv_unified,
+        )
+        self.ctx = lb.Context(self.model, gen_opts)
+        per_seq = self.ctx.n_ctx // s.parallel
+        embed_opts = dataclasses.replace(
+            gen_opts,
+            n_ctx=per_seq,
+            n_seq_max=EMBED_SEQUENCES,
+            n_batch=per_seq,
+            n_ubatch=per_seq,
+            embeddings=True,
+            pooling=s.pooling,
+            kv_unified=True,
+            # On the CPU, flash attention would make a vector depend on its batch neighbours.
+            flash_attn=s.flash_attn if self.on_gpu else "off",
+        )
+        embed_ctx = lb.Context(self.model, embed_opts)
+        if embed_ctx.pooling == "none":  # a causal LM: no pooling of its own, so mean
+            embed_ctx.close()
+            embed_ctx = lb.Context(self.model, dataclasses.replace(embed_opts, pooling="mean"))
+        self.embedder = Embedder(self.model, embed_ctx, step_tokens=s.n_batch)
+        template_src = load_template_source(s.chat_template) or self.model.chat_template()
+        self.template = ChatTemplate(template_src, self.model.bos_text, self.model.eos_text)
+        self.template.check()
+        self.counters = EngineCounters()
+        self.scheduler = Scheduler(
+            self.model, self.ctx, self.template, s.queue_timeout_s, self.counters
+        )
+        self.info = info
+        self.scheduler.warm_up()
+        self.embedder.warm_up(self.model.tokenize("Hello", True, True))
+        self.placement = self._place()  # again: free memory once the KV caches are allocated
+
+    def _place(self) -> dv.Placement:
+        m = self.model
+        return dv.placement(
+            self.settings,
+            lb.devices(),
+            m.load_log,
+            m.n_layers,
+            m.device_names or (),
+            self.cuda_visible,
+        )
+
+    def describe(self) -> ModelDescription:
+        s, info = self.settings, self.info
+        return ModelDescription(
+            alias=self.source.alias,
+            file=str(self.source.path),
+            hf_repo=self.source.hf_repo,
+            context_per_slot=self.scheduler.seq_ctx,
+            train_context_size=info["n_ctx_train"],
+            parameter_count=info["n_params"],
+            size_bytes=info["size"],
+            chat_template=self.template.source,
+            can_generate=info["has_decoder"],
+            can_embed=True,
+            slots=s.parallel,
+            embedding_size=info["n_embd"],
+            vocab_size=self.model.n_vocab,
+            pooling=self.embedder.ctx.pooling,
+            description=info["desc"],
+        )
+
+    def close(self) -> None:
+        self.scheduler.close()
+        self.embedder.close()
+        self.ctx.close()
+        self.model.close()
