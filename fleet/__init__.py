@@ -1,5 +1,6 @@
-"""The fleet config: one YAML/JSON file describing models, replicas, GPUs and the gateway.
+"""What the processes of a fleet share: the fleet config, and following the supervisor's life.
 
-Shared data, read by the supervisor (to plan processes), the gateway and the worker (for their
-defaults). It imports only the settings classes it fills in, never the supervisor.
+Read by the supervisor, the gateway and the worker. The config (config.py) imports only the
+settings classes it fills in; parent_death.py imports nothing of ours. Neither imports the
+supervisor.
 """

@@ -18,7 +18,6 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    SecretStr,
     ValidationError,
     field_validator,
     model_validator,
@@ -113,6 +112,11 @@ class SupervisorSection(BaseModel):
     max_startup_failures: int = Field(
         5, ge=1, description="Give up (exit 1) when a process fails this often before ready."
     )
+    allow_insecure_bind: bool = Field(
+        False,
+        description="Let workers listen on a non-loopback worker_host (they have no "
+        "authentication); refused otherwise.",
+    )
 
     @model_validator(mode="after")
     def _backoff_order(self) -> SupervisorSection:
@@ -151,8 +155,8 @@ class FleetConfig:
         """The gateway section's fields (only those set) plus ``model_policies`` from the models."""
         gw = self.gateway
         values = gw.model_dump(include=gw.model_fields_set)
-        if isinstance(values.get("api_key"), SecretStr):
-            values["api_key"] = values["api_key"].get_secret_value()
+        if "api_key" in values:  # plain strings, as a GatewaySettings input
+            values["api_key"] = [key.get_secret_value() for key in gw.api_key]
         policies = {m.alias: m.policy for m in self.models if m.policy}
         if policies:
             values["model_policies"] = policies

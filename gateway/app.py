@@ -1,23 +1,21 @@
-"""The gateway's FastAPI application: routes, API key check and OpenAI-shaped errors."""
+"""The gateway's FastAPI application: routes, who may call them (auth.py) and OpenAI errors."""
 
 from __future__ import annotations
 
 import logging
-import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from http import HTTPStatus
 
 import grpc
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.params import Depends as DependsParam
-from fastapi.security import HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse, Response
 
 from llamagrid.client import AsyncInferenceClient
+from llamagrid.gateway.auth import ApiKeyCheck, api_keys, dependencies, install_docs
 from llamagrid.gateway.discovery import DnsDiscovery
 from llamagrid.gateway.dispatch import Dispatcher, Routed
 from llamagrid.gateway.errors import OpenAIError, from_rpc_error, validation_failure
@@ -26,7 +24,7 @@ from llamagrid.gateway.metrics import GatewayMetrics
 from llamagrid.gateway.middleware import GatewayMiddleware
 from llamagrid.gateway.openai.router import router as openai_router
 from llamagrid.gateway.pool import PoolOptions, WorkerPool
-from llamagrid.gateway.settings import GatewaySettings
+from llamagrid.gateway.settings import Access, GatewaySettings
 from llamagrid.gateway.sse import error_response
 from llamagrid.gateway.warmup import warm_up
 from llamagrid.grpc_options import channel_options
@@ -62,7 +60,9 @@ def create_pool(settings: GatewaySettings) -> WorkerPool:
 
 def create_app(settings: GatewaySettings, pool: WorkerPool) -> FastAPI:
     """The gateway application; it starts the pool and DNS discovery on startup and stops them
-    on shutdown."""
+    on shutdown. Raises ApiKeyError for a key file that cannot be used."""
+    keys = api_keys(settings)
+    check = ApiKeyCheck(keys) if keys else None
     discovery = DnsDiscovery(pool, settings.worker_dns, settings.dns_interval_s)
 
     @asynccontextmanager
@@ -76,7 +76,14 @@ def create_app(settings: GatewaySettings, pool: WorkerPool) -> FastAPI:
             await discovery.stop()
             await pool.close()
 
-    app = FastAPI(title="llamagrid gateway", lifespan=lifespan)
+    # No docs routes of FastAPI's own: install_docs adds them, under --docs-access.
+    app = FastAPI(
+        title="llamagrid gateway",
+        lifespan=lifespan,
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
+    )
     metrics = GatewayMetrics(pool)
     drain = Drain(settings.drain_grace_s)
     app.state.metrics, app.state.drain = metrics, drain
@@ -88,8 +95,22 @@ def create_app(settings: GatewaySettings, pool: WorkerPool) -> FastAPI:
         retry_backoff_s=settings.retry_backoff_s,
         prefix_chars=settings.affinity_prefix_chars,
     )
-    app.include_router(openai_router, dependencies=_auth(settings))
+    app.include_router(openai_router, dependencies=dependencies(check))
     app.add_middleware(GatewayMiddleware, drain=drain, metrics=metrics)
+    _install_health_and_metrics(app, pool, metrics, check, settings.metrics_access)
+    install_docs(app, check, settings.docs_access)
+    _install_error_handlers(app)
+    return app
+
+
+def _install_health_and_metrics(
+    app: FastAPI,
+    pool: WorkerPool,
+    metrics: GatewayMetrics,
+    check: ApiKeyCheck | None,
+    metrics_access: Access,
+) -> None:
+    """/health and /livez (always open, for probes) and /metrics (under ``metrics_access``)."""
 
     @app.get("/health", tags=["health"])
     async def health() -> dict[str, str]:
@@ -103,35 +124,18 @@ def create_app(settings: GatewaySettings, pool: WorkerPool) -> FastAPI:
         """Liveness: 200 while the process runs, whatever the workers do."""
         return {"status": "ok"}
 
-    @app.get("/metrics", tags=["metrics"], include_in_schema=False)
+    if metrics_access == "off":
+        return
+
+    @app.get(
+        "/metrics",
+        tags=["metrics"],
+        include_in_schema=False,
+        dependencies=dependencies(check, metrics_access),
+    )
     async def prometheus_metrics() -> Response:
         """Prometheus text exposition of the gateway's metrics."""
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
-
-    _install_error_handlers(app)
-    return app
-
-
-def _auth(settings: GatewaySettings) -> list[DependsParam]:
-    """The dependency that checks 'Authorization: Bearer <api_key>', when a key is set."""
-    if settings.api_key is None:
-        return []
-    return [Depends(ApiKeyCheck(settings.api_key.get_secret_value()))]
-
-
-class ApiKeyCheck:
-    """A dependency that refuses (401) requests without the right bearer token."""
-
-    def __init__(self, api_key: str) -> None:
-        self._expected = api_key.encode()
-        self._bearer = HTTPBearer(auto_error=False)
-
-    async def __call__(self, request: Request) -> None:
-        credentials = await self._bearer(request)
-        given = credentials.credentials.encode() if credentials else b""
-        if not secrets.compare_digest(given, self._expected):
-            message = "Missing or invalid API key: send 'Authorization: Bearer <key>'."
-            raise OpenAIError(401, message, "authentication_error", code="invalid_api_key")
 
 
 def _with_route(request: Request, error: OpenAIError) -> JSONResponse:

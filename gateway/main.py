@@ -1,4 +1,9 @@
-"""The gateway's entry point: settings (flags, environment, fleet config), pool, uvicorn."""
+"""The gateway's entry point: settings (flags, environment, fleet config), pool, uvicorn.
+
+Before anything listens, the gateway refuses what would expose it by mistake: a key that is
+empty or malformed, a key file it cannot use, or a non-loopback --host without any key (unless
+--allow-insecure-bind). Started by `llamagrid serve`, it exits when the supervisor dies.
+"""
 
 from __future__ import annotations
 
@@ -6,19 +11,42 @@ import logging
 import sys
 
 import uvicorn
+from pydantic import ValidationError
 from pydantic_settings import CliApp
 
+from llamagrid.fleet.parent_death import exit_with_parent
 from llamagrid.gateway.app import create_app, create_pool
+from llamagrid.gateway.auth import api_keys
+from llamagrid.gateway.keys import (
+    ApiKeyError,
+    gateway_bind_problem,
+    is_loopback,
+    is_world_readable,
+)
 from llamagrid.gateway.lifecycle import DrainingServer
 from llamagrid.gateway.settings import GatewaySettings
 
 #: Seconds uvicorn waits for connections once the drain has finished (they are idle by then).
 SHUTDOWN_TIMEOUT_S = 5
 
+log = logging.getLogger(__name__)
+
+
+def settings_error(error: ValidationError) -> str:
+    """One line per problem, ``--flag-name: message`` (inputs are never shown: keys)."""
+    lines = []
+    for err in error.errors():
+        name = ".".join(str(part) for part in err["loc"])
+        lines.append(f"  --{name.replace('_', '-')}: {err['msg']}" if name else f"  {err['msg']}")
+    return "llamagrid gateway: invalid settings:\n" + "\n".join(lines)
+
 
 def load_settings(argv: list[str] | None) -> GatewaySettings:
     """Flags and LLAMAGRID_GATEWAY_* variables, over the fleet config's gateway section."""
-    settings = CliApp.run(GatewaySettings, cli_args=argv)
+    try:
+        settings = CliApp.run(GatewaySettings, cli_args=argv)
+    except ValidationError as error:
+        sys.exit(settings_error(error))
     if not settings.config:
         return settings
     from llamagrid.fleet.config import FleetConfigError, load_fleet_config
@@ -28,17 +56,52 @@ def load_settings(argv: list[str] | None) -> GatewaySettings:
     except (FleetConfigError, OSError) as error:
         sys.exit(f"llamagrid gateway: {settings.config}: {error}")
     explicit = settings.model_dump(include=settings.model_fields_set)
+    if "api_key" in explicit:
+        explicit["api_key"] = [key.get_secret_value() for key in settings.api_key]
     policies = {**values.get("model_policies", {}), **explicit.get("model_policies", {})}
     return GatewaySettings(**{**values, **explicit, "model_policies": policies})
 
 
+def check_exposure(settings: GatewaySettings, argv: list[str]) -> None:
+    """Exit on an unusable key file or an open non-loopback bind; say who may call."""
+    try:
+        keys = api_keys(settings)
+    except ApiKeyError as error:
+        sys.exit(f"llamagrid gateway: {error}")
+    problem = gateway_bind_problem(settings.host, bool(keys), settings.allow_insecure_bind)
+    if problem:
+        sys.exit(f"llamagrid gateway: {problem}")
+    if any(arg == "--api-key" or arg.startswith("--api-key=") for arg in argv):
+        log.warning(
+            "an API key was given on the command line, where `ps` shows it to every user: "
+            "prefer LLAMAGRID_GATEWAY_API_KEY or --api-key-file"
+        )
+    path = settings.api_key_file
+    if path and is_world_readable(path):
+        log.warning("the API key file %s is readable by every user: chmod 600 it", path)
+    if keys:
+        log.info(
+            "%d API key(s); /metrics: %s, docs: %s",
+            len(keys),
+            settings.metrics_access,
+            settings.docs_access,
+        )
+    elif is_loopback(settings.host):
+        log.info("no API key: any process on this machine may call the gateway")
+    else:
+        log.warning("no API key on %s (--allow-insecure-bind): anyone may call", settings.host)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the gateway; ``argv`` defaults to the process's arguments."""
-    settings = load_settings(argv)
+    exit_with_parent()
+    args = sys.argv[1:] if argv is None else argv
+    settings = load_settings(args)
     level = "DEBUG" if settings.log_level == "trace" else settings.log_level.upper()
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    check_exposure(settings, args)
     if not settings.workers and not settings.worker_dns:
-        logging.getLogger(__name__).warning("no --worker given: every request will get a 503")
+        log.warning("no --worker given: every request will get a 503")
     app = create_app(settings, create_pool(settings))
     config = uvicorn.Config(
         app,

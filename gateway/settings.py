@@ -8,9 +8,14 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from llamagrid.gateway.keys import check_keys, split_keys
+
 LogLevel = Literal["critical", "error", "warning", "info", "debug", "trace"]
 #: The load-balancing policies (gateway/policies/), by name.
 PolicyName = Literal["round_robin", "least_load", "prefix_affinity", "session_affinity"]
+#: Who may read /metrics or the API docs: whoever has an API key (everyone while none is set),
+#: everyone, or no one (the routes are gone).
+Access = Literal["key", "open", "off"]
 
 
 class GatewaySettings(BaseSettings):
@@ -21,7 +26,9 @@ class GatewaySettings(BaseSettings):
         cli_kebab_case=True,
         cli_shortcuts={"workers": "worker"},
         cli_prog_name="llamagrid-gateway",
+        cli_implicit_flags=True,
         extra="ignore",
+        hide_input_in_errors=True,  # an error about a key must not print it
     )
 
     host: str = Field("127.0.0.1", description="Address the HTTP server listens on.")
@@ -77,8 +84,29 @@ class GatewaySettings(BaseSettings):
     breaker_cooldown_s: float = Field(
         5.0, gt=0, description="Seconds before an ejected worker's health is probed again."
     )
-    api_key: SecretStr | None = Field(
-        None, description="When set, requests must carry 'Authorization: Bearer <api_key>'."
+    api_key: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list,
+        description="API key that requests to /v1 must carry as 'Authorization: Bearer <key>'; "
+        "repeat the flag or join with ',' for several. A flag shows in `ps`: prefer "
+        "LLAMAGRID_GATEWAY_API_KEY or --api-key-file. An empty key is an error.",
+    )
+    api_key_file: str = Field(
+        "",
+        description="File of API keys, one per line ('#' comments and blank lines skipped), "
+        "accepted besides --api-key. Read at startup.",
+    )
+    metrics_access: Access = Field(
+        "key",
+        description="/metrics: 'key' needs an API key when one is set, 'open' never does, "
+        "'off' removes the route.",
+    )
+    docs_access: Access = Field(
+        "key",
+        description="/docs, /redoc and /openapi.json: 'key', 'open' or 'off', as --metrics-access.",
+    )
+    allow_insecure_bind: bool = Field(
+        False,
+        description="Listen on a non-loopback --host without an API key (refused otherwise).",
     )
     request_timeout_s: float = Field(
         600.0, gt=0, description="Deadline of each gRPC call to a worker, in seconds."
@@ -112,6 +140,13 @@ class GatewaySettings(BaseSettings):
         if isinstance(value, list):
             return [part.strip() for item in value for part in str(item).split(",") if part.strip()]
         return value
+
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        """None, one key, keys joined with ',' or a JSON list; every key checked."""
+        value = split_keys(value)
+        return check_keys(value) if isinstance(value, list) else value
 
     @field_validator("workers", "worker_dns")
     @classmethod

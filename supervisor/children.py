@@ -5,6 +5,10 @@ back to ``initial_s`` after a run that became ready and lasted ``healthy_run_s``
 exits ``max_startup_failures`` times in a row without ever becoming ready (a worker reporting
 SERVING, the gateway answering HTTP) is given up on: its last output lines are logged and the
 supervisor stops everything and exits 1, so a bad config or a missing model does not loop.
+
+Children are spawned from the event loop, on the main thread, with the supervisor's pid in
+their environment: each asks the kernel to be sent SIGTERM when that thread (hence the
+supervisor) dies, SIGKILL included (fleet/parent_death.py), so none is left holding its port.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import grpc
 import httpx
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from llamagrid.supervisor.access import child_environment
 from llamagrid.supervisor.plan import ProcessSpec, RestartPolicy
 
 log = logging.getLogger("llamagrid.serve")
@@ -123,7 +128,7 @@ class Child:
         self.tail.clear()  # show the last run's output when giving up
         self.proc = await asyncio.create_subprocess_exec(
             *self.spec.argv,
-            env={**os.environ, **self.spec.env},
+            env=child_environment(self.spec.role, self.spec.env, os.environ, os.getpid()),
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,

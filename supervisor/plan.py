@@ -12,6 +12,8 @@ the gateway pointed at all of them. Rules (README, "Fleet config"):
 - Threads, for models that leave ``n_threads`` at 0: a GPU replica (n_gpu_layers != 0) gets
   ``GPU_REPLICA_THREADS``; CPU replicas share the cores left after explicit n_threads and GPU
   replicas, evenly, at least one each.
+- Keys and binds (supervisor/access.py): the gateway's keys go into its environment, never its
+  argv; a plan that would expose the gateway or the workers is refused (ExposureError).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any, Literal
 
 from llamagrid.fleet.config import FleetConfig, ModelEntry
 from llamagrid.fleet.problems import FleetConfigError
+from llamagrid.supervisor.access import GATEWAY_KEY_ENV, gateway_access
 from llamagrid.supervisor.settings import ServeSettings
 
 #: Threads of a GPU replica that leaves n_threads at 0: the CPU side of a mostly offloaded model.
@@ -69,13 +72,15 @@ class Plan:
     cores: int = 0  # what the thread split was computed from
 
     def to_json(self) -> dict[str, Any]:
-        """The plan as printed by ``--print-plan`` (the gateway's --api-key value masked)."""
+        """The plan as printed by ``--print-plan`` (keys masked, wherever they are)."""
         out: dict[str, Any] = json.loads(json.dumps(asdict(self)))
         for proc in out["processes"]:
             argv = proc["argv"]
             proc["argv"] = [
                 "***" if i and argv[i - 1] == "--api-key" else a for i, a in enumerate(argv)
             ]
+            if GATEWAY_KEY_ENV in proc["env"]:
+                proc["env"][GATEWAY_KEY_ENV] = "***"
         return out
 
 
@@ -129,13 +134,12 @@ def fleet_plan(
     if "drain_grace_s" not in config.gateway.model_fields_set:
         grace = sv.drain_grace_s
         args += ["--drain-grace-s", str(grace)]
-    if "api_key" in explicit and serve.api_key:
-        args += ["--api-key", serve.api_key]
+    access = gateway_access(serve, host, sv.worker_host, config.gateway, sv.allow_insecure_bind)
     gateway = ProcessSpec(
         name="gateway",
         role="gateway",
-        argv=(python, "-m", "llamagrid.gateway", *args, *tail),
-        env=dict(BASE_ENV),
+        argv=(python, "-m", "llamagrid.gateway", *args, *access.args, *tail),
+        env={**BASE_ENV, **access.env},
         address=f"{dial_host(host)}:{port}",
         drain_grace_s=grace,
     )
@@ -211,6 +215,7 @@ def _check_ports(config: FleetConfig, gateway_port: int, replicas: int) -> None:
 
 def single_model_plan(serve: ServeSettings, python: str = sys.executable) -> Plan:
     """Without --config: one worker (the serve flags) and the gateway; the environment as is."""
+    access = gateway_access(serve, serve.host, serve.worker_host)
     worker = ProcessSpec(
         name="worker",
         role="worker",
@@ -223,8 +228,8 @@ def single_model_plan(serve: ServeSettings, python: str = sys.executable) -> Pla
     gateway = ProcessSpec(
         name="gateway",
         role="gateway",
-        argv=(python, "-m", "llamagrid.gateway", *serve.gateway_args()),
-        env=dict(BASE_ENV),
+        argv=(python, "-m", "llamagrid.gateway", *serve.gateway_args(), *access.args),
+        env={**BASE_ENV, **access.env},
         address=f"{dial_host(serve.host)}:{serve.port}",
         drain_grace_s=30.0,
     )

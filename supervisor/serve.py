@@ -20,10 +20,12 @@ import time
 from typing import Any
 
 import httpx
+from pydantic import ValidationError
 from pydantic_settings import CliApp
 
 from llamagrid.fleet.config import load_fleet_config
 from llamagrid.fleet.problems import FleetConfigError
+from llamagrid.supervisor.access import ExposureError
 from llamagrid.supervisor.children import Child, describe_exit
 from llamagrid.supervisor.plan import Plan, fleet_plan, single_model_plan
 from llamagrid.supervisor.settings import SINGLE_MODEL_FIELDS, ServeSettings
@@ -129,7 +131,8 @@ async def supervise(plan: Plan, startup_timeout_s: float) -> int:
 
 
 def build_plan(settings: ServeSettings) -> Plan:
-    """The plan for these settings (FleetConfigError: a bad config file or bad flags)."""
+    """The plan for these settings (FleetConfigError: a bad config file or bad flags;
+    ExposureError: a bind that would expose a process, or a bad key file)."""
     if not settings.config:
         return single_model_plan(settings)
     clash = sorted(settings.model_fields_set & set(SINGLE_MODEL_FIELDS))
@@ -142,9 +145,22 @@ def build_plan(settings: ServeSettings) -> Plan:
     return fleet_plan(config, settings, cores=len(os.sched_getaffinity(0)))
 
 
+def parse(argv: list[str]) -> ServeSettings:
+    """The settings from flags and LLAMAGRID_SERVE_*; exits with one line per bad setting (the
+    value is never shown: it may be a key)."""
+    try:
+        return CliApp.run(ServeSettings, cli_args=argv)
+    except ValidationError as error:
+        lines = [
+            f"  --{'.'.join(map(str, e['loc'])).replace('_', '-')}: {e['msg']}"
+            for e in error.errors()
+        ]
+        sys.exit("llamagrid serve: invalid settings:\n" + "\n".join(lines))
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run until interrupted; exit with supervise()'s status."""
-    settings = CliApp.run(ServeSettings, cli_args=sys.argv[1:] if argv is None else argv)
+    settings = parse(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s serve: %(message)s"
     )
@@ -153,6 +169,8 @@ def main(argv: list[str] | None = None) -> None:
         plan = build_plan(settings)
     except FleetConfigError as exc:
         sys.exit(f"llamagrid serve: {exc}")
+    except ExposureError as exc:
+        sys.exit("\n".join(f"llamagrid serve: {problem}" for problem in exc.problems))
     if settings.print_plan:
         print(json.dumps(plan.to_json(), indent=2))
         return

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from typing import Annotated
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from llamagrid.gateway.keys import check_keys, split_keys
 
 #: Flags that describe the one model of `llamagrid serve` without --config; with --config the
 #: file describes the models, and these are refused.
@@ -30,21 +34,30 @@ class ServeSettings(BaseSettings):
         cli_kebab_case=True,
         cli_implicit_flags=True,
         cli_prog_name="llamagrid serve",
+        hide_input_in_errors=True,  # an error about a key must not print it
     )
 
     config: str = Field(
         default="",
         description="Fleet config file (YAML or JSON; a llama-cpp-python server config works "
         "too): run every replica of every model, and the gateway, from it. --host, --port, "
-        "--api-key, --log-level and --restart-backoff-s still override it.",
+        "--api-key, --api-key-file, --log-level and --restart-backoff-s still override it.",
     )
     print_plan: bool = Field(
         default=False,
         description="Print the processes to run (argv, environment) as JSON, and exit.",
     )
-    host: str = Field(default="127.0.0.1", description="Address the HTTP gateway binds.")
+    host: str = Field(
+        default="127.0.0.1",
+        description="Address the HTTP gateway binds; a non-loopback one needs an API key or "
+        "--allow-insecure-bind.",
+    )
     port: int = Field(default=8080, ge=0, le=65535, description="HTTP gateway port.")
-    worker_host: str = Field(default="127.0.0.1", description="Address the worker binds.")
+    worker_host: str = Field(
+        default="127.0.0.1",
+        description="Address the worker binds; workers have no authentication, so a "
+        "non-loopback one needs --allow-insecure-bind.",
+    )
     worker_port: int = Field(default=50051, ge=1, le=65535, description="The worker's gRPC port.")
     model: str = Field(default="", description="GGUF path; empty means the default SmolLM2.")
     hf_repo: str = Field(default="", description="Hugging Face repository of the GGUF.")
@@ -54,7 +67,23 @@ class ServeSettings(BaseSettings):
     parallel: int = Field(default=4, ge=1, description="Worker slots.")
     n_threads: int = Field(default=0, ge=0, description="Worker threads; 0: all cores.")
     n_gpu_layers: int = Field(default=0, description="Layers offloaded to the GPU; -1: all.")
-    api_key: str = Field(default="", description="Bearer token the gateway requires; empty: none.")
+    api_key: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list,
+        description="API key the gateway requires ('Authorization: Bearer <key>'); repeat or "
+        "join with ',' for several. It reaches the gateway through its environment, never its "
+        "command line; prefer LLAMAGRID_SERVE_API_KEY or --api-key-file to this flag, which "
+        "`ps` shows. An empty key is an error.",
+    )
+    api_key_file: str = Field(
+        default="",
+        description="File of API keys for the gateway, one per line ('#' comments and blank "
+        "lines skipped); checked before anything starts.",
+    )
+    allow_insecure_bind: bool = Field(
+        default=False,
+        description="Let the gateway listen on a non-loopback --host without an API key, and "
+        "workers on a non-loopback address (refused otherwise).",
+    )
     restart_backoff_s: float = Field(
         default=1.0, gt=0, description="First delay before restarting a crashed process."
     )
@@ -92,8 +121,8 @@ class ServeSettings(BaseSettings):
         return args
 
     def gateway_args(self) -> list[str]:
-        """Flags for the gateway process (without --config)."""
-        args = [
+        """Flags for the gateway process (without --config; never a key: see plan.py)."""
+        return [
             "--host",
             self.host,
             "--port",
@@ -103,6 +132,10 @@ class ServeSettings(BaseSettings):
             "--log-level",
             self.log_level,
         ]
-        if self.api_key:
-            args += ["--api-key", self.api_key]
-        return args
+
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        """None, one key, keys joined with ',' or a JSON list; every key checked."""
+        value = split_keys(value)
+        return check_keys(value) if isinstance(value, list) else value

@@ -8,6 +8,7 @@ import sys
 
 from pydantic_settings import CliApp
 
+from llamagrid.fleet.parent_death import exit_with_parent
 from llamagrid.worker.engine.llama_engine import LlamaEngine
 from llamagrid.worker.model_source import ModelNotFound, resolve
 from llamagrid.worker.rpc.server import serve
@@ -38,7 +39,9 @@ def parse(argv: list[str] | None) -> tuple[WorkerSettings, tuple[str, ...]]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Run a worker until it is told to stop."""
+    """Run a worker until it is told to stop (or, started by `llamagrid serve`, until the
+    supervisor dies: fleet/parent_death.py)."""
+    exit_with_parent()
     settings, warnings = parse(argv)
     logging.basicConfig(
         level=settings.log_level.upper(),

@@ -109,6 +109,7 @@ def test_a_worker_host_losing_its_link_is_ejected_and_returns_with_nothing_lost(
                 "llamagrid.gateway",
                 "--host",
                 "0.0.0.0",
+                "--allow-insecure-bind",  # a private network namespace, no key
                 "--port",
                 str(GATEWAY_PORT),
                 "--worker-dns",

@@ -88,7 +88,7 @@ def test_good_config_in_yaml_and_json(tmp_path: Path, name: str) -> None:
         "host": "0.0.0.0",
         "port": 8090,
         "policy": "least_load",
-        "api_key": "s3cret",
+        "api_key": ["s3cret"],
         "model_policies": {"small": "round_robin"},
     }
     assert config.supervisor.base_port == 51000 and config.supervisor.max_backoff_s == 30.0
@@ -373,7 +373,7 @@ def test_llama_cpp_python_config_is_converted(tmp_path: Path) -> None:
         "parallel": 1,
     }
     assert [len(m.replicas) for m in config.models] == [1, 1]
-    assert config.gateway_settings() == {"host": "0.0.0.0", "port": 8000, "api_key": "local-key"}
+    assert config.gateway_settings() == {"host": "0.0.0.0", "port": 8000, "api_key": ["local-key"]}
     warned = {w.split(":")[0] for w in config.warnings}
     assert {"interrupt_requests", "models[1].embedding", "models[1].verbose"} <= warned
     assert "models[0].offload_kqv" not in warned  # at its default: nothing to say

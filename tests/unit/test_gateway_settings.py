@@ -15,7 +15,7 @@ from llamagrid.gateway.settings import GatewaySettings
 def test_defaults() -> None:
     settings = GatewaySettings()
     assert (settings.host, settings.port, settings.workers) == ("127.0.0.1", 8080, [])
-    assert settings.api_key is None
+    assert settings.api_key == [] and settings.api_key_file == ""
     for name, field in GatewaySettings.model_fields.items():
         assert field.description, name
 
@@ -31,7 +31,7 @@ def test_defaults() -> None:
 def test_worker_flags(argv: list[str]) -> None:
     settings = CliApp.run(GatewaySettings, cli_args=[*argv, "--port", "9", "--api-key", "k"])
     assert settings.workers == ["127.0.0.1:50051", "h:2"] and settings.port == 9
-    assert settings.api_key is not None and settings.api_key.get_secret_value() == "k"
+    assert [key.get_secret_value() for key in settings.api_key] == ["k"]
 
 
 def test_kebab_case_flags() -> None:
