@@ -7,10 +7,11 @@ ignored (and logged by the router).
 
 from __future__ import annotations
 
+import functools
 import json
 import uuid
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 from llamagrid.gateway.errors import invalid_request, unsupported
 from llamagrid.gateway.openai.schemas import (
@@ -54,6 +55,25 @@ _CHAT_UNSUPPORTED = (
 #: Message fields that the gateway cannot honour.
 _MESSAGE_UNSUPPORTED = ("tool_calls", "function_call", "audio")
 _UINT64_MASK = (1 << 64) - 1
+_Body = TypeVar("_Body")
+_Proto = TypeVar("_Proto")
+
+
+def _unicode_only(translate: Callable[[_Body], _Proto]) -> Callable[[_Body], _Proto]:
+    """JSON may escape a lone UTF-16 surrogate (\\ud800), which no UTF-8 protobuf string can
+    hold: such a request is a 400, not a 500 from the proto encoder."""
+
+    @functools.wraps(translate)
+    def checked(request: _Body) -> _Proto:
+        try:
+            return translate(request)
+        except UnicodeEncodeError as exc:
+            raise invalid_request(
+                "The request holds text that is not valid Unicode "
+                f"(a lone UTF-16 surrogate, {exc.object[exc.start]!r}).",
+            ) from None
+
+    return checked
 
 
 def new_id(prefix: str) -> str:
@@ -61,6 +81,7 @@ def new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex}"
 
 
+@_unicode_only
 def chat_request(request: ChatCompletionRequest) -> pb.GenerateRequest:
     """The Generate call for a chat completion; its request_id is the response id."""
     _check_common(request)
@@ -86,6 +107,7 @@ def chat_request(request: ChatCompletionRequest) -> pb.GenerateRequest:
     )
 
 
+@_unicode_only
 def completion_request(request: CompletionRequest) -> pb.GenerateRequest:
     """The Generate call for a text completion; its request_id is the response id."""
     _check_common(request)
@@ -108,6 +130,7 @@ def completion_request(request: CompletionRequest) -> pb.GenerateRequest:
     return proto
 
 
+@_unicode_only
 def embed_request(request: EmbeddingRequest) -> pb.EmbedRequest:
     """The Embed call for an embeddings request; vectors are normalised as OpenAI's are."""
     if request.dimensions is not None:

@@ -37,6 +37,30 @@ async def test_malformed_json_is_a_400(gateway: Gateway) -> None:
     assert error["type"] == "invalid_request_error" and "JSON" in error["message"]
 
 
+@pytest.mark.parametrize(
+    ("route", "body"),
+    [
+        (
+            "/v1/chat/completions",
+            b'{"model": "fake-model", "messages": [{"role": "user", "content": "a\\ud800b"}]}',
+        ),
+        ("/v1/completions", b'{"model": "fake-model", "prompt": "\\udfff", "stream": true}'),
+        ("/v1/embeddings", b'{"model": "fake-model", "input": ["ok", "\\ud83d"]}'),
+    ],
+)
+async def test_a_lone_surrogate_is_a_400_and_never_reaches_a_worker(
+    gateway: Gateway, worker: FakeWorker, route: str, body: bytes
+) -> None:
+    async with gateway.http(headers=AUTH) as http:
+        response = await http.post(
+            route, content=body, headers={"Content-Type": "application/json"}
+        )
+    assert response.status_code == 400, response.text
+    error = assert_openai_shape(response.json())
+    assert "not valid Unicode" in error["message"]
+    assert not worker.requests
+
+
 async def test_wrong_type_names_the_field(gateway: Gateway) -> None:
     async with gateway.http(headers=AUTH) as http:
         response = await http.post(
