@@ -83,7 +83,7 @@ def test_embed_batch_normalised(stub: pb_grpc.InferenceServiceStub) -> None:
 def test_model_info(stub: pb_grpc.InferenceServiceStub) -> None:
     info = stub.GetModelInfo(pb.GetModelInfoRequest(model="smollm2")).info
     assert info.alias == "smollm2"
-    assert info.file.endswith(".gguf")
+    assert info.file.endswith(".gguf") and not info.file.startswith("/")  # no path leaks
     assert info.context_size == 2048 and info.slots == 4  # 8192 shared by 4 slots
     assert 100_000_000 < info.parameter_count < 200_000_000
     assert "im_start" in info.chat_template

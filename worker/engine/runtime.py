@@ -108,7 +108,7 @@ class Runtime:
         s, info = self.settings, self.info
         return ModelDescription(
             alias=self.source.alias,
-            file=str(self.source.path),
+            file=self.source.path.name,  # not the path: callers need not know the layout
             hf_repo=self.source.hf_repo,
             context_per_slot=self.scheduler.seq_ctx,
             train_context_size=info["n_ctx_train"],

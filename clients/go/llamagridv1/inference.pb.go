@@ -1981,7 +1981,7 @@ type ModelInfo struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The name clients use to address the model.
 	Alias string `protobuf:"bytes,1,opt,name=alias,proto3" json:"alias,omitempty"`
-	// The path of the GGUF file on the worker.
+	// The GGUF file's name (never its path on the worker).
 	File string `protobuf:"bytes,2,opt,name=file,proto3" json:"file,omitempty"`
 	// The Hugging Face repository the file came from, when it did.
 	HfRepo string `protobuf:"bytes,3,opt,name=hf_repo,json=hfRepo,proto3" json:"hf_repo,omitempty"`

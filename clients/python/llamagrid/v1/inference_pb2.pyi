@@ -1027,7 +1027,7 @@ class ModelInfo(_message.Message):
     alias: _builtins.str
     """The name clients use to address the model."""
     file: _builtins.str
-    """The path of the GGUF file on the worker."""
+    """The GGUF file's name (never its path on the worker)."""
     hf_repo: _builtins.str
     """The Hugging Face repository the file came from, when it did."""
     context_size: _builtins.int
