@@ -34,8 +34,21 @@ log = logging.getLogger("llamagrid.serve")
 
 #: How many of a child's last output lines are kept, to show when it is given up on.
 TAIL_LINES = 40
+#: The longest output line forwarded as is; the rest is cut (a child may echo client text).
+MAX_LINE_CHARS = 4096
+#: C0 controls (but tab) and DEL, written as \xNN.
+_CONTROL_ESCAPES = {c: f"\\x{c:02x}" for c in (*range(0x09), *range(0x0A, 0x20), 0x7F)}
 #: Seconds between two readiness probes.
 PROBE_INTERVAL_S = 0.5
+
+
+def printable(line: bytes, limit: int = MAX_LINE_CHARS) -> str:
+    """A child's output line as it may reach a terminal or a log: valid UTF-8, control
+    characters (ANSI escapes, carriage returns, ...) escaped, cut at ``limit`` characters."""
+    text = line.decode(errors="replace").rstrip("\n")
+    if len(text) > limit:
+        text = f"{text[:limit]}... ({len(text) - limit} more characters)"
+    return text.translate(_CONTROL_ESCAPES)
 
 
 def describe_exit(code: int) -> str:
@@ -156,9 +169,10 @@ class Child:
                 line = await proc.stdout.read(1 << 20)
             if not line:
                 return
-            self.tail.append(line.decode(errors="replace").rstrip("\n"))
+            text = printable(line)
+            self.tail.append(text)
             with contextlib.suppress(OSError):  # a closed stderr must not stop the child
-                sys.stderr.buffer.write(prefix + line.rstrip(b"\n") + b"\n")
+                sys.stderr.buffer.write(prefix + text.encode() + b"\n")
                 sys.stderr.buffer.flush()
 
     async def _watch_ready(self) -> None:

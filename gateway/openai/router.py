@@ -142,4 +142,12 @@ def _include_usage(options: StreamOptions | None) -> bool:
 def _log_unknown_fields(body: BaseModel, request: Request) -> None:
     extra: dict[str, Any] = body.model_extra or {}
     if extra:
-        logger.info("%s: ignoring unknown fields %s", request.url.path, sorted(extra))
+        logger.info("%s: ignoring unknown fields %s", request.url.path, field_names(extra))
+
+
+def field_names(extra: dict[str, Any], most: int = 8, longest: int = 40) -> str:
+    """Client-chosen field names as they may go to a log: a few, each cut short, repr'd (so no
+    control character gets through), and how many were left out."""
+    names = [repr(name[:longest]) + ("..." if len(name) > longest else "") for name in extra]
+    shown = ", ".join(sorted(names)[:most])
+    return shown + (f" and {len(names) - most} more" if len(names) > most else "")
