@@ -15,6 +15,7 @@ from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse, Response
 
 from llamagrid.client import AsyncInferenceClient
+from llamagrid.gateway.admission import Admission
 from llamagrid.gateway.auth import ApiKeyCheck, api_keys, dependencies, install_docs
 from llamagrid.gateway.discovery import DnsDiscovery
 from llamagrid.gateway.dispatch import Dispatcher, Routed
@@ -96,6 +97,7 @@ def create_app(settings: GatewaySettings, pool: WorkerPool) -> FastAPI:
         prefix_chars=settings.affinity_prefix_chars,
     )
     app.include_router(openai_router, dependencies=dependencies(check))
+    app.add_middleware(Admission, check=check, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(GatewayMiddleware, drain=drain, metrics=metrics)
     _install_health_and_metrics(app, pool, metrics, check, settings.metrics_access)
     install_docs(app, check, settings.docs_access)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from http import HTTPStatus
 from typing import Any
 
 import grpc
@@ -59,6 +60,12 @@ class OpenAIError(Exception):
         return f"OpenAIError({self.status_code}, {self.message!r}, code={self.code!r})"
 
 
+#: The error code of every 413, as the app's HTTPException handler derives it from the phrase.
+TOO_LARGE_CODE = HTTPStatus.REQUEST_ENTITY_TOO_LARGE.phrase.lower().replace(" ", "_")
+#: What gRPC says when a message is over its size limit (either side); no ErrorInfo comes with it.
+_TOO_LARGE = "larger than max"
+
+
 def invalid_request(message: str, param: str | None = None, code: str | None = None) -> OpenAIError:
     """A 400 invalid_request_error."""
     return OpenAIError(400, message, "invalid_request_error", param=param, code=code)
@@ -78,6 +85,9 @@ def model_not_found(model: str) -> OpenAIError:
 
 def from_status(code: grpc.StatusCode, message: str, details: ErrorDetails) -> OpenAIError:
     """The OpenAI error for a gRPC status with its ErrorInfo/RetryInfo details."""
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED and not details.reason and _TOO_LARGE in message:
+        # gRPC's own refusal of a message over its size limit: a retry would fail the same way.
+        return OpenAIError(413, message, "invalid_request_error", code=TOO_LARGE_CODE)
     status, error_type = STATUS_TABLE.get(code, DEFAULT_STATUS)
     headers: dict[str, str] = {}
     if details.retry_after_s is not None:

@@ -111,6 +111,12 @@ class GatewaySettings(BaseSettings):
     request_timeout_s: float = Field(
         600.0, gt=0, description="Deadline of each gRPC call to a worker, in seconds."
     )
+    max_body_bytes: int = Field(
+        16 * 1024 * 1024,
+        ge=1024,
+        description="Largest request body accepted, in bytes; a larger one is a 413, answered "
+        "before the body is read (after the API key is checked).",
+    )
     health_retry_s: float = Field(
         1.0, gt=0, description="Seconds to wait before re-opening a broken health watch."
     )

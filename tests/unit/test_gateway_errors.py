@@ -13,6 +13,7 @@ from llamagrid.errors import (
 )
 from llamagrid.gateway.errors import (
     STATUS_TABLE,
+    TOO_LARGE_CODE,
     OpenAIError,
     from_rpc_error,
     from_status,
@@ -127,3 +128,20 @@ def test_validation_failure_names_the_field() -> None:
         ]
     )
     assert malformed.param is None and "not valid JSON: Expecting value" in malformed.message
+
+
+def test_a_message_over_grpcs_size_limit_is_a_413_without_retry_after() -> None:
+    message = "Sent message larger than max (70000000 vs. 67108864)"
+    error = from_status(grpc.StatusCode.RESOURCE_EXHAUSTED, message, ErrorDetails())
+    assert (error.status_code, error.code, error.type) == (
+        413,
+        TOO_LARGE_CODE,
+        "invalid_request_error",
+    )
+    assert "Retry-After" not in error.headers
+
+
+def test_a_full_queue_stays_a_429_with_retry_after() -> None:
+    details = ErrorDetails(reason="QUEUE_FULL", retry_after_s=1.0)
+    error = from_status(grpc.StatusCode.RESOURCE_EXHAUSTED, "queue full", details)
+    assert (error.status_code, error.headers["Retry-After"]) == (429, "1")
