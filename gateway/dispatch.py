@@ -2,8 +2,9 @@
 
 Failover happens only while nothing has reached the HTTP client: a call that the chosen worker
 could not take (a transport failure or UNAVAILABLE, or a full queue) is retried on another
-worker after a short jittered pause, at most ``max_retries`` times. Once a stream has been
-accepted its response has started, so a later failure is never replayed: it ends the stream.
+worker after a short jittered pause, at most ``max_retries`` times. Once a call has been
+accepted it is never replayed: a stream's later failure ends the stream, and a non-streamed
+call whose worker fails after accepting it is a 502 (it may be a request that kills workers).
 """
 
 from __future__ import annotations
@@ -133,6 +134,9 @@ class Dispatcher:
                     result = await call(worker.client, max(0.001, deadline - time.monotonic()))
                 except grpc.aio.AioRpcError as error:
                     last = error
+                except FailedAfterAdmission as failed:
+                    self.pool.breaker.failed(worker, failed.error.code())
+                    raise
                 else:
                     self.pool.breaker.succeeded(worker)
                     return result
@@ -148,9 +152,16 @@ class Dispatcher:
             client: AsyncInferenceClient, timeout: float
         ) -> list[pb.GenerateResponse]:
             async with client.generate(proto, timeout=timeout) as stream:
-                return [response async for response in stream]
+                await stream.admitted()  # a failure before this is failed over as usual
+                try:
+                    return [response async for response in stream]
+                except grpc.aio.AioRpcError as error:
+                    raise FailedAfterAdmission(error) from error
 
-        responses = await self.unary(request, route, collect, routed)
+        try:
+            responses = await self.unary(request, route, collect, routed)
+        except FailedAfterAdmission as failed:
+            raise failed.openai_error() from failed
         if responses and responses[-1].HasField("final"):
             self.count_usage(route.model, responses[-1].final.usage)
         return responses
@@ -215,6 +226,28 @@ class Dispatcher:
         self.metrics.prompt_tokens.labels(model).inc(usage.prompt_tokens)
         self.metrics.completion_tokens.labels(model).inc(usage.completion_tokens)
         self.metrics.cached_tokens.labels(model).inc(usage.cached_tokens)
+
+
+class FailedAfterAdmission(Exception):
+    """A call failed after the worker had accepted it: it is never replayed on another worker.
+
+    A request whose worker died while serving it may be what killed the worker (a poison
+    request); replaying it would take the next worker down too. The client gets a 502 instead.
+    """
+
+    def __init__(self, error: grpc.aio.AioRpcError) -> None:
+        super().__init__(error.details())
+        self.error = error
+
+    def openai_error(self) -> OpenAIError:
+        """A 502 when the worker went away mid-request, else the status's own error."""
+        if self.error.code() != grpc.StatusCode.UNAVAILABLE:
+            return from_rpc_error(self.error)
+        message = (
+            "The worker serving this request failed before it finished. The request was not "
+            "retried on another worker, in case it is what made the worker fail."
+        )
+        return OpenAIError(502, message, "server_error", code="worker_failed")
 
 
 async def until_disconnected(request: Request, work: Awaitable[T]) -> T:

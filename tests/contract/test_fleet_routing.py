@@ -302,3 +302,24 @@ async def test_sigterm_drains_new_requests_get_503_and_running_streams_finish() 
         text = "".join(c.choices[0].delta.content or "" for c in [first, *rest] if c.choices)
         assert text == "Hello, world!"
         await eventually(lambda: server.should_exit, timeout=5)
+
+
+async def test_a_request_whose_worker_fails_after_accepting_it_is_not_replayed() -> None:
+    async with (
+        workers((MODEL,), (MODEL,)) as fakes,
+        fleet_gateway(fakes, policy="round_robin") as (url, _, _),
+    ):
+        first, second = sorted(fakes, key=lambda f: f.address)
+        # The worker accepts the call, streams a token, then goes away (as a crash looks).
+        first.fail_with(grpc.StatusCode.UNAVAILABLE, "worker died", after_chunks=1)
+        response = await chat(url)
+        assert response.status_code == 502, response.text
+        error = response.json()["error"]
+        assert (error["type"], error["code"]) == ("server_error", "worker_failed")
+        assert len(first.requests) == 1 and not second.requests
+        # A refusal before acceptance is still failed over.
+        first.fail_with(grpc.StatusCode.UNAVAILABLE, "going away")
+        answers = [await chat(url), await chat(url)]
+        assert [a.status_code for a in answers] == [200, 200]
+        assert {a.headers["x-llamagrid-worker"] for a in answers} == {second.address}
+        assert sorted(a.headers["x-llamagrid-attempts"] for a in answers) == ["1", "2"]
