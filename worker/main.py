@@ -11,7 +11,7 @@ from pydantic_settings import CliApp
 from llamagrid.fleet.parent_death import exit_with_parent
 from llamagrid.worker.engine.llama_engine import LlamaEngine
 from llamagrid.worker.model_source import ModelNotFound, resolve
-from llamagrid.worker.rpc.server import serve
+from llamagrid.worker.rpc.server import EngineDied, serve
 from llamagrid.worker.settings import WorkerSettings
 
 
@@ -55,4 +55,7 @@ def main(argv: list[str] | None = None) -> None:
         )
     except ModelNotFound as exc:
         sys.exit(f"llamagrid worker: {exc}")
-    asyncio.run(serve(settings, LlamaEngine(settings, source)))
+    try:
+        asyncio.run(serve(settings, LlamaEngine(settings, source)))
+    except EngineDied as exc:  # exit non-zero, so that a supervisor restarts the worker
+        sys.exit(f"llamagrid worker: {exc}")

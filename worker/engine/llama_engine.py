@@ -90,6 +90,8 @@ class LlamaEngine:
         self._lock = threading.Lock()
         self._queued = 0
         self._running = 0
+        #: Why the engine thread died while serving, if it did.
+        self.failure: BaseException | None = None
 
     # Life cycle.
     def start(self) -> None:
@@ -284,8 +286,27 @@ class LlamaEngine:
         log.info("model %s ready (%s)", self._desc.alias, self.source.path)
         try:
             self._loop(runtime)
+        except BaseException as exc:  # the worker can't serve without this thread: say so
+            log.exception("the engine thread died")
+            self.failure = exc
+            self._stopping = True
         finally:
-            runtime.close()
+            runtime.close()  # fails every waiting and running job
+            self._fail_inbox(not_ready("the worker's engine stopped"))
+
+    def _fail_inbox(self, error: EngineError) -> None:
+        """Answer whatever is still in the inbox: nothing will run it any more."""
+        while not self._inbox.empty():
+            cmd = self._inbox.get_nowait()
+            if cmd[0] == "job":
+                cmd[1].fail(error)
+            elif cmd[0] == "call" and cmd[2].set_running_or_notify_cancel():
+                cmd[2].set_exception(error)
+
+    async def wait_stopped(self) -> None:
+        """Return when the engine thread has ended: after drain(), or because it failed
+        (``failure`` then holds why)."""
+        await asyncio.to_thread(self._thread.join)
 
     def _loop(self, rt: Runtime) -> None:
         sched = rt.scheduler

@@ -197,6 +197,10 @@ def create_server(settings: WorkerSettings, engine: Engine, alias: str) -> Worke
     return WorkerServer(settings, engine, alias)
 
 
+class EngineDied(RuntimeError):
+    """The engine thread died while serving: the worker reported NOT_SERVING and stopped."""
+
+
 async def serve(settings: WorkerSettings, engine: LlamaEngine) -> None:
     """Run until SIGTERM/SIGINT: listen, load the model, report health, then drain."""
     server = create_server(settings, engine, engine.source.alias)
@@ -218,6 +222,12 @@ async def serve(settings: WorkerSettings, engine: LlamaEngine) -> None:
             raise SystemExit(f"llamagrid worker: {error}")
         await server.set_serving(True)
         log.info("model '%s' is SERVING on port %d", engine.source.alias, server.port)
-        await stopping
+        engine_ended = asyncio.create_task(engine.wait_stopped())
+        await asyncio.wait({stopping, engine_ended}, return_when=asyncio.FIRST_COMPLETED)
+        if engine.failure is not None:  # nothing can serve: say so, and let a supervisor restart
+            await server.set_serving(False)
+            await server.server.stop(grace=1.0)
+            server.metrics.close()
+            raise EngineDied(f"the engine thread died: {engine.failure!r}") from engine.failure
     log.info("shutting down: draining for up to %.0f s", settings.drain_grace_s)
     await server.drain_and_stop()
