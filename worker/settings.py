@@ -107,6 +107,52 @@ class WorkerSettings(BaseSettings):
         default="",
         description="Name this worker reports (gRPC trailers, metrics labels); default HOST:PORT.",
     )
+
+    # Request limits: what one request may make the worker do (see engine/limits.py).
+    max_grammar_bytes: int = Field(
+        default=65536,
+        ge=1,
+        description="Longest GBNF grammar, in UTF-8 bytes: a request's grammar, or the one its "
+        "JSON schema turns into.",
+    )
+    max_grammar_depth: int = Field(
+        default=1024,
+        ge=1,
+        le=4000,
+        description="Deepest nesting of parentheses in a GBNF rule (llama.cpp's parser recurses "
+        "once per level, about 450 bytes of stack each). A schema's maxLength or maxItems of n "
+        "nests n levels.",
+    )
+    max_schema_bytes: int = Field(
+        default=65536, ge=1, description="Longest JSON schema (response_format), in UTF-8 bytes."
+    )
+    max_schema_depth: int = Field(
+        default=64, ge=1, le=1000, description="Deepest nesting of objects and arrays in a schema."
+    )
+    max_schema_count: int = Field(
+        default=500,
+        ge=0,
+        le=1000,
+        description="Largest minLength, maxLength, minItems or maxItems in a JSON schema, and "
+        "largest {m,n} count in its patterns (each optional item nests one level; llama.cpp "
+        "refuses much beyond 900).",
+    )
+    max_schema_properties: int = Field(
+        default=256,
+        ge=0,
+        description="Most properties in one object of a JSON schema (the converter's work "
+        "grows with the square of the optional ones).",
+    )
+    max_stop_strings: int = Field(default=16, ge=0, description="Most stop strings per request.")
+    max_stop_bytes: int = Field(
+        default=256, ge=1, description="Longest stop string, in UTF-8 bytes."
+    )
+    grammar_timeout_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="Longest time a grammar or JSON schema may take to compile (off the engine "
+        "thread); a slower one is refused with INVALID_ARGUMENT.",
+    )
     metrics_port: int = Field(
         default=0,
         ge=0,

@@ -20,6 +20,7 @@ from llamagrid.worker.engine.counters import EngineSnapshot
 from llamagrid.worker.engine.embedder import EmbedJob
 from llamagrid.worker.engine.errors import EngineError, Reason, internal, not_ready
 from llamagrid.worker.engine.events import Event, Final
+from llamagrid.worker.engine.limits import RequestLimits
 from llamagrid.worker.engine.reports import EmbedResult, Load, ModelDescription, TokenPiece
 from llamagrid.worker.engine.requests import GenerationSpec
 from llamagrid.worker.engine.runtime import Runtime
@@ -90,6 +91,7 @@ class LlamaEngine:
         self._lock = threading.Lock()
         self._queued = 0
         self._running = 0
+        self._limits = RequestLimits.from_settings(settings)
         #: Why the engine thread died while serving, if it did.
         self.failure: BaseException | None = None
 
@@ -172,7 +174,8 @@ class LlamaEngine:
     async def generate(self, request: GenerationSpec) -> AsyncIterator[list[Event]]:
         """Stream the events of one generation, in batches of everything pending."""
         self._check_accepting()
-        check_generation(request, self.description().vocab_size)
+        desc = self.description()
+        check_generation(request, desc.vocab_size, self._limits, desc.context_per_slot)
         job = Job(request, EventChannel(asyncio.get_running_loop()))
         with self._lock:
             free = self.settings.parallel - self._running

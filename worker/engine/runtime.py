@@ -13,6 +13,7 @@ import os
 from llamagrid.worker.engine.chat_template import ChatTemplate, load_template_source
 from llamagrid.worker.engine.counters import EngineCounters
 from llamagrid.worker.engine.embedder import Embedder
+from llamagrid.worker.engine.limits import RequestLimits
 from llamagrid.worker.engine.reports import ModelDescription
 from llamagrid.worker.engine.scheduler import Scheduler
 from llamagrid.worker.model_source import ModelSource
@@ -86,7 +87,12 @@ class Runtime:
         self.template.check()
         self.counters = EngineCounters()
         self.scheduler = Scheduler(
-            self.model, self.ctx, self.template, s.queue_timeout_s, self.counters
+            self.model,
+            self.ctx,
+            self.template,
+            s.queue_timeout_s,
+            self.counters,
+            limits=RequestLimits.from_settings(s),
         )
         self.info = info
         self.scheduler.warm_up()

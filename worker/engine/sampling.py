@@ -1,15 +1,17 @@
-"""Resolves a request's (already validated) sampling options into a native sampler setup."""
+"""Resolves a request's (already validated) sampling options into a native sampler setup.
+
+The request's grammar or JSON schema is not resolved here: it compiles off the engine thread
+(engine/constraints.py) and joins the sampler when the job is admitted.
+"""
 
 from __future__ import annotations
 
 from typing import TypeVar
 
-from llamagrid.worker.engine.requests import Grammar, JsonSchema, Sampling
-from llamagrid.worker.native.llama_backend import (
-    RANDOM_SEED,
-    SamplerConfig,
-    grammar_from_json_schema,
-)
+from llamagrid.worker.engine.requests import Sampling
+from llamagrid.worker.engine.validation import check_repeat_last_n
+from llamagrid.worker.native.llama_backend import RANDOM_SEED
+from llamagrid.worker.native.sampler import SamplerConfig
 
 N = TypeVar("N", int, float)
 
@@ -17,12 +19,8 @@ N = TypeVar("N", int, float)
 def resolve(s: Sampling, context_per_slot: int) -> SamplerConfig:
     """Fill unset options with llama.cpp's usual defaults."""
     base = SamplerConfig()
+    check_repeat_last_n(s.repeat_last_n, context_per_slot)
     last_n = s.repeat_last_n if s.repeat_last_n is not None else base.repeat_last_n
-    grammar = ""
-    if isinstance(s.constraint, Grammar):
-        grammar = s.constraint.text
-    elif isinstance(s.constraint, JsonSchema):
-        grammar = grammar_from_json_schema(s.constraint.text)
     return SamplerConfig(
         temperature=_pick(s.temperature, base.temperature),
         top_k=_pick(s.top_k, base.top_k),
@@ -35,7 +33,6 @@ def resolve(s: Sampling, context_per_slot: int) -> SamplerConfig:
         frequency_penalty=_pick(s.frequency_penalty, base.frequency_penalty),
         seed=RANDOM_SEED if s.seed is None else s.seed,
         logit_bias=dict(s.logit_bias),
-        grammar=grammar,
     )
 
 

@@ -6,10 +6,15 @@ llama_decode runs it, then every slot whose logits were produced samples its nex
 A request joins the batch at the step after it arrives; finished and cancelled ones leave it
 at once, keeping their KV cells for the prefix cache. Requests that wait longer than the queue
 timeout are refused with RESOURCE_EXHAUSTED.
+
+A request with a grammar or JSON schema waits in the queue until its grammar has compiled on a
+compile thread (engine/constraints.py): the engine thread never parses one. A grammar that
+later allows no token ends its own request; a sampling failure of one slot never ends another.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections import deque
@@ -17,21 +22,31 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from llamagrid.worker.engine.chat_template import ChatTemplate
+from llamagrid.worker.engine.constraints import (
+    GrammarCompiler,
+    compile_constraint,
+    constraint_label,
+    constraint_param,
+)
 from llamagrid.worker.engine.counters import EngineCounters
 from llamagrid.worker.engine.errors import (
     EngineError,
     Reason,
     context_exceeded,
+    internal,
     invalid,
     not_ready,
 )
-from llamagrid.worker.engine.events import Admitted
+from llamagrid.worker.engine.events import Admitted, Final
+from llamagrid.worker.engine.limits import DEFAULT_LIMITS, RequestLimits
 from llamagrid.worker.engine.prefix_cache import PrefixCache, Reuse
 from llamagrid.worker.engine.requests import GenerationSpec, Message, Sampling
 from llamagrid.worker.engine.sampling import resolve
 from llamagrid.worker.engine.slot import Job, Slot
 from llamagrid.worker.engine.text_stream import TextStream
-from llamagrid.worker.native.llama_backend import Batch, Context, Model, Sampler
+from llamagrid.worker.native.grammar import CompiledGrammar
+from llamagrid.worker.native.llama_backend import Batch, Context, Model
+from llamagrid.worker.native.sampler import NO_TOKEN, Sampler
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +69,7 @@ class Scheduler:
         template: ChatTemplate,
         queue_timeout_s: float = 0.0,
         counters: EngineCounters | None = None,
+        limits: RequestLimits = DEFAULT_LIMITS,
     ) -> None:
         self.model = model
         self.ctx = ctx
@@ -69,6 +85,10 @@ class Scheduler:
         self.counters = counters or EngineCounters()
         #: Called once for every job that leaves the wait queue (admitted, cancelled or failed).
         self.on_dequeue: Callable[[Job], None] = lambda job: None
+        self.limits = limits
+        self.compiler = GrammarCompiler(
+            functools.partial(compile_constraint, model, limits=limits), limits.grammar_timeout_s
+        )
 
     @property
     def active(self) -> int:
@@ -86,6 +106,7 @@ class Scheduler:
     def close(self) -> None:
         """Free native resources; fail whatever is still pending."""
         self.fail_all(not_ready("the worker is shutting down"))
+        self.compiler.close()
         self._batch.close()
 
     def warm_up(self) -> None:
@@ -133,18 +154,45 @@ class Scheduler:
         self._admit()
         live = [s for s in self.slots if s is not None]
         if not live:
+            compiling = [job.grammar for job in self.waiting if job.grammar is not None]
+            if compiling:  # nothing to decode until a grammar is ready: doze, 5 ms at most
+                self.compiler.wait(compiling, 0.005)
             return False
         outputs = self._fill_batch(live)
         self.ctx.decode(self._batch)
         self.counters.on_decode(len(live))
         for slot, index in outputs:
-            token = slot.sampler.sample(self.ctx, index)
-            final = slot.emit_token(self.model, self.ctx, token, index)
+            final = self._sample(slot, index)
             if final is not None:
                 self.counters.on_final(final)
                 slot.job.channel.push(final)
                 self._release(slot)
         return True
+
+    def _sample(self, slot: Slot, index: int) -> Final | None:
+        """Sample and emit a slot's next token. A failure ends this slot's job only."""
+        try:
+            token = slot.sampler.sample(self.ctx, index)
+            if token == NO_TOKEN:
+                raise self._dead_end(slot)
+            return slot.emit_token(self.model, self.ctx, token, index)
+        except Exception as exc:
+            if not isinstance(exc, EngineError):
+                log.exception("sampling failed for request %s", slot.job.request.request_id)
+                exc = internal(f"sampling failed: {exc}")
+            slot.job.fail(exc)
+            self._release(slot)
+            return None
+
+    @staticmethod
+    def _dead_end(slot: Slot) -> EngineError:
+        constraint = slot.job.request.sampling.constraint
+        assert constraint is not None  # only a grammar can refuse every token
+        return invalid(
+            f"the {constraint_label(constraint)} allows no token after the "
+            f"{len(slot.out_tokens)} generated so far: no output can satisfy it",
+            constraint_param(constraint),
+        )
 
     def _fill_batch(self, live: list[Slot]) -> list[tuple[Slot, int]]:
         batch = self._batch
@@ -175,7 +223,7 @@ class Scheduler:
         if any(job.cancelled for job in self.waiting):
             for job in self.waiting:
                 if job.cancelled:
-                    self._leave_queue(job)
+                    self._leave_queue(job).release_grammar()
             self.waiting = deque(job for job in self.waiting if not job.cancelled)
         for slot in self.slots:
             if slot is not None and slot.job.cancelled:
@@ -203,17 +251,34 @@ class Scheduler:
         self.slots[slot.seq] = None
 
     def _admit(self) -> None:
-        while self.waiting and None in self.slots:
-            job = self._leave_queue(self.waiting.popleft())
-            if job.cancelled:
-                continue
-            try:
-                slot = self._make_slot(job)
-            except EngineError as exc:
-                job.fail(exc)
-                continue
-            self.slots[slot.seq] = slot
-            job.channel.push(Admitted())
+        """Admit waiting jobs in order while slots are free; a job whose grammar is still
+        compiling keeps its place, one whose grammar failed or took too long fails now."""
+        now, kept = time.perf_counter(), deque[Job]()
+        while self.waiting:
+            job = self.waiting.popleft()
+            problem = job.grammar.problem(now) if job.grammar is not None else None
+            if problem is not None:
+                self._leave_queue(job).fail(problem)
+            elif job.cancelled:
+                self._leave_queue(job).release_grammar()
+            elif (job.grammar is not None and not job.grammar.ready) or None not in self.slots:
+                kept.append(job)
+            else:
+                self._admit_job(self._leave_queue(job))
+        self.waiting = kept
+
+    def _admit_job(self, job: Job) -> None:
+        try:
+            slot = self._make_slot(job)
+        except EngineError as exc:
+            job.fail(exc)
+            return
+        except Exception as exc:  # a bug this request hit: it fails alone, the others run on
+            log.exception("admitting a request failed")
+            job.fail(internal(f"the request could not be admitted: {exc}"))
+            return
+        self.slots[slot.seq] = slot
+        job.channel.push(Admitted())
 
     def _place(self, prompt: list[int]) -> Reuse:
         """Choose the sequence for a prompt and set its KV cells to the reused prefix."""
@@ -243,7 +308,8 @@ class Scheduler:
                 f"{s.max_tokens or 1} to generate)",
                 "messages" if req.messages is not None else "prompt",
             )
-        sampler = Sampler(self.model, resolve(s, self.seq_ctx))
+        config = resolve(s, self.seq_ctx)
+        sampler = Sampler(self.model, config, self._take_grammar(job))
         reuse = self._place(prompt)
         return Slot(
             seq=reuse.seq,
@@ -256,6 +322,14 @@ class Scheduler:
             n_past=reuse.length,
             cached=reuse.length,
         )
+
+    @staticmethod
+    def _take_grammar(job: Job) -> CompiledGrammar | None:
+        if job.grammar is None:
+            return None
+        grammar = job.grammar.take()
+        assert isinstance(grammar, CompiledGrammar)
+        return grammar
 
     def prompt_tokens(self, req: GenerationSpec) -> list[int]:
         """The prompt of a validated request as token ids (messages go through the template)."""
@@ -273,7 +347,11 @@ class Scheduler:
         return tokens
 
     def enqueue(self, job: Job) -> None:
-        """Add a job to the wait queue (limits are checked by the caller)."""
+        """Add a job to the wait queue (limits are checked by the caller), and start compiling
+        its grammar or JSON schema if it has one."""
+        constraint = job.request.sampling.constraint
+        if constraint is not None:
+            job.grammar = self.compiler.submit(constraint)
         self.waiting.append(job)
 
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from llamagrid.worker.engine.channel import EventChannel
+from llamagrid.worker.engine.constraints import PendingGrammar
 from llamagrid.worker.engine.events import (
     Chunk,
     Event,
@@ -19,7 +20,8 @@ from llamagrid.worker.engine.events import (
 )
 from llamagrid.worker.engine.requests import GenerationSpec
 from llamagrid.worker.engine.text_stream import TextStream
-from llamagrid.worker.native.llama_backend import Context, Model, Sampler
+from llamagrid.worker.native.llama_backend import Context, Model
+from llamagrid.worker.native.sampler import Sampler
 
 
 @dataclass(eq=False)
@@ -30,10 +32,18 @@ class Job:
     channel: EventChannel[Event | BaseException]
     submitted: float = field(default_factory=time.perf_counter)
     cancelled: bool = False
+    #: The request's grammar or JSON schema, compiling off the engine thread while queued.
+    grammar: PendingGrammar | None = None
 
     def fail(self, error: BaseException) -> None:
         """End the job's stream with an error."""
+        self.release_grammar()
         self.channel.push(error)
+
+    def release_grammar(self) -> None:
+        """Free the job's grammar unless a slot's sampler took it."""
+        if self.grammar is not None:
+            self.grammar.abandon()
 
 
 @dataclass(eq=False)

@@ -7,7 +7,9 @@ Checks run on the caller's thread before a request is queued, never on the engin
 
 What is left to other places is only what they alone can know: the HTTP translation refuses
 fields it has no wire form for, and the engine checks what needs the model (a prompt that
-does not fit the context, a template or grammar that llama.cpp cannot parse).
+does not fit the context, a template that does not render, a grammar that allows no token).
+A grammar's or schema's size, nesting and syntax are checked here (engine/gbnf.py,
+engine/schema_check.py), against the worker's RequestLimits.
 """
 
 from __future__ import annotations
@@ -16,7 +18,10 @@ import math
 from collections.abc import Callable, Sequence
 
 from llamagrid.worker.engine.errors import invalid
-from llamagrid.worker.engine.requests import GenerationSpec, Message, Sampling
+from llamagrid.worker.engine.gbnf import check_gbnf
+from llamagrid.worker.engine.limits import DEFAULT_LIMITS, RequestLimits
+from llamagrid.worker.engine.requests import GenerationSpec, Grammar, JsonSchema, Message, Sampling
+from llamagrid.worker.engine.schema_check import check_json_schema
 
 #: The most alternatives a client may ask for per token, as in the OpenAI API.
 MAX_TOP_LOGPROBS = 20
@@ -41,8 +46,16 @@ _RULES: dict[str, tuple[Callable[[float], bool], str]] = {
 }
 
 
-def check_generation(spec: GenerationSpec, n_vocab: int) -> None:
-    """Raise an EngineError naming the first invalid field of a generation request."""
+def check_generation(
+    spec: GenerationSpec,
+    n_vocab: int,
+    limits: RequestLimits = DEFAULT_LIMITS,
+    context_per_slot: int | None = None,
+) -> None:
+    """Raise an EngineError naming the first invalid field of a generation request.
+
+    context_per_slot, when given, also bounds repeat_last_n (else the scheduler checks it).
+    """
     given = [x is not None for x in (spec.prompt, spec.tokens, spec.messages)]
     if sum(given) != 1:
         raise invalid("set exactly one of prompt, tokens or messages", "input")
@@ -52,7 +65,9 @@ def check_generation(spec: GenerationSpec, n_vocab: int) -> None:
         if not spec.tokens:
             raise invalid("the prompt is empty", "prompt")
         check_token_ids(spec.tokens, n_vocab, "prompt")
-    check_sampling(spec.sampling, n_vocab)
+    check_sampling(spec.sampling, n_vocab, limits)
+    if context_per_slot is not None:
+        check_repeat_last_n(spec.sampling.repeat_last_n, context_per_slot)
 
 
 def check_messages(messages: Sequence[Message]) -> None:
@@ -65,8 +80,8 @@ def check_messages(messages: Sequence[Message]) -> None:
             raise invalid(f"{param} must not be empty", param)
 
 
-def check_sampling(s: Sampling, n_vocab: int) -> None:
-    """Every sampling option is one a sampler can honour."""
+def check_sampling(s: Sampling, n_vocab: int, limits: RequestLimits = DEFAULT_LIMITS) -> None:
+    """Every sampling option is one a sampler can honour, within the worker's limits."""
     for name, (ok, rule) in _RULES.items():
         value = getattr(s, name)
         if value is None:
@@ -78,8 +93,38 @@ def check_sampling(s: Sampling, n_vocab: int) -> None:
             raise invalid(f"logit_bias names token {token}, outside the vocabulary", "logit_bias")
         if not (math.isfinite(bias) and -100.0 <= bias <= 100.0):
             raise invalid("logit_bias values must be between -100 and 100", "logit_bias")
-    if any(not stop for stop in s.stop):
-        raise invalid("stop strings must not be empty", "stop")
+    check_stop(s.stop, limits)
+    if isinstance(s.constraint, Grammar):
+        check_gbnf(s.constraint.text, limits.max_grammar_bytes, limits.max_grammar_depth, n_vocab)
+    elif isinstance(s.constraint, JsonSchema):
+        check_json_schema(s.constraint.text, limits)
+
+
+def check_stop(stop: Sequence[str], limits: RequestLimits) -> None:
+    """At most max_stop_strings stop strings, none empty nor longer than max_stop_bytes."""
+    if len(stop) > limits.max_stop_strings:
+        raise invalid(
+            f"{len(stop)} stop strings given; at most {limits.max_stop_strings} are allowed",
+            "stop",
+        )
+    for text in stop:
+        if not text:
+            raise invalid("stop strings must not be empty", "stop")
+        size = len(text.encode("utf-8", errors="replace"))
+        if size > limits.max_stop_bytes:
+            raise invalid(
+                f"a stop string is {size} bytes; the limit is {limits.max_stop_bytes}", "stop"
+            )
+
+
+def check_repeat_last_n(value: int | None, context_per_slot: int) -> None:
+    """repeat_last_n looks back at most over one request's context (-1 means all of it)."""
+    if value is not None and value > context_per_slot:
+        raise invalid(
+            f"repeat_last_n must be at most the context per request ({context_per_slot}), "
+            "or -1 for all of it",
+            "repeat_last_n",
+        )
 
 
 def check_embed_inputs(inputs: Sequence[str | Sequence[int]], n_vocab: int) -> None:

@@ -1,24 +1,25 @@
-"""The one module that imports llama_cpp: model, context, batch and sampler wrappers.
+"""The llama.cpp wrappers for the model, the context and the batch (the native room imports
+llama_cpp; samplers and grammars are in sampler.py and grammar.py).
 
-Everything here runs on the engine thread. The wrappers own their native handles and free them
-in ``close``; nothing else in the worker touches a llama.cpp pointer.
+Everything here runs on the engine thread, except what only reads the loaded vocabulary
+(Model.tokenize), which grammar compilation also calls. The wrappers own their native
+handles and free them in ``close``; nothing else in the worker touches a llama.cpp pointer.
 """
 
 from __future__ import annotations
 
 import ctypes
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import llama_cpp as lc
 import numpy as np
 import numpy.typing as npt
-from llama_cpp._ggml import libggml as _ggml
-from llama_cpp.llama_grammar import json_schema_to_gbnf
 
-from llamagrid.worker.engine.errors import invalid
-from llamagrid.worker.native.devices import DEVICE_TYPES, DeviceInfo
+from llamagrid.worker.native.ggml_devices import backend_names as backend_names
+from llamagrid.worker.native.ggml_devices import devices as devices
+from llamagrid.worker.native.ggml_devices import model_device_names
 
 _log = logging.getLogger("llama.cpp")
 #: ggml's log levels (NONE=0, DEBUG, INFO, WARN, ERROR, CONT=5 continues the previous line).
@@ -73,94 +74,6 @@ def init_backend(verbose: bool = False) -> None:
 def supports_gpu_offload() -> bool:
     """Whether this llama.cpp build can offload layers to a GPU."""
     return bool(lc.llama_supports_gpu_offload())
-
-
-def _bind(name: str, restype: Any, *argtypes: Any) -> Any:
-    """A ggml function (llama-cpp-python binds none of ggml's device API itself)."""
-    fn = getattr(_ggml, name)
-    fn.restype, fn.argtypes = restype, list(argtypes)
-    return fn
-
-
-_vp, _size = ctypes.c_void_p, ctypes.c_size_t
-_dev_count = _bind("ggml_backend_dev_count", _size)
-_dev_get = _bind("ggml_backend_dev_get", _vp, _size)
-_dev_name = _bind("ggml_backend_dev_name", ctypes.c_char_p, _vp)
-_dev_description = _bind("ggml_backend_dev_description", ctypes.c_char_p, _vp)
-_dev_type = _bind("ggml_backend_dev_type", ctypes.c_int, _vp)
-_dev_memory = _bind(
-    "ggml_backend_dev_memory", None, _vp, ctypes.POINTER(_size), ctypes.POINTER(_size)
-)
-_dev_reg = _bind("ggml_backend_dev_backend_reg", _vp, _vp)
-_dev_props = _bind("ggml_backend_dev_get_props", None, _vp, _vp)
-_reg_count = _bind("ggml_backend_reg_count", _size)
-_reg_get = _bind("ggml_backend_reg_get", _vp, _size)
-_reg_name = _bind("ggml_backend_reg_name", ctypes.c_char_p, _vp)
-
-
-def _bind_ext(names: tuple[str, ...], restype: Any, *argtypes: Any) -> Any:
-    """A function of llama.cpp's llama-ext.h (C++ linkage), found as llama_cpp_ext finds its own."""
-    for name in names:
-        fn = getattr(lc.llama_cpp._lib, name, None)
-        if fn is not None:
-            fn.restype, fn.argtypes = restype, list(argtypes)
-            return fn
-    return None
-
-
-_model_n_devices = _bind_ext(
-    ("llama_model_n_devices", "_Z21llama_model_n_devicesPK11llama_model"), ctypes.c_int32, _vp
-)
-_model_get_device = _bind_ext(
-    ("llama_model_get_device", "_Z22llama_model_get_devicePK11llama_modeli"), _vp, _vp, ctypes.c_int
-)
-
-
-class _DevProps(ctypes.Structure):
-    """ggml_backend_dev_props, with room to spare should a later ggml append fields."""
-
-    _fields_ = [
-        ("name", ctypes.c_char_p),
-        ("description", ctypes.c_char_p),
-        ("memory_free", _size),
-        ("memory_total", _size),
-        ("type", ctypes.c_int),
-        ("device_id", ctypes.c_char_p),
-        ("reserved", ctypes.c_byte * 256),
-    ]
-
-
-def _text(raw: bytes | None) -> str:
-    return raw.decode("utf-8", errors="replace") if raw else ""
-
-
-def backend_names() -> list[str]:
-    """The ggml backends this llama.cpp build registered ("CPU", "CUDA", "BLAS", ...)."""
-    return [_text(_reg_name(_reg_get(i))) for i in range(_reg_count())]
-
-
-def devices() -> list[DeviceInfo]:
-    """Every device ggml registered, in its order, with memory as of now."""
-    out = []
-    for i in range(_dev_count()):
-        dev = _dev_get(i)
-        free, total = _size(0), _size(0)
-        _dev_memory(dev, ctypes.byref(free), ctypes.byref(total))
-        props = _DevProps()
-        _dev_props(dev, ctypes.addressof(props))
-        kind = _dev_type(dev)
-        out.append(
-            DeviceInfo(
-                name=_text(_dev_name(dev)),
-                description=_text(_dev_description(dev)),
-                type=DEVICE_TYPES[kind] if 0 <= kind < len(DEVICE_TYPES) else "",
-                backend=_text(_reg_name(_dev_reg(dev))),
-                memory_free=int(free.value),
-                memory_total=int(total.value),
-                device_id=_text(props.device_id),
-            )
-        )
-    return out
 
 
 @dataclass(frozen=True)
@@ -224,10 +137,7 @@ class Model:
         self.n_layers = int(lc.llama_model_n_layer(ptr) + lc.llama_model_n_layer_nextn(ptr) + 1)
         #: The devices llama.cpp gave the model besides the CPU (layers and offloaded operations
         #: go there); None if this llama.cpp does not export llama_model_get_device.
-        self.device_names: list[str] | None = None
-        if _model_n_devices is not None and _model_get_device is not None:
-            n = int(_model_n_devices(ptr))
-            self.device_names = [_text(_dev_name(_model_get_device(ptr, i))) for i in range(n)]
+        self.device_names = model_device_names(ptr)
         self._pieces: dict[int, bytes] = {}
 
     def close(self) -> None:
@@ -461,89 +371,3 @@ class Batch:
         if self.capacity:
             lc.llama_batch_free(self.native)
             self.capacity = 0
-
-
-@dataclass(frozen=True)
-class SamplerConfig:
-    """A fully resolved sampling setup (no unset fields)."""
-
-    temperature: float = 0.8
-    top_k: int = 40
-    top_p: float = 0.95
-    min_p: float = 0.05
-    typical_p: float = 1.0
-    repeat_penalty: float = 1.0
-    repeat_last_n: int = 64
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    seed: int = RANDOM_SEED
-    logit_bias: dict[int, float] = field(default_factory=dict)
-    grammar: str = ""
-
-
-def grammar_from_json_schema(schema: str) -> str:
-    """GBNF that accepts exactly the JSON documents valid under schema."""
-    try:
-        return str(json_schema_to_gbnf(schema))
-    except Exception as exc:  # the converter raises bare Exceptions on unsupported schemas
-        raise invalid(f"unusable JSON schema: {exc}", "response_format") from exc
-
-
-class Sampler:
-    """A native llama.cpp sampler chain for one sequence."""
-
-    def __init__(self, model: Model, cfg: SamplerConfig) -> None:
-        self.ptr = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
-        try:
-            self._build(model, cfg)
-        except BaseException:
-            self.close()
-            raise
-
-    def _add(self, sampler: Any) -> None:
-        lc.llama_sampler_chain_add(self.ptr, sampler)
-
-    def _build(self, model: Model, cfg: SamplerConfig) -> None:
-        if cfg.logit_bias:
-            arr = (lc.llama_logit_bias * len(cfg.logit_bias))(
-                *[lc.llama_logit_bias(token=t, bias=b) for t, b in cfg.logit_bias.items()]
-            )
-            self._add(lc.llama_sampler_init_logit_bias(model.n_vocab, len(arr), arr))
-        if cfg.repeat_penalty != 1.0 or cfg.presence_penalty or cfg.frequency_penalty:
-            self._add(
-                lc.llama_sampler_init_penalties(
-                    model.n_vocab,
-                    cfg.repeat_last_n,
-                    cfg.repeat_penalty,
-                    cfg.frequency_penalty,
-                    cfg.presence_penalty,
-                )
-            )
-        if cfg.grammar:
-            grammar = lc.llama_sampler_init_grammar(model.vocab, cfg.grammar.encode(), b"root")
-            if not grammar:
-                raise invalid("the grammar could not be parsed", "grammar")
-            self._add(grammar)
-        if cfg.temperature <= 0:
-            self._add(lc.llama_sampler_init_greedy())
-            return
-        if cfg.top_k > 0:
-            self._add(lc.llama_sampler_init_top_k(cfg.top_k))
-        if cfg.typical_p < 1.0:
-            self._add(lc.llama_sampler_init_typical(cfg.typical_p, 1))
-        if cfg.top_p < 1.0:
-            self._add(lc.llama_sampler_init_top_p(cfg.top_p, 1))
-        if cfg.min_p > 0.0:
-            self._add(lc.llama_sampler_init_min_p(cfg.min_p, 1))
-        self._add(lc.llama_sampler_init_temp(cfg.temperature))
-        self._add(lc.llama_sampler_init_dist(cfg.seed & 0xFFFFFFFF))
-
-    def sample(self, ctx: Context, index: int) -> int:
-        """Pick the next token from the logits at batch index (and accept it into the chain)."""
-        return int(lc.llama_sampler_sample(self.ptr, ctx.ptr, index))
-
-    def close(self) -> None:
-        """Free the chain and every sampler in it."""
-        if self.ptr:
-            lc.llama_sampler_free(self.ptr)
-            self.ptr = None

@@ -1,0 +1,69 @@
+"""The limits a generation request is held to, beyond the range of each number.
+
+Every value here bounds work or memory that a client could otherwise make unbounded: the
+size and nesting of a grammar or JSON schema (llama.cpp's grammar parser recurses once per
+nesting level, and llama-cpp-python's schema converter nests once per repeated item), the
+stop strings (each one is searched for after every token), and the time a grammar may take to
+compile. The defaults are WorkerSettings' (``--max-grammar-bytes`` and so on).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from llamagrid.worker.settings import WorkerSettings
+
+#: llama.cpp's own ceiling on a {m,n} count (MAX_REPETITION_THRESHOLD in llama-grammar.cpp): a
+#: larger minimum is a parse error, a larger maximum silently means "unbounded".
+GBNF_MAX_REPETITION = 2000
+#: The most grammar elements (characters, ranges, references) a grammar may expand into once
+#: its repetitions are written out, as llama.cpp does; a 60 KB literal repeated 2000 times
+#: would otherwise take gigabytes.
+GBNF_MAX_ELEMENTS = 1 << 20
+
+
+@dataclass(frozen=True)
+class RequestLimits:
+    """Bounds on the parts of a request whose cost the client chooses."""
+
+    #: Longest GBNF grammar in UTF-8 bytes: a client's ``grammar``, or a schema's conversion.
+    max_grammar_bytes: int = 65536
+    #: Deepest nesting of parentheses in one GBNF rule.
+    max_grammar_depth: int = 1024
+    #: Longest JSON schema (``response_format``) in UTF-8 bytes.
+    max_schema_bytes: int = 65536
+    #: Deepest nesting of JSON objects and arrays in a schema document.
+    max_schema_depth: int = 64
+    #: Largest minLength/maxLength/minItems/maxItems, and {m,n} count in a schema's patterns.
+    #: The converter nests one group per optional item, and llama.cpp refuses a group that
+    #: holds 2000 rules or more: about 990 nested items, fewer in some arrays.
+    max_schema_count: int = 500
+    #: Most properties in one object of a schema (the converter is quadratic in them).
+    max_schema_properties: int = 256
+    #: Most stop strings per request.
+    max_stop_strings: int = 16
+    #: Longest stop string in UTF-8 bytes.
+    max_stop_bytes: int = 256
+    #: Longest time a grammar or schema may take to become a sampler, in seconds.
+    grammar_timeout_s: float = 5.0
+
+    @classmethod
+    def from_settings(cls, s: WorkerSettings) -> RequestLimits:
+        """The limits a worker was configured with."""
+        return cls(
+            max_grammar_bytes=s.max_grammar_bytes,
+            max_grammar_depth=s.max_grammar_depth,
+            max_schema_bytes=s.max_schema_bytes,
+            max_schema_depth=s.max_schema_depth,
+            max_schema_count=s.max_schema_count,
+            max_schema_properties=s.max_schema_properties,
+            max_stop_strings=s.max_stop_strings,
+            max_stop_bytes=s.max_stop_bytes,
+            grammar_timeout_s=s.grammar_timeout_s,
+        )
+
+
+#: The limits of a worker started with default settings.
+DEFAULT_LIMITS = RequestLimits()
