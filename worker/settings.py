@@ -144,6 +144,31 @@ class WorkerSettings(BaseSettings):
         "grows with the square of the optional ones).",
     )
     max_stop_strings: int = Field(default=16, ge=0, description="Most stop strings per request.")
+    max_messages: int = Field(
+        default=4096,
+        ge=1,
+        description="Most messages in one conversation, checked before the template is rendered.",
+    )
+    max_prompt_bytes: int = Field(
+        default=4 * 1024 * 1024,
+        ge=1024,
+        description="Most UTF-8 bytes of text in one request (a prompt, all messages' contents, "
+        "a Tokenize text, an Embed request's inputs), checked before anything is tokenized.",
+    )
+    max_embed_inputs: int = Field(
+        default=2048, ge=1, description="Most inputs in one Embed request."
+    )
+    max_embed_queue: int = Field(
+        default=8192,
+        ge=1,
+        description="Most embedding inputs waiting at once; beyond, Embed is RESOURCE_EXHAUSTED "
+        "with a retry delay.",
+    )
+    max_token_ids: int = Field(
+        default=1 << 20,
+        ge=1,
+        description="Most token ids in one request (a token prompt, Detokenize, Embed inputs).",
+    )
     max_stop_bytes: int = Field(
         default=256, ge=1, description="Longest stop string, in UTF-8 bytes."
     )

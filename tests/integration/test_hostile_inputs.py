@@ -256,3 +256,26 @@ def test_worker_settings_set_the_limits(tmp_path: Path) -> None:
             assert refusal(own, chat("Hi", stop=["a", "b", "c"]))[0] == "stop"
             param, message = refusal(own, chat("Hi", grammar='root ::= (((("a"))))'))
             assert param == "grammar" and "deeper than 3" in message
+
+
+@pytest.mark.usefixtures("still_serving")
+def test_half_a_million_messages_are_refused_before_any_template_runs(stub: Stub) -> None:
+    many = [pb.ChatMessage(role="user", content="hi")] * 500_000
+    request = pb.GenerateRequest(chat=pb.ChatConversation(messages=many))
+    param, message = refusal(stub, request)
+    assert param == "messages" and "500000 messages" in message
+
+
+@pytest.mark.usefixtures("still_serving")
+def test_oversized_embed_tokenize_and_detokenize_requests_are_refused(stub: Stub) -> None:
+    refused = [
+        lambda: stub.Embed(pb.EmbedRequest(inputs=[pb.EmbedInput(text="a")] * 3000), timeout=60),
+        lambda: stub.Tokenize(pb.TokenizeRequest(text="x" * (5 << 20)), timeout=60),
+        lambda: stub.Detokenize(pb.DetokenizeRequest(token_ids=[1] * (2 << 20)), timeout=60),
+    ]
+    for call, param in zip(refused, ("input", "text", "token_ids"), strict=True):
+        with pytest.raises(grpc.RpcError) as caught:
+            call()
+        error: Any = caught.value
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
+        assert parse_details(error.trailing_metadata()).param == param

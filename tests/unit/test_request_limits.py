@@ -3,17 +3,25 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from llamagrid.worker.engine.errors import EngineError, Reason
 from llamagrid.worker.engine.limits import DEFAULT_LIMITS, RequestLimits
+from llamagrid.worker.engine.llama_engine import LlamaEngine
 from llamagrid.worker.engine.requests import GenerationSpec, Grammar, JsonSchema, Message, Sampling
 from llamagrid.worker.engine.sampling import resolve
 from llamagrid.worker.engine.schema_check import check_json_schema
-from llamagrid.worker.engine.validation import check_generation, check_sampling
+from llamagrid.worker.engine.validation import (
+    check_embed_inputs,
+    check_generation,
+    check_sampling,
+)
+from llamagrid.worker.model_source import ModelSource
 from llamagrid.worker.settings import WorkerSettings
+from tests.unit.test_worker_batching import DESCRIPTION
 
 N_VOCAB = 49152
 
@@ -131,3 +139,60 @@ def test_every_limit_is_a_worker_setting_with_the_same_default() -> None:
     changed = WorkerSettings(max_stop_strings=4, grammar_timeout_s=1.5)
     limits = RequestLimits.from_settings(changed)
     assert limits.max_stop_strings == 4 and limits.grammar_timeout_s == 1.5
+
+
+SMALL = RequestLimits(max_messages=3, max_prompt_bytes=1024, max_embed_inputs=2, max_token_ids=8)
+
+
+@pytest.mark.parametrize(
+    ("spec", "param", "words"),
+    [
+        (GenerationSpec(messages=(Message("user", "hi"),) * 4), "messages", "4 messages"),
+        (GenerationSpec(messages=(Message("user", "é" * 600),)), "messages", "over 1024 bytes"),
+        (GenerationSpec(prompt="x" * 10_000_000), "prompt", "over 1024 bytes"),
+        (GenerationSpec(tokens=(1,) * 9), "prompt", "9 token ids"),
+    ],
+)
+def test_sizes_are_checked_before_any_template_or_tokenizer_runs(
+    spec: GenerationSpec, param: str, words: str
+) -> None:
+    with pytest.raises(EngineError) as caught:
+        check_generation(spec, n_vocab=100, limits=SMALL)
+    assert caught.value.param == param and words in caught.value.message
+
+
+def test_five_hundred_thousand_messages_are_refused_at_once() -> None:
+    many = (Message("user", "hi"),) * 500_000
+    with pytest.raises(EngineError, match="500000 messages"):
+        check_generation(GenerationSpec(messages=many), n_vocab=100)
+
+
+@pytest.mark.parametrize(
+    ("inputs", "words"),
+    [
+        (["a", "b", "c"], "3 inputs"),
+        (["x" * 2000], "over 1024 bytes"),
+        ([[1] * 5, [2] * 4], "9 token ids"),
+    ],
+)
+def test_an_embed_request_is_bounded_in_inputs_text_and_tokens(
+    inputs: list[Any], words: str
+) -> None:
+    with pytest.raises(EngineError) as caught:
+        check_embed_inputs(inputs, n_vocab=100, limits=SMALL)
+    assert caught.value.param == "input" and words in caught.value.message
+
+
+def test_the_request_size_limits_come_from_the_worker_settings() -> None:
+    settings = WorkerSettings(max_messages=7, max_prompt_bytes=2048, max_embed_inputs=3)
+    limits = RequestLimits.from_settings(settings)
+    assert (limits.max_messages, limits.max_prompt_bytes, limits.max_embed_inputs) == (7, 2048, 3)
+
+
+async def test_a_full_embedding_queue_is_queue_full_with_a_retry_delay() -> None:
+    engine = LlamaEngine(WorkerSettings(max_embed_queue=4), ModelSource(Path("m.gguf"), "m"))
+    engine._desc = DESCRIPTION  # looks loaded; no thread runs, nothing is queued for real
+    engine._embed_queued = 3
+    with pytest.raises(EngineError) as caught:
+        await engine.embed(["a", "b"], normalize=True)
+    assert caught.value.reason is Reason.QUEUE_FULL and caught.value.retry_after_s == 1.0

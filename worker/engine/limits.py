@@ -48,6 +48,14 @@ class RequestLimits:
     max_stop_bytes: int = 256
     #: Longest time a grammar or schema may take to become a sampler, in seconds.
     grammar_timeout_s: float = 5.0
+    #: Most messages in one conversation.
+    max_messages: int = 4096
+    #: Most UTF-8 bytes of text in one request.
+    max_prompt_bytes: int = 4 * 1024 * 1024
+    #: Most inputs in one Embed request.
+    max_embed_inputs: int = 2048
+    #: Most token ids in one request.
+    max_token_ids: int = 1 << 20
 
     @classmethod
     def from_settings(cls, s: WorkerSettings) -> RequestLimits:
@@ -62,6 +70,10 @@ class RequestLimits:
             max_stop_strings=s.max_stop_strings,
             max_stop_bytes=s.max_stop_bytes,
             grammar_timeout_s=s.grammar_timeout_s,
+            max_messages=s.max_messages,
+            max_prompt_bytes=s.max_prompt_bytes,
+            max_embed_inputs=s.max_embed_inputs,
+            max_token_ids=s.max_token_ids,
         )
 
 

@@ -28,6 +28,8 @@ from llamagrid.worker.engine.slot import Job
 from llamagrid.worker.engine.validation import (
     check_embed_inputs,
     check_generation,
+    check_text_size,
+    check_token_count,
     check_token_ids,
 )
 from llamagrid.worker.model_source import ModelSource
@@ -92,6 +94,8 @@ class LlamaEngine:
         self._queued = 0
         self._running = 0
         self._limits = RequestLimits.from_settings(settings)
+        #: Embedding inputs accepted and not yet answered (on the event loop only).
+        self._embed_queued = 0
         #: Why the engine thread died while serving, if it did.
         self.failure: BaseException | None = None
 
@@ -209,8 +213,21 @@ class LlamaEngine:
     async def embed(self, inputs: list[str | list[int]], normalize: bool) -> EmbedResult:
         """Embeddings of texts or token lists, in order, batched with concurrent requests."""
         self._check_accepting()
-        check_embed_inputs(inputs, self.description().vocab_size)
+        check_embed_inputs(inputs, self.description().vocab_size, self._limits)
+        if self._embed_queued + len(inputs) > self.settings.max_embed_queue:
+            raise EngineError(
+                Reason.QUEUE_FULL,
+                f"{self._embed_queued} embedding inputs are waiting; at most "
+                f"{self.settings.max_embed_queue} may",
+                retry_after_s=1.0,
+            )
+        self._embed_queued += len(inputs)
+        try:
+            return await self._embed(inputs, normalize)
+        finally:
+            self._embed_queued -= len(inputs)
 
+    async def _embed(self, inputs: list[str | list[int]], normalize: bool) -> EmbedResult:
         def run(rt: Runtime) -> EmbedJob:
             tokens = [rt.model.tokenize(i, True, True) if isinstance(i, str) else i for i in inputs]
             job = rt.embedder.submit(tokens, normalize)
@@ -245,6 +262,8 @@ class LlamaEngine:
 
     async def tokenize(self, text: str, add_special: bool, parse_special: bool) -> list[TokenPiece]:
         """Token ids of text, with their bytes."""
+        self._check_accepting()
+        check_text_size([text], self._limits, "text")
 
         def run(rt: Runtime) -> list[TokenPiece]:
             ids = rt.model.tokenize(text, add_special, parse_special)
@@ -255,6 +274,7 @@ class LlamaEngine:
     async def detokenize(self, tokens: list[int], render_special: bool) -> str:
         """Text of token ids."""
         self._check_accepting()
+        check_token_count(len(tokens), self._limits, "token_ids")
         check_token_ids(tokens, self.description().vocab_size, "token_ids")
 
         def run(rt: Runtime) -> str:

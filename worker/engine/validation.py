@@ -60,20 +60,30 @@ def check_generation(
     if sum(given) != 1:
         raise invalid("set exactly one of prompt, tokens or messages", "input")
     if spec.messages is not None:
-        check_messages(spec.messages)
+        check_messages(spec.messages, limits)
     elif spec.tokens is not None:
         if not spec.tokens:
             raise invalid("the prompt is empty", "prompt")
+        check_token_count(len(spec.tokens), limits, "prompt")
         check_token_ids(spec.tokens, n_vocab, "prompt")
+    else:
+        check_text_size([spec.prompt or ""], limits, "prompt")
     check_sampling(spec.sampling, n_vocab, limits)
     if context_per_slot is not None:
         check_repeat_last_n(spec.sampling.repeat_last_n, context_per_slot)
 
 
-def check_messages(messages: Sequence[Message]) -> None:
-    """A conversation has at least one message, each with a role."""
+def check_messages(messages: Sequence[Message], limits: RequestLimits = DEFAULT_LIMITS) -> None:
+    """A conversation has at least one message and at most max_messages, each with a role, and
+    all their text within max_prompt_bytes: checked before any template is rendered."""
     if not messages:
         raise invalid("messages must not be empty", "messages")
+    if len(messages) > limits.max_messages:
+        raise invalid(
+            f"{len(messages)} messages given; at most {limits.max_messages} are allowed",
+            "messages",
+        )
+    check_text_size([m.content for m in messages], limits, "messages")
     for index, message in enumerate(messages):
         if not message.role:
             param = f"messages[{index}].role"
@@ -127,10 +137,35 @@ def check_repeat_last_n(value: int | None, context_per_slot: int) -> None:
         )
 
 
-def check_embed_inputs(inputs: Sequence[str | Sequence[int]], n_vocab: int) -> None:
-    """An embedding request has at least one input, and no input is empty."""
+def check_text_size(texts: Sequence[str], limits: RequestLimits, param: str) -> None:
+    """The texts of one request hold at most max_prompt_bytes UTF-8 bytes together."""
+    size = 0
+    for text in texts:
+        # Every character is at least one byte: a text longer than the limit is never encoded.
+        size += len(text) if len(text) > limits.max_prompt_bytes else _utf8_size(text)
+        if size > limits.max_prompt_bytes:
+            raise invalid(f"the request's text is over {limits.max_prompt_bytes} bytes", param)
+
+
+def check_token_count(count: int, limits: RequestLimits, param: str) -> None:
+    """At most max_token_ids token ids in one request."""
+    if count > limits.max_token_ids:
+        raise invalid(f"{count} token ids given; at most {limits.max_token_ids}", param)
+
+
+def check_embed_inputs(
+    inputs: Sequence[str | Sequence[int]], n_vocab: int, limits: RequestLimits = DEFAULT_LIMITS
+) -> None:
+    """An embedding request has at least one input and at most max_embed_inputs, no input is
+    empty, and its text and token ids are within the request limits."""
     if not inputs:
         raise invalid("input must not be empty", "input")
+    if len(inputs) > limits.max_embed_inputs:
+        raise invalid(
+            f"{len(inputs)} inputs given; at most {limits.max_embed_inputs} are allowed", "input"
+        )
+    check_text_size([i for i in inputs if isinstance(i, str)], limits, "input")
+    check_token_count(sum(len(i) for i in inputs if not isinstance(i, str)), limits, "input")
     for index, item in enumerate(inputs):
         if not item:
             raise invalid(f"input {index} is empty", "input")
@@ -143,3 +178,7 @@ def check_token_ids(tokens: Sequence[int], n_vocab: int, param: str) -> None:
     for token in tokens:
         if not 0 <= token < n_vocab:
             raise invalid(f"token id {token} is outside the vocabulary (0..{n_vocab - 1})", param)
+
+
+def _utf8_size(text: str) -> int:
+    return len(text.encode("utf-8", errors="surrogatepass"))
