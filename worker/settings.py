@@ -150,7 +150,7 @@ class WorkerSettings(BaseSettings):
         description="Most messages in one conversation, checked before the template is rendered.",
     )
     max_prompt_bytes: int = Field(
-        default=4 * 1024 * 1024,
+        default=8 * 1024 * 1024,
         ge=1024,
         description="Most UTF-8 bytes of text in one request (a prompt, all messages' contents, "
         "a Tokenize text, an Embed request's inputs), checked before anything is tokenized.",
@@ -165,7 +165,7 @@ class WorkerSettings(BaseSettings):
         "with a retry delay.",
     )
     max_token_ids: int = Field(
-        default=1 << 20,
+        default=1 << 22,
         ge=1,
         description="Most token ids in one request (a token prompt, Detokenize, Embed inputs).",
     )

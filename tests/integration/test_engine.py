@@ -339,7 +339,7 @@ async def test_embedding_input_longer_than_the_context_is_invalid(eight: Proc) -
 
 
 async def test_an_abandoned_embedding_batch_is_dropped(eight: Proc) -> None:
-    request = pb.EmbedRequest(inputs=[pb.EmbedInput(text=f"item {i}") for i in range(3000)])
+    request = pb.EmbedRequest(inputs=[pb.EmbedInput(text=f"item {i}") for i in range(2000)])
     async with AsyncInferenceClient(eight.target) as client:
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await client.embed(request, timeout=0.5)

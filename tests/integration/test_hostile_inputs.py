@@ -270,8 +270,8 @@ def test_half_a_million_messages_are_refused_before_any_template_runs(stub: Stub
 def test_oversized_embed_tokenize_and_detokenize_requests_are_refused(stub: Stub) -> None:
     refused = [
         lambda: stub.Embed(pb.EmbedRequest(inputs=[pb.EmbedInput(text="a")] * 3000), timeout=60),
-        lambda: stub.Tokenize(pb.TokenizeRequest(text="x" * (5 << 20)), timeout=60),
-        lambda: stub.Detokenize(pb.DetokenizeRequest(token_ids=[1] * (2 << 20)), timeout=60),
+        lambda: stub.Tokenize(pb.TokenizeRequest(text="x" * (9 << 20)), timeout=60),
+        lambda: stub.Detokenize(pb.DetokenizeRequest(token_ids=[1] * (5 << 20)), timeout=60),
     ]
     for call, param in zip(refused, ("input", "text", "token_ids"), strict=True):
         with pytest.raises(grpc.RpcError) as caught:

@@ -51,11 +51,11 @@ class RequestLimits:
     #: Most messages in one conversation.
     max_messages: int = 4096
     #: Most UTF-8 bytes of text in one request.
-    max_prompt_bytes: int = 4 * 1024 * 1024
+    max_prompt_bytes: int = 8 * 1024 * 1024
     #: Most inputs in one Embed request.
     max_embed_inputs: int = 2048
     #: Most token ids in one request.
-    max_token_ids: int = 1 << 20
+    max_token_ids: int = 1 << 22
 
     @classmethod
     def from_settings(cls, s: WorkerSettings) -> RequestLimits:
