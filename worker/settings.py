@@ -7,6 +7,11 @@ from typing import Literal
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from llamagrid.worker.engine.limits import RequestLimits
+
+#: The request limits' defaults live with RequestLimits; the settings only expose them.
+_LIMITS = RequestLimits()
+
 
 class WorkerSettings(BaseSettings):
     """Everything a worker process needs to load one model and serve it."""
@@ -110,13 +115,13 @@ class WorkerSettings(BaseSettings):
 
     # Request limits: what one request may make the worker do (see engine/limits.py).
     max_grammar_bytes: int = Field(
-        default=65536,
+        default=_LIMITS.max_grammar_bytes,
         ge=1,
         description="Longest GBNF grammar, in UTF-8 bytes: a request's grammar, or the one its "
         "JSON schema turns into.",
     )
     max_grammar_depth: int = Field(
-        default=1024,
+        default=_LIMITS.max_grammar_depth,
         ge=1,
         le=4000,
         description="Deepest nesting of parentheses in a GBNF rule (llama.cpp's parser recurses "
@@ -124,13 +129,18 @@ class WorkerSettings(BaseSettings):
         "nests n levels.",
     )
     max_schema_bytes: int = Field(
-        default=65536, ge=1, description="Longest JSON schema (response_format), in UTF-8 bytes."
+        default=_LIMITS.max_schema_bytes,
+        ge=1,
+        description="Longest JSON schema (response_format), in UTF-8 bytes.",
     )
     max_schema_depth: int = Field(
-        default=64, ge=1, le=1000, description="Deepest nesting of objects and arrays in a schema."
+        default=_LIMITS.max_schema_depth,
+        ge=1,
+        le=1000,
+        description="Deepest nesting of objects and arrays in a schema.",
     )
     max_schema_count: int = Field(
-        default=500,
+        default=_LIMITS.max_schema_count,
         ge=0,
         le=1000,
         description="Largest minLength, maxLength, minItems or maxItems in a JSON schema, and "
@@ -138,25 +148,27 @@ class WorkerSettings(BaseSettings):
         "refuses much beyond 900).",
     )
     max_schema_properties: int = Field(
-        default=256,
+        default=_LIMITS.max_schema_properties,
         ge=0,
         description="Most properties in one object of a JSON schema (the converter's work "
         "grows with the square of the optional ones).",
     )
-    max_stop_strings: int = Field(default=16, ge=0, description="Most stop strings per request.")
+    max_stop_strings: int = Field(
+        default=_LIMITS.max_stop_strings, ge=0, description="Most stop strings per request."
+    )
     max_messages: int = Field(
-        default=4096,
+        default=_LIMITS.max_messages,
         ge=1,
         description="Most messages in one conversation, checked before the template is rendered.",
     )
     max_prompt_bytes: int = Field(
-        default=8 * 1024 * 1024,
+        default=_LIMITS.max_prompt_bytes,
         ge=1024,
         description="Most UTF-8 bytes of text in one request (a prompt, all messages' contents, "
         "a Tokenize text, an Embed request's inputs), checked before anything is tokenized.",
     )
     max_embed_inputs: int = Field(
-        default=2048, ge=1, description="Most inputs in one Embed request."
+        default=_LIMITS.max_embed_inputs, ge=1, description="Most inputs in one Embed request."
     )
     max_embed_queue: int = Field(
         default=8192,
@@ -165,15 +177,15 @@ class WorkerSettings(BaseSettings):
         "with a retry delay.",
     )
     max_token_ids: int = Field(
-        default=1 << 22,
+        default=_LIMITS.max_token_ids,
         ge=1,
         description="Most token ids in one request (a token prompt, Detokenize, Embed inputs).",
     )
     max_stop_bytes: int = Field(
-        default=256, ge=1, description="Longest stop string, in UTF-8 bytes."
+        default=_LIMITS.max_stop_bytes, ge=1, description="Longest stop string, in UTF-8 bytes."
     )
     grammar_timeout_s: float = Field(
-        default=5.0,
+        default=_LIMITS.grammar_timeout_s,
         gt=0,
         description="Longest time a grammar or JSON schema may take to compile (off the engine "
         "thread); a slower one is refused with INVALID_ARGUMENT.",

@@ -9,6 +9,7 @@ compile. The defaults are WorkerSettings' (``--max-grammar-bytes`` and so on).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -59,22 +60,8 @@ class RequestLimits:
 
     @classmethod
     def from_settings(cls, s: WorkerSettings) -> RequestLimits:
-        """The limits a worker was configured with."""
-        return cls(
-            max_grammar_bytes=s.max_grammar_bytes,
-            max_grammar_depth=s.max_grammar_depth,
-            max_schema_bytes=s.max_schema_bytes,
-            max_schema_depth=s.max_schema_depth,
-            max_schema_count=s.max_schema_count,
-            max_schema_properties=s.max_schema_properties,
-            max_stop_strings=s.max_stop_strings,
-            max_stop_bytes=s.max_stop_bytes,
-            grammar_timeout_s=s.grammar_timeout_s,
-            max_messages=s.max_messages,
-            max_prompt_bytes=s.max_prompt_bytes,
-            max_embed_inputs=s.max_embed_inputs,
-            max_token_ids=s.max_token_ids,
-        )
+        """The limits a worker was configured with (WorkerSettings has one field for each)."""
+        return cls(**{f.name: getattr(s, f.name) for f in dataclasses.fields(cls)})
 
 
 #: The limits of a worker started with default settings.

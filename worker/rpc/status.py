@@ -35,11 +35,6 @@ _WIRE_REASONS = {
 }
 
 
-def code_of(error: EngineError) -> grpc.StatusCode:
-    """The status code a client sees for this error."""
-    return CODES[error.reason]
-
-
 def to_status(error: EngineError) -> grpc.Status:
     """The rich gRPC status for an engine error."""
     return wire.build_status(

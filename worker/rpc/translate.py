@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 from llamagrid.v1 import inference_pb2 as pb
@@ -26,20 +27,8 @@ _CONSTRAINTS: dict[str, type[Grammar | JsonSchema]] = {
     "grammar": Grammar,
     "json_schema": JsonSchema,
 }
-_OPTIONAL_FIELDS = (
-    "max_tokens",
-    "temperature",
-    "top_p",
-    "top_k",
-    "min_p",
-    "typical_p",
-    "repeat_penalty",
-    "repeat_last_n",
-    "presence_penalty",
-    "frequency_penalty",
-    "seed",
-    "top_logprobs",
-)
+#: The proto's optional sampling fields: those Sampling leaves None when unset.
+_OPTIONAL_FIELDS = frozenset(f.name for f in dataclasses.fields(Sampling) if f.default is None)
 
 
 def sampling_from_proto(p: pb.SamplingParams) -> Sampling:
