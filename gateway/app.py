@@ -95,6 +95,7 @@ def create_app(settings: GatewaySettings, pool: WorkerPool) -> FastAPI:
         max_retries=settings.max_retries,
         retry_backoff_s=settings.retry_backoff_s,
         prefix_chars=settings.affinity_prefix_chars,
+        relay=settings.relay,
     )
     app.include_router(openai_router, dependencies=dependencies(check))
     app.add_middleware(Admission, check=check, max_body_bytes=settings.max_body_bytes)

@@ -20,7 +20,7 @@ from typing import TypeVar
 import grpc
 from starlette.requests import Request
 
-from llamagrid.client import AsyncInferenceClient
+from llamagrid.client import AsyncInferenceClient, GenerateStream
 from llamagrid.errors import REASON_QUEUE_FULL, parse_details
 from llamagrid.gateway.breaker import COUNTED
 from llamagrid.gateway.errors import OpenAIError, from_rpc_error
@@ -28,6 +28,7 @@ from llamagrid.gateway.metrics import GatewayMetrics
 from llamagrid.gateway.policies import RouteRequest
 from llamagrid.gateway.pool import Worker, WorkerPool
 from llamagrid.gateway.sse import ADMITTED, Admitted, wait_for_disconnect
+from llamagrid.relay import RelayCall
 from llamagrid.v1 import inference_pb2 as pb
 
 logger = logging.getLogger(__name__)
@@ -70,8 +71,11 @@ class Dispatcher:
         max_retries: int = 2,
         retry_backoff_s: float = 0.05,
         prefix_chars: int = 1024,
+        relay: bool = True,
     ) -> None:
         self.pool = pool
+        #: Generate calls go over each worker's Relay stream (else one gRPC call each).
+        self.relay = relay
         self.timeout_s = timeout_s
         self.metrics = metrics
         self.max_retries = max_retries
@@ -151,7 +155,7 @@ class Dispatcher:
         async def collect(
             client: AsyncInferenceClient, timeout: float
         ) -> list[pb.GenerateResponse]:
-            async with client.generate(proto, timeout=timeout) as stream:
+            async with self._generate(client, proto, timeout) as stream:
                 await stream.admitted()  # a failure before this is failed over as usual
                 try:
                     return [response async for response in stream]
@@ -179,7 +183,7 @@ class Dispatcher:
             worker = self._choose(route, routed, last)
             async with (
                 self.pool.lease(worker),
-                worker.client.generate(proto, timeout=self.timeout_s) as stream,
+                self._generate(worker.client, proto, self.timeout_s) as stream,
             ):
                 try:
                     await stream.admitted()
@@ -188,13 +192,21 @@ class Dispatcher:
                 else:
                     self.pool.breaker.succeeded(worker)
                     yield ADMITTED
-                    async for response in self._relay(stream, route.model, worker, started):
+                    async for response in self._timed(stream, route.model, worker, started):
                         yield response
                     return
             if not await self._retry(route, routed, worker, last):
                 raise from_rpc_error(last) from last
 
-    async def _relay(
+    def _generate(
+        self, client: AsyncInferenceClient, proto: pb.GenerateRequest, timeout: float
+    ) -> GenerateStream | RelayCall:
+        """Start a Generate call: on the worker's Relay stream, or as a call of its own."""
+        if self.relay:
+            return client.relay(proto, timeout=timeout)
+        return client.generate(proto, timeout=timeout)
+
+    async def _timed(
         self,
         stream: AsyncIterator[pb.GenerateResponse],
         model: str,

@@ -76,6 +76,12 @@ class GatewaySettings(BaseSettings):
     retry_backoff_s: float = Field(
         0.05, ge=0, description="First pause before a retry; doubles, with jitter."
     )
+    relay: bool = Field(
+        True,
+        description="Run Generate calls over one multiplexed Relay stream per worker, which "
+        "carries a whole engine step of tokens per message (--no-relay: one gRPC call per "
+        "request).",
+    )
     breaker_threshold: int = Field(
         3,
         ge=1,

@@ -56,6 +56,13 @@ class WorkerSettings(BaseSettings):
     port_file: str = Field(
         default="", description="Write the bound port to this file once serving (for port 0)."
     )
+    max_relay_calls: int = Field(
+        default=1024,
+        ge=1,
+        le=65536,
+        description="Most Generate calls one Relay stream (a gateway's multiplexed stream) may "
+        "run at once; more are refused with FAILED_PRECONDITION.",
+    )
 
     # llama.cpp model options.
     n_gpu_layers: int = Field(default=0, description="Layers to offload to the GPU; -1 means all.")

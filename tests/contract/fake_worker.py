@@ -18,6 +18,7 @@ from llamagrid.errors import REASON_MODEL_NOT_FOUND, build_status
 from llamagrid.grpc_options import server_options
 from llamagrid.v1 import inference_pb2 as pb
 from llamagrid.v1 import inference_pb2_grpc as pb_grpc
+from llamagrid.worker.rpc.relay import serve_relay
 
 MODEL = "fake-model"
 PROMPT_TOKENS = 7
@@ -58,6 +59,10 @@ class FakeWorker(pb_grpc.InferenceServiceServicer):
         self.requests: list[object] = []
         self.cancelled: list[pb.GenerateRequest] = []
         self.chunks_sent = 0
+        #: Whether the Relay method exists (False: UNIMPLEMENTED, like an older worker).
+        self.relay = True
+        self.relay_streams = 0
+        self.relay_messages = 0
         self.health = health.aio.HealthServicer()
         self.address = ""
         self._server: grpc.aio.Server | None = None
@@ -115,6 +120,15 @@ class FakeWorker(pb_grpc.InferenceServiceServicer):
         except asyncio.CancelledError:
             self.cancelled.append(request)
             raise
+
+    async def Relay(self, request_iterator, context):
+        # The worker's own multiplexer, running this fake's Generate for each call.
+        if not self.relay:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Method not implemented!")
+        self.relay_streams += 1
+        async for message in serve_relay(self.Generate, request_iterator, context, 64):
+            self.relay_messages += 1
+            yield message
 
     async def _responses(self, request, context):
         sampling, script = request.sampling, self.script

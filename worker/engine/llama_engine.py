@@ -15,7 +15,7 @@ import threading
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol, TypeVar
 
-from llamagrid.worker.engine.channel import EventChannel
+from llamagrid.worker.engine.channel import EventChannel, WakeGate
 from llamagrid.worker.engine.counters import EngineSnapshot
 from llamagrid.worker.engine.embedder import EmbedJob
 from llamagrid.worker.engine.errors import EngineError, Reason, internal, not_ready
@@ -84,6 +84,8 @@ class LlamaEngine:
         self.settings = settings
         self.source = source
         self._inbox: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
+        #: Held by the engine thread during each step: a step's events reach the loop at once.
+        self._gate = WakeGate()
         self._thread = threading.Thread(target=self._run, name="llama-engine", daemon=True)
         self._loaded = threading.Event()
         self._load_error: BaseException | None = None
@@ -180,7 +182,7 @@ class LlamaEngine:
         self._check_accepting()
         desc = self.description()
         check_generation(request, desc.vocab_size, self._limits, desc.context_per_slot)
-        job = Job(request, EventChannel(asyncio.get_running_loop()))
+        job = Job(request, EventChannel(asyncio.get_running_loop(), self._gate))
         with self._lock:
             free = self.settings.parallel - self._running
             if self._queued >= self.settings.max_queue + max(free, 0):
@@ -342,7 +344,8 @@ class LlamaEngine:
                 if not self._handle(rt, self._inbox.get_nowait()):
                     return
             try:
-                sched.step()
+                with self._gate.held():
+                    sched.step()
             except Exception as exc:  # a failed decode must not kill the worker
                 log.exception("decode step failed; failing the running requests")
                 sched.fail_all(internal(f"decode failed: {exc}"))

@@ -140,7 +140,10 @@ class WorkerServer:
         self.health = HealthServicer()
         #: Health is reported for the whole server (""), the service and the model's alias.
         self.health_names = ("", SERVICE_NAME, alias)
-        pb_grpc.add_InferenceServiceServicer_to_server(InferenceService(engine), self.server)
+        service = InferenceService(
+            engine, max_relay_calls=settings.max_relay_calls, count_call=counts.add
+        )
+        pb_grpc.add_InferenceServiceServicer_to_server(service, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             (

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, NoReturn
 
 import grpc
@@ -14,6 +14,7 @@ from llamagrid.v1 import inference_pb2_grpc as pb_grpc
 from llamagrid.worker.engine.errors import EngineError, Reason, unsupported
 from llamagrid.worker.engine.events import Admitted
 from llamagrid.worker.engine.llama_engine import Engine
+from llamagrid.worker.rpc.relay import serve_relay
 from llamagrid.worker.rpc.status import to_status
 from llamagrid.worker.rpc.translate import (
     batch_to_proto,
@@ -29,8 +30,18 @@ Context = grpc.aio.ServicerContext[Any, Any]
 class InferenceService(pb_grpc.InferenceServiceServicer):
     """Serves one engine's model over gRPC."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        max_relay_calls: int = 1024,
+        count_call: Callable[[str, grpc.StatusCode], None] = lambda method, code: None,
+    ) -> None:
         self.engine = engine
+        #: The most calls one Relay stream may run at once.
+        self.max_relay_calls = max_relay_calls
+        #: Counts a finished call inside a Relay stream (the server counts the other calls).
+        self.count_call = count_call
 
     def _check_model(self, model: str) -> None:
         alias = self.engine.description().alias
@@ -60,6 +71,19 @@ class InferenceService(pb_grpc.InferenceServiceServicer):
                         yield response
         except EngineError as exc:
             await _abort(context, exc)
+
+    async def Relay(
+        self, request_iterator: AsyncIterator[pb.RelayRequest], context: Context
+    ) -> AsyncIterator[pb.RelayResponse]:
+        """Many Generate calls over one stream (see worker.rpc.relay)."""
+
+        def ended(code: grpc.StatusCode) -> None:
+            self.count_call("Generate", code)
+
+        relay = serve_relay(self.Generate, request_iterator, context, self.max_relay_calls, ended)
+        async with contextlib.aclosing(relay):  # type: ignore[type-var]
+            async for message in relay:
+                yield message
 
     async def Embed(self, request: pb.EmbedRequest, context: Context) -> pb.EmbedResponse:
         """One embedding per input."""

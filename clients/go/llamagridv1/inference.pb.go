@@ -2469,6 +2469,387 @@ func (x *GetLoadResponse) GetDecodeSteps() uint64 {
 	return 0
 }
 
+// RelayRequest starts or cancels one call of a Relay stream.
+type RelayRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// What to do.
+	//
+	// Types that are valid to be assigned to Action:
+	//
+	//	*RelayRequest_Start
+	//	*RelayRequest_Cancel
+	Action        isRelayRequest_Action `protobuf_oneof:"action"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RelayRequest) Reset() {
+	*x = RelayRequest{}
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RelayRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RelayRequest) ProtoMessage() {}
+
+func (x *RelayRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RelayRequest.ProtoReflect.Descriptor instead.
+func (*RelayRequest) Descriptor() ([]byte, []int) {
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *RelayRequest) GetAction() isRelayRequest_Action {
+	if x != nil {
+		return x.Action
+	}
+	return nil
+}
+
+func (x *RelayRequest) GetStart() *RelayStart {
+	if x != nil {
+		if x, ok := x.Action.(*RelayRequest_Start); ok {
+			return x.Start
+		}
+	}
+	return nil
+}
+
+func (x *RelayRequest) GetCancel() uint64 {
+	if x != nil {
+		if x, ok := x.Action.(*RelayRequest_Cancel); ok {
+			return x.Cancel
+		}
+	}
+	return 0
+}
+
+type isRelayRequest_Action interface {
+	isRelayRequest_Action()
+}
+
+type RelayRequest_Start struct {
+	// Start a Generate call.
+	Start *RelayStart `protobuf:"bytes,1,opt,name=start,proto3,oneof"`
+}
+
+type RelayRequest_Cancel struct {
+	// Cancel the call with this tag. Unknown and finished tags are ignored.
+	Cancel uint64 `protobuf:"varint,2,opt,name=cancel,proto3,oneof"`
+}
+
+func (*RelayRequest_Start) isRelayRequest_Action() {}
+
+func (*RelayRequest_Cancel) isRelayRequest_Action() {}
+
+// RelayStart starts one Generate call inside a Relay stream.
+type RelayStart struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The caller's name for the call; every event of the call carries it. A start whose tag is
+	// running already is refused. Don't reuse tags: events of a cancelled call may still arrive
+	// after the cancel.
+	Tag uint64 `protobuf:"varint,1,opt,name=tag,proto3" json:"tag,omitempty"`
+	// The request, exactly as Generate takes it.
+	Request *GenerateRequest `protobuf:"bytes,2,opt,name=request,proto3" json:"request,omitempty"`
+	// Milliseconds the call may run before it ends with DEADLINE_EXCEEDED; 0: no limit of its
+	// own (the stream's deadline still applies).
+	TimeoutMs     uint32 `protobuf:"varint,3,opt,name=timeout_ms,json=timeoutMs,proto3" json:"timeout_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RelayStart) Reset() {
+	*x = RelayStart{}
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RelayStart) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RelayStart) ProtoMessage() {}
+
+func (x *RelayStart) ProtoReflect() protoreflect.Message {
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RelayStart.ProtoReflect.Descriptor instead.
+func (*RelayStart) Descriptor() ([]byte, []int) {
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *RelayStart) GetTag() uint64 {
+	if x != nil {
+		return x.Tag
+	}
+	return 0
+}
+
+func (x *RelayStart) GetRequest() *GenerateRequest {
+	if x != nil {
+		return x.Request
+	}
+	return nil
+}
+
+func (x *RelayStart) GetTimeoutMs() uint32 {
+	if x != nil {
+		return x.TimeoutMs
+	}
+	return 0
+}
+
+// RelayError ends one call of a Relay stream with the status a Generate call would have ended
+// with.
+type RelayError struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The gRPC status code (google.rpc.Code).
+	Code int32 `protobuf:"varint,1,opt,name=code,proto3" json:"code,omitempty"`
+	// The status message.
+	Message string `protobuf:"bytes,2,opt,name=message,proto3" json:"message,omitempty"`
+	// A serialized google.rpc.Status with the error's details (ErrorInfo, RetryInfo): the bytes a
+	// Generate call sends in its grpc-status-details-bin trailer. Empty when there are none.
+	Status        []byte `protobuf:"bytes,3,opt,name=status,proto3" json:"status,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RelayError) Reset() {
+	*x = RelayError{}
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RelayError) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RelayError) ProtoMessage() {}
+
+func (x *RelayError) ProtoReflect() protoreflect.Message {
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RelayError.ProtoReflect.Descriptor instead.
+func (*RelayError) Descriptor() ([]byte, []int) {
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *RelayError) GetCode() int32 {
+	if x != nil {
+		return x.Code
+	}
+	return 0
+}
+
+func (x *RelayError) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
+func (x *RelayError) GetStatus() []byte {
+	if x != nil {
+		return x.Status
+	}
+	return nil
+}
+
+// RelayEvent is one event of one call of a Relay stream.
+type RelayEvent struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The tag of the call.
+	Tag uint64 `protobuf:"varint,1,opt,name=tag,proto3" json:"tag,omitempty"`
+	// The event.
+	//
+	// Types that are valid to be assigned to Event:
+	//
+	//	*RelayEvent_Admitted
+	//	*RelayEvent_Response
+	//	*RelayEvent_Error
+	Event         isRelayEvent_Event `protobuf_oneof:"event"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RelayEvent) Reset() {
+	*x = RelayEvent{}
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RelayEvent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RelayEvent) ProtoMessage() {}
+
+func (x *RelayEvent) ProtoReflect() protoreflect.Message {
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RelayEvent.ProtoReflect.Descriptor instead.
+func (*RelayEvent) Descriptor() ([]byte, []int) {
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *RelayEvent) GetTag() uint64 {
+	if x != nil {
+		return x.Tag
+	}
+	return 0
+}
+
+func (x *RelayEvent) GetEvent() isRelayEvent_Event {
+	if x != nil {
+		return x.Event
+	}
+	return nil
+}
+
+func (x *RelayEvent) GetAdmitted() bool {
+	if x != nil {
+		if x, ok := x.Event.(*RelayEvent_Admitted); ok {
+			return x.Admitted
+		}
+	}
+	return false
+}
+
+func (x *RelayEvent) GetResponse() *GenerateResponse {
+	if x != nil {
+		if x, ok := x.Event.(*RelayEvent_Response); ok {
+			return x.Response
+		}
+	}
+	return nil
+}
+
+func (x *RelayEvent) GetError() *RelayError {
+	if x != nil {
+		if x, ok := x.Event.(*RelayEvent_Error); ok {
+			return x.Error
+		}
+	}
+	return nil
+}
+
+type isRelayEvent_Event interface {
+	isRelayEvent_Event()
+}
+
+type RelayEvent_Admitted struct {
+	// The worker accepted the call (a Generate call's initial metadata). Always the first
+	// event of a call that is not refused.
+	Admitted bool `protobuf:"varint,2,opt,name=admitted,proto3,oneof"`
+}
+
+type RelayEvent_Response struct {
+	// A chunk or the final message, as Generate streams them. The final message ends the call.
+	Response *GenerateResponse `protobuf:"bytes,3,opt,name=response,proto3,oneof"`
+}
+
+type RelayEvent_Error struct {
+	// The call failed: this ends it.
+	Error *RelayError `protobuf:"bytes,4,opt,name=error,proto3,oneof"`
+}
+
+func (*RelayEvent_Admitted) isRelayEvent_Event() {}
+
+func (*RelayEvent_Response) isRelayEvent_Event() {}
+
+func (*RelayEvent_Error) isRelayEvent_Event() {}
+
+// RelayResponse is one message of a Relay stream: events of any of its calls, in order for
+// each call.
+type RelayResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The events.
+	Events        []*RelayEvent `protobuf:"bytes,1,rep,name=events,proto3" json:"events,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RelayResponse) Reset() {
+	*x = RelayResponse{}
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[33]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RelayResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RelayResponse) ProtoMessage() {}
+
+func (x *RelayResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[33]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RelayResponse.ProtoReflect.Descriptor instead.
+func (*RelayResponse) Descriptor() ([]byte, []int) {
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{33}
+}
+
+func (x *RelayResponse) GetEvents() []*RelayEvent {
+	if x != nil {
+		return x.Events
+	}
+	return nil
+}
+
 var File_llamagrid_v1_inference_proto protoreflect.FileDescriptor
 
 const file_llamagrid_v1_inference_proto_rawDesc = "" +
@@ -2660,7 +3041,31 @@ const file_llamagrid_v1_inference_proto_rawDesc = "" +
 	"\rkv_cells_used\x18\x05 \x01(\x04R\vkvCellsUsed\x12$\n" +
 	"\x0ekv_cells_total\x18\x06 \x01(\x04R\fkvCellsTotal\x12.\n" +
 	"\x13embed_queued_inputs\x18\a \x01(\rR\x11embedQueuedInputs\x12!\n" +
-	"\fdecode_steps\x18\b \x01(\x04R\vdecodeSteps*}\n" +
+	"\fdecode_steps\x18\b \x01(\x04R\vdecodeSteps\"d\n" +
+	"\fRelayRequest\x120\n" +
+	"\x05start\x18\x01 \x01(\v2\x18.llamagrid.v1.RelayStartH\x00R\x05start\x12\x18\n" +
+	"\x06cancel\x18\x02 \x01(\x04H\x00R\x06cancelB\b\n" +
+	"\x06action\"v\n" +
+	"\n" +
+	"RelayStart\x12\x10\n" +
+	"\x03tag\x18\x01 \x01(\x04R\x03tag\x127\n" +
+	"\arequest\x18\x02 \x01(\v2\x1d.llamagrid.v1.GenerateRequestR\arequest\x12\x1d\n" +
+	"\n" +
+	"timeout_ms\x18\x03 \x01(\rR\ttimeoutMs\"R\n" +
+	"\n" +
+	"RelayError\x12\x12\n" +
+	"\x04code\x18\x01 \x01(\x05R\x04code\x12\x18\n" +
+	"\amessage\x18\x02 \x01(\tR\amessage\x12\x16\n" +
+	"\x06status\x18\x03 \x01(\fR\x06status\"\xb5\x01\n" +
+	"\n" +
+	"RelayEvent\x12\x10\n" +
+	"\x03tag\x18\x01 \x01(\x04R\x03tag\x12\x1c\n" +
+	"\badmitted\x18\x02 \x01(\bH\x00R\badmitted\x12<\n" +
+	"\bresponse\x18\x03 \x01(\v2\x1e.llamagrid.v1.GenerateResponseH\x00R\bresponse\x120\n" +
+	"\x05error\x18\x04 \x01(\v2\x18.llamagrid.v1.RelayErrorH\x00R\x05errorB\a\n" +
+	"\x05event\"A\n" +
+	"\rRelayResponse\x120\n" +
+	"\x06events\x18\x01 \x03(\v2\x18.llamagrid.v1.RelayEventR\x06events*}\n" +
 	"\fFinishReason\x12\x1d\n" +
 	"\x19FINISH_REASON_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11FINISH_REASON_EOS\x10\x01\x12\x1d\n" +
@@ -2677,7 +3082,7 @@ const file_llamagrid_v1_inference_proto_rawDesc = "" +
 	"\x0fDEVICE_TYPE_CPU\x10\x01\x12\x13\n" +
 	"\x0fDEVICE_TYPE_GPU\x10\x02\x12\x14\n" +
 	"\x10DEVICE_TYPE_IGPU\x10\x03\x12\x15\n" +
-	"\x11DEVICE_TYPE_ACCEL\x10\x042\xad\x04\n" +
+	"\x11DEVICE_TYPE_ACCEL\x10\x042\xf3\x04\n" +
 	"\x10InferenceService\x12K\n" +
 	"\bGenerate\x12\x1d.llamagrid.v1.GenerateRequest\x1a\x1e.llamagrid.v1.GenerateResponse0\x01\x12@\n" +
 	"\x05Embed\x12\x1a.llamagrid.v1.EmbedRequest\x1a\x1b.llamagrid.v1.EmbedResponse\x12I\n" +
@@ -2687,7 +3092,8 @@ const file_llamagrid_v1_inference_proto_rawDesc = "" +
 	"\fGetModelInfo\x12!.llamagrid.v1.GetModelInfoRequest\x1a\".llamagrid.v1.GetModelInfoResponse\x12O\n" +
 	"\n" +
 	"ListModels\x12\x1f.llamagrid.v1.ListModelsRequest\x1a .llamagrid.v1.ListModelsResponse\x12F\n" +
-	"\aGetLoad\x12\x1c.llamagrid.v1.GetLoadRequest\x1a\x1d.llamagrid.v1.GetLoadResponseBg\n" +
+	"\aGetLoad\x12\x1c.llamagrid.v1.GetLoadRequest\x1a\x1d.llamagrid.v1.GetLoadResponse\x12D\n" +
+	"\x05Relay\x12\x1a.llamagrid.v1.RelayRequest\x1a\x1b.llamagrid.v1.RelayResponse(\x010\x01Bg\n" +
 	"\x10dev.llamagrid.v1B\x0eInferenceProtoP\x01ZAgithub.com/llamagrid/llamagrid/clients/go/llamagridv1;llamagridv1b\x06proto3"
 
 var (
@@ -2703,7 +3109,7 @@ func file_llamagrid_v1_inference_proto_rawDescGZIP() []byte {
 }
 
 var file_llamagrid_v1_inference_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_llamagrid_v1_inference_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
+var file_llamagrid_v1_inference_proto_msgTypes = make([]protoimpl.MessageInfo, 35)
 var file_llamagrid_v1_inference_proto_goTypes = []any{
 	(FinishReason)(0),            // 0: llamagrid.v1.FinishReason
 	(Capability)(0),              // 1: llamagrid.v1.Capability
@@ -2737,11 +3143,16 @@ var file_llamagrid_v1_inference_proto_goTypes = []any{
 	(*ListModelsResponse)(nil),   // 29: llamagrid.v1.ListModelsResponse
 	(*GetLoadRequest)(nil),       // 30: llamagrid.v1.GetLoadRequest
 	(*GetLoadResponse)(nil),      // 31: llamagrid.v1.GetLoadResponse
-	nil,                          // 32: llamagrid.v1.SamplingParams.LogitBiasEntry
+	(*RelayRequest)(nil),         // 32: llamagrid.v1.RelayRequest
+	(*RelayStart)(nil),           // 33: llamagrid.v1.RelayStart
+	(*RelayError)(nil),           // 34: llamagrid.v1.RelayError
+	(*RelayEvent)(nil),           // 35: llamagrid.v1.RelayEvent
+	(*RelayResponse)(nil),        // 36: llamagrid.v1.RelayResponse
+	nil,                          // 37: llamagrid.v1.SamplingParams.LogitBiasEntry
 }
 var file_llamagrid_v1_inference_proto_depIdxs = []int32{
 	4,  // 0: llamagrid.v1.ChatConversation.messages:type_name -> llamagrid.v1.ChatMessage
-	32, // 1: llamagrid.v1.SamplingParams.logit_bias:type_name -> llamagrid.v1.SamplingParams.LogitBiasEntry
+	37, // 1: llamagrid.v1.SamplingParams.logit_bias:type_name -> llamagrid.v1.SamplingParams.LogitBiasEntry
 	3,  // 2: llamagrid.v1.GenerateRequest.tokens:type_name -> llamagrid.v1.TokenList
 	5,  // 3: llamagrid.v1.GenerateRequest.chat:type_name -> llamagrid.v1.ChatConversation
 	6,  // 4: llamagrid.v1.GenerateRequest.sampling:type_name -> llamagrid.v1.SamplingParams
@@ -2762,25 +3173,32 @@ var file_llamagrid_v1_inference_proto_depIdxs = []int32{
 	24, // 19: llamagrid.v1.ModelInfo.placement:type_name -> llamagrid.v1.DevicePlacement
 	25, // 20: llamagrid.v1.GetModelInfoResponse.info:type_name -> llamagrid.v1.ModelInfo
 	25, // 21: llamagrid.v1.ListModelsResponse.models:type_name -> llamagrid.v1.ModelInfo
-	7,  // 22: llamagrid.v1.InferenceService.Generate:input_type -> llamagrid.v1.GenerateRequest
-	15, // 23: llamagrid.v1.InferenceService.Embed:input_type -> llamagrid.v1.EmbedRequest
-	18, // 24: llamagrid.v1.InferenceService.Tokenize:input_type -> llamagrid.v1.TokenizeRequest
-	21, // 25: llamagrid.v1.InferenceService.Detokenize:input_type -> llamagrid.v1.DetokenizeRequest
-	26, // 26: llamagrid.v1.InferenceService.GetModelInfo:input_type -> llamagrid.v1.GetModelInfoRequest
-	28, // 27: llamagrid.v1.InferenceService.ListModels:input_type -> llamagrid.v1.ListModelsRequest
-	30, // 28: llamagrid.v1.InferenceService.GetLoad:input_type -> llamagrid.v1.GetLoadRequest
-	13, // 29: llamagrid.v1.InferenceService.Generate:output_type -> llamagrid.v1.GenerateResponse
-	17, // 30: llamagrid.v1.InferenceService.Embed:output_type -> llamagrid.v1.EmbedResponse
-	20, // 31: llamagrid.v1.InferenceService.Tokenize:output_type -> llamagrid.v1.TokenizeResponse
-	22, // 32: llamagrid.v1.InferenceService.Detokenize:output_type -> llamagrid.v1.DetokenizeResponse
-	27, // 33: llamagrid.v1.InferenceService.GetModelInfo:output_type -> llamagrid.v1.GetModelInfoResponse
-	29, // 34: llamagrid.v1.InferenceService.ListModels:output_type -> llamagrid.v1.ListModelsResponse
-	31, // 35: llamagrid.v1.InferenceService.GetLoad:output_type -> llamagrid.v1.GetLoadResponse
-	29, // [29:36] is the sub-list for method output_type
-	22, // [22:29] is the sub-list for method input_type
-	22, // [22:22] is the sub-list for extension type_name
-	22, // [22:22] is the sub-list for extension extendee
-	0,  // [0:22] is the sub-list for field type_name
+	33, // 22: llamagrid.v1.RelayRequest.start:type_name -> llamagrid.v1.RelayStart
+	7,  // 23: llamagrid.v1.RelayStart.request:type_name -> llamagrid.v1.GenerateRequest
+	13, // 24: llamagrid.v1.RelayEvent.response:type_name -> llamagrid.v1.GenerateResponse
+	34, // 25: llamagrid.v1.RelayEvent.error:type_name -> llamagrid.v1.RelayError
+	35, // 26: llamagrid.v1.RelayResponse.events:type_name -> llamagrid.v1.RelayEvent
+	7,  // 27: llamagrid.v1.InferenceService.Generate:input_type -> llamagrid.v1.GenerateRequest
+	15, // 28: llamagrid.v1.InferenceService.Embed:input_type -> llamagrid.v1.EmbedRequest
+	18, // 29: llamagrid.v1.InferenceService.Tokenize:input_type -> llamagrid.v1.TokenizeRequest
+	21, // 30: llamagrid.v1.InferenceService.Detokenize:input_type -> llamagrid.v1.DetokenizeRequest
+	26, // 31: llamagrid.v1.InferenceService.GetModelInfo:input_type -> llamagrid.v1.GetModelInfoRequest
+	28, // 32: llamagrid.v1.InferenceService.ListModels:input_type -> llamagrid.v1.ListModelsRequest
+	30, // 33: llamagrid.v1.InferenceService.GetLoad:input_type -> llamagrid.v1.GetLoadRequest
+	32, // 34: llamagrid.v1.InferenceService.Relay:input_type -> llamagrid.v1.RelayRequest
+	13, // 35: llamagrid.v1.InferenceService.Generate:output_type -> llamagrid.v1.GenerateResponse
+	17, // 36: llamagrid.v1.InferenceService.Embed:output_type -> llamagrid.v1.EmbedResponse
+	20, // 37: llamagrid.v1.InferenceService.Tokenize:output_type -> llamagrid.v1.TokenizeResponse
+	22, // 38: llamagrid.v1.InferenceService.Detokenize:output_type -> llamagrid.v1.DetokenizeResponse
+	27, // 39: llamagrid.v1.InferenceService.GetModelInfo:output_type -> llamagrid.v1.GetModelInfoResponse
+	29, // 40: llamagrid.v1.InferenceService.ListModels:output_type -> llamagrid.v1.ListModelsResponse
+	31, // 41: llamagrid.v1.InferenceService.GetLoad:output_type -> llamagrid.v1.GetLoadResponse
+	36, // 42: llamagrid.v1.InferenceService.Relay:output_type -> llamagrid.v1.RelayResponse
+	35, // [35:43] is the sub-list for method output_type
+	27, // [27:35] is the sub-list for method input_type
+	27, // [27:27] is the sub-list for extension type_name
+	27, // [27:27] is the sub-list for extension extendee
+	0,  // [0:27] is the sub-list for field type_name
 }
 
 func init() { file_llamagrid_v1_inference_proto_init() }
@@ -2810,13 +3228,22 @@ func file_llamagrid_v1_inference_proto_init() {
 		(*TokenPiece_Text)(nil),
 		(*TokenPiece_Raw)(nil),
 	}
+	file_llamagrid_v1_inference_proto_msgTypes[29].OneofWrappers = []any{
+		(*RelayRequest_Start)(nil),
+		(*RelayRequest_Cancel)(nil),
+	}
+	file_llamagrid_v1_inference_proto_msgTypes[32].OneofWrappers = []any{
+		(*RelayEvent_Admitted)(nil),
+		(*RelayEvent_Response)(nil),
+		(*RelayEvent_Error)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_llamagrid_v1_inference_proto_rawDesc), len(file_llamagrid_v1_inference_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   30,
+			NumMessages:   35,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -26,6 +26,7 @@ const (
 	InferenceService_GetModelInfo_FullMethodName = "/llamagrid.v1.InferenceService/GetModelInfo"
 	InferenceService_ListModels_FullMethodName   = "/llamagrid.v1.InferenceService/ListModels"
 	InferenceService_GetLoad_FullMethodName      = "/llamagrid.v1.InferenceService/GetLoad"
+	InferenceService_Relay_FullMethodName        = "/llamagrid.v1.InferenceService/Relay"
 )
 
 // InferenceServiceClient is the client API for InferenceService service.
@@ -50,6 +51,13 @@ type InferenceServiceClient interface {
 	ListModels(ctx context.Context, in *ListModelsRequest, opts ...grpc.CallOption) (*ListModelsResponse, error)
 	// GetLoad reports the work in progress and the KV cache occupancy, for load balancers.
 	GetLoad(ctx context.Context, in *GetLoadRequest, opts ...grpc.CallOption) (*GetLoadResponse, error)
+	// Relay runs many Generate calls over one long-lived stream, for gateways and proxies that
+	// relay every token of a worker: each RelayResponse carries what the worker produced for any
+	// of the stream's calls since the previous one (typically one engine step of every running
+	// sequence), so one message carries many tokens. Each call behaves as its own Generate call:
+	// admission, chunks, one final message or an error status, and cancellation by tag. Clients
+	// that run one request at a time should use Generate.
+	Relay(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[RelayRequest, RelayResponse], error)
 }
 
 type inferenceServiceClient struct {
@@ -139,6 +147,19 @@ func (c *inferenceServiceClient) GetLoad(ctx context.Context, in *GetLoadRequest
 	return out, nil
 }
 
+func (c *inferenceServiceClient) Relay(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[RelayRequest, RelayResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &InferenceService_ServiceDesc.Streams[1], InferenceService_Relay_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[RelayRequest, RelayResponse]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type InferenceService_RelayClient = grpc.BidiStreamingClient[RelayRequest, RelayResponse]
+
 // InferenceServiceServer is the server API for InferenceService service.
 // All implementations must embed UnimplementedInferenceServiceServer
 // for forward compatibility.
@@ -161,6 +182,13 @@ type InferenceServiceServer interface {
 	ListModels(context.Context, *ListModelsRequest) (*ListModelsResponse, error)
 	// GetLoad reports the work in progress and the KV cache occupancy, for load balancers.
 	GetLoad(context.Context, *GetLoadRequest) (*GetLoadResponse, error)
+	// Relay runs many Generate calls over one long-lived stream, for gateways and proxies that
+	// relay every token of a worker: each RelayResponse carries what the worker produced for any
+	// of the stream's calls since the previous one (typically one engine step of every running
+	// sequence), so one message carries many tokens. Each call behaves as its own Generate call:
+	// admission, chunks, one final message or an error status, and cancellation by tag. Clients
+	// that run one request at a time should use Generate.
+	Relay(grpc.BidiStreamingServer[RelayRequest, RelayResponse]) error
 	mustEmbedUnimplementedInferenceServiceServer()
 }
 
@@ -191,6 +219,9 @@ func (UnimplementedInferenceServiceServer) ListModels(context.Context, *ListMode
 }
 func (UnimplementedInferenceServiceServer) GetLoad(context.Context, *GetLoadRequest) (*GetLoadResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetLoad not implemented")
+}
+func (UnimplementedInferenceServiceServer) Relay(grpc.BidiStreamingServer[RelayRequest, RelayResponse]) error {
+	return status.Error(codes.Unimplemented, "method Relay not implemented")
 }
 func (UnimplementedInferenceServiceServer) mustEmbedUnimplementedInferenceServiceServer() {}
 func (UnimplementedInferenceServiceServer) testEmbeddedByValue()                          {}
@@ -332,6 +363,13 @@ func _InferenceService_GetLoad_Handler(srv interface{}, ctx context.Context, dec
 	return interceptor(ctx, in, info, handler)
 }
 
+func _InferenceService_Relay_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(InferenceServiceServer).Relay(&grpc.GenericServerStream[RelayRequest, RelayResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type InferenceService_RelayServer = grpc.BidiStreamingServer[RelayRequest, RelayResponse]
+
 // InferenceService_ServiceDesc is the grpc.ServiceDesc for InferenceService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -369,6 +407,12 @@ var InferenceService_ServiceDesc = grpc.ServiceDesc{
 			StreamName:    "Generate",
 			Handler:       _InferenceService_Generate_Handler,
 			ServerStreams: true,
+		},
+		{
+			StreamName:    "Relay",
+			Handler:       _InferenceService_Relay_Handler,
+			ServerStreams: true,
+			ClientStreams: true,
 		},
 	},
 	Metadata: "llamagrid/v1/inference.proto",

@@ -13,6 +13,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from llamagrid.grpc_options import channel_options
+from llamagrid.relay import RelayCall, RelayConnection
 from llamagrid.v1 import inference_pb2 as pb
 from llamagrid.v1 import inference_pb2_grpc as pb_grpc
 
@@ -89,10 +90,19 @@ class AsyncInferenceClient:
         )
         self._stub = pb_grpc.InferenceServiceStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
+        self._relay: RelayConnection | None = None
 
     def generate(self, request: pb.GenerateRequest, timeout: float | None = None) -> GenerateStream:
         """Start a Generate call; iterate the result for chunks and the final message."""
         return GenerateStream(self._stub.Generate(request, timeout=timeout))
+
+    def relay(self, request: pb.GenerateRequest, timeout: float | None = None) -> RelayCall:
+        """Start a Generate call on the channel's Relay stream (opened on first use): the same
+        stream interface as ``generate``, for callers running many calls at once (see
+        ``llamagrid.relay``)."""
+        if self._relay is None:
+            self._relay = RelayConnection(self._stub)
+        return self._relay.generate(request, timeout)
 
     async def embed(
         self, request: pb.EmbedRequest, timeout: float | None = None
@@ -143,6 +153,8 @@ class AsyncInferenceClient:
     async def close(self, grace: float | None = None) -> None:
         """Close the channel, cancelling calls still running after ``grace`` seconds."""
         await self._channel.close(grace)
+        if self._relay is not None:  # its stream ended with the channel
+            await self._relay.close()
 
     async def __aenter__(self) -> AsyncInferenceClient:
         return self

@@ -1238,3 +1238,172 @@ class GetLoadResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetLoadResponse: _TypeAlias = GetLoadResponse  # noqa: Y015
+
+@_typing.final
+class RelayRequest(_message.Message):
+    """RelayRequest starts or cancels one call of a Relay stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    START_FIELD_NUMBER: _builtins.int
+    CANCEL_FIELD_NUMBER: _builtins.int
+    cancel: _builtins.int
+    """Cancel the call with this tag. Unknown and finished tags are ignored."""
+    @_builtins.property
+    def start(self) -> Global___RelayStart:
+        """Start a Generate call."""
+
+    def __init__(
+        self,
+        *,
+        start: Global___RelayStart | None = ...,
+        cancel: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "cancel", b"cancel", "start", b"start"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "cancel", b"cancel", "start", b"start"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_action: _TypeAlias = _typing.Literal["start", "cancel"]  # noqa: Y015
+    _WhichOneofArgType_action: _TypeAlias = _typing.Literal["action", b"action"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_action) -> _WhichOneofReturnType_action | None: ...
+
+Global___RelayRequest: _TypeAlias = RelayRequest  # noqa: Y015
+
+@_typing.final
+class RelayStart(_message.Message):
+    """RelayStart starts one Generate call inside a Relay stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TAG_FIELD_NUMBER: _builtins.int
+    REQUEST_FIELD_NUMBER: _builtins.int
+    TIMEOUT_MS_FIELD_NUMBER: _builtins.int
+    tag: _builtins.int
+    """The caller's name for the call; every event of the call carries it. A start whose tag is
+    running already is refused. Don't reuse tags: events of a cancelled call may still arrive
+    after the cancel.
+    """
+    timeout_ms: _builtins.int
+    """Milliseconds the call may run before it ends with DEADLINE_EXCEEDED; 0: no limit of its
+    own (the stream's deadline still applies).
+    """
+    @_builtins.property
+    def request(self) -> Global___GenerateRequest:
+        """The request, exactly as Generate takes it."""
+
+    def __init__(
+        self,
+        *,
+        tag: _builtins.int = ...,
+        request: Global___GenerateRequest | None = ...,
+        timeout_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["request", b"request", "tag", b"tag", "timeout_ms", b"timeout_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RelayStart: _TypeAlias = RelayStart  # noqa: Y015
+
+@_typing.final
+class RelayError(_message.Message):
+    """RelayError ends one call of a Relay stream with the status a Generate call would have ended
+    with.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CODE_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    code: _builtins.int
+    """The gRPC status code (google.rpc.Code)."""
+    message: _builtins.str
+    """The status message."""
+    status: _builtins.bytes
+    """A serialized google.rpc.Status with the error's details (ErrorInfo, RetryInfo): the bytes a
+    Generate call sends in its grpc-status-details-bin trailer. Empty when there are none.
+    """
+    def __init__(
+        self,
+        *,
+        code: _builtins.int = ...,
+        message: _builtins.str = ...,
+        status: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "message", b"message", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RelayError: _TypeAlias = RelayError  # noqa: Y015
+
+@_typing.final
+class RelayEvent(_message.Message):
+    """RelayEvent is one event of one call of a Relay stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TAG_FIELD_NUMBER: _builtins.int
+    ADMITTED_FIELD_NUMBER: _builtins.int
+    RESPONSE_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    tag: _builtins.int
+    """The tag of the call."""
+    admitted: _builtins.bool
+    """The worker accepted the call (a Generate call's initial metadata). Always the first
+    event of a call that is not refused.
+    """
+    @_builtins.property
+    def response(self) -> Global___GenerateResponse:
+        """A chunk or the final message, as Generate streams them. The final message ends the call."""
+
+    @_builtins.property
+    def error(self) -> Global___RelayError:
+        """The call failed: this ends it."""
+
+    def __init__(
+        self,
+        *,
+        tag: _builtins.int = ...,
+        admitted: _builtins.bool = ...,
+        response: Global___GenerateResponse | None = ...,
+        error: Global___RelayError | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["admitted", b"admitted", "error", b"error", "event", b"event", "response", b"response"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["admitted", b"admitted", "error", b"error", "event", b"event", "response", b"response", "tag", b"tag"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["admitted", "response", "error"]  # noqa: Y015
+    _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
+
+Global___RelayEvent: _TypeAlias = RelayEvent  # noqa: Y015
+
+@_typing.final
+class RelayResponse(_message.Message):
+    """RelayResponse is one message of a Relay stream: events of any of its calls, in order for
+    each call.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___RelayEvent]:
+        """The events."""
+
+    def __init__(
+        self,
+        *,
+        events: _abc.Iterable[Global___RelayEvent] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RelayResponse: _TypeAlias = RelayResponse  # noqa: Y015

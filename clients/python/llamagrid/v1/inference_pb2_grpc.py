@@ -71,6 +71,11 @@ class InferenceServiceStub:
                 request_serializer=llamagrid_dot_v1_dot_inference__pb2.GetLoadRequest.SerializeToString,
                 response_deserializer=llamagrid_dot_v1_dot_inference__pb2.GetLoadResponse.FromString,
                 _registered_method=True)
+        self.Relay = channel.stream_stream(
+                '/llamagrid.v1.InferenceService/Relay',
+                request_serializer=llamagrid_dot_v1_dot_inference__pb2.RelayRequest.SerializeToString,
+                response_deserializer=llamagrid_dot_v1_dot_inference__pb2.RelayResponse.FromString,
+                _registered_method=True)
 
 
 class InferenceServiceServicer:
@@ -128,6 +133,18 @@ class InferenceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Relay(self, request_iterator, context):
+        """Relay runs many Generate calls over one long-lived stream, for gateways and proxies that
+        relay every token of a worker: each RelayResponse carries what the worker produced for any
+        of the stream's calls since the previous one (typically one engine step of every running
+        sequence), so one message carries many tokens. Each call behaves as its own Generate call:
+        admission, chunks, one final message or an error status, and cancellation by tag. Clients
+        that run one request at a time should use Generate.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_InferenceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -165,6 +182,11 @@ def add_InferenceServiceServicer_to_server(servicer, server):
                     servicer.GetLoad,
                     request_deserializer=llamagrid_dot_v1_dot_inference__pb2.GetLoadRequest.FromString,
                     response_serializer=llamagrid_dot_v1_dot_inference__pb2.GetLoadResponse.SerializeToString,
+            ),
+            'Relay': grpc.stream_stream_rpc_method_handler(
+                    servicer.Relay,
+                    request_deserializer=llamagrid_dot_v1_dot_inference__pb2.RelayRequest.FromString,
+                    response_serializer=llamagrid_dot_v1_dot_inference__pb2.RelayResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -358,6 +380,33 @@ class InferenceService:
             '/llamagrid.v1.InferenceService/GetLoad',
             llamagrid_dot_v1_dot_inference__pb2.GetLoadRequest.SerializeToString,
             llamagrid_dot_v1_dot_inference__pb2.GetLoadResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Relay(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/llamagrid.v1.InferenceService/Relay',
+            llamagrid_dot_v1_dot_inference__pb2.RelayRequest.SerializeToString,
+            llamagrid_dot_v1_dot_inference__pb2.RelayResponse.FromString,
             options,
             channel_credentials,
             insecure,

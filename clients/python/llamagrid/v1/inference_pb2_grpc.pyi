@@ -51,6 +51,14 @@ class InferenceServiceStub:
     """ListModels describes every model this worker serves."""
     GetLoad: _grpc.UnaryUnaryMultiCallable[_inference_pb2.GetLoadRequest, _inference_pb2.GetLoadResponse]
     """GetLoad reports the work in progress and the KV cache occupancy, for load balancers."""
+    Relay: _grpc.StreamStreamMultiCallable[_inference_pb2.RelayRequest, _inference_pb2.RelayResponse]
+    """Relay runs many Generate calls over one long-lived stream, for gateways and proxies that
+    relay every token of a worker: each RelayResponse carries what the worker produced for any
+    of the stream's calls since the previous one (typically one engine step of every running
+    sequence), so one message carries many tokens. Each call behaves as its own Generate call:
+    admission, chunks, one final message or an error status, and cancellation by tag. Clients
+    that run one request at a time should use Generate.
+    """
 
 @_typing.type_check_only
 class InferenceServiceAsyncStub(InferenceServiceStub):
@@ -75,6 +83,14 @@ class InferenceServiceAsyncStub(InferenceServiceStub):
     """ListModels describes every model this worker serves."""
     GetLoad: _aio.UnaryUnaryMultiCallable[_inference_pb2.GetLoadRequest, _inference_pb2.GetLoadResponse]  # type: ignore[assignment]
     """GetLoad reports the work in progress and the KV cache occupancy, for load balancers."""
+    Relay: _aio.StreamStreamMultiCallable[_inference_pb2.RelayRequest, _inference_pb2.RelayResponse]  # type: ignore[assignment]
+    """Relay runs many Generate calls over one long-lived stream, for gateways and proxies that
+    relay every token of a worker: each RelayResponse carries what the worker produced for any
+    of the stream's calls since the previous one (typically one engine step of every running
+    sequence), so one message carries many tokens. Each call behaves as its own Generate call:
+    admission, chunks, one final message or an error status, and cancellation by tag. Clients
+    that run one request at a time should use Generate.
+    """
 
 class InferenceServiceServicer(metaclass=_abc_1.ABCMeta):
     """InferenceService serves one GGUF model held by a worker process: text generation, embeddings,
@@ -138,5 +154,19 @@ class InferenceServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_inference_pb2.GetLoadResponse, _abc.Awaitable[_inference_pb2.GetLoadResponse]]:
         """GetLoad reports the work in progress and the KV cache occupancy, for load balancers."""
+
+    @_abc_1.abstractmethod
+    def Relay(
+        self,
+        request_iterator: _MaybeAsyncIterator[_inference_pb2.RelayRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_inference_pb2.RelayResponse], _abc.AsyncIterator[_inference_pb2.RelayResponse]]:
+        """Relay runs many Generate calls over one long-lived stream, for gateways and proxies that
+        relay every token of a worker: each RelayResponse carries what the worker produced for any
+        of the stream's calls since the previous one (typically one engine step of every running
+        sequence), so one message carries many tokens. Each call behaves as its own Generate call:
+        admission, chunks, one final message or an error status, and cancellation by tag. Clients
+        that run one request at a time should use Generate.
+        """
 
 def add_InferenceServiceServicer_to_server(servicer: InferenceServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
