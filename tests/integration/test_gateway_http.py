@@ -282,3 +282,24 @@ def test_full_queue_is_429_with_retry_after(tmp_path: Path) -> None:
     assert int(caught.value.response.headers["retry-after"]) >= 1
     body = caught.value.response.json()["error"]
     assert body["type"] == "rate_limit_error" and body["code"] == "queue_full"
+
+
+def test_a_schema_keyword_that_would_be_ignored_is_a_400_unsupported_parameter(
+    openai_client: OpenAI,
+) -> None:
+    schema = {"type": "object", "properties": {"age": {"type": "integer", "minimum": 18}}}
+    with pytest.raises(openai.BadRequestError) as refused:
+        openai_client.chat.completions.create(
+            model="smollm2",
+            messages=[{"role": "user", "content": "Hi"}],
+            response_format={
+                "type": "json_schema",
+                "json_schema": {"name": "person", "schema": schema},
+            },
+            max_tokens=8,
+        )
+    error = refused.value.body
+    assert isinstance(error, dict)
+    assert error["code"] == "unsupported_parameter"
+    assert error["param"] == "response_format"
+    assert "'minimum' is not supported" in error["message"]

@@ -196,3 +196,39 @@ async def test_a_full_embedding_queue_is_queue_full_with_a_retry_delay() -> None
     with pytest.raises(EngineError) as caught:
         await engine.embed(["a", "b"], normalize=True)
     assert caught.value.reason is Reason.QUEUE_FULL and caught.value.retry_after_s == 1.0
+
+
+@pytest.mark.parametrize(
+    "schema",
+    [
+        {"type": "integer", "minimum": 1, "maximum": 5},
+        {"type": "number", "multipleOf": 0.5},
+        {"type": "array", "items": {"type": "integer"}, "uniqueItems": True},
+        {"not": {"type": "string"}},
+        {"if": {"type": "string"}, "then": {"maxLength": 3}},
+        {"type": "object", "properties": {"n": {"type": "integer", "exclusiveMinimum": 0}}},
+        {"type": "object", "patternProperties": {"^x": {"type": "string"}}},
+        {"$defs": {"age": {"type": "integer", "maximum": 150}}, "$ref": "#/$defs/age"},
+        {"type": "string", "format": "email"},
+    ],
+)
+def test_a_keyword_the_converter_would_ignore_is_refused_as_unsupported(
+    schema: dict[str, Any],
+) -> None:
+    with pytest.raises(EngineError) as caught:
+        check_json_schema(json.dumps(schema), DEFAULT_LIMITS)
+    assert caught.value.reason == Reason.UNSUPPORTED
+    assert caught.value.param == "response_format"
+    assert "not supported" in caught.value.message
+
+
+def test_names_and_data_that_look_like_unsupported_keywords_are_accepted() -> None:
+    schema = {
+        "type": "object",
+        "title": "annotations are fine",
+        "properties": {"minimum": {"type": "integer"}, "not": {"type": "string"}},
+        "$defs": {"if": {"type": "string", "format": "date-time"}},
+        "examples": [{"maximum": 3}],
+        "const": {"multipleOf": 2},
+    }
+    check_json_schema(json.dumps(schema), DEFAULT_LIMITS)

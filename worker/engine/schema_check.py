@@ -13,13 +13,47 @@ import json
 import re
 from typing import Any
 
-from llamagrid.worker.engine.errors import EngineError, invalid
+from llamagrid.worker.engine.errors import EngineError, invalid, unsupported
 from llamagrid.worker.engine.limits import RequestLimits
 
 #: The keywords whose value the converter repeats an item by.
 COUNT_KEYWORDS = ("minLength", "maxLength", "minItems", "maxItems")
 #: Keywords whose value is data (an instance), not a schema: their keys are not keywords.
 _DATA_KEYWORDS = frozenset({"const", "enum", "default", "examples"})
+#: Keywords whose value maps names to schemas (its keys are names, not keywords).
+_SCHEMA_MAPS = frozenset({"properties", "$defs", "definitions"})
+#: Keywords that constrain instances and that the converter would drop without a word: a
+#: schema using one is refused (UNSUPPORTED) rather than enforced in part.
+UNSUPPORTED_KEYWORDS = frozenset(
+    {
+        "minimum",
+        "maximum",
+        "exclusiveMinimum",
+        "exclusiveMaximum",
+        "multipleOf",
+        "uniqueItems",
+        "contains",
+        "minContains",
+        "maxContains",
+        "minProperties",
+        "maxProperties",
+        "patternProperties",
+        "propertyNames",
+        "dependentRequired",
+        "dependentSchemas",
+        "dependencies",
+        "not",
+        "if",
+        "then",
+        "else",
+        "unevaluatedProperties",
+        "unevaluatedItems",
+    }
+)
+#: The string formats the converter enforces.
+SUPPORTED_FORMATS = frozenset(
+    {"date", "time", "date-time", "uuid", "uuid1", "uuid2", "uuid3", "uuid4", "uuid5"}
+)
 #: A {m}, {m,} or {m,n} quantifier in a pattern.
 _QUANTIFIER = re.compile(r"\{\s*(\d*)\s*(?:,\s*(\d*)\s*)?\}")
 
@@ -46,21 +80,50 @@ def check_json_schema(text: str, limits: RequestLimits, param: str = PARAM) -> N
 
 def _walk(schema: dict[str, Any], limits: RequestLimits, param: str) -> None:
     """Visit every object and array of the document, without recursion."""
-    todo: list[tuple[Any, int, bool]] = [(schema, 1, True)]
+    # What each node is: a schema (or a list of them), a map of names to schemas, or data.
+    todo: list[tuple[Any, int, str]] = [(schema, 1, "schema")]
     while todo:
-        node, depth, is_schema = todo.pop()
+        node, depth, kind = todo.pop()
         if depth > limits.max_schema_depth:
             raise _too_deep(limits, param)
         if isinstance(node, dict):
-            if is_schema:
+            if kind == "schema":
+                _check_keywords(node, param)
                 _check_counts(node, limits.max_schema_count, param)
                 _check_properties(node, limits.max_schema_properties, param)
             for key, value in node.items():
                 if isinstance(value, dict | list):
-                    todo.append((value, depth + 1, is_schema and key not in _DATA_KEYWORDS))
+                    todo.append((value, depth + 1, _kind_of(kind, key, value)))
         else:
             nested = (item for item in node if isinstance(item, dict | list))
-            todo.extend((item, depth + 1, is_schema) for item in nested)
+            todo.extend((item, depth + 1, kind) for item in nested)
+
+
+def _kind_of(parent: str, key: str, value: dict[str, Any] | list[Any]) -> str:
+    """What the value under ``key`` of a node of kind ``parent`` is."""
+    if parent == "data" or (parent == "schema" and key in _DATA_KEYWORDS):
+        return "data"
+    if parent == "schema" and key in _SCHEMA_MAPS and isinstance(value, dict):
+        return "map"
+    return "schema"
+
+
+def _check_keywords(node: dict[str, Any], param: str) -> None:
+    """Refuse the keywords the converter would ignore: they would not be enforced."""
+    ignored = sorted(UNSUPPORTED_KEYWORDS.intersection(node))
+    if ignored:
+        raise unsupported(
+            f"the JSON schema keyword '{ignored[0][:64]}' is not supported: the output could not "
+            "be held to it",
+            param,
+        )
+    fmt = node.get("format")
+    if isinstance(fmt, str) and fmt not in SUPPORTED_FORMATS:
+        raise unsupported(
+            f"the JSON schema format '{fmt[:64]}' is not supported; supported formats: "
+            + ", ".join(sorted(SUPPORTED_FORMATS)),
+            param,
+        )
 
 
 def _too_deep(limits: RequestLimits, param: str) -> EngineError:
