@@ -37,6 +37,7 @@ __all__ = [
     "ModelEntry",
     "Replica",
     "SupervisorSection",
+    "WorkerTlsSection",
     "load_fleet_config",
     "parse_fleet_config",
 ]
@@ -53,11 +54,27 @@ SUPERVISOR_OWNED = {
     "port_file": "not a fleet setting (a worker flag for scripts and tests)",
     "config": "not a fleet setting: this file is the config",
     "config_model": "not a fleet setting: each model entry is one config model",
+    "health_port": "not a fleet setting (a plaintext health port for Kubernetes probes)",
+    "tls_cert": "set by `llamagrid serve` from supervisor.worker_tls",
+    "tls_key": "set by `llamagrid serve` from supervisor.worker_tls",
+    "tls_client_ca": "set by `llamagrid serve` from supervisor.worker_tls",
+    "token_file": "set by `llamagrid serve` from supervisor.worker_token_file",
 }
 #: GatewaySettings fields refused in the gateway section, and why.
 GATEWAY_REFUSED = {
     "config": "not a fleet setting: this file is the config",
     "model_policies": "set `policy` on each model entry instead",
+    **dict.fromkeys(
+        (
+            "worker_tls",
+            "worker_ca",
+            "worker_client_cert",
+            "worker_client_key",
+            "worker_tls_server_name",
+        ),
+        "set by `llamagrid serve` from supervisor.worker_tls",
+    ),
+    "worker_token_file": "set by `llamagrid serve` from supervisor.worker_token_file",
 }
 
 
@@ -89,6 +106,41 @@ class _GatewaySection(_FileOnly, GatewaySettings):
     model_config = SettingsConfigDict(extra="forbid")
 
 
+class WorkerTlsSection(BaseModel):
+    """TLS between the gateway (and the supervisor's probes) and every worker of the fleet.
+
+    `llamagrid serve` hands these paths to the workers and the gateway through their
+    environment, never their command lines (README, "TLS and mTLS").
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    cert: str = Field(min_length=1, description="The workers' certificate chain (PEM file).")
+    key: str = Field(min_length=1, description="The private key of `cert` (PEM file).")
+    ca: str = Field(
+        "",
+        description="CA certificates (PEM file) that verify the workers' certificate, for the "
+        "gateway and the supervisor; empty: the system's roots.",
+    )
+    client_ca: str = Field(
+        "",
+        description="Workers require a client certificate signed by these CAs (mTLS); then "
+        "`client_cert` and `client_key` are the gateway's and the supervisor's.",
+    )
+    client_cert: str = Field("", description="Client certificate chain (PEM file), for mTLS.")
+    client_key: str = Field("", description="The private key of `client_cert` (PEM file).")
+    server_name: str = Field(
+        "",
+        description="Name to verify in the workers' certificate instead of worker_host.",
+    )
+
+    @model_validator(mode="after")
+    def _mtls_together(self) -> WorkerTlsSection:
+        if not (bool(self.client_ca) == bool(self.client_cert) == bool(self.client_key)):
+            raise ValueError("client_ca, client_cert and client_key go together (mTLS)")
+        return self
+
+
 class SupervisorSection(BaseModel):
     """How `llamagrid serve` places, restarts and stops its processes."""
 
@@ -114,8 +166,16 @@ class SupervisorSection(BaseModel):
     )
     allow_insecure_bind: bool = Field(
         False,
-        description="Let workers listen on a non-loopback worker_host (they have no "
-        "authentication); refused otherwise.",
+        description="Let workers listen on a non-loopback worker_host without client "
+        "certificates (worker_tls.client_ca) or a token; refused otherwise.",
+    )
+    worker_tls: WorkerTlsSection | None = Field(
+        None, description="TLS (and mTLS) between the gateway and the workers; none: plaintext."
+    )
+    worker_token_file: str = Field(
+        "",
+        description="File holding the token every worker requires on its calls (the gateway "
+        "sends it); or LLAMAGRID_WORKER_TOKEN in serve's environment.",
     )
 
     @model_validator(mode="after")

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from http import HTTPStatus
+from typing import Any
 
 import grpc
 from fastapi import FastAPI, Request
@@ -24,11 +26,14 @@ from llamagrid.gateway.lifecycle import Drain
 from llamagrid.gateway.metrics import GatewayMetrics
 from llamagrid.gateway.middleware import GatewayMiddleware
 from llamagrid.gateway.openai.router import router as openai_router
+from llamagrid.gateway.openai.schemas import ErrorResponse
 from llamagrid.gateway.pool import PoolOptions, WorkerPool
 from llamagrid.gateway.settings import Access, GatewaySettings
 from llamagrid.gateway.sse import error_response
 from llamagrid.gateway.warmup import warm_up
+from llamagrid.gateway.worker_tls import worker_security
 from llamagrid.grpc_options import channel_options
+from llamagrid.security import ChannelSecurity
 
 logger = logging.getLogger(__name__)
 
@@ -46,15 +51,19 @@ def pool_options(settings: GatewaySettings) -> PoolOptions:
     )
 
 
-def create_pool(settings: GatewaySettings) -> WorkerPool:
-    """The pool for the settings' static workers (DNS names are added by the app)."""
+def create_pool(settings: GatewaySettings, security: ChannelSecurity | None = None) -> WorkerPool:
+    """The pool for the settings' static workers (DNS names are added by the app). Workers are
+    dialled with ``security`` (default: from the settings and the environment,
+    gateway/worker_tls.py)."""
+    if security is None:
+        security = worker_security(settings, os.environ)
     options = channel_options(
         keepalive_time_ms=int(settings.worker_keepalive_s * 1000),
         keepalive_timeout_ms=int(settings.worker_keepalive_timeout_s * 1000),
     )
 
     def client(address: str) -> AsyncInferenceClient:
-        return AsyncInferenceClient(address, options)
+        return AsyncInferenceClient(address, options, security=security)
 
     return WorkerPool(settings.workers, pool_options(settings), client_factory=client)
 
@@ -98,7 +107,12 @@ def create_app(settings: GatewaySettings, pool: WorkerPool) -> FastAPI:
         relay=settings.relay,
     )
     app.include_router(openai_router, dependencies=dependencies(check))
-    app.add_middleware(Admission, check=check, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        Admission,
+        check=check,
+        max_body_bytes=settings.max_body_bytes,
+        body_timeout_s=settings.body_timeout_s,
+    )
     app.add_middleware(GatewayMiddleware, drain=drain, metrics=metrics)
     _install_health_and_metrics(app, pool, metrics, check, settings.metrics_access)
     install_docs(app, check, settings.docs_access)
@@ -115,7 +129,11 @@ def _install_health_and_metrics(
 ) -> None:
     """/health and /livez (always open, for probes) and /metrics (under ``metrics_access``)."""
 
-    @app.get("/health", tags=["health"])
+    unready: dict[int | str, dict[str, Any]] = {
+        503: {"model": ErrorResponse, "description": "No worker is serving."}
+    }
+
+    @app.get("/health", tags=["health"], responses=unready)
     async def health() -> dict[str, str]:
         """Readiness: 200 while some worker is serving (503 when none is, or while draining)."""
         if not pool.any_healthy():

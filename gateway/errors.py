@@ -15,7 +15,9 @@ from llamagrid.errors import ErrorDetails, parse_details
 STATUS_TABLE: dict[grpc.StatusCode, tuple[int, str]] = {
     grpc.StatusCode.INVALID_ARGUMENT: (400, "invalid_request_error"),
     grpc.StatusCode.FAILED_PRECONDITION: (400, "invalid_request_error"),
-    grpc.StatusCode.UNAUTHENTICATED: (401, "authentication_error"),
+    # Workers never see the HTTP client's key: a worker's UNAUTHENTICATED means the gateway's
+    # own worker token or certificate is missing or wrong (a fixed message, code below).
+    grpc.StatusCode.UNAUTHENTICATED: (502, "server_error"),
     grpc.StatusCode.PERMISSION_DENIED: (403, "permission_error"),
     grpc.StatusCode.NOT_FOUND: (404, "invalid_request_error"),
     grpc.StatusCode.RESOURCE_EXHAUSTED: (429, "rate_limit_error"),
@@ -26,6 +28,11 @@ STATUS_TABLE: dict[grpc.StatusCode, tuple[int, str]] = {
 }
 #: What every code missing from STATUS_TABLE becomes.
 DEFAULT_STATUS: tuple[int, str] = (500, "server_error")
+#: What a worker's UNAUTHENTICATED becomes (the worker's own message is not passed on).
+WORKER_UNAUTHENTICATED = (
+    "A worker refused the gateway's credentials: the gateway's worker token (or client "
+    "certificate) is missing or wrong."
+)
 #: The Retry-After (seconds) of a 429 whose status carries no RetryInfo.
 DEFAULT_RETRY_AFTER_S = 1
 
@@ -89,6 +96,10 @@ def from_status(code: grpc.StatusCode, message: str, details: ErrorDetails) -> O
         # gRPC's own refusal of a message over its size limit: a retry would fail the same way.
         return OpenAIError(413, message, "invalid_request_error", code=TOO_LARGE_CODE)
     status, error_type = STATUS_TABLE.get(code, DEFAULT_STATUS)
+    if code == grpc.StatusCode.UNAUTHENTICATED:
+        return OpenAIError(
+            status, WORKER_UNAUTHENTICATED, error_type, code="worker_unauthenticated"
+        )
     headers: dict[str, str] = {}
     if details.retry_after_s is not None:
         headers["Retry-After"] = str(max(1, math.ceil(details.retry_after_s)))

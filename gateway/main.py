@@ -2,21 +2,25 @@
 
 Before anything listens, the gateway refuses what would expose it by mistake: a key that is
 empty or malformed, a key file it cannot use, or a non-loopback --host without any key (unless
---allow-insecure-bind). Started by `llamagrid serve`, it exits when the supervisor dies.
+--allow-insecure-bind); and an HTTPS certificate and key it cannot use. Started by `llamagrid
+serve`, it exits when the supervisor dies.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 import uvicorn
+from fastapi import FastAPI
 from pydantic import ValidationError
 from pydantic_settings import CliApp
 
 from llamagrid.fleet.parent_death import exit_with_parent
 from llamagrid.gateway.app import create_app, create_pool
 from llamagrid.gateway.auth import api_keys
+from llamagrid.gateway.connections import guarded_protocol, raise_fd_limit
 from llamagrid.gateway.keys import (
     ApiKeyError,
     gateway_bind_problem,
@@ -25,6 +29,8 @@ from llamagrid.gateway.keys import (
 )
 from llamagrid.gateway.lifecycle import DrainingServer
 from llamagrid.gateway.settings import GatewaySettings
+from llamagrid.gateway.worker_tls import SecurityError, worker_security
+from llamagrid.security import check_key_pair
 
 #: Seconds uvicorn waits for connections once the drain has finished (they are idle by then).
 SHUTDOWN_TIMEOUT_S = 5
@@ -92,6 +98,39 @@ def check_exposure(settings: GatewaySettings, argv: list[str]) -> None:
         log.warning("no API key on %s (--allow-insecure-bind): anyone may call", settings.host)
 
 
+def check_serving(settings: GatewaySettings) -> None:
+    """Exit on an HTTPS certificate and key that cannot be used; make room for the connections."""
+    if settings.tls_cert:
+        try:
+            check_key_pair(settings.tls_cert, settings.tls_key)
+        except SecurityError as error:
+            sys.exit(f"llamagrid gateway: --tls-cert/--tls-key: {error}")
+        log.info("serving HTTPS with %s", settings.tls_cert)
+    problem = raise_fd_limit(settings.max_connections)
+    if problem:
+        log.warning("%s", problem)
+
+
+def server_config(app: FastAPI, settings: GatewaySettings) -> uvicorn.Config:
+    """uvicorn's configuration: where to listen, HTTPS, and the limits on slow clients
+    (gateway/connections.py; the body's deadline is the app's)."""
+    return uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=SHUTDOWN_TIMEOUT_S,
+        http=guarded_protocol(
+            settings.header_timeout_s, settings.send_timeout_s, settings.max_connections
+        ),
+        ws="none",  # no WebSocket routes: an upgrade request is served as plain HTTP
+        timeout_keep_alive=settings.keep_alive_timeout_s,
+        h11_max_incomplete_event_size=settings.max_header_bytes,
+        ssl_certfile=settings.tls_cert or None,
+        ssl_keyfile=settings.tls_key or None,
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the gateway; ``argv`` defaults to the process's arguments."""
     exit_with_parent()
@@ -100,14 +139,14 @@ def main(argv: list[str] | None = None) -> None:
     level = "DEBUG" if settings.log_level == "trace" else settings.log_level.upper()
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     check_exposure(settings, args)
+    check_serving(settings)
     if not settings.workers and not settings.worker_dns:
         log.warning("no --worker given: every request will get a 503")
-    app = create_app(settings, create_pool(settings))
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        timeout_graceful_shutdown=SHUTDOWN_TIMEOUT_S,
-    )
-    DrainingServer(config, app.state.drain).run()
+    try:
+        security = worker_security(settings, os.environ)
+    except SecurityError as error:
+        sys.exit(f"llamagrid gateway: {error}")
+    if security.tls or security.token:
+        log.info("dialling workers with %s", security)
+    app = create_app(settings, create_pool(settings, security))
+    DrainingServer(server_config(app, settings), app.state.drain).run()

@@ -240,7 +240,10 @@ class WorkerPool:
                         self.breaker.restore(worker)
                 logger.warning("health watch of %s ended", worker.address)
             except grpc.aio.AioRpcError as error:
-                logger.debug("health watch of %s failed: %s", worker.address, error.code())
+                if error.code() == grpc.StatusCode.UNAUTHENTICATED:  # our worker token
+                    logger.warning("worker %s refused the gateway's worker token", worker.address)
+                else:
+                    logger.debug("health watch of %s failed: %s", worker.address, error.code())
             except Exception:
                 logger.exception("health watch of %s failed", worker.address)
             if worker.healthy:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from llamagrid.gateway.keys import check_keys, split_keys
@@ -123,6 +123,47 @@ class GatewaySettings(BaseSettings):
         description="Largest request body accepted, in bytes; a larger one is a 413, answered "
         "before the body is read (after the API key is checked).",
     )
+    # Slow clients (gateway/connections.py): no client holds a connection for as long as it likes.
+    header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="Seconds a client has to send a request line and its headers, counted from "
+        "the connection (or, on a kept-alive one, from the request's first byte); then the "
+        "connection is closed, with a 408 if part of a request had arrived.",
+    )
+    body_timeout_s: float = Field(
+        60.0,
+        gt=0,
+        description="Seconds a client has to send a whole request body once its headers are "
+        "in; then a 408 and the connection is closed.",
+    )
+    send_timeout_s: float = Field(
+        60.0,
+        gt=0,
+        description="Seconds a client may go without taking any of a response the gateway is "
+        "waiting to send; then the connection is dropped (and its stream cancelled).",
+    )
+    keep_alive_timeout_s: int = Field(
+        5, ge=1, description="Seconds an idle connection is kept open after a response."
+    )
+    max_connections: int = Field(
+        1024,
+        ge=1,
+        description="Open client connections at most; a connection beyond it gets a 503 and is "
+        "closed at once, before its request is read.",
+    )
+    max_header_bytes: int = Field(
+        16 * 1024,
+        ge=1024,
+        description="Largest request line plus headers, in bytes; a larger one is a 400.",
+    )
+    # HTTPS (gateway/connections.py, main.py): the certificate clients see.
+    tls_cert: str = Field(
+        "",
+        description="Serve HTTPS with this certificate chain (PEM file; with --tls-key); "
+        "empty: plain HTTP.",
+    )
+    tls_key: str = Field("", description="Private key (unencrypted PEM file) of --tls-cert.")
     health_retry_s: float = Field(
         1.0, gt=0, description="Seconds to wait before re-opening a broken health watch."
     )
@@ -137,6 +178,32 @@ class GatewaySettings(BaseSettings):
     )
     worker_keepalive_timeout_s: float = Field(
         10.0, gt=0, description="Seconds to wait for a keepalive ping's answer."
+    )
+    worker_tls: bool = Field(
+        False,
+        description="Dial workers over TLS (implied by --worker-ca and --worker-client-cert); "
+        "without --worker-ca their certificates are checked against the system's roots.",
+    )
+    worker_ca: str = Field(
+        "", description="CA certificates (PEM file) that verify the workers' certificates."
+    )
+    worker_client_cert: str = Field(
+        "",
+        description="Client certificate chain (PEM file) shown to workers that require one "
+        "(mTLS); with --worker-client-key.",
+    )
+    worker_client_key: str = Field(
+        "", description="Private key (PEM file) of --worker-client-cert."
+    )
+    worker_tls_server_name: str = Field(
+        "",
+        description="Name to verify in the workers' certificates instead of the dialled host "
+        "(workers found by --worker-dns are dialled by IP address).",
+    )
+    worker_token_file: str = Field(
+        "",
+        description="File holding the token sent to workers as 'authorization: Bearer <token>' "
+        "on every call. Or set LLAMAGRID_WORKER_TOKEN; there is no flag for the token itself.",
     )
     drain_grace_s: float = Field(
         30.0, ge=0, description="On SIGTERM, how long in-flight requests may finish (new get 503)."
@@ -168,3 +235,24 @@ class GatewaySettings(BaseSettings):
             if not host or not port.isdigit():
                 raise ValueError(f"worker address {address!r} is not HOST:PORT")
         return value
+
+    @model_validator(mode="after")
+    def _check_worker_tls(self) -> GatewaySettings:
+        """A client certificate comes with its key, and TLS settings need TLS."""
+        if bool(self.worker_client_cert) != bool(self.worker_client_key):
+            raise ValueError("--worker-client-cert and --worker-client-key go together")
+        if self.worker_tls_server_name and not self.dials_tls:
+            raise ValueError("--worker-tls-server-name needs TLS (--worker-ca or --worker-tls)")
+        return self
+
+    @property
+    def dials_tls(self) -> bool:
+        """Whether workers are dialled over TLS."""
+        return self.worker_tls or bool(self.worker_ca or self.worker_client_cert)
+
+    @model_validator(mode="after")
+    def _check_https(self) -> GatewaySettings:
+        """HTTPS needs both the certificate and its key."""
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("--tls-cert and --tls-key go together (HTTPS needs both)")
+        return self

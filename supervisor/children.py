@@ -27,6 +27,7 @@ import grpc
 import httpx
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from llamagrid.security import ChannelSecurity, aio_channel
 from llamagrid.supervisor.access import child_environment
 from llamagrid.supervisor.plan import ProcessSpec, RestartPolicy
 
@@ -59,16 +60,34 @@ def describe_exit(code: int) -> str:
     return f"exit code {code}"
 
 
-async def probe_ready(spec: ProcessSpec) -> bool:
-    """One readiness probe: a worker's grpc.health.v1 says SERVING, the gateway answers HTTP."""
+def probe_security(spec: ProcessSpec) -> ChannelSecurity:
+    """How to dial the process to probe it: TLS (and a client certificate) as the plan says."""
+    tls = spec.tls
+    if tls is None:
+        return ChannelSecurity()
+    return ChannelSecurity.create(
+        tls=True,
+        root_ca=tls.ca or None,
+        client_cert=tls.cert or None,
+        client_key=tls.key or None,
+        server_name=tls.server_name or None,
+    )
+
+
+async def probe_ready(spec: ProcessSpec, security: ChannelSecurity | None = None) -> bool:
+    """One readiness probe: a worker's grpc.health.v1 says SERVING, the gateway answers HTTP.
+    ``security``: how to dial a worker (default: plaintext)."""
     if spec.role == "gateway":
+        scheme = "https" if spec.https else "http"
         try:
-            async with httpx.AsyncClient(timeout=2.0) as client:
-                await client.get(f"http://{spec.address}/livez")
+            # Unverified: the probe only asks whether the child answers, and sends nothing
+            # secret; the certificate may name the public host, not the address dialled.
+            async with httpx.AsyncClient(timeout=2.0, verify=False) as client:
+                await client.get(f"{scheme}://{spec.address}/livez")
         except httpx.HTTPError:
             return False
         return True
-    async with grpc.aio.insecure_channel(spec.address) as channel:
+    async with aio_channel(spec.address, [], security) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         try:
             reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=2.0)
@@ -90,6 +109,7 @@ class Child:
         self.tail: deque[str] = deque(maxlen=TAIL_LINES)
         self.restarts = 0
         self.ready = False  # in the current run
+        self._probe_security = probe_security(spec)
         self._stopping = asyncio.Event()
 
     @property
@@ -177,7 +197,7 @@ class Child:
 
     async def _watch_ready(self) -> None:
         """Probe until the child is ready, then log it once."""
-        while not await probe_ready(self.spec):
+        while not await probe_ready(self.spec, self._probe_security):
             await asyncio.sleep(PROBE_INTERVAL_S)
         self.ready = True
         log.info("%s is ready on %s", self.spec.name, self.spec.address)

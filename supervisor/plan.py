@@ -14,18 +14,24 @@ the gateway pointed at all of them. Rules (README, "Fleet config"):
   replicas, evenly, at least one each.
 - Keys and binds (supervisor/access.py): the gateway's keys go into its environment, never its
   argv; a plan that would expose the gateway or the workers is refused (ExposureError).
+- Worker TLS and token (supervisor/access.py): paths reach the workers and the gateway through
+  their environment; the supervisor probes TLS workers with ``ProcessSpec.tls``.
+- Gateway HTTPS (the fleet file's gateway.tls_cert and tls_key): the gateway reads the paths
+  from the file itself; the plan marks it ``https`` so that its URL and probes use HTTPS.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
 from llamagrid.fleet.config import FleetConfig, ModelEntry
 from llamagrid.fleet.problems import FleetConfigError
-from llamagrid.supervisor.access import GATEWAY_KEY_ENV, gateway_access
+from llamagrid.supervisor.access import GATEWAY_KEY_ENV, DialTls, gateway_access, worker_link
 from llamagrid.supervisor.settings import ServeSettings
 
 #: Threads of a GPU replica that leaves n_threads at 0: the CPU side of a mostly offloaded model.
@@ -46,6 +52,10 @@ class ProcessSpec:
     drain_grace_s: float
     model: str = ""
     gpus: tuple[str, ...] = ()
+    #: How the supervisor dials a TLS worker to probe it (None: plaintext).
+    tls: DialTls | None = None
+    #: Whether the process (the gateway) serves HTTPS: its readiness probe speaks it.
+    https: bool = False
 
 
 @dataclass(frozen=True)
@@ -113,9 +123,14 @@ def thread_shares(models: tuple[ModelEntry, ...], cores: int) -> tuple[dict[str,
 
 
 def fleet_plan(
-    config: FleetConfig, serve: ServeSettings, cores: int, python: str = sys.executable
+    config: FleetConfig,
+    serve: ServeSettings,
+    cores: int,
+    python: str = sys.executable,
+    environ: Mapping[str, str] | None = None,
 ) -> Plan:
-    """The processes for a fleet config; explicit serve flags override the file."""
+    """The processes for a fleet config; explicit serve flags override the file. ``environ``:
+    serve's environment (default: this process's), for LLAMAGRID_WORKER_TOKEN."""
     sv, explicit = config.supervisor, serve.model_fields_set
     host = serve.host if "host" in explicit else config.gateway.host
     port = serve.port if "port" in explicit else config.gateway.port
@@ -123,31 +138,38 @@ def fleet_plan(
     shares, warnings = thread_shares(config.models, cores)
     path = str(config.source.resolve())
     tail = ("--log-level", serve.log_level) if "log_level" in explicit else ()
+    link = worker_link(
+        sv.worker_tls, sv.worker_token_file, os.environ if environ is None else environ
+    )
     workers: list[ProcessSpec] = []
     for entry in config.models:
         for index in range(len(entry.replicas)):
             spec = _worker(config, entry, index, len(workers), shares.get(entry.alias))
-            workers.append(replace(spec, argv=(python, *spec.argv, *tail)))
+            env = {**spec.env, **link.worker_env}
+            workers.append(replace(spec, argv=(python, *spec.argv, *tail), env=env, tls=link.dial))
     args = ["--config", path, "--host", host, "--port", str(port)]
     args += [a for w in workers for a in ("--worker", w.address)]
     grace = config.gateway.drain_grace_s
     if "drain_grace_s" not in config.gateway.model_fields_set:
         grace = sv.drain_grace_s
         args += ["--drain-grace-s", str(grace)]
-    access = gateway_access(serve, host, sv.worker_host, config.gateway, sv.allow_insecure_bind)
+    access = gateway_access(
+        serve, host, sv.worker_host, config.gateway, sv.allow_insecure_bind, link
+    )
     gateway = ProcessSpec(
         name="gateway",
         role="gateway",
         argv=(python, "-m", "llamagrid.gateway", *args, *access.args, *tail),
-        env={**BASE_ENV, **access.env},
+        env={**BASE_ENV, **access.env, **link.gateway_env},
         address=f"{dial_host(host)}:{port}",
         drain_grace_s=grace,
+        https=bool(config.gateway.tls_cert),
     )
     initial = serve.restart_backoff_s if "restart_backoff_s" in explicit else sv.restart_backoff_s
     restart = RestartPolicy(initial, sv.max_backoff_s, sv.healthy_run_s, sv.max_startup_failures)
     return Plan(
         processes=(*workers, gateway),
-        gateway_url=f"http://{gateway.address}",
+        gateway_url=f"{'https' if gateway.https else 'http'}://{gateway.address}",
         models=tuple(m.alias for m in config.models),
         restart=restart,
         warnings=(*config.warnings, *warnings),
@@ -213,9 +235,13 @@ def _check_ports(config: FleetConfig, gateway_port: int, replicas: int) -> None:
         raise FleetConfigError(str(config.source), problems)
 
 
-def single_model_plan(serve: ServeSettings, python: str = sys.executable) -> Plan:
-    """Without --config: one worker (the serve flags) and the gateway; the environment as is."""
-    access = gateway_access(serve, serve.host, serve.worker_host)
+def single_model_plan(
+    serve: ServeSettings, python: str = sys.executable, environ: Mapping[str, str] | None = None
+) -> Plan:
+    """Without --config: one worker (the serve flags) and the gateway; the environment as is
+    (a LLAMAGRID_WORKER_TOKEN in it reaches both; worker TLS needs a fleet config)."""
+    link = worker_link(None, "", os.environ if environ is None else environ)
+    access = gateway_access(serve, serve.host, serve.worker_host, link=link)
     worker = ProcessSpec(
         name="worker",
         role="worker",

@@ -55,8 +55,9 @@ class ServeSettings(BaseSettings):
     port: int = Field(default=8080, ge=0, le=65535, description="HTTP gateway port.")
     worker_host: str = Field(
         default="127.0.0.1",
-        description="Address the worker binds; workers have no authentication, so a "
-        "non-loopback one needs --allow-insecure-bind.",
+        description="Address the worker binds; a non-loopback one needs a worker token "
+        "(LLAMAGRID_WORKER_TOKEN, which reaches the worker and the gateway) or "
+        "--allow-insecure-bind.",
     )
     worker_port: int = Field(default=50051, ge=1, le=65535, description="The worker's gRPC port.")
     model: str = Field(default="", description="GGUF path; empty means the default SmolLM2.")

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
 
+from pydantic import ValidationError
 from pydantic_settings import CliApp
 
 from llamagrid.fleet.parent_death import exit_with_parent
 from llamagrid.worker.engine.llama_engine import LlamaEngine
 from llamagrid.worker.model_source import ModelNotFound, resolve
+from llamagrid.worker.rpc.security import SecurityError, exposure_warning, server_security
 from llamagrid.worker.rpc.server import EngineDied, serve
 from llamagrid.worker.settings import WorkerSettings
 
@@ -20,10 +23,13 @@ def parse(argv: list[str] | None) -> tuple[WorkerSettings, tuple[str, ...]]:
 
     Flags and environment variables win over the config file, which wins over the defaults.
     Returns the settings and the config file's warnings. A bad config file exits with its
-    FleetConfigError message.
+    FleetConfigError message, invalid settings with one line per problem.
     """
     args = sys.argv[1:] if argv is None else argv
-    settings = CliApp.run(WorkerSettings, cli_args=args)
+    try:
+        settings = CliApp.run(WorkerSettings, cli_args=args)
+    except ValidationError as error:
+        sys.exit(settings_error(error))
     if not settings.config:
         return settings, ()
     from llamagrid.fleet.config import FleetConfigError, load_fleet_config
@@ -34,8 +40,21 @@ def parse(argv: list[str] | None) -> tuple[WorkerSettings, tuple[str, ...]]:
     except FleetConfigError as exc:
         sys.exit(f"llamagrid worker: {exc}")
     explicit = settings.model_dump(include=settings.model_fields_set)
-    merged = WorkerSettings.model_validate({**entry.worker_settings(), **explicit})
+    try:
+        merged = WorkerSettings.model_validate({**entry.worker_settings(), **explicit})
+    except ValidationError as error:
+        sys.exit(settings_error(error))
     return merged, config.warnings
+
+
+def settings_error(error: ValidationError) -> str:
+    """One line per problem, ``--flag-name: message`` (the values given are not repeated)."""
+    lines = []
+    for err in error.errors():
+        name = ".".join(str(part) for part in err["loc"]).replace("_", "-")
+        message = err["msg"].removeprefix("Value error, ")
+        lines.append(f"  --{name}: {message}" if name else f"  {message}")
+    return "llamagrid worker: invalid settings:\n" + "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -49,6 +68,13 @@ def main(argv: list[str] | None = None) -> None:
     )
     for warning in warnings:
         logging.getLogger(__name__).warning("config %s: %s", settings.config, warning)
+    try:  # the TLS files and the token, before the model is looked for
+        security = server_security(settings, os.environ)
+    except SecurityError as exc:
+        sys.exit(f"llamagrid worker: {exc}")
+    exposed = exposure_warning(settings.host, security)
+    if exposed:
+        logging.getLogger(__name__).warning("%s", exposed)
     try:
         source = resolve(
             settings.model, settings.hf_repo, settings.hf_file, settings.hf_revision, settings.alias
@@ -56,6 +82,6 @@ def main(argv: list[str] | None = None) -> None:
     except ModelNotFound as exc:
         sys.exit(f"llamagrid worker: {exc}")
     try:
-        asyncio.run(serve(settings, LlamaEngine(settings, source)))
+        asyncio.run(serve(settings, LlamaEngine(settings, source), security))
     except EngineDied as exc:  # exit non-zero, so that a supervisor restarts the worker
         sys.exit(f"llamagrid worker: {exc}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from llamagrid.worker.engine.limits import RequestLimits
@@ -39,6 +39,19 @@ class WorkerSettings(BaseSettings):
     chat_template: str = Field(
         default="", description="Jinja chat template overriding the GGUF's, inline or a file path."
     )
+    special_tokens_in_content: bool = Field(
+        default=False,
+        description="UNSAFE: parse special-token text written in chat messages (such as "
+        "'<|im_start|>' in a message's content) as special tokens, as before: any client can "
+        "then forge turns and roles. Off: message text is plain text, and only the chat "
+        "template writes special tokens.",
+    )
+    special_tokens_in_prompt: bool = Field(
+        default=False,
+        description="UNSAFE: parse special-token text in raw prompts (completions) as special "
+        "tokens. Off: a raw prompt is plain text; clients that need special tokens send "
+        "token ids.",
+    )
 
     # Fleet config (the file `llamagrid serve --config` reads; also mounted on Kubernetes).
     config: str = Field(
@@ -62,6 +75,40 @@ class WorkerSettings(BaseSettings):
         le=65536,
         description="Most Generate calls one Relay stream (a gateway's multiplexed stream) may "
         "run at once; more are refused with FAILED_PRECONDITION.",
+    )
+
+    max_concurrent_streams: int = Field(
+        default=256,
+        ge=1,
+        le=65536,
+        description="Most calls (HTTP/2 streams) one client connection may have open at once; "
+        "a client's further calls wait until one ends.",
+    )
+    health_port: int = Field(
+        default=0,
+        ge=0,
+        le=65535,
+        description="Also serve grpc.health.v1, and only it, in plaintext on this port (for "
+        "Kubernetes gRPC probes, which speak neither TLS nor tokens); 0: no such port.",
+    )
+
+    # Transport security (README, "TLS and mTLS").
+    tls_cert: str = Field(
+        default="",
+        description="Server certificate chain (PEM file); with --tls-key the worker serves TLS "
+        "only.",
+    )
+    tls_key: str = Field(default="", description="Private key (PEM file) of --tls-cert.")
+    tls_client_ca: str = Field(
+        default="",
+        description="CA certificates (PEM file): every client must present a certificate they "
+        "signed (mTLS). Needs --tls-cert and --tls-key.",
+    )
+    token_file: str = Field(
+        default="",
+        description="File holding the token every call but health checks must carry as "
+        "'authorization: Bearer <token>' metadata (stripped; empty is an error). Or set "
+        "LLAMAGRID_WORKER_TOKEN; there is no flag for the token itself.",
     )
 
     # llama.cpp model options.
@@ -204,3 +251,14 @@ class WorkerSettings(BaseSettings):
         description="Port of the Prometheus /metrics HTTP endpoint; 0: no endpoint.",
     )
     log_level: str = Field(default="info", description="Python logging level.")
+
+    @model_validator(mode="after")
+    def _check_transport(self) -> WorkerSettings:
+        """TLS files come as a certificate and its key; a client CA needs them; ports differ."""
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("--tls-cert and --tls-key go together: give both or neither")
+        if self.tls_client_ca and not self.tls_cert:
+            raise ValueError("--tls-client-ca (mTLS) needs --tls-cert and --tls-key")
+        if self.health_port and self.health_port == self.port:
+            raise ValueError("--health-port must differ from --port")
+        return self

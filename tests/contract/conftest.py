@@ -59,15 +59,28 @@ async def serve(app: Any) -> AsyncIterator[str]:
     config = uvicorn.Config(
         app, host="127.0.0.1", port=0, log_level="warning", timeout_graceful_shutdown=1
     )
+    async with serve_config(config) as server:
+        yield server_url(server)
+
+
+@contextlib.asynccontextmanager
+async def serve_config(config: uvicorn.Config) -> AsyncIterator[uvicorn.Server]:
+    """Run a uvicorn configuration (port 0: a free port) in this event loop."""
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
     await eventually(lambda: _started(server, task))
-    port = server.servers[0].sockets[0].getsockname()[1]
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield server
     finally:
         server.should_exit = True
         await asyncio.wait_for(task, timeout=10)
+
+
+def server_url(server: uvicorn.Server) -> str:
+    """The base URL of a started server (https when it has a certificate)."""
+    port = server.servers[0].sockets[0].getsockname()[1]
+    scheme = "https" if server.config.is_ssl else "http"
+    return f"{scheme}://127.0.0.1:{port}"
 
 
 async def _started(server: uvicorn.Server, task: asyncio.Task[None]) -> bool:

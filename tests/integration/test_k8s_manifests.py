@@ -6,12 +6,15 @@ kubernetes-validate, in strict mode (an unknown field is an error), and so is wh
 module proxy (about 40 s cold on 2 cores) into ~/.cache/llamagrid/bin and reused from there;
 LLAMAGRID_KUSTOMIZE names another binary (that build is why this file is in the integration
 ring, not the unit ring). Then the cross-references that would rot silently:
-probes and ports, the worker DNS name, selectors, the fleet config, GPU requests, shutdown times.
+probes and ports, the worker DNS name, selectors, the fleet config, GPU requests, shutdown times,
+the NetworkPolicy in front of the workers, TLS material from Secrets, and the image's default
+command (never an open gateway).
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
 import shutil
@@ -27,6 +30,9 @@ import yaml
 from pydantic_settings import CliApp
 
 from llamagrid.gateway.settings import GatewaySettings, PolicyName
+from llamagrid.supervisor.access import ExposureError
+from llamagrid.supervisor.serve import build_plan
+from llamagrid.supervisor.settings import ServeSettings
 from llamagrid.worker.settings import WorkerSettings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -302,6 +308,7 @@ def test_rendered_resources_are_valid_kubernetes(target: Rendered) -> None:
     assert kinds == sorted(
         ["Namespace", "ConfigMap", "Service", "Service", "StatefulSet", "Deployment"]
         + ["PodDisruptionBudget"] * 2
+        + ["NetworkPolicy"]
     )
     for doc in target.docs:
         validate_strict(doc, f"{doc['kind']}/{doc['metadata']['name']}")
@@ -309,13 +316,16 @@ def test_rendered_resources_are_valid_kubernetes(target: Rendered) -> None:
             assert doc["metadata"]["namespace"] == target.sts["metadata"]["namespace"]
 
 
-def test_worker_probes_are_grpc_health_on_the_grpc_port(target: Rendered) -> None:
-    grpc_port = port_named(target.worker, "grpc")
-    assert int(flag(args_of(target.sts, target.worker), "--port")) == grpc_port
+def test_worker_probes_are_grpc_health_on_the_plaintext_health_port(target: Rendered) -> None:
+    """The gRPC port speaks mTLS, which kubelet probes cannot: they use --health-port."""
+    args = args_of(target.sts, target.worker)
+    grpc_port, health_port = port_named(target.worker, "grpc"), port_named(target.worker, "health")
+    assert int(flag(args, "--port")) == grpc_port
+    assert int(flag(args, "--health-port")) == health_port != grpc_port
     for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
         probe = target.worker[kind]
         assert probe.keys() & {"httpGet", "tcpSocket", "exec"} == set(), kind
-        assert resolve_port(target.worker, probe["grpc"]["port"]) == grpc_port, kind
+        assert resolve_port(target.worker, probe["grpc"]["port"]) == health_port, kind
         assert probe["grpc"].get("service", "") == "", kind
     startup = target.worker["startupProbe"]
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 600, "no time to download"
@@ -481,3 +491,97 @@ def test_dockerfile_installs_what_the_manifests_run(rendered: dict[str, list[Doc
     image_home = re.search(r"HF_HOME=(\S+)", text)
     r = Rendered(rendered["gpu"])
     assert image_home and image_home.group(1) == env_of(r.sts, r.worker)["HF_HOME"]
+
+
+def covers(rule: Doc, container: Doc, port: int) -> bool:
+    """Whether a NetworkPolicy ingress rule admits traffic to this container port."""
+    ports = rule.get("ports")
+    if not ports:  # no ports: every port
+        return True
+    return any("port" not in p or resolve_port(container, p["port"]) == port for p in ports)
+
+
+def test_only_gateways_may_reach_the_worker_grpc_port(target: Rendered) -> None:
+    policies = [d for d in target.docs if d["kind"] == "NetworkPolicy"]
+    worker_labels = Rendered.pod_labels(target.sts)
+    gateway_labels = Rendered.pod_labels(target.deploy)
+    selecting = [
+        p for p in policies if selects(p["spec"]["podSelector"]["matchLabels"], worker_labels)
+    ]
+    assert len(selecting) == 1, "one NetworkPolicy selects the worker pods"
+    policy = selecting[0]["spec"]
+    assert not selects(policy["podSelector"]["matchLabels"], gateway_labels)
+    assert "Ingress" in policy["policyTypes"]
+    grpc_port = port_named(target.worker, "grpc")
+    rules = [rule for rule in policy.get("ingress", []) if covers(rule, target.worker, grpc_port)]
+    assert rules, "nothing may reach the gRPC port, not even the gateways"
+    for rule in rules:
+        peers = rule.get("from")
+        assert peers, f"a rule opens the gRPC port to every source: {rule}"
+        for peer in peers:
+            # A podSelector alone: pods of the policy's namespace, and only gateway pods.
+            assert peer.keys() == {"podSelector"}, peer
+            selector = peer["podSelector"]
+            assert selector.keys() == {"matchLabels"}, selector
+            assert selects(selector["matchLabels"], gateway_labels), selector
+            assert not selects(selector["matchLabels"], worker_labels), selector
+
+
+def secret_mount(workload: Doc, container: Doc, path: str) -> str:
+    """The name of the Secret mounted where ``path`` lies (fails if it is not a Secret's)."""
+    volumes = {v["name"]: v for v in workload["spec"]["template"]["spec"]["volumes"]}
+    for mount in container["volumeMounts"]:
+        if Path(path).parent == Path(mount["mountPath"]):
+            secret = volumes[mount["name"]].get("secret")
+            assert secret, f"{path} is in volume {mount['name']}, not a Secret"
+            assert mount.get("readOnly") is True, mount
+            assert secret.get("optional", False) is False, "a missing Secret must stop the pod"
+            assert secret["defaultMode"] & 0o007 == 0, "TLS keys readable by every user"
+            assert workload["spec"]["template"]["spec"]["securityContext"]["fsGroup"] == int(
+                workload["spec"]["template"]["spec"]["securityContext"]["runAsUser"]
+            ), "the pod's user cannot read its group-readable keys"
+            return str(secret["secretName"])
+    pytest.fail(f"{container['name']}: nothing mounted at {Path(path).parent}")
+
+
+def test_worker_tls_and_token_come_from_secrets(target: Rendered) -> None:
+    worker_args = args_of(target.sts, target.worker)
+    gateway_args = args_of(target.deploy, target.gateway)
+    worker_secrets = {
+        secret_mount(target.sts, target.worker, flag(worker_args, name))
+        for name in ("--tls-cert", "--tls-key", "--tls-client-ca")
+    }
+    gateway_secrets = {
+        secret_mount(target.deploy, target.gateway, flag(gateway_args, name))
+        for name in ("--worker-ca", "--worker-client-cert", "--worker-client-key")
+    }
+    assert len(worker_secrets) == len(gateway_secrets) == 1
+    assert worker_secrets != gateway_secrets, "workers and gateways share a private key"
+    svc = headless_service(target)
+    name = f"{svc['metadata']['name']}.{svc['metadata']['namespace']}.svc.cluster.local"
+    assert flag(gateway_args, "--worker-tls-server-name") == name
+    refs = []
+    for container in (target.worker, target.gateway):
+        env = {e["name"]: e for e in container["env"]}
+        ref = env["LLAMAGRID_WORKER_TOKEN"]["valueFrom"]["secretKeyRef"]
+        assert ref["optional"] is True
+        refs.append((ref["name"], ref["key"]))
+        assert not [a for a in container["args"] if "token" in a.lower()], "a token on argv"
+    assert refs[0] == refs[1], "the gateways send the token the workers check"
+
+
+def test_the_images_default_command_is_not_an_open_gateway(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`docker run llamagrid` without a key refuses to start (the supervisor checks its plan
+    before anything is spawned; tests/integration/test_serve_safety.py runs it)."""
+    text = DOCKERFILE.read_text()
+    command = json.loads(re.findall(r"^CMD (\[.*\])$", text, re.M)[-1])
+    assert command[0] == "serve" and "--allow-insecure-bind" not in command
+    assert not [a for a in command if a.startswith("--api-key")]
+    for name in [n for n in os.environ if n.startswith("LLAMAGRID_")]:
+        monkeypatch.delenv(name)
+    settings = CliApp.run(ServeSettings, cli_args=command[1:])
+    assert settings.host == "0.0.0.0"
+    with pytest.raises(ExposureError, match="without an API key"):
+        build_plan(settings)

@@ -26,7 +26,6 @@ from llamagrid.gateway.errors import (
     [
         (grpc.StatusCode.INVALID_ARGUMENT, 400, "invalid_request_error"),
         (grpc.StatusCode.FAILED_PRECONDITION, 400, "invalid_request_error"),
-        (grpc.StatusCode.UNAUTHENTICATED, 401, "authentication_error"),
         (grpc.StatusCode.PERMISSION_DENIED, 403, "permission_error"),
         (grpc.StatusCode.NOT_FOUND, 404, "invalid_request_error"),
         (grpc.StatusCode.RESOURCE_EXHAUSTED, 429, "rate_limit_error"),
@@ -44,6 +43,18 @@ def test_status_table(code: grpc.StatusCode, status: int, error_type: str) -> No
     error = from_status(code, "why", ErrorDetails())
     assert (error.status_code, error.type, error.message) == (status, error_type, "why")
     assert error.code is None and error.param is None
+
+
+def test_a_workers_unauthenticated_is_the_gateways_fault_not_the_clients() -> None:
+    """The HTTP client's key is not what the worker checked: not a 401, and the worker's
+    message is not passed on."""
+    error = from_status(grpc.StatusCode.UNAUTHENTICATED, "worker says why", ErrorDetails())
+    assert (error.status_code, error.type, error.code) == (
+        502,
+        "server_error",
+        "worker_unauthenticated",
+    )
+    assert "worker says why" not in error.message and "worker token" in error.message
 
 
 def test_the_table_has_one_row_per_code() -> None:

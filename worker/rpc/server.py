@@ -3,6 +3,10 @@
 Every InferenceService call, whatever its outcome, ends with the trailing metadata
 ``llamagrid-worker: <name>`` (--name, else host:port) and is counted for /metrics by status code;
 both happen in one interceptor, CallObserver.
+
+The port serves TLS or mTLS when the settings say so, refuses calls without the token when one
+is set (worker/rpc/security.py), and bounds the calls open at once on one connection
+(--max-concurrent-streams). --health-port adds a plaintext server with grpc.health.v1 alone.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -27,6 +32,7 @@ from llamagrid.v1 import inference_pb2_grpc as pb_grpc
 from llamagrid.worker.engine.llama_engine import Engine, LlamaEngine
 from llamagrid.worker.metrics import RequestCounts, WorkerMetrics
 from llamagrid.worker.native.devices import OffloadError
+from llamagrid.worker.rpc.security import ServerSecurity, TokenCheck, server_security
 from llamagrid.worker.rpc.servicer import InferenceService
 from llamagrid.worker.settings import WorkerSettings
 
@@ -131,12 +137,27 @@ class CallObserver(_Interceptor):
 class WorkerServer:
     """A grpc.aio server around an engine, with health reporting."""
 
-    def __init__(self, settings: WorkerSettings, engine: Engine, alias: str) -> None:
+    def __init__(
+        self,
+        settings: WorkerSettings,
+        engine: Engine,
+        alias: str,
+        security: ServerSecurity | None = None,
+    ) -> None:
         self.settings = settings
         self.engine = engine
         counts = RequestCounts()
         self.calls = CallObserver(counts)
-        self.server = grpc.aio.server(options=server_options(), interceptors=[self.calls])
+        #: TLS, mTLS and the token (worker/rpc/security.py); by default from the settings.
+        self.security = security or server_security(settings, os.environ)
+        interceptors: list[_Interceptor] = [self.calls]
+        if self.security.token:  # inside CallObserver, which counts the refusals
+            interceptors.append(TokenCheck(self.security.token))
+        options = [
+            *server_options(),
+            ("grpc.max_concurrent_streams", settings.max_concurrent_streams),
+        ]
+        self.server = grpc.aio.server(options=options, interceptors=interceptors)
         self.health = HealthServicer()
         #: Health is reported for the whole server (""), the service and the model's alias.
         self.health_names = ("", SERVICE_NAME, alias)
@@ -153,7 +174,18 @@ class WorkerServer:
             ),
             self.server,
         )
-        self.port = self.server.add_insecure_port(f"{settings.host}:{settings.port}")
+        address = f"{settings.host}:{settings.port}"
+        credentials = self.security.credentials
+        if credentials is None:
+            self.port = self.server.add_insecure_port(address)
+        else:
+            self.port = self.server.add_secure_port(address, credentials)
+        #: --health-port: grpc.health.v1 alone, in plaintext (Kubernetes probes).
+        self.health_server: grpc.aio.Server | None = None
+        if settings.health_port:
+            self.health_server = grpc.aio.server(options=options)
+            health_pb2_grpc.add_HealthServicer_to_server(self.health, self.health_server)
+            self.health_server.add_insecure_port(f"{settings.host}:{settings.health_port}")
         self.name = self.calls.name = worker_name(settings, self.port)
         self.metrics = WorkerMetrics(
             engine.metrics_snapshot, {"name": self.name, "model": alias}, counts
@@ -173,40 +205,64 @@ class WorkerServer:
         """Listen (NOT_SERVING until the engine is ready)."""
         await self.set_serving(False)
         await self.server.start()
+        if self.health_server is not None:
+            await self.health_server.start()
         host, port = self.settings.host, self.settings.metrics_port
         if port:
             try:
                 self.metrics.serve(host, port)
             except OSError as exc:
-                await self.server.stop(grace=None)
+                await self.stop(grace=None)
                 message = f"llamagrid worker: cannot serve /metrics on {host}:{port}: {exc}"
                 raise SystemExit(message) from None
             log.info("metrics on http://%s:%d/metrics", host, port)
         if self.settings.port_file:
             Path(self.settings.port_file).write_text(str(self.port))
-        log.info("worker listening on %s:%d", self.settings.host, self.port)
+        log.info(
+            "worker listening on %s:%d (%s)",
+            self.settings.host,
+            self.port,
+            self.security.describe(),
+        )
+        if self.settings.health_port:
+            log.info(
+                "health only, plaintext, on %s:%d", self.settings.host, self.settings.health_port
+            )
 
     async def drain_and_stop(self) -> None:
         """NOT_SERVING, let in-flight requests finish within the grace period, then stop."""
         await self.set_serving(False)
         grace = self.settings.drain_grace_s
         await self.engine.drain(grace)
-        await self.server.stop(grace=1.0)
+        await self.stop(grace=1.0)
         self.metrics.close()
 
+    async def stop(self, grace: float | None) -> None:
+        """Stop the server, then the health-only one (probes read NOT_SERVING until then)."""
+        await self.server.stop(grace=grace)
+        if self.health_server is not None:
+            await self.health_server.stop(grace=None)
 
-def create_server(settings: WorkerSettings, engine: Engine, alias: str) -> WorkerServer:
+
+def create_server(
+    settings: WorkerSettings,
+    engine: Engine,
+    alias: str,
+    security: ServerSecurity | None = None,
+) -> WorkerServer:
     """The server for an engine; nothing listens until start()."""
-    return WorkerServer(settings, engine, alias)
+    return WorkerServer(settings, engine, alias, security)
 
 
 class EngineDied(RuntimeError):
     """The engine thread died while serving: the worker reported NOT_SERVING and stopped."""
 
 
-async def serve(settings: WorkerSettings, engine: LlamaEngine) -> None:
+async def serve(
+    settings: WorkerSettings, engine: LlamaEngine, security: ServerSecurity | None = None
+) -> None:
     """Run until SIGTERM/SIGINT: listen, load the model, report health, then drain."""
-    server = create_server(settings, engine, engine.source.alias)
+    server = create_server(settings, engine, engine.source.alias, security)
     await server.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -218,7 +274,7 @@ async def serve(settings: WorkerSettings, engine: LlamaEngine) -> None:
     await asyncio.wait({loading, stopping}, return_when=asyncio.FIRST_COMPLETED)
     if loading.done():
         if (error := loading.exception()) is not None:
-            await server.server.stop(grace=None)
+            await server.stop(grace=None)
             server.metrics.close()
             if not isinstance(error, OffloadError):
                 raise error
@@ -229,7 +285,7 @@ async def serve(settings: WorkerSettings, engine: LlamaEngine) -> None:
         await asyncio.wait({stopping, engine_ended}, return_when=asyncio.FIRST_COMPLETED)
         if engine.failure is not None:  # nothing can serve: say so, and let a supervisor restart
             await server.set_serving(False)
-            await server.server.stop(grace=1.0)
+            await server.stop(grace=1.0)
             server.metrics.close()
             raise EngineDied(f"the engine thread died: {engine.failure!r}") from engine.failure
     log.info("shutting down: draining for up to %.0f s", settings.drain_grace_s)

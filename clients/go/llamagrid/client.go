@@ -26,7 +26,8 @@ type Client struct {
 
 // Dial connects to the worker at target (such as "127.0.0.1:50051") and waits until the
 // connection is ready or ctx ends. DefaultDialOptions apply first, then opts, which may override
-// them (for example grpc.WithTransportCredentials for TLS). Close the client when done.
+// them: for TLS, grpc.WithTransportCredentials with credentials from TLSCredentials; for a
+// worker's token, WithToken. Close the client when done.
 func Dial(ctx context.Context, target string, opts ...grpc.DialOption) (*Client, error) {
 	conn, err := grpc.NewClient(target, append(DefaultDialOptions(), opts...)...)
 	if err != nil {

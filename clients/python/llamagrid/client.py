@@ -14,6 +14,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from llamagrid.grpc_options import channel_options
 from llamagrid.relay import RelayCall, RelayConnection
+from llamagrid.security import ChannelSecurity, PemSource, aio_channel
 from llamagrid.v1 import inference_pb2 as pb
 from llamagrid.v1 import inference_pb2_grpc as pb_grpc
 
@@ -82,11 +83,37 @@ class GenerateStream(AsyncIterator[pb.GenerateResponse]):
 class AsyncInferenceClient:
     """One channel to one llamagrid worker, with typed methods for each RPC."""
 
-    def __init__(self, target: str, options: Sequence[tuple[str, int]] | None = None) -> None:
-        """A channel to ``target`` (HOST:PORT) with ``options`` (default: channel_options())."""
+    def __init__(
+        self,
+        target: str,
+        options: Sequence[tuple[str, int]] | None = None,
+        *,
+        tls: bool | None = None,
+        root_ca: PemSource | None = None,
+        client_cert: PemSource | None = None,
+        client_key: PemSource | None = None,
+        server_name: str | None = None,
+        token: str | None = None,
+        security: ChannelSecurity | None = None,
+    ) -> None:
+        """A channel to ``target`` (HOST:PORT) with ``options`` (default: channel_options()).
+
+        TLS, mTLS and the token: see :mod:`llamagrid.security` (``security`` instead of the
+        separate arguments, e.g. to load files once for many clients). Plaintext by default.
+        """
         self.target = target
-        self._channel = grpc.aio.insecure_channel(
-            target, options=list(options) if options is not None else channel_options()
+        if security is None:
+            security = ChannelSecurity.create(
+                tls=tls,
+                root_ca=root_ca,
+                client_cert=client_cert,
+                client_key=client_key,
+                server_name=server_name,
+                token=token,
+            )
+        self.security = security
+        self._channel = aio_channel(
+            target, list(options) if options is not None else channel_options(), security
         )
         self._stub = pb_grpc.InferenceServiceStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
@@ -149,6 +176,11 @@ class AsyncInferenceClient:
                 yield response.status == health_pb2.HealthCheckResponse.SERVING
         finally:
             call.cancel()
+
+    @property
+    def channel(self) -> grpc.aio.Channel:
+        """The client's channel, TLS and token included: build other stubs on it."""
+        return self._channel
 
     async def close(self, grace: float | None = None) -> None:
         """Close the channel, cancelling calls still running after ``grace`` seconds."""

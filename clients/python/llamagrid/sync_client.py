@@ -14,6 +14,7 @@ from typing import Any
 import grpc
 
 from llamagrid.grpc_options import channel_options
+from llamagrid.security import ChannelSecurity, PemSource, sync_channel
 from llamagrid.v1 import inference_pb2 as pb
 from llamagrid.v1 import inference_pb2_grpc as pb_grpc
 
@@ -53,10 +54,36 @@ class GenerateCall(Iterator[pb.GenerateResponse]):
 class InferenceClient:
     """One blocking channel to one llamagrid worker, with typed methods for each RPC."""
 
-    def __init__(self, target: str) -> None:
+    def __init__(
+        self,
+        target: str,
+        *,
+        tls: bool | None = None,
+        root_ca: PemSource | None = None,
+        client_cert: PemSource | None = None,
+        client_key: PemSource | None = None,
+        server_name: str | None = None,
+        token: str | None = None,
+        security: ChannelSecurity | None = None,
+    ) -> None:
+        """A channel to ``target`` (HOST:PORT); TLS, mTLS and the token as in
+        :class:`llamagrid.client.AsyncInferenceClient` (plaintext by default)."""
         self.target = target
-        self._channel = grpc.insecure_channel(target, options=channel_options())
-        self._stub = pb_grpc.InferenceServiceStub(self._channel)
+        if security is None:
+            security = ChannelSecurity.create(
+                tls=tls,
+                root_ca=root_ca,
+                client_cert=client_cert,
+                client_key=client_key,
+                server_name=server_name,
+                token=token,
+            )
+        self.security = security
+        #: The channel with the token's interceptor (the plain one is watched and closed):
+        #: build other stubs on it.
+        self.channel: grpc.Channel
+        self._channel, self.channel = sync_channel(target, channel_options(), security)
+        self._stub = pb_grpc.InferenceServiceStub(self.channel)
 
     def wait_ready(self, timeout: float | None = None) -> None:
         """Block until the channel is connected (raises grpc.FutureTimeoutError)."""

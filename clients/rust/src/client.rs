@@ -7,16 +7,22 @@ use std::time::Duration;
 
 use futures_core::Stream;
 use tokio::time::{Instant, Sleep};
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::builder::{ClientBuilder, TokenInterceptor};
 use crate::v1::inference_service_client::InferenceServiceClient;
 use crate::v1::{GetLoadRequest, GetModelInfoRequest, ListModelsRequest};
 use crate::{
     DetokenizeRequest, DetokenizeResponse, EmbedRequest, EmbedResponse, Error, GenerateRequest,
-    GenerateResponse, GetLoadResponse, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, MAX_MESSAGE_BYTES,
-    ModelInfo, TokenizeRequest, TokenizeResponse,
+    GenerateResponse, GetLoadResponse, MAX_MESSAGE_BYTES, ModelInfo, TokenizeRequest,
+    TokenizeResponse,
 };
+
+/// The generated stub a [`Client`] calls through: its channel, with the client's token (if any)
+/// added to every call.
+pub type Stub = InferenceServiceClient<InterceptedService<Channel, TokenInterceptor>>;
 
 /// A client of one llamagrid worker.
 ///
@@ -25,15 +31,18 @@ use crate::{
 /// re-establishes on the next call after it breaks.
 #[derive(Debug, Clone)]
 pub struct Client {
-    stub: InferenceServiceClient<Channel>,
+    stub: Stub,
     timeout: Option<Duration>,
 }
 
 impl Client {
-    /// Connects to a worker at `addr`, either `host:port` or a URI such as `http://host:port`.
+    /// Connects to a worker at `addr`, either `host:port` or a URI such as `http://host:port`
+    /// (plaintext) or `https://host:port` (TLS, trusting the system's roots). For a CA of your
+    /// own, a client certificate or a token, use [`Client::builder`].
     ///
-    /// The channel pings every [`KEEPALIVE_INTERVAL`] (30 s), even without calls in flight, gives
-    /// up on the connection after [`KEEPALIVE_TIMEOUT`] (10 s) without an answer, and sends and
+    /// The channel pings every [`KEEPALIVE_INTERVAL`](crate::KEEPALIVE_INTERVAL) (30 s), even
+    /// without calls in flight, gives up on the connection after
+    /// [`KEEPALIVE_TIMEOUT`](crate::KEEPALIVE_TIMEOUT) (10 s) without an answer, and sends and
     /// accepts messages of up to [`MAX_MESSAGE_BYTES`] (64 MiB).
     pub async fn connect(addr: impl AsRef<str>) -> Result<Self, Error> {
         let channel = Self::endpoint(addr.as_ref())?.connect().await?;
@@ -45,20 +54,26 @@ impl Client {
         Ok(Self::from_channel(Self::endpoint(addr.as_ref())?.connect_lazy()))
     }
 
+    /// Settings for a connection with TLS, a client certificate (mTLS) or a token; finish with
+    /// [`ClientBuilder::connect`].
+    pub fn builder(addr: impl Into<String>) -> ClientBuilder {
+        ClientBuilder::new(addr)
+    }
+
     /// The endpoint [`Client::connect`] dials, with the keepalive settings applied, for callers
-    /// that want to adjust it (TLS, timeouts) and then use [`Client::from_channel`].
+    /// that want to adjust it (timeouts) and then use [`Client::from_channel`].
     pub fn endpoint(addr: &str) -> Result<Endpoint, Error> {
-        let uri = if addr.contains("://") { addr.to_owned() } else { format!("http://{addr}") };
-        Ok(Endpoint::from_shared(uri)?
-            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
-            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
-            .keep_alive_while_idle(true))
+        ClientBuilder::new(addr).endpoint()
     }
 
     /// A client over an existing channel, with the 64 MiB message limits.
     #[must_use]
     pub fn from_channel(channel: Channel) -> Self {
-        let stub = InferenceServiceClient::new(channel)
+        Self::with_interceptor(channel, TokenInterceptor::default())
+    }
+
+    pub(crate) fn with_interceptor(channel: Channel, interceptor: TokenInterceptor) -> Self {
+        let stub = InferenceServiceClient::with_interceptor(channel, interceptor)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
         Self { stub, timeout: None }
@@ -76,7 +91,8 @@ impl Client {
     }
 
     /// The generated tonic stub, for anything this wrapper does not cover (metadata, compression).
-    pub fn stub(&self) -> InferenceServiceClient<Channel> {
+    /// Its calls carry the client's token, if any.
+    pub fn stub(&self) -> Stub {
         self.stub.clone()
     }
 
@@ -133,7 +149,7 @@ impl Client {
     async fn unary<Req, Resp, Fut>(
         &self,
         message: Req,
-        call: impl FnOnce(InferenceServiceClient<Channel>, Request<Req>) -> Fut,
+        call: impl FnOnce(Stub, Request<Req>) -> Fut,
     ) -> Result<Resp, Error>
     where
         Fut: Future<Output = Result<Response<Resp>, Status>>,

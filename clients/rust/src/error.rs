@@ -35,8 +35,12 @@ pub enum Error {
     /// The call ended with a gRPC status: one sent by the worker, or one made by the client
     /// (DEADLINE_EXCEEDED when the call's timeout passed, UNAVAILABLE when the connection broke).
     Status(Box<StatusError>),
-    /// The channel could not be set up: a malformed address or a failed connection.
+    /// The channel could not be set up: a malformed address, a failed connection or TLS
+    /// handshake, or a certificate or key that is not valid PEM.
     Transport(tonic::transport::Error),
+    /// The client's own settings cannot be used: a PEM file that cannot be read, a malformed
+    /// token, TLS settings with an `http://` address. Nothing was sent.
+    Config(String),
 }
 
 /// A gRPC status with the details a llamagrid worker attaches to it.
@@ -58,11 +62,13 @@ pub struct StatusError {
 }
 
 impl Error {
-    /// The gRPC status code; UNAVAILABLE for a transport error.
+    /// The gRPC status code; UNAVAILABLE for a transport error, INVALID_ARGUMENT for settings
+    /// that cannot be used.
     pub fn code(&self) -> Code {
         match self {
             Error::Status(status) => status.code,
             Error::Transport(_) => Code::Unavailable,
+            Error::Config(_) => Code::InvalidArgument,
         }
     }
 
@@ -71,6 +77,7 @@ impl Error {
         match self {
             Error::Status(status) => status.message.clone(),
             Error::Transport(err) => with_causes(err),
+            Error::Config(message) => message.clone(),
         }
     }
 
@@ -93,7 +100,7 @@ impl Error {
     pub fn status(&self) -> Option<&StatusError> {
         match self {
             Error::Status(status) => Some(status),
-            Error::Transport(_) => None,
+            Error::Transport(_) | Error::Config(_) => None,
         }
     }
 }
@@ -102,9 +109,13 @@ impl From<Status> for Error {
     fn from(status: Status) -> Self {
         let details = status.get_error_details();
         let info = details.error_info();
+        let (code, message) = match connection_failure(&status) {
+            Some(cause) => (Code::Unavailable, with_causes(cause)),
+            None => (status.code(), status.message().to_owned()),
+        };
         Error::Status(Box::new(StatusError {
-            code: status.code(),
-            message: status.message().to_owned(),
+            code,
+            message,
             reason: info.map(|info| info.reason.clone()).filter(|r| !r.is_empty()),
             domain: info.map(|info| info.domain.clone()).filter(|d| !d.is_empty()),
             metadata: info.map(|info| info.metadata.clone()).unwrap_or_default(),
@@ -134,11 +145,29 @@ impl fmt::Display for Error {
         match self {
             Error::Status(status) => status.fmt(f),
             Error::Transport(err) => f.write_str(&with_causes(err)),
+            Error::Config(message) => f.write_str(message),
         }
     }
 }
 
 impl std::error::Error for StatusError {}
+
+/// The cause of a status that tonic made because the call's connection failed, such as a TLS
+/// handshake the worker refused (it closes the connection once it has checked the client's
+/// certificate) or a connection reset. tonic reports these as UNKNOWN "transport error", or as
+/// CANCELLED when hyper dropped the request with its connection; gRPC calls both UNAVAILABLE, as
+/// the other clients do.
+fn connection_failure(status: &Status) -> Option<&(dyn std::error::Error + 'static)> {
+    let source: &(dyn std::error::Error + 'static) = std::error::Error::source(status)?;
+    let causes = || std::iter::successors(Some(source), |err| err.source());
+    let failed = match status.code() {
+        Code::Unknown => causes().any(|err| err.is::<tonic::transport::Error>()),
+        Code::Cancelled => causes()
+            .any(|err| err.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_canceled)),
+        _ => false,
+    };
+    failed.then_some(source)
+}
 
 /// "transport error: tcp connect error: Connection refused": tonic's own message says little.
 fn with_causes(err: &dyn std::error::Error) -> String {
@@ -157,7 +186,7 @@ fn with_causes(err: &dyn std::error::Error) -> String {
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            Error::Status(_) => None,
+            Error::Status(_) | Error::Config(_) => None,
             Error::Transport(err) => Some(err),
         }
     }

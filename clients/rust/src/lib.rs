@@ -24,12 +24,14 @@
 //! in [`v1`]; the most used ones are re-exported at the crate root.
 #![warn(missing_docs)]
 
+mod builder;
 mod client;
 mod error;
 
 use std::time::Duration;
 
-pub use client::{Client, GenerateStream};
+pub use builder::{ClientBuilder, MAX_TOKEN_CHARS, TokenInterceptor};
+pub use client::{Client, GenerateStream, Stub};
 pub use error::{ERROR_DOMAIN, Error, StatusError, reason};
 pub use tonic::Code;
 pub use v1::generate_response::Event;

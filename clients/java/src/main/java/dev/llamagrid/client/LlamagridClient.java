@@ -17,8 +17,10 @@ import dev.llamagrid.v1.ListModelsRequest;
 import dev.llamagrid.v1.ListModelsResponse;
 import dev.llamagrid.v1.TokenizeRequest;
 import dev.llamagrid.v1.TokenizeResponse;
+import io.grpc.ChannelCredentials;
 import io.grpc.ConnectivityState;
 import io.grpc.Context;
+import io.grpc.Grpc;
 import io.grpc.ManagedChannel;
 import io.grpc.ManagedChannelBuilder;
 import io.grpc.protobuf.StatusProto;
@@ -41,6 +43,9 @@ import java.util.concurrent.TimeUnit;
  *       pings no closer than 10 s apart);
  *   <li>reconnection attempts at most 5 s apart while the worker is unreachable.
  * </ul>
+ *
+ * <p>{@link #connect(String, ChannelCredentials)} does the same over TLS, with a client
+ * certificate (mTLS) or a token as {@link WorkerCredentials} describe.
  *
  * <p>Calls have no deadline unless one is set with {@link #withTimeout(Duration)}. Failures are
  * thrown as {@link io.grpc.StatusRuntimeException}; {@link #errorReason(Throwable)} reads the
@@ -82,7 +87,21 @@ public final class LlamagridClient implements AutoCloseable {
 
   /** Connects to a worker at {@code target} ("host:port" or any gRPC target URI), in plaintext. */
   public static LlamagridClient connect(String target) {
-    ManagedChannel channel = channelBuilder(target).build();
+    return open(channelBuilder(target).build());
+  }
+
+  /**
+   * Connects to a worker at {@code target} with these credentials, typically TLS from {@link
+   * WorkerCredentials#tls()}, with the same defaults as {@link #connect(String)}.
+   *
+   * @throws IllegalArgumentException if the credentials cannot be used (such as a certificate or
+   *     key that is not valid PEM)
+   */
+  public static LlamagridClient connect(String target, ChannelCredentials credentials) {
+    return open(channelBuilder(target, credentials).build());
+  }
+
+  private static LlamagridClient open(ManagedChannel channel) {
     ScheduledExecutorService timer =
         Executors.newSingleThreadScheduledExecutor(
             r -> {
@@ -100,8 +119,22 @@ public final class LlamagridClient implements AutoCloseable {
    * the 5 s reconnect cap only comes with {@link #connect(String)}.
    */
   public static ManagedChannelBuilder<?> channelBuilder(String target) {
-    return ManagedChannelBuilder.forTarget(target)
-        .usePlaintext()
+    return withDefaults(ManagedChannelBuilder.forTarget(target).usePlaintext());
+  }
+
+  /**
+   * A channel builder with these credentials (see {@link WorkerCredentials}) and the llamagrid
+   * defaults of {@link #channelBuilder(String)}.
+   *
+   * @throws IllegalArgumentException if the credentials cannot be used
+   */
+  public static ManagedChannelBuilder<?> channelBuilder(
+      String target, ChannelCredentials credentials) {
+    return withDefaults(Grpc.newChannelBuilder(target, credentials));
+  }
+
+  private static ManagedChannelBuilder<?> withDefaults(ManagedChannelBuilder<?> builder) {
+    return builder
         .maxInboundMessageSize(MAX_MESSAGE_BYTES)
         .keepAliveTime(KEEPALIVE_TIME.toMillis(), TimeUnit.MILLISECONDS)
         .keepAliveTimeout(KEEPALIVE_TIMEOUT.toMillis(), TimeUnit.MILLISECONDS)
