@@ -11,6 +11,7 @@ from llamagrid.worker.engine.errors import EngineError, Reason
 from llamagrid.worker.engine.events import Chunk, Final
 from llamagrid.worker.engine.llama_engine import LlamaEngine
 from llamagrid.worker.engine.requests import GenerationSpec, Message, Sampling
+from llamagrid.worker.engine.slot import Job, Slot
 from llamagrid.worker.model_source import resolve
 from llamagrid.worker.settings import WorkerSettings
 
@@ -48,14 +49,15 @@ async def test_an_unexpected_error_at_admission_fails_only_that_request(
     engine: LlamaEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     before = await run(engine, "Say hi.")
-    real = scheduler_module.Scheduler.prompt_tokens
+    real = scheduler_module.Scheduler._make_slot
 
-    def buggy(self: scheduler_module.Scheduler, req: GenerationSpec) -> list[int]:
+    def buggy(self: scheduler_module.Scheduler, job: Job) -> Slot:
+        req = job.request
         if req.messages and req.messages[0].content == POISON:
             raise ZeroDivisionError("a bug")
-        return real(self, req)
+        return real(self, job)
 
-    monkeypatch.setattr(scheduler_module.Scheduler, "prompt_tokens", buggy)
+    monkeypatch.setattr(scheduler_module.Scheduler, "_make_slot", buggy)
     with pytest.raises(EngineError) as caught:
         await run(engine, POISON)
     assert caught.value.reason is Reason.INTERNAL and "a bug" in caught.value.message

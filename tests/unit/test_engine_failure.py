@@ -47,9 +47,17 @@ class BrokenEmbedder:
         raise RuntimeError("a bug outside the decode step")
 
 
+class FakePrompts:
+    """Tokenizes every prompt as one token (the engine tokenizes before queueing)."""
+
+    def prompt_tokens(self, spec: GenerationSpec) -> list[int]:
+        return [1]
+
+
 class FakeRuntime:
     def __init__(self, settings: WorkerSettings, source: ModelSource) -> None:
         self.scheduler = FakeScheduler()
+        self.prompts = FakePrompts()
         self.embedder = BrokenEmbedder()
         self.placement = Placement(
             backend="cpu",

@@ -110,10 +110,18 @@ async def test_the_servicer_sends_one_message_per_batch_and_admission_as_metadat
     assert list(responses[1].chunk.token_ids) == [2, 3]
 
 
+class OneTokenPrompts:
+    """Tokenizes every prompt as one token (on the engine's tokenizer threads)."""
+
+    def prompt_tokens(self, spec: GenerationSpec) -> list[int]:
+        return [1]
+
+
 def engine() -> LlamaEngine:
     """A LlamaEngine that looks loaded but runs no thread: the test plays the engine thread."""
     llama = LlamaEngine(WorkerSettings(), ModelSource(Path("m.gguf"), "m"))
     llama._desc = DESCRIPTION
+    llama._prompts = OneTokenPrompts()  # type: ignore[assignment]
     return llama
 
 

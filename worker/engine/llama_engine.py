@@ -2,7 +2,9 @@
 
 gRPC handlers run on the asyncio loop and never call llama.cpp. They submit work through a
 thread-safe inbox; the engine thread runs scheduler steps and answers through EventChannels
-(generation) or futures (embed, tokenize, detokenize).
+(generation) or futures (embed, load). Templates and tokenization (prompts, embedding inputs,
+Tokenize, Detokenize) run on a small pool of tokenizer threads before any work reaches the
+engine thread, which only decodes (engine/prompts.py).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import logging
 import queue
 import threading
 from collections.abc import AsyncIterator, Callable
-from typing import Any, Protocol, TypeVar
+from typing import Any, ParamSpec, Protocol, TypeVar
 
 from llamagrid.worker.engine.channel import EventChannel, WakeGate
 from llamagrid.worker.engine.counters import EngineSnapshot
@@ -21,6 +23,7 @@ from llamagrid.worker.engine.embedder import EmbedJob
 from llamagrid.worker.engine.errors import EngineError, Reason, internal, not_ready
 from llamagrid.worker.engine.events import Event, Final
 from llamagrid.worker.engine.limits import RequestLimits
+from llamagrid.worker.engine.prompts import PromptTokenizer, check_fits
 from llamagrid.worker.engine.reports import EmbedResult, Load, ModelDescription, TokenPiece
 from llamagrid.worker.engine.requests import GenerationSpec
 from llamagrid.worker.engine.runtime import Runtime
@@ -38,6 +41,11 @@ from llamagrid.worker.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+P = ParamSpec("P")
+#: Threads that render templates and tokenize. Tokenizing the largest allowed prompt takes
+#: seconds: two threads keep one such request from holding up every other prompt, and leave
+#: the cores to decoding.
+TOKENIZE_THREADS = 2
 
 
 class Engine(Protocol):
@@ -96,6 +104,11 @@ class LlamaEngine:
         self._queued = 0
         self._running = 0
         self._limits = RequestLimits.from_settings(settings)
+        #: Set once loaded: templates and tokenization, called on the tokenizer threads.
+        self._prompts: PromptTokenizer | None = None
+        self._tokenizer_pool = concurrent.futures.ThreadPoolExecutor(
+            TOKENIZE_THREADS, thread_name_prefix="llama-tokenize"
+        )
         #: Embedding inputs accepted and not yet answered (on the event loop only).
         self._embed_queued = 0
         #: Why the engine thread died while serving, if it did.
@@ -175,6 +188,7 @@ class LlamaEngine:
             await asyncio.sleep(0.05)
         self._inbox.put(("stop",))
         await asyncio.to_thread(self._thread.join, 30)
+        self._tokenizer_pool.shutdown(wait=False, cancel_futures=True)
 
     # Work.
     async def generate(self, request: GenerationSpec) -> AsyncIterator[list[Event]]:
@@ -182,7 +196,7 @@ class LlamaEngine:
         self._check_accepting()
         desc = self.description()
         check_generation(request, desc.vocab_size, self._limits, desc.context_per_slot)
-        job = Job(request, EventChannel(asyncio.get_running_loop(), self._gate))
+        prompts = self._tokenizer()
         with self._lock:
             free = self.settings.parallel - self._running
             if self._queued >= self.settings.max_queue + max(free, 0):
@@ -192,7 +206,16 @@ class LlamaEngine:
                     f"({self.settings.max_queue} waiting)",
                     retry_after_s=1.0,
                 )
-            self._queued += 1
+            self._queued += 1  # a queue place, held while the prompt is tokenized
+        try:
+            prompt = await self._off_thread(prompts.prompt_tokens, request)
+            check_fits(request, len(prompt), desc.context_per_slot)
+            self._check_accepting()
+        except BaseException:  # refused, failed or cancelled while tokenizing
+            with self._lock:
+                self._queued -= 1
+            raise
+        job = Job(request, EventChannel(asyncio.get_running_loop(), self._gate), prompt=prompt)
         self._inbox.put(("job", job))
         done = False
         try:
@@ -230,8 +253,9 @@ class LlamaEngine:
             self._embed_queued -= len(inputs)
 
     async def _embed(self, inputs: list[str | list[int]], normalize: bool) -> EmbedResult:
+        tokens = await self._off_thread(self._tokenizer().embed_tokens, inputs)
+
         def run(rt: Runtime) -> EmbedJob:
-            tokens = [rt.model.tokenize(i, True, True) if isinstance(i, str) else i for i in inputs]
             job = rt.embedder.submit(tokens, normalize)
             rt.counters.on_embed([len(t) for t in tokens])
             return job
@@ -266,28 +290,36 @@ class LlamaEngine:
         """Token ids of text, with their bytes."""
         self._check_accepting()
         check_text_size([text], self._limits, "text")
-
-        def run(rt: Runtime) -> list[TokenPiece]:
-            ids = rt.model.tokenize(text, add_special, parse_special)
-            return [TokenPiece(t, rt.model.piece(t, special=True)) for t in ids]
-
-        return await self._call(run)
+        return await self._off_thread(self._tokenizer().pieces, text, add_special, parse_special)
 
     async def detokenize(self, tokens: list[int], render_special: bool) -> str:
         """Text of token ids."""
         self._check_accepting()
         check_token_count(len(tokens), self._limits, "token_ids")
         check_token_ids(tokens, self.description().vocab_size, "token_ids")
-
-        def run(rt: Runtime) -> str:
-            return rt.model.detokenize(tokens, render_special)
-
-        return await self._call(run)
+        return await self._off_thread(self._tokenizer().detokenize, tokens, render_special)
 
     def _check_accepting(self) -> None:
         if self._stopping:
             raise not_ready("the worker is shutting down")
         self.description()
+
+    def _tokenizer(self) -> PromptTokenizer:
+        self._check_accepting()
+        if self._prompts is None:
+            raise not_ready("the model is still loading")
+        return self._prompts
+
+    async def _off_thread(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run fn on a tokenizer thread. A caller that goes away before it starts cancels it;
+        once started it finishes there (the size limits bound it) and its result is dropped."""
+        try:
+            return await asyncio.wrap_future(self._tokenizer_pool.submit(fn, *args, **kwargs))
+        except EngineError:
+            raise
+        except Exception as exc:  # a bug this request hit: it fails alone
+            log.exception("tokenizing a request failed")
+            raise internal(f"the request could not be tokenized: {exc}") from exc
 
     async def _call(self, fn: Callable[[Runtime], T]) -> T:
         self._check_accepting()
@@ -306,6 +338,7 @@ class LlamaEngine:
             self._loaded.set()
             return
         self._placement = runtime.placement
+        self._prompts = runtime.prompts
         self._desc = runtime.describe()
         self._loaded.set()
         log.info("model %s ready (%s)", self._desc.alias, self.source.path)

@@ -1,6 +1,7 @@
 """What the engine thread builds once the model is loaded: model, contexts, scheduler, embedder.
 
-Created and used on the engine thread only (LlamaEngine in llama_engine.py owns that thread).
+Created and used on the engine thread only (LlamaEngine in llama_engine.py owns that thread),
+except ``prompts``, which the tokenizer threads call (engine/prompts.py).
 Loading checks GPU offload, sizes the generation and embedding contexts from the settings, and
 warms both up so that the first request pays nothing extra.
 """
@@ -14,6 +15,7 @@ from llamagrid.worker.engine.chat_template import ChatTemplate, load_template_so
 from llamagrid.worker.engine.counters import EngineCounters
 from llamagrid.worker.engine.embedder import Embedder
 from llamagrid.worker.engine.limits import RequestLimits
+from llamagrid.worker.engine.prompts import PromptTokenizer, SpecialToken, SpecialTokens
 from llamagrid.worker.engine.reports import ModelDescription
 from llamagrid.worker.engine.scheduler import Scheduler
 from llamagrid.worker.model_source import ModelSource
@@ -85,11 +87,20 @@ class Runtime:
         template_src = load_template_source(s.chat_template) or self.model.chat_template()
         self.template = ChatTemplate(template_src, self.model.bos_text, self.model.eos_text)
         self.template.check()
+        specials = SpecialTokens([SpecialToken(*row) for row in self.model.special_tokens()])
+        #: Renders and tokenizes prompts on tokenizer threads (LlamaEngine's pool).
+        self.prompts = PromptTokenizer(
+            self.model,
+            self.template,
+            specials,
+            special_in_content=s.special_tokens_in_content,
+            special_in_prompt=s.special_tokens_in_prompt,
+        )
         self.counters = EngineCounters()
         self.scheduler = Scheduler(
             self.model,
             self.ctx,
-            self.template,
+            self.prompts,
             s.queue_timeout_s,
             self.counters,
             limits=RequestLimits.from_settings(s),
@@ -133,5 +144,6 @@ class Runtime:
     def close(self) -> None:
         self.scheduler.close()
         self.embedder.close()
+        self.prompts.close()  # waits for tokenizer threads still reading the vocabulary
         self.ctx.close()
         self.model.close()

@@ -21,7 +21,6 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from llamagrid.worker.engine.chat_template import ChatTemplate
 from llamagrid.worker.engine.constraints import (
     GrammarCompiler,
     compile_constraint,
@@ -32,7 +31,6 @@ from llamagrid.worker.engine.counters import EngineCounters
 from llamagrid.worker.engine.errors import (
     EngineError,
     Reason,
-    context_exceeded,
     internal,
     invalid,
     not_ready,
@@ -40,6 +38,7 @@ from llamagrid.worker.engine.errors import (
 from llamagrid.worker.engine.events import Admitted, Final
 from llamagrid.worker.engine.limits import DEFAULT_LIMITS, RequestLimits
 from llamagrid.worker.engine.prefix_cache import PrefixCache, Reuse
+from llamagrid.worker.engine.prompts import PromptTokenizer, check_fits
 from llamagrid.worker.engine.requests import GenerationSpec, Message, Sampling
 from llamagrid.worker.engine.sampling import resolve
 from llamagrid.worker.engine.slot import Job, Slot
@@ -66,14 +65,15 @@ class Scheduler:
         self,
         model: Model,
         ctx: Context,
-        template: ChatTemplate,
+        prompts: PromptTokenizer,
         queue_timeout_s: float = 0.0,
         counters: EngineCounters | None = None,
         limits: RequestLimits = DEFAULT_LIMITS,
     ) -> None:
         self.model = model
         self.ctx = ctx
-        self.template = template
+        #: Used here only to warm up: jobs arrive with their prompt tokenized.
+        self.prompts = prompts
         self.queue_timeout_s = queue_timeout_s
         #: Tokens one request may hold (prompt plus completion): the context split by the slots.
         self.seq_ctx = ctx.n_ctx // ctx.n_seq_max
@@ -117,7 +117,8 @@ class Scheduler:
         A short chat is rendered, prefilled into sequence 0, one token is sampled and decoded,
         then the sequence is forgotten: no slot, cached prefix or counter changes.
         """
-        prompt = self.prompt_tokens(GenerationSpec(messages=(Message("user", "Hello"),)))
+        hello = GenerationSpec(messages=(Message("user", "Hello"),))
+        prompt = self.prompts.prompt_tokens(hello)
         prompt = prompt[: min(self.ctx.n_batch, self.seq_ctx - 1)]  # one batch, room for a token
         sampler = Sampler(self.model, resolve(Sampling(), self.seq_ctx))
         try:
@@ -298,16 +299,12 @@ class Scheduler:
     def _make_slot(self, job: Job) -> Slot:
         req = job.request
         s = req.sampling
-        prompt = self.prompt_tokens(req)
+        prompt = job.prompt
+        if not prompt:
+            raise invalid("the prompt is empty", "prompt")
+        # Checked before queueing too (LlamaEngine.generate); the context cannot change since.
+        check_fits(req, len(prompt), self.seq_ctx)
         room = self.seq_ctx - len(prompt)
-        if room <= 0 or (s.max_tokens is not None and s.max_tokens > room):
-            asked = len(prompt) + (s.max_tokens or 1)
-            raise context_exceeded(
-                f"this model's context is {self.seq_ctx} tokens per request, but the "
-                f"request needs {asked} ({len(prompt)} in the prompt, "
-                f"{s.max_tokens or 1} to generate)",
-                "messages" if req.messages is not None else "prompt",
-            )
         config = resolve(s, self.seq_ctx)
         sampler = Sampler(self.model, config, self._take_grammar(job))
         reuse = self._place(prompt)
@@ -331,21 +328,6 @@ class Scheduler:
         assert isinstance(grammar, CompiledGrammar)
         return grammar
 
-    def prompt_tokens(self, req: GenerationSpec) -> list[int]:
-        """The prompt of a validated request as token ids (messages go through the template)."""
-        if req.tokens is not None:
-            tokens = list(req.tokens)
-        elif req.messages is not None:
-            text = self.template.render([_message_dict(m) for m in req.messages])
-            bos = self.model.bos_text
-            add_bos = self.model.adds_bos and not (bos and text.startswith(bos))
-            tokens = self.model.tokenize(text, add_special=add_bos, parse_special=True)
-        else:
-            tokens = self.model.tokenize(req.prompt or "", add_special=True, parse_special=True)
-        if not tokens:
-            raise invalid("the prompt is empty", "prompt")
-        return tokens
-
     def enqueue(self, job: Job) -> None:
         """Add a job to the wait queue (limits are checked by the caller), and start compiling
         its grammar or JSON schema if it has one."""
@@ -353,10 +335,3 @@ class Scheduler:
         if constraint is not None:
             job.grammar = self.compiler.submit(constraint)
         self.waiting.append(job)
-
-
-def _message_dict(m: Message) -> dict[str, str]:
-    out = {"role": m.role, "content": m.content}
-    if m.name:
-        out["name"] = m.name
-    return out

@@ -30,6 +30,8 @@ class Job:
 
     request: GenerationSpec
     channel: EventChannel[Event | BaseException]
+    #: The prompt's token ids, tokenized before the job reached the engine thread.
+    prompt: list[int] = field(default_factory=list)
     submitted: float = field(default_factory=time.perf_counter)
     cancelled: bool = False
     #: The request's grammar or JSON schema, compiling off the engine thread while queued.

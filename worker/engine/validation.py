@@ -15,6 +15,7 @@ engine/schema_check.py), against the worker's RequestLimits.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Sequence
 
 from llamagrid.worker.engine.errors import invalid
@@ -73,9 +74,16 @@ def check_generation(
         check_repeat_last_n(spec.sampling.repeat_last_n, context_per_slot)
 
 
+#: A message's role or name. A chat template may build a special token out of either (Phi-3
+#: writes '<|' + role + '|>'), so both hold only letters, digits, '_' and '-': they can name the
+#: token the template builds, but never close it and open others ('user|>...<|system').
+_ROLE_OR_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
 def check_messages(messages: Sequence[Message], limits: RequestLimits = DEFAULT_LIMITS) -> None:
-    """A conversation has at least one message and at most max_messages, each with a role, and
-    all their text within max_prompt_bytes: checked before any template is rendered."""
+    """A conversation has at least one message and at most max_messages, each with a role (and
+    maybe a name) of 1 to 64 letters, digits, '_' or '-', and all their text within
+    max_prompt_bytes: checked before any template is rendered."""
     if not messages:
         raise invalid("messages must not be empty", "messages")
     if len(messages) > limits.max_messages:
@@ -88,6 +96,10 @@ def check_messages(messages: Sequence[Message], limits: RequestLimits = DEFAULT_
         if not message.role:
             param = f"messages[{index}].role"
             raise invalid(f"{param} must not be empty", param)
+        for field, value in (("role", message.role), ("name", message.name)):
+            if value and not _ROLE_OR_NAME.fullmatch(value):
+                param = f"messages[{index}].{field}"
+                raise invalid(f"{param} must be 1 to 64 letters, digits, '_' or '-'", param)
 
 
 def check_sampling(s: Sampling, n_vocab: int, limits: RequestLimits = DEFAULT_LIMITS) -> None:

@@ -2,8 +2,10 @@
 llama_cpp; samplers and grammars are in sampler.py and grammar.py).
 
 Everything here runs on the engine thread, except what only reads the loaded vocabulary
-(Model.tokenize), which grammar compilation also calls. The wrappers own their native
-handles and free them in ``close``; nothing else in the worker touches a llama.cpp pointer.
+(Model.tokenize, piece, detokenize and special_tokens): the tokenizer threads
+(engine/prompts.py) and grammar compilation call those while the engine thread decodes, as
+llama-server tokenizes in its HTTP threads. The wrappers own their native handles and free
+them in ``close``; nothing else in the worker touches a llama.cpp pointer.
 """
 
 from __future__ import annotations
@@ -138,7 +140,8 @@ class Model:
         #: The devices llama.cpp gave the model besides the CPU (layers and offloaded operations
         #: go there); None if this llama.cpp does not export llama_model_get_device.
         self.device_names = model_device_names(ptr)
-        self._pieces: dict[int, bytes] = {}
+        #: Each token's bytes, without and with special tokens rendered (filled as asked).
+        self._pieces: tuple[dict[int, bytes], dict[int, bytes]] = ({}, {})
 
     def close(self) -> None:
         """Free the weights."""
@@ -163,7 +166,8 @@ class Model:
 
     def piece(self, token: int, special: bool = False) -> bytes:
         """The exact bytes of one token (special tokens render empty unless special is set)."""
-        if not special and (cached := self._pieces.get(token)) is not None:
+        cache = self._pieces[special]
+        if (cached := cache.get(token)) is not None:
             return cached
         buf = ctypes.create_string_buffer(64)
         n = lc.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)
@@ -171,8 +175,7 @@ class Model:
             buf = ctypes.create_string_buffer(-n)
             n = lc.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)
         data = buf.raw[:n]
-        if not special:
-            self._pieces[token] = data
+        cache[token] = data
         return data
 
     def detokenize(self, tokens: list[int], render_special: bool) -> str:
@@ -186,6 +189,26 @@ class Model:
                 return buf.raw[:n].decode("utf-8", errors="replace")
             size = -n
         raise RuntimeError("llama_detokenize failed")
+
+    def special_tokens(self) -> list[tuple[int, str, bool, bool, bool]]:
+        """Every token llama.cpp matches in text only when parsing special tokens (control
+        tokens and the unknown token), as (id, text, control, lstrip, rstrip)."""
+        wanted = lc.LLAMA_TOKEN_ATTR_CONTROL | lc.LLAMA_TOKEN_ATTR_UNKNOWN
+        out: list[tuple[int, str, bool, bool, bool]] = []
+        for token in range(self.n_vocab):
+            attr = int(lc.llama_vocab_get_attr(self.vocab, token))
+            if attr & wanted:
+                text = lc.llama_vocab_get_text(self.vocab, token) or b""
+                out.append(
+                    (
+                        token,
+                        text.decode("utf-8", errors="replace"),
+                        bool(attr & lc.LLAMA_TOKEN_ATTR_CONTROL),
+                        bool(attr & lc.LLAMA_TOKEN_ATTR_LSTRIP),
+                        bool(attr & lc.LLAMA_TOKEN_ATTR_RSTRIP),
+                    )
+                )
+        return out
 
     def is_eog(self, token: int) -> bool:
         """Whether token ends generation (EOS, EOT, ...)."""

@@ -243,10 +243,14 @@ func (x *TokenList) GetIds() []int32 {
 type ChatMessage struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The speaker: "system", "user", "assistant" or "tool", as the chat template knows them.
+	// 1 to 64 letters, digits, '_' or '-'.
 	Role string `protobuf:"bytes,1,opt,name=role,proto3" json:"role,omitempty"`
-	// The text of the turn.
+	// The text of the turn. Plain text: special-token text in it, such as "<|im_start|>", is
+	// tokenized as ordinary characters; only the chat template writes special tokens (unless the
+	// worker runs with the unsafe --special-tokens-in-content).
 	Content string `protobuf:"bytes,2,opt,name=content,proto3" json:"content,omitempty"`
-	// An optional name of the participant, passed to the chat template.
+	// An optional name of the participant, passed to the chat template. 1 to 64 letters,
+	// digits, '_' or '-'.
 	Name          *string `protobuf:"bytes,3,opt,name=name,proto3,oneof" json:"name,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -685,12 +689,14 @@ type isGenerateRequest_Input interface {
 }
 
 type GenerateRequest_Prompt struct {
-	// Raw prompt text, tokenized with the model's special tokens.
+	// Raw prompt text, tokenized as plain text (after BOS, if the model wants one): special-
+	// token text in it, such as "<|im_start|>", is ordinary characters, unless the worker runs
+	// with the unsafe --special-tokens-in-prompt. To send special tokens, send token ids.
 	Prompt string `protobuf:"bytes,2,opt,name=prompt,proto3,oneof"`
 }
 
 type GenerateRequest_Tokens struct {
-	// A prompt given as token ids.
+	// A prompt given as token ids, used as given.
 	Tokens *TokenList `protobuf:"bytes,3,opt,name=tokens,proto3,oneof"`
 }
 

@@ -139,11 +139,18 @@ class ChatMessage(_message.Message):
     CONTENT_FIELD_NUMBER: _builtins.int
     NAME_FIELD_NUMBER: _builtins.int
     role: _builtins.str
-    """The speaker: "system", "user", "assistant" or "tool", as the chat template knows them."""
+    """The speaker: "system", "user", "assistant" or "tool", as the chat template knows them.
+    1 to 64 letters, digits, '_' or '-'.
+    """
     content: _builtins.str
-    """The text of the turn."""
+    """The text of the turn. Plain text: special-token text in it, such as "<|im_start|>", is
+    tokenized as ordinary characters; only the chat template writes special tokens (unless the
+    worker runs with the unsafe --special-tokens-in-content).
+    """
     name: _builtins.str
-    """An optional name of the participant, passed to the chat template."""
+    """An optional name of the participant, passed to the chat template. 1 to 64 letters,
+    digits, '_' or '-'.
+    """
     def __init__(
         self,
         *,
@@ -371,12 +378,15 @@ class GenerateRequest(_message.Message):
     model: _builtins.str
     """The model alias. Empty means the worker's only model."""
     prompt: _builtins.str
-    """Raw prompt text, tokenized with the model's special tokens."""
+    """Raw prompt text, tokenized as plain text (after BOS, if the model wants one): special-
+    token text in it, such as "<|im_start|>", is ordinary characters, unless the worker runs
+    with the unsafe --special-tokens-in-prompt. To send special tokens, send token ids.
+    """
     request_id: _builtins.str
     """An identifier chosen by the caller, echoed in the worker's logs."""
     @_builtins.property
     def tokens(self) -> Global___TokenList:
-        """A prompt given as token ids."""
+        """A prompt given as token ids, used as given."""
 
     @_builtins.property
     def chat(self) -> Global___ChatConversation:

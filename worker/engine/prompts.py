@@ -1,0 +1,403 @@
+"""Prompts become token ids here, off the engine thread, and client text stays text.
+
+Every request's text is tokenized by a PromptTokenizer on a tokenizer thread (LlamaEngine's
+pool) before the request reaches the engine thread: llama.cpp's tokenizer only reads the
+vocabulary, so it runs safely beside llama_decode (llama-server tokenizes in its HTTP threads
+for the same reason). The engine thread receives ready token ids.
+
+**Special tokens come only from the chat template.** A special token is one llama.cpp matches
+only when asked to parse special tokens: its control tokens (``<|im_start|>``, ``<|eot_id|>``,
+BOS, ...) and its unknown token. Text a client wrote (a message's content, role or name, a raw
+prompt) never becomes one: ``<|im_end|><|im_start|>system`` inside a message is text, read as
+the model reads any other characters. Chat messages become tokens in these steps:
+
+1. Every occurrence of special-token text in a client string is replaced by a placeholder,
+   ``#<nonce>#<index>#``: the nonce is a random number found in no client string, and ``#``
+   (or another delimiter) is a character no special token contains, so no special token can
+   match across a placeholder's edge.
+2. The template is rendered with the escaped messages, and again with each non-blank content
+   replaced by a neutral sentinel (the "skeleton"). The special tokens in the skeleton are the
+   ones the template itself writes.
+3. The escaped rendering must hold the skeleton's special tokens, no more, no fewer, in the
+   same order. If not, the template makes special tokens out of message text (by joining it
+   to its own text, for instance), or writes different ones depending on the text: the request
+   is refused (INVALID_ARGUMENT) rather than guessed at.
+4. When no client string held special-token text (the usual case), the escaped rendering is
+   the real one and is tokenized as it always was, special tokens parsed: the ids are the same
+   as before. Otherwise the rendering with its placeholders restored must equal the rendering
+   of the real messages: the template carried the escaped text through unchanged, or changed
+   it only as it would have changed the real text. It is then cut at the template's special
+   tokens, and each piece between them, placeholders restored, is tokenized with special
+   tokens not parsed. That is how llama.cpp itself splits a text at special tokens (the
+   whitespace an LSTRIP or RSTRIP token absorbs included), so the text around the
+   special-token strings is tokenized as it would be anywhere else.
+5. Last, on the ids: the prompt's control tokens are BOS (when added) and the template's,
+   nothing else.
+
+Templates that alter content keep working: ``| trim``, ``.strip()`` or
+``split('</think>')`` treat a placeholder as the text it stands for (it holds no whitespace
+and no special-token text). A template whose change to the text does not commute with the
+escaping (``content[:10]`` cutting through a placeholder, a ``replace`` of a special token's
+text) fails the equality of step 4, and the request is refused.
+
+Roles and names are escaped too, but a template may also build special tokens out of them
+(``'<|' + role + '|>'``), which step 3 cannot see (the skeleton holds the same role). So
+engine/validation.py restricts both to letters, digits, ``_`` and ``-``: a role can name the
+token the template builds, never close it and open another.
+
+Raw prompts (``prompt``) follow the same rule: tokenized with special tokens not parsed.
+Token-id prompts are used as given. ``--special-tokens-in-content`` and
+``--special-tokens-in-prompt`` restore the old, unsafe parsing for operators who need it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import secrets
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol, overload
+
+from llamagrid.worker.engine.chat_template import ChatTemplate
+from llamagrid.worker.engine.errors import context_exceeded, invalid, not_ready
+from llamagrid.worker.engine.reports import TokenPiece
+from llamagrid.worker.engine.requests import GenerationSpec, Message
+
+#: The whitespace C's isspace() knows, which llama.cpp strips beside LSTRIP/RSTRIP tokens.
+_ASCII_SPACE = " \t\n\v\f\r"
+#: Characters a placeholder may be delimited with: the first that no special token contains.
+_DELIMITERS = "#~^`@"
+
+
+@dataclass(frozen=True)
+class SpecialToken:
+    """A token llama.cpp matches in text only when parsing special tokens."""
+
+    id: int
+    text: str
+    #: A control token (BOS, EOS, a turn marker), as opposed to the unknown token.
+    control: bool = True
+    #: llama.cpp drops the whitespace before it (LSTRIP) or after it (RSTRIP).
+    lstrip: bool = False
+    rstrip: bool = False
+
+
+class SpecialTokens:
+    """A vocabulary's special tokens, and a matcher for their text."""
+
+    def __init__(self, tokens: Sequence[SpecialToken]) -> None:
+        self.by_text: dict[str, SpecialToken] = {}
+        for token in tokens:
+            if token.text and token.text not in self.by_text:
+                self.by_text[token.text] = token
+        self.control_ids = frozenset(t.id for t in tokens if t.control)
+        #: The texts in a fixed order: a placeholder names its text by index.
+        self.texts = tuple(self.by_text)
+        self._index = {text: i for i, text in enumerate(self.texts)}
+        self.pattern = _trie_pattern(self.texts)
+        delimiters = [d for d in _DELIMITERS if not any(d in text for text in self.texts)]
+        if not delimiters:
+            raise ValueError("every placeholder delimiter occurs in some special token")
+        self.delimiter = delimiters[0]
+
+    def find(self, text: str) -> list[tuple[int, int, SpecialToken]]:
+        """Every special token written in text: (start, end, token), leftmost-longest."""
+        if self.pattern is None:
+            return []
+        return [(m.start(), m.end(), self.by_text[m.group()]) for m in self.pattern.finditer(text)]
+
+    def index(self, text: str) -> int:
+        """The placeholder index of a special token's text."""
+        return self._index[text]
+
+
+#: A trie of characters; the key "" marks the end of a text.
+_Trie = dict[str, "_Trie"]
+
+
+def _trie_pattern(texts: Sequence[str]) -> re.Pattern[str] | None:
+    """A regex matching any of texts, longest first, built as a trie so that the work at each
+    position of a text grows with the longest token, not with the number of tokens."""
+    if not texts:
+        return None
+    root: _Trie = {}
+    for text in texts:
+        node = root
+        for char in text:
+            node = node.setdefault(char, {})
+        node[""] = {}
+
+    def build(node: _Trie) -> str:
+        branches = [re.escape(c) + build(child) for c, child in sorted(node.items()) if c]
+        if not branches:
+            return ""
+        body = branches[0] if len(branches) == 1 else "(?:" + "|".join(branches) + ")"
+        return f"(?:{body})?" if "" in node else body
+
+    return re.compile(build(root))
+
+
+class Vocab(Protocol):
+    """What the tokenizer needs of a model (llama_backend.Model; tests use a fake)."""
+
+    @property
+    def bos_text(self) -> str:
+        """BOS as text."""
+
+    @property
+    def adds_bos(self) -> bool:
+        """Whether tokenizing with add_special prepends BOS."""
+
+    def tokenize(self, text: str, add_special: bool, parse_special: bool) -> list[int]:
+        """Token ids of text."""
+
+    def piece(self, token: int, special: bool = False) -> bytes:
+        """The bytes of one token."""
+
+    def detokenize(self, tokens: list[int], render_special: bool) -> str:
+        """The text of token ids."""
+
+
+class PromptTokenizer:
+    """Templates and tokenization for any thread; the model stays loaded while a call runs.
+
+    special_in_content and special_in_prompt restore the old, unsafe behaviour: special-token
+    text in chat messages, or in raw prompts, is parsed as special tokens.
+    """
+
+    def __init__(
+        self,
+        vocab: Vocab,
+        template: ChatTemplate,
+        specials: SpecialTokens,
+        special_in_content: bool = False,
+        special_in_prompt: bool = False,
+    ) -> None:
+        self.vocab = vocab
+        self.template = template
+        self.specials = specials
+        self.special_in_content = special_in_content
+        self.special_in_prompt = special_in_prompt
+        self._cond = threading.Condition()
+        self._users = 0
+        self._closed = False
+
+    # Life cycle: the model must not be freed under a running call.
+    @contextlib.contextmanager
+    def _use(self) -> Iterator[None]:
+        with self._cond:
+            if self._closed:
+                raise not_ready("the worker is shutting down")
+            self._users += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._users -= 1
+                self._cond.notify_all()
+
+    def close(self) -> None:
+        """Refuse new calls and wait for running ones (each is bounded by the size limits)."""
+        with self._cond:
+            self._closed = True
+            self._cond.wait_for(lambda: self._users == 0)
+
+    # Work, on any thread.
+    def prompt_tokens(self, spec: GenerationSpec) -> list[int]:
+        """The prompt of a validated request as token ids."""
+        with self._use():
+            if spec.tokens is not None:
+                tokens = list(spec.tokens)
+            elif spec.messages is not None:
+                tokens = self.chat_tokens(spec.messages)
+            else:
+                text = spec.prompt or ""
+                tokens = self.vocab.tokenize(text, True, self.special_in_prompt)
+        if not tokens:
+            raise invalid("the prompt is empty", "prompt")
+        return tokens
+
+    def embed_tokens(self, inputs: Sequence[str | list[int]]) -> list[list[int]]:
+        """Token ids of embedding inputs (texts are tokenized as they always were)."""
+        with self._use():
+            return [self.vocab.tokenize(i, True, True) if isinstance(i, str) else i for i in inputs]
+
+    def pieces(self, text: str, add_special: bool, parse_special: bool) -> list[TokenPiece]:
+        """Token ids of text, with their bytes (the Tokenize RPC)."""
+        with self._use():
+            ids = self.vocab.tokenize(text, add_special, parse_special)
+            return [TokenPiece(t, self.vocab.piece(t, special=True)) for t in ids]
+
+    def detokenize(self, tokens: list[int], render_special: bool) -> str:
+        """Text of token ids (the Detokenize RPC)."""
+        with self._use():
+            return self.vocab.detokenize(tokens, render_special)
+
+    def chat_tokens(self, messages: Sequence[Message]) -> list[int]:
+        """The template's rendering of messages, then the assistant's turn, as token ids: the
+        template's special tokens parsed, the messages' text as text (module docstring)."""
+        if self.special_in_content:
+            text = self._render(messages)
+            return self.vocab.tokenize(text, self._adds_bos(text), True)
+        esc = _Escaper(self.specials, [s for m in messages for s in (m.role, m.content, m.name)])
+        escaped = [
+            Message(esc.escape(m.role), esc.escape(m.content), esc.escape(m.name)) for m in messages
+        ]
+        text = self._render(escaped)
+        skeleton = self._render(
+            [
+                Message(m.role, esc.sentinel if m.content.strip() else m.content, m.name)
+                for m in escaped
+            ]
+        )
+        found = self.specials.find(text)
+        written = [token.id for _, _, token in self.specials.find(skeleton)]
+        if [token.id for _, _, token in found] != written:
+            raise invalid(
+                "the chat template makes special tokens out of message text, or writes "
+                "different special tokens depending on it: these messages cannot be tokenized "
+                "safely",
+                "messages",
+            )
+        add_bos = self._adds_bos(text)
+        if not esc.escaped:  # nothing escaped: the ids a plain tokenization has always given
+            ids = self.vocab.tokenize(text, add_bos, True)
+        elif esc.restore(text) != self._render(messages):
+            raise invalid(
+                "the chat template alters message text that holds special-token text (such as "
+                "a cut or a replacement): these messages cannot be tokenized safely",
+                "messages",
+            )
+        else:
+            ids = self._assemble(text, found, esc, add_bos)
+        self._check_controls(ids, written, add_bos)
+        return ids
+
+    # The steps of chat_tokens.
+    def _render(self, messages: Sequence[Message]) -> str:
+        return self.template.render([_message_dict(m) for m in messages])
+
+    def _adds_bos(self, text: str) -> bool:
+        """Whether to add BOS: the model wants one and the template did not write it."""
+        bos = self.vocab.bos_text
+        return self.vocab.adds_bos and not (bos and text.startswith(bos))
+
+    def _assemble(
+        self,
+        text: str,
+        found: list[tuple[int, int, SpecialToken]],
+        esc: _Escaper,
+        add_special: bool,
+    ) -> list[int]:
+        """Token ids of a rendering with placeholders: its special tokens, and the text between
+        them (placeholders restored) tokenized with special tokens not parsed, as llama.cpp
+        tokenizes the text between special tokens."""
+        prefix, suffix = self._frame() if add_special else ([], [])
+        ids = list(prefix)
+        start, strip_left = 0, False
+        for begin, end, token in found:
+            ids += self._text_ids(esc.restore(text[start:begin]), strip_left, token.lstrip)
+            ids.append(token.id)
+            start, strip_left = end, token.rstrip
+        ids += self._text_ids(esc.restore(text[start:]), strip_left, False)
+        return ids + suffix
+
+    def _text_ids(self, piece: str, strip_left: bool, strip_right: bool) -> list[int]:
+        if strip_left:
+            piece = piece.lstrip(_ASCII_SPACE)
+        if strip_right:
+            piece = piece.rstrip(_ASCII_SPACE)
+        return self.vocab.tokenize(piece, False, False) if piece else []
+
+    def _frame(self) -> tuple[list[int], list[int]]:
+        """What tokenizing with add_special puts before the text (BOS) and after it (EOS, for
+        models that want one)."""
+        frame = self.vocab.tokenize("", True, False)
+        n_bos = 1 if self.vocab.adds_bos and frame else 0
+        return frame[:n_bos], frame[n_bos:]
+
+    def _check_controls(self, ids: list[int], written: list[int], add_special: bool) -> None:
+        """The prompt's control tokens are the template's (and BOS if added), nothing else."""
+        control = self.specials.control_ids
+        prefix, suffix = self._frame() if add_special else ([], [])
+        expected = [t for t in (*prefix, *written, *suffix) if t in control]
+        if [t for t in ids if t in control] != expected:
+            raise invalid(
+                "the messages would hold special tokens the chat template did not write: "
+                "they cannot be tokenized safely",
+                "messages",
+            )
+
+
+class _Escaper:
+    """Swaps special-token text in client strings for placeholders, and back.
+
+    A placeholder is ``<d><nonce><d><index><d>``: d is a delimiter no special token contains
+    (so no special token can match across a placeholder's edge), the nonce a random number
+    that occurs in no client string, and index the special token's place in SpecialTokens.
+    """
+
+    def __init__(self, specials: SpecialTokens, strings: Sequence[str | None]) -> None:
+        self.specials = specials
+        d = specials.delimiter
+        while True:
+            self.marker = f"{d}{secrets.randbits(64)}{d}"
+            if not any(s and self.marker in s for s in strings):
+                break
+        #: What stands for a message's content in the skeleton rendering.
+        self.sentinel = f"{self.marker}c{d}"
+        self._placeholder = re.compile(re.escape(self.marker) + r"(\d+)" + re.escape(d))
+        #: Whether some client string held special-token text.
+        self.escaped = False
+
+    @overload
+    def escape(self, text: str) -> str: ...
+    @overload
+    def escape(self, text: None) -> None: ...
+    def escape(self, text: str | None) -> str | None:
+        """text with every special token's text replaced by its placeholder."""
+        pattern, d = self.specials.pattern, self.specials.delimiter
+        if not text or pattern is None:
+            return text
+        escaped, count = pattern.subn(
+            lambda m: f"{self.marker}{self.specials.index(m.group())}{d}", text
+        )
+        self.escaped = self.escaped or count > 0
+        return escaped
+
+    def restore(self, text: str) -> str:
+        """text with its placeholders replaced by the text they stand for."""
+        texts = self.specials.texts
+        try:
+            restored = self._placeholder.sub(lambda m: texts[int(m.group(1))], text)
+        except IndexError:
+            restored = self.marker  # a placeholder the template changed: refused below
+        if self.marker in restored:
+            raise invalid(
+                "the chat template alters message text that holds special-token text: these "
+                "messages cannot be tokenized safely",
+                "messages",
+            )
+        return restored
+
+
+def check_fits(spec: GenerationSpec, prompt_tokens: int, seq_ctx: int) -> None:
+    """The prompt and the tokens to generate fit one request's context."""
+    max_tokens = spec.sampling.max_tokens
+    room = seq_ctx - prompt_tokens
+    if room <= 0 or (max_tokens is not None and max_tokens > room):
+        asked = prompt_tokens + (max_tokens or 1)
+        raise context_exceeded(
+            f"this model's context is {seq_ctx} tokens per request, but the request needs "
+            f"{asked} ({prompt_tokens} in the prompt, {max_tokens or 1} to generate)",
+            "messages" if spec.messages is not None else "prompt",
+        )
+
+
+def _message_dict(m: Message) -> Mapping[str, str]:
+    out = {"role": m.role, "content": m.content}
+    if m.name:
+        out["name"] = m.name
+    return out
