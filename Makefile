@@ -85,6 +85,8 @@ bench: install
 	# A failed build is not fatal: the benchmark then skips llama-server and says why.
 	bash bench/build_llama_server.sh || echo "llama-server not built; the benchmark will skip it"
 	$(PY) -m bench $(BENCH_ARGS)
+	# The gateway's CPU per relayed token with the model taken out (a token source, no model).
+	$(PY) -m bench.relay
 
 clean:
 	rm -rf $(VENV) .tools

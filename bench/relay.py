@@ -20,14 +20,17 @@ import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import grpc
+import httpx
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
 from bench import procs
+from bench.config import RESULTS
 from llamagrid.grpc_options import server_options
 from llamagrid.v1 import inference_pb2 as pb
 from llamagrid.v1 import inference_pb2_grpc as pb_grpc
@@ -143,7 +146,9 @@ def measure(
     """Gateway CPU per token for one setting, on fresh processes."""
     with tempfile.TemporaryDirectory() as tmp:
         log_dir = Path(tmp)
-        source_port, gateway_port = procs.free_port(), procs.free_port()
+        source_port = gateway_port = procs.free_port()
+        while gateway_port == source_port:  # free_port may hand out the same port twice
+            gateway_port = procs.free_port()
         source = procs.launch(
             "source",
             [
@@ -171,7 +176,13 @@ def measure(
             argv.append("--no-relay")
         gateway = procs.launch("gateway", argv, log_dir)
         try:
-            procs.wait_http_ok(f"http://127.0.0.1:{gateway_port}/v1/models", gateway, 60)
+            models = f"http://127.0.0.1:{gateway_port}/v1/models"
+            procs.wait_http_ok(models, gateway, 60)
+
+            def listed() -> bool:  # the gateway has seen the source turn healthy
+                return MODEL in httpx.get(models, timeout=5).text
+
+            procs.poll("the token source listed", gateway, 60, listed)
             asyncio.run(_load(gateway_port, clients, 2, 8))  # warm up
             before, started = procs.tree_cpu_s([gateway.pid]), time.monotonic()
             asyncio.run(_load(gateway_port, clients, requests, tokens))
@@ -197,13 +208,31 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--requests", type=int, default=4, help="requests per client")
     parser.add_argument("--tokens", type=int, default=256, help="tokens per request")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating runs of each setting")
+    parser.add_argument("--out-dir", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     if args.mode == "source":
         asyncio.run(serve_source(args.port, args.step_ms))
         return
-    for relay in (True, False):
-        result = measure(relay, args.clients, args.requests, args.tokens, args.step_ms)
-        print(json.dumps(result), flush=True)
+    results = []
+    for _ in range(args.rounds):  # alternate, so that a busy moment hits both settings
+        for relay in (True, False):
+            result = measure(relay, args.clients, args.requests, args.tokens, args.step_ms)
+            print(json.dumps(result), flush=True)
+            results.append(result)
+    summary = {
+        "relay" if relay else "per_call": sorted(
+            r["gateway_cpu_us_per_token"] for r in results if r["relay"] == relay
+        )
+        for relay in (True, False)
+    }
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    out = args.out_dir / f"{stamp}-relay.json"
+    out.write_text(json.dumps({"step_ms": args.step_ms, "results": results}, indent=2) + "\n")
+    for name, values in summary.items():
+        print(f"{name}: gateway CPU µs per token {values} (median {values[len(values) // 2]})")
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -253,7 +253,10 @@ def test_disconnect_while_queued_or_in_prefill_frees_the_worker(tmp_path: Path) 
     with one_slot_gateway(tmp_path) as base:
         url = f"{base}/v1/chat/completions"
         with httpx.stream("POST", url, json={**LONG, "stream": True}, timeout=60) as a:
-            next(a.iter_lines())  # A holds the slot
+            # Keep the line iterator: a dropped one is closed when the garbage collector gets
+            # to it, and that closes A's connection (and frees the slot) at a random moment.
+            a_lines = a.iter_lines()
+            next(a_lines)  # A holds the slot
             with pytest.raises(httpx.ReadTimeout):  # B queues behind A, then gives up
                 httpx.post(url, json=LONG, timeout=1.0)
         prefill = {**LONG, "messages": [{"role": "user", "content": "word " * 1800}]}
@@ -267,7 +270,8 @@ def test_full_queue_is_429_with_retry_after(tmp_path: Path) -> None:
     with one_slot_gateway(tmp_path, "--max-queue", "0") as base:
         url = f"{base}/v1/chat/completions"
         with httpx.stream("POST", url, json={**LONG, "stream": True}, timeout=60) as a:
-            next(a.iter_lines())  # A holds the slot
+            a_lines = a.iter_lines()  # kept: see test_disconnect_while_queued_or_in_prefill...
+            next(a_lines)  # A holds the slot
             client = OpenAI(base_url=f"{base}/v1", api_key="x", max_retries=0, timeout=20)
             with pytest.raises(openai.RateLimitError) as caught:
                 client.chat.completions.create(model="smollm2", messages=MESSAGES)  # type: ignore[arg-type]

@@ -32,6 +32,11 @@ log = logging.getLogger(__name__)
 GenerateMethod = Callable[[pb.GenerateRequest, Any], AsyncIterator[pb.GenerateResponse]]
 Metadata = Sequence[tuple[str, str | bytes]]
 
+#: The streams being served. asyncio holds tasks weakly: a call task waiting on a future that
+#: only its own stream references (the writer's "sent" future) would otherwise be garbage that
+#: the collector finalizes mid-call, cancelling a running generation.
+_SERVING: set[RelayStream] = set()
+
 #: Status codes by number.
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
 
@@ -120,7 +125,7 @@ class RelayStream:
         self._pending: dict[int, int] = {}
         self._ready = asyncio.Event()
         self._sent: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._reading = True
+        self._reader: asyncio.Future[None] | None = None
 
     async def emit(self, tag: int, event: pb.RelayEvent) -> None:
         """Queue an event for the next message; pause while the call has two waiting."""
@@ -136,6 +141,8 @@ class RelayStream:
         """Serve the stream: the messages to send, until the caller half-closes and every call
         has ended. Cancelling it cancels every call."""
         reader = asyncio.ensure_future(self._read(requests))
+        self._reader = reader
+        _SERVING.add(self)
         try:
             while True:
                 await self._ready.wait()
@@ -149,6 +156,7 @@ class RelayStream:
                     reader.result()  # raises what ended the reading, if anything did
                     return
         finally:
+            _SERVING.discard(self)
             reader.cancel()
             for task in self._calls.values():
                 task.cancel()
