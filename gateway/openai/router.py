@@ -19,6 +19,7 @@ from llamagrid.gateway.openai.schemas import (
     CompletionRequest,
     EmbeddingList,
     EmbeddingRequest,
+    ErrorResponse,
     Model,
     ModelList,
     StreamOptions,
@@ -31,7 +32,36 @@ from llamagrid.v1 import inference_pb2 as pb
 logger = logging.getLogger(__name__)
 
 
-router = APIRouter(prefix="/v1", tags=["openai"])
+#: What the OpenAPI schema says every /v1 route may answer besides its success: an error in
+#: OpenAI's shape (the gateway never answers FastAPI's own 422).
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    "4XX": {"model": ErrorResponse, "description": "The request was refused."},
+    "5XX": {"model": ErrorResponse, "description": "No worker could serve the request."},
+}
+
+
+#: One event of a completion stream (OpenAPI 3.2's itemSchema, as FastAPI writes it).
+STREAM_EVENT = {
+    "type": "object",
+    "properties": {
+        "data": {
+            "type": "string",
+            "description": "A chunk object as JSON, then [DONE]; or an error object as JSON, "
+            "which ends the stream.",
+        }
+    },
+    "required": ["data"],
+}
+
+
+def completion_responses(model: type[BaseModel]) -> dict[int | str, dict[str, Any]]:
+    """The documented 200 of a completion route: ``model`` as JSON, or an event stream."""
+    description = f"A {model.__name__} object, or server-sent events when stream is true."
+    stream = {"text/event-stream": {"itemSchema": STREAM_EVENT}}
+    return {200: {"model": model, "description": description, "content": stream}}
+
+
+router = APIRouter(prefix="/v1", tags=["openai"], responses=ERROR_RESPONSES)
 
 
 async def get_dispatcher(request: Request) -> Dispatcher:
@@ -45,7 +75,9 @@ async def get_dispatcher(request: Request) -> Dispatcher:
 Dispatch = Annotated[Dispatcher, Depends(get_dispatcher)]
 
 
-@router.post("/chat/completions", response_model=None)
+@router.post(
+    "/chat/completions", response_model=None, responses=completion_responses(ChatCompletion)
+)
 async def chat_completions(
     body: ChatCompletionRequest, request: Request, response: Response, dispatcher: Dispatch
 ) -> ChatCompletion | EventStreamResponse:
@@ -66,7 +98,7 @@ async def chat_completions(
     )
 
 
-@router.post("/completions", response_model=None)
+@router.post("/completions", response_model=None, responses=completion_responses(Completion))
 async def completions(
     body: CompletionRequest, request: Request, response: Response, dispatcher: Dispatch
 ) -> Completion | EventStreamResponse:

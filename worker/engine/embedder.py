@@ -17,6 +17,7 @@ import numpy as np
 from llamagrid.worker.engine.errors import (
     context_exceeded,
     internal,
+    invalid,
     not_ready,
 )
 from llamagrid.worker.engine.reports import EmbedResult
@@ -74,8 +75,12 @@ class Embedder:
         self.ctx.close()
 
     def submit(self, inputs: list[list[int]], normalize: bool) -> EmbedJob:
-        """Queue validated inputs; raises EngineError at once for one that cannot fit."""
+        """Queue validated inputs; raises EngineError at once for one that cannot be embedded:
+        too long to fit, or with no token at all (a text can tokenize to nothing, such as a
+        lone control character, and llama.cpp fails a decode of an empty sequence)."""
         for i, tokens in enumerate(inputs):
+            if not tokens:
+                raise invalid(f"input {i} has no tokens once tokenized", "input")
             if len(tokens) > self.max_tokens:
                 raise context_exceeded(
                     f"input {i} has {len(tokens)} tokens; the most this model embeds is "
