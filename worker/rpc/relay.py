@@ -24,6 +24,7 @@ from typing import Any, NoReturn
 
 import grpc
 
+from llamagrid.errors import DETAILS_TRAILER, status_code
 from llamagrid.v1 import inference_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -36,12 +37,6 @@ Metadata = Sequence[tuple[str, str | bytes]]
 #: only its own stream references (the writer's "sent" future) would otherwise be garbage that
 #: the collector finalizes mid-call, cancelling a running generation.
 _SERVING: set[RelayStream] = set()
-
-#: Status codes by number.
-_CODES = {code.value[0]: code for code in grpc.StatusCode}
-
-#: The trailer that carries a status's details (a serialized google.rpc.Status).
-DETAILS_TRAILER = "grpc-status-details-bin"
 
 
 class _Aborted(Exception):
@@ -217,7 +212,7 @@ class RelayStream:
         else:
             self._on_end(grpc.StatusCode.OK)
             return
-        self._on_end(_CODES.get(error.code, grpc.StatusCode.UNKNOWN))
+        self._on_end(status_code(error.code))
         await self.emit(tag, pb.RelayEvent(tag=tag, error=error))
 
 

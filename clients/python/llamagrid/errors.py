@@ -14,6 +14,17 @@ from google.protobuf import any_pb2, duration_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+#: The trailer that carries a status's details (a serialized google.rpc.Status).
+DETAILS_TRAILER = "grpc-status-details-bin"
+
+_CODES = {code.value[0]: code for code in grpc.StatusCode}
+
+
+def status_code(number: int) -> grpc.StatusCode:
+    """The gRPC status code with this number (UNKNOWN for a number gRPC does not define)."""
+    return _CODES.get(number, grpc.StatusCode.UNKNOWN)
+
+
 #: The ErrorInfo domain of every llamagrid error.
 ERROR_DOMAIN = "llamagrid.dev"
 
@@ -93,6 +104,6 @@ def _status_bytes(trailing_metadata: object) -> bytes | None:
     if not trailing_metadata:
         return None
     for key, value in trailing_metadata:  # type: ignore[attr-defined]
-        if key == "grpc-status-details-bin":
+        if key == DETAILS_TRAILER:
             return bytes(value)
     return None

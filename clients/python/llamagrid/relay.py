@@ -23,13 +23,11 @@ from types import TracebackType
 
 import grpc
 
+from llamagrid.errors import DETAILS_TRAILER, status_code
 from llamagrid.v1 import inference_pb2 as pb
 from llamagrid.v1 import inference_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
-
-DETAILS_TRAILER = "grpc-status-details-bin"
-_CODES = {code.value[0]: code for code in grpc.StatusCode}
 
 
 def _error(code: grpc.StatusCode, message: str, status: bytes = b"") -> grpc.aio.AioRpcError:
@@ -74,7 +72,7 @@ class RelayCall(AsyncIterator[pb.GenerateResponse]):
             if not self._admitted.done():
                 self._admitted.set_result(None)
         elif kind == "error":
-            code = _CODES.get(event.error.code, grpc.StatusCode.UNKNOWN)
+            code = status_code(event.error.code)
             self._fail(_error(code, event.error.message, event.error.status))
         self._wake()
 
