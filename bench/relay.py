@@ -8,7 +8,13 @@ stream chat completions and only count bytes. It reports the gateway's CPU time 
 (``--no-relay``). On the real model the worker takes the CPU the gateway leaves, so this is the
 number that decides how many tokens one gateway process can relay.
 
-`python -m bench.relay source --port P` runs the token source alone.
+Next to it, two floors measured on the same machine with the same steps: the CPU per token of a
+bare Relay reader (``llamagrid.relay``, the gateway's own client, reading every call with no HTTP
+at all), and of a bare asyncio socket that receives one small message per step (what one wake-up
+costs here). The gateway's own work per token is its number minus the reader's.
+
+`python -m bench.relay source --port P` runs the token source alone; ``feed`` is the feeder of
+the wake-up floor.
 """
 
 from __future__ import annotations
@@ -200,9 +206,97 @@ def measure(
     }
 
 
+async def _read_relay(port: int, clients: int, requests: int, tokens: int) -> None:
+    """``clients`` loops of Relay calls on one stream, reading every response."""
+    from llamagrid.client import AsyncInferenceClient
+
+    request = pb.GenerateRequest(
+        model=MODEL, prompt="hi", sampling=pb.SamplingParams(max_tokens=tokens)
+    )
+    async with AsyncInferenceClient(f"127.0.0.1:{port}") as client:
+
+        async def loop() -> None:
+            for _ in range(requests):
+                async with client.relay(request) as call:
+                    async for _response in call:
+                        pass
+
+        await asyncio.gather(*(loop() for _ in range(clients)))
+
+
+def reader_floor(clients: int, requests: int, tokens: int, step_ms: float) -> float:
+    """CPU µs per token of a bare Relay reader (this process, every thread) on the source."""
+    with tempfile.TemporaryDirectory() as tmp:
+        port = procs.free_port()
+        argv = [sys.executable, "-m", "bench.relay", "source", "--port", str(port)]
+        source = procs.launch("source", [*argv, "--step-ms", str(step_ms)], Path(tmp))
+        try:
+            procs.wait_grpc_serving(f"127.0.0.1:{port}", source, 60)
+            asyncio.run(_read_relay(port, clients, 1, 8))  # warm up
+            before = time.process_time()
+            asyncio.run(_read_relay(port, clients, requests, tokens))
+            cpu = time.process_time() - before
+        finally:
+            procs.stop(source)
+    return round(cpu / (clients * requests * tokens) * 1e6, 1)
+
+
+async def feed(port: int, steps: int, step_ms: float, payload: int) -> None:
+    """Accept one connection and send it ``payload`` bytes every step, ``steps`` times."""
+    done = asyncio.Event()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        for _ in range(steps):
+            await asyncio.sleep(step_ms / 1000)
+            writer.write(b"x" * payload)
+            await writer.drain()
+        writer.close()
+        done.set()
+
+    async with await asyncio.start_server(serve, "127.0.0.1", port):
+        await done.wait()
+
+
+def wake_floor(steps: int, step_ms: float, payload: int) -> float:
+    """CPU µs per wake-up of an asyncio reader (this process) that a feeder process sends
+    ``payload`` bytes every step."""
+
+    async def read(port: int) -> tuple[int, float]:
+        reader, writer = await procs_connect(port)
+        reads, before = 0, time.process_time()
+        while await reader.read(1 << 16):
+            reads += 1
+        writer.close()
+        return reads, time.process_time() - before
+
+    with tempfile.TemporaryDirectory() as tmp:
+        port = procs.free_port()
+        argv = [sys.executable, "-m", "bench.relay", "feed", "--port", str(port)]
+        argv += ["--step-ms", str(step_ms), "--steps", str(steps), "--payload", str(payload)]
+        feeder = procs.launch("feeder", argv, Path(tmp))
+        try:
+            reads, cpu = asyncio.run(read(port))
+        finally:
+            procs.stop(feeder)
+    return round(cpu / max(1, reads) * 1e6, 1)
+
+
+async def procs_connect(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """Connect to a local port, retrying while the process behind it starts."""
+    for _ in range(600):
+        try:
+            return await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            await asyncio.sleep(0.1)
+    raise RuntimeError(f"nothing listens on port {port}")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.relay", description=__doc__)
-    parser.add_argument("mode", nargs="?", default="measure", choices=["measure", "source"])
+    modes = ["measure", "source", "feed"]
+    parser.add_argument("mode", nargs="?", default="measure", choices=modes)
+    parser.add_argument("--steps", type=int, default=300, help="feed: messages to send")
+    parser.add_argument("--payload", type=int, default=400, help="feed: bytes per message")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--step-ms", type=float, default=10.0, help="time between steps")
     parser.add_argument("--clients", type=int, default=8)
@@ -213,6 +307,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.mode == "source":
         asyncio.run(serve_source(args.port, args.step_ms))
+        return
+    if args.mode == "feed":
+        asyncio.run(feed(args.port, args.steps, args.step_ms, args.payload))
         return
     results = []
     for _ in range(args.rounds):  # alternate, so that a busy moment hits both settings
@@ -226,12 +323,24 @@ def main(argv: list[str] | None = None) -> None:
         )
         for relay in (True, False)
     }
+    floors = {
+        "reader_cpu_us_per_token": reader_floor(
+            args.clients, args.requests, args.tokens, args.step_ms
+        ),
+        "wake_cpu_us": wake_floor(300, args.step_ms, 400),
+    }
+    print(json.dumps(floors), flush=True)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     args.out_dir.mkdir(parents=True, exist_ok=True)
     out = args.out_dir / f"{stamp}-relay.json"
-    out.write_text(json.dumps({"step_ms": args.step_ms, "results": results}, indent=2) + "\n")
+    record = {"step_ms": args.step_ms, "results": results, "floors": floors}
+    out.write_text(json.dumps(record, indent=2) + "\n")
     for name, values in summary.items():
         print(f"{name}: gateway CPU µs per token {values} (median {values[len(values) // 2]})")
+    print(
+        f"floors: a bare Relay reader {floors['reader_cpu_us_per_token']} µs per token, "
+        f"one socket wake-up {floors['wake_cpu_us']} µs"
+    )
     print(f"wrote {out}")
 
 

@@ -42,7 +42,8 @@ from typing import Any
 
 import h11
 from h11._connection import DEFAULT_MAX_INCOMPLETE_EVENT_SIZE
-from uvicorn.protocols.http.h11_impl import STATUS_PHRASES, H11Protocol
+from h11._writers import ChunkedWriter
+from uvicorn.protocols.http.h11_impl import STATUS_PHRASES, H11Protocol, RequestResponseCycle
 
 from llamagrid.gateway.errors import OpenAIError
 
@@ -50,6 +51,8 @@ log = logging.getLogger(__name__)
 
 #: Seconds between two log lines about refused connections (a flood must not flood the log).
 REFUSAL_LOG_INTERVAL_S = 10.0
+#: The ASGI scope extension that holds a request's DirectBody.
+DIRECT_BODY = "llamagrid.direct_body"
 #: File descriptors kept beyond --max-connections: gRPC channels to workers, logs, DNS, the
 #: listening socket, and the connections being refused.
 FD_RESERVE = 256
@@ -89,6 +92,41 @@ def head_too_large(max_header_bytes: int) -> OpenAIError:
 def malformed() -> OpenAIError:
     """The 400 for a request h11 cannot parse."""
     return OpenAIError(400, "Invalid HTTP request: it is malformed.", code="invalid_http_request")
+
+
+class DirectBody:
+    """Writes a response's body chunks straight to the socket, below the ASGI send chain.
+
+    A streamed token passes through every middleware's ``send`` wrapper and h11's state machine
+    on its way out; this writes the chunk's framing and bytes itself, exactly as h11's chunked
+    writer would. It writes only while that is safe (the response has started, h11 frames its
+    body as chunks, the connection is open and not paused for a slow client) and otherwise
+    returns False: the caller then sends through the ASGI chain, which waits for the client
+    (under the send deadline) and ends the response.
+    """
+
+    __slots__ = ("_cycle", "_protocol")
+
+    def __init__(self, protocol: H11Protocol, cycle: RequestResponseCycle) -> None:
+        self._protocol = protocol
+        self._cycle = cycle
+
+    def write(self, data: bytes) -> bool:
+        """Send ``data`` as one chunk now; False when it must go through the ASGI chain."""
+        protocol, cycle = self._protocol, self._cycle
+        if (
+            not data
+            or not cycle.response_started
+            or cycle.response_complete
+            or cycle.disconnected
+            or protocol.flow.write_paused
+            or protocol.transport.is_closing()
+            or protocol.conn.our_state is not h11.SEND_BODY
+            or not isinstance(getattr(protocol.conn, "_writer", None), ChunkedWriter)
+        ):
+            return False
+        protocol.transport.write(b"%x\r\n%b\r\n" % (len(data), data))
+        return True
 
 
 class GuardedH11Protocol(H11Protocol):
@@ -158,6 +196,9 @@ class GuardedH11Protocol(H11Protocol):
         super().handle_events()
         if self.cycle is not cycle:  # a request head is complete: its cycle has started
             self._cancel_head_deadline()
+            if self.cycle is not None:
+                extensions: dict[str, Any] = self.cycle.scope.setdefault("extensions", {})
+                extensions[DIRECT_BODY] = DirectBody(self, self.cycle)
 
     def send_400_response(self, msg: str) -> None:
         """uvicorn's 400 for a request h11 cannot parse, with an OpenAI-shaped body."""

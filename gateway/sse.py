@@ -6,7 +6,8 @@ the admission comment and the role chunk) cost one send, not one each. Nothing g
 the stream yields its first batch, so an error raised before that (the worker rejected the call)
 is answered as a plain HTTP error; an error raised later becomes one ``data: {"error": ...}``
 event that ends the stream without ``[DONE]``. When the client disconnects, the generator is
-cancelled and closed at once.
+cancelled and closed at once. The batches between the first and the last go straight to the
+socket when the server offers it (gateway.connections.DirectBody), past the middleware.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import anyio
 from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
+from llamagrid.gateway.connections import DIRECT_BODY, DirectBody
 from llamagrid.gateway.errors import OpenAIError
 
 logger = logging.getLogger(__name__)
@@ -116,9 +118,12 @@ class EventStreamResponse(Response):
                 self.raw_headers.append((name.lower().encode(), value.encode()))
         await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
         await self._send(send, frames(first))
+        direct: DirectBody | None = scope.get("extensions", {}).get(DIRECT_BODY)
         try:
             async for batch in self._events:
-                await self._send(send, frames(batch))
+                body = frames(batch)
+                if direct is None or not direct.write(body):
+                    await self._send(send, body)
         except OpenAIError as error:
             await self._send(send, frame(error.body()), more_body=False)
             return
