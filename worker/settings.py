@@ -69,6 +69,21 @@ class WorkerSettings(BaseSettings):
     port_file: str = Field(
         default="", description="Write the bound port to this file once serving (for port 0)."
     )
+    max_sessions: int = Field(
+        default=1024,
+        ge=1,
+        le=1_000_000,
+        description="Most sessions (SessionService) this worker holds; opening one more is "
+        "refused with RESOURCE_EXHAUSTED, reason SESSION_LIMIT.",
+    )
+    session_ttl_s: int = Field(
+        default=600,
+        ge=1,
+        description="Seconds of disuse after which a session expires, when its opener gave no TTL.",
+    )
+    max_session_ttl_s: int = Field(
+        default=86400, ge=1, description="The longest TTL a session may ask for, in seconds."
+    )
     max_relay_calls: int = Field(
         default=1024,
         ge=1,

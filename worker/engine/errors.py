@@ -28,6 +28,18 @@ class Reason(enum.Enum):
     NOT_READY = "NOT_READY"
     #: llama.cpp failed on work that should have succeeded.
     INTERNAL = "INTERNAL"
+    #: The session does not exist (never opened, closed, or reaped long ago).
+    SESSION_NOT_FOUND = "SESSION_NOT_FOUND"
+    #: The session was not used for its TTL and was deleted.
+    SESSION_EXPIRED = "SESSION_EXPIRED"
+    #: A turn is already running on the session.
+    SESSION_BUSY = "SESSION_BUSY"
+    #: The session does not have the number of turns the request expected.
+    SESSION_LENGTH_MISMATCH = "SESSION_LENGTH_MISMATCH"
+    #: The worker already holds its maximum number of sessions.
+    SESSION_LIMIT = "SESSION_LIMIT"
+    #: The session's turn was cancelled through CancelTurn.
+    TURN_CANCELLED = "TURN_CANCELLED"
 
 
 class EngineError(Exception):

@@ -55,6 +55,17 @@ class Usage:
     queue_ms: float = 0.0
     prefill_ms: float = 0.0
     decode_ms: float = 0.0
+    #: Prompt tokens whose KV was restored from host memory.
+    restored_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class SessionCommit:
+    """What a session turn added to its session."""
+
+    turns: int
+    length: int
+    appended: tuple[int, ...]
 
 
 @dataclass(frozen=True)
@@ -64,6 +75,8 @@ class Final:
     finish_reason: FinishReason
     usage: Usage
     matched_stop: str = ""
+    #: Set on the final event of a session turn.
+    session: SessionCommit | None = None
 
 
 Event = Admitted | Chunk | Final

@@ -11,22 +11,39 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
+import dataclasses
+import functools
 import logging
 import queue
 import threading
-from collections.abc import AsyncIterator, Callable
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any, ParamSpec, Protocol, TypeVar
 
 from llamagrid.worker.engine.channel import EventChannel, WakeGate
 from llamagrid.worker.engine.counters import EngineSnapshot
 from llamagrid.worker.engine.embedder import EmbedJob
 from llamagrid.worker.engine.errors import EngineError, Reason, internal, not_ready
-from llamagrid.worker.engine.events import Event, Final
+from llamagrid.worker.engine.events import Chunk, Event, Final
 from llamagrid.worker.engine.limits import RequestLimits
 from llamagrid.worker.engine.prompts import PromptTokenizer, check_fits
-from llamagrid.worker.engine.reports import EmbedResult, Load, ModelDescription, TokenPiece
+from llamagrid.worker.engine.reports import (
+    EmbedResult,
+    KvTier,
+    Load,
+    ModelDescription,
+    SessionReport,
+    TokenPiece,
+)
 from llamagrid.worker.engine.requests import GenerationSpec
 from llamagrid.worker.engine.runtime import Runtime
+from llamagrid.worker.engine.sessions import (
+    Session,
+    SessionTable,
+    check_session_id,
+    check_transcript,
+)
 from llamagrid.worker.engine.slot import Job
 from llamagrid.worker.engine.validation import (
     check_embed_inputs,
@@ -84,6 +101,26 @@ class Engine(Protocol):
     async def drain(self, grace_s: float) -> None:
         """Refuse new work, let running work finish for up to grace_s, then stop."""
 
+    async def open_session(
+        self, ttl_s: int, tokens: list[int], turn_ends: list[int]
+    ) -> SessionReport:
+        """A new session, empty or resuming from a transcript."""
+
+    async def describe_session(self, session_id: str, with_transcript: bool) -> SessionReport:
+        """A session's state, and its transcript when asked."""
+
+    async def fork_session(self, session_id: str, turns: int, ttl_s: int) -> SessionReport:
+        """A new session holding the first turns of another."""
+
+    async def rollback_session(self, session_id: str, turns: int) -> SessionReport:
+        """Drop a session's turns after the first ``turns``."""
+
+    async def close_session(self, session_id: str) -> None:
+        """Delete a session, cancelling a turn that runs on it."""
+
+    async def cancel_turn(self, session_id: str) -> bool:
+        """Cancel the turn running on a session; False when none runs."""
+
 
 class LlamaEngine:
     """An Engine on llama.cpp, with one thread that loads the model and runs the scheduler."""
@@ -113,6 +150,10 @@ class LlamaEngine:
         self._embed_queued = 0
         #: Why the engine thread died while serving, if it did.
         self.failure: BaseException | None = None
+        #: Conversations kept here (on the event loop's thread only).
+        self.sessions = SessionTable(
+            settings.max_sessions, settings.session_ttl_s, settings.max_session_ttl_s
+        )
 
     # Life cycle.
     def start(self) -> None:
@@ -192,10 +233,24 @@ class LlamaEngine:
 
     # Work.
     async def generate(self, request: GenerationSpec) -> AsyncIterator[list[Event]]:
-        """Stream the events of one generation, in batches of everything pending."""
+        """Stream the events of one generation, in batches of everything pending. A session
+        turn commits to its session when its final event comes (engine/sessions.py)."""
         self._check_accepting()
         desc = self.description()
         check_generation(request, desc.vocab_size, self._limits, desc.context_per_slot)
+        session = self.sessions.begin_turn(request.session) if request.session else None
+        batches = self._generate(request, desc.context_per_slot, session)
+        try:
+            async with contextlib.aclosing(batches):  # closing generate closes the job now
+                async for batch in batches:
+                    yield batch
+        finally:
+            if session is not None:
+                self.sessions.end_turn(session)
+
+    async def _generate(
+        self, request: GenerationSpec, seq_ctx: int, session: Session | None
+    ) -> AsyncGenerator[list[Event], None]:
         prompts = self._tokenizer()
         with self._lock:
             free = self.settings.parallel - self._running
@@ -208,16 +263,26 @@ class LlamaEngine:
                 )
             self._queued += 1  # a queue place, held while the prompt is tokenized
         try:
-            prompt = await self._off_thread(prompts.prompt_tokens, request)
-            check_fits(request, len(prompt), desc.context_per_slot)
+            if session is None:
+                turn: list[int] = []
+                prompt = await self._off_thread(prompts.prompt_tokens, request)
+            else:
+                history = session.tokens.tolist()
+                turn = await self._off_thread(prompts.turn_tokens, request, history)
+                prompt = history + turn
+                self.sessions.check_open(session)
+            check_fits(request, len(prompt), seq_ctx)
             self._check_accepting()
         except BaseException:  # refused, failed or cancelled while tokenizing
             with self._lock:
                 self._queued -= 1
             raise
         job = Job(request, EventChannel(asyncio.get_running_loop(), self._gate), prompt=prompt)
+        if session is not None:
+            session.cancel = functools.partial(self._abort_job, job)
         self._inbox.put(("job", job))
         done = False
+        generated: list[int] = []
         try:
             while not done:
                 batch: list[Event] = []
@@ -227,6 +292,11 @@ class LlamaEngine:
                         if batch:
                             yield batch
                         raise item
+                    if session is not None and isinstance(item, Chunk):
+                        generated += item.token_ids
+                    elif session is not None and isinstance(item, Final):
+                        commit = self.sessions.commit(session, turn + generated)
+                        item = dataclasses.replace(item, session=commit)
                     batch.append(item)
                     done = isinstance(item, Final)
                 yield batch
@@ -234,6 +304,70 @@ class LlamaEngine:
             if not done:
                 job.cancelled = True
                 self._inbox.put(("wake",))
+
+    def _abort_job(self, job: Job, error: EngineError) -> None:
+        """End a job from the loop's side: its stream gets the error, the engine drops it."""
+        job.cancelled = True
+        job.channel.push(error)
+        self._inbox.put(("wake",))
+
+    # Sessions (engine/sessions.py): the table lives on the event loop's thread.
+    async def open_session(
+        self, ttl_s: int, tokens: list[int], turn_ends: list[int]
+    ) -> SessionReport:
+        """A new session, empty or resuming from a transcript."""
+        self._check_accepting()
+        desc = self.description()
+        check_token_count(len(tokens), self._limits, "transcript.token_ids")
+        check_token_ids(tokens, desc.vocab_size, "transcript.token_ids")
+        check_transcript(tokens, turn_ends, desc.context_per_slot)
+        return await self._report(self.sessions.open(ttl_s, tokens, turn_ends), False)
+
+    async def describe_session(self, session_id: str, with_transcript: bool) -> SessionReport:
+        """A session's state, and its transcript when asked."""
+        check_session_id(session_id)
+        return await self._report(self.sessions.get(session_id), with_transcript)
+
+    async def fork_session(self, session_id: str, turns: int, ttl_s: int) -> SessionReport:
+        """A new session holding the first turns of another."""
+        check_session_id(session_id)
+        return await self._report(self.sessions.fork(session_id, turns, ttl_s), False)
+
+    async def rollback_session(self, session_id: str, turns: int) -> SessionReport:
+        """Drop a session's turns after the first ``turns``."""
+        check_session_id(session_id)
+        return await self._report(self.sessions.rollback(session_id, turns), False)
+
+    async def close_session(self, session_id: str) -> None:
+        """Delete a session, cancelling a turn that runs on it."""
+        check_session_id(session_id)
+        self.sessions.close(session_id)
+
+    async def cancel_turn(self, session_id: str) -> bool:
+        """Cancel the turn running on a session; False when none runs."""
+        check_session_id(session_id)
+        return self.sessions.cancel_turn(session_id)
+
+    async def _report(self, session: Session, with_transcript: bool) -> SessionReport:
+        tokens = session.tokens.tolist()
+        resident = False
+        if len(tokens) > 1 and self.ready:
+
+            def held(rt: Runtime) -> bool:
+                return rt.scheduler.holds_prefix(tokens)
+
+            resident = await self._call(held)
+        remaining = session.expires_at() - time.monotonic()
+        return SessionReport(
+            session_id=session.session_id,
+            length=len(tokens),
+            turn_ends=tuple(session.turn_ends),
+            expires_unix_ms=int((time.time() + remaining) * 1000),
+            ttl_s=session.ttl_s,
+            kv_tier=KvTier.RESIDENT if resident else KvTier.TRANSCRIPT,
+            busy=session.busy,
+            tokens=tuple(tokens) if with_transcript else None,
+        )
 
     async def embed(self, inputs: list[str | list[int]], normalize: bool) -> EmbedResult:
         """Embeddings of texts or token lists, in order, batched with concurrent requests."""
@@ -284,7 +418,10 @@ class LlamaEngine:
                 decode_steps=rt.counters.decode_calls,
             )
 
-        return await self._call(run)
+        load = await self._call(run)
+        return dataclasses.replace(
+            load, sessions=len(self.sessions), max_sessions=self.sessions.max_sessions
+        )
 
     async def tokenize(self, text: str, add_special: bool, parse_special: bool) -> list[TokenPiece]:
         """Token ids of text, with their bytes."""

@@ -183,6 +183,8 @@ class PromptTokenizer:
         self._cond = threading.Condition()
         self._users = 0
         self._closed = False
+        #: The template's end of an assistant turn as token ids (computed on first use).
+        self._closing: list[int] | None = None
 
     # Life cycle: the model must not be freed under a running call.
     @contextlib.contextmanager
@@ -235,22 +237,68 @@ class PromptTokenizer:
         with self._use():
             return self.vocab.detokenize(tokens, render_special)
 
-    def chat_tokens(self, messages: Sequence[Message]) -> list[int]:
+    def turn_tokens(self, spec: GenerationSpec, transcript: Sequence[int]) -> list[int]:
+        """The tokens a session turn adds after ``transcript`` (engine/sessions.py).
+
+        The first turn of an empty session is tokenized as a request of its own (BOS
+        included). Later turns: token ids as given; text without BOS; chat messages as the
+        template writes them after earlier turns: the end of the assistant's turn (unless the
+        transcript already ends with it), then the new messages and the assistant's header.
+        """
+        with self._use():
+            if not transcript:
+                return self.prompt_tokens(spec)
+            if spec.tokens is not None:
+                tokens = list(spec.tokens)
+            elif spec.messages is not None:
+                closing = self._closing_ids()
+                ends_closed = bool(closing) and list(transcript[-len(closing) :]) == closing
+                tokens = ([] if ends_closed else closing) + self.chat_tokens(
+                    spec.messages, after=_EARLIER_TURNS
+                )
+            else:
+                tokens = self.vocab.tokenize(spec.prompt or "", False, self.special_in_prompt)
+        if not tokens:
+            raise invalid("the turn's input is empty", "prompt")
+        return tokens
+
+    def _closing_ids(self) -> list[int]:
+        """What the template writes after an assistant message's content (ChatML:
+        ``<|im_end|>`` and a newline), as token ids: template text only, so special tokens are
+        parsed."""
+        if self._closing is None:
+            text = self._render(_EARLIER_TURNS, add_generation_prompt=False)
+            content = _EARLIER_TURNS[-1].content
+            end = text.rfind(content)
+            closing = text[end + len(content) :] if end >= 0 else ""
+            self._closing = self.vocab.tokenize(closing, False, True) if closing else []
+        return self._closing
+
+    def chat_tokens(self, messages: Sequence[Message], after: Sequence[Message] = ()) -> list[int]:
         """The template's rendering of messages, then the assistant's turn, as token ids: the
-        template's special tokens parsed, the messages' text as text (module docstring)."""
+        template's special tokens parsed, the messages' text as text (module docstring).
+
+        With ``after`` (earlier turns, whose text holds no special-token text), only what the
+        template writes after those turns is tokenized, without BOS: a session's next turn.
+        """
+        history = list(after)
         if self.special_in_content:
-            text = self._render(messages)
-            return self.vocab.tokenize(text, self._adds_bos(text), True)
+            text = self._cut(self._render([*history, *messages]), history)
+            return self.vocab.tokenize(text, not history and self._adds_bos(text), True)
         esc = _Escaper(self.specials, [s for m in messages for s in (m.role, m.content, m.name)])
         escaped = [
             Message(esc.escape(m.role), esc.escape(m.content), esc.escape(m.name)) for m in messages
         ]
-        text = self._render(escaped)
-        skeleton = self._render(
-            [
+        text = self._cut(self._render([*history, *escaped]), history)
+
+        def skeleton_of(turns: Sequence[Message]) -> list[Message]:
+            return [
                 Message(m.role, esc.sentinel if m.content.strip() else m.content, m.name)
-                for m in escaped
+                for m in turns
             ]
+
+        skeleton = self._cut(
+            self._render([*skeleton_of(history), *skeleton_of(escaped)]), skeleton_of(history)
         )
         found = self.specials.find(text)
         written = [token.id for _, _, token in self.specials.find(skeleton)]
@@ -261,10 +309,10 @@ class PromptTokenizer:
                 "safely",
                 "messages",
             )
-        add_bos = self._adds_bos(text)
+        add_bos = not history and self._adds_bos(text)
         if not esc.escaped:  # nothing escaped: the ids a plain tokenization has always given
             ids = self.vocab.tokenize(text, add_bos, True)
-        elif esc.restore(text) != self._render(messages):
+        elif esc.restore(text) != self._cut(self._render([*history, *messages]), history):
             raise invalid(
                 "the chat template alters message text that holds special-token text (such as "
                 "a cut or a replacement): these messages cannot be tokenized safely",
@@ -276,8 +324,23 @@ class PromptTokenizer:
         return ids
 
     # The steps of chat_tokens.
-    def _render(self, messages: Sequence[Message]) -> str:
-        return self.template.render([_message_dict(m) for m in messages])
+    def _render(self, messages: Sequence[Message], add_generation_prompt: bool = True) -> str:
+        return self.template.render([_message_dict(m) for m in messages], add_generation_prompt)
+
+    def _cut(self, text: str, history: Sequence[Message]) -> str:
+        """What ``text`` (a rendering of history and more) adds after the rendering of history
+        alone; raises when the template renders history differently once more follows."""
+        if not history:
+            return text
+        before = self._render(history, add_generation_prompt=False)
+        if not text.startswith(before):
+            raise invalid(
+                "this chat template renders earlier turns differently once a later turn "
+                "follows, so a session cannot add a turn to them: send the whole conversation "
+                "without a session",
+                "messages",
+            )
+        return text[len(before) :]
 
     def _adds_bos(self, text: str) -> bool:
         """Whether to add BOS: the model wants one and the template did not write it."""
@@ -381,6 +444,11 @@ class _Escaper:
                 "messages",
             )
         return restored
+
+
+#: Stand-ins for a session's earlier turns when a new turn is rendered: the template's glue
+#: after them does not depend on their text.
+_EARLIER_TURNS = (Message("user", "Hello"), Message("assistant", "Hi there"))
 
 
 def check_fits(spec: GenerationSpec, prompt_tokens: int, seq_ctx: int) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 
 
@@ -42,6 +43,32 @@ class ModelDescription:
     description: str
 
 
+class KvTier(enum.Enum):
+    """Where a session's KV cache is."""
+
+    #: In a sequence of the KV cache: the next turn prefills only its new tokens.
+    RESIDENT = "resident"
+    #: Saved to host memory: the next turn restores it.
+    HOST = "host"
+    #: Only the transcript is kept: the next turn prefills the whole session.
+    TRANSCRIPT = "transcript"
+
+
+@dataclass(frozen=True)
+class SessionReport:
+    """What the engine says of a session."""
+
+    session_id: str
+    length: int
+    turn_ends: tuple[int, ...]
+    expires_unix_ms: int
+    ttl_s: int
+    kv_tier: KvTier
+    busy: bool
+    #: The transcript, when asked for.
+    tokens: tuple[int, ...] | None = None
+
+
 @dataclass(frozen=True)
 class Load:
     """What GetLoad reports: the worker's work in progress and KV cache occupancy."""
@@ -54,3 +81,5 @@ class Load:
     kv_cells_total: int
     embed_queued: int
     decode_steps: int
+    sessions: int = 0
+    max_sessions: int = 0

@@ -52,11 +52,22 @@ class Sampling:
 
 
 @dataclass(frozen=True)
+class SessionRef:
+    """The session a generation is the next turn of."""
+
+    session_id: str
+    #: Run only if the session has exactly this many committed turns.
+    expected_turns: int | None = None
+
+
+@dataclass(frozen=True)
 class GenerationSpec:
-    """One generation to run: exactly one of prompt, tokens or messages is set."""
+    """One generation to run: exactly one of prompt, tokens or messages is set. With a
+    session, the input is only the new turn, put after the session's transcript."""
 
     prompt: str | None = None
     tokens: tuple[int, ...] | None = None
     messages: tuple[Message, ...] | None = None
     sampling: Sampling = field(default_factory=Sampling)
     request_id: str = ""
+    session: SessionRef | None = None

@@ -37,7 +37,7 @@ from llamagrid.worker.engine.errors import (
 )
 from llamagrid.worker.engine.events import Admitted, Final
 from llamagrid.worker.engine.limits import DEFAULT_LIMITS, RequestLimits
-from llamagrid.worker.engine.prefix_cache import PrefixCache, Reuse
+from llamagrid.worker.engine.prefix_cache import PrefixCache, Reuse, common_prefix
 from llamagrid.worker.engine.prompts import PromptTokenizer, check_fits
 from llamagrid.worker.engine.requests import GenerationSpec, Message, Sampling
 from llamagrid.worker.engine.sampling import resolve
@@ -94,6 +94,16 @@ class Scheduler:
     def active(self) -> int:
         """Slots in use."""
         return sum(s is not None for s in self.slots)
+
+    def holds_prefix(self, tokens: list[int]) -> bool:
+        """Whether some sequence, idle or running, holds the KV of all of tokens but the last
+        (what a request with these tokens as its prompt would reuse)."""
+        need = len(tokens) - 1
+        held = [
+            s.decoded() if s is not None else self.cache.held(seq)
+            for seq, s in enumerate(self.slots)
+        ]
+        return any(len(h) >= need and common_prefix(h, tokens) >= need for h in held)
 
     def kv_use(self) -> KvUse:
         """Cells in use: running sequences' tokens plus idle sequences' cached prefixes."""

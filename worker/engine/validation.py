@@ -23,6 +23,7 @@ from llamagrid.worker.engine.gbnf import check_gbnf
 from llamagrid.worker.engine.limits import DEFAULT_LIMITS, RequestLimits
 from llamagrid.worker.engine.requests import GenerationSpec, Grammar, JsonSchema, Message, Sampling
 from llamagrid.worker.engine.schema_check import check_json_schema
+from llamagrid.worker.engine.sessions import check_session_id
 
 #: The most alternatives a client may ask for per token, as in the OpenAI API.
 MAX_TOP_LOGPROBS = 20
@@ -72,6 +73,8 @@ def check_generation(
     check_sampling(spec.sampling, n_vocab, limits)
     if context_per_slot is not None:
         check_repeat_last_n(spec.sampling.repeat_last_n, context_per_slot)
+    if spec.session is not None:
+        check_session_id(spec.session.session_id)
 
 
 #: A message's role or name. A chat template may build a special token out of either (Phi-3

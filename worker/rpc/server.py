@@ -34,11 +34,13 @@ from llamagrid.worker.metrics import RequestCounts, WorkerMetrics
 from llamagrid.worker.native.devices import OffloadError
 from llamagrid.worker.rpc.security import ServerSecurity, TokenCheck, server_security
 from llamagrid.worker.rpc.servicer import InferenceService
+from llamagrid.worker.rpc.sessions import SessionService
 from llamagrid.worker.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["InferenceService"].full_name
+SESSION_SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["SessionService"].full_name
 #: The trailing metadata key naming the worker that served a call.
 WORKER_TRAILER = "llamagrid-worker"
 _WILDCARD_HOSTS = ("", "0.0.0.0", "::", "[::]")
@@ -58,7 +60,8 @@ def worker_name(settings: WorkerSettings, port: int) -> str:
 
 
 class CallObserver(_Interceptor):
-    """Adds the worker's name to every InferenceService call's trailers and counts outcomes."""
+    """Adds the worker's name to every InferenceService and SessionService call's trailers and
+    counts outcomes."""
 
     def __init__(self, counts: RequestCounts) -> None:
         self.counts = counts
@@ -73,7 +76,7 @@ class CallObserver(_Interceptor):
         """Wrap our service's unary and server-streaming handlers; pass others through."""
         handler = await continuation(details)
         service, _, method = details.method.lstrip("/").partition("/")
-        if handler is None or service != SERVICE_NAME:
+        if handler is None or service not in (SERVICE_NAME, SESSION_SERVICE_NAME):
             return handler
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
@@ -165,10 +168,12 @@ class WorkerServer:
             engine, max_relay_calls=settings.max_relay_calls, count_call=counts.add
         )
         pb_grpc.add_InferenceServiceServicer_to_server(service, self.server)
+        pb_grpc.add_SessionServiceServicer_to_server(SessionService(engine), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             (
                 SERVICE_NAME,
+                SESSION_SERVICE_NAME,
                 health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                 reflection.SERVICE_NAME,
             ),

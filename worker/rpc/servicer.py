@@ -70,7 +70,7 @@ class InferenceService(pb_grpc.InferenceServiceServicer):
                     for response in batch_to_proto(batch):
                         yield response
         except EngineError as exc:
-            await _abort(context, exc)
+            await abort(context, exc)
 
     async def Relay(
         self, request_iterator: AsyncIterator[pb.RelayRequest], context: Context
@@ -95,7 +95,7 @@ class InferenceService(pb_grpc.InferenceServiceServicer):
             ]
             result = await self.engine.embed(inputs, request.normalize)
         except EngineError as exc:
-            await _abort(context, exc)
+            await abort(context, exc)
         return pb.EmbedResponse(
             embeddings=[
                 pb.Embedding(values=v, token_count=n)
@@ -112,7 +112,7 @@ class InferenceService(pb_grpc.InferenceServiceServicer):
                 request.text, request.add_special, request.parse_special
             )
         except EngineError as exc:
-            await _abort(context, exc)
+            await abort(context, exc)
         out = pb.TokenizeResponse(token_ids=[p.token_id for p in pieces])
         if request.with_pieces:
             out.pieces.extend(_piece(p.token_id, p.data) for p in pieces)
@@ -126,7 +126,7 @@ class InferenceService(pb_grpc.InferenceServiceServicer):
             self._check_model(request.model)
             text = await self.engine.detokenize(list(request.token_ids), request.render_special)
         except EngineError as exc:
-            await _abort(context, exc)
+            await abort(context, exc)
         return pb.DetokenizeResponse(text=text)
 
     async def GetModelInfo(
@@ -137,7 +137,7 @@ class InferenceService(pb_grpc.InferenceServiceServicer):
             self._check_model(request.model)
             desc = self.engine.description()
         except EngineError as exc:
-            await _abort(context, exc)
+            await abort(context, exc)
         return pb.GetModelInfoResponse(info=model_info_to_proto(desc, self.engine.placement()))
 
     async def ListModels(
@@ -147,7 +147,7 @@ class InferenceService(pb_grpc.InferenceServiceServicer):
         try:
             desc = self.engine.description()
         except EngineError as exc:
-            await _abort(context, exc)
+            await abort(context, exc)
         return pb.ListModelsResponse(models=[model_info_to_proto(desc, self.engine.placement())])
 
     async def GetLoad(self, request: pb.GetLoadRequest, context: Context) -> pb.GetLoadResponse:
@@ -155,11 +155,11 @@ class InferenceService(pb_grpc.InferenceServiceServicer):
         try:
             load = await self.engine.load()
         except EngineError as exc:
-            await _abort(context, exc)
+            await abort(context, exc)
         return load_to_proto(load)
 
 
-async def _abort(context: Context, exc: EngineError) -> NoReturn:
+async def abort(context: Context, exc: EngineError) -> NoReturn:
     """End the call with the error's rich status (ErrorInfo, RetryInfo).
 
     Trailing metadata set before (the worker's name, see server.CallObserver) is kept: abort

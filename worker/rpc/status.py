@@ -21,6 +21,12 @@ CODES: dict[Reason, grpc.StatusCode] = {
     Reason.QUEUE_TIMEOUT: grpc.StatusCode.RESOURCE_EXHAUSTED,
     Reason.NOT_READY: grpc.StatusCode.UNAVAILABLE,
     Reason.INTERNAL: grpc.StatusCode.INTERNAL,
+    Reason.SESSION_NOT_FOUND: grpc.StatusCode.NOT_FOUND,
+    Reason.SESSION_EXPIRED: grpc.StatusCode.NOT_FOUND,
+    Reason.SESSION_BUSY: grpc.StatusCode.ABORTED,
+    Reason.SESSION_LENGTH_MISMATCH: grpc.StatusCode.ABORTED,
+    Reason.SESSION_LIMIT: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Reason.TURN_CANCELLED: grpc.StatusCode.CANCELLED,
 }
 
 #: Reasons whose ErrorInfo travels on the wire (INTERNAL says nothing a client can act on).
@@ -32,6 +38,12 @@ _WIRE_REASONS = {
     Reason.QUEUE_FULL: wire.REASON_QUEUE_FULL,
     Reason.QUEUE_TIMEOUT: wire.REASON_QUEUE_TIMEOUT,
     Reason.NOT_READY: wire.REASON_NOT_READY,
+    Reason.SESSION_NOT_FOUND: wire.REASON_SESSION_NOT_FOUND,
+    Reason.SESSION_EXPIRED: wire.REASON_SESSION_EXPIRED,
+    Reason.SESSION_BUSY: wire.REASON_SESSION_BUSY,
+    Reason.SESSION_LENGTH_MISMATCH: wire.REASON_SESSION_LENGTH_MISMATCH,
+    Reason.SESSION_LIMIT: wire.REASON_SESSION_LIMIT,
+    Reason.TURN_CANCELLED: wire.REASON_TURN_CANCELLED,
 }
 
 

@@ -14,14 +14,26 @@ from llamagrid.worker.engine.events import (
     LogprobEntry,
     TokenLogprob,
 )
-from llamagrid.worker.engine.reports import Load, ModelDescription
-from llamagrid.worker.engine.requests import GenerationSpec, Grammar, JsonSchema, Message, Sampling
+from llamagrid.worker.engine.reports import KvTier, Load, ModelDescription, SessionReport
+from llamagrid.worker.engine.requests import (
+    GenerationSpec,
+    Grammar,
+    JsonSchema,
+    Message,
+    Sampling,
+    SessionRef,
+)
 from llamagrid.worker.native.devices import DeviceInfo, Placement
 
 _FINISH = {
     FinishReason.EOS: pb.FINISH_REASON_EOS,
     FinishReason.STOP_STRING: pb.FINISH_REASON_STOP_STRING,
     FinishReason.LENGTH: pb.FINISH_REASON_LENGTH,
+}
+_TIERS = {
+    KvTier.RESIDENT: pb.KV_TIER_RESIDENT,
+    KvTier.HOST: pb.KV_TIER_HOST,
+    KvTier.TRANSCRIPT: pb.KV_TIER_TRANSCRIPT,
 }
 _CONSTRAINTS: dict[str, type[Grammar | JsonSchema]] = {
     "grammar": Grammar,
@@ -54,6 +66,28 @@ def generation_from_proto(req: pb.GenerateRequest) -> GenerationSpec:
         messages=tuple(_message(m) for m in req.chat.messages) if which == "chat" else None,
         sampling=sampling,
         request_id=req.request_id,
+        session=_session_ref(req),
+    )
+
+
+def _session_ref(req: pb.GenerateRequest) -> SessionRef | None:
+    if not req.HasField("session"):
+        return None
+    ref = req.session
+    expected = ref.expected_turns if ref.HasField("expected_turns") else None
+    return SessionRef(ref.session_id, expected)
+
+
+def session_to_proto(report: SessionReport) -> pb.SessionInfo:
+    """A session's description (the model alias is the caller's to fill)."""
+    return pb.SessionInfo(
+        session_id=report.session_id,
+        length=report.length,
+        turn_ends=report.turn_ends,
+        expires_unix_ms=report.expires_unix_ms,
+        ttl_s=report.ttl_s,
+        kv_tier=_TIERS[report.kv_tier],
+        busy=report.busy,
     )
 
 
@@ -104,12 +138,17 @@ def final_to_proto(f: Final) -> pb.GenerateResponse:
         queue_ms=u.queue_ms,
         prefill_ms=u.prefill_ms,
         decode_ms=u.decode_ms,
+        prefilled_tokens=u.prompt_tokens - u.cached_tokens - u.restored_tokens,
+        restored_tokens=u.restored_tokens,
     )
-    return pb.GenerateResponse(
-        final=pb.GenerateFinal(
-            finish_reason=_FINISH[f.finish_reason], usage=usage, matched_stop=f.matched_stop
-        )
+    final = pb.GenerateFinal(
+        finish_reason=_FINISH[f.finish_reason], usage=usage, matched_stop=f.matched_stop
     )
+    if f.session is not None:
+        final.session.turns = f.session.turns
+        final.session.length = f.session.length
+        final.session.appended_token_ids.extend(f.session.appended)
+    return pb.GenerateResponse(final=final)
 
 
 _DEVICE_TYPES = {
@@ -185,4 +224,6 @@ def load_to_proto(load: Load) -> pb.GetLoadResponse:
         kv_cells_total=load.kv_cells_total,
         embed_queued_inputs=load.embed_queued,
         decode_steps=load.decode_steps,
+        sessions=load.sessions,
+        max_sessions=load.max_sessions,
     )

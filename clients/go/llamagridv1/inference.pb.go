@@ -21,6 +21,63 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// KvTier says where a session's KV cache is.
+type KvTier int32
+
+const (
+	// Not set.
+	KvTier_KV_TIER_UNSPECIFIED KvTier = 0
+	// In a sequence of the KV cache: the next turn prefills only its new tokens.
+	KvTier_KV_TIER_RESIDENT KvTier = 1
+	// Saved to host memory: the next turn restores it, then prefills its new tokens.
+	KvTier_KV_TIER_HOST KvTier = 2
+	// Only the transcript is kept: the next turn prefills the whole session.
+	KvTier_KV_TIER_TRANSCRIPT KvTier = 3
+)
+
+// Enum value maps for KvTier.
+var (
+	KvTier_name = map[int32]string{
+		0: "KV_TIER_UNSPECIFIED",
+		1: "KV_TIER_RESIDENT",
+		2: "KV_TIER_HOST",
+		3: "KV_TIER_TRANSCRIPT",
+	}
+	KvTier_value = map[string]int32{
+		"KV_TIER_UNSPECIFIED": 0,
+		"KV_TIER_RESIDENT":    1,
+		"KV_TIER_HOST":        2,
+		"KV_TIER_TRANSCRIPT":  3,
+	}
+)
+
+func (x KvTier) Enum() *KvTier {
+	p := new(KvTier)
+	*p = x
+	return p
+}
+
+func (x KvTier) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (KvTier) Descriptor() protoreflect.EnumDescriptor {
+	return file_llamagrid_v1_inference_proto_enumTypes[0].Descriptor()
+}
+
+func (KvTier) Type() protoreflect.EnumType {
+	return &file_llamagrid_v1_inference_proto_enumTypes[0]
+}
+
+func (x KvTier) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use KvTier.Descriptor instead.
+func (KvTier) EnumDescriptor() ([]byte, []int) {
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{0}
+}
+
 // FinishReason says why generation ended.
 type FinishReason int32
 
@@ -62,11 +119,11 @@ func (x FinishReason) String() string {
 }
 
 func (FinishReason) Descriptor() protoreflect.EnumDescriptor {
-	return file_llamagrid_v1_inference_proto_enumTypes[0].Descriptor()
+	return file_llamagrid_v1_inference_proto_enumTypes[1].Descriptor()
 }
 
 func (FinishReason) Type() protoreflect.EnumType {
-	return &file_llamagrid_v1_inference_proto_enumTypes[0]
+	return &file_llamagrid_v1_inference_proto_enumTypes[1]
 }
 
 func (x FinishReason) Number() protoreflect.EnumNumber {
@@ -75,7 +132,7 @@ func (x FinishReason) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use FinishReason.Descriptor instead.
 func (FinishReason) EnumDescriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{0}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{1}
 }
 
 // Capability is something a model can be asked to do.
@@ -115,11 +172,11 @@ func (x Capability) String() string {
 }
 
 func (Capability) Descriptor() protoreflect.EnumDescriptor {
-	return file_llamagrid_v1_inference_proto_enumTypes[1].Descriptor()
+	return file_llamagrid_v1_inference_proto_enumTypes[2].Descriptor()
 }
 
 func (Capability) Type() protoreflect.EnumType {
-	return &file_llamagrid_v1_inference_proto_enumTypes[1]
+	return &file_llamagrid_v1_inference_proto_enumTypes[2]
 }
 
 func (x Capability) Number() protoreflect.EnumNumber {
@@ -128,7 +185,7 @@ func (x Capability) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Capability.Descriptor instead.
 func (Capability) EnumDescriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{1}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{2}
 }
 
 // DeviceType says what kind of hardware a device is, as ggml (llama.cpp's tensor library)
@@ -177,11 +234,11 @@ func (x DeviceType) String() string {
 }
 
 func (DeviceType) Descriptor() protoreflect.EnumDescriptor {
-	return file_llamagrid_v1_inference_proto_enumTypes[2].Descriptor()
+	return file_llamagrid_v1_inference_proto_enumTypes[3].Descriptor()
 }
 
 func (DeviceType) Type() protoreflect.EnumType {
-	return &file_llamagrid_v1_inference_proto_enumTypes[2]
+	return &file_llamagrid_v1_inference_proto_enumTypes[3]
 }
 
 func (x DeviceType) Number() protoreflect.EnumNumber {
@@ -190,7 +247,7 @@ func (x DeviceType) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use DeviceType.Descriptor instead.
 func (DeviceType) EnumDescriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{2}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{3}
 }
 
 // TokenList is a sequence of token ids of the model's vocabulary.
@@ -594,7 +651,11 @@ type GenerateRequest struct {
 	// How to sample and when to stop.
 	Sampling *SamplingParams `protobuf:"bytes,5,opt,name=sampling,proto3" json:"sampling,omitempty"`
 	// An identifier chosen by the caller, echoed in the worker's logs.
-	RequestId     string `protobuf:"bytes,6,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	RequestId string `protobuf:"bytes,6,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	// Makes this call the next turn of a session: the input (chat messages, text or token ids) is
+	// only the new turn, and the worker puts it after the session's transcript. New chat messages
+	// follow the chat template's own glue between turns.
+	Session       *SessionRef `protobuf:"bytes,7,opt,name=session,proto3" json:"session,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -684,6 +745,13 @@ func (x *GenerateRequest) GetRequestId() string {
 	return ""
 }
 
+func (x *GenerateRequest) GetSession() *SessionRef {
+	if x != nil {
+		return x.Session
+	}
+	return nil
+}
+
 type isGenerateRequest_Input interface {
 	isGenerateRequest_Input()
 }
@@ -711,6 +779,836 @@ func (*GenerateRequest_Tokens) isGenerateRequest_Input() {}
 
 func (*GenerateRequest_Chat) isGenerateRequest_Input() {}
 
+// SessionRef names the session a Generate call is a turn of.
+type SessionRef struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The session's id, as OpenSession or ForkSession returned it.
+	SessionId string `protobuf:"bytes,1,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
+	// When set, the turn runs only if the session has exactly this many committed turns; else it
+	// fails with ABORTED, reason SESSION_LENGTH_MISMATCH. A client that retries a turn whose
+	// outcome it did not see sets it, so that the turn cannot be committed twice.
+	ExpectedTurns *uint32 `protobuf:"varint,2,opt,name=expected_turns,json=expectedTurns,proto3,oneof" json:"expected_turns,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SessionRef) Reset() {
+	*x = SessionRef{}
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SessionRef) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SessionRef) ProtoMessage() {}
+
+func (x *SessionRef) ProtoReflect() protoreflect.Message {
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SessionRef.ProtoReflect.Descriptor instead.
+func (*SessionRef) Descriptor() ([]byte, []int) {
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *SessionRef) GetSessionId() string {
+	if x != nil {
+		return x.SessionId
+	}
+	return ""
+}
+
+func (x *SessionRef) GetExpectedTurns() uint32 {
+	if x != nil && x.ExpectedTurns != nil {
+		return *x.ExpectedTurns
+	}
+	return 0
+}
+
+// SessionTranscript is a session's committed token ids and where each turn ends.
+type SessionTranscript struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The token ids of every committed turn, in order.
+	TokenIds []int32 `protobuf:"varint,1,rep,packed,name=token_ids,json=tokenIds,proto3" json:"token_ids,omitempty"`
+	// The transcript's length at the end of each committed turn, increasing; the last one equals
+	// the number of token_ids.
+	TurnEnds      []uint32 `protobuf:"varint,2,rep,packed,name=turn_ends,json=turnEnds,proto3" json:"turn_ends,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SessionTranscript) Reset() {
+	*x = SessionTranscript{}
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SessionTranscript) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SessionTranscript) ProtoMessage() {}
+
+func (x *SessionTranscript) ProtoReflect() protoreflect.Message {
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SessionTranscript.ProtoReflect.Descriptor instead.
+func (*SessionTranscript) Descriptor() ([]byte, []int) {
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *SessionTranscript) GetTokenIds() []int32 {
+	if x != nil {
+		return x.TokenIds
+	}
+	return nil
+}
+
+func (x *SessionTranscript) GetTurnEnds() []uint32 {
+	if x != nil {
+		return x.TurnEnds
+	}
+	return nil
+}
+
+// SessionInfo describes a session.
+type SessionInfo struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The session's id.
+	SessionId string `protobuf:"bytes,1,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
+	// The model alias.
+	Model string `protobuf:"bytes,2,opt,name=model,proto3" json:"model,omitempty"`
+	// Tokens in the transcript.
+	Length uint32 `protobuf:"varint,3,opt,name=length,proto3" json:"length,omitempty"`
+	// The transcript's length at the end of each committed turn (the number of turns is the
+	// number of entries).
+	TurnEnds []uint32 `protobuf:"varint,4,rep,packed,name=turn_ends,json=turnEnds,proto3" json:"turn_ends,omitempty"`
+	// When the session expires unless it is used again, in milliseconds since the Unix epoch.
+	ExpiresUnixMs int64 `protobuf:"varint,5,opt,name=expires_unix_ms,json=expiresUnixMs,proto3" json:"expires_unix_ms,omitempty"`
+	// Seconds of disuse after which the session expires.
+	TtlS uint32 `protobuf:"varint,6,opt,name=ttl_s,json=ttlS,proto3" json:"ttl_s,omitempty"`
+	// Where the session's KV cache is.
+	KvTier KvTier `protobuf:"varint,7,opt,name=kv_tier,json=kvTier,proto3,enum=llamagrid.v1.KvTier" json:"kv_tier,omitempty"`
+	// Whether a turn is running.
+	Busy          bool `protobuf:"varint,8,opt,name=busy,proto3" json:"busy,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SessionInfo) Reset() {
+	*x = SessionInfo{}
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SessionInfo) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SessionInfo) ProtoMessage() {}
+
+func (x *SessionInfo) ProtoReflect() protoreflect.Message {
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SessionInfo.ProtoReflect.Descriptor instead.
+func (*SessionInfo) Descriptor() ([]byte, []int) {
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *SessionInfo) GetSessionId() string {
+	if x != nil {
+		return x.SessionId
+	}
+	return ""
+}
+
+func (x *SessionInfo) GetModel() string {
+	if x != nil {
+		return x.Model
+	}
+	return ""
+}
+
+func (x *SessionInfo) GetLength() uint32 {
+	if x != nil {
+		return x.Length
+	}
+	return 0
+}
+
+func (x *SessionInfo) GetTurnEnds() []uint32 {
+	if x != nil {
+		return x.TurnEnds
+	}
+	return nil
+}
+
+func (x *SessionInfo) GetExpiresUnixMs() int64 {
+	if x != nil {
+		return x.ExpiresUnixMs
+	}
+	return 0
+}
+
+func (x *SessionInfo) GetTtlS() uint32 {
+	if x != nil {
+		return x.TtlS
+	}
+	return 0
+}
+
+func (x *SessionInfo) GetKvTier() KvTier {
+	if x != nil {
+		return x.KvTier
+	}
+	return KvTier_KV_TIER_UNSPECIFIED
+}
+
+func (x *SessionInfo) GetBusy() bool {
+	if x != nil {
+		return x.Busy
+	}
+	return false
+}
+
+// OpenSessionRequest creates a session.
+type OpenSessionRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The model alias. Empty means the worker's only model.
+	Model string `protobuf:"bytes,1,opt,name=model,proto3" json:"model,omitempty"`
+	// Seconds of disuse after which the session expires; 0 means the worker's default. More than
+	// the worker's maximum is refused.
+	TtlS uint32 `protobuf:"varint,2,opt,name=ttl_s,json=ttlS,proto3" json:"ttl_s,omitempty"`
+	// A transcript to start from; empty for a new conversation.
+	Transcript    *SessionTranscript `protobuf:"bytes,3,opt,name=transcript,proto3" json:"transcript,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *OpenSessionRequest) Reset() {
+	*x = OpenSessionRequest{}
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *OpenSessionRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*OpenSessionRequest) ProtoMessage() {}
+
+func (x *OpenSessionRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use OpenSessionRequest.ProtoReflect.Descriptor instead.
+func (*OpenSessionRequest) Descriptor() ([]byte, []int) {
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *OpenSessionRequest) GetModel() string {
+	if x != nil {
+		return x.Model
+	}
+	return ""
+}
+
+func (x *OpenSessionRequest) GetTtlS() uint32 {
+	if x != nil {
+		return x.TtlS
+	}
+	return 0
+}
+
+func (x *OpenSessionRequest) GetTranscript() *SessionTranscript {
+	if x != nil {
+		return x.Transcript
+	}
+	return nil
+}
+
+// OpenSessionResponse describes the new session.
+type OpenSessionResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The session.
+	Session       *SessionInfo `protobuf:"bytes,1,opt,name=session,proto3" json:"session,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *OpenSessionResponse) Reset() {
+	*x = OpenSessionResponse{}
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *OpenSessionResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*OpenSessionResponse) ProtoMessage() {}
+
+func (x *OpenSessionResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use OpenSessionResponse.ProtoReflect.Descriptor instead.
+func (*OpenSessionResponse) Descriptor() ([]byte, []int) {
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *OpenSessionResponse) GetSession() *SessionInfo {
+	if x != nil {
+		return x.Session
+	}
+	return nil
+}
+
+// GetSessionRequest names a session to describe.
+type GetSessionRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The session's id.
+	SessionId string `protobuf:"bytes,1,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
+	// Return the transcript too.
+	WithTranscript bool `protobuf:"varint,2,opt,name=with_transcript,json=withTranscript,proto3" json:"with_transcript,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *GetSessionRequest) Reset() {
+	*x = GetSessionRequest{}
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetSessionRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetSessionRequest) ProtoMessage() {}
+
+func (x *GetSessionRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetSessionRequest.ProtoReflect.Descriptor instead.
+func (*GetSessionRequest) Descriptor() ([]byte, []int) {
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *GetSessionRequest) GetSessionId() string {
+	if x != nil {
+		return x.SessionId
+	}
+	return ""
+}
+
+func (x *GetSessionRequest) GetWithTranscript() bool {
+	if x != nil {
+		return x.WithTranscript
+	}
+	return false
+}
+
+// GetSessionResponse describes a session.
+type GetSessionResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The session.
+	Session *SessionInfo `protobuf:"bytes,1,opt,name=session,proto3" json:"session,omitempty"`
+	// The transcript, when asked for.
+	Transcript    *SessionTranscript `protobuf:"bytes,2,opt,name=transcript,proto3" json:"transcript,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetSessionResponse) Reset() {
+	*x = GetSessionResponse{}
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetSessionResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetSessionResponse) ProtoMessage() {}
+
+func (x *GetSessionResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetSessionResponse.ProtoReflect.Descriptor instead.
+func (*GetSessionResponse) Descriptor() ([]byte, []int) {
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *GetSessionResponse) GetSession() *SessionInfo {
+	if x != nil {
+		return x.Session
+	}
+	return nil
+}
+
+func (x *GetSessionResponse) GetTranscript() *SessionTranscript {
+	if x != nil {
+		return x.Transcript
+	}
+	return nil
+}
+
+// ForkSessionRequest creates a session from the first turns of another.
+type ForkSessionRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The session to fork.
+	SessionId string `protobuf:"bytes,1,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
+	// How many of its committed turns the new session keeps (0 to its number of turns).
+	Turns uint32 `protobuf:"varint,2,opt,name=turns,proto3" json:"turns,omitempty"`
+	// The new session's TTL; 0 means the worker's default.
+	TtlS          uint32 `protobuf:"varint,3,opt,name=ttl_s,json=ttlS,proto3" json:"ttl_s,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ForkSessionRequest) Reset() {
+	*x = ForkSessionRequest{}
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ForkSessionRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ForkSessionRequest) ProtoMessage() {}
+
+func (x *ForkSessionRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ForkSessionRequest.ProtoReflect.Descriptor instead.
+func (*ForkSessionRequest) Descriptor() ([]byte, []int) {
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *ForkSessionRequest) GetSessionId() string {
+	if x != nil {
+		return x.SessionId
+	}
+	return ""
+}
+
+func (x *ForkSessionRequest) GetTurns() uint32 {
+	if x != nil {
+		return x.Turns
+	}
+	return 0
+}
+
+func (x *ForkSessionRequest) GetTtlS() uint32 {
+	if x != nil {
+		return x.TtlS
+	}
+	return 0
+}
+
+// ForkSessionResponse describes the new session.
+type ForkSessionResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The new session.
+	Session       *SessionInfo `protobuf:"bytes,1,opt,name=session,proto3" json:"session,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ForkSessionResponse) Reset() {
+	*x = ForkSessionResponse{}
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ForkSessionResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ForkSessionResponse) ProtoMessage() {}
+
+func (x *ForkSessionResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ForkSessionResponse.ProtoReflect.Descriptor instead.
+func (*ForkSessionResponse) Descriptor() ([]byte, []int) {
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *ForkSessionResponse) GetSession() *SessionInfo {
+	if x != nil {
+		return x.Session
+	}
+	return nil
+}
+
+// RollbackSessionRequest drops a session's later turns.
+type RollbackSessionRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The session.
+	SessionId string `protobuf:"bytes,1,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
+	// How many committed turns to keep (0 to its number of turns).
+	Turns         uint32 `protobuf:"varint,2,opt,name=turns,proto3" json:"turns,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RollbackSessionRequest) Reset() {
+	*x = RollbackSessionRequest{}
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RollbackSessionRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RollbackSessionRequest) ProtoMessage() {}
+
+func (x *RollbackSessionRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RollbackSessionRequest.ProtoReflect.Descriptor instead.
+func (*RollbackSessionRequest) Descriptor() ([]byte, []int) {
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *RollbackSessionRequest) GetSessionId() string {
+	if x != nil {
+		return x.SessionId
+	}
+	return ""
+}
+
+func (x *RollbackSessionRequest) GetTurns() uint32 {
+	if x != nil {
+		return x.Turns
+	}
+	return 0
+}
+
+// RollbackSessionResponse describes the session after the rollback.
+type RollbackSessionResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The session.
+	Session       *SessionInfo `protobuf:"bytes,1,opt,name=session,proto3" json:"session,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RollbackSessionResponse) Reset() {
+	*x = RollbackSessionResponse{}
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RollbackSessionResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RollbackSessionResponse) ProtoMessage() {}
+
+func (x *RollbackSessionResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RollbackSessionResponse.ProtoReflect.Descriptor instead.
+func (*RollbackSessionResponse) Descriptor() ([]byte, []int) {
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *RollbackSessionResponse) GetSession() *SessionInfo {
+	if x != nil {
+		return x.Session
+	}
+	return nil
+}
+
+// CloseSessionRequest names a session to delete.
+type CloseSessionRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The session's id.
+	SessionId     string `protobuf:"bytes,1,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CloseSessionRequest) Reset() {
+	*x = CloseSessionRequest{}
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CloseSessionRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CloseSessionRequest) ProtoMessage() {}
+
+func (x *CloseSessionRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CloseSessionRequest.ProtoReflect.Descriptor instead.
+func (*CloseSessionRequest) Descriptor() ([]byte, []int) {
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *CloseSessionRequest) GetSessionId() string {
+	if x != nil {
+		return x.SessionId
+	}
+	return ""
+}
+
+// CloseSessionResponse confirms that the session is gone.
+type CloseSessionResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CloseSessionResponse) Reset() {
+	*x = CloseSessionResponse{}
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CloseSessionResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CloseSessionResponse) ProtoMessage() {}
+
+func (x *CloseSessionResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CloseSessionResponse.ProtoReflect.Descriptor instead.
+func (*CloseSessionResponse) Descriptor() ([]byte, []int) {
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{17}
+}
+
+// CancelTurnRequest names the session whose running turn to cancel.
+type CancelTurnRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The session's id.
+	SessionId     string `protobuf:"bytes,1,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CancelTurnRequest) Reset() {
+	*x = CancelTurnRequest{}
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CancelTurnRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CancelTurnRequest) ProtoMessage() {}
+
+func (x *CancelTurnRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CancelTurnRequest.ProtoReflect.Descriptor instead.
+func (*CancelTurnRequest) Descriptor() ([]byte, []int) {
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *CancelTurnRequest) GetSessionId() string {
+	if x != nil {
+		return x.SessionId
+	}
+	return ""
+}
+
+// CancelTurnResponse says whether a turn was running.
+type CancelTurnResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// True when a turn was running and is now cancelled; false when none was.
+	Cancelled     bool `protobuf:"varint,1,opt,name=cancelled,proto3" json:"cancelled,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CancelTurnResponse) Reset() {
+	*x = CancelTurnResponse{}
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CancelTurnResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CancelTurnResponse) ProtoMessage() {}
+
+func (x *CancelTurnResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CancelTurnResponse.ProtoReflect.Descriptor instead.
+func (*CancelTurnResponse) Descriptor() ([]byte, []int) {
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *CancelTurnResponse) GetCancelled() bool {
+	if x != nil {
+		return x.Cancelled
+	}
+	return false
+}
+
 // LogprobEntry is one token with its log-probability.
 type LogprobEntry struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -729,7 +1627,7 @@ type LogprobEntry struct {
 
 func (x *LogprobEntry) Reset() {
 	*x = LogprobEntry{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[5]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -741,7 +1639,7 @@ func (x *LogprobEntry) String() string {
 func (*LogprobEntry) ProtoMessage() {}
 
 func (x *LogprobEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[5]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -754,7 +1652,7 @@ func (x *LogprobEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LogprobEntry.ProtoReflect.Descriptor instead.
 func (*LogprobEntry) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{5}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *LogprobEntry) GetTokenId() int32 {
@@ -798,7 +1696,7 @@ type TokenLogprob struct {
 
 func (x *TokenLogprob) Reset() {
 	*x = TokenLogprob{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[6]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -810,7 +1708,7 @@ func (x *TokenLogprob) String() string {
 func (*TokenLogprob) ProtoMessage() {}
 
 func (x *TokenLogprob) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[6]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -823,7 +1721,7 @@ func (x *TokenLogprob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TokenLogprob.ProtoReflect.Descriptor instead.
 func (*TokenLogprob) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{6}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *TokenLogprob) GetChosen() *LogprobEntry {
@@ -855,7 +1753,7 @@ type GenerateChunk struct {
 
 func (x *GenerateChunk) Reset() {
 	*x = GenerateChunk{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[7]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -867,7 +1765,7 @@ func (x *GenerateChunk) String() string {
 func (*GenerateChunk) ProtoMessage() {}
 
 func (x *GenerateChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[7]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -880,7 +1778,7 @@ func (x *GenerateChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GenerateChunk.ProtoReflect.Descriptor instead.
 func (*GenerateChunk) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{7}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *GenerateChunk) GetText() string {
@@ -918,14 +1816,19 @@ type Usage struct {
 	// Milliseconds spent computing the prompt.
 	PrefillMs float64 `protobuf:"fixed64,5,opt,name=prefill_ms,json=prefillMs,proto3" json:"prefill_ms,omitempty"`
 	// Milliseconds spent generating tokens after the prompt.
-	DecodeMs      float64 `protobuf:"fixed64,6,opt,name=decode_ms,json=decodeMs,proto3" json:"decode_ms,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	DecodeMs float64 `protobuf:"fixed64,6,opt,name=decode_ms,json=decodeMs,proto3" json:"decode_ms,omitempty"`
+	// Prompt tokens computed for this request: prompt_tokens less the cached and the restored
+	// ones.
+	PrefilledTokens uint32 `protobuf:"varint,7,opt,name=prefilled_tokens,json=prefilledTokens,proto3" json:"prefilled_tokens,omitempty"`
+	// Prompt tokens whose KV cache was restored from host memory.
+	RestoredTokens uint32 `protobuf:"varint,8,opt,name=restored_tokens,json=restoredTokens,proto3" json:"restored_tokens,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *Usage) Reset() {
 	*x = Usage{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[8]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -937,7 +1840,7 @@ func (x *Usage) String() string {
 func (*Usage) ProtoMessage() {}
 
 func (x *Usage) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[8]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -950,7 +1853,7 @@ func (x *Usage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Usage.ProtoReflect.Descriptor instead.
 func (*Usage) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{8}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *Usage) GetPromptTokens() uint32 {
@@ -995,6 +1898,85 @@ func (x *Usage) GetDecodeMs() float64 {
 	return 0
 }
 
+func (x *Usage) GetPrefilledTokens() uint32 {
+	if x != nil {
+		return x.PrefilledTokens
+	}
+	return 0
+}
+
+func (x *Usage) GetRestoredTokens() uint32 {
+	if x != nil {
+		return x.RestoredTokens
+	}
+	return 0
+}
+
+// SessionCommit is what a session turn added, in its final message.
+type SessionCommit struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The session's committed turns, this one included.
+	Turns uint32 `protobuf:"varint,1,opt,name=turns,proto3" json:"turns,omitempty"`
+	// Tokens in the transcript after this turn.
+	Length uint32 `protobuf:"varint,2,opt,name=length,proto3" json:"length,omitempty"`
+	// The token ids this turn appended to the transcript: the template's glue, the new input and
+	// the generated tokens.
+	AppendedTokenIds []int32 `protobuf:"varint,3,rep,packed,name=appended_token_ids,json=appendedTokenIds,proto3" json:"appended_token_ids,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *SessionCommit) Reset() {
+	*x = SessionCommit{}
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SessionCommit) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SessionCommit) ProtoMessage() {}
+
+func (x *SessionCommit) ProtoReflect() protoreflect.Message {
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SessionCommit.ProtoReflect.Descriptor instead.
+func (*SessionCommit) Descriptor() ([]byte, []int) {
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *SessionCommit) GetTurns() uint32 {
+	if x != nil {
+		return x.Turns
+	}
+	return 0
+}
+
+func (x *SessionCommit) GetLength() uint32 {
+	if x != nil {
+		return x.Length
+	}
+	return 0
+}
+
+func (x *SessionCommit) GetAppendedTokenIds() []int32 {
+	if x != nil {
+		return x.AppendedTokenIds
+	}
+	return nil
+}
+
 // GenerateFinal closes a Generate stream.
 type GenerateFinal struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1003,14 +1985,16 @@ type GenerateFinal struct {
 	// Token counts and timings.
 	Usage *Usage `protobuf:"bytes,2,opt,name=usage,proto3" json:"usage,omitempty"`
 	// The stop string that ended generation, when finish_reason is FINISH_REASON_STOP_STRING.
-	MatchedStop   string `protobuf:"bytes,3,opt,name=matched_stop,json=matchedStop,proto3" json:"matched_stop,omitempty"`
+	MatchedStop string `protobuf:"bytes,3,opt,name=matched_stop,json=matchedStop,proto3" json:"matched_stop,omitempty"`
+	// What a session turn committed; unset for a call without a session.
+	Session       *SessionCommit `protobuf:"bytes,4,opt,name=session,proto3" json:"session,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *GenerateFinal) Reset() {
 	*x = GenerateFinal{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[9]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1022,7 +2006,7 @@ func (x *GenerateFinal) String() string {
 func (*GenerateFinal) ProtoMessage() {}
 
 func (x *GenerateFinal) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[9]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1035,7 +2019,7 @@ func (x *GenerateFinal) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GenerateFinal.ProtoReflect.Descriptor instead.
 func (*GenerateFinal) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{9}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *GenerateFinal) GetFinishReason() FinishReason {
@@ -1059,6 +2043,13 @@ func (x *GenerateFinal) GetMatchedStop() string {
 	return ""
 }
 
+func (x *GenerateFinal) GetSession() *SessionCommit {
+	if x != nil {
+		return x.Session
+	}
+	return nil
+}
+
 // GenerateResponse is one message of a Generate stream: chunks, then one final message.
 type GenerateResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1075,7 +2066,7 @@ type GenerateResponse struct {
 
 func (x *GenerateResponse) Reset() {
 	*x = GenerateResponse{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[10]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1087,7 +2078,7 @@ func (x *GenerateResponse) String() string {
 func (*GenerateResponse) ProtoMessage() {}
 
 func (x *GenerateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[10]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1100,7 +2091,7 @@ func (x *GenerateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GenerateResponse.ProtoReflect.Descriptor instead.
 func (*GenerateResponse) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{10}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *GenerateResponse) GetEvent() isGenerateResponse_Event {
@@ -1162,7 +2153,7 @@ type EmbedInput struct {
 
 func (x *EmbedInput) Reset() {
 	*x = EmbedInput{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[11]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1174,7 +2165,7 @@ func (x *EmbedInput) String() string {
 func (*EmbedInput) ProtoMessage() {}
 
 func (x *EmbedInput) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[11]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1187,7 +2178,7 @@ func (x *EmbedInput) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EmbedInput.ProtoReflect.Descriptor instead.
 func (*EmbedInput) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{11}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *EmbedInput) GetInput() isEmbedInput_Input {
@@ -1248,7 +2239,7 @@ type EmbedRequest struct {
 
 func (x *EmbedRequest) Reset() {
 	*x = EmbedRequest{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[12]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1260,7 +2251,7 @@ func (x *EmbedRequest) String() string {
 func (*EmbedRequest) ProtoMessage() {}
 
 func (x *EmbedRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[12]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1273,7 +2264,7 @@ func (x *EmbedRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EmbedRequest.ProtoReflect.Descriptor instead.
 func (*EmbedRequest) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{12}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *EmbedRequest) GetModel() string {
@@ -1310,7 +2301,7 @@ type Embedding struct {
 
 func (x *Embedding) Reset() {
 	*x = Embedding{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[13]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1322,7 +2313,7 @@ func (x *Embedding) String() string {
 func (*Embedding) ProtoMessage() {}
 
 func (x *Embedding) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[13]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1335,7 +2326,7 @@ func (x *Embedding) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Embedding.ProtoReflect.Descriptor instead.
 func (*Embedding) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{13}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *Embedding) GetValues() []float32 {
@@ -1365,7 +2356,7 @@ type EmbedResponse struct {
 
 func (x *EmbedResponse) Reset() {
 	*x = EmbedResponse{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[14]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1377,7 +2368,7 @@ func (x *EmbedResponse) String() string {
 func (*EmbedResponse) ProtoMessage() {}
 
 func (x *EmbedResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[14]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1390,7 +2381,7 @@ func (x *EmbedResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EmbedResponse.ProtoReflect.Descriptor instead.
 func (*EmbedResponse) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{14}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *EmbedResponse) GetEmbeddings() []*Embedding {
@@ -1426,7 +2417,7 @@ type TokenizeRequest struct {
 
 func (x *TokenizeRequest) Reset() {
 	*x = TokenizeRequest{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[15]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1438,7 +2429,7 @@ func (x *TokenizeRequest) String() string {
 func (*TokenizeRequest) ProtoMessage() {}
 
 func (x *TokenizeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[15]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1451,7 +2442,7 @@ func (x *TokenizeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TokenizeRequest.ProtoReflect.Descriptor instead.
 func (*TokenizeRequest) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{15}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *TokenizeRequest) GetModel() string {
@@ -1507,7 +2498,7 @@ type TokenPiece struct {
 
 func (x *TokenPiece) Reset() {
 	*x = TokenPiece{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[16]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1519,7 +2510,7 @@ func (x *TokenPiece) String() string {
 func (*TokenPiece) ProtoMessage() {}
 
 func (x *TokenPiece) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[16]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1532,7 +2523,7 @@ func (x *TokenPiece) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TokenPiece.ProtoReflect.Descriptor instead.
 func (*TokenPiece) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{16}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *TokenPiece) GetId() int32 {
@@ -1598,7 +2589,7 @@ type TokenizeResponse struct {
 
 func (x *TokenizeResponse) Reset() {
 	*x = TokenizeResponse{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[17]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1610,7 +2601,7 @@ func (x *TokenizeResponse) String() string {
 func (*TokenizeResponse) ProtoMessage() {}
 
 func (x *TokenizeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[17]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1623,7 +2614,7 @@ func (x *TokenizeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TokenizeResponse.ProtoReflect.Descriptor instead.
 func (*TokenizeResponse) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{17}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *TokenizeResponse) GetTokenIds() []int32 {
@@ -1655,7 +2646,7 @@ type DetokenizeRequest struct {
 
 func (x *DetokenizeRequest) Reset() {
 	*x = DetokenizeRequest{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[18]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1667,7 +2658,7 @@ func (x *DetokenizeRequest) String() string {
 func (*DetokenizeRequest) ProtoMessage() {}
 
 func (x *DetokenizeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[18]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1680,7 +2671,7 @@ func (x *DetokenizeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DetokenizeRequest.ProtoReflect.Descriptor instead.
 func (*DetokenizeRequest) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{18}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *DetokenizeRequest) GetModel() string {
@@ -1715,7 +2706,7 @@ type DetokenizeResponse struct {
 
 func (x *DetokenizeResponse) Reset() {
 	*x = DetokenizeResponse{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[19]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1727,7 +2718,7 @@ func (x *DetokenizeResponse) String() string {
 func (*DetokenizeResponse) ProtoMessage() {}
 
 func (x *DetokenizeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[19]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1740,7 +2731,7 @@ func (x *DetokenizeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DetokenizeResponse.ProtoReflect.Descriptor instead.
 func (*DetokenizeResponse) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{19}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *DetokenizeResponse) GetText() string {
@@ -1775,7 +2766,7 @@ type Device struct {
 
 func (x *Device) Reset() {
 	*x = Device{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[20]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1787,7 +2778,7 @@ func (x *Device) String() string {
 func (*Device) ProtoMessage() {}
 
 func (x *Device) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[20]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1800,7 +2791,7 @@ func (x *Device) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Device.ProtoReflect.Descriptor instead.
 func (*Device) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{20}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *Device) GetName() string {
@@ -1891,7 +2882,7 @@ type DevicePlacement struct {
 
 func (x *DevicePlacement) Reset() {
 	*x = DevicePlacement{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[21]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1903,7 +2894,7 @@ func (x *DevicePlacement) String() string {
 func (*DevicePlacement) ProtoMessage() {}
 
 func (x *DevicePlacement) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[21]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1916,7 +2907,7 @@ func (x *DevicePlacement) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DevicePlacement.ProtoReflect.Descriptor instead.
 func (*DevicePlacement) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{21}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *DevicePlacement) GetBackend() string {
@@ -2021,7 +3012,7 @@ type ModelInfo struct {
 
 func (x *ModelInfo) Reset() {
 	*x = ModelInfo{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[22]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2033,7 +3024,7 @@ func (x *ModelInfo) String() string {
 func (*ModelInfo) ProtoMessage() {}
 
 func (x *ModelInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[22]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2046,7 +3037,7 @@ func (x *ModelInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ModelInfo.ProtoReflect.Descriptor instead.
 func (*ModelInfo) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{22}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *ModelInfo) GetAlias() string {
@@ -2165,7 +3156,7 @@ type GetModelInfoRequest struct {
 
 func (x *GetModelInfoRequest) Reset() {
 	*x = GetModelInfoRequest{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[23]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2177,7 +3168,7 @@ func (x *GetModelInfoRequest) String() string {
 func (*GetModelInfoRequest) ProtoMessage() {}
 
 func (x *GetModelInfoRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[23]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2190,7 +3181,7 @@ func (x *GetModelInfoRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetModelInfoRequest.ProtoReflect.Descriptor instead.
 func (*GetModelInfoRequest) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{23}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *GetModelInfoRequest) GetModel() string {
@@ -2211,7 +3202,7 @@ type GetModelInfoResponse struct {
 
 func (x *GetModelInfoResponse) Reset() {
 	*x = GetModelInfoResponse{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[24]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2223,7 +3214,7 @@ func (x *GetModelInfoResponse) String() string {
 func (*GetModelInfoResponse) ProtoMessage() {}
 
 func (x *GetModelInfoResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[24]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2236,7 +3227,7 @@ func (x *GetModelInfoResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetModelInfoResponse.ProtoReflect.Descriptor instead.
 func (*GetModelInfoResponse) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{24}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *GetModelInfoResponse) GetInfo() *ModelInfo {
@@ -2255,7 +3246,7 @@ type ListModelsRequest struct {
 
 func (x *ListModelsRequest) Reset() {
 	*x = ListModelsRequest{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[25]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2267,7 +3258,7 @@ func (x *ListModelsRequest) String() string {
 func (*ListModelsRequest) ProtoMessage() {}
 
 func (x *ListModelsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[25]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2280,7 +3271,7 @@ func (x *ListModelsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListModelsRequest.ProtoReflect.Descriptor instead.
 func (*ListModelsRequest) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{25}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{41}
 }
 
 // ListModelsResponse lists every model a worker serves.
@@ -2294,7 +3285,7 @@ type ListModelsResponse struct {
 
 func (x *ListModelsResponse) Reset() {
 	*x = ListModelsResponse{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[26]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2306,7 +3297,7 @@ func (x *ListModelsResponse) String() string {
 func (*ListModelsResponse) ProtoMessage() {}
 
 func (x *ListModelsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[26]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2319,7 +3310,7 @@ func (x *ListModelsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListModelsResponse.ProtoReflect.Descriptor instead.
 func (*ListModelsResponse) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{26}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *ListModelsResponse) GetModels() []*ModelInfo {
@@ -2338,7 +3329,7 @@ type GetLoadRequest struct {
 
 func (x *GetLoadRequest) Reset() {
 	*x = GetLoadRequest{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[27]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2350,7 +3341,7 @@ func (x *GetLoadRequest) String() string {
 func (*GetLoadRequest) ProtoMessage() {}
 
 func (x *GetLoadRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[27]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2363,7 +3354,7 @@ func (x *GetLoadRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetLoadRequest.ProtoReflect.Descriptor instead.
 func (*GetLoadRequest) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{27}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{43}
 }
 
 // GetLoadResponse is a snapshot of the worker's load, taken between two engine steps.
@@ -2384,14 +3375,18 @@ type GetLoadResponse struct {
 	// Embedding inputs waiting to be decoded.
 	EmbedQueuedInputs uint32 `protobuf:"varint,7,opt,name=embed_queued_inputs,json=embedQueuedInputs,proto3" json:"embed_queued_inputs,omitempty"`
 	// Generation decode steps run since the worker started (one llama_decode each).
-	DecodeSteps   uint64 `protobuf:"varint,8,opt,name=decode_steps,json=decodeSteps,proto3" json:"decode_steps,omitempty"`
+	DecodeSteps uint64 `protobuf:"varint,8,opt,name=decode_steps,json=decodeSteps,proto3" json:"decode_steps,omitempty"`
+	// Sessions the worker holds (SessionService).
+	Sessions uint32 `protobuf:"varint,9,opt,name=sessions,proto3" json:"sessions,omitempty"`
+	// The most sessions the worker may hold.
+	MaxSessions   uint32 `protobuf:"varint,10,opt,name=max_sessions,json=maxSessions,proto3" json:"max_sessions,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *GetLoadResponse) Reset() {
 	*x = GetLoadResponse{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[28]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2403,7 +3398,7 @@ func (x *GetLoadResponse) String() string {
 func (*GetLoadResponse) ProtoMessage() {}
 
 func (x *GetLoadResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[28]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2416,7 +3411,7 @@ func (x *GetLoadResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetLoadResponse.ProtoReflect.Descriptor instead.
 func (*GetLoadResponse) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{28}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *GetLoadResponse) GetActiveRequests() uint32 {
@@ -2475,6 +3470,20 @@ func (x *GetLoadResponse) GetDecodeSteps() uint64 {
 	return 0
 }
 
+func (x *GetLoadResponse) GetSessions() uint32 {
+	if x != nil {
+		return x.Sessions
+	}
+	return 0
+}
+
+func (x *GetLoadResponse) GetMaxSessions() uint32 {
+	if x != nil {
+		return x.MaxSessions
+	}
+	return 0
+}
+
 // RelayRequest starts or cancels one call of a Relay stream.
 type RelayRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -2491,7 +3500,7 @@ type RelayRequest struct {
 
 func (x *RelayRequest) Reset() {
 	*x = RelayRequest{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[29]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2503,7 +3512,7 @@ func (x *RelayRequest) String() string {
 func (*RelayRequest) ProtoMessage() {}
 
 func (x *RelayRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[29]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2516,7 +3525,7 @@ func (x *RelayRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RelayRequest.ProtoReflect.Descriptor instead.
 func (*RelayRequest) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{29}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *RelayRequest) GetAction() isRelayRequest_Action {
@@ -2580,7 +3589,7 @@ type RelayStart struct {
 
 func (x *RelayStart) Reset() {
 	*x = RelayStart{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[30]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2592,7 +3601,7 @@ func (x *RelayStart) String() string {
 func (*RelayStart) ProtoMessage() {}
 
 func (x *RelayStart) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[30]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2605,7 +3614,7 @@ func (x *RelayStart) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RelayStart.ProtoReflect.Descriptor instead.
 func (*RelayStart) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{30}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *RelayStart) GetTag() uint64 {
@@ -2646,7 +3655,7 @@ type RelayError struct {
 
 func (x *RelayError) Reset() {
 	*x = RelayError{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[31]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2658,7 +3667,7 @@ func (x *RelayError) String() string {
 func (*RelayError) ProtoMessage() {}
 
 func (x *RelayError) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[31]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2671,7 +3680,7 @@ func (x *RelayError) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RelayError.ProtoReflect.Descriptor instead.
 func (*RelayError) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{31}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *RelayError) GetCode() int32 {
@@ -2714,7 +3723,7 @@ type RelayEvent struct {
 
 func (x *RelayEvent) Reset() {
 	*x = RelayEvent{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[32]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2726,7 +3735,7 @@ func (x *RelayEvent) String() string {
 func (*RelayEvent) ProtoMessage() {}
 
 func (x *RelayEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[32]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2739,7 +3748,7 @@ func (x *RelayEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RelayEvent.ProtoReflect.Descriptor instead.
 func (*RelayEvent) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{32}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *RelayEvent) GetTag() uint64 {
@@ -2821,7 +3830,7 @@ type RelayResponse struct {
 
 func (x *RelayResponse) Reset() {
 	*x = RelayResponse{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[33]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2833,7 +3842,7 @@ func (x *RelayResponse) String() string {
 func (*RelayResponse) ProtoMessage() {}
 
 func (x *RelayResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[33]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2846,7 +3855,7 @@ func (x *RelayResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RelayResponse.ProtoReflect.Descriptor instead.
 func (*RelayResponse) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{33}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *RelayResponse) GetEvents() []*RelayEvent {
@@ -2912,7 +3921,7 @@ const file_llamagrid_v1_inference_proto_rawDesc = "" +
 	"\x12_frequency_penaltyB\a\n" +
 	"\x05_seedB\r\n" +
 	"\v_ignore_eosB\x0f\n" +
-	"\r_top_logprobs\"\x8c\x02\n" +
+	"\r_top_logprobs\"\xc0\x02\n" +
 	"\x0fGenerateRequest\x12\x14\n" +
 	"\x05model\x18\x01 \x01(\tR\x05model\x12\x18\n" +
 	"\x06prompt\x18\x02 \x01(\tH\x00R\x06prompt\x121\n" +
@@ -2920,8 +3929,67 @@ const file_llamagrid_v1_inference_proto_rawDesc = "" +
 	"\x04chat\x18\x04 \x01(\v2\x1e.llamagrid.v1.ChatConversationH\x00R\x04chat\x128\n" +
 	"\bsampling\x18\x05 \x01(\v2\x1c.llamagrid.v1.SamplingParamsR\bsampling\x12\x1d\n" +
 	"\n" +
-	"request_id\x18\x06 \x01(\tR\trequestIdB\a\n" +
-	"\x05input\"k\n" +
+	"request_id\x18\x06 \x01(\tR\trequestId\x122\n" +
+	"\asession\x18\a \x01(\v2\x18.llamagrid.v1.SessionRefR\asessionB\a\n" +
+	"\x05input\"j\n" +
+	"\n" +
+	"SessionRef\x12\x1d\n" +
+	"\n" +
+	"session_id\x18\x01 \x01(\tR\tsessionId\x12*\n" +
+	"\x0eexpected_turns\x18\x02 \x01(\rH\x00R\rexpectedTurns\x88\x01\x01B\x11\n" +
+	"\x0f_expected_turns\"M\n" +
+	"\x11SessionTranscript\x12\x1b\n" +
+	"\ttoken_ids\x18\x01 \x03(\x05R\btokenIds\x12\x1b\n" +
+	"\tturn_ends\x18\x02 \x03(\rR\bturnEnds\"\xf7\x01\n" +
+	"\vSessionInfo\x12\x1d\n" +
+	"\n" +
+	"session_id\x18\x01 \x01(\tR\tsessionId\x12\x14\n" +
+	"\x05model\x18\x02 \x01(\tR\x05model\x12\x16\n" +
+	"\x06length\x18\x03 \x01(\rR\x06length\x12\x1b\n" +
+	"\tturn_ends\x18\x04 \x03(\rR\bturnEnds\x12&\n" +
+	"\x0fexpires_unix_ms\x18\x05 \x01(\x03R\rexpiresUnixMs\x12\x13\n" +
+	"\x05ttl_s\x18\x06 \x01(\rR\x04ttlS\x12-\n" +
+	"\akv_tier\x18\a \x01(\x0e2\x14.llamagrid.v1.KvTierR\x06kvTier\x12\x12\n" +
+	"\x04busy\x18\b \x01(\bR\x04busy\"\x80\x01\n" +
+	"\x12OpenSessionRequest\x12\x14\n" +
+	"\x05model\x18\x01 \x01(\tR\x05model\x12\x13\n" +
+	"\x05ttl_s\x18\x02 \x01(\rR\x04ttlS\x12?\n" +
+	"\n" +
+	"transcript\x18\x03 \x01(\v2\x1f.llamagrid.v1.SessionTranscriptR\n" +
+	"transcript\"J\n" +
+	"\x13OpenSessionResponse\x123\n" +
+	"\asession\x18\x01 \x01(\v2\x19.llamagrid.v1.SessionInfoR\asession\"[\n" +
+	"\x11GetSessionRequest\x12\x1d\n" +
+	"\n" +
+	"session_id\x18\x01 \x01(\tR\tsessionId\x12'\n" +
+	"\x0fwith_transcript\x18\x02 \x01(\bR\x0ewithTranscript\"\x8a\x01\n" +
+	"\x12GetSessionResponse\x123\n" +
+	"\asession\x18\x01 \x01(\v2\x19.llamagrid.v1.SessionInfoR\asession\x12?\n" +
+	"\n" +
+	"transcript\x18\x02 \x01(\v2\x1f.llamagrid.v1.SessionTranscriptR\n" +
+	"transcript\"^\n" +
+	"\x12ForkSessionRequest\x12\x1d\n" +
+	"\n" +
+	"session_id\x18\x01 \x01(\tR\tsessionId\x12\x14\n" +
+	"\x05turns\x18\x02 \x01(\rR\x05turns\x12\x13\n" +
+	"\x05ttl_s\x18\x03 \x01(\rR\x04ttlS\"J\n" +
+	"\x13ForkSessionResponse\x123\n" +
+	"\asession\x18\x01 \x01(\v2\x19.llamagrid.v1.SessionInfoR\asession\"M\n" +
+	"\x16RollbackSessionRequest\x12\x1d\n" +
+	"\n" +
+	"session_id\x18\x01 \x01(\tR\tsessionId\x12\x14\n" +
+	"\x05turns\x18\x02 \x01(\rR\x05turns\"N\n" +
+	"\x17RollbackSessionResponse\x123\n" +
+	"\asession\x18\x01 \x01(\v2\x19.llamagrid.v1.SessionInfoR\asession\"4\n" +
+	"\x13CloseSessionRequest\x12\x1d\n" +
+	"\n" +
+	"session_id\x18\x01 \x01(\tR\tsessionId\"\x16\n" +
+	"\x14CloseSessionResponse\"2\n" +
+	"\x11CancelTurnRequest\x12\x1d\n" +
+	"\n" +
+	"session_id\x18\x01 \x01(\tR\tsessionId\"2\n" +
+	"\x12CancelTurnResponse\x12\x1c\n" +
+	"\tcancelled\x18\x01 \x01(\bR\tcancelled\"k\n" +
 	"\fLogprobEntry\x12\x19\n" +
 	"\btoken_id\x18\x01 \x01(\x05R\atokenId\x12\x14\n" +
 	"\x05token\x18\x02 \x01(\tR\x05token\x12\x10\n" +
@@ -2933,7 +4001,7 @@ const file_llamagrid_v1_inference_proto_rawDesc = "" +
 	"\rGenerateChunk\x12\x12\n" +
 	"\x04text\x18\x01 \x01(\tR\x04text\x12\x1b\n" +
 	"\ttoken_ids\x18\x02 \x03(\x05R\btokenIds\x126\n" +
-	"\blogprobs\x18\x03 \x03(\v2\x1a.llamagrid.v1.TokenLogprobR\blogprobs\"\xd5\x01\n" +
+	"\blogprobs\x18\x03 \x03(\v2\x1a.llamagrid.v1.TokenLogprobR\blogprobs\"\xa9\x02\n" +
 	"\x05Usage\x12#\n" +
 	"\rprompt_tokens\x18\x01 \x01(\rR\fpromptTokens\x12+\n" +
 	"\x11completion_tokens\x18\x02 \x01(\rR\x10completionTokens\x12#\n" +
@@ -2941,11 +4009,18 @@ const file_llamagrid_v1_inference_proto_rawDesc = "" +
 	"\bqueue_ms\x18\x04 \x01(\x01R\aqueueMs\x12\x1d\n" +
 	"\n" +
 	"prefill_ms\x18\x05 \x01(\x01R\tprefillMs\x12\x1b\n" +
-	"\tdecode_ms\x18\x06 \x01(\x01R\bdecodeMs\"\x9e\x01\n" +
+	"\tdecode_ms\x18\x06 \x01(\x01R\bdecodeMs\x12)\n" +
+	"\x10prefilled_tokens\x18\a \x01(\rR\x0fprefilledTokens\x12'\n" +
+	"\x0frestored_tokens\x18\b \x01(\rR\x0erestoredTokens\"k\n" +
+	"\rSessionCommit\x12\x14\n" +
+	"\x05turns\x18\x01 \x01(\rR\x05turns\x12\x16\n" +
+	"\x06length\x18\x02 \x01(\rR\x06length\x12,\n" +
+	"\x12appended_token_ids\x18\x03 \x03(\x05R\x10appendedTokenIds\"\xd5\x01\n" +
 	"\rGenerateFinal\x12?\n" +
 	"\rfinish_reason\x18\x01 \x01(\x0e2\x1a.llamagrid.v1.FinishReasonR\ffinishReason\x12)\n" +
 	"\x05usage\x18\x02 \x01(\v2\x13.llamagrid.v1.UsageR\x05usage\x12!\n" +
-	"\fmatched_stop\x18\x03 \x01(\tR\vmatchedStop\"\x85\x01\n" +
+	"\fmatched_stop\x18\x03 \x01(\tR\vmatchedStop\x125\n" +
+	"\asession\x18\x04 \x01(\v2\x1b.llamagrid.v1.SessionCommitR\asession\"\x85\x01\n" +
 	"\x10GenerateResponse\x123\n" +
 	"\x05chunk\x18\x01 \x01(\v2\x1b.llamagrid.v1.GenerateChunkH\x00R\x05chunk\x123\n" +
 	"\x05final\x18\x02 \x01(\v2\x1b.llamagrid.v1.GenerateFinalH\x00R\x05finalB\a\n" +
@@ -3038,7 +4113,7 @@ const file_llamagrid_v1_inference_proto_rawDesc = "" +
 	"\x11ListModelsRequest\"E\n" +
 	"\x12ListModelsResponse\x12/\n" +
 	"\x06models\x18\x01 \x03(\v2\x17.llamagrid.v1.ModelInfoR\x06models\"\x10\n" +
-	"\x0eGetLoadRequest\"\xb3\x02\n" +
+	"\x0eGetLoadRequest\"\xf2\x02\n" +
 	"\x0fGetLoadResponse\x12'\n" +
 	"\x0factive_requests\x18\x01 \x01(\rR\x0eactiveRequests\x12'\n" +
 	"\x0fqueued_requests\x18\x02 \x01(\rR\x0equeuedRequests\x12\x14\n" +
@@ -3047,7 +4122,10 @@ const file_llamagrid_v1_inference_proto_rawDesc = "" +
 	"\rkv_cells_used\x18\x05 \x01(\x04R\vkvCellsUsed\x12$\n" +
 	"\x0ekv_cells_total\x18\x06 \x01(\x04R\fkvCellsTotal\x12.\n" +
 	"\x13embed_queued_inputs\x18\a \x01(\rR\x11embedQueuedInputs\x12!\n" +
-	"\fdecode_steps\x18\b \x01(\x04R\vdecodeSteps\"d\n" +
+	"\fdecode_steps\x18\b \x01(\x04R\vdecodeSteps\x12\x1a\n" +
+	"\bsessions\x18\t \x01(\rR\bsessions\x12!\n" +
+	"\fmax_sessions\x18\n" +
+	" \x01(\rR\vmaxSessions\"d\n" +
 	"\fRelayRequest\x120\n" +
 	"\x05start\x18\x01 \x01(\v2\x18.llamagrid.v1.RelayStartH\x00R\x05start\x12\x18\n" +
 	"\x06cancel\x18\x02 \x01(\x04H\x00R\x06cancelB\b\n" +
@@ -3071,7 +4149,12 @@ const file_llamagrid_v1_inference_proto_rawDesc = "" +
 	"\x05error\x18\x04 \x01(\v2\x18.llamagrid.v1.RelayErrorH\x00R\x05errorB\a\n" +
 	"\x05event\"A\n" +
 	"\rRelayResponse\x120\n" +
-	"\x06events\x18\x01 \x03(\v2\x18.llamagrid.v1.RelayEventR\x06events*}\n" +
+	"\x06events\x18\x01 \x03(\v2\x18.llamagrid.v1.RelayEventR\x06events*a\n" +
+	"\x06KvTier\x12\x17\n" +
+	"\x13KV_TIER_UNSPECIFIED\x10\x00\x12\x14\n" +
+	"\x10KV_TIER_RESIDENT\x10\x01\x12\x10\n" +
+	"\fKV_TIER_HOST\x10\x02\x12\x16\n" +
+	"\x12KV_TIER_TRANSCRIPT\x10\x03*}\n" +
 	"\fFinishReason\x12\x1d\n" +
 	"\x19FINISH_REASON_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11FINISH_REASON_EOS\x10\x01\x12\x1d\n" +
@@ -3099,7 +4182,16 @@ const file_llamagrid_v1_inference_proto_rawDesc = "" +
 	"\n" +
 	"ListModels\x12\x1f.llamagrid.v1.ListModelsRequest\x1a .llamagrid.v1.ListModelsResponse\x12F\n" +
 	"\aGetLoad\x12\x1c.llamagrid.v1.GetLoadRequest\x1a\x1d.llamagrid.v1.GetLoadResponse\x12D\n" +
-	"\x05Relay\x12\x1a.llamagrid.v1.RelayRequest\x1a\x1b.llamagrid.v1.RelayResponse(\x010\x01Bg\n" +
+	"\x05Relay\x12\x1a.llamagrid.v1.RelayRequest\x1a\x1b.llamagrid.v1.RelayResponse(\x010\x012\x91\x04\n" +
+	"\x0eSessionService\x12R\n" +
+	"\vOpenSession\x12 .llamagrid.v1.OpenSessionRequest\x1a!.llamagrid.v1.OpenSessionResponse\x12O\n" +
+	"\n" +
+	"GetSession\x12\x1f.llamagrid.v1.GetSessionRequest\x1a .llamagrid.v1.GetSessionResponse\x12R\n" +
+	"\vForkSession\x12 .llamagrid.v1.ForkSessionRequest\x1a!.llamagrid.v1.ForkSessionResponse\x12^\n" +
+	"\x0fRollbackSession\x12$.llamagrid.v1.RollbackSessionRequest\x1a%.llamagrid.v1.RollbackSessionResponse\x12U\n" +
+	"\fCloseSession\x12!.llamagrid.v1.CloseSessionRequest\x1a\".llamagrid.v1.CloseSessionResponse\x12O\n" +
+	"\n" +
+	"CancelTurn\x12\x1f.llamagrid.v1.CancelTurnRequest\x1a .llamagrid.v1.CancelTurnResponseBg\n" +
 	"\x10dev.llamagrid.v1B\x0eInferenceProtoP\x01ZAgithub.com/llamagrid/llamagrid/clients/go/llamagridv1;llamagridv1b\x06proto3"
 
 var (
@@ -3114,97 +4206,135 @@ func file_llamagrid_v1_inference_proto_rawDescGZIP() []byte {
 	return file_llamagrid_v1_inference_proto_rawDescData
 }
 
-var file_llamagrid_v1_inference_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_llamagrid_v1_inference_proto_msgTypes = make([]protoimpl.MessageInfo, 35)
+var file_llamagrid_v1_inference_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
+var file_llamagrid_v1_inference_proto_msgTypes = make([]protoimpl.MessageInfo, 51)
 var file_llamagrid_v1_inference_proto_goTypes = []any{
-	(FinishReason)(0),            // 0: llamagrid.v1.FinishReason
-	(Capability)(0),              // 1: llamagrid.v1.Capability
-	(DeviceType)(0),              // 2: llamagrid.v1.DeviceType
-	(*TokenList)(nil),            // 3: llamagrid.v1.TokenList
-	(*ChatMessage)(nil),          // 4: llamagrid.v1.ChatMessage
-	(*ChatConversation)(nil),     // 5: llamagrid.v1.ChatConversation
-	(*SamplingParams)(nil),       // 6: llamagrid.v1.SamplingParams
-	(*GenerateRequest)(nil),      // 7: llamagrid.v1.GenerateRequest
-	(*LogprobEntry)(nil),         // 8: llamagrid.v1.LogprobEntry
-	(*TokenLogprob)(nil),         // 9: llamagrid.v1.TokenLogprob
-	(*GenerateChunk)(nil),        // 10: llamagrid.v1.GenerateChunk
-	(*Usage)(nil),                // 11: llamagrid.v1.Usage
-	(*GenerateFinal)(nil),        // 12: llamagrid.v1.GenerateFinal
-	(*GenerateResponse)(nil),     // 13: llamagrid.v1.GenerateResponse
-	(*EmbedInput)(nil),           // 14: llamagrid.v1.EmbedInput
-	(*EmbedRequest)(nil),         // 15: llamagrid.v1.EmbedRequest
-	(*Embedding)(nil),            // 16: llamagrid.v1.Embedding
-	(*EmbedResponse)(nil),        // 17: llamagrid.v1.EmbedResponse
-	(*TokenizeRequest)(nil),      // 18: llamagrid.v1.TokenizeRequest
-	(*TokenPiece)(nil),           // 19: llamagrid.v1.TokenPiece
-	(*TokenizeResponse)(nil),     // 20: llamagrid.v1.TokenizeResponse
-	(*DetokenizeRequest)(nil),    // 21: llamagrid.v1.DetokenizeRequest
-	(*DetokenizeResponse)(nil),   // 22: llamagrid.v1.DetokenizeResponse
-	(*Device)(nil),               // 23: llamagrid.v1.Device
-	(*DevicePlacement)(nil),      // 24: llamagrid.v1.DevicePlacement
-	(*ModelInfo)(nil),            // 25: llamagrid.v1.ModelInfo
-	(*GetModelInfoRequest)(nil),  // 26: llamagrid.v1.GetModelInfoRequest
-	(*GetModelInfoResponse)(nil), // 27: llamagrid.v1.GetModelInfoResponse
-	(*ListModelsRequest)(nil),    // 28: llamagrid.v1.ListModelsRequest
-	(*ListModelsResponse)(nil),   // 29: llamagrid.v1.ListModelsResponse
-	(*GetLoadRequest)(nil),       // 30: llamagrid.v1.GetLoadRequest
-	(*GetLoadResponse)(nil),      // 31: llamagrid.v1.GetLoadResponse
-	(*RelayRequest)(nil),         // 32: llamagrid.v1.RelayRequest
-	(*RelayStart)(nil),           // 33: llamagrid.v1.RelayStart
-	(*RelayError)(nil),           // 34: llamagrid.v1.RelayError
-	(*RelayEvent)(nil),           // 35: llamagrid.v1.RelayEvent
-	(*RelayResponse)(nil),        // 36: llamagrid.v1.RelayResponse
-	nil,                          // 37: llamagrid.v1.SamplingParams.LogitBiasEntry
+	(KvTier)(0),                     // 0: llamagrid.v1.KvTier
+	(FinishReason)(0),               // 1: llamagrid.v1.FinishReason
+	(Capability)(0),                 // 2: llamagrid.v1.Capability
+	(DeviceType)(0),                 // 3: llamagrid.v1.DeviceType
+	(*TokenList)(nil),               // 4: llamagrid.v1.TokenList
+	(*ChatMessage)(nil),             // 5: llamagrid.v1.ChatMessage
+	(*ChatConversation)(nil),        // 6: llamagrid.v1.ChatConversation
+	(*SamplingParams)(nil),          // 7: llamagrid.v1.SamplingParams
+	(*GenerateRequest)(nil),         // 8: llamagrid.v1.GenerateRequest
+	(*SessionRef)(nil),              // 9: llamagrid.v1.SessionRef
+	(*SessionTranscript)(nil),       // 10: llamagrid.v1.SessionTranscript
+	(*SessionInfo)(nil),             // 11: llamagrid.v1.SessionInfo
+	(*OpenSessionRequest)(nil),      // 12: llamagrid.v1.OpenSessionRequest
+	(*OpenSessionResponse)(nil),     // 13: llamagrid.v1.OpenSessionResponse
+	(*GetSessionRequest)(nil),       // 14: llamagrid.v1.GetSessionRequest
+	(*GetSessionResponse)(nil),      // 15: llamagrid.v1.GetSessionResponse
+	(*ForkSessionRequest)(nil),      // 16: llamagrid.v1.ForkSessionRequest
+	(*ForkSessionResponse)(nil),     // 17: llamagrid.v1.ForkSessionResponse
+	(*RollbackSessionRequest)(nil),  // 18: llamagrid.v1.RollbackSessionRequest
+	(*RollbackSessionResponse)(nil), // 19: llamagrid.v1.RollbackSessionResponse
+	(*CloseSessionRequest)(nil),     // 20: llamagrid.v1.CloseSessionRequest
+	(*CloseSessionResponse)(nil),    // 21: llamagrid.v1.CloseSessionResponse
+	(*CancelTurnRequest)(nil),       // 22: llamagrid.v1.CancelTurnRequest
+	(*CancelTurnResponse)(nil),      // 23: llamagrid.v1.CancelTurnResponse
+	(*LogprobEntry)(nil),            // 24: llamagrid.v1.LogprobEntry
+	(*TokenLogprob)(nil),            // 25: llamagrid.v1.TokenLogprob
+	(*GenerateChunk)(nil),           // 26: llamagrid.v1.GenerateChunk
+	(*Usage)(nil),                   // 27: llamagrid.v1.Usage
+	(*SessionCommit)(nil),           // 28: llamagrid.v1.SessionCommit
+	(*GenerateFinal)(nil),           // 29: llamagrid.v1.GenerateFinal
+	(*GenerateResponse)(nil),        // 30: llamagrid.v1.GenerateResponse
+	(*EmbedInput)(nil),              // 31: llamagrid.v1.EmbedInput
+	(*EmbedRequest)(nil),            // 32: llamagrid.v1.EmbedRequest
+	(*Embedding)(nil),               // 33: llamagrid.v1.Embedding
+	(*EmbedResponse)(nil),           // 34: llamagrid.v1.EmbedResponse
+	(*TokenizeRequest)(nil),         // 35: llamagrid.v1.TokenizeRequest
+	(*TokenPiece)(nil),              // 36: llamagrid.v1.TokenPiece
+	(*TokenizeResponse)(nil),        // 37: llamagrid.v1.TokenizeResponse
+	(*DetokenizeRequest)(nil),       // 38: llamagrid.v1.DetokenizeRequest
+	(*DetokenizeResponse)(nil),      // 39: llamagrid.v1.DetokenizeResponse
+	(*Device)(nil),                  // 40: llamagrid.v1.Device
+	(*DevicePlacement)(nil),         // 41: llamagrid.v1.DevicePlacement
+	(*ModelInfo)(nil),               // 42: llamagrid.v1.ModelInfo
+	(*GetModelInfoRequest)(nil),     // 43: llamagrid.v1.GetModelInfoRequest
+	(*GetModelInfoResponse)(nil),    // 44: llamagrid.v1.GetModelInfoResponse
+	(*ListModelsRequest)(nil),       // 45: llamagrid.v1.ListModelsRequest
+	(*ListModelsResponse)(nil),      // 46: llamagrid.v1.ListModelsResponse
+	(*GetLoadRequest)(nil),          // 47: llamagrid.v1.GetLoadRequest
+	(*GetLoadResponse)(nil),         // 48: llamagrid.v1.GetLoadResponse
+	(*RelayRequest)(nil),            // 49: llamagrid.v1.RelayRequest
+	(*RelayStart)(nil),              // 50: llamagrid.v1.RelayStart
+	(*RelayError)(nil),              // 51: llamagrid.v1.RelayError
+	(*RelayEvent)(nil),              // 52: llamagrid.v1.RelayEvent
+	(*RelayResponse)(nil),           // 53: llamagrid.v1.RelayResponse
+	nil,                             // 54: llamagrid.v1.SamplingParams.LogitBiasEntry
 }
 var file_llamagrid_v1_inference_proto_depIdxs = []int32{
-	4,  // 0: llamagrid.v1.ChatConversation.messages:type_name -> llamagrid.v1.ChatMessage
-	37, // 1: llamagrid.v1.SamplingParams.logit_bias:type_name -> llamagrid.v1.SamplingParams.LogitBiasEntry
-	3,  // 2: llamagrid.v1.GenerateRequest.tokens:type_name -> llamagrid.v1.TokenList
-	5,  // 3: llamagrid.v1.GenerateRequest.chat:type_name -> llamagrid.v1.ChatConversation
-	6,  // 4: llamagrid.v1.GenerateRequest.sampling:type_name -> llamagrid.v1.SamplingParams
-	8,  // 5: llamagrid.v1.TokenLogprob.chosen:type_name -> llamagrid.v1.LogprobEntry
-	8,  // 6: llamagrid.v1.TokenLogprob.top:type_name -> llamagrid.v1.LogprobEntry
-	9,  // 7: llamagrid.v1.GenerateChunk.logprobs:type_name -> llamagrid.v1.TokenLogprob
-	0,  // 8: llamagrid.v1.GenerateFinal.finish_reason:type_name -> llamagrid.v1.FinishReason
-	11, // 9: llamagrid.v1.GenerateFinal.usage:type_name -> llamagrid.v1.Usage
-	10, // 10: llamagrid.v1.GenerateResponse.chunk:type_name -> llamagrid.v1.GenerateChunk
-	12, // 11: llamagrid.v1.GenerateResponse.final:type_name -> llamagrid.v1.GenerateFinal
-	3,  // 12: llamagrid.v1.EmbedInput.tokens:type_name -> llamagrid.v1.TokenList
-	14, // 13: llamagrid.v1.EmbedRequest.inputs:type_name -> llamagrid.v1.EmbedInput
-	16, // 14: llamagrid.v1.EmbedResponse.embeddings:type_name -> llamagrid.v1.Embedding
-	19, // 15: llamagrid.v1.TokenizeResponse.pieces:type_name -> llamagrid.v1.TokenPiece
-	2,  // 16: llamagrid.v1.Device.type:type_name -> llamagrid.v1.DeviceType
-	23, // 17: llamagrid.v1.DevicePlacement.devices:type_name -> llamagrid.v1.Device
-	1,  // 18: llamagrid.v1.ModelInfo.capabilities:type_name -> llamagrid.v1.Capability
-	24, // 19: llamagrid.v1.ModelInfo.placement:type_name -> llamagrid.v1.DevicePlacement
-	25, // 20: llamagrid.v1.GetModelInfoResponse.info:type_name -> llamagrid.v1.ModelInfo
-	25, // 21: llamagrid.v1.ListModelsResponse.models:type_name -> llamagrid.v1.ModelInfo
-	33, // 22: llamagrid.v1.RelayRequest.start:type_name -> llamagrid.v1.RelayStart
-	7,  // 23: llamagrid.v1.RelayStart.request:type_name -> llamagrid.v1.GenerateRequest
-	13, // 24: llamagrid.v1.RelayEvent.response:type_name -> llamagrid.v1.GenerateResponse
-	34, // 25: llamagrid.v1.RelayEvent.error:type_name -> llamagrid.v1.RelayError
-	35, // 26: llamagrid.v1.RelayResponse.events:type_name -> llamagrid.v1.RelayEvent
-	7,  // 27: llamagrid.v1.InferenceService.Generate:input_type -> llamagrid.v1.GenerateRequest
-	15, // 28: llamagrid.v1.InferenceService.Embed:input_type -> llamagrid.v1.EmbedRequest
-	18, // 29: llamagrid.v1.InferenceService.Tokenize:input_type -> llamagrid.v1.TokenizeRequest
-	21, // 30: llamagrid.v1.InferenceService.Detokenize:input_type -> llamagrid.v1.DetokenizeRequest
-	26, // 31: llamagrid.v1.InferenceService.GetModelInfo:input_type -> llamagrid.v1.GetModelInfoRequest
-	28, // 32: llamagrid.v1.InferenceService.ListModels:input_type -> llamagrid.v1.ListModelsRequest
-	30, // 33: llamagrid.v1.InferenceService.GetLoad:input_type -> llamagrid.v1.GetLoadRequest
-	32, // 34: llamagrid.v1.InferenceService.Relay:input_type -> llamagrid.v1.RelayRequest
-	13, // 35: llamagrid.v1.InferenceService.Generate:output_type -> llamagrid.v1.GenerateResponse
-	17, // 36: llamagrid.v1.InferenceService.Embed:output_type -> llamagrid.v1.EmbedResponse
-	20, // 37: llamagrid.v1.InferenceService.Tokenize:output_type -> llamagrid.v1.TokenizeResponse
-	22, // 38: llamagrid.v1.InferenceService.Detokenize:output_type -> llamagrid.v1.DetokenizeResponse
-	27, // 39: llamagrid.v1.InferenceService.GetModelInfo:output_type -> llamagrid.v1.GetModelInfoResponse
-	29, // 40: llamagrid.v1.InferenceService.ListModels:output_type -> llamagrid.v1.ListModelsResponse
-	31, // 41: llamagrid.v1.InferenceService.GetLoad:output_type -> llamagrid.v1.GetLoadResponse
-	36, // 42: llamagrid.v1.InferenceService.Relay:output_type -> llamagrid.v1.RelayResponse
-	35, // [35:43] is the sub-list for method output_type
-	27, // [27:35] is the sub-list for method input_type
-	27, // [27:27] is the sub-list for extension type_name
-	27, // [27:27] is the sub-list for extension extendee
-	0,  // [0:27] is the sub-list for field type_name
+	5,  // 0: llamagrid.v1.ChatConversation.messages:type_name -> llamagrid.v1.ChatMessage
+	54, // 1: llamagrid.v1.SamplingParams.logit_bias:type_name -> llamagrid.v1.SamplingParams.LogitBiasEntry
+	4,  // 2: llamagrid.v1.GenerateRequest.tokens:type_name -> llamagrid.v1.TokenList
+	6,  // 3: llamagrid.v1.GenerateRequest.chat:type_name -> llamagrid.v1.ChatConversation
+	7,  // 4: llamagrid.v1.GenerateRequest.sampling:type_name -> llamagrid.v1.SamplingParams
+	9,  // 5: llamagrid.v1.GenerateRequest.session:type_name -> llamagrid.v1.SessionRef
+	0,  // 6: llamagrid.v1.SessionInfo.kv_tier:type_name -> llamagrid.v1.KvTier
+	10, // 7: llamagrid.v1.OpenSessionRequest.transcript:type_name -> llamagrid.v1.SessionTranscript
+	11, // 8: llamagrid.v1.OpenSessionResponse.session:type_name -> llamagrid.v1.SessionInfo
+	11, // 9: llamagrid.v1.GetSessionResponse.session:type_name -> llamagrid.v1.SessionInfo
+	10, // 10: llamagrid.v1.GetSessionResponse.transcript:type_name -> llamagrid.v1.SessionTranscript
+	11, // 11: llamagrid.v1.ForkSessionResponse.session:type_name -> llamagrid.v1.SessionInfo
+	11, // 12: llamagrid.v1.RollbackSessionResponse.session:type_name -> llamagrid.v1.SessionInfo
+	24, // 13: llamagrid.v1.TokenLogprob.chosen:type_name -> llamagrid.v1.LogprobEntry
+	24, // 14: llamagrid.v1.TokenLogprob.top:type_name -> llamagrid.v1.LogprobEntry
+	25, // 15: llamagrid.v1.GenerateChunk.logprobs:type_name -> llamagrid.v1.TokenLogprob
+	1,  // 16: llamagrid.v1.GenerateFinal.finish_reason:type_name -> llamagrid.v1.FinishReason
+	27, // 17: llamagrid.v1.GenerateFinal.usage:type_name -> llamagrid.v1.Usage
+	28, // 18: llamagrid.v1.GenerateFinal.session:type_name -> llamagrid.v1.SessionCommit
+	26, // 19: llamagrid.v1.GenerateResponse.chunk:type_name -> llamagrid.v1.GenerateChunk
+	29, // 20: llamagrid.v1.GenerateResponse.final:type_name -> llamagrid.v1.GenerateFinal
+	4,  // 21: llamagrid.v1.EmbedInput.tokens:type_name -> llamagrid.v1.TokenList
+	31, // 22: llamagrid.v1.EmbedRequest.inputs:type_name -> llamagrid.v1.EmbedInput
+	33, // 23: llamagrid.v1.EmbedResponse.embeddings:type_name -> llamagrid.v1.Embedding
+	36, // 24: llamagrid.v1.TokenizeResponse.pieces:type_name -> llamagrid.v1.TokenPiece
+	3,  // 25: llamagrid.v1.Device.type:type_name -> llamagrid.v1.DeviceType
+	40, // 26: llamagrid.v1.DevicePlacement.devices:type_name -> llamagrid.v1.Device
+	2,  // 27: llamagrid.v1.ModelInfo.capabilities:type_name -> llamagrid.v1.Capability
+	41, // 28: llamagrid.v1.ModelInfo.placement:type_name -> llamagrid.v1.DevicePlacement
+	42, // 29: llamagrid.v1.GetModelInfoResponse.info:type_name -> llamagrid.v1.ModelInfo
+	42, // 30: llamagrid.v1.ListModelsResponse.models:type_name -> llamagrid.v1.ModelInfo
+	50, // 31: llamagrid.v1.RelayRequest.start:type_name -> llamagrid.v1.RelayStart
+	8,  // 32: llamagrid.v1.RelayStart.request:type_name -> llamagrid.v1.GenerateRequest
+	30, // 33: llamagrid.v1.RelayEvent.response:type_name -> llamagrid.v1.GenerateResponse
+	51, // 34: llamagrid.v1.RelayEvent.error:type_name -> llamagrid.v1.RelayError
+	52, // 35: llamagrid.v1.RelayResponse.events:type_name -> llamagrid.v1.RelayEvent
+	8,  // 36: llamagrid.v1.InferenceService.Generate:input_type -> llamagrid.v1.GenerateRequest
+	32, // 37: llamagrid.v1.InferenceService.Embed:input_type -> llamagrid.v1.EmbedRequest
+	35, // 38: llamagrid.v1.InferenceService.Tokenize:input_type -> llamagrid.v1.TokenizeRequest
+	38, // 39: llamagrid.v1.InferenceService.Detokenize:input_type -> llamagrid.v1.DetokenizeRequest
+	43, // 40: llamagrid.v1.InferenceService.GetModelInfo:input_type -> llamagrid.v1.GetModelInfoRequest
+	45, // 41: llamagrid.v1.InferenceService.ListModels:input_type -> llamagrid.v1.ListModelsRequest
+	47, // 42: llamagrid.v1.InferenceService.GetLoad:input_type -> llamagrid.v1.GetLoadRequest
+	49, // 43: llamagrid.v1.InferenceService.Relay:input_type -> llamagrid.v1.RelayRequest
+	12, // 44: llamagrid.v1.SessionService.OpenSession:input_type -> llamagrid.v1.OpenSessionRequest
+	14, // 45: llamagrid.v1.SessionService.GetSession:input_type -> llamagrid.v1.GetSessionRequest
+	16, // 46: llamagrid.v1.SessionService.ForkSession:input_type -> llamagrid.v1.ForkSessionRequest
+	18, // 47: llamagrid.v1.SessionService.RollbackSession:input_type -> llamagrid.v1.RollbackSessionRequest
+	20, // 48: llamagrid.v1.SessionService.CloseSession:input_type -> llamagrid.v1.CloseSessionRequest
+	22, // 49: llamagrid.v1.SessionService.CancelTurn:input_type -> llamagrid.v1.CancelTurnRequest
+	30, // 50: llamagrid.v1.InferenceService.Generate:output_type -> llamagrid.v1.GenerateResponse
+	34, // 51: llamagrid.v1.InferenceService.Embed:output_type -> llamagrid.v1.EmbedResponse
+	37, // 52: llamagrid.v1.InferenceService.Tokenize:output_type -> llamagrid.v1.TokenizeResponse
+	39, // 53: llamagrid.v1.InferenceService.Detokenize:output_type -> llamagrid.v1.DetokenizeResponse
+	44, // 54: llamagrid.v1.InferenceService.GetModelInfo:output_type -> llamagrid.v1.GetModelInfoResponse
+	46, // 55: llamagrid.v1.InferenceService.ListModels:output_type -> llamagrid.v1.ListModelsResponse
+	48, // 56: llamagrid.v1.InferenceService.GetLoad:output_type -> llamagrid.v1.GetLoadResponse
+	53, // 57: llamagrid.v1.InferenceService.Relay:output_type -> llamagrid.v1.RelayResponse
+	13, // 58: llamagrid.v1.SessionService.OpenSession:output_type -> llamagrid.v1.OpenSessionResponse
+	15, // 59: llamagrid.v1.SessionService.GetSession:output_type -> llamagrid.v1.GetSessionResponse
+	17, // 60: llamagrid.v1.SessionService.ForkSession:output_type -> llamagrid.v1.ForkSessionResponse
+	19, // 61: llamagrid.v1.SessionService.RollbackSession:output_type -> llamagrid.v1.RollbackSessionResponse
+	21, // 62: llamagrid.v1.SessionService.CloseSession:output_type -> llamagrid.v1.CloseSessionResponse
+	23, // 63: llamagrid.v1.SessionService.CancelTurn:output_type -> llamagrid.v1.CancelTurnResponse
+	50, // [50:64] is the sub-list for method output_type
+	36, // [36:50] is the sub-list for method input_type
+	36, // [36:36] is the sub-list for extension type_name
+	36, // [36:36] is the sub-list for extension extendee
+	0,  // [0:36] is the sub-list for field type_name
 }
 
 func init() { file_llamagrid_v1_inference_proto_init() }
@@ -3222,23 +4352,24 @@ func file_llamagrid_v1_inference_proto_init() {
 		(*GenerateRequest_Tokens)(nil),
 		(*GenerateRequest_Chat)(nil),
 	}
-	file_llamagrid_v1_inference_proto_msgTypes[10].OneofWrappers = []any{
+	file_llamagrid_v1_inference_proto_msgTypes[5].OneofWrappers = []any{}
+	file_llamagrid_v1_inference_proto_msgTypes[26].OneofWrappers = []any{
 		(*GenerateResponse_Chunk)(nil),
 		(*GenerateResponse_Final)(nil),
 	}
-	file_llamagrid_v1_inference_proto_msgTypes[11].OneofWrappers = []any{
+	file_llamagrid_v1_inference_proto_msgTypes[27].OneofWrappers = []any{
 		(*EmbedInput_Text)(nil),
 		(*EmbedInput_Tokens)(nil),
 	}
-	file_llamagrid_v1_inference_proto_msgTypes[16].OneofWrappers = []any{
+	file_llamagrid_v1_inference_proto_msgTypes[32].OneofWrappers = []any{
 		(*TokenPiece_Text)(nil),
 		(*TokenPiece_Raw)(nil),
 	}
-	file_llamagrid_v1_inference_proto_msgTypes[29].OneofWrappers = []any{
+	file_llamagrid_v1_inference_proto_msgTypes[45].OneofWrappers = []any{
 		(*RelayRequest_Start)(nil),
 		(*RelayRequest_Cancel)(nil),
 	}
-	file_llamagrid_v1_inference_proto_msgTypes[32].OneofWrappers = []any{
+	file_llamagrid_v1_inference_proto_msgTypes[48].OneofWrappers = []any{
 		(*RelayEvent_Admitted)(nil),
 		(*RelayEvent_Response)(nil),
 		(*RelayEvent_Error)(nil),
@@ -3248,10 +4379,10 @@ func file_llamagrid_v1_inference_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_llamagrid_v1_inference_proto_rawDesc), len(file_llamagrid_v1_inference_proto_rawDesc)),
-			NumEnums:      3,
-			NumMessages:   35,
+			NumEnums:      4,
+			NumMessages:   51,
 			NumExtensions: 0,
-			NumServices:   1,
+			NumServices:   2,
 		},
 		GoTypes:           file_llamagrid_v1_inference_proto_goTypes,
 		DependencyIndexes: file_llamagrid_v1_inference_proto_depIdxs,

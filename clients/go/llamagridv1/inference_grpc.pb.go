@@ -417,3 +417,339 @@ var InferenceService_ServiceDesc = grpc.ServiceDesc{
 	},
 	Metadata: "llamagrid/v1/inference.proto",
 }
+
+const (
+	SessionService_OpenSession_FullMethodName     = "/llamagrid.v1.SessionService/OpenSession"
+	SessionService_GetSession_FullMethodName      = "/llamagrid.v1.SessionService/GetSession"
+	SessionService_ForkSession_FullMethodName     = "/llamagrid.v1.SessionService/ForkSession"
+	SessionService_RollbackSession_FullMethodName = "/llamagrid.v1.SessionService/RollbackSession"
+	SessionService_CloseSession_FullMethodName    = "/llamagrid.v1.SessionService/CloseSession"
+	SessionService_CancelTurn_FullMethodName      = "/llamagrid.v1.SessionService/CancelTurn"
+)
+
+// SessionServiceClient is the client API for SessionService service.
+//
+// For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
+//
+// SessionService keeps conversations on the worker. A session holds its transcript: the exact
+// token ids of every committed turn, the generated ones included (never re-rendered text). A turn
+// is a Generate call whose request names the session (GenerateRequest.session) and carries only
+// the new input; the worker puts it after the transcript, so a turn costs only its new tokens
+// while the session's KV cache is kept. A turn commits when it finishes; a cancelled or failed
+// turn leaves the session exactly as it was. One turn runs at a time per session. A session that
+// is not used for its TTL expires.
+//
+// Errors carry a google.rpc.ErrorInfo reason: SESSION_NOT_FOUND (NOT_FOUND: unknown, closed or
+// reaped), SESSION_EXPIRED (NOT_FOUND: its TTL ran out), SESSION_BUSY (ABORTED: a turn is
+// running), SESSION_LENGTH_MISMATCH (ABORTED: expected_turns differs) and SESSION_LIMIT
+// (RESOURCE_EXHAUSTED: the worker holds its maximum of sessions). A turn that would not fit the
+// context fails with CONTEXT_LENGTH_EXCEEDED; a session is never truncated.
+type SessionServiceClient interface {
+	// OpenSession creates an empty session, or one that resumes from a transcript (such as the
+	// one a gateway kept of a session whose worker was lost).
+	OpenSession(ctx context.Context, in *OpenSessionRequest, opts ...grpc.CallOption) (*OpenSessionResponse, error)
+	// GetSession describes a session, optionally with its transcript.
+	GetSession(ctx context.Context, in *GetSessionRequest, opts ...grpc.CallOption) (*GetSessionResponse, error)
+	// ForkSession creates a new session holding the first turns of another.
+	ForkSession(ctx context.Context, in *ForkSessionRequest, opts ...grpc.CallOption) (*ForkSessionResponse, error)
+	// RollbackSession drops a session's turns after the given number.
+	RollbackSession(ctx context.Context, in *RollbackSessionRequest, opts ...grpc.CallOption) (*RollbackSessionResponse, error)
+	// CloseSession deletes a session. A turn running on it is cancelled.
+	CloseSession(ctx context.Context, in *CloseSessionRequest, opts ...grpc.CallOption) (*CloseSessionResponse, error)
+	// CancelTurn cancels the turn running on a session, from any caller: its stream ends with
+	// CANCELLED (reason TURN_CANCELLED) and the session stays as it was before the turn.
+	CancelTurn(ctx context.Context, in *CancelTurnRequest, opts ...grpc.CallOption) (*CancelTurnResponse, error)
+}
+
+type sessionServiceClient struct {
+	cc grpc.ClientConnInterface
+}
+
+func NewSessionServiceClient(cc grpc.ClientConnInterface) SessionServiceClient {
+	return &sessionServiceClient{cc}
+}
+
+func (c *sessionServiceClient) OpenSession(ctx context.Context, in *OpenSessionRequest, opts ...grpc.CallOption) (*OpenSessionResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(OpenSessionResponse)
+	err := c.cc.Invoke(ctx, SessionService_OpenSession_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *sessionServiceClient) GetSession(ctx context.Context, in *GetSessionRequest, opts ...grpc.CallOption) (*GetSessionResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetSessionResponse)
+	err := c.cc.Invoke(ctx, SessionService_GetSession_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *sessionServiceClient) ForkSession(ctx context.Context, in *ForkSessionRequest, opts ...grpc.CallOption) (*ForkSessionResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ForkSessionResponse)
+	err := c.cc.Invoke(ctx, SessionService_ForkSession_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *sessionServiceClient) RollbackSession(ctx context.Context, in *RollbackSessionRequest, opts ...grpc.CallOption) (*RollbackSessionResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RollbackSessionResponse)
+	err := c.cc.Invoke(ctx, SessionService_RollbackSession_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *sessionServiceClient) CloseSession(ctx context.Context, in *CloseSessionRequest, opts ...grpc.CallOption) (*CloseSessionResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CloseSessionResponse)
+	err := c.cc.Invoke(ctx, SessionService_CloseSession_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *sessionServiceClient) CancelTurn(ctx context.Context, in *CancelTurnRequest, opts ...grpc.CallOption) (*CancelTurnResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CancelTurnResponse)
+	err := c.cc.Invoke(ctx, SessionService_CancelTurn_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// SessionServiceServer is the server API for SessionService service.
+// All implementations must embed UnimplementedSessionServiceServer
+// for forward compatibility.
+//
+// SessionService keeps conversations on the worker. A session holds its transcript: the exact
+// token ids of every committed turn, the generated ones included (never re-rendered text). A turn
+// is a Generate call whose request names the session (GenerateRequest.session) and carries only
+// the new input; the worker puts it after the transcript, so a turn costs only its new tokens
+// while the session's KV cache is kept. A turn commits when it finishes; a cancelled or failed
+// turn leaves the session exactly as it was. One turn runs at a time per session. A session that
+// is not used for its TTL expires.
+//
+// Errors carry a google.rpc.ErrorInfo reason: SESSION_NOT_FOUND (NOT_FOUND: unknown, closed or
+// reaped), SESSION_EXPIRED (NOT_FOUND: its TTL ran out), SESSION_BUSY (ABORTED: a turn is
+// running), SESSION_LENGTH_MISMATCH (ABORTED: expected_turns differs) and SESSION_LIMIT
+// (RESOURCE_EXHAUSTED: the worker holds its maximum of sessions). A turn that would not fit the
+// context fails with CONTEXT_LENGTH_EXCEEDED; a session is never truncated.
+type SessionServiceServer interface {
+	// OpenSession creates an empty session, or one that resumes from a transcript (such as the
+	// one a gateway kept of a session whose worker was lost).
+	OpenSession(context.Context, *OpenSessionRequest) (*OpenSessionResponse, error)
+	// GetSession describes a session, optionally with its transcript.
+	GetSession(context.Context, *GetSessionRequest) (*GetSessionResponse, error)
+	// ForkSession creates a new session holding the first turns of another.
+	ForkSession(context.Context, *ForkSessionRequest) (*ForkSessionResponse, error)
+	// RollbackSession drops a session's turns after the given number.
+	RollbackSession(context.Context, *RollbackSessionRequest) (*RollbackSessionResponse, error)
+	// CloseSession deletes a session. A turn running on it is cancelled.
+	CloseSession(context.Context, *CloseSessionRequest) (*CloseSessionResponse, error)
+	// CancelTurn cancels the turn running on a session, from any caller: its stream ends with
+	// CANCELLED (reason TURN_CANCELLED) and the session stays as it was before the turn.
+	CancelTurn(context.Context, *CancelTurnRequest) (*CancelTurnResponse, error)
+	mustEmbedUnimplementedSessionServiceServer()
+}
+
+// UnimplementedSessionServiceServer must be embedded to have
+// forward compatible implementations.
+//
+// NOTE: this should be embedded by value instead of pointer to avoid a nil
+// pointer dereference when methods are called.
+type UnimplementedSessionServiceServer struct{}
+
+func (UnimplementedSessionServiceServer) OpenSession(context.Context, *OpenSessionRequest) (*OpenSessionResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method OpenSession not implemented")
+}
+func (UnimplementedSessionServiceServer) GetSession(context.Context, *GetSessionRequest) (*GetSessionResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetSession not implemented")
+}
+func (UnimplementedSessionServiceServer) ForkSession(context.Context, *ForkSessionRequest) (*ForkSessionResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ForkSession not implemented")
+}
+func (UnimplementedSessionServiceServer) RollbackSession(context.Context, *RollbackSessionRequest) (*RollbackSessionResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RollbackSession not implemented")
+}
+func (UnimplementedSessionServiceServer) CloseSession(context.Context, *CloseSessionRequest) (*CloseSessionResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method CloseSession not implemented")
+}
+func (UnimplementedSessionServiceServer) CancelTurn(context.Context, *CancelTurnRequest) (*CancelTurnResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method CancelTurn not implemented")
+}
+func (UnimplementedSessionServiceServer) mustEmbedUnimplementedSessionServiceServer() {}
+func (UnimplementedSessionServiceServer) testEmbeddedByValue()                        {}
+
+// UnsafeSessionServiceServer may be embedded to opt out of forward compatibility for this service.
+// Use of this interface is not recommended, as added methods to SessionServiceServer will
+// result in compilation errors.
+type UnsafeSessionServiceServer interface {
+	mustEmbedUnimplementedSessionServiceServer()
+}
+
+func RegisterSessionServiceServer(s grpc.ServiceRegistrar, srv SessionServiceServer) {
+	// If the following call panics, it indicates UnimplementedSessionServiceServer was
+	// embedded by pointer and is nil.  This will cause panics if an
+	// unimplemented method is ever invoked, so we test this at initialization
+	// time to prevent it from happening at runtime later due to I/O.
+	if t, ok := srv.(interface{ testEmbeddedByValue() }); ok {
+		t.testEmbeddedByValue()
+	}
+	s.RegisterService(&SessionService_ServiceDesc, srv)
+}
+
+func _SessionService_OpenSession_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(OpenSessionRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SessionServiceServer).OpenSession(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: SessionService_OpenSession_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SessionServiceServer).OpenSession(ctx, req.(*OpenSessionRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _SessionService_GetSession_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetSessionRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SessionServiceServer).GetSession(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: SessionService_GetSession_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SessionServiceServer).GetSession(ctx, req.(*GetSessionRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _SessionService_ForkSession_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ForkSessionRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SessionServiceServer).ForkSession(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: SessionService_ForkSession_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SessionServiceServer).ForkSession(ctx, req.(*ForkSessionRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _SessionService_RollbackSession_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RollbackSessionRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SessionServiceServer).RollbackSession(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: SessionService_RollbackSession_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SessionServiceServer).RollbackSession(ctx, req.(*RollbackSessionRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _SessionService_CloseSession_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CloseSessionRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SessionServiceServer).CloseSession(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: SessionService_CloseSession_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SessionServiceServer).CloseSession(ctx, req.(*CloseSessionRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _SessionService_CancelTurn_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CancelTurnRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SessionServiceServer).CancelTurn(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: SessionService_CancelTurn_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SessionServiceServer).CancelTurn(ctx, req.(*CancelTurnRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+// SessionService_ServiceDesc is the grpc.ServiceDesc for SessionService service.
+// It's only intended for direct use with grpc.RegisterService,
+// and not to be introspected or modified (even as a copy)
+var SessionService_ServiceDesc = grpc.ServiceDesc{
+	ServiceName: "llamagrid.v1.SessionService",
+	HandlerType: (*SessionServiceServer)(nil),
+	Methods: []grpc.MethodDesc{
+		{
+			MethodName: "OpenSession",
+			Handler:    _SessionService_OpenSession_Handler,
+		},
+		{
+			MethodName: "GetSession",
+			Handler:    _SessionService_GetSession_Handler,
+		},
+		{
+			MethodName: "ForkSession",
+			Handler:    _SessionService_ForkSession_Handler,
+		},
+		{
+			MethodName: "RollbackSession",
+			Handler:    _SessionService_RollbackSession_Handler,
+		},
+		{
+			MethodName: "CloseSession",
+			Handler:    _SessionService_CloseSession_Handler,
+		},
+		{
+			MethodName: "CancelTurn",
+			Handler:    _SessionService_CancelTurn_Handler,
+		},
+	},
+	Streams:  []grpc.StreamDesc{},
+	Metadata: "llamagrid/v1/inference.proto",
+}

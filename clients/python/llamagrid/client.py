@@ -116,6 +116,7 @@ class AsyncInferenceClient:
             target, list(options) if options is not None else channel_options(), security
         )
         self._stub = pb_grpc.InferenceServiceStub(self._channel)
+        self._sessions = pb_grpc.SessionServiceStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
         self._relay: RelayConnection | None = None
 
@@ -164,6 +165,54 @@ class AsyncInferenceClient:
     async def get_load(self, timeout: float | None = None) -> pb.GetLoadResponse:
         """The worker's work in progress and KV cache occupancy."""
         return await self._stub.GetLoad(pb.GetLoadRequest(), timeout=timeout)
+
+    # Sessions: a Generate request whose ``session`` names one is that session's next turn.
+    async def open_session(
+        self,
+        model: str = "",
+        ttl_s: int = 0,
+        transcript: pb.SessionTranscript | None = None,
+        timeout: float | None = None,
+    ) -> pb.SessionInfo:
+        """A new session (empty, or resuming from ``transcript``)."""
+        request = pb.OpenSessionRequest(model=model, ttl_s=ttl_s, transcript=transcript)
+        response = await self._sessions.OpenSession(request, timeout=timeout)
+        return response.session
+
+    async def get_session(
+        self, session_id: str, with_transcript: bool = False, timeout: float | None = None
+    ) -> pb.GetSessionResponse:
+        """A session's description, and its transcript when asked."""
+        request = pb.GetSessionRequest(session_id=session_id, with_transcript=with_transcript)
+        return await self._sessions.GetSession(request, timeout=timeout)
+
+    async def fork_session(
+        self, session_id: str, turns: int, ttl_s: int = 0, timeout: float | None = None
+    ) -> pb.SessionInfo:
+        """A new session holding the first ``turns`` turns of another."""
+        request = pb.ForkSessionRequest(session_id=session_id, turns=turns, ttl_s=ttl_s)
+        response = await self._sessions.ForkSession(request, timeout=timeout)
+        return response.session
+
+    async def rollback_session(
+        self, session_id: str, turns: int, timeout: float | None = None
+    ) -> pb.SessionInfo:
+        """Keep only a session's first ``turns`` turns."""
+        request = pb.RollbackSessionRequest(session_id=session_id, turns=turns)
+        response = await self._sessions.RollbackSession(request, timeout=timeout)
+        return response.session
+
+    async def close_session(self, session_id: str, timeout: float | None = None) -> None:
+        """Delete a session (a turn running on it is cancelled)."""
+        await self._sessions.CloseSession(
+            pb.CloseSessionRequest(session_id=session_id), timeout=timeout
+        )
+
+    async def cancel_turn(self, session_id: str, timeout: float | None = None) -> bool:
+        """Cancel the turn running on a session; False when none was running."""
+        request = pb.CancelTurnRequest(session_id=session_id)
+        response = await self._sessions.CancelTurn(request, timeout=timeout)
+        return response.cancelled
 
     async def watch_health(self, service: str = "") -> AsyncIterator[bool]:
         """Yield whether ``service`` is SERVING, now and after every change (grpc.health.v1).

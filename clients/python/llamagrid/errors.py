@@ -42,6 +42,18 @@ REASON_QUEUE_FULL = "QUEUE_FULL"
 REASON_QUEUE_TIMEOUT = "QUEUE_TIMEOUT"
 #: The worker is shutting down or still loading.
 REASON_NOT_READY = "NOT_READY"
+#: The session does not exist on this worker (never opened, closed, or reaped long ago).
+REASON_SESSION_NOT_FOUND = "SESSION_NOT_FOUND"
+#: The session was not used for its TTL and was deleted.
+REASON_SESSION_EXPIRED = "SESSION_EXPIRED"
+#: A turn is already running on the session.
+REASON_SESSION_BUSY = "SESSION_BUSY"
+#: The session does not have the number of turns the request expected.
+REASON_SESSION_LENGTH_MISMATCH = "SESSION_LENGTH_MISMATCH"
+#: The worker already holds its maximum number of sessions.
+REASON_SESSION_LIMIT = "SESSION_LIMIT"
+#: The session's turn was cancelled through CancelTurn.
+REASON_TURN_CANCELLED = "TURN_CANCELLED"
 
 
 @dataclass(frozen=True)

@@ -84,6 +84,7 @@ class InferenceClient:
         self.channel: grpc.Channel
         self._channel, self.channel = sync_channel(target, channel_options(), security)
         self._stub = pb_grpc.InferenceServiceStub(self.channel)
+        self._sessions = pb_grpc.SessionServiceStub(self.channel)
 
     def wait_ready(self, timeout: float | None = None) -> None:
         """Block until the channel is connected (raises grpc.FutureTimeoutError)."""
@@ -122,6 +123,48 @@ class InferenceClient:
     def get_load(self, timeout: float | None = None) -> pb.GetLoadResponse:
         """The worker's work in progress and KV cache occupancy."""
         return self._stub.GetLoad(pb.GetLoadRequest(), timeout=timeout)
+
+    # Sessions: a Generate request whose ``session`` names one is that session's next turn.
+    def open_session(
+        self,
+        model: str = "",
+        ttl_s: int = 0,
+        transcript: pb.SessionTranscript | None = None,
+        timeout: float | None = None,
+    ) -> pb.SessionInfo:
+        """A new session (empty, or resuming from ``transcript``)."""
+        request = pb.OpenSessionRequest(model=model, ttl_s=ttl_s, transcript=transcript)
+        return self._sessions.OpenSession(request, timeout=timeout).session
+
+    def get_session(
+        self, session_id: str, with_transcript: bool = False, timeout: float | None = None
+    ) -> pb.GetSessionResponse:
+        """A session's description, and its transcript when asked."""
+        request = pb.GetSessionRequest(session_id=session_id, with_transcript=with_transcript)
+        return self._sessions.GetSession(request, timeout=timeout)
+
+    def fork_session(
+        self, session_id: str, turns: int, ttl_s: int = 0, timeout: float | None = None
+    ) -> pb.SessionInfo:
+        """A new session holding the first ``turns`` turns of another."""
+        request = pb.ForkSessionRequest(session_id=session_id, turns=turns, ttl_s=ttl_s)
+        return self._sessions.ForkSession(request, timeout=timeout).session
+
+    def rollback_session(
+        self, session_id: str, turns: int, timeout: float | None = None
+    ) -> pb.SessionInfo:
+        """Keep only a session's first ``turns`` turns."""
+        request = pb.RollbackSessionRequest(session_id=session_id, turns=turns)
+        return self._sessions.RollbackSession(request, timeout=timeout).session
+
+    def close_session(self, session_id: str, timeout: float | None = None) -> None:
+        """Delete a session (a turn running on it is cancelled)."""
+        self._sessions.CloseSession(pb.CloseSessionRequest(session_id=session_id), timeout=timeout)
+
+    def cancel_turn(self, session_id: str, timeout: float | None = None) -> bool:
+        """Cancel the turn running on a session; False when none was running."""
+        request = pb.CancelTurnRequest(session_id=session_id)
+        return self._sessions.CancelTurn(request, timeout=timeout).cancelled
 
     def close(self) -> None:
         """Close the channel."""

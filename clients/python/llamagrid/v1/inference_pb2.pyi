@@ -19,6 +19,34 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _KvTier:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _KvTierEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_KvTier.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    KV_TIER_UNSPECIFIED: _KvTier.ValueType  # 0
+    """Not set."""
+    KV_TIER_RESIDENT: _KvTier.ValueType  # 1
+    """In a sequence of the KV cache: the next turn prefills only its new tokens."""
+    KV_TIER_HOST: _KvTier.ValueType  # 2
+    """Saved to host memory: the next turn restores it, then prefills its new tokens."""
+    KV_TIER_TRANSCRIPT: _KvTier.ValueType  # 3
+    """Only the transcript is kept: the next turn prefills the whole session."""
+
+class KvTier(_KvTier, metaclass=_KvTierEnumTypeWrapper):
+    """KvTier says where a session's KV cache is."""
+
+KV_TIER_UNSPECIFIED: KvTier.ValueType  # 0
+"""Not set."""
+KV_TIER_RESIDENT: KvTier.ValueType  # 1
+"""In a sequence of the KV cache: the next turn prefills only its new tokens."""
+KV_TIER_HOST: KvTier.ValueType  # 2
+"""Saved to host memory: the next turn restores it, then prefills its new tokens."""
+KV_TIER_TRANSCRIPT: KvTier.ValueType  # 3
+"""Only the transcript is kept: the next turn prefills the whole session."""
+Global___KvTier: _TypeAlias = KvTier  # noqa: Y015
+
 class _FinishReason:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -375,6 +403,7 @@ class GenerateRequest(_message.Message):
     CHAT_FIELD_NUMBER: _builtins.int
     SAMPLING_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    SESSION_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """The model alias. Empty means the worker's only model."""
     prompt: _builtins.str
@@ -396,6 +425,13 @@ class GenerateRequest(_message.Message):
     def sampling(self) -> Global___SamplingParams:
         """How to sample and when to stop."""
 
+    @_builtins.property
+    def session(self) -> Global___SessionRef:
+        """Makes this call the next turn of a session: the input (chat messages, text or token ids) is
+        only the new turn, and the worker puts it after the session's transcript. New chat messages
+        follow the chat template's own glue between turns.
+        """
+
     def __init__(
         self,
         *,
@@ -405,16 +441,435 @@ class GenerateRequest(_message.Message):
         chat: Global___ChatConversation | None = ...,
         sampling: Global___SamplingParams | None = ...,
         request_id: _builtins.str = ...,
+        session: Global___SessionRef | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["chat", b"chat", "input", b"input", "prompt", b"prompt", "sampling", b"sampling", "tokens", b"tokens"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["chat", b"chat", "input", b"input", "prompt", b"prompt", "sampling", b"sampling", "session", b"session", "tokens", b"tokens"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chat", b"chat", "input", b"input", "model", b"model", "prompt", b"prompt", "request_id", b"request_id", "sampling", b"sampling", "tokens", b"tokens"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chat", b"chat", "input", b"input", "model", b"model", "prompt", b"prompt", "request_id", b"request_id", "sampling", b"sampling", "session", b"session", "tokens", b"tokens"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_input: _TypeAlias = _typing.Literal["prompt", "tokens", "chat"]  # noqa: Y015
     _WhichOneofArgType_input: _TypeAlias = _typing.Literal["input", b"input"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_input) -> _WhichOneofReturnType_input | None: ...
 
 Global___GenerateRequest: _TypeAlias = GenerateRequest  # noqa: Y015
+
+@_typing.final
+class SessionRef(_message.Message):
+    """SessionRef names the session a Generate call is a turn of."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    EXPECTED_TURNS_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
+    """The session's id, as OpenSession or ForkSession returned it."""
+    expected_turns: _builtins.int
+    """When set, the turn runs only if the session has exactly this many committed turns; else it
+    fails with ABORTED, reason SESSION_LENGTH_MISMATCH. A client that retries a turn whose
+    outcome it did not see sets it, so that the turn cannot be committed twice.
+    """
+    def __init__(
+        self,
+        *,
+        session_id: _builtins.str = ...,
+        expected_turns: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_expected_turns", b"_expected_turns", "expected_turns", b"expected_turns"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expected_turns", b"_expected_turns", "expected_turns", b"expected_turns", "session_id", b"session_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__expected_turns: _TypeAlias = _typing.Literal["expected_turns"]  # noqa: Y015
+    _WhichOneofArgType__expected_turns: _TypeAlias = _typing.Literal["_expected_turns", b"_expected_turns"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__expected_turns) -> _WhichOneofReturnType__expected_turns | None: ...
+
+Global___SessionRef: _TypeAlias = SessionRef  # noqa: Y015
+
+@_typing.final
+class SessionTranscript(_message.Message):
+    """SessionTranscript is a session's committed token ids and where each turn ends."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOKEN_IDS_FIELD_NUMBER: _builtins.int
+    TURN_ENDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def token_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """The token ids of every committed turn, in order."""
+
+    @_builtins.property
+    def turn_ends(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """The transcript's length at the end of each committed turn, increasing; the last one equals
+        the number of token_ids.
+        """
+
+    def __init__(
+        self,
+        *,
+        token_ids: _abc.Iterable[_builtins.int] | None = ...,
+        turn_ends: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["token_ids", b"token_ids", "turn_ends", b"turn_ends"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SessionTranscript: _TypeAlias = SessionTranscript  # noqa: Y015
+
+@_typing.final
+class SessionInfo(_message.Message):
+    """SessionInfo describes a session."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    LENGTH_FIELD_NUMBER: _builtins.int
+    TURN_ENDS_FIELD_NUMBER: _builtins.int
+    EXPIRES_UNIX_MS_FIELD_NUMBER: _builtins.int
+    TTL_S_FIELD_NUMBER: _builtins.int
+    KV_TIER_FIELD_NUMBER: _builtins.int
+    BUSY_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
+    """The session's id."""
+    model: _builtins.str
+    """The model alias."""
+    length: _builtins.int
+    """Tokens in the transcript."""
+    expires_unix_ms: _builtins.int
+    """When the session expires unless it is used again, in milliseconds since the Unix epoch."""
+    ttl_s: _builtins.int
+    """Seconds of disuse after which the session expires."""
+    kv_tier: Global___KvTier.ValueType
+    """Where the session's KV cache is."""
+    busy: _builtins.bool
+    """Whether a turn is running."""
+    @_builtins.property
+    def turn_ends(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """The transcript's length at the end of each committed turn (the number of turns is the
+        number of entries).
+        """
+
+    def __init__(
+        self,
+        *,
+        session_id: _builtins.str = ...,
+        model: _builtins.str = ...,
+        length: _builtins.int = ...,
+        turn_ends: _abc.Iterable[_builtins.int] | None = ...,
+        expires_unix_ms: _builtins.int = ...,
+        ttl_s: _builtins.int = ...,
+        kv_tier: Global___KvTier.ValueType = ...,
+        busy: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["busy", b"busy", "expires_unix_ms", b"expires_unix_ms", "kv_tier", b"kv_tier", "length", b"length", "model", b"model", "session_id", b"session_id", "ttl_s", b"ttl_s", "turn_ends", b"turn_ends"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SessionInfo: _TypeAlias = SessionInfo  # noqa: Y015
+
+@_typing.final
+class OpenSessionRequest(_message.Message):
+    """OpenSessionRequest creates a session."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    TTL_S_FIELD_NUMBER: _builtins.int
+    TRANSCRIPT_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    """The model alias. Empty means the worker's only model."""
+    ttl_s: _builtins.int
+    """Seconds of disuse after which the session expires; 0 means the worker's default. More than
+    the worker's maximum is refused.
+    """
+    @_builtins.property
+    def transcript(self) -> Global___SessionTranscript:
+        """A transcript to start from; empty for a new conversation."""
+
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        ttl_s: _builtins.int = ...,
+        transcript: Global___SessionTranscript | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["transcript", b"transcript"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "transcript", b"transcript", "ttl_s", b"ttl_s"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OpenSessionRequest: _TypeAlias = OpenSessionRequest  # noqa: Y015
+
+@_typing.final
+class OpenSessionResponse(_message.Message):
+    """OpenSessionResponse describes the new session."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def session(self) -> Global___SessionInfo:
+        """The session."""
+
+    def __init__(
+        self,
+        *,
+        session: Global___SessionInfo | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["session", b"session"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["session", b"session"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OpenSessionResponse: _TypeAlias = OpenSessionResponse  # noqa: Y015
+
+@_typing.final
+class GetSessionRequest(_message.Message):
+    """GetSessionRequest names a session to describe."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    WITH_TRANSCRIPT_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
+    """The session's id."""
+    with_transcript: _builtins.bool
+    """Return the transcript too."""
+    def __init__(
+        self,
+        *,
+        session_id: _builtins.str = ...,
+        with_transcript: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["session_id", b"session_id", "with_transcript", b"with_transcript"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetSessionRequest: _TypeAlias = GetSessionRequest  # noqa: Y015
+
+@_typing.final
+class GetSessionResponse(_message.Message):
+    """GetSessionResponse describes a session."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_FIELD_NUMBER: _builtins.int
+    TRANSCRIPT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def session(self) -> Global___SessionInfo:
+        """The session."""
+
+    @_builtins.property
+    def transcript(self) -> Global___SessionTranscript:
+        """The transcript, when asked for."""
+
+    def __init__(
+        self,
+        *,
+        session: Global___SessionInfo | None = ...,
+        transcript: Global___SessionTranscript | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["session", b"session", "transcript", b"transcript"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["session", b"session", "transcript", b"transcript"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetSessionResponse: _TypeAlias = GetSessionResponse  # noqa: Y015
+
+@_typing.final
+class ForkSessionRequest(_message.Message):
+    """ForkSessionRequest creates a session from the first turns of another."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    TURNS_FIELD_NUMBER: _builtins.int
+    TTL_S_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
+    """The session to fork."""
+    turns: _builtins.int
+    """How many of its committed turns the new session keeps (0 to its number of turns)."""
+    ttl_s: _builtins.int
+    """The new session's TTL; 0 means the worker's default."""
+    def __init__(
+        self,
+        *,
+        session_id: _builtins.str = ...,
+        turns: _builtins.int = ...,
+        ttl_s: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["session_id", b"session_id", "ttl_s", b"ttl_s", "turns", b"turns"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ForkSessionRequest: _TypeAlias = ForkSessionRequest  # noqa: Y015
+
+@_typing.final
+class ForkSessionResponse(_message.Message):
+    """ForkSessionResponse describes the new session."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def session(self) -> Global___SessionInfo:
+        """The new session."""
+
+    def __init__(
+        self,
+        *,
+        session: Global___SessionInfo | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["session", b"session"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["session", b"session"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ForkSessionResponse: _TypeAlias = ForkSessionResponse  # noqa: Y015
+
+@_typing.final
+class RollbackSessionRequest(_message.Message):
+    """RollbackSessionRequest drops a session's later turns."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    TURNS_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
+    """The session."""
+    turns: _builtins.int
+    """How many committed turns to keep (0 to its number of turns)."""
+    def __init__(
+        self,
+        *,
+        session_id: _builtins.str = ...,
+        turns: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["session_id", b"session_id", "turns", b"turns"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RollbackSessionRequest: _TypeAlias = RollbackSessionRequest  # noqa: Y015
+
+@_typing.final
+class RollbackSessionResponse(_message.Message):
+    """RollbackSessionResponse describes the session after the rollback."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def session(self) -> Global___SessionInfo:
+        """The session."""
+
+    def __init__(
+        self,
+        *,
+        session: Global___SessionInfo | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["session", b"session"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["session", b"session"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RollbackSessionResponse: _TypeAlias = RollbackSessionResponse  # noqa: Y015
+
+@_typing.final
+class CloseSessionRequest(_message.Message):
+    """CloseSessionRequest names a session to delete."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
+    """The session's id."""
+    def __init__(
+        self,
+        *,
+        session_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["session_id", b"session_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CloseSessionRequest: _TypeAlias = CloseSessionRequest  # noqa: Y015
+
+@_typing.final
+class CloseSessionResponse(_message.Message):
+    """CloseSessionResponse confirms that the session is gone."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CloseSessionResponse: _TypeAlias = CloseSessionResponse  # noqa: Y015
+
+@_typing.final
+class CancelTurnRequest(_message.Message):
+    """CancelTurnRequest names the session whose running turn to cancel."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
+    """The session's id."""
+    def __init__(
+        self,
+        *,
+        session_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["session_id", b"session_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelTurnRequest: _TypeAlias = CancelTurnRequest  # noqa: Y015
+
+@_typing.final
+class CancelTurnResponse(_message.Message):
+    """CancelTurnResponse says whether a turn was running."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CANCELLED_FIELD_NUMBER: _builtins.int
+    cancelled: _builtins.bool
+    """True when a turn was running and is now cancelled; false when none was."""
+    def __init__(
+        self,
+        *,
+        cancelled: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancelled", b"cancelled"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelTurnResponse: _TypeAlias = CancelTurnResponse  # noqa: Y015
 
 @_typing.final
 class LogprobEntry(_message.Message):
@@ -528,6 +983,8 @@ class Usage(_message.Message):
     QUEUE_MS_FIELD_NUMBER: _builtins.int
     PREFILL_MS_FIELD_NUMBER: _builtins.int
     DECODE_MS_FIELD_NUMBER: _builtins.int
+    PREFILLED_TOKENS_FIELD_NUMBER: _builtins.int
+    RESTORED_TOKENS_FIELD_NUMBER: _builtins.int
     prompt_tokens: _builtins.int
     """Tokens in the prompt, after templating."""
     completion_tokens: _builtins.int
@@ -540,6 +997,12 @@ class Usage(_message.Message):
     """Milliseconds spent computing the prompt."""
     decode_ms: _builtins.float
     """Milliseconds spent generating tokens after the prompt."""
+    prefilled_tokens: _builtins.int
+    """Prompt tokens computed for this request: prompt_tokens less the cached and the restored
+    ones.
+    """
+    restored_tokens: _builtins.int
+    """Prompt tokens whose KV cache was restored from host memory."""
     def __init__(
         self,
         *,
@@ -549,14 +1012,50 @@ class Usage(_message.Message):
         queue_ms: _builtins.float = ...,
         prefill_ms: _builtins.float = ...,
         decode_ms: _builtins.float = ...,
+        prefilled_tokens: _builtins.int = ...,
+        restored_tokens: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cached_tokens", b"cached_tokens", "completion_tokens", b"completion_tokens", "decode_ms", b"decode_ms", "prefill_ms", b"prefill_ms", "prompt_tokens", b"prompt_tokens", "queue_ms", b"queue_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cached_tokens", b"cached_tokens", "completion_tokens", b"completion_tokens", "decode_ms", b"decode_ms", "prefill_ms", b"prefill_ms", "prefilled_tokens", b"prefilled_tokens", "prompt_tokens", b"prompt_tokens", "queue_ms", b"queue_ms", "restored_tokens", b"restored_tokens"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Usage: _TypeAlias = Usage  # noqa: Y015
+
+@_typing.final
+class SessionCommit(_message.Message):
+    """SessionCommit is what a session turn added, in its final message."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TURNS_FIELD_NUMBER: _builtins.int
+    LENGTH_FIELD_NUMBER: _builtins.int
+    APPENDED_TOKEN_IDS_FIELD_NUMBER: _builtins.int
+    turns: _builtins.int
+    """The session's committed turns, this one included."""
+    length: _builtins.int
+    """Tokens in the transcript after this turn."""
+    @_builtins.property
+    def appended_token_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """The token ids this turn appended to the transcript: the template's glue, the new input and
+        the generated tokens.
+        """
+
+    def __init__(
+        self,
+        *,
+        turns: _builtins.int = ...,
+        length: _builtins.int = ...,
+        appended_token_ids: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["appended_token_ids", b"appended_token_ids", "length", b"length", "turns", b"turns"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SessionCommit: _TypeAlias = SessionCommit  # noqa: Y015
 
 @_typing.final
 class GenerateFinal(_message.Message):
@@ -567,6 +1066,7 @@ class GenerateFinal(_message.Message):
     FINISH_REASON_FIELD_NUMBER: _builtins.int
     USAGE_FIELD_NUMBER: _builtins.int
     MATCHED_STOP_FIELD_NUMBER: _builtins.int
+    SESSION_FIELD_NUMBER: _builtins.int
     finish_reason: Global___FinishReason.ValueType
     """Why generation ended."""
     matched_stop: _builtins.str
@@ -575,16 +1075,21 @@ class GenerateFinal(_message.Message):
     def usage(self) -> Global___Usage:
         """Token counts and timings."""
 
+    @_builtins.property
+    def session(self) -> Global___SessionCommit:
+        """What a session turn committed; unset for a call without a session."""
+
     def __init__(
         self,
         *,
         finish_reason: Global___FinishReason.ValueType = ...,
         usage: Global___Usage | None = ...,
         matched_stop: _builtins.str = ...,
+        session: Global___SessionCommit | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["session", b"session", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["finish_reason", b"finish_reason", "matched_stop", b"matched_stop", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["finish_reason", b"finish_reason", "matched_stop", b"matched_stop", "session", b"session", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1213,6 +1718,8 @@ class GetLoadResponse(_message.Message):
     KV_CELLS_TOTAL_FIELD_NUMBER: _builtins.int
     EMBED_QUEUED_INPUTS_FIELD_NUMBER: _builtins.int
     DECODE_STEPS_FIELD_NUMBER: _builtins.int
+    SESSIONS_FIELD_NUMBER: _builtins.int
+    MAX_SESSIONS_FIELD_NUMBER: _builtins.int
     active_requests: _builtins.int
     """Generation requests holding a slot (prefilling or decoding)."""
     queued_requests: _builtins.int
@@ -1229,6 +1736,10 @@ class GetLoadResponse(_message.Message):
     """Embedding inputs waiting to be decoded."""
     decode_steps: _builtins.int
     """Generation decode steps run since the worker started (one llama_decode each)."""
+    sessions: _builtins.int
+    """Sessions the worker holds (SessionService)."""
+    max_sessions: _builtins.int
+    """The most sessions the worker may hold."""
     def __init__(
         self,
         *,
@@ -1240,10 +1751,12 @@ class GetLoadResponse(_message.Message):
         kv_cells_total: _builtins.int = ...,
         embed_queued_inputs: _builtins.int = ...,
         decode_steps: _builtins.int = ...,
+        sessions: _builtins.int = ...,
+        max_sessions: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_requests", b"active_requests", "decode_steps", b"decode_steps", "embed_queued_inputs", b"embed_queued_inputs", "kv_cells_total", b"kv_cells_total", "kv_cells_used", b"kv_cells_used", "max_queue", b"max_queue", "queued_requests", b"queued_requests", "slots", b"slots"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_requests", b"active_requests", "decode_steps", b"decode_steps", "embed_queued_inputs", b"embed_queued_inputs", "kv_cells_total", b"kv_cells_total", "kv_cells_used", b"kv_cells_used", "max_queue", b"max_queue", "max_sessions", b"max_sessions", "queued_requests", b"queued_requests", "sessions", b"sessions", "slots", b"slots"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -416,3 +416,337 @@ class InferenceService:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class SessionServiceStub:
+    """SessionService keeps conversations on the worker. A session holds its transcript: the exact
+    token ids of every committed turn, the generated ones included (never re-rendered text). A turn
+    is a Generate call whose request names the session (GenerateRequest.session) and carries only
+    the new input; the worker puts it after the transcript, so a turn costs only its new tokens
+    while the session's KV cache is kept. A turn commits when it finishes; a cancelled or failed
+    turn leaves the session exactly as it was. One turn runs at a time per session. A session that
+    is not used for its TTL expires.
+
+    Errors carry a google.rpc.ErrorInfo reason: SESSION_NOT_FOUND (NOT_FOUND: unknown, closed or
+    reaped), SESSION_EXPIRED (NOT_FOUND: its TTL ran out), SESSION_BUSY (ABORTED: a turn is
+    running), SESSION_LENGTH_MISMATCH (ABORTED: expected_turns differs) and SESSION_LIMIT
+    (RESOURCE_EXHAUSTED: the worker holds its maximum of sessions). A turn that would not fit the
+    context fails with CONTEXT_LENGTH_EXCEEDED; a session is never truncated.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.OpenSession = channel.unary_unary(
+                '/llamagrid.v1.SessionService/OpenSession',
+                request_serializer=llamagrid_dot_v1_dot_inference__pb2.OpenSessionRequest.SerializeToString,
+                response_deserializer=llamagrid_dot_v1_dot_inference__pb2.OpenSessionResponse.FromString,
+                _registered_method=True)
+        self.GetSession = channel.unary_unary(
+                '/llamagrid.v1.SessionService/GetSession',
+                request_serializer=llamagrid_dot_v1_dot_inference__pb2.GetSessionRequest.SerializeToString,
+                response_deserializer=llamagrid_dot_v1_dot_inference__pb2.GetSessionResponse.FromString,
+                _registered_method=True)
+        self.ForkSession = channel.unary_unary(
+                '/llamagrid.v1.SessionService/ForkSession',
+                request_serializer=llamagrid_dot_v1_dot_inference__pb2.ForkSessionRequest.SerializeToString,
+                response_deserializer=llamagrid_dot_v1_dot_inference__pb2.ForkSessionResponse.FromString,
+                _registered_method=True)
+        self.RollbackSession = channel.unary_unary(
+                '/llamagrid.v1.SessionService/RollbackSession',
+                request_serializer=llamagrid_dot_v1_dot_inference__pb2.RollbackSessionRequest.SerializeToString,
+                response_deserializer=llamagrid_dot_v1_dot_inference__pb2.RollbackSessionResponse.FromString,
+                _registered_method=True)
+        self.CloseSession = channel.unary_unary(
+                '/llamagrid.v1.SessionService/CloseSession',
+                request_serializer=llamagrid_dot_v1_dot_inference__pb2.CloseSessionRequest.SerializeToString,
+                response_deserializer=llamagrid_dot_v1_dot_inference__pb2.CloseSessionResponse.FromString,
+                _registered_method=True)
+        self.CancelTurn = channel.unary_unary(
+                '/llamagrid.v1.SessionService/CancelTurn',
+                request_serializer=llamagrid_dot_v1_dot_inference__pb2.CancelTurnRequest.SerializeToString,
+                response_deserializer=llamagrid_dot_v1_dot_inference__pb2.CancelTurnResponse.FromString,
+                _registered_method=True)
+
+
+class SessionServiceServicer:
+    """SessionService keeps conversations on the worker. A session holds its transcript: the exact
+    token ids of every committed turn, the generated ones included (never re-rendered text). A turn
+    is a Generate call whose request names the session (GenerateRequest.session) and carries only
+    the new input; the worker puts it after the transcript, so a turn costs only its new tokens
+    while the session's KV cache is kept. A turn commits when it finishes; a cancelled or failed
+    turn leaves the session exactly as it was. One turn runs at a time per session. A session that
+    is not used for its TTL expires.
+
+    Errors carry a google.rpc.ErrorInfo reason: SESSION_NOT_FOUND (NOT_FOUND: unknown, closed or
+    reaped), SESSION_EXPIRED (NOT_FOUND: its TTL ran out), SESSION_BUSY (ABORTED: a turn is
+    running), SESSION_LENGTH_MISMATCH (ABORTED: expected_turns differs) and SESSION_LIMIT
+    (RESOURCE_EXHAUSTED: the worker holds its maximum of sessions). A turn that would not fit the
+    context fails with CONTEXT_LENGTH_EXCEEDED; a session is never truncated.
+    """
+
+    def OpenSession(self, request, context):
+        """OpenSession creates an empty session, or one that resumes from a transcript (such as the
+        one a gateway kept of a session whose worker was lost).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetSession(self, request, context):
+        """GetSession describes a session, optionally with its transcript.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ForkSession(self, request, context):
+        """ForkSession creates a new session holding the first turns of another.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RollbackSession(self, request, context):
+        """RollbackSession drops a session's turns after the given number.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CloseSession(self, request, context):
+        """CloseSession deletes a session. A turn running on it is cancelled.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelTurn(self, request, context):
+        """CancelTurn cancels the turn running on a session, from any caller: its stream ends with
+        CANCELLED (reason TURN_CANCELLED) and the session stays as it was before the turn.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_SessionServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'OpenSession': grpc.unary_unary_rpc_method_handler(
+                    servicer.OpenSession,
+                    request_deserializer=llamagrid_dot_v1_dot_inference__pb2.OpenSessionRequest.FromString,
+                    response_serializer=llamagrid_dot_v1_dot_inference__pb2.OpenSessionResponse.SerializeToString,
+            ),
+            'GetSession': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSession,
+                    request_deserializer=llamagrid_dot_v1_dot_inference__pb2.GetSessionRequest.FromString,
+                    response_serializer=llamagrid_dot_v1_dot_inference__pb2.GetSessionResponse.SerializeToString,
+            ),
+            'ForkSession': grpc.unary_unary_rpc_method_handler(
+                    servicer.ForkSession,
+                    request_deserializer=llamagrid_dot_v1_dot_inference__pb2.ForkSessionRequest.FromString,
+                    response_serializer=llamagrid_dot_v1_dot_inference__pb2.ForkSessionResponse.SerializeToString,
+            ),
+            'RollbackSession': grpc.unary_unary_rpc_method_handler(
+                    servicer.RollbackSession,
+                    request_deserializer=llamagrid_dot_v1_dot_inference__pb2.RollbackSessionRequest.FromString,
+                    response_serializer=llamagrid_dot_v1_dot_inference__pb2.RollbackSessionResponse.SerializeToString,
+            ),
+            'CloseSession': grpc.unary_unary_rpc_method_handler(
+                    servicer.CloseSession,
+                    request_deserializer=llamagrid_dot_v1_dot_inference__pb2.CloseSessionRequest.FromString,
+                    response_serializer=llamagrid_dot_v1_dot_inference__pb2.CloseSessionResponse.SerializeToString,
+            ),
+            'CancelTurn': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelTurn,
+                    request_deserializer=llamagrid_dot_v1_dot_inference__pb2.CancelTurnRequest.FromString,
+                    response_serializer=llamagrid_dot_v1_dot_inference__pb2.CancelTurnResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'llamagrid.v1.SessionService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('llamagrid.v1.SessionService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class SessionService:
+    """SessionService keeps conversations on the worker. A session holds its transcript: the exact
+    token ids of every committed turn, the generated ones included (never re-rendered text). A turn
+    is a Generate call whose request names the session (GenerateRequest.session) and carries only
+    the new input; the worker puts it after the transcript, so a turn costs only its new tokens
+    while the session's KV cache is kept. A turn commits when it finishes; a cancelled or failed
+    turn leaves the session exactly as it was. One turn runs at a time per session. A session that
+    is not used for its TTL expires.
+
+    Errors carry a google.rpc.ErrorInfo reason: SESSION_NOT_FOUND (NOT_FOUND: unknown, closed or
+    reaped), SESSION_EXPIRED (NOT_FOUND: its TTL ran out), SESSION_BUSY (ABORTED: a turn is
+    running), SESSION_LENGTH_MISMATCH (ABORTED: expected_turns differs) and SESSION_LIMIT
+    (RESOURCE_EXHAUSTED: the worker holds its maximum of sessions). A turn that would not fit the
+    context fails with CONTEXT_LENGTH_EXCEEDED; a session is never truncated.
+    """
+
+    @staticmethod
+    def OpenSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llamagrid.v1.SessionService/OpenSession',
+            llamagrid_dot_v1_dot_inference__pb2.OpenSessionRequest.SerializeToString,
+            llamagrid_dot_v1_dot_inference__pb2.OpenSessionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llamagrid.v1.SessionService/GetSession',
+            llamagrid_dot_v1_dot_inference__pb2.GetSessionRequest.SerializeToString,
+            llamagrid_dot_v1_dot_inference__pb2.GetSessionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ForkSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llamagrid.v1.SessionService/ForkSession',
+            llamagrid_dot_v1_dot_inference__pb2.ForkSessionRequest.SerializeToString,
+            llamagrid_dot_v1_dot_inference__pb2.ForkSessionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RollbackSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llamagrid.v1.SessionService/RollbackSession',
+            llamagrid_dot_v1_dot_inference__pb2.RollbackSessionRequest.SerializeToString,
+            llamagrid_dot_v1_dot_inference__pb2.RollbackSessionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CloseSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llamagrid.v1.SessionService/CloseSession',
+            llamagrid_dot_v1_dot_inference__pb2.CloseSessionRequest.SerializeToString,
+            llamagrid_dot_v1_dot_inference__pb2.CloseSessionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelTurn(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llamagrid.v1.SessionService/CancelTurn',
+            llamagrid_dot_v1_dot_inference__pb2.CancelTurnRequest.SerializeToString,
+            llamagrid_dot_v1_dot_inference__pb2.CancelTurnResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

@@ -170,3 +170,145 @@ class InferenceServiceServicer(metaclass=_abc_1.ABCMeta):
         """
 
 def add_InferenceServiceServicer_to_server(servicer: InferenceServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
+class SessionServiceStub:
+    """SessionService keeps conversations on the worker. A session holds its transcript: the exact
+    token ids of every committed turn, the generated ones included (never re-rendered text). A turn
+    is a Generate call whose request names the session (GenerateRequest.session) and carries only
+    the new input; the worker puts it after the transcript, so a turn costs only its new tokens
+    while the session's KV cache is kept. A turn commits when it finishes; a cancelled or failed
+    turn leaves the session exactly as it was. One turn runs at a time per session. A session that
+    is not used for its TTL expires.
+
+    Errors carry a google.rpc.ErrorInfo reason: SESSION_NOT_FOUND (NOT_FOUND: unknown, closed or
+    reaped), SESSION_EXPIRED (NOT_FOUND: its TTL ran out), SESSION_BUSY (ABORTED: a turn is
+    running), SESSION_LENGTH_MISMATCH (ABORTED: expected_turns differs) and SESSION_LIMIT
+    (RESOURCE_EXHAUSTED: the worker holds its maximum of sessions). A turn that would not fit the
+    context fails with CONTEXT_LENGTH_EXCEEDED; a session is never truncated.
+    """
+
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> SessionServiceAsyncStub: ...
+    OpenSession: _grpc.UnaryUnaryMultiCallable[_inference_pb2.OpenSessionRequest, _inference_pb2.OpenSessionResponse]
+    """OpenSession creates an empty session, or one that resumes from a transcript (such as the
+    one a gateway kept of a session whose worker was lost).
+    """
+    GetSession: _grpc.UnaryUnaryMultiCallable[_inference_pb2.GetSessionRequest, _inference_pb2.GetSessionResponse]
+    """GetSession describes a session, optionally with its transcript."""
+    ForkSession: _grpc.UnaryUnaryMultiCallable[_inference_pb2.ForkSessionRequest, _inference_pb2.ForkSessionResponse]
+    """ForkSession creates a new session holding the first turns of another."""
+    RollbackSession: _grpc.UnaryUnaryMultiCallable[_inference_pb2.RollbackSessionRequest, _inference_pb2.RollbackSessionResponse]
+    """RollbackSession drops a session's turns after the given number."""
+    CloseSession: _grpc.UnaryUnaryMultiCallable[_inference_pb2.CloseSessionRequest, _inference_pb2.CloseSessionResponse]
+    """CloseSession deletes a session. A turn running on it is cancelled."""
+    CancelTurn: _grpc.UnaryUnaryMultiCallable[_inference_pb2.CancelTurnRequest, _inference_pb2.CancelTurnResponse]
+    """CancelTurn cancels the turn running on a session, from any caller: its stream ends with
+    CANCELLED (reason TURN_CANCELLED) and the session stays as it was before the turn.
+    """
+
+@_typing.type_check_only
+class SessionServiceAsyncStub(SessionServiceStub):
+    """SessionService keeps conversations on the worker. A session holds its transcript: the exact
+    token ids of every committed turn, the generated ones included (never re-rendered text). A turn
+    is a Generate call whose request names the session (GenerateRequest.session) and carries only
+    the new input; the worker puts it after the transcript, so a turn costs only its new tokens
+    while the session's KV cache is kept. A turn commits when it finishes; a cancelled or failed
+    turn leaves the session exactly as it was. One turn runs at a time per session. A session that
+    is not used for its TTL expires.
+
+    Errors carry a google.rpc.ErrorInfo reason: SESSION_NOT_FOUND (NOT_FOUND: unknown, closed or
+    reaped), SESSION_EXPIRED (NOT_FOUND: its TTL ran out), SESSION_BUSY (ABORTED: a turn is
+    running), SESSION_LENGTH_MISMATCH (ABORTED: expected_turns differs) and SESSION_LIMIT
+    (RESOURCE_EXHAUSTED: the worker holds its maximum of sessions). A turn that would not fit the
+    context fails with CONTEXT_LENGTH_EXCEEDED; a session is never truncated.
+    """
+
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    OpenSession: _aio.UnaryUnaryMultiCallable[_inference_pb2.OpenSessionRequest, _inference_pb2.OpenSessionResponse]  # type: ignore[assignment]
+    """OpenSession creates an empty session, or one that resumes from a transcript (such as the
+    one a gateway kept of a session whose worker was lost).
+    """
+    GetSession: _aio.UnaryUnaryMultiCallable[_inference_pb2.GetSessionRequest, _inference_pb2.GetSessionResponse]  # type: ignore[assignment]
+    """GetSession describes a session, optionally with its transcript."""
+    ForkSession: _aio.UnaryUnaryMultiCallable[_inference_pb2.ForkSessionRequest, _inference_pb2.ForkSessionResponse]  # type: ignore[assignment]
+    """ForkSession creates a new session holding the first turns of another."""
+    RollbackSession: _aio.UnaryUnaryMultiCallable[_inference_pb2.RollbackSessionRequest, _inference_pb2.RollbackSessionResponse]  # type: ignore[assignment]
+    """RollbackSession drops a session's turns after the given number."""
+    CloseSession: _aio.UnaryUnaryMultiCallable[_inference_pb2.CloseSessionRequest, _inference_pb2.CloseSessionResponse]  # type: ignore[assignment]
+    """CloseSession deletes a session. A turn running on it is cancelled."""
+    CancelTurn: _aio.UnaryUnaryMultiCallable[_inference_pb2.CancelTurnRequest, _inference_pb2.CancelTurnResponse]  # type: ignore[assignment]
+    """CancelTurn cancels the turn running on a session, from any caller: its stream ends with
+    CANCELLED (reason TURN_CANCELLED) and the session stays as it was before the turn.
+    """
+
+class SessionServiceServicer(metaclass=_abc_1.ABCMeta):
+    """SessionService keeps conversations on the worker. A session holds its transcript: the exact
+    token ids of every committed turn, the generated ones included (never re-rendered text). A turn
+    is a Generate call whose request names the session (GenerateRequest.session) and carries only
+    the new input; the worker puts it after the transcript, so a turn costs only its new tokens
+    while the session's KV cache is kept. A turn commits when it finishes; a cancelled or failed
+    turn leaves the session exactly as it was. One turn runs at a time per session. A session that
+    is not used for its TTL expires.
+
+    Errors carry a google.rpc.ErrorInfo reason: SESSION_NOT_FOUND (NOT_FOUND: unknown, closed or
+    reaped), SESSION_EXPIRED (NOT_FOUND: its TTL ran out), SESSION_BUSY (ABORTED: a turn is
+    running), SESSION_LENGTH_MISMATCH (ABORTED: expected_turns differs) and SESSION_LIMIT
+    (RESOURCE_EXHAUSTED: the worker holds its maximum of sessions). A turn that would not fit the
+    context fails with CONTEXT_LENGTH_EXCEEDED; a session is never truncated.
+    """
+
+    @_abc_1.abstractmethod
+    def OpenSession(
+        self,
+        request: _inference_pb2.OpenSessionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_inference_pb2.OpenSessionResponse, _abc.Awaitable[_inference_pb2.OpenSessionResponse]]:
+        """OpenSession creates an empty session, or one that resumes from a transcript (such as the
+        one a gateway kept of a session whose worker was lost).
+        """
+
+    @_abc_1.abstractmethod
+    def GetSession(
+        self,
+        request: _inference_pb2.GetSessionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_inference_pb2.GetSessionResponse, _abc.Awaitable[_inference_pb2.GetSessionResponse]]:
+        """GetSession describes a session, optionally with its transcript."""
+
+    @_abc_1.abstractmethod
+    def ForkSession(
+        self,
+        request: _inference_pb2.ForkSessionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_inference_pb2.ForkSessionResponse, _abc.Awaitable[_inference_pb2.ForkSessionResponse]]:
+        """ForkSession creates a new session holding the first turns of another."""
+
+    @_abc_1.abstractmethod
+    def RollbackSession(
+        self,
+        request: _inference_pb2.RollbackSessionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_inference_pb2.RollbackSessionResponse, _abc.Awaitable[_inference_pb2.RollbackSessionResponse]]:
+        """RollbackSession drops a session's turns after the given number."""
+
+    @_abc_1.abstractmethod
+    def CloseSession(
+        self,
+        request: _inference_pb2.CloseSessionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_inference_pb2.CloseSessionResponse, _abc.Awaitable[_inference_pb2.CloseSessionResponse]]:
+        """CloseSession deletes a session. A turn running on it is cancelled."""
+
+    @_abc_1.abstractmethod
+    def CancelTurn(
+        self,
+        request: _inference_pb2.CancelTurnRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_inference_pb2.CancelTurnResponse, _abc.Awaitable[_inference_pb2.CancelTurnResponse]]:
+        """CancelTurn cancels the turn running on a session, from any caller: its stream ends with
+        CANCELLED (reason TURN_CANCELLED) and the session stays as it was before the turn.
+        """
+
+def add_SessionServiceServicer_to_server(servicer: SessionServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
