@@ -28,6 +28,7 @@ from llamagrid.gateway.middleware import GatewayMiddleware
 from llamagrid.gateway.openai.router import router as openai_router
 from llamagrid.gateway.openai.schemas import ErrorResponse
 from llamagrid.gateway.pool import PoolOptions, WorkerPool
+from llamagrid.gateway.sessions import router as sessions_router
 from llamagrid.gateway.settings import Access, GatewaySettings
 from llamagrid.gateway.sse import error_response
 from llamagrid.gateway.warmup import warm_up
@@ -107,6 +108,7 @@ def create_app(settings: GatewaySettings, pool: WorkerPool) -> FastAPI:
         relay=settings.relay,
     )
     app.include_router(openai_router, dependencies=dependencies(check))
+    app.include_router(sessions_router, dependencies=dependencies(check))
     app.add_middleware(
         Admission,
         check=check,

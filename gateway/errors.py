@@ -20,6 +20,8 @@ STATUS_TABLE: dict[grpc.StatusCode, tuple[int, str]] = {
     grpc.StatusCode.UNAUTHENTICATED: (502, "server_error"),
     grpc.StatusCode.PERMISSION_DENIED: (403, "permission_error"),
     grpc.StatusCode.NOT_FOUND: (404, "invalid_request_error"),
+    # A session's turn running already, or not at the expected turn: a conflict.
+    grpc.StatusCode.ABORTED: (409, "invalid_request_error"),
     grpc.StatusCode.RESOURCE_EXHAUSTED: (429, "rate_limit_error"),
     grpc.StatusCode.CANCELLED: (499, "request_cancelled"),
     grpc.StatusCode.UNIMPLEMENTED: (501, "not_implemented_error"),

@@ -99,6 +99,12 @@ class PoolOptions:
     breaker_cooldown_s: float = 5.0
 
 
+def _sessions_per_slot(worker: Worker) -> tuple[float, float, str]:
+    """Where a new session should go: fewest sessions per slot, then least loaded."""
+    sessions = worker.load.sessions if worker.load is not None else 0
+    return (sessions / max(1, worker.slots), worker.pressure, worker.address)
+
+
 class WorkerPool:
     """Keeps a client, a health watch and the model list of every worker, and picks workers.
 
@@ -204,7 +210,13 @@ class WorkerPool:
         return self._policies[model]
 
     def select(self, request: RouteRequest, exclude: Sequence[Worker] = ()) -> Choice[Worker]:
-        """A worker for the request: 404 if no worker serves the model, 503 if none can."""
+        """A worker for the request: 404 if no worker serves the model, 503 if none can.
+
+        A request on a server-side session goes to the session's home worker, whatever the
+        model's policy; a request that opens one goes where sessions per slot are fewest.
+        """
+        if request.home is not None:
+            return self._home(request.home, exclude)
         known = [worker for worker in self._workers.values() if request.model in worker.models]
         if not known:
             if not self.any_healthy():
@@ -214,7 +226,29 @@ class WorkerPool:
         if not candidates:
             message = f"No worker serving '{request.model}' is available."
             raise OpenAIError(503, message, "service_unavailable_error")
+        if request.new_session:
+            return Choice(min(candidates, key=_sessions_per_slot), "session:new")
         return self.policy(request.model).select(candidates, request)
+
+    def _home(self, address: str, exclude: Sequence[Worker]) -> Choice[Worker]:
+        worker = self._workers.get(address)
+        if worker is None or worker.retired:
+            raise OpenAIError(
+                404,
+                "The worker that held this session is no longer in the fleet, and no session "
+                "store holds its transcript: the session is lost.",
+                param="session_id",
+                code="session_lost",
+            )
+        if not worker.available or worker in exclude:
+            raise OpenAIError(
+                503,
+                "The worker holding this session is not available; retry shortly.",
+                "service_unavailable_error",
+                code="session_worker_unavailable",
+                headers={"Retry-After": "1"},
+            )
+        return Choice(worker, "session:home")
 
     @contextlib.asynccontextmanager
     async def lease(self, worker: Worker) -> AsyncIterator[Worker]:

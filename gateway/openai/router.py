@@ -82,9 +82,23 @@ async def chat_completions(
     body: ChatCompletionRequest, request: Request, response: Response, dispatcher: Dispatch
 ) -> ChatCompletion | EventStreamResponse:
     """Chat completion, streamed as server-sent events when ``stream`` is true."""
-    _log_unknown_fields(body, request)
+    log_unknown_fields(body, request)
     proto = translate.chat_request(body)
     route, routed = _route(dispatcher, proto, request, body.user)
+    return await run_chat(body, proto, route, routed, request, response, dispatcher)
+
+
+async def run_chat(
+    body: ChatCompletionRequest,
+    proto: pb.GenerateRequest,
+    route: RouteRequest,
+    routed: Routed,
+    request: Request,
+    response: Response,
+    dispatcher: Dispatcher,
+) -> ChatCompletion | EventStreamResponse:
+    """Run a translated chat request where ``route`` says: a stream, or the whole answer."""
+    request.state.model, request.state.routed = proto.model, routed
     logprobs = bool(body.logprobs)
     if body.stream:
         include_usage = _include_usage(body.stream_options)
@@ -103,7 +117,7 @@ async def completions(
     body: CompletionRequest, request: Request, response: Response, dispatcher: Dispatch
 ) -> Completion | EventStreamResponse:
     """Text completion, streamed as server-sent events when ``stream`` is true."""
-    _log_unknown_fields(body, request)
+    log_unknown_fields(body, request)
     proto = translate.completion_request(body)
     route, routed = _route(dispatcher, proto, request, body.user)
     logprobs = body.logprobs is not None
@@ -125,7 +139,7 @@ async def embeddings(
     body: EmbeddingRequest, request: Request, response: Response, dispatcher: Dispatch
 ) -> EmbeddingList:
     """Embeddings of one or more inputs, as floats or base64."""
-    _log_unknown_fields(body, request)
+    log_unknown_fields(body, request)
     proto = translate.embed_request(body)
     route = RouteRequest(body.model, None, session_key(request, body.user))
     routed = Routed()
@@ -171,7 +185,7 @@ def _include_usage(options: StreamOptions | None) -> bool:
     return options is not None and options.include_usage
 
 
-def _log_unknown_fields(body: BaseModel, request: Request) -> None:
+def log_unknown_fields(body: BaseModel, request: Request) -> None:
     extra: dict[str, Any] = body.model_extra or {}
     if extra:
         logger.info("%s: ignoring unknown fields %s", request.url.path, field_names(extra))

@@ -49,6 +49,11 @@ class RouteRequest:
     prefix_key: str | None = None
     #: The client's session: the X-Session-ID header, else the OpenAI ``user`` field.
     session_key: str | None = None
+    #: The worker holding the request's server-side session (SessionService): the request
+    #: goes there whatever the model's policy.
+    home: str | None = None
+    #: The request opens a server-side session: it goes where sessions per slot are fewest.
+    new_session: bool = False
 
 
 @dataclass(frozen=True)

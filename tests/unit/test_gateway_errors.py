@@ -36,7 +36,7 @@ from llamagrid.gateway.errors import (
         (grpc.StatusCode.INTERNAL, 500, "server_error"),
         (grpc.StatusCode.UNKNOWN, 500, "server_error"),
         (grpc.StatusCode.DATA_LOSS, 500, "server_error"),
-        (grpc.StatusCode.ABORTED, 500, "server_error"),
+        (grpc.StatusCode.ABORTED, 409, "invalid_request_error"),
     ],
 )
 def test_status_table(code: grpc.StatusCode, status: int, error_type: str) -> None:
@@ -58,7 +58,7 @@ def test_a_workers_unauthenticated_is_the_gateways_fault_not_the_clients() -> No
 
 
 def test_the_table_has_one_row_per_code() -> None:
-    assert len(STATUS_TABLE) == 10
+    assert len(STATUS_TABLE) == 11
     assert grpc.StatusCode.OK not in STATUS_TABLE
 
 
