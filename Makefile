@@ -13,7 +13,7 @@ BUF_AGAINST ?= .git\#branch=main
 PROTO_SRC := $(shell find protos -name '*.proto')
 PY_GEN := clients/python
 
-.PHONY: install run test test-unit test-contract test-integration proto proto-check clients lint typecheck clean bench
+.PHONY: install system-deps run test test-unit test-contract test-integration proto proto-check clients lint typecheck clean bench
 
 $(VENV)/.installed: pyproject.toml clients/python/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -61,7 +61,13 @@ lint: install $(BUF)
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
-test: install
+# System packages the tests need, from Debian: redis-server (the shared session store's tests).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+system-deps:
+	command -v redis-server >/dev/null || { $(SUDO) apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server; }
+
+test: install system-deps
 	$(MAKE) proto-check lint
 	$(VENV)/bin/pytest -ra
 
@@ -73,7 +79,7 @@ test-unit: install
 test-contract: install
 	$(VENV)/bin/pytest -ra -m contract
 
-test-integration: install
+test-integration: install system-deps
 	$(VENV)/bin/pytest -ra -m integration
 
 # Side by side on the default model: llamagrid (HTTP and gRPC), llama-cpp-python in-process and

@@ -28,6 +28,8 @@ from llamagrid.gateway.middleware import GatewayMiddleware
 from llamagrid.gateway.openai.router import router as openai_router
 from llamagrid.gateway.openai.schemas import ErrorResponse
 from llamagrid.gateway.pool import PoolOptions, WorkerPool
+from llamagrid.gateway.session_store import create_store
+from llamagrid.gateway.sessions import SessionDirectory
 from llamagrid.gateway.sessions import router as sessions_router
 from llamagrid.gateway.settings import Access, GatewaySettings
 from llamagrid.gateway.sse import error_response
@@ -75,6 +77,7 @@ def create_app(settings: GatewaySettings, pool: WorkerPool) -> FastAPI:
     keys = api_keys(settings)
     check = ApiKeyCheck(keys) if keys else None
     discovery = DnsDiscovery(pool, settings.worker_dns, settings.dns_interval_s)
+    store = create_store(settings.session_store, settings.max_session_records)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -86,6 +89,7 @@ def create_app(settings: GatewaySettings, pool: WorkerPool) -> FastAPI:
         finally:
             await discovery.stop()
             await pool.close()
+            await store.close()
 
     # No docs routes of FastAPI's own: install_docs adds them, under --docs-access.
     app = FastAPI(
@@ -98,6 +102,7 @@ def create_app(settings: GatewaySettings, pool: WorkerPool) -> FastAPI:
     metrics = GatewayMetrics(pool)
     drain = Drain(settings.drain_grace_s)
     app.state.metrics, app.state.drain = metrics, drain
+    app.state.sessions = SessionDirectory(store, pool)
     app.state.dispatcher = Dispatcher(
         pool,
         settings.request_timeout_s,

@@ -10,6 +10,7 @@ call whose worker fails after accepting it is a 502 (it may be a request that ki
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import random
 import time
@@ -21,7 +22,7 @@ import grpc
 from starlette.requests import Request
 
 from llamagrid.client import AsyncInferenceClient, GenerateStream
-from llamagrid.errors import REASON_QUEUE_FULL, parse_details
+from llamagrid.errors import REASON_QUEUE_FULL, REASON_SESSION_NOT_FOUND, parse_details
 from llamagrid.gateway.breaker import COUNTED
 from llamagrid.gateway.errors import OpenAIError, from_rpc_error
 from llamagrid.gateway.metrics import GatewayMetrics
@@ -37,6 +38,11 @@ T = TypeVar("T")
 
 #: A call to make on the chosen worker's client, given the deadline in seconds.
 Call = Callable[[AsyncInferenceClient, float], Awaitable[T]]
+#: Moves a session whose home worker is lost to another worker, from the gateway's copy of its
+#: transcript: returns the new home's address and the session's id there.
+Resume = Callable[[], Awaitable[tuple[str, str]]]
+#: Told of each final message of a session turn (the gateway's copy of the transcript).
+OnFinal = Callable[[pb.GenerateFinal], Awaitable[None]]
 
 
 @dataclass
@@ -47,6 +53,12 @@ class Routed:
     reason: str = ""
     attempts: int = 0
     tried: list[Worker] = field(default_factory=list)
+    #: For a call on a server-side session: how to move it when its home is lost (once).
+    resume: Resume | None = None
+    #: For a session turn: told of the final message.
+    on_final: OnFinal | None = None
+    #: The session moved to another worker during this call.
+    resumed: bool = False
 
     def headers(self) -> dict[str, str]:
         """``X-Llamagrid-Worker``, ``X-Llamagrid-Route`` and ``X-Llamagrid-Attempts``."""
@@ -93,11 +105,38 @@ class Dispatcher:
             if last is not None:
                 raise from_rpc_error(last) from last
             raise
-        routed.worker, routed.reason = choice.worker.address, choice.reason
+        reason = "session:resumed" if routed.resumed else choice.reason
+        routed.worker, routed.reason = choice.worker.address, reason
         routed.attempts += 1
         routed.tried.append(choice.worker)
-        self.metrics.routed.labels(route.model, choice.worker.address, choice.reason).inc()
+        self.metrics.routed.labels(route.model, choice.worker.address, reason).inc()
         return choice.worker
+
+    async def _relocate(
+        self,
+        route: RouteRequest,
+        routed: Routed,
+        error: OpenAIError | grpc.aio.AioRpcError,
+        proto: pb.GenerateRequest | None = None,
+    ) -> RouteRequest | None:
+        """A session's home is lost (gone from the fleet, unavailable, or restarted without the
+        session): move the session once and return the route to its new home; None when it
+        can't move (not a session call, already moved, or no copy of its transcript)."""
+        if route.home is None or routed.resume is None or routed.resumed:
+            return None
+        if isinstance(error, grpc.aio.AioRpcError) and not _session_gone(error):
+            return None
+        try:
+            address, worker_id = await routed.resume()
+        except OpenAIError:  # no copy of the transcript
+            if isinstance(error, grpc.aio.AioRpcError) and error.code() != UNAVAILABLE:
+                raise from_rpc_error(error) from error  # the worker's own answer stands
+            raise  # the worker can't be reached: the session is lost
+        logger.info("session moved from %s to %s", route.home, address)
+        routed.resumed = True
+        if proto is not None:
+            proto.session.session_id = worker_id
+        return dataclasses.replace(route, home=address)
 
     async def _retry(
         self, route: RouteRequest, routed: Routed, worker: Worker, error: grpc.aio.AioRpcError
@@ -128,11 +167,24 @@ class Dispatcher:
         cancel it if the HTTP client disconnects."""
         return await until_disconnected(request, self._unary(route, call, routed or Routed()))
 
-    async def _unary(self, route: RouteRequest, call: Call[T], routed: Routed) -> T:
+    async def _unary(
+        self,
+        route: RouteRequest,
+        call: Call[T],
+        routed: Routed,
+        proto: pb.GenerateRequest | None = None,
+    ) -> T:
         deadline = time.monotonic() + self.timeout_s
         last: grpc.aio.AioRpcError | None = None
         while True:
-            worker = self._choose(route, routed, last)
+            try:
+                worker = self._choose(route, routed, last)
+            except OpenAIError as lost:
+                moved = await self._relocate(route, routed, lost, proto)
+                if moved is None:
+                    raise
+                route, last = moved, None
+                continue
             async with self.pool.lease(worker):
                 try:
                     result = await call(worker.client, max(0.001, deadline - time.monotonic()))
@@ -144,6 +196,10 @@ class Dispatcher:
                 else:
                     self.pool.breaker.succeeded(worker)
                     return result
+            moved = await self._relocate(route, routed, last, proto)
+            if moved is not None:
+                route, last = moved, None
+                continue
             if not await self._retry(route, routed, worker, last):
                 raise from_rpc_error(last) from last
 
@@ -163,11 +219,16 @@ class Dispatcher:
                     raise FailedAfterAdmission(error) from error
 
         try:
-            responses = await self.unary(request, route, collect, routed)
+            responses = await until_disconnected(
+                request, self._unary(route, collect, routed, proto)
+            )
         except FailedAfterAdmission as failed:
             raise failed.openai_error() from failed
         if responses and responses[-1].HasField("final"):
-            self.count_usage(route.model, responses[-1].final.usage)
+            final = responses[-1].final
+            self.count_usage(route.model, final.usage)
+            if routed.on_final is not None and final.HasField("session"):
+                await routed.on_final(final)
         return responses
 
     async def stream(
@@ -180,7 +241,14 @@ class Dispatcher:
         started = time.monotonic()
         last: grpc.aio.AioRpcError | None = None
         while True:
-            worker = self._choose(route, routed, last)
+            try:
+                worker = self._choose(route, routed, last)
+            except OpenAIError as lost:
+                moved = await self._relocate(route, routed, lost, proto)
+                if moved is None:
+                    raise
+                route, last = moved, None
+                continue
             async with (
                 self.pool.lease(worker),
                 self._generate(worker.client, proto, self.timeout_s) as stream,
@@ -192,9 +260,14 @@ class Dispatcher:
                 else:
                     self.pool.breaker.succeeded(worker)
                     yield ADMITTED
-                    async for response in self._timed(stream, route.model, worker, started):
+                    timed = self._timed(stream, route.model, worker, started, routed.on_final)
+                    async for response in timed:
                         yield response
                     return
+            moved = await self._relocate(route, routed, last, proto)
+            if moved is not None:
+                route, last = moved, None
+                continue
             if not await self._retry(route, routed, worker, last):
                 raise from_rpc_error(last) from last
 
@@ -212,6 +285,7 @@ class Dispatcher:
         model: str,
         worker: Worker,
         started: float,
+        on_final: OnFinal | None = None,
     ) -> AsyncGenerator[pb.GenerateResponse, None]:
         """The accepted stream's responses, timed; a failure ends it with an error."""
         ttft, itl = self.metrics.ttft.labels(model), self.metrics.itl.labels(model)
@@ -227,6 +301,8 @@ class Dispatcher:
                     previous = now
                 elif response.HasField("final"):
                     self.count_usage(model, response.final.usage)
+                    if on_final is not None and response.final.HasField("session"):
+                        await on_final(response.final)
                 yield response
         except grpc.aio.AioRpcError as error:
             self.pool.breaker.failed(worker, error.code())
@@ -238,6 +314,18 @@ class Dispatcher:
         self.metrics.prompt_tokens.labels(model).inc(usage.prompt_tokens)
         self.metrics.completion_tokens.labels(model).inc(usage.completion_tokens)
         self.metrics.cached_tokens.labels(model).inc(usage.cached_tokens)
+
+
+def _session_gone(error: grpc.aio.AioRpcError) -> bool:
+    """Whether a worker answered that it does not hold the session (it restarted), or could not
+    be reached at all."""
+    if error.code() == grpc.StatusCode.UNAVAILABLE:
+        return True
+    reason = parse_details(error.trailing_metadata()).reason
+    return error.code() == grpc.StatusCode.NOT_FOUND and reason == REASON_SESSION_NOT_FOUND
+
+
+UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
 
 
 class FailedAfterAdmission(Exception):

@@ -132,6 +132,10 @@ class WorkerPool:
         )
         self._started = False
 
+    def get(self, address: str) -> Worker | None:
+        """The worker at ``address``, if it is in the pool."""
+        return self._workers.get(address)
+
     @property
     def workers(self) -> list[Worker]:
         """Every worker currently known, in the order they were added."""

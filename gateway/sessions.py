@@ -14,13 +14,17 @@ from __future__ import annotations
 
 import base64
 import binascii
+import logging
+from array import array
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
+import grpc
 from fastapi import APIRouter, Depends, Path, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from llamagrid.client import AsyncInferenceClient
-from llamagrid.gateway.dispatch import Dispatcher, Routed
+from llamagrid.gateway.dispatch import Dispatcher, Resume, Routed
 from llamagrid.gateway.errors import OpenAIError
 from llamagrid.gateway.openai import translate
 from llamagrid.gateway.openai.router import (
@@ -32,9 +36,13 @@ from llamagrid.gateway.openai.router import (
 )
 from llamagrid.gateway.openai.schemas import ChatCompletion, ChatCompletionRequest
 from llamagrid.gateway.policies import RouteRequest
+from llamagrid.gateway.pool import WorkerPool
+from llamagrid.gateway.session_store import SessionRecord, SessionStore
 from llamagrid.gateway.sse import EventStreamResponse
 from llamagrid.v1 import inference_pb2 as pb
 from llamagrid.v1 import inference_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
 
 #: What a public session id starts with.
 ID_PREFIX = "lgs"
@@ -176,23 +184,134 @@ def describe(info: pb.SessionInfo, address: str) -> Session:
     )
 
 
+def session_lost() -> OpenAIError:
+    """The 404 for a session whose worker is gone with no copy of its transcript to resume."""
+    return OpenAIError(
+        404,
+        "The worker that held this session is gone, and the gateway's session store holds no "
+        "copy of its transcript: the session is lost.",
+        param="session_id",
+        code="session_lost",
+    )
+
+
+class SessionDirectory:
+    """Where each session is, and the gateway's copy of its transcript (gateway/session_store.py).
+
+    A session's home is its store record's, else the worker its id names. Every committed turn
+    is added to the copy (``committed``); when the home is lost, ``resume`` reopens the session
+    on another worker from the copy and records the move, so the session keeps its id.
+    """
+
+    def __init__(self, store: SessionStore, pool: WorkerPool) -> None:
+        self.store = store
+        self.pool = pool
+
+    async def locate(self, session_id: str) -> tuple[str, str]:
+        """The session's home address and its id there."""
+        record = await self.store.get(session_id)
+        if record is not None:
+            return record.home, record.worker_id
+        return parse_id(session_id)
+
+    async def sync(self, session_id: str, model: str, address: str, worker_id: str) -> None:
+        """Copy the session's whole transcript from its worker (after a fork or a rollback, or
+        when the copy and the worker disagree)."""
+        worker = self.pool.get(address)
+        if worker is None:
+            return
+        request = pb.GetSessionRequest(session_id=worker_id, with_transcript=True)
+        reply = await session_stub(worker.client).GetSession(request, timeout=30)
+        record = SessionRecord(
+            model=model or reply.session.model,
+            home=address,
+            worker_id=worker_id,
+            ttl_s=reply.session.ttl_s,
+            tokens=array("i", reply.transcript.token_ids),
+            turn_ends=array("i", reply.transcript.turn_ends),
+        )
+        await self.store.put(session_id, record)
+
+    async def opened(self, session_id: str, model: str, address: str, info: pb.SessionInfo) -> None:
+        """Record a new, empty session."""
+        record = SessionRecord(model, address, info.session_id, info.ttl_s)
+        await self.store.put(session_id, record)
+
+    async def committed(
+        self, session_id: str, model: str, address: str, final: pb.GenerateFinal
+    ) -> None:
+        """Add a committed turn to the copy (or copy the whole transcript if they disagree)."""
+        commit = final.session
+        appended = list(commit.appended_token_ids)
+        if await self.store.append(session_id, commit.length - len(appended), appended):
+            return
+        _, worker_id = await self.locate(session_id)
+        try:
+            await self.sync(session_id, model, address, worker_id)
+        except grpc.aio.AioRpcError as error:  # the turn stands; only the copy lags
+            log.warning("could not copy session %s's transcript: %s", session_id, error.code())
+
+    def resumer(self, session_id: str, moved: Callable[[str], None] | None = None) -> Resume:
+        """What the dispatcher calls when the session's home is lost; ``moved`` is told the
+        session's new id on its new worker."""
+
+        async def resume() -> tuple[str, str]:
+            record = await self.store.get(session_id)
+            if record is None:
+                raise session_lost()
+            old = self.pool.get(record.home)
+            choice = self.pool.select(
+                RouteRequest(record.model, new_session=True),
+                exclude=[old] if old is not None else [],
+            )
+            transcript = pb.SessionTranscript(
+                token_ids=record.tokens.tolist(), turn_ends=record.turn_ends.tolist()
+            )
+            request = pb.OpenSessionRequest(
+                model=record.model, ttl_s=record.ttl_s, transcript=transcript
+            )
+            reply = await session_stub(choice.worker.client).OpenSession(request, timeout=60)
+            record.home, record.worker_id = choice.worker.address, reply.session.session_id
+            await self.store.put(session_id, record)
+            if moved is not None:
+                moved(record.worker_id)
+            return record.home, record.worker_id
+
+        return resume
+
+    async def forget(self, session_id: str) -> None:
+        """The session was deleted."""
+        await self.store.delete(session_id)
+
+
+def get_directory(request: Request) -> SessionDirectory:
+    """The app's session directory (set by create_app)."""
+    directory = request.app.state.sessions
+    assert isinstance(directory, SessionDirectory)
+    return directory
+
+
 async def _on_home(
     dispatcher: Dispatcher,
     request: Request,
     session_id: str,
     call: Any,
 ) -> tuple[Any, str]:
-    """Run ``call(stub, worker_id, timeout)`` on the session's home worker."""
-    address, worker_id = parse_id(session_id)
+    """Run ``call(stub, worker_id, timeout)`` on the session's home worker (moving the session
+    first if its home is lost and the store holds a copy)."""
+    directory = get_directory(request)
+    address, worker_id = await directory.locate(session_id)
+    current = [worker_id]
     route = RouteRequest(model="", home=address)
-    routed = Routed()
+    routed = Routed(
+        resume=directory.resumer(session_id, lambda moved: current.__setitem__(0, moved))
+    )
     request.state.routed = routed
 
-    async def run(client: AsyncInferenceClient, timeout: float) -> Any:
-        return await call(session_stub(client), worker_id, timeout)
+    async def run(client: AsyncInferenceClient, timeout: float) -> tuple[Any, str]:
+        return await call(session_stub(client), current[0], timeout), client.target
 
-    result = await dispatcher.unary(request, route, run, routed)
-    return result, address
+    return await dispatcher.unary(request, route, run, routed)
 
 
 @router.post("", status_code=201)
@@ -212,6 +331,8 @@ async def open_session(
 
     info, address = await dispatcher.unary(request, route, run, routed)
     response.headers.update(routed.headers())
+    public = public_id(address, info.session_id)
+    await get_directory(request).opened(public, body.model, address, info)
     return describe(info, address)
 
 
@@ -237,6 +358,7 @@ async def delete_session(
         await stub.CloseSession(pb.CloseSessionRequest(session_id=worker_id), timeout=timeout)
 
     await _on_home(dispatcher, request, session_id, call)
+    await get_directory(request).forget(session_id)
     return SessionDeleted(id=session_id)
 
 
@@ -252,6 +374,8 @@ async def fork_session(
         return reply.session
 
     info, address = await _on_home(dispatcher, request, session_id, call)
+    fork = public_id(address, info.session_id)
+    await get_directory(request).sync(fork, info.model, address, info.session_id)
     return describe(info, address)
 
 
@@ -267,6 +391,7 @@ async def rollback_session(
         return reply.session
 
     info, address = await _on_home(dispatcher, request, session_id, call)
+    await get_directory(request).sync(session_id, info.model, address, info.session_id)
     return describe(info, address)
 
 
@@ -299,8 +424,15 @@ async def session_chat(
     """The session's next turn: ``messages`` holds only the new messages. Usage counts the
     whole context as prompt tokens, the part reused from the session as cached tokens."""
     log_unknown_fields(body, request)
-    address, worker_id = parse_id(session_id)
+    directory = get_directory(request)
+    address, worker_id = await directory.locate(session_id)
     proto = translate.chat_request(body)
     proto.session.session_id = worker_id
     route = RouteRequest(model=proto.model, home=address)
-    return await run_chat(body, proto, route, Routed(), request, response, dispatcher)
+    routed = Routed(resume=directory.resumer(session_id))
+
+    async def committed(final: pb.GenerateFinal) -> None:
+        await directory.committed(session_id, proto.model, routed.worker, final)
+
+    routed.on_final = committed
+    return await run_chat(body, proto, route, routed, request, response, dispatcher)

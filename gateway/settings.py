@@ -82,6 +82,18 @@ class GatewaySettings(BaseSettings):
         "carries a whole engine step of tokens per message (--no-relay: one gRPC call per "
         "request).",
     )
+    session_store: str = Field(
+        "memory",
+        description="Where the gateway keeps each session's transcript, so that a session "
+        "survives the loss of its worker: 'memory' (this gateway alone) or a redis:// URL "
+        "(shared by every gateway using it).",
+    )
+    max_session_records: int = Field(
+        100_000,
+        ge=1,
+        description="Sessions the memory store keeps at most (the least recently written go "
+        "first).",
+    )
     breaker_threshold: int = Field(
         3,
         ge=1,
