@@ -1,6 +1,6 @@
 // Package llamagrid is a thin Go client for llamagrid workers: the llamagrid.v1.InferenceService
-// gRPC API with connection defaults that match the worker, a range-over-func iterator for
-// streamed generation and errors that expose the worker's ErrorInfo reason.
+// and SessionService gRPC APIs with connection defaults that match the worker, a range-over-func
+// iterator for streamed generation and errors that expose the worker's ErrorInfo reason.
 //
 // The request and response messages are the generated types of package llamagridv1.
 package llamagrid
@@ -20,8 +20,9 @@ import (
 
 // Client calls one llamagrid worker. It is safe for concurrent use.
 type Client struct {
-	conn *grpc.ClientConn
-	rpc  pb.InferenceServiceClient
+	conn     *grpc.ClientConn
+	rpc      pb.InferenceServiceClient
+	sessions pb.SessionServiceClient
 }
 
 // Dial connects to the worker at target (such as "127.0.0.1:50051") and waits until the
@@ -51,7 +52,11 @@ func Dial(ctx context.Context, target string, opts ...grpc.DialOption) (*Client,
 // New wraps an existing connection, for callers who build their own *grpc.ClientConn. Its
 // Close closes conn.
 func New(conn *grpc.ClientConn) *Client {
-	return &Client{conn: conn, rpc: pb.NewInferenceServiceClient(conn)}
+	return &Client{
+		conn:     conn,
+		rpc:      pb.NewInferenceServiceClient(conn),
+		sessions: pb.NewSessionServiceClient(conn),
+	}
 }
 
 // Close closes the connection.

@@ -31,6 +31,17 @@ const (
 	ReasonQueueTimeout = "QUEUE_TIMEOUT"
 	// ReasonNotReady: the worker is shutting down or still loading its model.
 	ReasonNotReady = "NOT_READY"
+	// ReasonSessionNotFound: the session is unknown, closed or reaped (NOT_FOUND).
+	ReasonSessionNotFound = "SESSION_NOT_FOUND"
+	// ReasonSessionExpired: the session was not used for its TTL (NOT_FOUND).
+	ReasonSessionExpired = "SESSION_EXPIRED"
+	// ReasonSessionBusy: a turn is already running on the session (ABORTED).
+	ReasonSessionBusy = "SESSION_BUSY"
+	// ReasonSessionLengthMismatch: the session does not have the turns the request expected
+	// (ABORTED; see TurnAfter).
+	ReasonSessionLengthMismatch = "SESSION_LENGTH_MISMATCH"
+	// ReasonSessionLimit: the worker holds its maximum number of sessions (RESOURCE_EXHAUSTED).
+	ReasonSessionLimit = "SESSION_LIMIT"
 )
 
 // Error is the error every Client method returns when a call fails. It carries the call's

@@ -13,16 +13,24 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::builder::{ClientBuilder, TokenInterceptor};
 use crate::v1::inference_service_client::InferenceServiceClient;
-use crate::v1::{GetLoadRequest, GetModelInfoRequest, ListModelsRequest};
+use crate::v1::session_service_client::SessionServiceClient;
+use crate::v1::{
+    CloseSessionRequest, GetLoadRequest, GetModelInfoRequest, GetSessionRequest, ListModelsRequest,
+    RollbackSessionRequest,
+};
 use crate::{
-    DetokenizeRequest, DetokenizeResponse, EmbedRequest, EmbedResponse, Error, GenerateRequest,
-    GenerateResponse, GetLoadResponse, MAX_MESSAGE_BYTES, ModelInfo, TokenizeRequest,
-    TokenizeResponse,
+    DetokenizeRequest, DetokenizeResponse, EmbedRequest, EmbedResponse, Error, ForkSessionRequest,
+    GenerateRequest, GenerateResponse, GetLoadResponse, GetSessionResponse, MAX_MESSAGE_BYTES,
+    ModelInfo, OpenSessionRequest, SessionInfo, TokenizeRequest, TokenizeResponse,
 };
 
 /// The generated stub a [`Client`] calls through: its channel, with the client's token (if any)
 /// added to every call.
 pub type Stub = InferenceServiceClient<InterceptedService<Channel, TokenInterceptor>>;
+
+/// The generated `SessionService` stub a [`Client`] calls through, on the same channel and with
+/// the same token as its [`Stub`].
+pub type SessionStub = SessionServiceClient<InterceptedService<Channel, TokenInterceptor>>;
 
 /// A client of one llamagrid worker.
 ///
@@ -32,6 +40,7 @@ pub type Stub = InferenceServiceClient<InterceptedService<Channel, TokenIntercep
 #[derive(Debug, Clone)]
 pub struct Client {
     stub: Stub,
+    sessions: SessionStub,
     timeout: Option<Duration>,
 }
 
@@ -73,10 +82,13 @@ impl Client {
     }
 
     pub(crate) fn with_interceptor(channel: Channel, interceptor: TokenInterceptor) -> Self {
+        let sessions = SessionServiceClient::with_interceptor(channel.clone(), interceptor.clone())
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
         let stub = InferenceServiceClient::with_interceptor(channel, interceptor)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
-        Self { stub, timeout: None }
+        Self { stub, sessions, timeout: None }
     }
 
     /// A copy of this client, on the same connection, whose calls must finish within `timeout`.
@@ -87,13 +99,19 @@ impl Client {
     /// cancelled. For a stream the deadline covers the whole stream, not each message.
     #[must_use]
     pub fn with_timeout(&self, timeout: Duration) -> Self {
-        Self { stub: self.stub.clone(), timeout: Some(timeout) }
+        Self { stub: self.stub.clone(), sessions: self.sessions.clone(), timeout: Some(timeout) }
     }
 
     /// The generated tonic stub, for anything this wrapper does not cover (metadata, compression).
     /// Its calls carry the client's token, if any.
     pub fn stub(&self) -> Stub {
         self.stub.clone()
+    }
+
+    /// The generated tonic stub of the session service; its calls carry the client's token, if
+    /// any.
+    pub fn session_stub(&self) -> SessionStub {
+        self.sessions.clone()
     }
 
     /// Starts a generation and returns its stream of chunks, which ends with one final message.
@@ -145,6 +163,58 @@ impl Client {
         self.unary(GetLoadRequest {}, |mut stub, r| async move { stub.get_load(r).await }).await
     }
 
+    /// Creates a session and describes it. An empty `model` means the worker's only model, a
+    /// `ttl_s` of 0 the worker's default; a `transcript`, when set, is the history to start from.
+    pub async fn open_session(&self, request: OpenSessionRequest) -> Result<SessionInfo, Error> {
+        let response =
+            self.session_unary(request, |mut stub, r| async move { stub.open_session(r).await });
+        Ok(response.await?.session.unwrap_or_default())
+    }
+
+    /// Describes a session and, when `with_transcript`, returns its transcript too. An unknown,
+    /// closed or reaped session fails with [`Code::NotFound`](crate::Code::NotFound), reason
+    /// [`reason::SESSION_NOT_FOUND`](crate::reason::SESSION_NOT_FOUND); an expired one with
+    /// [`reason::SESSION_EXPIRED`](crate::reason::SESSION_EXPIRED).
+    pub async fn get_session(
+        &self,
+        session_id: impl Into<String>,
+        with_transcript: bool,
+    ) -> Result<GetSessionResponse, Error> {
+        let request = GetSessionRequest { session_id: session_id.into(), with_transcript };
+        self.session_unary(request, |mut stub, r| async move { stub.get_session(r).await }).await
+    }
+
+    /// Creates a new session holding the first `turns` turns of another, which stays as it was,
+    /// and describes the new one. More turns than the session has fails with
+    /// [`Code::InvalidArgument`](crate::Code::InvalidArgument).
+    pub async fn fork_session(&self, request: ForkSessionRequest) -> Result<SessionInfo, Error> {
+        let response =
+            self.session_unary(request, |mut stub, r| async move { stub.fork_session(r).await });
+        Ok(response.await?.session.unwrap_or_default())
+    }
+
+    /// Keeps the first `turns` turns of a session, drops the later ones and describes the
+    /// session after it. More turns than the session has fails with
+    /// [`Code::InvalidArgument`](crate::Code::InvalidArgument).
+    pub async fn rollback_session(
+        &self,
+        session_id: impl Into<String>,
+        turns: u32,
+    ) -> Result<SessionInfo, Error> {
+        let request = RollbackSessionRequest { session_id: session_id.into(), turns };
+        let response = self
+            .session_unary(request, |mut stub, r| async move { stub.rollback_session(r).await });
+        Ok(response.await?.session.unwrap_or_default())
+    }
+
+    /// Deletes a session; a turn running on it is cancelled.
+    pub async fn close_session(&self, session_id: impl Into<String>) -> Result<(), Error> {
+        let request = CloseSessionRequest { session_id: session_id.into() };
+        self.session_unary(request, |mut stub, r| async move { stub.close_session(r).await })
+            .await?;
+        Ok(())
+    }
+
     /// Makes one unary call on a copy of the stub, within this client's timeout.
     async fn unary<Req, Resp, Fut>(
         &self,
@@ -156,6 +226,20 @@ impl Client {
     {
         let (request, deadline) = self.request(message);
         let response = within(deadline, call(self.stub.clone(), request)).await?;
+        Ok(response.into_inner())
+    }
+
+    /// [`Client::unary`] on the session service's stub.
+    async fn session_unary<Req, Resp, Fut>(
+        &self,
+        message: Req,
+        call: impl FnOnce(SessionStub, Request<Req>) -> Fut,
+    ) -> Result<Resp, Error>
+    where
+        Fut: Future<Output = Result<Response<Resp>, Status>>,
+    {
+        let (request, deadline) = self.request(message);
+        let response = within(deadline, call(self.sessions.clone(), request)).await?;
         Ok(response.into_inner())
     }
 

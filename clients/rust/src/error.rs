@@ -26,6 +26,17 @@ pub mod reason {
     pub const QUEUE_TIMEOUT: &str = "QUEUE_TIMEOUT";
     /// The worker is shutting down or still loading.
     pub const NOT_READY: &str = "NOT_READY";
+    /// The session is unknown, closed or reaped (NOT_FOUND).
+    pub const SESSION_NOT_FOUND: &str = "SESSION_NOT_FOUND";
+    /// The session was not used for its TTL (NOT_FOUND).
+    pub const SESSION_EXPIRED: &str = "SESSION_EXPIRED";
+    /// A turn is already running on the session (ABORTED).
+    pub const SESSION_BUSY: &str = "SESSION_BUSY";
+    /// The session does not have the turns the request expected (ABORTED; see
+    /// [`SessionRef::expecting_turns`](crate::SessionRef::expecting_turns)).
+    pub const SESSION_LENGTH_MISMATCH: &str = "SESSION_LENGTH_MISMATCH";
+    /// The worker holds its maximum number of sessions (RESOURCE_EXHAUSTED).
+    pub const SESSION_LIMIT: &str = "SESSION_LIMIT";
 }
 
 /// Why a call failed.

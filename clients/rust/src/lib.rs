@@ -1,5 +1,5 @@
-//! A thin async client for llamagrid workers, speaking the `llamagrid.v1.InferenceService` gRPC
-//! contract over [tonic].
+//! A thin async client for llamagrid workers, speaking the `llamagrid.v1.InferenceService` and
+//! `SessionService` gRPC contract over [tonic].
 //!
 //! ```no_run
 //! use llamagrid_client::{ChatMessage, Client, Event, GenerateRequest, SamplingParams};
@@ -31,15 +31,16 @@ mod error;
 use std::time::Duration;
 
 pub use builder::{ClientBuilder, MAX_TOKEN_CHARS, TokenInterceptor};
-pub use client::{Client, GenerateStream, Stub};
+pub use client::{Client, GenerateStream, SessionStub, Stub};
 pub use error::{ERROR_DOMAIN, Error, StatusError, reason};
 pub use tonic::Code;
 pub use v1::generate_response::Event;
 pub use v1::{
     ChatConversation, ChatMessage, DetokenizeRequest, DetokenizeResponse, EmbedInput, EmbedRequest,
-    EmbedResponse, Embedding, FinishReason, GenerateChunk, GenerateFinal, GenerateRequest,
-    GenerateResponse, GetLoadResponse, ModelInfo, SamplingParams, TokenList, TokenizeRequest,
-    TokenizeResponse, Usage,
+    EmbedResponse, Embedding, FinishReason, ForkSessionRequest, GenerateChunk, GenerateFinal,
+    GenerateRequest, GenerateResponse, GetLoadResponse, GetSessionResponse, KvTier, ModelInfo,
+    OpenSessionRequest, SamplingParams, SessionCommit, SessionInfo, SessionRef, SessionTranscript,
+    TokenList, TokenizeRequest, TokenizeResponse, Usage,
 };
 
 /// Compiles the README's code blocks as doctests.
@@ -48,7 +49,8 @@ pub use v1::{
 pub struct ReadmeDoctests;
 
 /// The code generated from `llamagrid/v1/inference.proto`: messages, enums and the
-/// `inference_service_client::InferenceServiceClient` stub.
+/// `inference_service_client::InferenceServiceClient` and
+/// `session_service_client::SessionServiceClient` stubs.
 #[allow(missing_docs)]
 pub mod v1 {
     tonic::include_proto!("llamagrid.v1");
@@ -89,6 +91,37 @@ impl GenerateRequest {
     #[must_use]
     pub fn with_sampling(mut self, sampling: SamplingParams) -> Self {
         self.sampling = Some(sampling);
+        self
+    }
+
+    /// The same request as the next turn of a session (see [`SessionRef`]): its input is then
+    /// only the new turn, and its final message reports what the turn committed
+    /// (`GenerateFinal::session`).
+    #[must_use]
+    pub fn with_session(mut self, session: SessionRef) -> Self {
+        self.session = Some(session);
+        self
+    }
+}
+
+impl SessionRef {
+    /// A reference to the session `session_id`, for [`GenerateRequest::with_session`].
+    ///
+    /// A session is a conversation the worker keeps: the exact token ids of its committed turns.
+    /// A turn commits when it finishes; a cancelled or failed turn commits nothing. A second turn
+    /// while one runs fails with [`Code::Aborted`], reason [`reason::SESSION_BUSY`].
+    #[must_use]
+    pub fn new(session_id: impl Into<String>) -> Self {
+        Self { session_id: session_id.into(), expected_turns: None }
+    }
+
+    /// The same reference for a turn that runs only if the session has exactly `turns`
+    /// committed turns; otherwise it fails with [`Code::Aborted`], reason
+    /// [`reason::SESSION_LENGTH_MISMATCH`]. Use it to retry a turn whose outcome was not seen
+    /// without committing it twice.
+    #[must_use]
+    pub fn expecting_turns(mut self, turns: u32) -> Self {
+        self.expected_turns = Some(turns);
         self
     }
 }

@@ -2,19 +2,28 @@ package dev.llamagrid.client;
 
 import com.google.protobuf.InvalidProtocolBufferException;
 import com.google.rpc.ErrorInfo;
+import dev.llamagrid.v1.CloseSessionRequest;
 import dev.llamagrid.v1.DetokenizeRequest;
 import dev.llamagrid.v1.DetokenizeResponse;
 import dev.llamagrid.v1.EmbedRequest;
 import dev.llamagrid.v1.EmbedResponse;
+import dev.llamagrid.v1.ForkSessionRequest;
 import dev.llamagrid.v1.GenerateRequest;
 import dev.llamagrid.v1.GenerateResponse;
 import dev.llamagrid.v1.GetLoadRequest;
 import dev.llamagrid.v1.GetLoadResponse;
 import dev.llamagrid.v1.GetModelInfoRequest;
 import dev.llamagrid.v1.GetModelInfoResponse;
+import dev.llamagrid.v1.GetSessionRequest;
+import dev.llamagrid.v1.GetSessionResponse;
 import dev.llamagrid.v1.InferenceServiceGrpc;
 import dev.llamagrid.v1.ListModelsRequest;
 import dev.llamagrid.v1.ListModelsResponse;
+import dev.llamagrid.v1.OpenSessionRequest;
+import dev.llamagrid.v1.RollbackSessionRequest;
+import dev.llamagrid.v1.SessionInfo;
+import dev.llamagrid.v1.SessionRef;
+import dev.llamagrid.v1.SessionServiceGrpc;
 import dev.llamagrid.v1.TokenizeRequest;
 import dev.llamagrid.v1.TokenizeResponse;
 import io.grpc.ChannelCredentials;
@@ -33,7 +42,8 @@ import java.util.concurrent.ScheduledExecutorService;
 import java.util.concurrent.TimeUnit;
 
 /**
- * A client for one llamagrid worker ({@code llamagrid.v1.InferenceService}).
+ * A client for one llamagrid worker ({@code llamagrid.v1.InferenceService} and {@code
+ * SessionService}).
  *
  * <p>{@link #connect(String)} opens a plaintext channel with the llamagrid defaults:
  *
@@ -191,6 +201,15 @@ public final class LlamagridClient implements AutoCloseable {
     return timeout == null ? stub : stub.withDeadlineAfter(timeout);
   }
 
+  /** A blocking stub of the session service with this client's message limit and deadline. */
+  public SessionServiceGrpc.SessionServiceBlockingStub sessionStub() {
+    SessionServiceGrpc.SessionServiceBlockingStub stub =
+        SessionServiceGrpc.newBlockingStub(channel)
+            .withMaxInboundMessageSize(MAX_MESSAGE_BYTES)
+            .withMaxOutboundMessageSize(MAX_MESSAGE_BYTES);
+    return timeout == null ? stub : stub.withDeadlineAfter(timeout);
+  }
+
   /**
    * Starts a generation and returns its stream: chunks, then one final message. Iterating blocks
    * until the next message; a failure is thrown from {@code hasNext()}/{@code next()} as a
@@ -246,6 +265,69 @@ public final class LlamagridClient implements AutoCloseable {
   }
 
   /**
+   * Creates a session and describes it. An empty model means the worker's only model, a TTL of 0
+   * the worker's default; a transcript, when set, is the history to start from.
+   */
+  public SessionInfo openSession(OpenSessionRequest request) {
+    return sessionStub().openSession(request).getSession();
+  }
+
+  /**
+   * Describes a session and, with {@code with_transcript}, returns its transcript too. An
+   * unknown, closed or reaped session fails with {@code NOT_FOUND}, reason {@link
+   * ErrorReason#SESSION_NOT_FOUND}; an expired one with {@link ErrorReason#SESSION_EXPIRED}.
+   */
+  public GetSessionResponse getSession(GetSessionRequest request) {
+    return sessionStub().getSession(request);
+  }
+
+  /**
+   * Creates a new session holding the first {@code turns} turns of another, which stays as it
+   * was, and describes the new one. More turns than the session has fails with {@code
+   * INVALID_ARGUMENT}.
+   */
+  public SessionInfo forkSession(ForkSessionRequest request) {
+    return sessionStub().forkSession(request).getSession();
+  }
+
+  /**
+   * Keeps the first {@code turns} turns of a session, drops the later ones and describes the
+   * session after it. More turns than the session has fails with {@code INVALID_ARGUMENT}.
+   */
+  public SessionInfo rollbackSession(RollbackSessionRequest request) {
+    return sessionStub().rollbackSession(request).getSession();
+  }
+
+  /** Deletes a session; a turn running on it is cancelled. */
+  public void closeSession(String sessionId) {
+    sessionStub().closeSession(CloseSessionRequest.newBuilder().setSessionId(sessionId).build());
+  }
+
+  /**
+   * A reference that makes a {@link GenerateRequest} the next turn of a session, for {@link
+   * GenerateRequest.Builder#setSession(SessionRef)}. The request's input (chat messages, prompt or
+   * tokens) is then only the new turn, and the final message reports what the turn committed in
+   * {@code getFinal().getSession()}. A cancelled or failed turn commits nothing; a second turn
+   * while one runs fails with {@code ABORTED}, reason {@link ErrorReason#SESSION_BUSY}.
+   */
+  public static SessionRef turn(String sessionId) {
+    return SessionRef.newBuilder().setSessionId(sessionId).build();
+  }
+
+  /**
+   * Like {@link #turn(String)}, for a turn that runs only if the session has exactly {@code
+   * expectedTurns} committed turns; otherwise the call fails with {@code ABORTED}, reason {@link
+   * ErrorReason#SESSION_LENGTH_MISMATCH}. Use it to retry a turn whose outcome was not seen
+   * without committing it twice.
+   */
+  public static SessionRef turn(String sessionId, int expectedTurns) {
+    if (expectedTurns < 0) {
+      throw new IllegalArgumentException("expectedTurns must not be negative: " + expectedTurns);
+    }
+    return SessionRef.newBuilder().setSessionId(sessionId).setExpectedTurns(expectedTurns).build();
+  }
+
+  /**
    * The {@code google.rpc.ErrorInfo} a worker attached to a failed call, read from the
    * {@code grpc-status-details-bin} trailer of a {@link io.grpc.StatusRuntimeException} or
    * {@link io.grpc.StatusException}; empty for other errors or when there is none.
@@ -268,8 +350,9 @@ public final class LlamagridClient implements AutoCloseable {
   }
 
   /**
-   * The reason of a failed call's {@code ErrorInfo} (such as {@code CONTEXT_LENGTH_EXCEEDED},
-   * {@code INVALID_VALUE} or {@code QUEUE_FULL}), or "" when it carries none.
+   * The reason of a failed call's {@code ErrorInfo} (one of the {@link ErrorReason} constants,
+   * such as {@code CONTEXT_LENGTH_EXCEEDED}, {@code INVALID_VALUE} or {@code QUEUE_FULL}), or ""
+   * when it carries none.
    */
   public static String errorReason(Throwable error) {
     return errorInfo(error).map(ErrorInfo::getReason).orElse("");
