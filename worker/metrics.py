@@ -82,6 +82,17 @@ SCALARS: tuple[tuple[str, str, str], ...] = (
     (OURS + "embed_inputs_total", "counter", "Embedding inputs accepted."),
     (OURS + "embed_tokens_total", "counter", "Tokens of the embedding inputs accepted."),
     (OURS + "embed_queued_inputs", "gauge", "Embedding inputs waiting for a decode."),
+    (OURS + "sessions", "gauge", "Sessions held (SessionService)."),
+    (OURS + "host_cache_bytes", "gauge",
+     "Host memory holding KV cells saved from evicted sequences (the host tier)."),
+    (OURS + "host_cache_entries", "gauge", "Sequences saved in the host tier."),
+    (OURS + "host_cache_saves_total", "counter", "Sequences saved to the host tier."),
+    (OURS + "host_cache_restores_total", "counter",
+     "Sequences restored from the host tier instead of prefilled."),
+    (OURS + "prompt_tokens_restored_total", "counter",
+     "Prompt tokens whose KV cells were restored from the host tier."),
+    (OURS + "session_tokens_reprefilled_total", "counter",
+     "Tokens of earlier session turns prefilled again (neither resident nor in the host tier)."),
 )  # fmt: skip
 
 
@@ -192,6 +203,13 @@ class WorkerCollector(Collector):
             o + "embed_inputs_total": c.embed_inputs,
             o + "embed_tokens_total": c.embed_tokens,
             o + "embed_queued_inputs": s.embed_queued,
+            o + "sessions": s.sessions,
+            o + "host_cache_bytes": s.host_bytes,
+            o + "host_cache_entries": s.host_entries,
+            o + "host_cache_saves_total": c.host_saves,
+            o + "host_cache_restores_total": c.host_restores,
+            o + "prompt_tokens_restored_total": c.prompt_tokens_restored,
+            o + "session_tokens_reprefilled_total": s.session_tokens_reprefilled,
         }
 
 

@@ -84,6 +84,13 @@ class WorkerSettings(BaseSettings):
     max_session_ttl_s: int = Field(
         default=86400, ge=1, description="The longest TTL a session may ask for, in seconds."
     )
+    host_cache_mib: int = Field(
+        default=1024,
+        ge=0,
+        le=1 << 24,
+        description="Host memory (MiB) for KV cells saved from evicted sequences (sessions and "
+        "cached prompt prefixes), restored instead of prefilled again; 0 turns the tier off.",
+    )
     max_relay_calls: int = Field(
         default=1024,
         ge=1,

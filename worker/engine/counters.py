@@ -39,6 +39,11 @@ class EngineCounters:
     #: Embedding inputs accepted, and their tokens.
     embed_inputs: int = 0
     embed_tokens: int = 0
+    #: Prompt tokens whose KV cells were restored from the host tier.
+    prompt_tokens_restored: int = 0
+    #: Sequences saved to the host tier, and restored from it.
+    host_saves: int = 0
+    host_restores: int = 0
 
     def on_decode(self, busy: int) -> None:
         """One llama_decode ran with busy slots in the batch."""
@@ -48,8 +53,9 @@ class EngineCounters:
     def on_final(self, final: Final) -> None:
         """A generation finished; count it with the same numbers its usage reports."""
         u = final.usage
-        self.prompt_tokens += u.prompt_tokens - u.cached_tokens
+        self.prompt_tokens += u.prompt_tokens - u.cached_tokens - u.restored_tokens
         self.prompt_tokens_cached += u.cached_tokens
+        self.prompt_tokens_restored += u.restored_tokens
         self.prompt_seconds += u.prefill_ms / 1000
         self.predicted_tokens += u.completion_tokens
         # The first token comes out of the prefill batch; an EOS is sampled but not counted.
@@ -86,3 +92,8 @@ class EngineSnapshot:
     embed_queued: int
     #: Layers on each device in use ({"CPU": 31}).
     device_layers: dict[str, int]
+    #: Sessions held, and the host tier's size.
+    sessions: int = 0
+    host_bytes: int = 0
+    host_entries: int = 0
+    session_tokens_reprefilled: int = 0

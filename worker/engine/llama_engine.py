@@ -219,6 +219,10 @@ class LlamaEngine:
             ),
             embed_queued=rt.embedder.queued_inputs,
             device_layers={d.name: d.layers for d in rt.placement.devices},
+            sessions=len(self.sessions),  # plain reads: safe from this thread
+            session_tokens_reprefilled=self.sessions.reprefilled_tokens,
+            host_bytes=sched.host.bytes_used,
+            host_entries=len(sched.host.entries),
         )
 
     async def drain(self, grace_s: float) -> None:
@@ -295,6 +299,12 @@ class LlamaEngine:
                     if session is not None and isinstance(item, Chunk):
                         generated += item.token_ids
                     elif session is not None and isinstance(item, Final):
+                        # Prefilled beyond the turn's own tokens and the one token a turn
+                        # that ended at max_tokens leaves undecoded: earlier turns, again.
+                        u = item.usage
+                        fresh = len(turn) + 1
+                        again = u.prompt_tokens - u.cached_tokens - u.restored_tokens - fresh
+                        self.sessions.reprefilled_tokens += max(0, again)
                         commit = self.sessions.commit(session, turn + generated)
                         item = dataclasses.replace(item, session=commit)
                     batch.append(item)
@@ -350,13 +360,13 @@ class LlamaEngine:
 
     async def _report(self, session: Session, with_transcript: bool) -> SessionReport:
         tokens = session.tokens.tolist()
-        resident = False
+        tier = KvTier.TRANSCRIPT
         if len(tokens) > 1 and self.ready:
 
-            def held(rt: Runtime) -> bool:
-                return rt.scheduler.holds_prefix(tokens)
+            def where(rt: Runtime) -> KvTier:
+                return rt.scheduler.kv_tier(tokens)
 
-            resident = await self._call(held)
+            tier = await self._call(where)
         remaining = session.expires_at() - time.monotonic()
         return SessionReport(
             session_id=session.session_id,
@@ -364,7 +374,7 @@ class LlamaEngine:
             turn_ends=tuple(session.turn_ends),
             expires_unix_ms=int((time.time() + remaining) * 1000),
             ttl_s=session.ttl_s,
-            kv_tier=KvTier.RESIDENT if resident else KvTier.TRANSCRIPT,
+            kv_tier=tier,
             busy=session.busy,
             tokens=tuple(tokens) if with_transcript else None,
         )
@@ -416,11 +426,17 @@ class LlamaEngine:
                 kv_cells_total=kv.total,
                 embed_queued=rt.embedder.queued_inputs,
                 decode_steps=rt.counters.decode_calls,
+                host_cache_bytes=rt.scheduler.host.bytes_used,
+                host_cache_saves=rt.counters.host_saves,
+                host_cache_restores=rt.counters.host_restores,
             )
 
         load = await self._call(run)
         return dataclasses.replace(
-            load, sessions=len(self.sessions), max_sessions=self.sessions.max_sessions
+            load,
+            sessions=len(self.sessions),
+            max_sessions=self.sessions.max_sessions,
+            session_tokens_reprefilled=self.sessions.reprefilled_tokens,
         )
 
     async def tokenize(self, text: str, add_special: bool, parse_special: bool) -> list[TokenPiece]:

@@ -46,6 +46,8 @@ class Reuse:
     length: int
     #: Another sequence to copy the first `length` positions from, or None for seq's own cells.
     source: int | None = None
+    #: The `length` positions were restored from the host tier (engine/host_cache.py).
+    restored: bool = False
 
 
 #: For eviction, a sequence's prefix is also held elsewhere when another sequence starts with
@@ -72,6 +74,8 @@ class PrefixCache:
         #: Without shared cells, a running sequence donates only this many more tokens.
         self.min_copy = min_copy
         self._held: list[list[int]] = [[] for _ in range(n_seq)]
+        #: Whether a sequence's prefix is a session's (evicted after anonymous ones).
+        self._session = [False] * n_seq
         self._used_at = [0] * n_seq
         self._clock = 0
 
@@ -79,15 +83,21 @@ class PrefixCache:
         """The tokens whose KV an idle sequence holds (position i holds token i)."""
         return self._held[seq]
 
-    def retain(self, seq: int, tokens: list[int]) -> None:
+    def retain(self, seq: int, tokens: list[int], session: bool = False) -> None:
         """Record what a sequence holds once its request has left it."""
         self._clock += 1
         self._held[seq] = tokens
+        self._session[seq] = session
         self._used_at[seq] = self._clock
+
+    def is_session(self, seq: int) -> bool:
+        """Whether an idle sequence holds a session's prefix."""
+        return self._session[seq]
 
     def take(self, seq: int) -> None:
         """A request now owns the sequence; its cells are tracked by the request until retain."""
         self._held[seq] = []
+        self._session[seq] = False
 
     def drop_all(self) -> None:
         """The KV cache was cleared."""
@@ -117,8 +127,8 @@ class PrefixCache:
         return Reuse(seq, own)
 
     def _least_valuable(self, free: list[int], busy: Mapping[int, list[int]]) -> int:
-        """An empty idle sequence, else one whose prefix another sequence also holds, else the
-        least recently used one."""
+        """An empty idle sequence, else an anonymous prefix before a session's, one whose
+        prefix another sequence also holds first, else the least recently used one."""
         heads = {s: _head(self._held[s]) for s in free if self._held[s]}
         # How many sequences start with each head: one hash pass per distinct head length (most
         # heads are _HEAD long), not a comparison per pair of sequences.
@@ -134,7 +144,12 @@ class PrefixCache:
 
         return min(
             free,
-            key=lambda s: (len(self._held[s]) > 0, not duplicated(s), self._used_at[s]),
+            key=lambda s: (
+                len(self._held[s]) > 0,
+                self._session[s],
+                not duplicated(s),
+                self._used_at[s],
+            ),
         )
 
     def distinct_tokens(self, sequences: list[list[int]]) -> int:

@@ -83,3 +83,7 @@ class Load:
     decode_steps: int
     sessions: int = 0
     max_sessions: int = 0
+    host_cache_bytes: int = 0
+    host_cache_saves: int = 0
+    host_cache_restores: int = 0
+    session_tokens_reprefilled: int = 0

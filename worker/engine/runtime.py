@@ -104,9 +104,11 @@ class Runtime:
             s.queue_timeout_s,
             self.counters,
             limits=RequestLimits.from_settings(s),
+            host_budget_bytes=s.host_cache_mib << 20,
         )
         self.info = info
         self.scheduler.warm_up()
+        self.scheduler.check_host_tier()
         self.embedder.warm_up(self.model.tokenize("Hello", True, True))
         self.placement = self._place()  # again: free memory once the KV caches are allocated
 

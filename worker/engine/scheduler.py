@@ -21,6 +21,8 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
+
 from llamagrid.worker.engine.constraints import (
     GrammarCompiler,
     compile_constraint,
@@ -36,9 +38,11 @@ from llamagrid.worker.engine.errors import (
     not_ready,
 )
 from llamagrid.worker.engine.events import Admitted, Final
+from llamagrid.worker.engine.host_cache import HostCache, HostEntry
 from llamagrid.worker.engine.limits import DEFAULT_LIMITS, RequestLimits
 from llamagrid.worker.engine.prefix_cache import PrefixCache, Reuse, common_prefix
 from llamagrid.worker.engine.prompts import PromptTokenizer, check_fits
+from llamagrid.worker.engine.reports import KvTier
 from llamagrid.worker.engine.requests import GenerationSpec, Message, Sampling
 from llamagrid.worker.engine.sampling import resolve
 from llamagrid.worker.engine.slot import Job, Slot
@@ -69,6 +73,7 @@ class Scheduler:
         queue_timeout_s: float = 0.0,
         counters: EngineCounters | None = None,
         limits: RequestLimits = DEFAULT_LIMITS,
+        host_budget_bytes: int = 0,
     ) -> None:
         self.model = model
         self.ctx = ctx
@@ -80,6 +85,8 @@ class Scheduler:
         self.slots: list[Slot | None] = [None] * ctx.n_seq_max
         self.waiting: deque[Job] = deque()
         self.cache = PrefixCache(ctx.n_seq_max, shareable=ctx.unified)
+        #: Evicted prefixes saved to host memory (off until check_host_tier passes).
+        self.host = HostCache(host_budget_bytes)
         self._batch = Batch(ctx.n_batch, 1)
         #: Totals for /metrics (decode calls, finished generations), kept on this thread.
         self.counters = counters or EngineCounters()
@@ -104,6 +111,14 @@ class Scheduler:
             for seq, s in enumerate(self.slots)
         ]
         return any(len(h) >= need and common_prefix(h, tokens) >= need for h in held)
+
+    def kv_tier(self, tokens: list[int]) -> KvTier:
+        """Where the KV of a prompt made of tokens would come from."""
+        if len(tokens) > 1 and self.holds_prefix(tokens):
+            return KvTier.RESIDENT
+        if len(tokens) > 1 and self.host.enabled and self.host.holds(tokens):
+            return KvTier.HOST
+        return KvTier.TRANSCRIPT
 
     def kv_use(self) -> KvUse:
         """Cells in use: running sequences' tokens plus idle sequences' cached prefixes."""
@@ -157,6 +172,7 @@ class Scheduler:
                 self.slots[slot.seq] = None
         self.ctx.clear()
         self.cache.drop_all()
+        self.host.clear()
 
     def step(self) -> bool:
         """Admit, batch, decode and sample once. Returns False when there was nothing to do."""
@@ -257,7 +273,7 @@ class Scheduler:
 
     def _release(self, slot: Slot) -> None:
         """End a slot's request; its KV cells stay as the sequence's cached prefix."""
-        self.cache.retain(slot.seq, slot.decoded())
+        self.cache.retain(slot.seq, slot.decoded(), slot.job.request.session is not None)
         slot.sampler.close()
         self.slots[slot.seq] = None
 
@@ -292,10 +308,19 @@ class Scheduler:
         job.channel.push(Admitted())
 
     def _place(self, prompt: list[int]) -> Reuse:
-        """Choose the sequence for a prompt and set its KV cells to the reused prefix."""
+        """Choose the sequence for a prompt and set its KV cells to the reused prefix: cells a
+        sequence already holds, or a longer prefix saved in the host tier. Cells about to be
+        lost are saved to the host tier first (engine/host_cache.py)."""
         free = [seq for seq, s in enumerate(self.slots) if s is None]
         busy = {s.seq: s.decoded() for s in self.slots if s is not None}
         reuse = self.cache.plan(prompt, free, busy)
+        found = self.host.find(prompt, len(prompt) - 1) if self.host.enabled else None
+        if found is not None and found[1] >= reuse.length + self.cache.min_reuse:
+            return self._restore(reuse.seq, *found)
+        if reuse.source is None:
+            self._save_before_loss(reuse.seq, reuse.length)
+        else:
+            self._save_before_loss(reuse.seq, 0)
         self.cache.take(reuse.seq)
         if reuse.source is not None:
             self.ctx.forget(reuse.seq)
@@ -305,6 +330,84 @@ class Scheduler:
             self.ctx.forget(reuse.seq)  # this memory can't cut a sequence: start it afresh
             return Reuse(reuse.seq, 0)
         return reuse
+
+    def _save_before_loss(self, seq: int, keep: int) -> None:
+        """Save an idle sequence's cells to the host tier if more than ``keep`` of its tokens
+        are about to be overwritten and no saved entry holds them already."""
+        held = self.cache.held(seq)
+        if len(held) - keep < self.host.min_tokens or not self.host.worth_saving(held):
+            return
+        data = self.ctx.save_sequence(seq)
+        if data is not None and self.host.add(held, data, self.cache.is_session(seq)):
+            self.counters.host_saves += 1
+
+    def _restore(self, seq: int, entry: HostEntry, length: int) -> Reuse:
+        """Put a saved prefix into a free sequence (saving what that sequence held first)."""
+        self._save_before_loss(seq, 0)
+        self.cache.take(seq)
+        self.ctx.forget(seq)
+        if not self.ctx.restore_sequence(seq, entry.data):
+            log.warning("llama.cpp refused a saved sequence; prefilling instead")
+            self.host._remove(entry)
+            return Reuse(seq, 0)
+        self.host.take(entry)
+        self.counters.host_restores += 1
+        if length < len(entry.tokens) and not self.ctx.trim(seq, length):
+            self.ctx.forget(seq)
+            return Reuse(seq, 0)
+        return Reuse(seq, length, restored=True)
+
+    def check_host_tier(self) -> None:
+        """Save and restore a short sequence and compare the next token's logits with a plain
+        prefill's. A model whose state does not round-trip (sliding-window or recurrent
+        memory) runs without the host tier, and the log says so."""
+        if not self.host.enabled:
+            return
+        hello = GenerationSpec(messages=(Message("user", "Hello, how are you today?"),))
+        prompt = self.prompts.prompt_tokens(hello)[: min(self.ctx.n_batch, self.seq_ctx - 1)]
+        head, last = prompt[:-1], prompt[-1]
+        try:
+            self._prefill(0, head)
+            expected = self._next_logits(0, last, len(head))
+            self.ctx.forget(0)
+            self._prefill(0, head)
+            data = self.ctx.save_sequence(0)
+            self.ctx.forget(0)
+            same = (
+                data is not None
+                and self.ctx.restore_sequence(0, data)
+                and bool(np.allclose(self._next_logits(0, last, len(head)), expected, atol=1e-3))
+            )
+        except Exception:  # any failure turns the tier off; the worker serves on
+            log.exception("the host KV tier's self-test failed")
+            same = False
+        finally:
+            self._batch.clear()
+            self.ctx.forget(0)
+        if same:
+            log.info("host KV tier on: up to %d MiB", self.host.budget_bytes >> 20)
+        else:
+            self.host.enabled = False
+            log.warning(
+                "host KV tier off: this model's KV state does not round-trip through host "
+                "memory (sliding-window or recurrent memory?); evicted prefixes are prefilled "
+                "again"
+            )
+
+    def _prefill(self, seq: int, tokens: list[int]) -> None:
+        self._batch.clear()
+        for pos, token in enumerate(tokens):
+            self._batch.add(token, pos, seq, False)
+        self.ctx.decode(self._batch)
+        self._batch.clear()
+
+    def _next_logits(self, seq: int, token: int, pos: int) -> np.typing.NDArray[np.float32]:
+        self._batch.clear()
+        index = self._batch.add(token, pos, seq, True)
+        self.ctx.decode(self._batch)
+        logits = self.ctx.logits(index)
+        self._batch.clear()
+        return logits
 
     def _make_slot(self, job: Job) -> Slot:
         req = job.request
@@ -327,7 +430,8 @@ class Scheduler:
             max_tokens=min(s.max_tokens or room, room),
             top_logprobs=s.top_logprobs,
             n_past=reuse.length,
-            cached=reuse.length,
+            cached=0 if reuse.restored else reuse.length,
+            restored=reuse.length if reuse.restored else 0,
         )
 
     @staticmethod

@@ -91,6 +91,8 @@ class SessionTable:
         self._clock = clock
         self._sessions: dict[str, Session] = {}
         self._expired: OrderedDict[str, None] = OrderedDict()
+        #: Tokens of earlier turns that turns had to prefill again (not resident, not saved).
+        self.reprefilled_tokens = 0
         self._swept = clock()
 
     def __len__(self) -> int:

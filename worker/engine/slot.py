@@ -64,6 +64,8 @@ class Slot:
     n_past: int = 0
     #: Prompt tokens whose KV was reused from the prefix cache.
     cached: int = 0
+    #: Prompt tokens whose KV was restored from the host tier.
+    restored: int = 0
     #: Tokens generated so far (the last one is decoded at the next step, if the job goes on).
     out_tokens: list[int] = field(default_factory=list)
     next_token: int | None = None
@@ -112,6 +114,7 @@ class Slot:
             prompt_tokens=len(self.prompt),
             completion_tokens=len(self.out_tokens),
             cached_tokens=self.cached,
+            restored_tokens=self.restored,
             queue_ms=(self.admitted - self.job.submitted) * 1000,
             prefill_ms=(first - self.admitted) * 1000,
             decode_ms=(now - first) * 1000,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+from collections.abc import Sized
 from dataclasses import dataclass
 from typing import Any
 
@@ -352,6 +353,26 @@ class Context:
     def clear(self) -> None:
         """Drop every sequence's KV cells."""
         lc.llama_memory_clear(self.memory, True)
+
+    def save_sequence(self, seq: int) -> ctypes.Array[ctypes.c_ubyte] | None:
+        """A copy of a sequence's KV cells in host memory (llama_state_seq_get_data_ext), or
+        None when llama.cpp cannot save it."""
+        size = int(lc.llama_state_seq_get_size_ext(self.ptr, seq, 0))
+        if size <= 0:
+            return None
+        data = (ctypes.c_ubyte * size)()
+        written = int(lc.llama_state_seq_get_data_ext(self.ptr, data, size, seq, 0))
+        return data if written == size else None
+
+    def restore_sequence(self, seq: int, data: Sized) -> bool:
+        """Put saved KV cells (what save_sequence returned) into an empty sequence; False when
+        llama.cpp refuses them (the sequence is then left empty)."""
+        assert isinstance(data, ctypes.Array)
+        read = int(lc.llama_state_seq_set_data_ext(self.ptr, data, len(data), seq, 0))
+        if read == 0:
+            self.forget(seq)
+            return False
+        return True
 
     def sequence_embedding(self, seq: int) -> FloatArray:
         """The pooled embedding of a sequence after decode."""

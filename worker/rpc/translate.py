@@ -226,4 +226,8 @@ def load_to_proto(load: Load) -> pb.GetLoadResponse:
         decode_steps=load.decode_steps,
         sessions=load.sessions,
         max_sessions=load.max_sessions,
+        host_cache_bytes=load.host_cache_bytes,
+        host_cache_saves=load.host_cache_saves,
+        host_cache_restores=load.host_cache_restores,
+        session_tokens_reprefilled=load.session_tokens_reprefilled,
     )

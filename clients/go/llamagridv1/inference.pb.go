@@ -3379,9 +3379,18 @@ type GetLoadResponse struct {
 	// Sessions the worker holds (SessionService).
 	Sessions uint32 `protobuf:"varint,9,opt,name=sessions,proto3" json:"sessions,omitempty"`
 	// The most sessions the worker may hold.
-	MaxSessions   uint32 `protobuf:"varint,10,opt,name=max_sessions,json=maxSessions,proto3" json:"max_sessions,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	MaxSessions uint32 `protobuf:"varint,10,opt,name=max_sessions,json=maxSessions,proto3" json:"max_sessions,omitempty"`
+	// Host memory holding KV cells saved from evicted sequences (the host tier), in bytes.
+	HostCacheBytes uint64 `protobuf:"varint,11,opt,name=host_cache_bytes,json=hostCacheBytes,proto3" json:"host_cache_bytes,omitempty"`
+	// Sequences saved to the host tier since the worker started.
+	HostCacheSaves uint64 `protobuf:"varint,12,opt,name=host_cache_saves,json=hostCacheSaves,proto3" json:"host_cache_saves,omitempty"`
+	// Sequences restored from the host tier instead of prefilled, since the worker started.
+	HostCacheRestores uint64 `protobuf:"varint,13,opt,name=host_cache_restores,json=hostCacheRestores,proto3" json:"host_cache_restores,omitempty"`
+	// Session tokens prefilled again since the worker started: tokens of earlier turns whose KV
+	// cache was neither resident nor in the host tier when a turn needed them.
+	SessionTokensReprefilled uint64 `protobuf:"varint,14,opt,name=session_tokens_reprefilled,json=sessionTokensReprefilled,proto3" json:"session_tokens_reprefilled,omitempty"`
+	unknownFields            protoimpl.UnknownFields
+	sizeCache                protoimpl.SizeCache
 }
 
 func (x *GetLoadResponse) Reset() {
@@ -3480,6 +3489,34 @@ func (x *GetLoadResponse) GetSessions() uint32 {
 func (x *GetLoadResponse) GetMaxSessions() uint32 {
 	if x != nil {
 		return x.MaxSessions
+	}
+	return 0
+}
+
+func (x *GetLoadResponse) GetHostCacheBytes() uint64 {
+	if x != nil {
+		return x.HostCacheBytes
+	}
+	return 0
+}
+
+func (x *GetLoadResponse) GetHostCacheSaves() uint64 {
+	if x != nil {
+		return x.HostCacheSaves
+	}
+	return 0
+}
+
+func (x *GetLoadResponse) GetHostCacheRestores() uint64 {
+	if x != nil {
+		return x.HostCacheRestores
+	}
+	return 0
+}
+
+func (x *GetLoadResponse) GetSessionTokensReprefilled() uint64 {
+	if x != nil {
+		return x.SessionTokensReprefilled
 	}
 	return 0
 }
@@ -4113,7 +4150,7 @@ const file_llamagrid_v1_inference_proto_rawDesc = "" +
 	"\x11ListModelsRequest\"E\n" +
 	"\x12ListModelsResponse\x12/\n" +
 	"\x06models\x18\x01 \x03(\v2\x17.llamagrid.v1.ModelInfoR\x06models\"\x10\n" +
-	"\x0eGetLoadRequest\"\xf2\x02\n" +
+	"\x0eGetLoadRequest\"\xb4\x04\n" +
 	"\x0fGetLoadResponse\x12'\n" +
 	"\x0factive_requests\x18\x01 \x01(\rR\x0eactiveRequests\x12'\n" +
 	"\x0fqueued_requests\x18\x02 \x01(\rR\x0equeuedRequests\x12\x14\n" +
@@ -4125,7 +4162,11 @@ const file_llamagrid_v1_inference_proto_rawDesc = "" +
 	"\fdecode_steps\x18\b \x01(\x04R\vdecodeSteps\x12\x1a\n" +
 	"\bsessions\x18\t \x01(\rR\bsessions\x12!\n" +
 	"\fmax_sessions\x18\n" +
-	" \x01(\rR\vmaxSessions\"d\n" +
+	" \x01(\rR\vmaxSessions\x12(\n" +
+	"\x10host_cache_bytes\x18\v \x01(\x04R\x0ehostCacheBytes\x12(\n" +
+	"\x10host_cache_saves\x18\f \x01(\x04R\x0ehostCacheSaves\x12.\n" +
+	"\x13host_cache_restores\x18\r \x01(\x04R\x11hostCacheRestores\x12<\n" +
+	"\x1asession_tokens_reprefilled\x18\x0e \x01(\x04R\x18sessionTokensReprefilled\"d\n" +
 	"\fRelayRequest\x120\n" +
 	"\x05start\x18\x01 \x01(\v2\x18.llamagrid.v1.RelayStartH\x00R\x05start\x12\x18\n" +
 	"\x06cancel\x18\x02 \x01(\x04H\x00R\x06cancelB\b\n" +

@@ -1720,6 +1720,10 @@ class GetLoadResponse(_message.Message):
     DECODE_STEPS_FIELD_NUMBER: _builtins.int
     SESSIONS_FIELD_NUMBER: _builtins.int
     MAX_SESSIONS_FIELD_NUMBER: _builtins.int
+    HOST_CACHE_BYTES_FIELD_NUMBER: _builtins.int
+    HOST_CACHE_SAVES_FIELD_NUMBER: _builtins.int
+    HOST_CACHE_RESTORES_FIELD_NUMBER: _builtins.int
+    SESSION_TOKENS_REPREFILLED_FIELD_NUMBER: _builtins.int
     active_requests: _builtins.int
     """Generation requests holding a slot (prefilling or decoding)."""
     queued_requests: _builtins.int
@@ -1740,6 +1744,16 @@ class GetLoadResponse(_message.Message):
     """Sessions the worker holds (SessionService)."""
     max_sessions: _builtins.int
     """The most sessions the worker may hold."""
+    host_cache_bytes: _builtins.int
+    """Host memory holding KV cells saved from evicted sequences (the host tier), in bytes."""
+    host_cache_saves: _builtins.int
+    """Sequences saved to the host tier since the worker started."""
+    host_cache_restores: _builtins.int
+    """Sequences restored from the host tier instead of prefilled, since the worker started."""
+    session_tokens_reprefilled: _builtins.int
+    """Session tokens prefilled again since the worker started: tokens of earlier turns whose KV
+    cache was neither resident nor in the host tier when a turn needed them.
+    """
     def __init__(
         self,
         *,
@@ -1753,10 +1767,14 @@ class GetLoadResponse(_message.Message):
         decode_steps: _builtins.int = ...,
         sessions: _builtins.int = ...,
         max_sessions: _builtins.int = ...,
+        host_cache_bytes: _builtins.int = ...,
+        host_cache_saves: _builtins.int = ...,
+        host_cache_restores: _builtins.int = ...,
+        session_tokens_reprefilled: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_requests", b"active_requests", "decode_steps", b"decode_steps", "embed_queued_inputs", b"embed_queued_inputs", "kv_cells_total", b"kv_cells_total", "kv_cells_used", b"kv_cells_used", "max_queue", b"max_queue", "max_sessions", b"max_sessions", "queued_requests", b"queued_requests", "sessions", b"sessions", "slots", b"slots"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_requests", b"active_requests", "decode_steps", b"decode_steps", "embed_queued_inputs", b"embed_queued_inputs", "host_cache_bytes", b"host_cache_bytes", "host_cache_restores", b"host_cache_restores", "host_cache_saves", b"host_cache_saves", "kv_cells_total", b"kv_cells_total", "kv_cells_used", b"kv_cells_used", "max_queue", b"max_queue", "max_sessions", b"max_sessions", "queued_requests", b"queued_requests", "session_tokens_reprefilled", b"session_tokens_reprefilled", "sessions", b"sessions", "slots", b"slots"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
