@@ -22,12 +22,15 @@ from llamagrid.gateway.auth import ApiKeyCheck, api_keys, dependencies, install_
 from llamagrid.gateway.discovery import DnsDiscovery
 from llamagrid.gateway.dispatch import Dispatcher, Routed
 from llamagrid.gateway.errors import OpenAIError, from_rpc_error, validation_failure
+from llamagrid.gateway.interactive import InteractiveSessions
+from llamagrid.gateway.interactive import router as interactive_router
 from llamagrid.gateway.lifecycle import Drain
 from llamagrid.gateway.metrics import GatewayMetrics
 from llamagrid.gateway.middleware import GatewayMiddleware
 from llamagrid.gateway.openai.router import router as openai_router
 from llamagrid.gateway.openai.schemas import ErrorResponse
 from llamagrid.gateway.pool import PoolOptions, WorkerPool
+from llamagrid.gateway.responses.router import router as responses_router
 from llamagrid.gateway.session_store import create_store
 from llamagrid.gateway.sessions import SessionDirectory
 from llamagrid.gateway.sessions import router as sessions_router
@@ -114,6 +117,9 @@ def create_app(settings: GatewaySettings, pool: WorkerPool) -> FastAPI:
     )
     app.include_router(openai_router, dependencies=dependencies(check))
     app.include_router(sessions_router, dependencies=dependencies(check))
+    app.include_router(responses_router, dependencies=dependencies(check))
+    app.include_router(interactive_router, dependencies=dependencies(check))
+    app.state.interactive = InteractiveSessions(keyed=check is not None)
     app.add_middleware(
         Admission,
         check=check,

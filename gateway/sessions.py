@@ -291,6 +291,30 @@ def get_directory(request: Request) -> SessionDirectory:
     return directory
 
 
+async def turn_route(
+    request: Request,
+    session_id: str,
+    proto: pb.GenerateRequest,
+    on_commit: Callable[[pb.GenerateFinal], None] | None = None,
+) -> tuple[RouteRequest, Routed]:
+    """Route a Generate call as the next turn of a session: to its home worker (moved first if
+    the home is lost and the store holds a copy), the store's copy updated as the turn commits
+    (``on_commit`` is told too). Sets ``proto.session.session_id`` to the session's id there."""
+    directory = get_directory(request)
+    address, worker_id = await directory.locate(session_id)
+    proto.session.session_id = worker_id
+    routed = Routed(resume=directory.resumer(session_id))
+    model = proto.model
+
+    async def committed(final: pb.GenerateFinal) -> None:
+        await directory.committed(session_id, model, routed.worker, final)
+        if on_commit is not None:
+            on_commit(final)
+
+    routed.on_final = committed
+    return RouteRequest(model=model, home=address), routed
+
+
 async def _on_home(
     dispatcher: Dispatcher,
     request: Request,
@@ -424,15 +448,6 @@ async def session_chat(
     """The session's next turn: ``messages`` holds only the new messages. Usage counts the
     whole context as prompt tokens, the part reused from the session as cached tokens."""
     log_unknown_fields(body, request)
-    directory = get_directory(request)
-    address, worker_id = await directory.locate(session_id)
     proto = translate.chat_request(body)
-    proto.session.session_id = worker_id
-    route = RouteRequest(model=proto.model, home=address)
-    routed = Routed(resume=directory.resumer(session_id))
-
-    async def committed(final: pb.GenerateFinal) -> None:
-        await directory.committed(session_id, proto.model, routed.worker, final)
-
-    routed.on_final = committed
+    route, routed = await turn_route(request, session_id, proto)
     return await run_chat(body, proto, route, routed, request, response, dispatcher)

@@ -75,6 +75,17 @@ OPERATIONS: dict[tuple[str, str], int] = {
     ("GET", "/v1/models/{model_id}"): 15,
     ("GET", "/health"): 5,
     ("GET", "/livez"): 5,
+    ("POST", "/v1/sessions"): 30,
+    ("GET", "/v1/sessions/{session_id}"): 20,
+    ("DELETE", "/v1/sessions/{session_id}"): 15,
+    ("POST", "/v1/sessions/{session_id}/fork"): 20,
+    ("POST", "/v1/sessions/{session_id}/rollback"): 20,
+    ("POST", "/v1/sessions/{session_id}/cancel"): 15,
+    ("POST", "/v1/sessions/{session_id}/chat/completions"): 80,
+    ("POST", "/v1/responses"): 80,
+    ("GET", "/v1/responses/{response_id}"): 15,
+    ("DELETE", "/v1/responses/{response_id}"): 15,
+    ("POST", "/v1/chat/interactive"): 80,
 }
 #: The budget of schema-invalid examples of each operation that takes a body.
 NEGATIVE_EXAMPLES = 80
@@ -203,9 +214,23 @@ def still_serving(
     wait_idle(channel_and_stub[1])
 
 
-def steer(body: Any, alias: str, model: bool, drop_refused: bool, stream: bool) -> None:
+#: Each route's field for the most tokens to generate.
+LENGTH_FIELD = {"/v1/responses": "max_output_tokens", "/v1/chat/interactive": "request_output_len"}
+
+
+def steer(
+    body: Any, alias: str, model: bool, drop_refused: bool, stream: bool, path: str = ""
+) -> None:
     """Steer a schema-valid body towards the worker (see the module's docstring)."""
     if not isinstance(body, dict):
+        return
+    length = LENGTH_FIELD.get(path)
+    if length is not None:  # these routes take their own length field, generating from input
+        if model:
+            body["model"] = alias
+        value = body.get(length)
+        if not isinstance(value, int) or value <= 0 or value > MAX_TOKENS:
+            body[length] = MAX_TOKENS
         return
     if model:
         body["model"] = alias
@@ -224,6 +249,14 @@ def steer(body: Any, alias: str, model: bool, drop_refused: bool, stream: bool) 
     generates = "messages" in body or "prompt" in body
     if generates and (body.get("max_completion_tokens") or body.get("max_tokens")) is None:
         body["max_tokens"] = MAX_TOKENS  # unset (or null) means up to the whole context
+
+
+def open_session(base_url: str, alias: str) -> str:
+    """A new session's id (the fuzzed call then works on a real session)."""
+    reply = httpx.post(f"{base_url}/v1/sessions", json={"model": alias}, headers=AUTH, timeout=60)
+    assert reply.status_code == 201, reply.text
+    session_id: str = reply.json()["id"]
+    return session_id
 
 
 def integral(value: Any) -> Any:
@@ -311,10 +344,21 @@ def test_fuzzed_requests_get_no_server_error_and_conform_to_the_schema(
         wrong_key = n % 8 == 5
         if positive:
             steer(
-                case.body, alias, model=n % 4 != 3, drop_refused=n % 2 == 0, stream=n // 2 % 2 == 0
+                case.body,
+                alias,
+                model=n % 4 != 3,
+                drop_refused=n % 2 == 0,
+                stream=n // 2 % 2 == 0,
+                path=path,
             )
         headers = {"Authorization": "Bearer wrong-key"} if wrong_key else AUTH
+        opened = None
+        if positive and "{session_id}" in path and n % 3 != 2:  # most on a real session
+            opened = open_session(base_url, alias)
+            case.path_parameters["session_id"] = opened
         response = case.call(base_url=base_url, headers=headers, timeout=120)
+        if opened is not None:
+            httpx.delete(f"{base_url}/v1/sessions/{opened}", headers=AUTH, timeout=60)
         statuses[response.status_code] += 1
         if wrong_key and path.startswith("/v1/"):
             assert response.status_code == 401, response.text
