@@ -41,6 +41,7 @@ from hypothesis import strategies as st
 from llamagrid import errors as wire
 from llamagrid.errors import parse_details
 from llamagrid.v1 import inference_pb2 as pb
+from llamagrid.v1 import inference_pb2_grpc as pb_grpc
 from tests.procs import Proc, running, spawn_worker, wait_serving
 from tests.proto_strategies import TEXT, M, MessageStrategies, integers
 from tests.serving import ONE_THREAD, Stub, assert_serving, connect, greedy
@@ -54,7 +55,13 @@ ALLOWED: dict[grpc.StatusCode, set[str]] = {
         wire.REASON_CONTEXT_LENGTH_EXCEEDED,
         wire.REASON_UNSUPPORTED,
     },
-    grpc.StatusCode.NOT_FOUND: {wire.REASON_MODEL_NOT_FOUND},
+    grpc.StatusCode.NOT_FOUND: {
+        wire.REASON_MODEL_NOT_FOUND,
+        wire.REASON_SESSION_NOT_FOUND,
+        wire.REASON_SESSION_EXPIRED,
+    },
+    grpc.StatusCode.ABORTED: {wire.REASON_SESSION_BUSY, wire.REASON_SESSION_LENGTH_MISMATCH},
+    grpc.StatusCode.RESOURCE_EXHAUSTED: {wire.REASON_SESSION_LIMIT},
 }
 #: The most tokens a generated request asks for.
 MAX_TOKENS = 8
@@ -246,9 +253,11 @@ def capped(request: pb.GenerateRequest) -> pb.GenerateRequest:
 
 
 def with_input(request: pb.GenerateRequest) -> pb.GenerateRequest:
-    """A tame request always has something to complete."""
+    """A tame request always has something to complete, and no session (a generated session
+    id names none: the wild requests try those)."""
     if request.WhichOneof("input") is None:
         request.prompt = "Hello"
+    request.ClearField("session")
     return request
 
 
@@ -383,6 +392,51 @@ def test_generated_model_info_requests_are_served_or_refused_precisely(
 
     run()
     tally.report(least_served=5)
+
+
+@pytest.mark.usefixtures("still_serving")
+def test_generated_session_requests_are_served_or_refused_precisely(
+    channel_and_stub: tuple[grpc.Channel, Stub], info: pb.ModelInfo
+) -> None:
+    """Every SessionService call, generated, half of them on a real session with a turn; every
+    session a call opens is closed again, so the worker's session limit is never the answer."""
+    stub = channel_and_stub[1]
+    sessions = pb_grpc.SessionServiceStub(channel_and_stub[0])
+    tally = Tally()
+
+    def real_session() -> str:
+        opened = sessions.OpenSession(pb.OpenSessionRequest(), timeout=30).session.session_id
+        turn = prompt(max_tokens=2)
+        turn.session.session_id = opened
+        tally.generate(stub, turn)
+        return opened
+
+    real = [real_session()]
+    calls: dict[type[Message], Callable[..., Any]] = {
+        pb.OpenSessionRequest: sessions.OpenSession,
+        pb.GetSessionRequest: sessions.GetSession,
+        pb.ForkSessionRequest: sessions.ForkSession,
+        pb.RollbackSessionRequest: sessions.RollbackSession,
+        pb.CloseSessionRequest: sessions.CloseSession,
+        pb.CancelTurnRequest: sessions.CancelTurn,
+    }
+    requests = st.sampled_from(list(calls)).flatmap(lambda cls: either(info, cls))
+
+    @fuzz_settings(200)
+    @given(requests, st.booleans())
+    def run(request: Message, on_real: bool) -> None:
+        if on_real and "session_id" in request.DESCRIPTOR.fields_by_name:
+            request.session_id = real[0]  # type: ignore[attr-defined]
+        reply = tally.unary(calls[type(request)], request)
+        opened = getattr(reply, "session", None)
+        if opened is not None and opened.session_id != real[0]:
+            sessions.CloseSession(pb.CloseSessionRequest(session_id=opened.session_id))
+        if isinstance(request, pb.CloseSessionRequest) and request.session_id == real[0]:
+            real[0] = real_session()
+
+    run()
+    sessions.CloseSession(pb.CloseSessionRequest(session_id=real[0]), timeout=30)
+    tally.report(least_served=60)
 
 
 #: Status codes by number (a RelayError carries the number).
