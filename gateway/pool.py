@@ -50,6 +50,8 @@ class Worker:
     retired: bool = False
     #: Breaker-counted failures (transport, UNAVAILABLE, INTERNAL) since the last success.
     failures: int = 0
+    #: Sessions this gateway opened on the worker since its last load report.
+    sessions_opened: int = 0
 
     @property
     def requests(self) -> int:
@@ -66,6 +68,12 @@ class Worker:
         """Take the worker's latest load report."""
         self.load = load
         self.in_flight_at_load = self.in_flight
+        self.sessions_opened = 0
+
+    @property
+    def sessions(self) -> int:
+        """Sessions the worker holds: its report's, plus those opened here since."""
+        return (self.load.sessions if self.load is not None else 0) + self.sessions_opened
 
     @property
     def slots(self) -> int:
@@ -101,8 +109,7 @@ class PoolOptions:
 
 def _sessions_per_slot(worker: Worker) -> tuple[float, float, str]:
     """Where a new session should go: fewest sessions per slot, then least loaded."""
-    sessions = worker.load.sessions if worker.load is not None else 0
-    return (sessions / max(1, worker.slots), worker.pressure, worker.address)
+    return (worker.sessions / max(1, worker.slots), worker.pressure, worker.address)
 
 
 class WorkerPool:

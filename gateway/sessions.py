@@ -271,6 +271,7 @@ class SessionDirectory:
                 model=record.model, ttl_s=record.ttl_s, transcript=transcript
             )
             reply = await session_stub(choice.worker.client).OpenSession(request, timeout=60)
+            choice.worker.sessions_opened += 1
             record.home, record.worker_id = choice.worker.address, reply.session.session_id
             await self.store.put(session_id, record)
             if moved is not None:
@@ -355,6 +356,9 @@ async def open_session(
 
     info, address = await dispatcher.unary(request, route, run, routed)
     response.headers.update(routed.headers())
+    home = dispatcher.pool.get(address)
+    if home is not None:  # counted now: the next load report is up to an interval away
+        home.sessions_opened += 1
     public = public_id(address, info.session_id)
     await get_directory(request).opened(public, body.model, address, info)
     return describe(info, address)

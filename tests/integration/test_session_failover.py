@@ -185,6 +185,14 @@ def test_a_stream_cut_by_a_dying_worker_is_not_replayed_and_commits_nothing(
     assert b.get(f"/v1/sessions/{session_id}").json()["turns"] == 2
 
 
+def test_new_sessions_go_where_sessions_per_slot_are_fewest(fleet: Fleet) -> None:
+    a, _ = fleet.http
+    opened = [a.post("/v1/sessions", json={"model": model(a)}) for _ in range(4)]
+    assert all(o.headers["x-llamagrid-route"] == "session:new" for o in opened)
+    homes = [o.json()["worker"] for o in opened]
+    assert sorted(homes) == sorted([w.target for w in fleet.workers] * 2), homes
+
+
 def test_without_a_copy_a_lost_session_is_a_404(fleet: Fleet, redis_url: str) -> None:
     a, _ = fleet.http
     opened = a.post("/v1/sessions", json={"model": model(a)}).json()

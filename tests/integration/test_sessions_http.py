@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import threading
+import time
 
 import httpx
 import pytest
@@ -173,3 +174,29 @@ def test_concurrent_turns_from_threads_give_one_409(http: httpx.Client, session:
     for thread in threads:
         thread.join(120)
     assert sorted(statuses) == [200, 409]
+
+
+def test_a_client_that_leaves_mid_turn_leaves_the_session_as_it_was(
+    http: httpx.Client, session: str
+) -> None:
+    url = f"/v1/sessions/{session}/chat/completions"
+    body = {
+        "model": model_of(http),
+        "messages": [{"role": "user", "content": "Count to a thousand."}],
+        "max_tokens": 400,
+        "ignore_eos": True,
+        "stream": True,
+    }
+    with http.stream("POST", url, json=body) as leaving:
+        lines = leaving.iter_lines()
+        while '"content"' not in next(lines):  # a first token: the turn runs
+            pass
+    # The connection is closed mid-stream; the worker hears of it and drops the turn.
+    deadline = time.monotonic() + 30
+    while (described := http.get(f"/v1/sessions/{session}").json())["busy"]:
+        assert time.monotonic() < deadline, "the abandoned turn still holds the session"
+        time.sleep(0.05)
+    assert described["turns"] == 0 and described["length"] == 0
+    short = {**body, "stream": False, "max_tokens": 2}
+    assert http.post(url, json=short).status_code == 200
+    assert http.get(f"/v1/sessions/{session}").json()["turns"] == 1
