@@ -93,6 +93,8 @@ bench: install
 	$(PY) -m bench $(BENCH_ARGS)
 	# The gateway's CPU per relayed token with the model taken out (a token source, no model).
 	$(PY) -m bench.relay
+	# Multi-turn conversations: sessions against resending the history (and llama-server).
+	$(PY) -m bench.multiturn
 
 clean:
 	rm -rf $(VENV) .tools
