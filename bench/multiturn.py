@@ -33,6 +33,7 @@ import statistics
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -238,14 +239,14 @@ def run_target(target: str, args: argparse.Namespace) -> Result:
             result = asyncio.run(run_workload(target, server.address, server.model, args))
             result.peak_rss_mib = {c.label: procs.peak_rss_mib(c.pid) for c in server.children}
             if target == "sessions":
-                result.swap_in = swap_in_cost(server.workers[0], args.swap_tokens)
+                result.swap_in = swap_in_cost(server.workers[0], args.swap_tokens, args.slots)
             return result
         finally:
             for child in reversed(server.children):
                 procs.stop(child)
 
 
-def swap_in_cost(worker: str, tokens: int) -> dict[str, float]:
+def swap_in_cost(worker: str, tokens: int, slots: int) -> dict[str, float]:
     """The worker's prefill time for a session turn whose history (``tokens`` long) came back
     from the host tier, against a fresh prefill of as many tokens; and the worker's totals."""
     import grpc
@@ -268,8 +269,15 @@ def swap_in_cost(worker: str, tokens: int) -> dict[str, float]:
         opened = sessions.OpenSession(pb.OpenSessionRequest(), timeout=30).session.session_id
         ref = pb.SessionRef(session_id=opened)
         final(pb.GenerateRequest(prompt=text(1), sampling=one, session=ref))
-        for other in range(2, 2 + 2 * 16):  # fill every slot with other prompts: evicted
-            final(pb.GenerateRequest(prompt=f"{other} " + text(other)[:200], sampling=one))
+        # Every slot busy at once with other prompts: the session's sequence is taken (anonymous
+        # prefixes go first, so sequential requests would never reach it) and saved.
+        busy = pb.SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True)
+        others = [
+            pb.GenerateRequest(prompt=f"{n} " + text(n)[:200], sampling=busy)
+            for n in range(2, 2 + slots)
+        ]
+        with ThreadPoolExecutor(slots) as pool:
+            list(pool.map(final, others))
         restored = final(pb.GenerateRequest(prompt=" ok", sampling=one, session=ref))
         fresh = final(pb.GenerateRequest(prompt=text(99), sampling=one))
         load = inference.GetLoad(pb.GetLoadRequest(), timeout=30)

@@ -112,6 +112,24 @@ class Dispatcher:
         self.metrics.routed.labels(route.model, choice.worker.address, reason).inc()
         return choice.worker
 
+    async def _next_worker(
+        self,
+        route: RouteRequest,
+        routed: Routed,
+        last: grpc.aio.AioRpcError | None,
+        proto: pb.GenerateRequest | None,
+    ) -> tuple[Worker, RouteRequest]:
+        """The next worker to try, and the route that chose it: a session whose home is lost
+        is moved first (``_relocate``)."""
+        while True:
+            try:
+                return self._choose(route, routed, last), route
+            except OpenAIError as lost:
+                moved = await self._relocate(route, routed, lost, proto)
+                if moved is None:
+                    raise
+                route, last = moved, None
+
     async def _relocate(
         self,
         route: RouteRequest,
@@ -177,14 +195,7 @@ class Dispatcher:
         deadline = time.monotonic() + self.timeout_s
         last: grpc.aio.AioRpcError | None = None
         while True:
-            try:
-                worker = self._choose(route, routed, last)
-            except OpenAIError as lost:
-                moved = await self._relocate(route, routed, lost, proto)
-                if moved is None:
-                    raise
-                route, last = moved, None
-                continue
+            worker, route = await self._next_worker(route, routed, last, proto)
             async with self.pool.lease(worker):
                 try:
                     result = await call(worker.client, max(0.001, deadline - time.monotonic()))
@@ -241,14 +252,7 @@ class Dispatcher:
         started = time.monotonic()
         last: grpc.aio.AioRpcError | None = None
         while True:
-            try:
-                worker = self._choose(route, routed, last)
-            except OpenAIError as lost:
-                moved = await self._relocate(route, routed, lost, proto)
-                if moved is None:
-                    raise
-                route, last = moved, None
-                continue
+            worker, route = await self._next_worker(route, routed, last, proto)
             async with (
                 self.pool.lease(worker),
                 self._generate(worker.client, proto, self.timeout_s) as stream,

@@ -68,7 +68,12 @@ from llamagrid.gateway.sessions import (
     session_stub,
     turn_route,
 )
-from llamagrid.gateway.sse import ADMITTED, Admitted, error_response, wait_for_disconnect
+from llamagrid.gateway.sse import (
+    ADMITTED,
+    Admitted,
+    AdmittedStream,
+    send_body,
+)
 from llamagrid.v1 import inference_pb2 as pb
 
 logger = logging.getLogger(__name__)
@@ -683,7 +688,7 @@ async def _lines(
 # The streamed response
 
 
-class JsonLinesResponse(Response):
+class JsonLinesResponse(AdmittedStream):
     """A stream of JSON lines that starts once the worker admits the call (its headers go out
     then) and stops when the client leaves. An error before admission is a plain HTTP error."""
 
@@ -694,52 +699,22 @@ class JsonLinesResponse(Response):
         lines: AsyncGenerator[Admitted | bytes, None],
         late_headers: Callable[[], Mapping[str, str]],
     ) -> None:
-        # Not Response.__init__: a stream has no body to measure (and no Content-Length).
-        self._lines = lines
-        self._late_headers = late_headers
-        self.status_code = 200
-        self.background = None
-        self.init_headers(_STREAM_HEADERS)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        # The lines are closed after the task group: outside its cancelled scope.
-        async with contextlib.aclosing(self._lines), anyio.create_task_group() as group:
-            group.start_soon(_cancel_on_disconnect, receive, group.cancel_scope)
-            with contextlib.suppress(OSError):  # the client left while we were sending
-                await self._stream(scope, receive, send)
-            group.cancel_scope.cancel()
+        super().__init__(lines, _STREAM_HEADERS, late_headers)
 
     async def _stream(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            first = await anext(self._lines)
-        except OpenAIError as error:
-            error.headers.update(self._late_headers())
-            await error_response(error)(scope, receive, send)
+        started, first = await self._first(scope, receive, send)
+        if not started:
             return
-        except StopAsyncIteration:
-            first = ADMITTED
-        for name, value in self._late_headers().items():
-            self.raw_headers.append((name.lower().encode(), value.encode()))
-        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
         if isinstance(first, bytes):
-            await _send(send, first)
+            await send_body(send, first)
         direct: DirectBody | None = scope.get("extensions", {}).get(DIRECT_BODY)
         try:
-            async for line in self._lines:
+            async for line in self._source:
                 if isinstance(line, bytes) and (direct is None or not direct.write(line)):
-                    await _send(send, line)
+                    await send_body(send, line)
         except Exception:
             logger.exception("interactive stream failed")
             failure = OpenAIError(500, "The stream failed.", "server_error")
-            await _send(send, error_line(failure, 0, 0), more_body=False)
+            await send_body(send, error_line(failure, 0, 0), more_body=False)
             return
-        await _send(send, b"", more_body=False)
-
-
-async def _send(send: Send, body: bytes, more_body: bool = True) -> None:
-    await send({"type": "http.response.body", "body": body, "more_body": more_body})
-
-
-async def _cancel_on_disconnect(receive: Receive, scope: anyio.CancelScope) -> None:
-    await wait_for_disconnect(receive)
-    scope.cancel()
+        await send_body(send, b"", more_body=False)

@@ -79,7 +79,56 @@ async def wait_for_disconnect(receive: Receive) -> None:
         pass
 
 
-class EventStreamResponse(Response):
+class AdmittedStream(Response):
+    """A streamed response that starts with its source's first item (the worker's admission),
+    is answered as a plain HTTP error when that item is an error, and stops when the client
+    leaves: the source is then cancelled and closed at once. Subclasses write the items."""
+
+    def __init__(
+        self,
+        source: AsyncGenerator[Any, None],
+        headers: Mapping[str, str],
+        late_headers: Callable[[], Mapping[str, str]] | None = None,
+    ) -> None:
+        # Not Response.__init__: a stream has no body to measure (and no Content-Length).
+        self._source = source
+        #: Headers known only once the first item exists (the worker that took the call).
+        self._late_headers = late_headers
+        self.status_code = 200
+        self.background = None
+        self.init_headers(headers)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # The source is closed after the task group: outside its cancelled scope.
+        async with contextlib.aclosing(self._source), anyio.create_task_group() as group:
+            group.start_soon(_cancel_on_disconnect, receive, group.cancel_scope)
+            with contextlib.suppress(OSError):  # the client left while we were sending
+                await self._stream(scope, receive, send)
+            group.cancel_scope.cancel()
+
+    async def _first(self, scope: Scope, receive: Receive, send: Send) -> tuple[bool, Any]:
+        """The source's first item, with the response's head sent; (False, None) when the
+        source failed first and that error was answered as a plain HTTP error."""
+        try:
+            first = await anext(self._source)
+        except OpenAIError as error:
+            if self._late_headers is not None:
+                error.headers.update(self._late_headers())
+            await error_response(error)(scope, receive, send)
+            return False, None
+        except StopAsyncIteration:
+            first = None
+        if self._late_headers is not None:
+            for name, value in self._late_headers().items():
+                self.raw_headers.append((name.lower().encode(), value.encode()))
+        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+        return True, first
+
+    async def _stream(self, scope: Scope, receive: Receive, send: Send) -> None:
+        raise NotImplementedError
+
+
+class EventStreamResponse(AdmittedStream):
     """An event stream that starts with the first batch and stops when the client leaves."""
 
     media_type = "text/event-stream"
@@ -87,56 +136,33 @@ class EventStreamResponse(Response):
     def __init__(
         self, events: Events, late_headers: Callable[[], Mapping[str, str]] | None = None
     ) -> None:
-        # Not Response.__init__: a stream has no body to measure (and no Content-Length).
-        self._events = events
-        #: Headers known only once the first event exists (the worker that took the call).
-        self._late_headers = late_headers
-        self.status_code = 200
-        self.background = None
-        self.init_headers(HEADERS)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        # The events are closed after the task group: outside its cancelled scope.
-        async with contextlib.aclosing(self._events), anyio.create_task_group() as group:
-            group.start_soon(_cancel_on_disconnect, receive, group.cancel_scope)
-            with contextlib.suppress(OSError):  # the client left while we were sending
-                await self._stream(scope, receive, send)
-            group.cancel_scope.cancel()
+        super().__init__(events, HEADERS, late_headers)
 
     async def _stream(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            first: Batch = await anext(self._events)
-        except OpenAIError as error:
-            if self._late_headers is not None:
-                error.headers.update(self._late_headers())
-            await error_response(error)(scope, receive, send)
+        started, first = await self._first(scope, receive, send)
+        if not started:
             return
-        except StopAsyncIteration:
-            first = [ADMITTED]
-        if self._late_headers is not None:
-            for name, value in self._late_headers().items():
-                self.raw_headers.append((name.lower().encode(), value.encode()))
-        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
-        await self._send(send, frames(first))
+        await send_body(send, frames(first if first is not None else [ADMITTED]))
         direct: DirectBody | None = scope.get("extensions", {}).get(DIRECT_BODY)
         try:
-            async for batch in self._events:
+            async for batch in self._source:
                 body = frames(batch)
                 if direct is None or not direct.write(body):
-                    await self._send(send, body)
+                    await send_body(send, body)
         except OpenAIError as error:
-            await self._send(send, frame(error.body()), more_body=False)
+            await send_body(send, frame(error.body()), more_body=False)
             return
         except Exception:
             logger.exception("event stream failed")
             failure = OpenAIError(500, "The stream failed.", "server_error")
-            await self._send(send, frame(failure.body()), more_body=False)
+            await send_body(send, frame(failure.body()), more_body=False)
             return
-        await self._send(send, DONE, more_body=False)
+        await send_body(send, DONE, more_body=False)
 
-    @staticmethod
-    async def _send(send: Send, body: bytes, more_body: bool = True) -> None:
-        await send({"type": "http.response.body", "body": body, "more_body": more_body})
+
+async def send_body(send: Send, body: bytes, more_body: bool = True) -> None:
+    """Send one part of a response's body through the ASGI chain."""
+    await send({"type": "http.response.body", "body": body, "more_body": more_body})
 
 
 async def _cancel_on_disconnect(receive: Receive, scope: anyio.CancelScope) -> None:

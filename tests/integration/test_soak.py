@@ -88,8 +88,12 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def worker(run_dir: Path) -> Iterator[Proc]:
     """Four slots, one thread (tests/serving.py: ONE_THREAD), flash attention off (greedy
-    output does not depend on what was batched or cached)."""
+    output does not depend on what was batched or cached). The host KV tier gets 16 MiB: the
+    soak's distinct prompts fill it during the warm-up, and from then on it churns (saves,
+    restores, evictions) at its bound, so a leak in it shows as growth. With the default
+    budget (1 GiB) it would still be filling at the end, and its growth would hide a leak."""
     args = ("--parallel", "4", "--n-ctx", "4096", "--flash-attn", "off", *ONE_THREAD)
+    args += ("--host-cache-mib", "16")
     with running(spawn_worker(run_dir, *args)) as proc:
         wait_serving(proc)
         yield proc

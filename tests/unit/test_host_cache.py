@@ -49,3 +49,16 @@ def test_off_means_nothing_is_worth_saving() -> None:
     assert not HostCache(budget_bytes=0).worth_saving(list(range(100)))
     short = HostCache(budget_bytes=100, min_tokens=16)
     assert not short.worth_saving(list(range(15))) and short.worth_saving(list(range(16)))
+
+
+def test_an_entry_taken_out_survives_saves_that_fill_the_budget() -> None:
+    """The scheduler takes an entry out before saving the sequence it restores into: that
+    save may evict or supersede every other entry (found by the soak)."""
+    cache = HostCache(budget_bytes=20, min_tokens=2)
+    cache.add([1, 2, 3], b"r" * 10, session=False)
+    found = cache.find([1, 2, 3, 4], 3)
+    assert found is not None
+    entry = found[0]
+    cache.take(entry)
+    cache.add([1, 2, 3, 4, 5], b"s" * 20, session=False)  # fills the budget
+    assert entry.data == b"r" * 10 and cache.bytes_used == 20

@@ -343,14 +343,14 @@ class Scheduler:
 
     def _restore(self, seq: int, entry: HostEntry, length: int) -> Reuse:
         """Put a saved prefix into a free sequence (saving what that sequence held first)."""
+        # Out of the tier first: saving the sequence's own cells may evict or supersede it.
+        self.host.take(entry)
         self._save_before_loss(seq, 0)
         self.cache.take(seq)
         self.ctx.forget(seq)
         if not self.ctx.restore_sequence(seq, entry.data):
             log.warning("llama.cpp refused a saved sequence; prefilling instead")
-            self.host._remove(entry)
             return Reuse(seq, 0)
-        self.host.take(entry)
         self.counters.host_restores += 1
         if length < len(entry.tokens) and not self.ctx.trim(seq, length):
             self.ctx.forget(seq)

@@ -44,13 +44,7 @@ class InferenceService(pb_grpc.InferenceServiceServicer):
         self.count_call = count_call
 
     def _check_model(self, model: str) -> None:
-        alias = self.engine.description().alias
-        if model and model != alias:
-            raise EngineError(
-                Reason.MODEL_NOT_FOUND,
-                f"model '{model}' is not served here (this worker serves '{alias}')",
-                "model",
-            )
+        check_model(self.engine, model)
 
     async def Generate(
         self, request: pb.GenerateRequest, context: Context
@@ -157,6 +151,17 @@ class InferenceService(pb_grpc.InferenceServiceServicer):
         except EngineError as exc:
             await abort(context, exc)
         return load_to_proto(load)
+
+
+def check_model(engine: Engine, model: str) -> None:
+    """A request's model must be empty or the alias this worker serves."""
+    alias = engine.description().alias
+    if model and model != alias:
+        raise EngineError(
+            Reason.MODEL_NOT_FOUND,
+            f"model '{model}' is not served here (this worker serves '{alias}')",
+            "model",
+        )
 
 
 async def abort(context: Context, exc: EngineError) -> NoReturn:

@@ -9,10 +9,10 @@ import grpc
 
 from llamagrid.v1 import inference_pb2 as pb
 from llamagrid.v1 import inference_pb2_grpc as pb_grpc
-from llamagrid.worker.engine.errors import EngineError, Reason
+from llamagrid.worker.engine.errors import EngineError
 from llamagrid.worker.engine.llama_engine import Engine
 from llamagrid.worker.engine.reports import SessionReport
-from llamagrid.worker.rpc.servicer import abort
+from llamagrid.worker.rpc.servicer import abort, check_model
 from llamagrid.worker.rpc.translate import session_to_proto
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -29,21 +29,12 @@ class SessionService(pb_grpc.SessionServiceServicer):
         info.model = self.engine.description().alias
         return info
 
-    def _check_model(self, model: str) -> None:
-        alias = self.engine.description().alias
-        if model and model != alias:
-            raise EngineError(
-                Reason.MODEL_NOT_FOUND,
-                f"model '{model}' is not served here (this worker serves '{alias}')",
-                "model",
-            )
-
     async def OpenSession(
         self, request: pb.OpenSessionRequest, context: Context
     ) -> pb.OpenSessionResponse:
         """A new session, empty or resuming from the given transcript."""
         try:
-            self._check_model(request.model)
+            check_model(self.engine, request.model)
             report = await self.engine.open_session(
                 request.ttl_s,
                 list(request.transcript.token_ids),
