@@ -317,7 +317,7 @@ class Dispatcher:
         """Add a response's token counts to the metrics."""
         self.metrics.prompt_tokens.labels(model).inc(usage.prompt_tokens)
         self.metrics.completion_tokens.labels(model).inc(usage.completion_tokens)
-        self.metrics.cached_tokens.labels(model).inc(usage.cached_tokens)
+        self.metrics.cached_tokens.labels(model).inc(usage.cached_tokens + usage.restored_tokens)
 
 
 def _session_gone(error: grpc.aio.AioRpcError) -> bool:

@@ -41,8 +41,14 @@ def usage_fields(proto: pb.Usage) -> dict[str, Any]:
         "prompt_tokens": proto.prompt_tokens,
         "completion_tokens": proto.completion_tokens,
         "total_tokens": proto.prompt_tokens + proto.completion_tokens,
-        "prompt_tokens_details": {"cached_tokens": proto.cached_tokens},
+        "prompt_tokens_details": {"cached_tokens": reused_tokens(proto)},
     }
+
+
+def reused_tokens(proto: pb.Usage) -> int:
+    """Prompt tokens not computed for this request: reused from the KV cache, or restored from
+    the worker's host tier. OpenAI's ``cached_tokens``."""
+    return proto.cached_tokens + proto.restored_tokens
 
 
 def chat_logprobs(entries: Sequence[pb.TokenLogprob]) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from llamagrid.gateway.openai.rendering import reused_tokens
 from llamagrid.gateway.openai.streaming import encode
 from llamagrid.gateway.responses.schemas import (
     IncompleteDetails,
@@ -52,7 +53,7 @@ def usage(proto: pb.Usage) -> ResponseUsage:
     """Token counts: the input is the whole context, the cached part what was reused."""
     return ResponseUsage(
         input_tokens=proto.prompt_tokens,
-        input_tokens_details=InputTokensDetails(cached_tokens=proto.cached_tokens),
+        input_tokens_details=InputTokensDetails(cached_tokens=reused_tokens(proto)),
         output_tokens=proto.completion_tokens,
         total_tokens=proto.prompt_tokens + proto.completion_tokens,
     )

@@ -13,6 +13,7 @@ import pytest
 from llamagrid.gateway.errors import OpenAIError
 from llamagrid.gateway.openai import schemas as s
 from llamagrid.gateway.openai import streaming
+from llamagrid.gateway.openai.rendering import usage_fields
 from llamagrid.gateway.sse import ADMITTED, COMMENT, frame, frames
 from llamagrid.v1 import inference_pb2 as pb
 
@@ -212,3 +213,10 @@ async def test_a_stream_that_ends_without_its_final_message_is_an_error() -> Non
         async for _ in streaming.stream_events(messages(ADMITTED, chunk("a")), chunks):
             pass
     assert caught.value.status_code == 502
+
+
+def test_tokens_restored_from_the_host_tier_count_as_cached() -> None:
+    """A client sees one figure for prompt tokens it did not pay to compute: reused from the KV
+    cache or restored from the worker's host memory (issue 12)."""
+    usage = pb.Usage(prompt_tokens=100, completion_tokens=5, cached_tokens=10, restored_tokens=80)
+    assert usage_fields(usage)["prompt_tokens_details"] == {"cached_tokens": 90}
