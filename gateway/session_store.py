@@ -98,17 +98,17 @@ class MemoryStore:
         self._records.clear()
 
 
-#: Appends a turn when the transcript has the expected length (KEYS[1]; ARGV: the length in
-#: bytes, the turn's token bytes, the new turn end's bytes, the TTL in seconds).
+#: Appends a turn when the transcript has the expected length, and renews the record's TTL
+#: (KEYS[1]; ARGV: the length in bytes, the turn's token bytes, the new turn end's bytes).
 _APPEND = """
-local size = redis.call('HSTRLEN', KEYS[1], 'tokens')
-if redis.call('EXISTS', KEYS[1]) == 0 or size ~= tonumber(ARGV[1]) then
+local ttl = redis.call('HGET', KEYS[1], 'ttl_s')
+if not ttl or redis.call('HSTRLEN', KEYS[1], 'tokens') ~= tonumber(ARGV[1]) then
   return 0
 end
 local tokens = redis.call('HGET', KEYS[1], 'tokens') or ''
 local ends = redis.call('HGET', KEYS[1], 'turn_ends') or ''
 redis.call('HSET', KEYS[1], 'tokens', tokens .. ARGV[2], 'turn_ends', ends .. ARGV[3])
-redis.call('EXPIRE', KEYS[1], tonumber(ARGV[4]))
+redis.call('EXPIRE', KEYS[1], tonumber(ttl))
 return 1
 """
 
@@ -176,11 +176,8 @@ class RedisStore:
             await pipe.execute()
 
     async def append(self, session_id: str, length: int, appended: list[int]) -> bool:
-        record_ttl = await self._redis.hget(self._key(session_id), "ttl_s")
-        if record_ttl is None:
-            return False
         end = _pack([length + len(appended)])
-        args: list[bytes | int] = [length * 4, _pack(appended), end, int(record_ttl)]
+        args: list[bytes | int] = [length * 4, _pack(appended), end]
         return bool(await self._append(keys=[self._key(session_id)], args=args))
 
     async def delete(self, session_id: str) -> None:
