@@ -156,6 +156,17 @@ class WorkerCollector(Collector):
             ),
             {(r.value,): finished.get(r.value, 0) for r in FinishReason},
         )
+        tiers = snap.session_tiers
+        yield self._labelled(
+            GaugeMetricFamily(
+                OURS + "sessions_by_tier",
+                "Sessions by where their KV cache is: resident in a sequence, saved in the host"
+                " tier, or only their transcript (the next turn prefills it all).",
+                labels=("tier",),
+            ),
+            {("resident",): tiers.resident, ("host",): tiers.host,
+             ("transcript",): tiers.transcript},
+        )  # fmt: skip
         yield self._labelled(
             GaugeMetricFamily(
                 OURS + "layers", "Model layers placed on each device.", labels=("device",)

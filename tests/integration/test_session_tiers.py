@@ -13,19 +13,21 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
+import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from llamagrid.grpc_options import channel_options
 from llamagrid.v1 import inference_pb2 as pb
 from llamagrid.v1 import inference_pb2_grpc as pb_grpc
-from tests.procs import running, spawn_worker, wait_serving
+from tests.procs import free_port, running, spawn_worker, wait_serving
 
 SESSIONS = 100
 ROUNDS = 3
 SLOTS = 8
 
 
-Run = tuple[list[list[str]], list[list[pb.Usage]], pb.GetLoadResponse]
+Run = tuple[list[list[str]], list[list[pb.Usage]], pb.GetLoadResponse, dict[str, float]]
 
 
 def run_rounds(tmp: Path, host_cache_mib: int) -> Run:
@@ -33,6 +35,8 @@ def run_rounds(tmp: Path, host_cache_mib: int) -> Run:
     args = ["--parallel", str(SLOTS), "--n-ctx", str(SLOTS * 512), "--n-threads", "1"]
     args += ["--flash-attn", "off", "--max-sessions", str(SESSIONS + 8)]
     args += ["--host-cache-mib", str(host_cache_mib)]
+    metrics_port = free_port()
+    args += ["--metrics-port", str(metrics_port)]
     texts: list[list[str]] = [[] for _ in range(SESSIONS)]
     usages: list[list[pb.Usage]] = [[] for _ in range(SESSIONS)]
     with running(spawn_worker(tmp, *args)) as worker:
@@ -64,13 +68,20 @@ def run_rounds(tmp: Path, host_cache_mib: int) -> Run:
                     texts[index].append(text)
                     usages[index].append(final.usage)
             load = inference.GetLoad(pb.GetLoadRequest(), timeout=30)
-    return texts, usages, load
+        text = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=30).text
+    tiers = {
+        sample.labels["tier"]: sample.value
+        for family in text_string_to_metric_families(text)
+        if family.name == "llamagrid_worker_sessions_by_tier"
+        for sample in family.samples
+    }
+    return texts, usages, load, tiers
 
 
 @pytest.fixture(scope="module")
 def modes(
     tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[dict[str, tuple[list[list[str]], list[list[pb.Usage]]]]]:
+) -> Iterator[dict[str, Run]]:
     tmp = tmp_path_factory.mktemp("tiers")
     yield {"host": run_rounds(tmp, 1024), "none": run_rounds(tmp, 0)}
 
@@ -83,7 +94,7 @@ def new_tokens(usage: pb.Usage, previous: pb.Usage) -> int:
 def test_with_a_host_budget_later_turns_prefill_only_their_new_tokens(
     modes: dict[str, Run],
 ) -> None:
-    _, usages, load = modes["host"]
+    _, usages, load, tiers = modes["host"]
     restored = 0
     for session in usages:
         for previous, usage in itertools.pairwise(session):
@@ -93,13 +104,18 @@ def test_with_a_host_budget_later_turns_prefill_only_their_new_tokens(
     assert restored >= SESSIONS * (ROUNDS - 1) - SLOTS
     assert load.sessions == SESSIONS and load.host_cache_restores >= restored
     assert load.host_cache_bytes > 0 and load.session_tokens_reprefilled == 0
+    # By tier: the sessions that ran last are resident, every other one is in host memory.
+    assert 0 < load.sessions_resident <= SLOTS and load.sessions_transcript == 0
+    assert load.sessions_host == SESSIONS - load.sessions_resident
+    assert tiers == {"resident": load.sessions_resident, "host": load.sessions_host,
+                     "transcript": 0}  # fmt: skip
 
 
 def test_without_a_budget_the_answers_are_the_same_through_re_prefill(
     modes: dict[str, Run],
 ) -> None:
-    host_texts, _, _ = modes["host"]
-    none_texts, none_usages, load = modes["none"]
+    host_texts = modes["host"][0]
+    none_texts, none_usages, load, tiers = modes["none"]
     assert none_texts == host_texts
     reprefilled = sum(
         usage.prefilled_tokens > new_tokens(usage, previous) + 1
@@ -110,3 +126,7 @@ def test_without_a_budget_the_answers_are_the_same_through_re_prefill(
     assert all(u.restored_tokens == 0 for session in none_usages for u in session)
     assert load.host_cache_bytes == 0 and load.host_cache_restores == 0
     assert load.session_tokens_reprefilled > 0
+    assert 0 < load.sessions_resident <= SLOTS and load.sessions_host == 0
+    assert load.sessions_transcript == SESSIONS - load.sessions_resident
+    assert tiers == {"resident": load.sessions_resident, "host": 0,
+                     "transcript": load.sessions_transcript}  # fmt: skip

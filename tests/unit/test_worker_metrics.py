@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import grpc
 import pytest
 from prometheus_client import generate_latest
@@ -9,6 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from llamagrid.worker.engine.counters import EngineCounters, EngineSnapshot
 from llamagrid.worker.engine.events import Final, FinishReason, Usage
+from llamagrid.worker.engine.reports import TierCounts
 from llamagrid.worker.metrics import SCALARS, RequestCounts, WorkerMetrics
 
 
@@ -100,7 +103,7 @@ def test_scalar_samples_from_a_snapshot(metrics: tuple[WorkerMetrics, Source]) -
     for busy in (1, 2, 2, 3):
         c.on_decode(busy)
     c.on_embed([5, 7, 9])
-    source.current = snapshot(c)
+    source.current = dataclasses.replace(snapshot(c), session_tiers=TierCounts(2, 5, 1))
     s = scrape(m)
     assert value(s, "llamacpp:prompt_tokens_total") == 20
     assert value(s, "llamacpp:prompt_tokens_cached_total") == 10
@@ -125,6 +128,11 @@ def test_scalar_samples_from_a_snapshot(metrics: tuple[WorkerMetrics, Source]) -
     assert value(s, "llamagrid_worker_embed_queued_inputs") == 3
     assert value(s, "llamagrid_worker_ready") == 1
     assert s[("llamagrid_worker_layers", (("device", "CPU"),))] == 31
+    tiers = {
+        labels: v for (name, labels), v in s.items() if name == "llamagrid_worker_sessions_by_tier"
+    }
+    by_tier = {"resident": 2, "host": 5, "transcript": 1}
+    assert tiers == {(("tier", tier),): n for tier, n in by_tier.items()}
     generations = {
         labels: v for (name, labels), v in s.items() if name == "llamagrid_worker_generations_total"
     }

@@ -10,6 +10,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from llamagrid.worker.engine.events import Final, FinishReason
+from llamagrid.worker.engine.reports import TierCounts
 
 
 @dataclass
@@ -97,3 +98,7 @@ class EngineSnapshot:
     host_bytes: int = 0
     host_entries: int = 0
     session_tokens_reprefilled: int = 0
+    #: Sessions by KV tier (counted after the engine thread answered, from tier_holders).
+    session_tiers: TierCounts = field(default_factory=TierCounts)
+    #: What each tier holds (see Scheduler.tier_holders); emptied once counted.
+    tier_holders: tuple[list[list[int]], list[list[int]]] = ([], [])

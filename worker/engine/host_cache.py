@@ -64,13 +64,6 @@ class HostCache:
         length = min(common_prefix(best.tokens, prompt), limit)
         return (best, length) if length > 0 else None
 
-    def holds(self, tokens: list[int]) -> bool:
-        """Whether an entry holds all of tokens but the last."""
-        need = len(tokens) - 1
-        return any(
-            len(e.tokens) >= need and common_prefix(e.tokens, tokens) >= need for e in self.entries
-        )
-
     def worth_saving(self, tokens: list[int]) -> bool:
         """Whether a sequence about to lose these cells should save them first."""
         if not self.enabled or len(tokens) < self.min_tokens:

@@ -34,6 +34,7 @@ from llamagrid.worker.engine.reports import (
     Load,
     ModelDescription,
     SessionReport,
+    TierCounts,
     TokenPiece,
 )
 from llamagrid.worker.engine.requests import GenerationSpec
@@ -45,6 +46,7 @@ from llamagrid.worker.engine.sessions import (
     check_transcript,
 )
 from llamagrid.worker.engine.slot import Job
+from llamagrid.worker.engine.tiers import TierIndex
 from llamagrid.worker.engine.validation import (
     check_embed_inputs,
     check_generation,
@@ -197,11 +199,14 @@ class LlamaEngine:
         future: concurrent.futures.Future[EngineSnapshot] = concurrent.futures.Future()
         self._inbox.put(("call", self._snapshot, future))
         try:
-            return future.result(timeout_s)
+            snapshot = future.result(timeout_s)
         except concurrent.futures.TimeoutError:
             future.cancel()
             log.warning("the engine did not answer a metrics scrape within %.0f s", timeout_s)
             return None
+        # Sessions by tier, counted here rather than on the engine thread.
+        tiers = TierIndex(*snapshot.tier_holders).counts(self.sessions.transcripts())
+        return dataclasses.replace(snapshot, session_tiers=tiers, tier_holders=([], []))
 
     def _snapshot(self, rt: Runtime) -> EngineSnapshot:
         sched = rt.scheduler
@@ -223,6 +228,7 @@ class LlamaEngine:
             session_tokens_reprefilled=self.sessions.reprefilled_tokens,
             host_bytes=sched.host.bytes_used,
             host_entries=len(sched.host.entries),
+            tier_holders=sched.tier_holders(),
         )
 
     async def drain(self, grace_s: float) -> None:
@@ -358,15 +364,18 @@ class LlamaEngine:
         check_session_id(session_id)
         return self.sessions.cancel_turn(session_id)
 
+    async def _tier_index(self) -> TierIndex:
+        """What each KV tier holds, taken between two engine steps and indexed off the engine
+        thread."""
+
+        def holders(rt: Runtime) -> tuple[list[list[int]], list[list[int]]]:
+            return rt.scheduler.tier_holders()
+
+        return TierIndex(*await self._call(holders))
+
     async def _report(self, session: Session, with_transcript: bool) -> SessionReport:
         tokens = session.tokens.tolist()
-        tier = KvTier.TRANSCRIPT
-        if len(tokens) > 1 and self.ready:
-
-            def where(rt: Runtime) -> KvTier:
-                return rt.scheduler.kv_tier(tokens)
-
-            tier = await self._call(where)
+        tier = (await self._tier_index()).tier(tokens) if self.ready else KvTier.TRANSCRIPT
         remaining = session.expires_at() - time.monotonic()
         return SessionReport(
             session_id=session.session_id,
@@ -432,9 +441,13 @@ class LlamaEngine:
             )
 
         load = await self._call(run)
+        tiers = TierCounts()
+        if len(self.sessions):
+            tiers = (await self._tier_index()).counts(self.sessions.transcripts())
         return dataclasses.replace(
             load,
             sessions=len(self.sessions),
+            session_tiers=tiers,
             max_sessions=self.sessions.max_sessions,
             session_tokens_reprefilled=self.sessions.reprefilled_tokens,
         )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,15 @@ class KvTier(enum.Enum):
 
 
 @dataclass(frozen=True)
+class TierCounts:
+    """Sessions by the tier their KV cache is in."""
+
+    resident: int = 0
+    host: int = 0
+    transcript: int = 0
+
+
+@dataclass(frozen=True)
 class SessionReport:
     """What the engine says of a session."""
 
@@ -87,3 +96,5 @@ class Load:
     host_cache_saves: int = 0
     host_cache_restores: int = 0
     session_tokens_reprefilled: int = 0
+    #: Sessions by the tier their KV cache is in.
+    session_tiers: TierCounts = field(default_factory=TierCounts)

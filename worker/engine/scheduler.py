@@ -40,9 +40,8 @@ from llamagrid.worker.engine.errors import (
 from llamagrid.worker.engine.events import Admitted, Final
 from llamagrid.worker.engine.host_cache import HostCache, HostEntry
 from llamagrid.worker.engine.limits import DEFAULT_LIMITS, RequestLimits
-from llamagrid.worker.engine.prefix_cache import PrefixCache, Reuse, common_prefix
+from llamagrid.worker.engine.prefix_cache import PrefixCache, Reuse
 from llamagrid.worker.engine.prompts import PromptTokenizer, check_fits
-from llamagrid.worker.engine.reports import KvTier
 from llamagrid.worker.engine.requests import GenerationSpec, Message, Sampling
 from llamagrid.worker.engine.sampling import resolve
 from llamagrid.worker.engine.slot import Job, Slot
@@ -102,23 +101,16 @@ class Scheduler:
         """Slots in use."""
         return sum(s is not None for s in self.slots)
 
-    def holds_prefix(self, tokens: list[int]) -> bool:
-        """Whether some sequence, idle or running, holds the KV of all of tokens but the last
-        (what a request with these tokens as its prompt would reuse)."""
-        need = len(tokens) - 1
-        held = [
+    def tier_holders(self) -> tuple[list[list[int]], list[list[int]]]:
+        """The tokens whose KV each tier holds: every sequence's (running or idle), and every
+        host entry's. The lists are not changed afterwards, so a TierIndex may copy them on
+        another thread."""
+        resident = [
             s.decoded() if s is not None else self.cache.held(seq)
             for seq, s in enumerate(self.slots)
         ]
-        return any(len(h) >= need and common_prefix(h, tokens) >= need for h in held)
-
-    def kv_tier(self, tokens: list[int]) -> KvTier:
-        """Where the KV of a prompt made of tokens would come from."""
-        if len(tokens) > 1 and self.holds_prefix(tokens):
-            return KvTier.RESIDENT
-        if len(tokens) > 1 and self.host.enabled and self.host.holds(tokens):
-            return KvTier.HOST
-        return KvTier.TRANSCRIPT
+        host = [e.tokens for e in self.host.entries] if self.host.enabled else []
+        return resident, host
 
     def kv_use(self) -> KvUse:
         """Cells in use: running sequences' tokens plus idle sequences' cached prefixes."""

@@ -98,6 +98,10 @@ class SessionTable:
     def __len__(self) -> int:
         return len(self._sessions)
 
+    def transcripts(self) -> list[array[int]]:
+        """Every session's transcript (the arrays themselves: a commit extends them in place)."""
+        return [s.tokens for s in self._sessions.values()]
+
     def busy_count(self) -> int:
         """Sessions with a turn running."""
         return sum(s.busy for s in self._sessions.values())

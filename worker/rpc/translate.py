@@ -230,4 +230,7 @@ def load_to_proto(load: Load) -> pb.GetLoadResponse:
         host_cache_saves=load.host_cache_saves,
         host_cache_restores=load.host_cache_restores,
         session_tokens_reprefilled=load.session_tokens_reprefilled,
+        sessions_resident=load.session_tiers.resident,
+        sessions_host=load.session_tiers.host,
+        sessions_transcript=load.session_tiers.transcript,
     )

@@ -1724,6 +1724,9 @@ class GetLoadResponse(_message.Message):
     HOST_CACHE_SAVES_FIELD_NUMBER: _builtins.int
     HOST_CACHE_RESTORES_FIELD_NUMBER: _builtins.int
     SESSION_TOKENS_REPREFILLED_FIELD_NUMBER: _builtins.int
+    SESSIONS_RESIDENT_FIELD_NUMBER: _builtins.int
+    SESSIONS_HOST_FIELD_NUMBER: _builtins.int
+    SESSIONS_TRANSCRIPT_FIELD_NUMBER: _builtins.int
     active_requests: _builtins.int
     """Generation requests holding a slot (prefilling or decoding)."""
     queued_requests: _builtins.int
@@ -1754,6 +1757,12 @@ class GetLoadResponse(_message.Message):
     """Session tokens prefilled again since the worker started: tokens of earlier turns whose KV
     cache was neither resident nor in the host tier when a turn needed them.
     """
+    sessions_resident: _builtins.int
+    """Sessions whose KV cache is resident in a sequence: a turn prefills only its new tokens."""
+    sessions_host: _builtins.int
+    """Sessions whose KV cache is saved in the host tier: a turn restores it."""
+    sessions_transcript: _builtins.int
+    """Sessions kept only as their transcript: a turn prefills the whole session again."""
     def __init__(
         self,
         *,
@@ -1771,10 +1780,13 @@ class GetLoadResponse(_message.Message):
         host_cache_saves: _builtins.int = ...,
         host_cache_restores: _builtins.int = ...,
         session_tokens_reprefilled: _builtins.int = ...,
+        sessions_resident: _builtins.int = ...,
+        sessions_host: _builtins.int = ...,
+        sessions_transcript: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_requests", b"active_requests", "decode_steps", b"decode_steps", "embed_queued_inputs", b"embed_queued_inputs", "host_cache_bytes", b"host_cache_bytes", "host_cache_restores", b"host_cache_restores", "host_cache_saves", b"host_cache_saves", "kv_cells_total", b"kv_cells_total", "kv_cells_used", b"kv_cells_used", "max_queue", b"max_queue", "max_sessions", b"max_sessions", "queued_requests", b"queued_requests", "session_tokens_reprefilled", b"session_tokens_reprefilled", "sessions", b"sessions", "slots", b"slots"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_requests", b"active_requests", "decode_steps", b"decode_steps", "embed_queued_inputs", b"embed_queued_inputs", "host_cache_bytes", b"host_cache_bytes", "host_cache_restores", b"host_cache_restores", "host_cache_saves", b"host_cache_saves", "kv_cells_total", b"kv_cells_total", "kv_cells_used", b"kv_cells_used", "max_queue", b"max_queue", "max_sessions", b"max_sessions", "queued_requests", b"queued_requests", "session_tokens_reprefilled", b"session_tokens_reprefilled", "sessions", b"sessions", "sessions_host", b"sessions_host", "sessions_resident", b"sessions_resident", "sessions_transcript", b"sessions_transcript", "slots", b"slots"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
