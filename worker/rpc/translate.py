@@ -6,6 +6,7 @@ import dataclasses
 from collections.abc import Sequence
 
 from llamagrid.v1 import inference_pb2 as pb
+from llamagrid.worker.engine.errors import unsupported
 from llamagrid.worker.engine.events import (
     Chunk,
     Event,
@@ -56,8 +57,34 @@ def sampling_from_proto(p: pb.SamplingParams) -> Sampling:
     )
 
 
+#: Contract fields this worker does not honour yet: refused, never ignored.
+_NOT_YET = (
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
+    "chat_template_kwargs",
+    "reasoning_effort",
+    "reasoning_format",
+)
+_MESSAGE_NOT_YET = ("tool_calls", "tool_call_id", "reasoning_content")
+
+
+def _refuse_not_yet(req: pb.GenerateRequest) -> None:
+    present = {f.name for f, _ in req.ListFields()}
+    for name in _NOT_YET:
+        if name in present:
+            raise unsupported(f"{name} is not supported by this worker yet", name)
+    for i, m in enumerate(req.chat.messages):
+        fields = {f.name for f, _ in m.ListFields()}
+        for name in _MESSAGE_NOT_YET:
+            if name in fields:
+                param = f"messages[{i}].{name}"
+                raise unsupported(f"{param} is not supported by this worker yet", param)
+
+
 def generation_from_proto(req: pb.GenerateRequest) -> GenerationSpec:
     """The engine request for a GenerateRequest, as sent: the engine validates it."""
+    _refuse_not_yet(req)
     sampling = sampling_from_proto(req.sampling)
     which = req.WhichOneof("input")
     return GenerationSpec(

@@ -21,6 +21,116 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// ToolChoiceMode says whether the model must, may or must not call tools.
+type ToolChoiceMode int32
+
+const (
+	// Not set: TOOL_CHOICE_MODE_AUTO when tools are given.
+	ToolChoiceMode_TOOL_CHOICE_MODE_UNSPECIFIED ToolChoiceMode = 0
+	// The model decides whether to answer in text or call tools.
+	ToolChoiceMode_TOOL_CHOICE_MODE_AUTO ToolChoiceMode = 1
+	// The model answers in text: tools are shown to the template but never called.
+	ToolChoiceMode_TOOL_CHOICE_MODE_NONE ToolChoiceMode = 2
+	// The model calls at least one tool (enforced by a grammar).
+	ToolChoiceMode_TOOL_CHOICE_MODE_REQUIRED ToolChoiceMode = 3
+)
+
+// Enum value maps for ToolChoiceMode.
+var (
+	ToolChoiceMode_name = map[int32]string{
+		0: "TOOL_CHOICE_MODE_UNSPECIFIED",
+		1: "TOOL_CHOICE_MODE_AUTO",
+		2: "TOOL_CHOICE_MODE_NONE",
+		3: "TOOL_CHOICE_MODE_REQUIRED",
+	}
+	ToolChoiceMode_value = map[string]int32{
+		"TOOL_CHOICE_MODE_UNSPECIFIED": 0,
+		"TOOL_CHOICE_MODE_AUTO":        1,
+		"TOOL_CHOICE_MODE_NONE":        2,
+		"TOOL_CHOICE_MODE_REQUIRED":    3,
+	}
+)
+
+func (x ToolChoiceMode) Enum() *ToolChoiceMode {
+	p := new(ToolChoiceMode)
+	*p = x
+	return p
+}
+
+func (x ToolChoiceMode) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (ToolChoiceMode) Descriptor() protoreflect.EnumDescriptor {
+	return file_llamagrid_v1_inference_proto_enumTypes[0].Descriptor()
+}
+
+func (ToolChoiceMode) Type() protoreflect.EnumType {
+	return &file_llamagrid_v1_inference_proto_enumTypes[0]
+}
+
+func (x ToolChoiceMode) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use ToolChoiceMode.Descriptor instead.
+func (ToolChoiceMode) EnumDescriptor() ([]byte, []int) {
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{0}
+}
+
+// ReasoningFormat says how a reasoning model's thinking is returned.
+type ReasoningFormat int32
+
+const (
+	// Not set: the worker's default (--reasoning-format, REASONING_FORMAT_SPLIT unless set).
+	ReasoningFormat_REASONING_FORMAT_UNSPECIFIED ReasoningFormat = 0
+	// Thinking stays in the text, markup included.
+	ReasoningFormat_REASONING_FORMAT_NONE ReasoningFormat = 1
+	// Thinking is taken out of the text and sent as reasoning, without its markup.
+	ReasoningFormat_REASONING_FORMAT_SPLIT ReasoningFormat = 2
+)
+
+// Enum value maps for ReasoningFormat.
+var (
+	ReasoningFormat_name = map[int32]string{
+		0: "REASONING_FORMAT_UNSPECIFIED",
+		1: "REASONING_FORMAT_NONE",
+		2: "REASONING_FORMAT_SPLIT",
+	}
+	ReasoningFormat_value = map[string]int32{
+		"REASONING_FORMAT_UNSPECIFIED": 0,
+		"REASONING_FORMAT_NONE":        1,
+		"REASONING_FORMAT_SPLIT":       2,
+	}
+)
+
+func (x ReasoningFormat) Enum() *ReasoningFormat {
+	p := new(ReasoningFormat)
+	*p = x
+	return p
+}
+
+func (x ReasoningFormat) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (ReasoningFormat) Descriptor() protoreflect.EnumDescriptor {
+	return file_llamagrid_v1_inference_proto_enumTypes[1].Descriptor()
+}
+
+func (ReasoningFormat) Type() protoreflect.EnumType {
+	return &file_llamagrid_v1_inference_proto_enumTypes[1]
+}
+
+func (x ReasoningFormat) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use ReasoningFormat.Descriptor instead.
+func (ReasoningFormat) EnumDescriptor() ([]byte, []int) {
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{1}
+}
+
 // KvTier says where a session's KV cache is.
 type KvTier int32
 
@@ -62,11 +172,11 @@ func (x KvTier) String() string {
 }
 
 func (KvTier) Descriptor() protoreflect.EnumDescriptor {
-	return file_llamagrid_v1_inference_proto_enumTypes[0].Descriptor()
+	return file_llamagrid_v1_inference_proto_enumTypes[2].Descriptor()
 }
 
 func (KvTier) Type() protoreflect.EnumType {
-	return &file_llamagrid_v1_inference_proto_enumTypes[0]
+	return &file_llamagrid_v1_inference_proto_enumTypes[2]
 }
 
 func (x KvTier) Number() protoreflect.EnumNumber {
@@ -75,7 +185,7 @@ func (x KvTier) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use KvTier.Descriptor instead.
 func (KvTier) EnumDescriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{0}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{2}
 }
 
 // FinishReason says why generation ended.
@@ -90,6 +200,8 @@ const (
 	FinishReason_FINISH_REASON_STOP_STRING FinishReason = 2
 	// The output reached max_tokens or the end of the context.
 	FinishReason_FINISH_REASON_LENGTH FinishReason = 3
+	// The model called tools: GenerateFinal.tool_calls lists the calls.
+	FinishReason_FINISH_REASON_TOOL_CALLS FinishReason = 4
 )
 
 // Enum value maps for FinishReason.
@@ -99,12 +211,14 @@ var (
 		1: "FINISH_REASON_EOS",
 		2: "FINISH_REASON_STOP_STRING",
 		3: "FINISH_REASON_LENGTH",
+		4: "FINISH_REASON_TOOL_CALLS",
 	}
 	FinishReason_value = map[string]int32{
 		"FINISH_REASON_UNSPECIFIED": 0,
 		"FINISH_REASON_EOS":         1,
 		"FINISH_REASON_STOP_STRING": 2,
 		"FINISH_REASON_LENGTH":      3,
+		"FINISH_REASON_TOOL_CALLS":  4,
 	}
 )
 
@@ -119,11 +233,11 @@ func (x FinishReason) String() string {
 }
 
 func (FinishReason) Descriptor() protoreflect.EnumDescriptor {
-	return file_llamagrid_v1_inference_proto_enumTypes[1].Descriptor()
+	return file_llamagrid_v1_inference_proto_enumTypes[3].Descriptor()
 }
 
 func (FinishReason) Type() protoreflect.EnumType {
-	return &file_llamagrid_v1_inference_proto_enumTypes[1]
+	return &file_llamagrid_v1_inference_proto_enumTypes[3]
 }
 
 func (x FinishReason) Number() protoreflect.EnumNumber {
@@ -132,7 +246,7 @@ func (x FinishReason) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use FinishReason.Descriptor instead.
 func (FinishReason) EnumDescriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{1}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{3}
 }
 
 // Capability is something a model can be asked to do.
@@ -172,11 +286,11 @@ func (x Capability) String() string {
 }
 
 func (Capability) Descriptor() protoreflect.EnumDescriptor {
-	return file_llamagrid_v1_inference_proto_enumTypes[2].Descriptor()
+	return file_llamagrid_v1_inference_proto_enumTypes[4].Descriptor()
 }
 
 func (Capability) Type() protoreflect.EnumType {
-	return &file_llamagrid_v1_inference_proto_enumTypes[2]
+	return &file_llamagrid_v1_inference_proto_enumTypes[4]
 }
 
 func (x Capability) Number() protoreflect.EnumNumber {
@@ -185,7 +299,7 @@ func (x Capability) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Capability.Descriptor instead.
 func (Capability) EnumDescriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{2}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{4}
 }
 
 // DeviceType says what kind of hardware a device is, as ggml (llama.cpp's tensor library)
@@ -234,11 +348,11 @@ func (x DeviceType) String() string {
 }
 
 func (DeviceType) Descriptor() protoreflect.EnumDescriptor {
-	return file_llamagrid_v1_inference_proto_enumTypes[3].Descriptor()
+	return file_llamagrid_v1_inference_proto_enumTypes[5].Descriptor()
 }
 
 func (DeviceType) Type() protoreflect.EnumType {
-	return &file_llamagrid_v1_inference_proto_enumTypes[3]
+	return &file_llamagrid_v1_inference_proto_enumTypes[5]
 }
 
 func (x DeviceType) Number() protoreflect.EnumNumber {
@@ -247,7 +361,7 @@ func (x DeviceType) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use DeviceType.Descriptor instead.
 func (DeviceType) EnumDescriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{3}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{5}
 }
 
 // TokenList is a sequence of token ids of the model's vocabulary.
@@ -308,9 +422,15 @@ type ChatMessage struct {
 	Content string `protobuf:"bytes,2,opt,name=content,proto3" json:"content,omitempty"`
 	// An optional name of the participant, passed to the chat template. 1 to 64 letters,
 	// digits, '_' or '-'.
-	Name          *string `protobuf:"bytes,3,opt,name=name,proto3,oneof" json:"name,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Name *string `protobuf:"bytes,3,opt,name=name,proto3,oneof" json:"name,omitempty"`
+	// The tool calls an assistant turn made (role "assistant").
+	ToolCalls []*ToolCall `protobuf:"bytes,4,rep,name=tool_calls,json=toolCalls,proto3" json:"tool_calls,omitempty"`
+	// The call a tool result answers (role "tool"): the id of one of the earlier tool_calls.
+	ToolCallId string `protobuf:"bytes,5,opt,name=tool_call_id,json=toolCallId,proto3" json:"tool_call_id,omitempty"`
+	// The thinking of an earlier assistant turn, for templates that show it again.
+	ReasoningContent string `protobuf:"bytes,6,opt,name=reasoning_content,json=reasoningContent,proto3" json:"reasoning_content,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *ChatMessage) Reset() {
@@ -364,6 +484,326 @@ func (x *ChatMessage) GetName() string {
 	return ""
 }
 
+func (x *ChatMessage) GetToolCalls() []*ToolCall {
+	if x != nil {
+		return x.ToolCalls
+	}
+	return nil
+}
+
+func (x *ChatMessage) GetToolCallId() string {
+	if x != nil {
+		return x.ToolCallId
+	}
+	return ""
+}
+
+func (x *ChatMessage) GetReasoningContent() string {
+	if x != nil {
+		return x.ReasoningContent
+	}
+	return ""
+}
+
+// Tool is a function the model may call.
+type Tool struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The function's name: 1 to 64 letters, digits, '_', '-' or '.'.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// What the function does, for the model.
+	Description string `protobuf:"bytes,2,opt,name=description,proto3" json:"description,omitempty"`
+	// A JSON Schema (JSON text) of the function's arguments. Empty means no arguments.
+	ParametersJson string `protobuf:"bytes,3,opt,name=parameters_json,json=parametersJson,proto3" json:"parameters_json,omitempty"`
+	// Whether the arguments must validate against the schema (OpenAI's "strict").
+	Strict        bool `protobuf:"varint,4,opt,name=strict,proto3" json:"strict,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Tool) Reset() {
+	*x = Tool{}
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Tool) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Tool) ProtoMessage() {}
+
+func (x *Tool) ProtoReflect() protoreflect.Message {
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Tool.ProtoReflect.Descriptor instead.
+func (*Tool) Descriptor() ([]byte, []int) {
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *Tool) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *Tool) GetDescription() string {
+	if x != nil {
+		return x.Description
+	}
+	return ""
+}
+
+func (x *Tool) GetParametersJson() string {
+	if x != nil {
+		return x.ParametersJson
+	}
+	return ""
+}
+
+func (x *Tool) GetStrict() bool {
+	if x != nil {
+		return x.Strict
+	}
+	return false
+}
+
+// ToolChoice says which tools the model may call.
+type ToolChoice struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// One of the two.
+	//
+	// Types that are valid to be assigned to Choice:
+	//
+	//	*ToolChoice_Mode
+	//	*ToolChoice_Function
+	Choice        isToolChoice_Choice `protobuf_oneof:"choice"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ToolChoice) Reset() {
+	*x = ToolChoice{}
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ToolChoice) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ToolChoice) ProtoMessage() {}
+
+func (x *ToolChoice) ProtoReflect() protoreflect.Message {
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ToolChoice.ProtoReflect.Descriptor instead.
+func (*ToolChoice) Descriptor() ([]byte, []int) {
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *ToolChoice) GetChoice() isToolChoice_Choice {
+	if x != nil {
+		return x.Choice
+	}
+	return nil
+}
+
+func (x *ToolChoice) GetMode() ToolChoiceMode {
+	if x != nil {
+		if x, ok := x.Choice.(*ToolChoice_Mode); ok {
+			return x.Mode
+		}
+	}
+	return ToolChoiceMode_TOOL_CHOICE_MODE_UNSPECIFIED
+}
+
+func (x *ToolChoice) GetFunction() string {
+	if x != nil {
+		if x, ok := x.Choice.(*ToolChoice_Function); ok {
+			return x.Function
+		}
+	}
+	return ""
+}
+
+type isToolChoice_Choice interface {
+	isToolChoice_Choice()
+}
+
+type ToolChoice_Mode struct {
+	// Auto, none or required.
+	Mode ToolChoiceMode `protobuf:"varint,1,opt,name=mode,proto3,enum=llamagrid.v1.ToolChoiceMode,oneof"`
+}
+
+type ToolChoice_Function struct {
+	// The model calls this function (one of the request's tools), enforced by a grammar.
+	Function string `protobuf:"bytes,2,opt,name=function,proto3,oneof"`
+}
+
+func (*ToolChoice_Mode) isToolChoice_Choice() {}
+
+func (*ToolChoice_Function) isToolChoice_Choice() {}
+
+// ToolCall is one call of a function, as the model made it.
+type ToolCall struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The call's id, unique within the response ("call_" and 24 letters and digits), or the id
+	// a client gave an earlier call.
+	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// The function called.
+	Name string `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	// The arguments, as JSON text (an object).
+	Arguments     string `protobuf:"bytes,3,opt,name=arguments,proto3" json:"arguments,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ToolCall) Reset() {
+	*x = ToolCall{}
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ToolCall) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ToolCall) ProtoMessage() {}
+
+func (x *ToolCall) ProtoReflect() protoreflect.Message {
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ToolCall.ProtoReflect.Descriptor instead.
+func (*ToolCall) Descriptor() ([]byte, []int) {
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *ToolCall) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *ToolCall) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ToolCall) GetArguments() string {
+	if x != nil {
+		return x.Arguments
+	}
+	return ""
+}
+
+// ToolCallDelta is a part of a tool call in a stream. The first delta of a call carries its id
+// and name; later ones carry further fragments of its arguments.
+type ToolCallDelta struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The call's position among the response's tool calls, from 0.
+	Index uint32 `protobuf:"varint,1,opt,name=index,proto3" json:"index,omitempty"`
+	// The call's id (first delta only).
+	Id string `protobuf:"bytes,2,opt,name=id,proto3" json:"id,omitempty"`
+	// The function called (first delta only).
+	Name string `protobuf:"bytes,3,opt,name=name,proto3" json:"name,omitempty"`
+	// The next fragment of the arguments' JSON text.
+	Arguments     string `protobuf:"bytes,4,opt,name=arguments,proto3" json:"arguments,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ToolCallDelta) Reset() {
+	*x = ToolCallDelta{}
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ToolCallDelta) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ToolCallDelta) ProtoMessage() {}
+
+func (x *ToolCallDelta) ProtoReflect() protoreflect.Message {
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ToolCallDelta.ProtoReflect.Descriptor instead.
+func (*ToolCallDelta) Descriptor() ([]byte, []int) {
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *ToolCallDelta) GetIndex() uint32 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
+func (x *ToolCallDelta) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *ToolCallDelta) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ToolCallDelta) GetArguments() string {
+	if x != nil {
+		return x.Arguments
+	}
+	return ""
+}
+
 // ChatConversation is an ordered list of chat turns that the worker formats with the model's
 // chat template before generating the next assistant turn.
 type ChatConversation struct {
@@ -376,7 +816,7 @@ type ChatConversation struct {
 
 func (x *ChatConversation) Reset() {
 	*x = ChatConversation{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[2]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -388,7 +828,7 @@ func (x *ChatConversation) String() string {
 func (*ChatConversation) ProtoMessage() {}
 
 func (x *ChatConversation) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[2]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -401,7 +841,7 @@ func (x *ChatConversation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChatConversation.ProtoReflect.Descriptor instead.
 func (*ChatConversation) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{2}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *ChatConversation) GetMessages() []*ChatMessage {
@@ -459,7 +899,7 @@ type SamplingParams struct {
 
 func (x *SamplingParams) Reset() {
 	*x = SamplingParams{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[3]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -471,7 +911,7 @@ func (x *SamplingParams) String() string {
 func (*SamplingParams) ProtoMessage() {}
 
 func (x *SamplingParams) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[3]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -484,7 +924,7 @@ func (x *SamplingParams) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SamplingParams.ProtoReflect.Descriptor instead.
 func (*SamplingParams) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{3}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *SamplingParams) GetMaxTokens() uint32 {
@@ -655,14 +1095,28 @@ type GenerateRequest struct {
 	// Makes this call the next turn of a session: the input (chat messages, text or token ids) is
 	// only the new turn, and the worker puts it after the session's transcript. New chat messages
 	// follow the chat template's own glue between turns.
-	Session       *SessionRef `protobuf:"bytes,7,opt,name=session,proto3" json:"session,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Session *SessionRef `protobuf:"bytes,7,opt,name=session,proto3" json:"session,omitempty"`
+	// Functions the model may call (chat input only). The chat template receives them.
+	Tools []*Tool `protobuf:"bytes,8,rep,name=tools,proto3" json:"tools,omitempty"`
+	// Which tools the model may call. Unset means auto when tools are given.
+	ToolChoice *ToolChoice `protobuf:"bytes,9,opt,name=tool_choice,json=toolChoice,proto3" json:"tool_choice,omitempty"`
+	// Whether the model may make several calls in one turn. Unset means true.
+	ParallelToolCalls *bool `protobuf:"varint,10,opt,name=parallel_tool_calls,json=parallelToolCalls,proto3,oneof" json:"parallel_tool_calls,omitempty"`
+	// Extra variables for the chat template, as a JSON object (e.g. {"enable_thinking": false}).
+	// They cannot replace messages, tools, add_generation_prompt, bos_token or eos_token.
+	ChatTemplateKwargs string `protobuf:"bytes,11,opt,name=chat_template_kwargs,json=chatTemplateKwargs,proto3" json:"chat_template_kwargs,omitempty"`
+	// How hard a reasoning model should think ("low", "medium" or "high"), passed to the chat
+	// template as reasoning_effort.
+	ReasoningEffort string `protobuf:"bytes,12,opt,name=reasoning_effort,json=reasoningEffort,proto3" json:"reasoning_effort,omitempty"`
+	// How the thinking of a reasoning model is returned.
+	ReasoningFormat ReasoningFormat `protobuf:"varint,13,opt,name=reasoning_format,json=reasoningFormat,proto3,enum=llamagrid.v1.ReasoningFormat" json:"reasoning_format,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *GenerateRequest) Reset() {
 	*x = GenerateRequest{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[4]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -674,7 +1128,7 @@ func (x *GenerateRequest) String() string {
 func (*GenerateRequest) ProtoMessage() {}
 
 func (x *GenerateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[4]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -687,7 +1141,7 @@ func (x *GenerateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GenerateRequest.ProtoReflect.Descriptor instead.
 func (*GenerateRequest) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{4}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *GenerateRequest) GetModel() string {
@@ -752,6 +1206,48 @@ func (x *GenerateRequest) GetSession() *SessionRef {
 	return nil
 }
 
+func (x *GenerateRequest) GetTools() []*Tool {
+	if x != nil {
+		return x.Tools
+	}
+	return nil
+}
+
+func (x *GenerateRequest) GetToolChoice() *ToolChoice {
+	if x != nil {
+		return x.ToolChoice
+	}
+	return nil
+}
+
+func (x *GenerateRequest) GetParallelToolCalls() bool {
+	if x != nil && x.ParallelToolCalls != nil {
+		return *x.ParallelToolCalls
+	}
+	return false
+}
+
+func (x *GenerateRequest) GetChatTemplateKwargs() string {
+	if x != nil {
+		return x.ChatTemplateKwargs
+	}
+	return ""
+}
+
+func (x *GenerateRequest) GetReasoningEffort() string {
+	if x != nil {
+		return x.ReasoningEffort
+	}
+	return ""
+}
+
+func (x *GenerateRequest) GetReasoningFormat() ReasoningFormat {
+	if x != nil {
+		return x.ReasoningFormat
+	}
+	return ReasoningFormat_REASONING_FORMAT_UNSPECIFIED
+}
+
 type isGenerateRequest_Input interface {
 	isGenerateRequest_Input()
 }
@@ -794,7 +1290,7 @@ type SessionRef struct {
 
 func (x *SessionRef) Reset() {
 	*x = SessionRef{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[5]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -806,7 +1302,7 @@ func (x *SessionRef) String() string {
 func (*SessionRef) ProtoMessage() {}
 
 func (x *SessionRef) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[5]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -819,7 +1315,7 @@ func (x *SessionRef) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SessionRef.ProtoReflect.Descriptor instead.
 func (*SessionRef) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{5}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *SessionRef) GetSessionId() string {
@@ -850,7 +1346,7 @@ type SessionTranscript struct {
 
 func (x *SessionTranscript) Reset() {
 	*x = SessionTranscript{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[6]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -862,7 +1358,7 @@ func (x *SessionTranscript) String() string {
 func (*SessionTranscript) ProtoMessage() {}
 
 func (x *SessionTranscript) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[6]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -875,7 +1371,7 @@ func (x *SessionTranscript) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SessionTranscript.ProtoReflect.Descriptor instead.
 func (*SessionTranscript) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{6}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *SessionTranscript) GetTokenIds() []int32 {
@@ -918,7 +1414,7 @@ type SessionInfo struct {
 
 func (x *SessionInfo) Reset() {
 	*x = SessionInfo{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[7]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -930,7 +1426,7 @@ func (x *SessionInfo) String() string {
 func (*SessionInfo) ProtoMessage() {}
 
 func (x *SessionInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[7]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -943,7 +1439,7 @@ func (x *SessionInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SessionInfo.ProtoReflect.Descriptor instead.
 func (*SessionInfo) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{7}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *SessionInfo) GetSessionId() string {
@@ -1018,7 +1514,7 @@ type OpenSessionRequest struct {
 
 func (x *OpenSessionRequest) Reset() {
 	*x = OpenSessionRequest{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[8]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1030,7 +1526,7 @@ func (x *OpenSessionRequest) String() string {
 func (*OpenSessionRequest) ProtoMessage() {}
 
 func (x *OpenSessionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[8]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1043,7 +1539,7 @@ func (x *OpenSessionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OpenSessionRequest.ProtoReflect.Descriptor instead.
 func (*OpenSessionRequest) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{8}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *OpenSessionRequest) GetModel() string {
@@ -1078,7 +1574,7 @@ type OpenSessionResponse struct {
 
 func (x *OpenSessionResponse) Reset() {
 	*x = OpenSessionResponse{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[9]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1090,7 +1586,7 @@ func (x *OpenSessionResponse) String() string {
 func (*OpenSessionResponse) ProtoMessage() {}
 
 func (x *OpenSessionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[9]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1103,7 +1599,7 @@ func (x *OpenSessionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OpenSessionResponse.ProtoReflect.Descriptor instead.
 func (*OpenSessionResponse) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{9}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *OpenSessionResponse) GetSession() *SessionInfo {
@@ -1126,7 +1622,7 @@ type GetSessionRequest struct {
 
 func (x *GetSessionRequest) Reset() {
 	*x = GetSessionRequest{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[10]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1138,7 +1634,7 @@ func (x *GetSessionRequest) String() string {
 func (*GetSessionRequest) ProtoMessage() {}
 
 func (x *GetSessionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[10]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1151,7 +1647,7 @@ func (x *GetSessionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSessionRequest.ProtoReflect.Descriptor instead.
 func (*GetSessionRequest) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{10}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *GetSessionRequest) GetSessionId() string {
@@ -1181,7 +1677,7 @@ type GetSessionResponse struct {
 
 func (x *GetSessionResponse) Reset() {
 	*x = GetSessionResponse{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[11]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1193,7 +1689,7 @@ func (x *GetSessionResponse) String() string {
 func (*GetSessionResponse) ProtoMessage() {}
 
 func (x *GetSessionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[11]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1206,7 +1702,7 @@ func (x *GetSessionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSessionResponse.ProtoReflect.Descriptor instead.
 func (*GetSessionResponse) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{11}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *GetSessionResponse) GetSession() *SessionInfo {
@@ -1238,7 +1734,7 @@ type ForkSessionRequest struct {
 
 func (x *ForkSessionRequest) Reset() {
 	*x = ForkSessionRequest{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[12]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1250,7 +1746,7 @@ func (x *ForkSessionRequest) String() string {
 func (*ForkSessionRequest) ProtoMessage() {}
 
 func (x *ForkSessionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[12]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1263,7 +1759,7 @@ func (x *ForkSessionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ForkSessionRequest.ProtoReflect.Descriptor instead.
 func (*ForkSessionRequest) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{12}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ForkSessionRequest) GetSessionId() string {
@@ -1298,7 +1794,7 @@ type ForkSessionResponse struct {
 
 func (x *ForkSessionResponse) Reset() {
 	*x = ForkSessionResponse{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[13]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1310,7 +1806,7 @@ func (x *ForkSessionResponse) String() string {
 func (*ForkSessionResponse) ProtoMessage() {}
 
 func (x *ForkSessionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[13]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1323,7 +1819,7 @@ func (x *ForkSessionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ForkSessionResponse.ProtoReflect.Descriptor instead.
 func (*ForkSessionResponse) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{13}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ForkSessionResponse) GetSession() *SessionInfo {
@@ -1346,7 +1842,7 @@ type RollbackSessionRequest struct {
 
 func (x *RollbackSessionRequest) Reset() {
 	*x = RollbackSessionRequest{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[14]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1358,7 +1854,7 @@ func (x *RollbackSessionRequest) String() string {
 func (*RollbackSessionRequest) ProtoMessage() {}
 
 func (x *RollbackSessionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[14]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1371,7 +1867,7 @@ func (x *RollbackSessionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RollbackSessionRequest.ProtoReflect.Descriptor instead.
 func (*RollbackSessionRequest) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{14}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *RollbackSessionRequest) GetSessionId() string {
@@ -1399,7 +1895,7 @@ type RollbackSessionResponse struct {
 
 func (x *RollbackSessionResponse) Reset() {
 	*x = RollbackSessionResponse{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[15]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1411,7 +1907,7 @@ func (x *RollbackSessionResponse) String() string {
 func (*RollbackSessionResponse) ProtoMessage() {}
 
 func (x *RollbackSessionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[15]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1424,7 +1920,7 @@ func (x *RollbackSessionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RollbackSessionResponse.ProtoReflect.Descriptor instead.
 func (*RollbackSessionResponse) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{15}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *RollbackSessionResponse) GetSession() *SessionInfo {
@@ -1445,7 +1941,7 @@ type CloseSessionRequest struct {
 
 func (x *CloseSessionRequest) Reset() {
 	*x = CloseSessionRequest{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[16]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1457,7 +1953,7 @@ func (x *CloseSessionRequest) String() string {
 func (*CloseSessionRequest) ProtoMessage() {}
 
 func (x *CloseSessionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[16]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1470,7 +1966,7 @@ func (x *CloseSessionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CloseSessionRequest.ProtoReflect.Descriptor instead.
 func (*CloseSessionRequest) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{16}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *CloseSessionRequest) GetSessionId() string {
@@ -1489,7 +1985,7 @@ type CloseSessionResponse struct {
 
 func (x *CloseSessionResponse) Reset() {
 	*x = CloseSessionResponse{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[17]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1501,7 +1997,7 @@ func (x *CloseSessionResponse) String() string {
 func (*CloseSessionResponse) ProtoMessage() {}
 
 func (x *CloseSessionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[17]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1514,7 +2010,7 @@ func (x *CloseSessionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CloseSessionResponse.ProtoReflect.Descriptor instead.
 func (*CloseSessionResponse) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{17}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{21}
 }
 
 // CancelTurnRequest names the session whose running turn to cancel.
@@ -1528,7 +2024,7 @@ type CancelTurnRequest struct {
 
 func (x *CancelTurnRequest) Reset() {
 	*x = CancelTurnRequest{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[18]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1540,7 +2036,7 @@ func (x *CancelTurnRequest) String() string {
 func (*CancelTurnRequest) ProtoMessage() {}
 
 func (x *CancelTurnRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[18]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1553,7 +2049,7 @@ func (x *CancelTurnRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelTurnRequest.ProtoReflect.Descriptor instead.
 func (*CancelTurnRequest) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{18}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *CancelTurnRequest) GetSessionId() string {
@@ -1574,7 +2070,7 @@ type CancelTurnResponse struct {
 
 func (x *CancelTurnResponse) Reset() {
 	*x = CancelTurnResponse{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[19]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1586,7 +2082,7 @@ func (x *CancelTurnResponse) String() string {
 func (*CancelTurnResponse) ProtoMessage() {}
 
 func (x *CancelTurnResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[19]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1599,7 +2095,7 @@ func (x *CancelTurnResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelTurnResponse.ProtoReflect.Descriptor instead.
 func (*CancelTurnResponse) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{19}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *CancelTurnResponse) GetCancelled() bool {
@@ -1627,7 +2123,7 @@ type LogprobEntry struct {
 
 func (x *LogprobEntry) Reset() {
 	*x = LogprobEntry{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[20]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1639,7 +2135,7 @@ func (x *LogprobEntry) String() string {
 func (*LogprobEntry) ProtoMessage() {}
 
 func (x *LogprobEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[20]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1652,7 +2148,7 @@ func (x *LogprobEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LogprobEntry.ProtoReflect.Descriptor instead.
 func (*LogprobEntry) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{20}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *LogprobEntry) GetTokenId() int32 {
@@ -1696,7 +2192,7 @@ type TokenLogprob struct {
 
 func (x *TokenLogprob) Reset() {
 	*x = TokenLogprob{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[21]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1708,7 +2204,7 @@ func (x *TokenLogprob) String() string {
 func (*TokenLogprob) ProtoMessage() {}
 
 func (x *TokenLogprob) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[21]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1721,7 +2217,7 @@ func (x *TokenLogprob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TokenLogprob.ProtoReflect.Descriptor instead.
 func (*TokenLogprob) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{21}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *TokenLogprob) GetChosen() *LogprobEntry {
@@ -1746,14 +2242,18 @@ type GenerateChunk struct {
 	// The ids of the tokens generated since the previous chunk.
 	TokenIds []int32 `protobuf:"varint,2,rep,packed,name=token_ids,json=tokenIds,proto3" json:"token_ids,omitempty"`
 	// Log-probabilities of those tokens, when requested.
-	Logprobs      []*TokenLogprob `protobuf:"bytes,3,rep,name=logprobs,proto3" json:"logprobs,omitempty"`
+	Logprobs []*TokenLogprob `protobuf:"bytes,3,rep,name=logprobs,proto3" json:"logprobs,omitempty"`
+	// New thinking, taken out of text (REASONING_FORMAT_SPLIT).
+	Reasoning string `protobuf:"bytes,4,opt,name=reasoning,proto3" json:"reasoning,omitempty"`
+	// Parts of tool calls, taken out of text: text never carries tool-call markup.
+	ToolCalls     []*ToolCallDelta `protobuf:"bytes,5,rep,name=tool_calls,json=toolCalls,proto3" json:"tool_calls,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *GenerateChunk) Reset() {
 	*x = GenerateChunk{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[22]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1765,7 +2265,7 @@ func (x *GenerateChunk) String() string {
 func (*GenerateChunk) ProtoMessage() {}
 
 func (x *GenerateChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[22]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1778,7 +2278,7 @@ func (x *GenerateChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GenerateChunk.ProtoReflect.Descriptor instead.
 func (*GenerateChunk) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{22}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *GenerateChunk) GetText() string {
@@ -1798,6 +2298,20 @@ func (x *GenerateChunk) GetTokenIds() []int32 {
 func (x *GenerateChunk) GetLogprobs() []*TokenLogprob {
 	if x != nil {
 		return x.Logprobs
+	}
+	return nil
+}
+
+func (x *GenerateChunk) GetReasoning() string {
+	if x != nil {
+		return x.Reasoning
+	}
+	return ""
+}
+
+func (x *GenerateChunk) GetToolCalls() []*ToolCallDelta {
+	if x != nil {
+		return x.ToolCalls
 	}
 	return nil
 }
@@ -1828,7 +2342,7 @@ type Usage struct {
 
 func (x *Usage) Reset() {
 	*x = Usage{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[23]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1840,7 +2354,7 @@ func (x *Usage) String() string {
 func (*Usage) ProtoMessage() {}
 
 func (x *Usage) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[23]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1853,7 +2367,7 @@ func (x *Usage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Usage.ProtoReflect.Descriptor instead.
 func (*Usage) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{23}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *Usage) GetPromptTokens() uint32 {
@@ -1928,7 +2442,7 @@ type SessionCommit struct {
 
 func (x *SessionCommit) Reset() {
 	*x = SessionCommit{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[24]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1940,7 +2454,7 @@ func (x *SessionCommit) String() string {
 func (*SessionCommit) ProtoMessage() {}
 
 func (x *SessionCommit) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[24]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1953,7 +2467,7 @@ func (x *SessionCommit) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SessionCommit.ProtoReflect.Descriptor instead.
 func (*SessionCommit) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{24}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *SessionCommit) GetTurns() uint32 {
@@ -1987,14 +2501,16 @@ type GenerateFinal struct {
 	// The stop string that ended generation, when finish_reason is FINISH_REASON_STOP_STRING.
 	MatchedStop string `protobuf:"bytes,3,opt,name=matched_stop,json=matchedStop,proto3" json:"matched_stop,omitempty"`
 	// What a session turn committed; unset for a call without a session.
-	Session       *SessionCommit `protobuf:"bytes,4,opt,name=session,proto3" json:"session,omitempty"`
+	Session *SessionCommit `protobuf:"bytes,4,opt,name=session,proto3" json:"session,omitempty"`
+	// Every tool call the model made, complete (the chunks carried them in parts).
+	ToolCalls     []*ToolCall `protobuf:"bytes,5,rep,name=tool_calls,json=toolCalls,proto3" json:"tool_calls,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *GenerateFinal) Reset() {
 	*x = GenerateFinal{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[25]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2006,7 +2522,7 @@ func (x *GenerateFinal) String() string {
 func (*GenerateFinal) ProtoMessage() {}
 
 func (x *GenerateFinal) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[25]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2019,7 +2535,7 @@ func (x *GenerateFinal) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GenerateFinal.ProtoReflect.Descriptor instead.
 func (*GenerateFinal) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{25}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *GenerateFinal) GetFinishReason() FinishReason {
@@ -2050,6 +2566,13 @@ func (x *GenerateFinal) GetSession() *SessionCommit {
 	return nil
 }
 
+func (x *GenerateFinal) GetToolCalls() []*ToolCall {
+	if x != nil {
+		return x.ToolCalls
+	}
+	return nil
+}
+
 // GenerateResponse is one message of a Generate stream: chunks, then one final message.
 type GenerateResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -2066,7 +2589,7 @@ type GenerateResponse struct {
 
 func (x *GenerateResponse) Reset() {
 	*x = GenerateResponse{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[26]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2078,7 +2601,7 @@ func (x *GenerateResponse) String() string {
 func (*GenerateResponse) ProtoMessage() {}
 
 func (x *GenerateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[26]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2091,7 +2614,7 @@ func (x *GenerateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GenerateResponse.ProtoReflect.Descriptor instead.
 func (*GenerateResponse) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{26}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *GenerateResponse) GetEvent() isGenerateResponse_Event {
@@ -2153,7 +2676,7 @@ type EmbedInput struct {
 
 func (x *EmbedInput) Reset() {
 	*x = EmbedInput{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[27]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2165,7 +2688,7 @@ func (x *EmbedInput) String() string {
 func (*EmbedInput) ProtoMessage() {}
 
 func (x *EmbedInput) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[27]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2178,7 +2701,7 @@ func (x *EmbedInput) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EmbedInput.ProtoReflect.Descriptor instead.
 func (*EmbedInput) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{27}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *EmbedInput) GetInput() isEmbedInput_Input {
@@ -2239,7 +2762,7 @@ type EmbedRequest struct {
 
 func (x *EmbedRequest) Reset() {
 	*x = EmbedRequest{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[28]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2251,7 +2774,7 @@ func (x *EmbedRequest) String() string {
 func (*EmbedRequest) ProtoMessage() {}
 
 func (x *EmbedRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[28]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2264,7 +2787,7 @@ func (x *EmbedRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EmbedRequest.ProtoReflect.Descriptor instead.
 func (*EmbedRequest) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{28}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *EmbedRequest) GetModel() string {
@@ -2301,7 +2824,7 @@ type Embedding struct {
 
 func (x *Embedding) Reset() {
 	*x = Embedding{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[29]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2313,7 +2836,7 @@ func (x *Embedding) String() string {
 func (*Embedding) ProtoMessage() {}
 
 func (x *Embedding) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[29]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2326,7 +2849,7 @@ func (x *Embedding) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Embedding.ProtoReflect.Descriptor instead.
 func (*Embedding) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{29}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *Embedding) GetValues() []float32 {
@@ -2356,7 +2879,7 @@ type EmbedResponse struct {
 
 func (x *EmbedResponse) Reset() {
 	*x = EmbedResponse{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[30]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2368,7 +2891,7 @@ func (x *EmbedResponse) String() string {
 func (*EmbedResponse) ProtoMessage() {}
 
 func (x *EmbedResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[30]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2381,7 +2904,7 @@ func (x *EmbedResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EmbedResponse.ProtoReflect.Descriptor instead.
 func (*EmbedResponse) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{30}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *EmbedResponse) GetEmbeddings() []*Embedding {
@@ -2417,7 +2940,7 @@ type TokenizeRequest struct {
 
 func (x *TokenizeRequest) Reset() {
 	*x = TokenizeRequest{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[31]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2429,7 +2952,7 @@ func (x *TokenizeRequest) String() string {
 func (*TokenizeRequest) ProtoMessage() {}
 
 func (x *TokenizeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[31]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2442,7 +2965,7 @@ func (x *TokenizeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TokenizeRequest.ProtoReflect.Descriptor instead.
 func (*TokenizeRequest) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{31}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *TokenizeRequest) GetModel() string {
@@ -2498,7 +3021,7 @@ type TokenPiece struct {
 
 func (x *TokenPiece) Reset() {
 	*x = TokenPiece{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[32]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2510,7 +3033,7 @@ func (x *TokenPiece) String() string {
 func (*TokenPiece) ProtoMessage() {}
 
 func (x *TokenPiece) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[32]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2523,7 +3046,7 @@ func (x *TokenPiece) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TokenPiece.ProtoReflect.Descriptor instead.
 func (*TokenPiece) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{32}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *TokenPiece) GetId() int32 {
@@ -2589,7 +3112,7 @@ type TokenizeResponse struct {
 
 func (x *TokenizeResponse) Reset() {
 	*x = TokenizeResponse{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[33]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2601,7 +3124,7 @@ func (x *TokenizeResponse) String() string {
 func (*TokenizeResponse) ProtoMessage() {}
 
 func (x *TokenizeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[33]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2614,7 +3137,7 @@ func (x *TokenizeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TokenizeResponse.ProtoReflect.Descriptor instead.
 func (*TokenizeResponse) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{33}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *TokenizeResponse) GetTokenIds() []int32 {
@@ -2646,7 +3169,7 @@ type DetokenizeRequest struct {
 
 func (x *DetokenizeRequest) Reset() {
 	*x = DetokenizeRequest{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[34]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2658,7 +3181,7 @@ func (x *DetokenizeRequest) String() string {
 func (*DetokenizeRequest) ProtoMessage() {}
 
 func (x *DetokenizeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[34]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2671,7 +3194,7 @@ func (x *DetokenizeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DetokenizeRequest.ProtoReflect.Descriptor instead.
 func (*DetokenizeRequest) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{34}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *DetokenizeRequest) GetModel() string {
@@ -2706,7 +3229,7 @@ type DetokenizeResponse struct {
 
 func (x *DetokenizeResponse) Reset() {
 	*x = DetokenizeResponse{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[35]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2718,7 +3241,7 @@ func (x *DetokenizeResponse) String() string {
 func (*DetokenizeResponse) ProtoMessage() {}
 
 func (x *DetokenizeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[35]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2731,7 +3254,7 @@ func (x *DetokenizeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DetokenizeResponse.ProtoReflect.Descriptor instead.
 func (*DetokenizeResponse) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{35}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *DetokenizeResponse) GetText() string {
@@ -2766,7 +3289,7 @@ type Device struct {
 
 func (x *Device) Reset() {
 	*x = Device{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[36]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2778,7 +3301,7 @@ func (x *Device) String() string {
 func (*Device) ProtoMessage() {}
 
 func (x *Device) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[36]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2791,7 +3314,7 @@ func (x *Device) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Device.ProtoReflect.Descriptor instead.
 func (*Device) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{36}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *Device) GetName() string {
@@ -2882,7 +3405,7 @@ type DevicePlacement struct {
 
 func (x *DevicePlacement) Reset() {
 	*x = DevicePlacement{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[37]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2894,7 +3417,7 @@ func (x *DevicePlacement) String() string {
 func (*DevicePlacement) ProtoMessage() {}
 
 func (x *DevicePlacement) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[37]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2907,7 +3430,7 @@ func (x *DevicePlacement) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DevicePlacement.ProtoReflect.Descriptor instead.
 func (*DevicePlacement) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{37}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *DevicePlacement) GetBackend() string {
@@ -3012,7 +3535,7 @@ type ModelInfo struct {
 
 func (x *ModelInfo) Reset() {
 	*x = ModelInfo{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[38]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3024,7 +3547,7 @@ func (x *ModelInfo) String() string {
 func (*ModelInfo) ProtoMessage() {}
 
 func (x *ModelInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[38]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3037,7 +3560,7 @@ func (x *ModelInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ModelInfo.ProtoReflect.Descriptor instead.
 func (*ModelInfo) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{38}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *ModelInfo) GetAlias() string {
@@ -3156,7 +3679,7 @@ type GetModelInfoRequest struct {
 
 func (x *GetModelInfoRequest) Reset() {
 	*x = GetModelInfoRequest{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[39]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3168,7 +3691,7 @@ func (x *GetModelInfoRequest) String() string {
 func (*GetModelInfoRequest) ProtoMessage() {}
 
 func (x *GetModelInfoRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[39]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3181,7 +3704,7 @@ func (x *GetModelInfoRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetModelInfoRequest.ProtoReflect.Descriptor instead.
 func (*GetModelInfoRequest) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{39}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *GetModelInfoRequest) GetModel() string {
@@ -3202,7 +3725,7 @@ type GetModelInfoResponse struct {
 
 func (x *GetModelInfoResponse) Reset() {
 	*x = GetModelInfoResponse{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[40]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3214,7 +3737,7 @@ func (x *GetModelInfoResponse) String() string {
 func (*GetModelInfoResponse) ProtoMessage() {}
 
 func (x *GetModelInfoResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[40]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3227,7 +3750,7 @@ func (x *GetModelInfoResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetModelInfoResponse.ProtoReflect.Descriptor instead.
 func (*GetModelInfoResponse) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{40}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *GetModelInfoResponse) GetInfo() *ModelInfo {
@@ -3246,7 +3769,7 @@ type ListModelsRequest struct {
 
 func (x *ListModelsRequest) Reset() {
 	*x = ListModelsRequest{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[41]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3258,7 +3781,7 @@ func (x *ListModelsRequest) String() string {
 func (*ListModelsRequest) ProtoMessage() {}
 
 func (x *ListModelsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[41]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3271,7 +3794,7 @@ func (x *ListModelsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListModelsRequest.ProtoReflect.Descriptor instead.
 func (*ListModelsRequest) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{41}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{45}
 }
 
 // ListModelsResponse lists every model a worker serves.
@@ -3285,7 +3808,7 @@ type ListModelsResponse struct {
 
 func (x *ListModelsResponse) Reset() {
 	*x = ListModelsResponse{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[42]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3297,7 +3820,7 @@ func (x *ListModelsResponse) String() string {
 func (*ListModelsResponse) ProtoMessage() {}
 
 func (x *ListModelsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[42]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3310,7 +3833,7 @@ func (x *ListModelsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListModelsResponse.ProtoReflect.Descriptor instead.
 func (*ListModelsResponse) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{42}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *ListModelsResponse) GetModels() []*ModelInfo {
@@ -3329,7 +3852,7 @@ type GetLoadRequest struct {
 
 func (x *GetLoadRequest) Reset() {
 	*x = GetLoadRequest{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[43]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3341,7 +3864,7 @@ func (x *GetLoadRequest) String() string {
 func (*GetLoadRequest) ProtoMessage() {}
 
 func (x *GetLoadRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[43]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3354,7 +3877,7 @@ func (x *GetLoadRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetLoadRequest.ProtoReflect.Descriptor instead.
 func (*GetLoadRequest) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{43}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{47}
 }
 
 // GetLoadResponse is a snapshot of the worker's load, taken between two engine steps.
@@ -3389,13 +3912,19 @@ type GetLoadResponse struct {
 	// Session tokens prefilled again since the worker started: tokens of earlier turns whose KV
 	// cache was neither resident nor in the host tier when a turn needed them.
 	SessionTokensReprefilled uint64 `protobuf:"varint,14,opt,name=session_tokens_reprefilled,json=sessionTokensReprefilled,proto3" json:"session_tokens_reprefilled,omitempty"`
-	unknownFields            protoimpl.UnknownFields
-	sizeCache                protoimpl.SizeCache
+	// Sessions whose KV cache is resident in a sequence: a turn prefills only its new tokens.
+	SessionsResident uint32 `protobuf:"varint,15,opt,name=sessions_resident,json=sessionsResident,proto3" json:"sessions_resident,omitempty"`
+	// Sessions whose KV cache is saved in the host tier: a turn restores it.
+	SessionsHost uint32 `protobuf:"varint,16,opt,name=sessions_host,json=sessionsHost,proto3" json:"sessions_host,omitempty"`
+	// Sessions kept only as their transcript: a turn prefills the whole session again.
+	SessionsTranscript uint32 `protobuf:"varint,17,opt,name=sessions_transcript,json=sessionsTranscript,proto3" json:"sessions_transcript,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *GetLoadResponse) Reset() {
 	*x = GetLoadResponse{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[44]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3407,7 +3936,7 @@ func (x *GetLoadResponse) String() string {
 func (*GetLoadResponse) ProtoMessage() {}
 
 func (x *GetLoadResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[44]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3420,7 +3949,7 @@ func (x *GetLoadResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetLoadResponse.ProtoReflect.Descriptor instead.
 func (*GetLoadResponse) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{44}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *GetLoadResponse) GetActiveRequests() uint32 {
@@ -3521,6 +4050,27 @@ func (x *GetLoadResponse) GetSessionTokensReprefilled() uint64 {
 	return 0
 }
 
+func (x *GetLoadResponse) GetSessionsResident() uint32 {
+	if x != nil {
+		return x.SessionsResident
+	}
+	return 0
+}
+
+func (x *GetLoadResponse) GetSessionsHost() uint32 {
+	if x != nil {
+		return x.SessionsHost
+	}
+	return 0
+}
+
+func (x *GetLoadResponse) GetSessionsTranscript() uint32 {
+	if x != nil {
+		return x.SessionsTranscript
+	}
+	return 0
+}
+
 // RelayRequest starts or cancels one call of a Relay stream.
 type RelayRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -3537,7 +4087,7 @@ type RelayRequest struct {
 
 func (x *RelayRequest) Reset() {
 	*x = RelayRequest{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[45]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3549,7 +4099,7 @@ func (x *RelayRequest) String() string {
 func (*RelayRequest) ProtoMessage() {}
 
 func (x *RelayRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[45]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3562,7 +4112,7 @@ func (x *RelayRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RelayRequest.ProtoReflect.Descriptor instead.
 func (*RelayRequest) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{45}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *RelayRequest) GetAction() isRelayRequest_Action {
@@ -3626,7 +4176,7 @@ type RelayStart struct {
 
 func (x *RelayStart) Reset() {
 	*x = RelayStart{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[46]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3638,7 +4188,7 @@ func (x *RelayStart) String() string {
 func (*RelayStart) ProtoMessage() {}
 
 func (x *RelayStart) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[46]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3651,7 +4201,7 @@ func (x *RelayStart) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RelayStart.ProtoReflect.Descriptor instead.
 func (*RelayStart) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{46}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *RelayStart) GetTag() uint64 {
@@ -3692,7 +4242,7 @@ type RelayError struct {
 
 func (x *RelayError) Reset() {
 	*x = RelayError{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[47]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3704,7 +4254,7 @@ func (x *RelayError) String() string {
 func (*RelayError) ProtoMessage() {}
 
 func (x *RelayError) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[47]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3717,7 +4267,7 @@ func (x *RelayError) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RelayError.ProtoReflect.Descriptor instead.
 func (*RelayError) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{47}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *RelayError) GetCode() int32 {
@@ -3760,7 +4310,7 @@ type RelayEvent struct {
 
 func (x *RelayEvent) Reset() {
 	*x = RelayEvent{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[48]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3772,7 +4322,7 @@ func (x *RelayEvent) String() string {
 func (*RelayEvent) ProtoMessage() {}
 
 func (x *RelayEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[48]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3785,7 +4335,7 @@ func (x *RelayEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RelayEvent.ProtoReflect.Descriptor instead.
 func (*RelayEvent) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{48}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *RelayEvent) GetTag() uint64 {
@@ -3867,7 +4417,7 @@ type RelayResponse struct {
 
 func (x *RelayResponse) Reset() {
 	*x = RelayResponse{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[49]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3879,7 +4429,7 @@ func (x *RelayResponse) String() string {
 func (*RelayResponse) ProtoMessage() {}
 
 func (x *RelayResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[49]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3892,7 +4442,7 @@ func (x *RelayResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RelayResponse.ProtoReflect.Descriptor instead.
 func (*RelayResponse) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{49}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *RelayResponse) GetEvents() []*RelayEvent {
@@ -3908,12 +4458,36 @@ const file_llamagrid_v1_inference_proto_rawDesc = "" +
 	"\n" +
 	"\x1cllamagrid/v1/inference.proto\x12\fllamagrid.v1\"\x1d\n" +
 	"\tTokenList\x12\x10\n" +
-	"\x03ids\x18\x01 \x03(\x05R\x03ids\"]\n" +
+	"\x03ids\x18\x01 \x03(\x05R\x03ids\"\xe3\x01\n" +
 	"\vChatMessage\x12\x12\n" +
 	"\x04role\x18\x01 \x01(\tR\x04role\x12\x18\n" +
 	"\acontent\x18\x02 \x01(\tR\acontent\x12\x17\n" +
-	"\x04name\x18\x03 \x01(\tH\x00R\x04name\x88\x01\x01B\a\n" +
-	"\x05_name\"I\n" +
+	"\x04name\x18\x03 \x01(\tH\x00R\x04name\x88\x01\x01\x125\n" +
+	"\n" +
+	"tool_calls\x18\x04 \x03(\v2\x16.llamagrid.v1.ToolCallR\ttoolCalls\x12 \n" +
+	"\ftool_call_id\x18\x05 \x01(\tR\n" +
+	"toolCallId\x12+\n" +
+	"\x11reasoning_content\x18\x06 \x01(\tR\x10reasoningContentB\a\n" +
+	"\x05_name\"}\n" +
+	"\x04Tool\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12 \n" +
+	"\vdescription\x18\x02 \x01(\tR\vdescription\x12'\n" +
+	"\x0fparameters_json\x18\x03 \x01(\tR\x0eparametersJson\x12\x16\n" +
+	"\x06strict\x18\x04 \x01(\bR\x06strict\"h\n" +
+	"\n" +
+	"ToolChoice\x122\n" +
+	"\x04mode\x18\x01 \x01(\x0e2\x1c.llamagrid.v1.ToolChoiceModeH\x00R\x04mode\x12\x1c\n" +
+	"\bfunction\x18\x02 \x01(\tH\x00R\bfunctionB\b\n" +
+	"\x06choice\"L\n" +
+	"\bToolCall\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x1c\n" +
+	"\targuments\x18\x03 \x01(\tR\targuments\"g\n" +
+	"\rToolCallDelta\x12\x14\n" +
+	"\x05index\x18\x01 \x01(\rR\x05index\x12\x0e\n" +
+	"\x02id\x18\x02 \x01(\tR\x02id\x12\x12\n" +
+	"\x04name\x18\x03 \x01(\tR\x04name\x12\x1c\n" +
+	"\targuments\x18\x04 \x01(\tR\targuments\"I\n" +
 	"\x10ChatConversation\x125\n" +
 	"\bmessages\x18\x01 \x03(\v2\x19.llamagrid.v1.ChatMessageR\bmessages\"\x96\a\n" +
 	"\x0eSamplingParams\x12\"\n" +
@@ -3958,7 +4532,7 @@ const file_llamagrid_v1_inference_proto_rawDesc = "" +
 	"\x12_frequency_penaltyB\a\n" +
 	"\x05_seedB\r\n" +
 	"\v_ignore_eosB\x0f\n" +
-	"\r_top_logprobs\"\xc0\x02\n" +
+	"\r_top_logprobs\"\x99\x05\n" +
 	"\x0fGenerateRequest\x12\x14\n" +
 	"\x05model\x18\x01 \x01(\tR\x05model\x12\x18\n" +
 	"\x06prompt\x18\x02 \x01(\tH\x00R\x06prompt\x121\n" +
@@ -3967,8 +4541,17 @@ const file_llamagrid_v1_inference_proto_rawDesc = "" +
 	"\bsampling\x18\x05 \x01(\v2\x1c.llamagrid.v1.SamplingParamsR\bsampling\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x06 \x01(\tR\trequestId\x122\n" +
-	"\asession\x18\a \x01(\v2\x18.llamagrid.v1.SessionRefR\asessionB\a\n" +
-	"\x05input\"j\n" +
+	"\asession\x18\a \x01(\v2\x18.llamagrid.v1.SessionRefR\asession\x12(\n" +
+	"\x05tools\x18\b \x03(\v2\x12.llamagrid.v1.ToolR\x05tools\x129\n" +
+	"\vtool_choice\x18\t \x01(\v2\x18.llamagrid.v1.ToolChoiceR\n" +
+	"toolChoice\x123\n" +
+	"\x13parallel_tool_calls\x18\n" +
+	" \x01(\bH\x01R\x11parallelToolCalls\x88\x01\x01\x120\n" +
+	"\x14chat_template_kwargs\x18\v \x01(\tR\x12chatTemplateKwargs\x12)\n" +
+	"\x10reasoning_effort\x18\f \x01(\tR\x0freasoningEffort\x12H\n" +
+	"\x10reasoning_format\x18\r \x01(\x0e2\x1d.llamagrid.v1.ReasoningFormatR\x0freasoningFormatB\a\n" +
+	"\x05inputB\x16\n" +
+	"\x14_parallel_tool_calls\"j\n" +
 	"\n" +
 	"SessionRef\x12\x1d\n" +
 	"\n" +
@@ -4034,11 +4617,14 @@ const file_llamagrid_v1_inference_proto_rawDesc = "" +
 	"\alogprob\x18\x04 \x01(\x02R\alogprob\"p\n" +
 	"\fTokenLogprob\x122\n" +
 	"\x06chosen\x18\x01 \x01(\v2\x1a.llamagrid.v1.LogprobEntryR\x06chosen\x12,\n" +
-	"\x03top\x18\x02 \x03(\v2\x1a.llamagrid.v1.LogprobEntryR\x03top\"x\n" +
+	"\x03top\x18\x02 \x03(\v2\x1a.llamagrid.v1.LogprobEntryR\x03top\"\xd2\x01\n" +
 	"\rGenerateChunk\x12\x12\n" +
 	"\x04text\x18\x01 \x01(\tR\x04text\x12\x1b\n" +
 	"\ttoken_ids\x18\x02 \x03(\x05R\btokenIds\x126\n" +
-	"\blogprobs\x18\x03 \x03(\v2\x1a.llamagrid.v1.TokenLogprobR\blogprobs\"\xa9\x02\n" +
+	"\blogprobs\x18\x03 \x03(\v2\x1a.llamagrid.v1.TokenLogprobR\blogprobs\x12\x1c\n" +
+	"\treasoning\x18\x04 \x01(\tR\treasoning\x12:\n" +
+	"\n" +
+	"tool_calls\x18\x05 \x03(\v2\x1b.llamagrid.v1.ToolCallDeltaR\ttoolCalls\"\xa9\x02\n" +
 	"\x05Usage\x12#\n" +
 	"\rprompt_tokens\x18\x01 \x01(\rR\fpromptTokens\x12+\n" +
 	"\x11completion_tokens\x18\x02 \x01(\rR\x10completionTokens\x12#\n" +
@@ -4052,12 +4638,14 @@ const file_llamagrid_v1_inference_proto_rawDesc = "" +
 	"\rSessionCommit\x12\x14\n" +
 	"\x05turns\x18\x01 \x01(\rR\x05turns\x12\x16\n" +
 	"\x06length\x18\x02 \x01(\rR\x06length\x12,\n" +
-	"\x12appended_token_ids\x18\x03 \x03(\x05R\x10appendedTokenIds\"\xd5\x01\n" +
+	"\x12appended_token_ids\x18\x03 \x03(\x05R\x10appendedTokenIds\"\x8c\x02\n" +
 	"\rGenerateFinal\x12?\n" +
 	"\rfinish_reason\x18\x01 \x01(\x0e2\x1a.llamagrid.v1.FinishReasonR\ffinishReason\x12)\n" +
 	"\x05usage\x18\x02 \x01(\v2\x13.llamagrid.v1.UsageR\x05usage\x12!\n" +
 	"\fmatched_stop\x18\x03 \x01(\tR\vmatchedStop\x125\n" +
-	"\asession\x18\x04 \x01(\v2\x1b.llamagrid.v1.SessionCommitR\asession\"\x85\x01\n" +
+	"\asession\x18\x04 \x01(\v2\x1b.llamagrid.v1.SessionCommitR\asession\x125\n" +
+	"\n" +
+	"tool_calls\x18\x05 \x03(\v2\x16.llamagrid.v1.ToolCallR\ttoolCalls\"\x85\x01\n" +
 	"\x10GenerateResponse\x123\n" +
 	"\x05chunk\x18\x01 \x01(\v2\x1b.llamagrid.v1.GenerateChunkH\x00R\x05chunk\x123\n" +
 	"\x05final\x18\x02 \x01(\v2\x1b.llamagrid.v1.GenerateFinalH\x00R\x05finalB\a\n" +
@@ -4150,7 +4738,7 @@ const file_llamagrid_v1_inference_proto_rawDesc = "" +
 	"\x11ListModelsRequest\"E\n" +
 	"\x12ListModelsResponse\x12/\n" +
 	"\x06models\x18\x01 \x03(\v2\x17.llamagrid.v1.ModelInfoR\x06models\"\x10\n" +
-	"\x0eGetLoadRequest\"\xb4\x04\n" +
+	"\x0eGetLoadRequest\"\xb7\x05\n" +
 	"\x0fGetLoadResponse\x12'\n" +
 	"\x0factive_requests\x18\x01 \x01(\rR\x0eactiveRequests\x12'\n" +
 	"\x0fqueued_requests\x18\x02 \x01(\rR\x0equeuedRequests\x12\x14\n" +
@@ -4166,7 +4754,10 @@ const file_llamagrid_v1_inference_proto_rawDesc = "" +
 	"\x10host_cache_bytes\x18\v \x01(\x04R\x0ehostCacheBytes\x12(\n" +
 	"\x10host_cache_saves\x18\f \x01(\x04R\x0ehostCacheSaves\x12.\n" +
 	"\x13host_cache_restores\x18\r \x01(\x04R\x11hostCacheRestores\x12<\n" +
-	"\x1asession_tokens_reprefilled\x18\x0e \x01(\x04R\x18sessionTokensReprefilled\"d\n" +
+	"\x1asession_tokens_reprefilled\x18\x0e \x01(\x04R\x18sessionTokensReprefilled\x12+\n" +
+	"\x11sessions_resident\x18\x0f \x01(\rR\x10sessionsResident\x12#\n" +
+	"\rsessions_host\x18\x10 \x01(\rR\fsessionsHost\x12/\n" +
+	"\x13sessions_transcript\x18\x11 \x01(\rR\x12sessionsTranscript\"d\n" +
 	"\fRelayRequest\x120\n" +
 	"\x05start\x18\x01 \x01(\v2\x18.llamagrid.v1.RelayStartH\x00R\x05start\x12\x18\n" +
 	"\x06cancel\x18\x02 \x01(\x04H\x00R\x06cancelB\b\n" +
@@ -4190,17 +4781,27 @@ const file_llamagrid_v1_inference_proto_rawDesc = "" +
 	"\x05error\x18\x04 \x01(\v2\x18.llamagrid.v1.RelayErrorH\x00R\x05errorB\a\n" +
 	"\x05event\"A\n" +
 	"\rRelayResponse\x120\n" +
-	"\x06events\x18\x01 \x03(\v2\x18.llamagrid.v1.RelayEventR\x06events*a\n" +
+	"\x06events\x18\x01 \x03(\v2\x18.llamagrid.v1.RelayEventR\x06events*\x87\x01\n" +
+	"\x0eToolChoiceMode\x12 \n" +
+	"\x1cTOOL_CHOICE_MODE_UNSPECIFIED\x10\x00\x12\x19\n" +
+	"\x15TOOL_CHOICE_MODE_AUTO\x10\x01\x12\x19\n" +
+	"\x15TOOL_CHOICE_MODE_NONE\x10\x02\x12\x1d\n" +
+	"\x19TOOL_CHOICE_MODE_REQUIRED\x10\x03*j\n" +
+	"\x0fReasoningFormat\x12 \n" +
+	"\x1cREASONING_FORMAT_UNSPECIFIED\x10\x00\x12\x19\n" +
+	"\x15REASONING_FORMAT_NONE\x10\x01\x12\x1a\n" +
+	"\x16REASONING_FORMAT_SPLIT\x10\x02*a\n" +
 	"\x06KvTier\x12\x17\n" +
 	"\x13KV_TIER_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10KV_TIER_RESIDENT\x10\x01\x12\x10\n" +
 	"\fKV_TIER_HOST\x10\x02\x12\x16\n" +
-	"\x12KV_TIER_TRANSCRIPT\x10\x03*}\n" +
+	"\x12KV_TIER_TRANSCRIPT\x10\x03*\x9b\x01\n" +
 	"\fFinishReason\x12\x1d\n" +
 	"\x19FINISH_REASON_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11FINISH_REASON_EOS\x10\x01\x12\x1d\n" +
 	"\x19FINISH_REASON_STOP_STRING\x10\x02\x12\x18\n" +
-	"\x14FINISH_REASON_LENGTH\x10\x03*W\n" +
+	"\x14FINISH_REASON_LENGTH\x10\x03\x12\x1c\n" +
+	"\x18FINISH_REASON_TOOL_CALLS\x10\x04*W\n" +
 	"\n" +
 	"Capability\x12\x1a\n" +
 	"\x16CAPABILITY_UNSPECIFIED\x10\x00\x12\x17\n" +
@@ -4247,135 +4848,148 @@ func file_llamagrid_v1_inference_proto_rawDescGZIP() []byte {
 	return file_llamagrid_v1_inference_proto_rawDescData
 }
 
-var file_llamagrid_v1_inference_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_llamagrid_v1_inference_proto_msgTypes = make([]protoimpl.MessageInfo, 51)
+var file_llamagrid_v1_inference_proto_enumTypes = make([]protoimpl.EnumInfo, 6)
+var file_llamagrid_v1_inference_proto_msgTypes = make([]protoimpl.MessageInfo, 55)
 var file_llamagrid_v1_inference_proto_goTypes = []any{
-	(KvTier)(0),                     // 0: llamagrid.v1.KvTier
-	(FinishReason)(0),               // 1: llamagrid.v1.FinishReason
-	(Capability)(0),                 // 2: llamagrid.v1.Capability
-	(DeviceType)(0),                 // 3: llamagrid.v1.DeviceType
-	(*TokenList)(nil),               // 4: llamagrid.v1.TokenList
-	(*ChatMessage)(nil),             // 5: llamagrid.v1.ChatMessage
-	(*ChatConversation)(nil),        // 6: llamagrid.v1.ChatConversation
-	(*SamplingParams)(nil),          // 7: llamagrid.v1.SamplingParams
-	(*GenerateRequest)(nil),         // 8: llamagrid.v1.GenerateRequest
-	(*SessionRef)(nil),              // 9: llamagrid.v1.SessionRef
-	(*SessionTranscript)(nil),       // 10: llamagrid.v1.SessionTranscript
-	(*SessionInfo)(nil),             // 11: llamagrid.v1.SessionInfo
-	(*OpenSessionRequest)(nil),      // 12: llamagrid.v1.OpenSessionRequest
-	(*OpenSessionResponse)(nil),     // 13: llamagrid.v1.OpenSessionResponse
-	(*GetSessionRequest)(nil),       // 14: llamagrid.v1.GetSessionRequest
-	(*GetSessionResponse)(nil),      // 15: llamagrid.v1.GetSessionResponse
-	(*ForkSessionRequest)(nil),      // 16: llamagrid.v1.ForkSessionRequest
-	(*ForkSessionResponse)(nil),     // 17: llamagrid.v1.ForkSessionResponse
-	(*RollbackSessionRequest)(nil),  // 18: llamagrid.v1.RollbackSessionRequest
-	(*RollbackSessionResponse)(nil), // 19: llamagrid.v1.RollbackSessionResponse
-	(*CloseSessionRequest)(nil),     // 20: llamagrid.v1.CloseSessionRequest
-	(*CloseSessionResponse)(nil),    // 21: llamagrid.v1.CloseSessionResponse
-	(*CancelTurnRequest)(nil),       // 22: llamagrid.v1.CancelTurnRequest
-	(*CancelTurnResponse)(nil),      // 23: llamagrid.v1.CancelTurnResponse
-	(*LogprobEntry)(nil),            // 24: llamagrid.v1.LogprobEntry
-	(*TokenLogprob)(nil),            // 25: llamagrid.v1.TokenLogprob
-	(*GenerateChunk)(nil),           // 26: llamagrid.v1.GenerateChunk
-	(*Usage)(nil),                   // 27: llamagrid.v1.Usage
-	(*SessionCommit)(nil),           // 28: llamagrid.v1.SessionCommit
-	(*GenerateFinal)(nil),           // 29: llamagrid.v1.GenerateFinal
-	(*GenerateResponse)(nil),        // 30: llamagrid.v1.GenerateResponse
-	(*EmbedInput)(nil),              // 31: llamagrid.v1.EmbedInput
-	(*EmbedRequest)(nil),            // 32: llamagrid.v1.EmbedRequest
-	(*Embedding)(nil),               // 33: llamagrid.v1.Embedding
-	(*EmbedResponse)(nil),           // 34: llamagrid.v1.EmbedResponse
-	(*TokenizeRequest)(nil),         // 35: llamagrid.v1.TokenizeRequest
-	(*TokenPiece)(nil),              // 36: llamagrid.v1.TokenPiece
-	(*TokenizeResponse)(nil),        // 37: llamagrid.v1.TokenizeResponse
-	(*DetokenizeRequest)(nil),       // 38: llamagrid.v1.DetokenizeRequest
-	(*DetokenizeResponse)(nil),      // 39: llamagrid.v1.DetokenizeResponse
-	(*Device)(nil),                  // 40: llamagrid.v1.Device
-	(*DevicePlacement)(nil),         // 41: llamagrid.v1.DevicePlacement
-	(*ModelInfo)(nil),               // 42: llamagrid.v1.ModelInfo
-	(*GetModelInfoRequest)(nil),     // 43: llamagrid.v1.GetModelInfoRequest
-	(*GetModelInfoResponse)(nil),    // 44: llamagrid.v1.GetModelInfoResponse
-	(*ListModelsRequest)(nil),       // 45: llamagrid.v1.ListModelsRequest
-	(*ListModelsResponse)(nil),      // 46: llamagrid.v1.ListModelsResponse
-	(*GetLoadRequest)(nil),          // 47: llamagrid.v1.GetLoadRequest
-	(*GetLoadResponse)(nil),         // 48: llamagrid.v1.GetLoadResponse
-	(*RelayRequest)(nil),            // 49: llamagrid.v1.RelayRequest
-	(*RelayStart)(nil),              // 50: llamagrid.v1.RelayStart
-	(*RelayError)(nil),              // 51: llamagrid.v1.RelayError
-	(*RelayEvent)(nil),              // 52: llamagrid.v1.RelayEvent
-	(*RelayResponse)(nil),           // 53: llamagrid.v1.RelayResponse
-	nil,                             // 54: llamagrid.v1.SamplingParams.LogitBiasEntry
+	(ToolChoiceMode)(0),             // 0: llamagrid.v1.ToolChoiceMode
+	(ReasoningFormat)(0),            // 1: llamagrid.v1.ReasoningFormat
+	(KvTier)(0),                     // 2: llamagrid.v1.KvTier
+	(FinishReason)(0),               // 3: llamagrid.v1.FinishReason
+	(Capability)(0),                 // 4: llamagrid.v1.Capability
+	(DeviceType)(0),                 // 5: llamagrid.v1.DeviceType
+	(*TokenList)(nil),               // 6: llamagrid.v1.TokenList
+	(*ChatMessage)(nil),             // 7: llamagrid.v1.ChatMessage
+	(*Tool)(nil),                    // 8: llamagrid.v1.Tool
+	(*ToolChoice)(nil),              // 9: llamagrid.v1.ToolChoice
+	(*ToolCall)(nil),                // 10: llamagrid.v1.ToolCall
+	(*ToolCallDelta)(nil),           // 11: llamagrid.v1.ToolCallDelta
+	(*ChatConversation)(nil),        // 12: llamagrid.v1.ChatConversation
+	(*SamplingParams)(nil),          // 13: llamagrid.v1.SamplingParams
+	(*GenerateRequest)(nil),         // 14: llamagrid.v1.GenerateRequest
+	(*SessionRef)(nil),              // 15: llamagrid.v1.SessionRef
+	(*SessionTranscript)(nil),       // 16: llamagrid.v1.SessionTranscript
+	(*SessionInfo)(nil),             // 17: llamagrid.v1.SessionInfo
+	(*OpenSessionRequest)(nil),      // 18: llamagrid.v1.OpenSessionRequest
+	(*OpenSessionResponse)(nil),     // 19: llamagrid.v1.OpenSessionResponse
+	(*GetSessionRequest)(nil),       // 20: llamagrid.v1.GetSessionRequest
+	(*GetSessionResponse)(nil),      // 21: llamagrid.v1.GetSessionResponse
+	(*ForkSessionRequest)(nil),      // 22: llamagrid.v1.ForkSessionRequest
+	(*ForkSessionResponse)(nil),     // 23: llamagrid.v1.ForkSessionResponse
+	(*RollbackSessionRequest)(nil),  // 24: llamagrid.v1.RollbackSessionRequest
+	(*RollbackSessionResponse)(nil), // 25: llamagrid.v1.RollbackSessionResponse
+	(*CloseSessionRequest)(nil),     // 26: llamagrid.v1.CloseSessionRequest
+	(*CloseSessionResponse)(nil),    // 27: llamagrid.v1.CloseSessionResponse
+	(*CancelTurnRequest)(nil),       // 28: llamagrid.v1.CancelTurnRequest
+	(*CancelTurnResponse)(nil),      // 29: llamagrid.v1.CancelTurnResponse
+	(*LogprobEntry)(nil),            // 30: llamagrid.v1.LogprobEntry
+	(*TokenLogprob)(nil),            // 31: llamagrid.v1.TokenLogprob
+	(*GenerateChunk)(nil),           // 32: llamagrid.v1.GenerateChunk
+	(*Usage)(nil),                   // 33: llamagrid.v1.Usage
+	(*SessionCommit)(nil),           // 34: llamagrid.v1.SessionCommit
+	(*GenerateFinal)(nil),           // 35: llamagrid.v1.GenerateFinal
+	(*GenerateResponse)(nil),        // 36: llamagrid.v1.GenerateResponse
+	(*EmbedInput)(nil),              // 37: llamagrid.v1.EmbedInput
+	(*EmbedRequest)(nil),            // 38: llamagrid.v1.EmbedRequest
+	(*Embedding)(nil),               // 39: llamagrid.v1.Embedding
+	(*EmbedResponse)(nil),           // 40: llamagrid.v1.EmbedResponse
+	(*TokenizeRequest)(nil),         // 41: llamagrid.v1.TokenizeRequest
+	(*TokenPiece)(nil),              // 42: llamagrid.v1.TokenPiece
+	(*TokenizeResponse)(nil),        // 43: llamagrid.v1.TokenizeResponse
+	(*DetokenizeRequest)(nil),       // 44: llamagrid.v1.DetokenizeRequest
+	(*DetokenizeResponse)(nil),      // 45: llamagrid.v1.DetokenizeResponse
+	(*Device)(nil),                  // 46: llamagrid.v1.Device
+	(*DevicePlacement)(nil),         // 47: llamagrid.v1.DevicePlacement
+	(*ModelInfo)(nil),               // 48: llamagrid.v1.ModelInfo
+	(*GetModelInfoRequest)(nil),     // 49: llamagrid.v1.GetModelInfoRequest
+	(*GetModelInfoResponse)(nil),    // 50: llamagrid.v1.GetModelInfoResponse
+	(*ListModelsRequest)(nil),       // 51: llamagrid.v1.ListModelsRequest
+	(*ListModelsResponse)(nil),      // 52: llamagrid.v1.ListModelsResponse
+	(*GetLoadRequest)(nil),          // 53: llamagrid.v1.GetLoadRequest
+	(*GetLoadResponse)(nil),         // 54: llamagrid.v1.GetLoadResponse
+	(*RelayRequest)(nil),            // 55: llamagrid.v1.RelayRequest
+	(*RelayStart)(nil),              // 56: llamagrid.v1.RelayStart
+	(*RelayError)(nil),              // 57: llamagrid.v1.RelayError
+	(*RelayEvent)(nil),              // 58: llamagrid.v1.RelayEvent
+	(*RelayResponse)(nil),           // 59: llamagrid.v1.RelayResponse
+	nil,                             // 60: llamagrid.v1.SamplingParams.LogitBiasEntry
 }
 var file_llamagrid_v1_inference_proto_depIdxs = []int32{
-	5,  // 0: llamagrid.v1.ChatConversation.messages:type_name -> llamagrid.v1.ChatMessage
-	54, // 1: llamagrid.v1.SamplingParams.logit_bias:type_name -> llamagrid.v1.SamplingParams.LogitBiasEntry
-	4,  // 2: llamagrid.v1.GenerateRequest.tokens:type_name -> llamagrid.v1.TokenList
-	6,  // 3: llamagrid.v1.GenerateRequest.chat:type_name -> llamagrid.v1.ChatConversation
-	7,  // 4: llamagrid.v1.GenerateRequest.sampling:type_name -> llamagrid.v1.SamplingParams
-	9,  // 5: llamagrid.v1.GenerateRequest.session:type_name -> llamagrid.v1.SessionRef
-	0,  // 6: llamagrid.v1.SessionInfo.kv_tier:type_name -> llamagrid.v1.KvTier
-	10, // 7: llamagrid.v1.OpenSessionRequest.transcript:type_name -> llamagrid.v1.SessionTranscript
-	11, // 8: llamagrid.v1.OpenSessionResponse.session:type_name -> llamagrid.v1.SessionInfo
-	11, // 9: llamagrid.v1.GetSessionResponse.session:type_name -> llamagrid.v1.SessionInfo
-	10, // 10: llamagrid.v1.GetSessionResponse.transcript:type_name -> llamagrid.v1.SessionTranscript
-	11, // 11: llamagrid.v1.ForkSessionResponse.session:type_name -> llamagrid.v1.SessionInfo
-	11, // 12: llamagrid.v1.RollbackSessionResponse.session:type_name -> llamagrid.v1.SessionInfo
-	24, // 13: llamagrid.v1.TokenLogprob.chosen:type_name -> llamagrid.v1.LogprobEntry
-	24, // 14: llamagrid.v1.TokenLogprob.top:type_name -> llamagrid.v1.LogprobEntry
-	25, // 15: llamagrid.v1.GenerateChunk.logprobs:type_name -> llamagrid.v1.TokenLogprob
-	1,  // 16: llamagrid.v1.GenerateFinal.finish_reason:type_name -> llamagrid.v1.FinishReason
-	27, // 17: llamagrid.v1.GenerateFinal.usage:type_name -> llamagrid.v1.Usage
-	28, // 18: llamagrid.v1.GenerateFinal.session:type_name -> llamagrid.v1.SessionCommit
-	26, // 19: llamagrid.v1.GenerateResponse.chunk:type_name -> llamagrid.v1.GenerateChunk
-	29, // 20: llamagrid.v1.GenerateResponse.final:type_name -> llamagrid.v1.GenerateFinal
-	4,  // 21: llamagrid.v1.EmbedInput.tokens:type_name -> llamagrid.v1.TokenList
-	31, // 22: llamagrid.v1.EmbedRequest.inputs:type_name -> llamagrid.v1.EmbedInput
-	33, // 23: llamagrid.v1.EmbedResponse.embeddings:type_name -> llamagrid.v1.Embedding
-	36, // 24: llamagrid.v1.TokenizeResponse.pieces:type_name -> llamagrid.v1.TokenPiece
-	3,  // 25: llamagrid.v1.Device.type:type_name -> llamagrid.v1.DeviceType
-	40, // 26: llamagrid.v1.DevicePlacement.devices:type_name -> llamagrid.v1.Device
-	2,  // 27: llamagrid.v1.ModelInfo.capabilities:type_name -> llamagrid.v1.Capability
-	41, // 28: llamagrid.v1.ModelInfo.placement:type_name -> llamagrid.v1.DevicePlacement
-	42, // 29: llamagrid.v1.GetModelInfoResponse.info:type_name -> llamagrid.v1.ModelInfo
-	42, // 30: llamagrid.v1.ListModelsResponse.models:type_name -> llamagrid.v1.ModelInfo
-	50, // 31: llamagrid.v1.RelayRequest.start:type_name -> llamagrid.v1.RelayStart
-	8,  // 32: llamagrid.v1.RelayStart.request:type_name -> llamagrid.v1.GenerateRequest
-	30, // 33: llamagrid.v1.RelayEvent.response:type_name -> llamagrid.v1.GenerateResponse
-	51, // 34: llamagrid.v1.RelayEvent.error:type_name -> llamagrid.v1.RelayError
-	52, // 35: llamagrid.v1.RelayResponse.events:type_name -> llamagrid.v1.RelayEvent
-	8,  // 36: llamagrid.v1.InferenceService.Generate:input_type -> llamagrid.v1.GenerateRequest
-	32, // 37: llamagrid.v1.InferenceService.Embed:input_type -> llamagrid.v1.EmbedRequest
-	35, // 38: llamagrid.v1.InferenceService.Tokenize:input_type -> llamagrid.v1.TokenizeRequest
-	38, // 39: llamagrid.v1.InferenceService.Detokenize:input_type -> llamagrid.v1.DetokenizeRequest
-	43, // 40: llamagrid.v1.InferenceService.GetModelInfo:input_type -> llamagrid.v1.GetModelInfoRequest
-	45, // 41: llamagrid.v1.InferenceService.ListModels:input_type -> llamagrid.v1.ListModelsRequest
-	47, // 42: llamagrid.v1.InferenceService.GetLoad:input_type -> llamagrid.v1.GetLoadRequest
-	49, // 43: llamagrid.v1.InferenceService.Relay:input_type -> llamagrid.v1.RelayRequest
-	12, // 44: llamagrid.v1.SessionService.OpenSession:input_type -> llamagrid.v1.OpenSessionRequest
-	14, // 45: llamagrid.v1.SessionService.GetSession:input_type -> llamagrid.v1.GetSessionRequest
-	16, // 46: llamagrid.v1.SessionService.ForkSession:input_type -> llamagrid.v1.ForkSessionRequest
-	18, // 47: llamagrid.v1.SessionService.RollbackSession:input_type -> llamagrid.v1.RollbackSessionRequest
-	20, // 48: llamagrid.v1.SessionService.CloseSession:input_type -> llamagrid.v1.CloseSessionRequest
-	22, // 49: llamagrid.v1.SessionService.CancelTurn:input_type -> llamagrid.v1.CancelTurnRequest
-	30, // 50: llamagrid.v1.InferenceService.Generate:output_type -> llamagrid.v1.GenerateResponse
-	34, // 51: llamagrid.v1.InferenceService.Embed:output_type -> llamagrid.v1.EmbedResponse
-	37, // 52: llamagrid.v1.InferenceService.Tokenize:output_type -> llamagrid.v1.TokenizeResponse
-	39, // 53: llamagrid.v1.InferenceService.Detokenize:output_type -> llamagrid.v1.DetokenizeResponse
-	44, // 54: llamagrid.v1.InferenceService.GetModelInfo:output_type -> llamagrid.v1.GetModelInfoResponse
-	46, // 55: llamagrid.v1.InferenceService.ListModels:output_type -> llamagrid.v1.ListModelsResponse
-	48, // 56: llamagrid.v1.InferenceService.GetLoad:output_type -> llamagrid.v1.GetLoadResponse
-	53, // 57: llamagrid.v1.InferenceService.Relay:output_type -> llamagrid.v1.RelayResponse
-	13, // 58: llamagrid.v1.SessionService.OpenSession:output_type -> llamagrid.v1.OpenSessionResponse
-	15, // 59: llamagrid.v1.SessionService.GetSession:output_type -> llamagrid.v1.GetSessionResponse
-	17, // 60: llamagrid.v1.SessionService.ForkSession:output_type -> llamagrid.v1.ForkSessionResponse
-	19, // 61: llamagrid.v1.SessionService.RollbackSession:output_type -> llamagrid.v1.RollbackSessionResponse
-	21, // 62: llamagrid.v1.SessionService.CloseSession:output_type -> llamagrid.v1.CloseSessionResponse
-	23, // 63: llamagrid.v1.SessionService.CancelTurn:output_type -> llamagrid.v1.CancelTurnResponse
-	50, // [50:64] is the sub-list for method output_type
-	36, // [36:50] is the sub-list for method input_type
-	36, // [36:36] is the sub-list for extension type_name
-	36, // [36:36] is the sub-list for extension extendee
-	0,  // [0:36] is the sub-list for field type_name
+	10, // 0: llamagrid.v1.ChatMessage.tool_calls:type_name -> llamagrid.v1.ToolCall
+	0,  // 1: llamagrid.v1.ToolChoice.mode:type_name -> llamagrid.v1.ToolChoiceMode
+	7,  // 2: llamagrid.v1.ChatConversation.messages:type_name -> llamagrid.v1.ChatMessage
+	60, // 3: llamagrid.v1.SamplingParams.logit_bias:type_name -> llamagrid.v1.SamplingParams.LogitBiasEntry
+	6,  // 4: llamagrid.v1.GenerateRequest.tokens:type_name -> llamagrid.v1.TokenList
+	12, // 5: llamagrid.v1.GenerateRequest.chat:type_name -> llamagrid.v1.ChatConversation
+	13, // 6: llamagrid.v1.GenerateRequest.sampling:type_name -> llamagrid.v1.SamplingParams
+	15, // 7: llamagrid.v1.GenerateRequest.session:type_name -> llamagrid.v1.SessionRef
+	8,  // 8: llamagrid.v1.GenerateRequest.tools:type_name -> llamagrid.v1.Tool
+	9,  // 9: llamagrid.v1.GenerateRequest.tool_choice:type_name -> llamagrid.v1.ToolChoice
+	1,  // 10: llamagrid.v1.GenerateRequest.reasoning_format:type_name -> llamagrid.v1.ReasoningFormat
+	2,  // 11: llamagrid.v1.SessionInfo.kv_tier:type_name -> llamagrid.v1.KvTier
+	16, // 12: llamagrid.v1.OpenSessionRequest.transcript:type_name -> llamagrid.v1.SessionTranscript
+	17, // 13: llamagrid.v1.OpenSessionResponse.session:type_name -> llamagrid.v1.SessionInfo
+	17, // 14: llamagrid.v1.GetSessionResponse.session:type_name -> llamagrid.v1.SessionInfo
+	16, // 15: llamagrid.v1.GetSessionResponse.transcript:type_name -> llamagrid.v1.SessionTranscript
+	17, // 16: llamagrid.v1.ForkSessionResponse.session:type_name -> llamagrid.v1.SessionInfo
+	17, // 17: llamagrid.v1.RollbackSessionResponse.session:type_name -> llamagrid.v1.SessionInfo
+	30, // 18: llamagrid.v1.TokenLogprob.chosen:type_name -> llamagrid.v1.LogprobEntry
+	30, // 19: llamagrid.v1.TokenLogprob.top:type_name -> llamagrid.v1.LogprobEntry
+	31, // 20: llamagrid.v1.GenerateChunk.logprobs:type_name -> llamagrid.v1.TokenLogprob
+	11, // 21: llamagrid.v1.GenerateChunk.tool_calls:type_name -> llamagrid.v1.ToolCallDelta
+	3,  // 22: llamagrid.v1.GenerateFinal.finish_reason:type_name -> llamagrid.v1.FinishReason
+	33, // 23: llamagrid.v1.GenerateFinal.usage:type_name -> llamagrid.v1.Usage
+	34, // 24: llamagrid.v1.GenerateFinal.session:type_name -> llamagrid.v1.SessionCommit
+	10, // 25: llamagrid.v1.GenerateFinal.tool_calls:type_name -> llamagrid.v1.ToolCall
+	32, // 26: llamagrid.v1.GenerateResponse.chunk:type_name -> llamagrid.v1.GenerateChunk
+	35, // 27: llamagrid.v1.GenerateResponse.final:type_name -> llamagrid.v1.GenerateFinal
+	6,  // 28: llamagrid.v1.EmbedInput.tokens:type_name -> llamagrid.v1.TokenList
+	37, // 29: llamagrid.v1.EmbedRequest.inputs:type_name -> llamagrid.v1.EmbedInput
+	39, // 30: llamagrid.v1.EmbedResponse.embeddings:type_name -> llamagrid.v1.Embedding
+	42, // 31: llamagrid.v1.TokenizeResponse.pieces:type_name -> llamagrid.v1.TokenPiece
+	5,  // 32: llamagrid.v1.Device.type:type_name -> llamagrid.v1.DeviceType
+	46, // 33: llamagrid.v1.DevicePlacement.devices:type_name -> llamagrid.v1.Device
+	4,  // 34: llamagrid.v1.ModelInfo.capabilities:type_name -> llamagrid.v1.Capability
+	47, // 35: llamagrid.v1.ModelInfo.placement:type_name -> llamagrid.v1.DevicePlacement
+	48, // 36: llamagrid.v1.GetModelInfoResponse.info:type_name -> llamagrid.v1.ModelInfo
+	48, // 37: llamagrid.v1.ListModelsResponse.models:type_name -> llamagrid.v1.ModelInfo
+	56, // 38: llamagrid.v1.RelayRequest.start:type_name -> llamagrid.v1.RelayStart
+	14, // 39: llamagrid.v1.RelayStart.request:type_name -> llamagrid.v1.GenerateRequest
+	36, // 40: llamagrid.v1.RelayEvent.response:type_name -> llamagrid.v1.GenerateResponse
+	57, // 41: llamagrid.v1.RelayEvent.error:type_name -> llamagrid.v1.RelayError
+	58, // 42: llamagrid.v1.RelayResponse.events:type_name -> llamagrid.v1.RelayEvent
+	14, // 43: llamagrid.v1.InferenceService.Generate:input_type -> llamagrid.v1.GenerateRequest
+	38, // 44: llamagrid.v1.InferenceService.Embed:input_type -> llamagrid.v1.EmbedRequest
+	41, // 45: llamagrid.v1.InferenceService.Tokenize:input_type -> llamagrid.v1.TokenizeRequest
+	44, // 46: llamagrid.v1.InferenceService.Detokenize:input_type -> llamagrid.v1.DetokenizeRequest
+	49, // 47: llamagrid.v1.InferenceService.GetModelInfo:input_type -> llamagrid.v1.GetModelInfoRequest
+	51, // 48: llamagrid.v1.InferenceService.ListModels:input_type -> llamagrid.v1.ListModelsRequest
+	53, // 49: llamagrid.v1.InferenceService.GetLoad:input_type -> llamagrid.v1.GetLoadRequest
+	55, // 50: llamagrid.v1.InferenceService.Relay:input_type -> llamagrid.v1.RelayRequest
+	18, // 51: llamagrid.v1.SessionService.OpenSession:input_type -> llamagrid.v1.OpenSessionRequest
+	20, // 52: llamagrid.v1.SessionService.GetSession:input_type -> llamagrid.v1.GetSessionRequest
+	22, // 53: llamagrid.v1.SessionService.ForkSession:input_type -> llamagrid.v1.ForkSessionRequest
+	24, // 54: llamagrid.v1.SessionService.RollbackSession:input_type -> llamagrid.v1.RollbackSessionRequest
+	26, // 55: llamagrid.v1.SessionService.CloseSession:input_type -> llamagrid.v1.CloseSessionRequest
+	28, // 56: llamagrid.v1.SessionService.CancelTurn:input_type -> llamagrid.v1.CancelTurnRequest
+	36, // 57: llamagrid.v1.InferenceService.Generate:output_type -> llamagrid.v1.GenerateResponse
+	40, // 58: llamagrid.v1.InferenceService.Embed:output_type -> llamagrid.v1.EmbedResponse
+	43, // 59: llamagrid.v1.InferenceService.Tokenize:output_type -> llamagrid.v1.TokenizeResponse
+	45, // 60: llamagrid.v1.InferenceService.Detokenize:output_type -> llamagrid.v1.DetokenizeResponse
+	50, // 61: llamagrid.v1.InferenceService.GetModelInfo:output_type -> llamagrid.v1.GetModelInfoResponse
+	52, // 62: llamagrid.v1.InferenceService.ListModels:output_type -> llamagrid.v1.ListModelsResponse
+	54, // 63: llamagrid.v1.InferenceService.GetLoad:output_type -> llamagrid.v1.GetLoadResponse
+	59, // 64: llamagrid.v1.InferenceService.Relay:output_type -> llamagrid.v1.RelayResponse
+	19, // 65: llamagrid.v1.SessionService.OpenSession:output_type -> llamagrid.v1.OpenSessionResponse
+	21, // 66: llamagrid.v1.SessionService.GetSession:output_type -> llamagrid.v1.GetSessionResponse
+	23, // 67: llamagrid.v1.SessionService.ForkSession:output_type -> llamagrid.v1.ForkSessionResponse
+	25, // 68: llamagrid.v1.SessionService.RollbackSession:output_type -> llamagrid.v1.RollbackSessionResponse
+	27, // 69: llamagrid.v1.SessionService.CloseSession:output_type -> llamagrid.v1.CloseSessionResponse
+	29, // 70: llamagrid.v1.SessionService.CancelTurn:output_type -> llamagrid.v1.CancelTurnResponse
+	57, // [57:71] is the sub-list for method output_type
+	43, // [43:57] is the sub-list for method input_type
+	43, // [43:43] is the sub-list for extension type_name
+	43, // [43:43] is the sub-list for extension extendee
+	0,  // [0:43] is the sub-list for field type_name
 }
 
 func init() { file_llamagrid_v1_inference_proto_init() }
@@ -4385,32 +4999,36 @@ func file_llamagrid_v1_inference_proto_init() {
 	}
 	file_llamagrid_v1_inference_proto_msgTypes[1].OneofWrappers = []any{}
 	file_llamagrid_v1_inference_proto_msgTypes[3].OneofWrappers = []any{
+		(*ToolChoice_Mode)(nil),
+		(*ToolChoice_Function)(nil),
+	}
+	file_llamagrid_v1_inference_proto_msgTypes[7].OneofWrappers = []any{
 		(*SamplingParams_Grammar)(nil),
 		(*SamplingParams_JsonSchema)(nil),
 	}
-	file_llamagrid_v1_inference_proto_msgTypes[4].OneofWrappers = []any{
+	file_llamagrid_v1_inference_proto_msgTypes[8].OneofWrappers = []any{
 		(*GenerateRequest_Prompt)(nil),
 		(*GenerateRequest_Tokens)(nil),
 		(*GenerateRequest_Chat)(nil),
 	}
-	file_llamagrid_v1_inference_proto_msgTypes[5].OneofWrappers = []any{}
-	file_llamagrid_v1_inference_proto_msgTypes[26].OneofWrappers = []any{
+	file_llamagrid_v1_inference_proto_msgTypes[9].OneofWrappers = []any{}
+	file_llamagrid_v1_inference_proto_msgTypes[30].OneofWrappers = []any{
 		(*GenerateResponse_Chunk)(nil),
 		(*GenerateResponse_Final)(nil),
 	}
-	file_llamagrid_v1_inference_proto_msgTypes[27].OneofWrappers = []any{
+	file_llamagrid_v1_inference_proto_msgTypes[31].OneofWrappers = []any{
 		(*EmbedInput_Text)(nil),
 		(*EmbedInput_Tokens)(nil),
 	}
-	file_llamagrid_v1_inference_proto_msgTypes[32].OneofWrappers = []any{
+	file_llamagrid_v1_inference_proto_msgTypes[36].OneofWrappers = []any{
 		(*TokenPiece_Text)(nil),
 		(*TokenPiece_Raw)(nil),
 	}
-	file_llamagrid_v1_inference_proto_msgTypes[45].OneofWrappers = []any{
+	file_llamagrid_v1_inference_proto_msgTypes[49].OneofWrappers = []any{
 		(*RelayRequest_Start)(nil),
 		(*RelayRequest_Cancel)(nil),
 	}
-	file_llamagrid_v1_inference_proto_msgTypes[48].OneofWrappers = []any{
+	file_llamagrid_v1_inference_proto_msgTypes[52].OneofWrappers = []any{
 		(*RelayEvent_Admitted)(nil),
 		(*RelayEvent_Response)(nil),
 		(*RelayEvent_Error)(nil),
@@ -4420,8 +5038,8 @@ func file_llamagrid_v1_inference_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_llamagrid_v1_inference_proto_rawDesc), len(file_llamagrid_v1_inference_proto_rawDesc)),
-			NumEnums:      4,
-			NumMessages:   51,
+			NumEnums:      6,
+			NumMessages:   55,
 			NumExtensions: 0,
 			NumServices:   2,
 		},
