@@ -19,6 +19,7 @@ from starlette.responses import JSONResponse, Response
 from llamagrid.client import AsyncInferenceClient
 from llamagrid.gateway.admission import Admission
 from llamagrid.gateway.auth import ApiKeyCheck, api_keys, dependencies, install_docs
+from llamagrid.gateway.cors import install_cors
 from llamagrid.gateway.discovery import DnsDiscovery
 from llamagrid.gateway.dispatch import Dispatcher, Routed
 from llamagrid.gateway.errors import OpenAIError, from_rpc_error, validation_failure
@@ -105,6 +106,7 @@ def create_app(settings: GatewaySettings, pool: WorkerPool) -> FastAPI:
     metrics = GatewayMetrics(pool)
     drain = Drain(settings.drain_grace_s)
     app.state.metrics, app.state.drain = metrics, drain
+    app.state.sse_keepalive_s = settings.sse_keepalive_s  # read by gateway.sse
     app.state.sessions = SessionDirectory(store, pool)
     app.state.dispatcher = Dispatcher(
         pool,
@@ -127,6 +129,7 @@ def create_app(settings: GatewaySettings, pool: WorkerPool) -> FastAPI:
         body_timeout_s=settings.body_timeout_s,
     )
     app.add_middleware(GatewayMiddleware, drain=drain, metrics=metrics)
+    install_cors(app, settings.cors_origin)  # last: the outermost middleware
     _install_health_and_metrics(app, pool, metrics, check, settings.metrics_access)
     install_docs(app, check, settings.docs_access)
     _install_error_handlers(app)

@@ -14,7 +14,7 @@ import dataclasses
 import logging
 import random
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -218,6 +218,21 @@ class Dispatcher:
         self, request: Request, proto: pb.GenerateRequest, route: RouteRequest, routed: Routed
     ) -> list[pb.GenerateResponse]:
         """Run a Generate call to its end and return every response."""
+        return (await self.generate_all(request, [(proto, route, routed)]))[0]
+
+    async def generate_all(
+        self, request: Request, calls: Sequence[tuple[pb.GenerateRequest, RouteRequest, Routed]]
+    ) -> list[list[pb.GenerateResponse]]:
+        """Run Generate calls at once (a completion's list of prompts), each to its end, and
+        return every call's responses, in order. The first failure cancels the others and is
+        raised; the HTTP client's disconnect cancels them all."""
+        work = first_failure([self._collect(*call) for call in calls])
+        return await until_disconnected(request, work)
+
+    async def _collect(
+        self, proto: pb.GenerateRequest, route: RouteRequest, routed: Routed
+    ) -> list[pb.GenerateResponse]:
+        """Run one Generate call to its end: every response (a final message per choice)."""
 
         async def collect(
             client: AsyncInferenceClient, timeout: float
@@ -230,16 +245,15 @@ class Dispatcher:
                     raise FailedAfterAdmission(error) from error
 
         try:
-            responses = await until_disconnected(
-                request, self._unary(route, collect, routed, proto)
-            )
+            responses = await self._unary(route, collect, routed, proto)
         except FailedAfterAdmission as failed:
             raise failed.openai_error() from failed
-        if responses and responses[-1].HasField("final"):
-            final = responses[-1].final
-            self.count_usage(route.model, final.usage)
-            if routed.on_final is not None and final.HasField("session"):
-                await routed.on_final(final)
+        for response in responses:
+            if response.HasField("final"):
+                final = response.final
+                self.count_usage(route.model, final.usage)
+                if routed.on_final is not None and final.HasField("session"):
+                    await routed.on_final(final)
         return responses
 
     async def stream(
@@ -352,6 +366,25 @@ class FailedAfterAdmission(Exception):
             "retried on another worker, in case it is what made the worker fail."
         )
         return OpenAIError(502, message, "server_error", code="worker_failed")
+
+
+async def first_failure(work: Sequence[Awaitable[T]]) -> list[T]:
+    """Await every one of ``work`` at once; the first to fail cancels the others, and its error
+    is raised."""
+    tasks = [asyncio.ensure_future(item) for item in work]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        for task in tasks:
+            error = task.exception() if task.done() and not task.cancelled() else None
+            if error is not None:
+                raise error
+        return [task.result() for task in tasks]
+    finally:
+        pending = [task for task in tasks if not task.done()]
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending)
 
 
 async def until_disconnected(request: Request, work: Awaitable[T]) -> T:

@@ -49,8 +49,9 @@ from starlette.types import Receive, Scope, Send
 from llamagrid.gateway.connections import DIRECT_BODY, DirectBody
 from llamagrid.gateway.dispatch import Dispatcher, Routed
 from llamagrid.gateway.errors import OpenAIError, invalid_request, unsupported
+from llamagrid.gateway.fields import UNSET_SCHEMA, refuse_undeclared
 from llamagrid.gateway.openai import rendering, translate
-from llamagrid.gateway.openai.router import ERROR_RESPONSES, get_dispatcher, log_unknown_fields
+from llamagrid.gateway.openai.router import ERROR_RESPONSES, get_dispatcher
 from llamagrid.gateway.openai.schemas import (
     INT32_MAX,
     INT32_MIN,
@@ -109,8 +110,10 @@ Dispatch = Annotated[Dispatcher, Depends(get_dispatcher)]
 class InteractiveRequest(BaseModel):
     """``POST /v1/chat/interactive``: LMDeploy's GenerateRequest (v0.9), plus ``model``."""
 
-    # Unknown fields are ignored (and logged), as LMDeploy ignores them.
-    model_config = ConfigDict(extra="allow")
+    # Fields it does not declare are refused by name (LMDeploy ignores them).
+    model_config = ConfigDict(
+        extra="allow", json_schema_extra={"additionalProperties": UNSET_SCHEMA}
+    )
 
     prompt: StrictStr | list[ChatMessage] = Field(
         description="The turn: a user message as a string, or OpenAI chat messages."
@@ -454,7 +457,7 @@ async def chat_interactive(
 ) -> Response:
     """LMDeploy's interactive chat: the conversation is kept on the server by ``session_id``;
     the ``X-Llamagrid-Session-ID`` header names the session used."""
-    log_unknown_fields(body, request)
+    refuse_undeclared(body)
     sessions = get_sessions(request)
     key = sessions.key(request, body.session_id)
     if body.cancel:

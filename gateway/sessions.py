@@ -31,7 +31,6 @@ from llamagrid.gateway.openai.router import (
     ERROR_RESPONSES,
     completion_responses,
     get_dispatcher,
-    log_unknown_fields,
     run_chat,
 )
 from llamagrid.gateway.openai.schemas import ChatCompletion, ChatCompletionRequest
@@ -451,7 +450,6 @@ async def session_chat(
 ) -> ChatCompletion | EventStreamResponse:
     """The session's next turn: ``messages`` holds only the new messages. Usage counts the
     whole context as prompt tokens, the part reused from the session as cached tokens."""
-    log_unknown_fields(body, request)
     proto = translate.chat_request(body)
     route, routed = await turn_route(request, session_id, proto)
     return await run_chat(body, proto, route, routed, request, response, dispatcher)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
@@ -16,6 +17,8 @@ PolicyName = Literal["round_robin", "least_load", "prefix_affinity", "session_af
 #: Who may read /metrics or the API docs: whoever has an API key (everyone while none is set),
 #: everyone, or no one (the routes are gone).
 Access = Literal["key", "open", "off"]
+#: What a browser sends as Origin: a scheme, a host (a name, IPv4 or [IPv6]) and maybe a port.
+_ORIGIN = re.compile(r"[a-z][a-z0-9+.-]*://(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+)(:[0-9]{1,5})?")
 
 
 class GatewaySettings(BaseSettings):
@@ -220,6 +223,20 @@ class GatewaySettings(BaseSettings):
     drain_grace_s: float = Field(
         30.0, ge=0, description="On SIGTERM, how long in-flight requests may finish (new get 503)."
     )
+    sse_keepalive_s: float = Field(
+        15.0,
+        ge=0,
+        le=3600,
+        description="While a streamed request waits for a worker's queue or for its prompt to be "
+        "prefilled, send an SSE comment line (': keep-alive') after every this many seconds "
+        "without an event, so that proxies do not close the idle connection; 0 turns it off.",
+    )
+    cors_origin: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Origin (scheme://host[:port]) whose browser pages may call the API "
+        "(CORS); repeat the flag or join with ','. '*' allows every origin and must be given "
+        "explicitly. None (the default): no CORS headers.",
+    )
     log_level: LogLevel = Field("info", description="Log level of the gateway and uvicorn.")
 
     @field_validator("workers", "worker_dns", mode="before")
@@ -231,6 +248,24 @@ class GatewaySettings(BaseSettings):
         if isinstance(value, list):
             return [part.strip() for item in value for part in str(item).split(",") if part.strip()]
         return value
+
+    @field_validator("cors_origin", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        """A JSON list, a comma-joined string, or a list of (comma-joined) strings."""
+        return cls._split_workers(value)
+
+    @field_validator("cors_origin")
+    @classmethod
+    def _check_origins(cls, value: list[str]) -> list[str]:
+        """Each origin is '*' or scheme://host[:port], with no path; no duplicates."""
+        for origin in value:
+            if origin != "*" and not _ORIGIN.fullmatch(origin):
+                raise ValueError(
+                    f"CORS origin {origin[:100]!r} is not '*' or scheme://host[:port] (no path, "
+                    "no trailing '/')"
+                )
+        return list(dict.fromkeys(value))
 
     @field_validator("api_key", mode="before")
     @classmethod

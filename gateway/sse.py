@@ -8,10 +8,18 @@ is answered as a plain HTTP error; an error raised later becomes one ``data: {"e
 event that ends the stream without ``[DONE]``. When the client disconnects, the generator is
 cancelled and closed at once. The batches between the first and the last go straight to the
 socket when the server offers it (gateway.connections.DirectBody), past the middleware.
+
+Keep-alive (--sse-keepalive-s): until a stream has sent its first two batches (its opening, and
+the first generated output), a comment line goes out whenever that many seconds pass with
+nothing sent, so that a proxy does not close a connection that waits for a worker's queue or
+for a long prefill. The first comment starts the response (200) if nothing had: a stream that
+waited that long answers a later refusal with the in-stream error event instead of an HTTP
+error status. Clients ignore comment lines (the SSE specification says to).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -47,7 +55,14 @@ Batch = Sequence[Event]
 Events = AsyncGenerator[Batch, None]
 
 COMMENT = b": ok\n\n"
+#: The comment sent while a stream waits for its first events (--sse-keepalive-s).
+KEEPALIVE = b": keep-alive\n\n"
+#: How many of a stream's first batches are waited for with keep-alive comments: the opening
+#: (the admission, or the Responses API's opening events) and the first generated output.
+PINGED_BATCHES = 2
 DONE = b"data: [DONE]\n\n"
+#: The error event of a stream that failed on a bug (logged) rather than a worker's error.
+_FAILURE = OpenAIError(500, "The stream failed.", "server_error")
 HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "Connection": "keep-alive"}
 
 
@@ -66,6 +81,14 @@ def frames(batch: Batch) -> bytes:
     if len(batch) == 1:
         return frame(batch[0])
     return b"".join([frame(event) for event in batch])
+
+
+def keepalive_interval(scope: Scope) -> float:
+    """The app's keep-alive interval in seconds (gateway.app sets it from --sse-keepalive-s);
+    0 when there is none."""
+    state = getattr(scope.get("app"), "state", None)
+    interval = getattr(state, "sse_keepalive_s", 0.0)
+    return float(interval) if isinstance(interval, int | float) and interval > 0 else 0.0
 
 
 def error_response(error: OpenAIError) -> JSONResponse:
@@ -112,17 +135,25 @@ class AdmittedStream(Response):
         try:
             first = await anext(self._source)
         except OpenAIError as error:
-            if self._late_headers is not None:
-                error.headers.update(self._late_headers())
-            await error_response(error)(scope, receive, send)
+            await self._refuse(error, scope, receive, send)
             return False, None
         except StopAsyncIteration:
             first = None
+        await self._start(send)
+        return True, first
+
+    async def _refuse(self, error: OpenAIError, scope: Scope, receive: Receive, send: Send) -> None:
+        """Answer an error raised before the response started as a plain HTTP error."""
+        if self._late_headers is not None:
+            error.headers.update(self._late_headers())
+        await error_response(error)(scope, receive, send)
+
+    async def _start(self, send: Send) -> None:
+        """Send the response's head: 200, with the late headers as they are now."""
         if self._late_headers is not None:
             for name, value in self._late_headers().items():
                 self.raw_headers.append((name.lower().encode(), value.encode()))
         await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
-        return True, first
 
     async def _stream(self, scope: Scope, receive: Receive, send: Send) -> None:
         raise NotImplementedError
@@ -139,10 +170,71 @@ class EventStreamResponse(AdmittedStream):
         super().__init__(events, HEADERS, late_headers)
 
     async def _stream(self, scope: Scope, receive: Receive, send: Send) -> None:
-        started, first = await self._first(scope, receive, send)
-        if not started:
-            return
-        await send_body(send, frames(first if first is not None else [ADMITTED]))
+        interval = keepalive_interval(scope)
+        if interval:
+            if not await self._open_with_pings(scope, receive, send, interval):
+                return
+        else:
+            started, first = await self._first(scope, receive, send)
+            if not started:
+                return
+            await send_body(send, frames(first if first is not None else [ADMITTED]))
+        await self._rest(scope, send)
+
+    async def _open_with_pings(
+        self, scope: Scope, receive: Receive, send: Send, interval: float
+    ) -> bool:
+        """Send the stream's first PINGED_BATCHES batches, with a KEEPALIVE comment whenever
+        ``interval`` seconds pass without anything sent. Returns False when the stream is over
+        (refused with a plain HTTP error, ended by an error event, or out of events)."""
+        pings = _Pings(self, send, interval)
+        opened = False
+        async with anyio.create_task_group() as group:
+            group.start_soon(pings.run)
+            try:
+                opened = await self._opening(scope, receive, send, pings)
+            finally:
+                group.cancel_scope.cancel()
+        return opened
+
+    async def _opening(self, scope: Scope, receive: Receive, send: Send, pings: _Pings) -> bool:
+        for count in range(PINGED_BATCHES):
+            try:
+                batch: Batch | None = await anext(self._source)
+            except StopAsyncIteration:
+                batch = None
+            except OpenAIError as error:
+                async with pings.lock:
+                    pings.stopped = True
+                    if not pings.started:
+                        await self._refuse(error, scope, receive, send)
+                    else:
+                        await send_body(send, frame(error.body()), more_body=False)
+                return False
+            except Exception:
+                async with pings.lock:
+                    pings.stopped = True
+                    if not pings.started:
+                        raise
+                    logger.exception("event stream failed")
+                    await send_body(send, frame(_FAILURE.body()), more_body=False)
+                return False
+            async with pings.lock:
+                if not pings.started:
+                    await self._start(send)
+                    pings.started = True
+                if batch is None:  # no more events: end as an exhausted stream does
+                    pings.stopped = True
+                    opening = frames([ADMITTED]) if count == 0 else b""
+                    await send_body(send, opening + DONE, more_body=False)
+                    return False
+                pings.stopped = count == PINGED_BATCHES - 1
+                await send_body(send, frames(batch))
+                pings.sent()
+        return True
+
+    async def _rest(self, scope: Scope, send: Send) -> None:
+        """Send the source's remaining batches, then [DONE] (or the error that ended it)."""
         direct: DirectBody | None = scope.get("extensions", {}).get(DIRECT_BODY)
         try:
             async for batch in self._source:
@@ -154,10 +246,49 @@ class EventStreamResponse(AdmittedStream):
             return
         except Exception:
             logger.exception("event stream failed")
-            failure = OpenAIError(500, "The stream failed.", "server_error")
-            await send_body(send, frame(failure.body()), more_body=False)
+            await send_body(send, frame(_FAILURE.body()), more_body=False)
             return
         await send_body(send, DONE, more_body=False)
+
+
+class _Pings:
+    """The keep-alive comments of a stream's opening: KEEPALIVE once ``interval`` seconds have
+    passed since anything was sent, starting the response (200) first if nothing had. Every
+    send of the opening, the stream's own and these, holds ``lock``, so that none goes out
+    half-way through another and none follows the stream's end."""
+
+    def __init__(self, response: AdmittedStream, send: Send, interval: float) -> None:
+        self.response = response
+        self.send = send
+        self.interval = interval
+        self.lock = asyncio.Lock()
+        #: The response's head has gone out.
+        self.started = False
+        #: No more comments: the opening is over.
+        self.stopped = False
+        self._last = anyio.current_time()
+
+    def sent(self) -> None:
+        """Something was just sent: the next comment is due ``interval`` seconds from now."""
+        self._last = anyio.current_time()
+
+    async def run(self) -> None:
+        while True:
+            await anyio.sleep(max(0.0, self._last + self.interval - anyio.current_time()))
+            async with self.lock:
+                if self.stopped:
+                    return
+                if anyio.current_time() - self._last < self.interval:
+                    continue
+                try:
+                    if not self.started:
+                        await self.response._start(self.send)
+                        self.started = True
+                    await send_body(self.send, KEEPALIVE)
+                except OSError:  # the client left: the disconnect ends the stream
+                    self.stopped = True
+                    return
+                self.sent()
 
 
 async def send_body(send: Send, body: bytes, more_body: bool = True) -> None:

@@ -27,7 +27,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from llamagrid.worker.engine.counters import EngineSnapshot
-from llamagrid.worker.engine.events import FinishReason
+from llamagrid.worker.engine.events import ENGINE_REASONS, FinishReason
 
 LLAMACPP = "llamacpp:"
 OURS = "llamagrid_worker_"
@@ -154,7 +154,9 @@ class WorkerCollector(Collector):
                 "Finished generations by finish reason.",
                 labels=("finish_reason",),
             ),
-            {(r.value,): finished.get(r.value, 0) for r in FinishReason},
+            # The engine counts why decoding stopped: a turn that ends in tool calls (decided
+            # after it, by the output parser) counts as the end of sequence it was.
+            {(r.value,): finished.get(r.value, 0) for r in FinishReason if r in ENGINE_REASONS},
         )
         tiers = snap.session_tiers
         yield self._labelled(

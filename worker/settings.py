@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import AliasChoices, Field, model_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from llamagrid.worker.engine.dimensions import EmbeddingDimensions
 from llamagrid.worker.engine.limits import RequestLimits
 
 #: The request limits' defaults live with RequestLimits; the settings only expose them.
@@ -45,6 +46,20 @@ class WorkerSettings(BaseSettings):
         "'<|im_start|>' in a message's content) as special tokens, as before: any client can "
         "then forge turns and roles. Off: message text is plain text, and only the chat "
         "template writes special tokens.",
+    )
+    reasoning_format: Literal["none", "split"] = Field(
+        default="split",
+        description="How a reasoning model's thinking is returned when a request does not say: "
+        "'split' takes it out of the text (gRPC GenerateChunk.reasoning, HTTP "
+        "reasoning_content) when the chat template has a thinking format (<think>, gpt-oss "
+        "channels); 'none' leaves it in the text.",
+    )
+    tool_call_format: Literal[
+        "auto", "hermes", "llama3", "mistral", "deepseek", "gpt-oss", "generic"
+    ] = Field(
+        default="auto",
+        description="The markup the model writes tool calls in; 'auto' detects it from the chat "
+        "template, and falls back to 'generic' (a JSON object the worker's grammar asks for).",
     )
     special_tokens_in_prompt: bool = Field(
         default=False,
@@ -173,6 +188,13 @@ class WorkerSettings(BaseSettings):
         default="model",
         description="Embedding pooling; 'model' uses the GGUF's, or mean if it has none.",
     )
+    embedding_dimensions: str = Field(
+        default="",
+        description="Widths an embeddings request's 'dimensions' may truncate vectors to, joined "
+        "with ',' (e.g. 64,128,256), or 'any' (1 to the model's width). Set it only for a model "
+        "trained for truncation (Matryoshka embeddings); empty (the default): 'dimensions' is "
+        "refused.",
+    )
 
     # Serving.
     max_queue: int = Field(default=64, ge=0, description="Requests that may wait for a slot.")
@@ -257,6 +279,13 @@ class WorkerSettings(BaseSettings):
         ge=1,
         description="Most token ids in one request (a token prompt, Detokenize, Embed inputs).",
     )
+    max_prompt_logprobs_tokens: int = Field(
+        default=_LIMITS.max_prompt_logprobs_tokens,
+        ge=1,
+        description="Longest prompt, in tokens, whose log-probabilities a request may ask for "
+        "(prompt_logprobs, echo with logprobs): each costs a softmax over the vocabulary on "
+        "the engine thread.",
+    )
     max_stop_bytes: int = Field(
         default=_LIMITS.max_stop_bytes, ge=1, description="Longest stop string, in UTF-8 bytes."
     )
@@ -273,6 +302,19 @@ class WorkerSettings(BaseSettings):
         description="Port of the Prometheus /metrics HTTP endpoint; 0: no endpoint.",
     )
     log_level: str = Field(default="info", description="Python logging level.")
+
+    @field_validator("embedding_dimensions", mode="before")
+    @classmethod
+    def _check_embedding_dimensions(cls, value: object) -> object:
+        """'any', widths joined with ',', or (from a config file) a list of widths."""
+        if isinstance(value, list):
+            value = ",".join(str(item) for item in value)
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)
+        if isinstance(value, str):
+            EmbeddingDimensions.parse(value)  # raises ValueError for a malformed value
+            return value.strip()
+        return value
 
     @model_validator(mode="after")
     def _check_transport(self) -> WorkerSettings:

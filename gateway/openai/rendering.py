@@ -17,6 +17,7 @@ FINISH_REASONS: dict[int, s.FinishReason] = {
     pb.FINISH_REASON_EOS: "stop",
     pb.FINISH_REASON_STOP_STRING: "stop",
     pb.FINISH_REASON_LENGTH: "length",
+    pb.FINISH_REASON_TOOL_CALLS: "tool_calls",
 }
 
 
@@ -25,9 +26,16 @@ def missing_final() -> OpenAIError:
     return OpenAIError(502, "The worker ended the stream without a final message.", "server_error")
 
 
-def finish_reason(final: pb.GenerateFinal) -> s.FinishReason:
-    """OpenAI's finish reason for a final message."""
+def chat_finish_reason(final: pb.GenerateFinal) -> s.FinishReason:
+    """OpenAI's finish reason for a final message of a chat completion."""
     return FINISH_REASONS.get(final.finish_reason, "stop")
+
+
+def finish_reason(final: pb.GenerateFinal) -> s.TextFinishReason:
+    """OpenAI's finish reason for a final message without tools (text completions, LMDeploy's
+    interactive chat), where no call can end it."""
+    reason = chat_finish_reason(final)
+    return "stop" if reason == "tool_calls" else reason
 
 
 def usage(proto: pb.Usage) -> s.Usage:
@@ -43,6 +51,20 @@ def usage_fields(proto: pb.Usage) -> dict[str, Any]:
         "total_tokens": proto.prompt_tokens + proto.completion_tokens,
         "prompt_tokens_details": {"cached_tokens": reused_tokens(proto)},
     }
+
+
+def total_usage(finals: Sequence[pb.GenerateFinal]) -> pb.Usage:
+    """The usage of a response of several choices (or prompts): the sum of their final messages'
+    (a Generate call counts its prompt in one of them only)."""
+    total = pb.Usage()
+    for final in finals:
+        u = final.usage
+        total.prompt_tokens += u.prompt_tokens
+        total.completion_tokens += u.completion_tokens
+        total.cached_tokens += u.cached_tokens
+        total.restored_tokens += u.restored_tokens
+        total.prefilled_tokens += u.prefilled_tokens
+    return total
 
 
 def reused_tokens(proto: pb.Usage) -> int:
@@ -86,74 +108,172 @@ class CompletionLogprobsBuilder:
             "text_offset": offsets,
         }
 
+    def build_prompt(self, entries: Sequence[pb.TokenLogprob]) -> dict[str, Any]:
+        """The logprobs of a prompt's tokens (echo), like ``build``, except that the first token
+        has none (null): nothing precedes it."""
+        rendered = self.build(entries)
+        if entries:
+            rendered["token_logprobs"][0] = None
+            rendered["top_logprobs"][0] = None
+        return rendered
+
+
+def join_logprobs(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Completion logprobs (``build``'s output) one after the other, as one."""
+    keys = ("tokens", "token_logprobs", "top_logprobs", "text_offset")
+    return {key: [value for part in parts for value in part[key]] for key in keys}
+
 
 @dataclass
 class Generated:
     """A whole Generate stream, gathered."""
 
     text: str = ""
+    #: The thinking split out of the text (GenerateChunk.reasoning).
+    reasoning: str = ""
     token_ids: list[int] = field(default_factory=list)
     logprobs: list[pb.TokenLogprob] = field(default_factory=list)
     final: pb.GenerateFinal | None = None
+    #: The prompt's text (echo) and its tokens' log-probabilities: the worker sends them once
+    #: per Generate call, and they belong to every choice of the call.
+    prompt_text: str = ""
+    prompt_logprobs: list[pb.TokenLogprob] = field(default_factory=list)
 
     @classmethod
     def gather(cls, responses: Sequence[pb.GenerateResponse]) -> Generated:
-        """Join the chunks; raises when the final message is missing."""
-        generated = cls()
-        texts: list[str] = []
+        """Join the chunks of a one-choice stream; raises when the final message is missing."""
+        return cls.gather_choices(responses, 1)[0]
+
+    @classmethod
+    def gather_choices(cls, responses: Sequence[pb.GenerateResponse], n: int) -> list[Generated]:
+        """Join the chunks of each of a stream's n choices (by index); raises when a final
+        message is missing."""
+        choices = [cls() for _ in range(n)]
+        texts: list[list[str]] = [[] for _ in range(n)]
+        reasoning: list[list[str]] = [[] for _ in range(n)]
         for response in responses:
             if response.HasField("chunk"):
-                texts.append(response.chunk.text)
-                generated.token_ids.extend(response.chunk.token_ids)
-                generated.logprobs.extend(response.chunk.logprobs)
+                chunk = response.chunk
+                index = _choice_index(chunk.index, n)
+                texts[index].append(chunk.text)
+                reasoning[index].append(chunk.reasoning)
+                choices[index].token_ids.extend(chunk.token_ids)
+                choices[index].logprobs.extend(chunk.logprobs)
+                if chunk.prompt_text or chunk.prompt_logprobs:
+                    for choice in choices:
+                        choice.prompt_text = chunk.prompt_text
+                        choice.prompt_logprobs = list(chunk.prompt_logprobs)
             elif response.HasField("final"):
-                generated.final = response.final
-        if generated.final is None:
-            raise missing_final()
-        generated.text = "".join(texts)
-        return generated
+                choices[_choice_index(response.final.index, n)].final = response.final
+        for index, generated in enumerate(choices):
+            if generated.final is None:
+                raise missing_final()
+            generated.text = "".join(texts[index])
+            generated.reasoning = "".join(reasoning[index])
+        return choices
+
+
+def _choice_index(index: int, n: int) -> int:
+    if index >= n:
+        raise OpenAIError(
+            502, f"The worker sent choice {index} of a request for {n}.", "server_error"
+        )
+    return index
+
+
+def _choices(generated: Generated | Sequence[Generated]) -> list[Generated]:
+    choices = [generated] if isinstance(generated, Generated) else list(generated)
+    assert all(choice.final is not None for choice in choices)
+    return choices
 
 
 def chat_completion(
-    response_id: str, model: str, generated: Generated, logprobs: bool, token_ids: bool = False
+    response_id: str,
+    model: str,
+    generated: Generated | Sequence[Generated],
+    logprobs: bool,
+    token_ids: bool = False,
 ) -> s.ChatCompletion:
-    """The response of a non-streamed chat completion."""
-    assert generated.final is not None
-    choice = s.ChatChoice(
-        index=0,
-        message=s.AssistantMessage(content=generated.text),
-        logprobs=s.ChoiceLogprobs(**chat_logprobs(generated.logprobs)) if logprobs else None,
-        finish_reason=finish_reason(generated.final),
-        token_ids=generated.token_ids if token_ids else None,
-    )
+    """The response of a non-streamed chat completion: one choice per Generated (n)."""
+    choices = _choices(generated)
+    rendered = [
+        s.ChatChoice(
+            index=index,
+            message=assistant_message(choice),
+            logprobs=s.ChoiceLogprobs(**chat_logprobs(choice.logprobs)) if logprobs else None,
+            finish_reason=chat_finish_reason(choice.final),
+            token_ids=choice.token_ids if token_ids else None,
+        )
+        for index, choice in enumerate(choices)
+        if choice.final is not None
+    ]
     return s.ChatCompletion(
         id=response_id,
         created=int(time.time()),
         model=model,
-        choices=[choice],
-        usage=usage(generated.final.usage),
+        choices=rendered,
+        usage=usage(total_usage([c.final for c in choices if c.final is not None])),
+    )
+
+
+def assistant_message(generated: Generated) -> s.AssistantMessage:
+    """The generated message: its text, the final message's tool calls, and the thinking. The
+    content is null when the turn only called tools, as OpenAI's is."""
+    assert generated.final is not None
+    calls = [
+        s.ToolCall(id=call.id, function=s.FunctionCall(name=call.name, arguments=call.arguments))
+        for call in generated.final.tool_calls
+    ]
+    return s.AssistantMessage(
+        content=None if calls and not generated.text else generated.text,
+        tool_calls=calls or None,
+        reasoning_content=generated.reasoning or None,
     )
 
 
 def completion(
-    response_id: str, model: str, generated: Generated, logprobs: bool, offset: int
+    response_id: str,
+    model: str,
+    generated: Generated | Sequence[Generated],
+    logprobs: bool,
+    offset: int | Sequence[int],
 ) -> s.Completion:
-    """The response of a non-streamed text completion."""
-    assert generated.final is not None
-    rendered = CompletionLogprobsBuilder(offset).build(generated.logprobs) if logprobs else None
-    choice = s.CompletionChoice(
-        index=0,
-        text=generated.text,
-        logprobs=None if rendered is None else s.CompletionLogprobs(**rendered),
-        finish_reason=finish_reason(generated.final),
-    )
+    """The response of a non-streamed text completion: one choice per Generated (prompt i's
+    choice j at i * n + j). ``offset`` is where each choice's generated text starts in the
+    text that text_offset counts (the prompt's length), one for all or one per choice. An
+    echoed prompt comes first in a choice's text, and in its logprobs when asked for."""
+    choices = _choices(generated)
+    offsets = [offset] * len(choices) if isinstance(offset, int) else list(offset)
+    rendered = []
+    for index, choice in enumerate(choices):
+        assert choice.final is not None
+        scored = completion_logprobs(choice, offsets[index]) if logprobs else None
+        rendered.append(
+            s.CompletionChoice(
+                index=index,
+                text=choice.prompt_text + choice.text,
+                logprobs=None if scored is None else s.CompletionLogprobs(**scored),
+                finish_reason=finish_reason(choice.final),
+            )
+        )
     return s.Completion(
         id=response_id,
         created=int(time.time()),
         model=model,
-        choices=[choice],
-        usage=usage(generated.final.usage),
+        choices=rendered,
+        usage=usage(total_usage([c.final for c in choices if c.final is not None])),
     )
+
+
+def completion_logprobs(generated: Generated, offset: int) -> dict[str, Any]:
+    """A choice's logprobs in the legacy format: the echoed prompt's tokens first (when the
+    worker sent them; text offsets then count from the prompt's start), then the generated."""
+    builder = CompletionLogprobsBuilder(0 if generated.prompt_text else offset)
+    parts = [builder.build_prompt(generated.prompt_logprobs)] if generated.prompt_logprobs else []
+    if generated.prompt_text:
+        builder.offset = len(generated.prompt_text)
+    parts.append(builder.build(generated.logprobs))
+    return join_logprobs(parts)
 
 
 def embedding_list(model: str, response: pb.EmbedResponse, encoding: str) -> s.EmbeddingList:

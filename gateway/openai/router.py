@@ -12,6 +12,7 @@ from llamagrid.client import AsyncInferenceClient
 from llamagrid.gateway.dispatch import Dispatcher, Routed
 from llamagrid.gateway.errors import model_not_found
 from llamagrid.gateway.openai import rendering, streaming, translate
+from llamagrid.gateway.openai.fanout import merged_streams
 from llamagrid.gateway.openai.schemas import (
     ChatCompletion,
     ChatCompletionRequest,
@@ -82,7 +83,6 @@ async def chat_completions(
     body: ChatCompletionRequest, request: Request, response: Response, dispatcher: Dispatch
 ) -> ChatCompletion | EventStreamResponse:
     """Chat completion, streamed as server-sent events when ``stream`` is true."""
-    log_unknown_fields(body, request)
     proto = translate.chat_request(body)
     route, routed = _route(dispatcher, proto, request, body.user)
     return await run_chat(body, proto, route, routed, request, response, dispatcher)
@@ -100,12 +100,14 @@ async def run_chat(
     """Run a translated chat request where ``route`` says: a stream, or the whole answer."""
     request.state.model, request.state.routed = proto.model, routed
     logprobs = bool(body.logprobs)
+    n = max(1, proto.n)
     if body.stream:
         include_usage = _include_usage(body.stream_options)
-        chunks = streaming.ChatChunks(proto.request_id, body.model, include_usage, logprobs)
+        chunks = streaming.ChatChunks(proto.request_id, body.model, include_usage, logprobs, n)
         events = streaming.stream_events(dispatcher.stream(proto, route, routed), chunks)
         return EventStreamResponse(events, routed.headers)
-    generated = rendering.Generated.gather(await dispatcher.generate(request, proto, route, routed))
+    responses = await dispatcher.generate(request, proto, route, routed)
+    generated = rendering.Generated.gather_choices(responses, n)
     response.headers.update(routed.headers())
     return rendering.chat_completion(
         proto.request_id, body.model, generated, logprobs, bool(body.return_token_ids)
@@ -116,22 +118,33 @@ async def run_chat(
 async def completions(
     body: CompletionRequest, request: Request, response: Response, dispatcher: Dispatch
 ) -> Completion | EventStreamResponse:
-    """Text completion, streamed as server-sent events when ``stream`` is true."""
-    log_unknown_fields(body, request)
-    proto = translate.completion_request(body)
-    route, routed = _route(dispatcher, proto, request, body.user)
+    """Text completion, streamed as server-sent events when ``stream`` is true. A list of
+    prompts is a Generate call per prompt, run at once (prompt i's choice j is index i * n + j)."""
+    protos = translate.completion_requests(body)
+    calls = [(proto, *_route(dispatcher, proto, request, body.user)) for proto in protos]
+    first, _, routed = calls[0]
+    request.state.routed = routed  # the first call's worker answers for all in the headers
     logprobs = body.logprobs is not None
-    offset = len(proto.prompt) if proto.WhichOneof("input") == "prompt" else 0
+    n = max(1, first.n)
+    offsets = [len(p.prompt) if p.WhichOneof("input") == "prompt" else 0 for p in protos]
     if body.stream:
         include_usage = _include_usage(body.stream_options)
         chunks = streaming.CompletionChunks(
-            proto.request_id, body.model, include_usage, logprobs, offset
+            first.request_id, body.model, include_usage, logprobs, offsets, n
         )
-        events = streaming.stream_events(dispatcher.stream(proto, route, routed), chunks)
+        streams = [dispatcher.stream(*call) for call in calls]
+        messages = streams[0] if len(streams) == 1 else merged_streams(streams, n)
+        events = streaming.stream_events(messages, chunks)
         return EventStreamResponse(events, routed.headers)
-    generated = rendering.Generated.gather(await dispatcher.generate(request, proto, route, routed))
+    results = await dispatcher.generate_all(request, calls)
+    generated = [
+        choice
+        for responses in results
+        for choice in rendering.Generated.gather_choices(responses, n)
+    ]
     response.headers.update(routed.headers())
-    return rendering.completion(proto.request_id, body.model, generated, logprobs, offset)
+    choice_offsets = [offset for offset in offsets for _ in range(n)]
+    return rendering.completion(first.request_id, body.model, generated, logprobs, choice_offsets)
 
 
 @router.post("/embeddings")
@@ -139,7 +152,6 @@ async def embeddings(
     body: EmbeddingRequest, request: Request, response: Response, dispatcher: Dispatch
 ) -> EmbeddingList:
     """Embeddings of one or more inputs, as floats or base64."""
-    log_unknown_fields(body, request)
     proto = translate.embed_request(body)
     route = RouteRequest(body.model, None, session_key(request, body.user))
     routed = Routed()
@@ -183,17 +195,3 @@ def _route(
 
 def _include_usage(options: StreamOptions | None) -> bool:
     return options is not None and options.include_usage
-
-
-def log_unknown_fields(body: BaseModel, request: Request) -> None:
-    extra: dict[str, Any] = body.model_extra or {}
-    if extra:
-        logger.info("%s: ignoring unknown fields %s", request.url.path, field_names(extra))
-
-
-def field_names(extra: dict[str, Any], most: int = 8, longest: int = 40) -> str:
-    """Client-chosen field names as they may go to a log: a few, each cut short, repr'd (so no
-    control character gets through), and how many were left out."""
-    names = [repr(name[:longest]) + ("..." if len(name) > longest else "") for name in extra]
-    shown = ", ".join(sorted(names)[:most])
-    return shown + (f" and {len(names) - most} more" if len(names) > most else "")

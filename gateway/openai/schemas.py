@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, model_validator
+
+from llamagrid.gateway.fields import UNSET_SCHEMA
 
 # ---------------------------------------------------------------------------------------------
 # Requests
 
 
 class _Body(BaseModel):
-    """A request body: unknown fields are kept (and logged) rather than rejected."""
+    """A request body: fields it does not declare are kept, so that the gateway can refuse
+    each by name unless it holds nothing (llamagrid.gateway.fields); its schema says so."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(
+        extra="allow", json_schema_extra={"additionalProperties": UNSET_SCHEMA}
+    )
 
 
 class StreamOptions(_Body):
@@ -29,12 +34,70 @@ class ContentPart(_Body):
     text: str | None = None
 
 
+class CalledFunction(_Body):
+    """The function an earlier assistant turn called, with its arguments as JSON text."""
+
+    name: str
+    arguments: str
+
+
+class MessageToolCall(_Body):
+    """A tool call of an earlier assistant turn; only ``{"type": "function"}`` calls."""
+
+    id: str
+    type: str = "function"
+    function: CalledFunction
+
+
 class ChatMessage(_Body):
     """One turn of the conversation."""
 
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = None
     name: str | None = None
+    #: The calls an assistant turn made (its content may then be null).
+    tool_calls: list[MessageToolCall] | None = None
+    #: The call a tool message answers.
+    tool_call_id: str | None = None
+    #: The thinking of an earlier assistant turn (llama-server's field).
+    reasoning_content: str | None = None
+
+
+class FunctionDefinition(_Body):
+    """A function the model may call: its name, what it does and a JSON Schema of its
+    arguments."""
+
+    name: str
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class ChatTool(_Body):
+    """One entry of ``tools``; only ``{"type": "function"}`` tools are supported."""
+
+    type: str
+    function: FunctionDefinition | None = None
+
+
+class FunctionName(_Body):
+    """The function a named ``tool_choice`` forces."""
+
+    name: str
+
+
+class NamedToolChoice(_Body):
+    """``tool_choice`` naming the one function the model must call."""
+
+    type: str
+    function: FunctionName | None = None
+
+
+ToolChoiceOption = Literal["none", "auto", "required"] | NamedToolChoice
+#: OpenAI's values of ``reasoning_effort`` (translate.py says which the worker takes).
+ReasoningEffort = Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"]
+#: llama-server's values of ``reasoning_format``.
+ReasoningFormat = Literal["none", "auto", "deepseek", "deepseek-legacy"]
 
 
 class TextFormat(_Body):
@@ -44,9 +107,11 @@ class TextFormat(_Body):
 
 
 class JsonObjectFormat(_Body):
-    """Any JSON object."""
+    """Any JSON object, or, with ``schema`` (llama.cpp's and llama-cpp-python's form), JSON
+    that validates against that schema."""
 
     type: Literal["json_object"]
+    schema_: dict[str, Any] | None = Field(None, alias="schema")
 
 
 class JsonSchemaSpec(_Body):
@@ -94,7 +159,8 @@ class SamplingFields(_Body):
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
     logit_bias: dict[str, float] | None = None
-    n: int | None = None
+    #: Choices to generate (the worker bounds it by its slots).
+    n: UInt32 | None = None
     user: str | None = None
     # llama.cpp extras
     top_k: Int32 | None = None
@@ -104,6 +170,49 @@ class SamplingFields(_Body):
     repeat_last_n: Int32 | None = None
     ignore_eos: bool | None = None
     grammar: str | None = None
+    #: llama-server's: output constrained to JSON valid against this schema.
+    json_schema: dict[str, Any] | None = None
+    # llama.cpp's samplers, by llama-server's names (the worker checks the values).
+    mirostat: UInt32 | None = None
+    mirostat_tau: float | None = None
+    mirostat_eta: float | None = None
+    dry_multiplier: float | None = None
+    dry_base: float | None = None
+    dry_allowed_length: Int32 | None = None
+    dry_penalty_last_n: Int32 | None = None
+    dry_sequence_breakers: list[StrictStr] | None = None
+    xtc_probability: float | None = None
+    xtc_threshold: float | None = None
+    top_n_sigma: float | None = None
+    dynatemp_range: float | None = None
+    dynatemp_exponent: float | None = None
+    min_keep: UInt32 | None = None
+    #: The sampler order: a list of names, or a string of one-letter codes ("edkypmxt").
+    samplers: StrictStr | list[StrictStr] | None = None
+    adaptive_target: float | None = None
+    adaptive_decay: float | None = None
+    #: llama-server's name for the number of most likely alternatives returned per token: the
+    #: same as ``logprobs`` (a number) on /v1/completions, and as ``logprobs: true`` with
+    #: ``top_logprobs`` on /v1/chat/completions. 0 means none.
+    n_probs: UInt32 | None = None
+
+    @model_validator(mode="after")
+    def _n_probs_as_openai_fields(self) -> Self:
+        """n_probs becomes the route's OpenAI fields, which must not say otherwise."""
+        n = self.n_probs
+        if not n:
+            return self
+        values = self.__dict__  # the route's own fields, which this base class does not declare
+        if "top_logprobs" in type(self).model_fields:  # chat: a flag and a count
+            flag, count = values.get("logprobs"), values.get("top_logprobs")
+            if flag is False or count not in (None, n):
+                raise ValueError(f"n_probs ({n}) and logprobs/top_logprobs disagree")
+            values["logprobs"], values["top_logprobs"] = True, n
+        elif "logprobs" in type(self).model_fields:  # completions: the count itself
+            if values.get("logprobs") not in (None, n):
+                raise ValueError(f"n_probs ({n}) and logprobs ({values['logprobs']}) disagree")
+            values["logprobs"] = n
+        return self
 
 
 class ChatCompletionRequest(SamplingFields):
@@ -116,12 +225,17 @@ class ChatCompletionRequest(SamplingFields):
     response_format: ResponseFormat | None = None
     #: vLLM's extension: return the generated token ids with the (non-streamed) choice.
     return_token_ids: bool | None = None
+    tools: list[ChatTool] | None = None
+    tool_choice: ToolChoiceOption | None = None
+    parallel_tool_calls: bool | None = None
+    #: Extra variables for the chat template (llama-server's field).
+    chat_template_kwargs: dict[str, Any] | None = None
+    reasoning_effort: ReasoningEffort | None = None
+    #: How a reasoning model's thinking is returned (llama-server's field).
+    reasoning_format: ReasoningFormat | None = None
     # Accepted only so that they can be refused by name.
-    tools: Any = None
-    tool_choice: Any = None
     functions: Any = None
     function_call: Any = None
-    parallel_tool_calls: Any = None
     audio: Any = None
     modalities: list[str] | None = None
     prediction: Any = None
@@ -145,7 +259,8 @@ class EmbeddingRequest(_Body):
     model: str
     input: StrictStr | list[StrictStr] | TokenIds | list[TokenIds]
     encoding_format: Literal["float", "base64"] = "float"
-    dimensions: int | None = None
+    #: Strict: 64.0, "64" and true are refused rather than read as integers.
+    dimensions: Annotated[StrictInt, Field(ge=1, le=UINT32_MAX)] | None = None
     user: str | None = None
 
 
@@ -187,8 +302,9 @@ class CompletionLogprobs(BaseModel):
     """The log-probabilities of a text completion, in the legacy completions format."""
 
     tokens: list[str] = Field(default_factory=list)
-    token_logprobs: list[float] = Field(default_factory=list)
-    top_logprobs: list[dict[str, float]] = Field(default_factory=list)
+    #: Null for a prompt's first token (echo): nothing precedes it.
+    token_logprobs: list[float | None] = Field(default_factory=list)
+    top_logprobs: list[dict[str, float] | None] = Field(default_factory=list)
     text_offset: list[int] = Field(default_factory=list)
 
 
@@ -207,15 +323,37 @@ class Usage(BaseModel):
     prompt_tokens_details: PromptTokensDetails | None = None
 
 
-FinishReason = Literal["stop", "length"]
+#: Why a text completion ended.
+TextFinishReason = Literal["stop", "length"]
+#: Why a chat completion ended.
+FinishReason = Literal["stop", "length", "tool_calls"]
+
+
+class FunctionCall(BaseModel):
+    """The function a tool call calls, with its arguments as JSON text."""
+
+    name: str
+    arguments: str
+
+
+class ToolCall(BaseModel):
+    """A tool call the model made."""
+
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
 
 
 class AssistantMessage(BaseModel):
     """The generated message."""
 
     role: Literal["assistant"] = "assistant"
-    content: str
+    #: Null when the turn only called tools.
+    content: str | None
     refusal: str | None = None
+    tool_calls: list[ToolCall] | None = _omitted()
+    #: The thinking, split out of the content (llama-server's field).
+    reasoning_content: str | None = _omitted()
 
 
 class ChatChoice(BaseModel):
@@ -241,11 +379,30 @@ class ChatCompletion(BaseModel):
     system_fingerprint: str | None = _omitted()
 
 
+class FunctionDelta(BaseModel):
+    """A part of a streamed tool call's function: its name first, then argument fragments."""
+
+    name: str | None = _omitted()
+    arguments: str | None = _omitted()
+
+
+class ToolCallDelta(BaseModel):
+    """A part of a streamed tool call. The first one of a call carries its id, type and name
+    (arguments ""); later ones carry only the index and the next fragment of the arguments."""
+
+    index: int
+    id: str | None = _omitted()
+    type: Literal["function"] | None = _omitted()
+    function: FunctionDelta | None = _omitted()
+
+
 class ChatDelta(BaseModel):
     """What a chunk adds to the message."""
 
     role: Literal["assistant"] | None = _omitted()
     content: str | None = _omitted()
+    reasoning_content: str | None = _omitted()
+    tool_calls: list[ToolCallDelta] | None = _omitted()
 
 
 class ChatChunkChoice(BaseModel):

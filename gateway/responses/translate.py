@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Iterable
 
 from llamagrid.gateway.errors import OpenAIError, invalid_request, unsupported
+from llamagrid.gateway.fields import one_of, unset
 from llamagrid.gateway.responses.schemas import (
     InputItem,
     InputPart,
@@ -83,7 +84,7 @@ def parse_previous(response_id: str) -> tuple[str, int]:
 def check(body: ResponseCreateRequest) -> None:
     """Refuse what the gateway cannot honour (module docstring)."""
     for name, value in (body.model_extra or {}).items():
-        if not (_unset(value) or _accepted(value, ACCEPTED_DEFAULTS.get(name, ()))):
+        if not (unset(value) or one_of(*ACCEPTED_DEFAULTS.get(name, ()))(value)):
             raise unsupported(name)
     if body.stream_options is not None and not body.stream:
         raise invalid_request(
@@ -170,18 +171,6 @@ def _text(part: InputPart, where: str) -> str:
     if part.text is None:
         raise invalid_request("A text content part needs a 'text' field.", f"{where}.text")
     return part.text
-
-
-def _unset(value: object) -> bool:
-    """Null, an empty list or object, or an object whose fields are all null."""
-    if value is None or value == [] or value == {}:
-        return True
-    return isinstance(value, dict) and all(item is None for item in value.values())
-
-
-def _accepted(value: object, accepted: Iterable[object]) -> bool:
-    # Compared with their types: True is not 1, and 0 is not False.
-    return any(type(value) is type(ok) and value == ok for ok in accepted)
 
 
 def _check_unicode(values: Iterable[str | None]) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import re
 from dataclasses import dataclass, field
 
 import grpc
@@ -48,6 +49,20 @@ class Script:
     first_delay_s: float = 0.0  # after admission, before the first chunk: "prefill"
     delay_s: float = 0.0  # between chunks
     failure: Failure | None = None
+    #: When set, awaited before admission ("queued" until the test sets it) and after it
+    #: ("prefilling" until the test sets it).
+    admit_gate: asyncio.Event | None = None
+    first_gate: asyncio.Event | None = None
+    #: Aborted with instead of admitting, once admit_delay_s and admit_gate have passed (a
+    #: refusal that comes after a wait in the queue, such as QUEUE_TIMEOUT).
+    queue_failure: Failure | None = None
+    #: When set, sent as they are instead of ``pieces`` (thinking, tool-call deltas, ...).
+    chunks: list[pb.GenerateChunk] | None = None
+    #: The final message's tool calls; with some, its finish reason is TOOL_CALLS.
+    tool_calls: list[pb.ToolCall] = field(default_factory=list)
+    #: A Generate call whose text prompt is this is refused before admission (INVALID_ARGUMENT,
+    #: param "prompt"); the others are served.
+    refuse_prompt: str | None = None
 
 
 class FakeWorker(pb_grpc.InferenceServiceServicer):
@@ -112,9 +127,20 @@ class FakeWorker(pb_grpc.InferenceServiceServicer):
         script = self.script
         try:
             await self._check(request.model, context, before_chunks=True)
+            if script.refuse_prompt is not None and request.prompt == script.refuse_prompt:
+                status = build_status(
+                    grpc.StatusCode.INVALID_ARGUMENT, "scripted refusal", "INVALID_VALUE", "prompt"
+                )
+                await context.abort_with_status(status)
             await asyncio.sleep(script.admit_delay_s)
+            if script.admit_gate is not None:
+                await script.admit_gate.wait()
+            if script.queue_failure is not None:
+                await context.abort_with_status(_status(script.queue_failure))
             await context.send_initial_metadata(())
             await asyncio.sleep(script.first_delay_s)
+            if script.first_gate is not None:
+                await script.first_gate.wait()
             async for response in self._responses(request, context):
                 yield response
         except asyncio.CancelledError:
@@ -131,6 +157,14 @@ class FakeWorker(pb_grpc.InferenceServiceServicer):
             yield message
 
     async def _responses(self, request, context):
+        if self.script.chunks is not None:
+            async for response in self._scripted():
+                yield response
+            return
+        if request.n > 1 or request.echo or request.HasField("prompt_logprobs"):
+            async for response in self._choices(request):
+                yield response
+            return
         sampling, script = request.sampling, self.script
         limit = sampling.max_tokens if sampling.HasField("max_tokens") else None
         text, reason, matched = "", pb.FINISH_REASON_EOS, ""
@@ -163,9 +197,61 @@ class FakeWorker(pb_grpc.InferenceServiceServicer):
         final = pb.GenerateFinal(finish_reason=reason, usage=usage, matched_stop=matched)
         yield pb.GenerateResponse(final=final)
 
+    async def _choices(self, request):
+        """n choices (GenerateRequest.n) of the scripted pieces, interleaved piece by piece, after
+        the prompt's text and log-probabilities when asked for (echo, prompt_logprobs: one
+        entry per word of the prompt); the final messages in reverse order, the prompt counted
+        in choice 0's only, as the worker does."""
+        sampling, script = request.sampling, self.script
+        n = max(1, request.n)
+        limit = sampling.max_tokens if sampling.HasField("max_tokens") else None
+        pieces = script.pieces if limit is None else script.pieces[:limit]
+        head = pb.GenerateChunk(index=0)
+        if request.echo:
+            head.prompt_text = prompt_text(request)
+        if request.HasField("prompt_logprobs"):
+            for i, word in enumerate(prompt_words(prompt_text(request))):
+                head.prompt_logprobs.append(_prompt_logprob(i, word, request.prompt_logprobs))
+        if head.prompt_text or head.prompt_logprobs:
+            yield pb.GenerateResponse(chunk=head)
+        for i, piece in enumerate(pieces):
+            for j in range(n):
+                chunk = pb.GenerateChunk(text=piece, token_ids=[FIRST_TOKEN_ID + i], index=j)
+                if sampling.HasField("top_logprobs"):
+                    chunk.logprobs.append(_logprob(i, piece, sampling.top_logprobs))
+                self.chunks_sent += 1
+                yield pb.GenerateResponse(chunk=chunk)
+            await asyncio.sleep(script.delay_s)
+        cut = len(pieces) < len(script.pieces)
+        reason = pb.FINISH_REASON_LENGTH if cut else pb.FINISH_REASON_EOS
+        for j in reversed(range(n)):
+            usage = pb.Usage(completion_tokens=len(pieces))
+            if j == 0:
+                usage.prompt_tokens, usage.cached_tokens = PROMPT_TOKENS, CACHED_TOKENS
+            final = pb.GenerateFinal(finish_reason=reason, usage=usage, index=j)
+            yield pb.GenerateResponse(final=final)
+
+    async def _scripted(self):
+        script = self.script
+        for chunk in script.chunks or ():
+            self.chunks_sent += 1
+            yield pb.GenerateResponse(chunk=chunk)
+        reason = pb.FINISH_REASON_TOOL_CALLS if script.tool_calls else pb.FINISH_REASON_EOS
+        usage = pb.Usage(prompt_tokens=PROMPT_TOKENS, completion_tokens=len(script.chunks or ()))
+        final = pb.GenerateFinal(finish_reason=reason, usage=usage, tool_calls=script.tool_calls)
+        yield pb.GenerateResponse(final=final)
+
     async def Embed(self, request, context):
         self.requests.append(request)
         await self._check(request.model, context)
+        if request.HasField("dimensions"):  # as a worker started without --embedding-dimensions
+            status = build_status(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "dimensions cannot be honoured for this model",
+                "UNSUPPORTED_PARAMETER",
+                "dimensions",
+            )
+            await context.abort_with_status(status)
         embeddings = []
         for index, item in enumerate(request.inputs):
             size = len(item.text) if item.HasField("text") else len(item.tokens.ids)
@@ -218,6 +304,36 @@ def _status(failure: Failure) -> grpc.Status:
     return build_status(
         failure.code, failure.message, failure.reason, failure.param, failure.retry_after_s
     )
+
+
+def prompt_text(request: pb.GenerateRequest) -> str:
+    """A request's prompt as the fake reads it: the text, or each token id as ``<id>``."""
+    if request.WhichOneof("input") == "prompt":
+        return request.prompt
+    return "".join(f"<{token}>" for token in request.tokens.ids)
+
+
+def prompt_words(text: str) -> list[str]:
+    """The fake's prompt tokens: each word with the spaces before it."""
+    return re.findall(r"\s*\S+", text) or [text]
+
+
+def prompt_logprob(index: int) -> float:
+    """The fake's log-probability of prompt token ``index`` (0 for the first, which has none)."""
+    return -0.5 * index
+
+
+def _prompt_logprob(index: int, word: str, top: int) -> pb.TokenLogprob:
+    chosen = pb.LogprobEntry(
+        token_id=index, token=word, raw=word.encode(), logprob=prompt_logprob(index)
+    )
+    if index == 0:
+        return pb.TokenLogprob(chosen=chosen)
+    alternatives = [
+        pb.LogprobEntry(token_id=1 + k, token=f"alt{k}", raw=f"alt{k}".encode(), logprob=-1.0 - k)
+        for k in range(top)
+    ]
+    return pb.TokenLogprob(chosen=chosen, top=alternatives)
 
 
 def _logprob(index: int, piece: str, top: int) -> pb.TokenLogprob:

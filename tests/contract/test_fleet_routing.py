@@ -71,9 +71,10 @@ def sdk(url: str) -> openai.AsyncOpenAI:
 
 
 async def chat(url: str, model: str = MODEL, **extra: Any) -> httpx.Response:
+    headers = extra.pop("headers", {})
     body = {"model": model, "messages": MESSAGES, **extra}
     async with httpx.AsyncClient(base_url=url, timeout=10) as http:
-        return await http.post("/v1/chat/completions", json=body, headers=extra.pop("headers", {}))
+        return await http.post("/v1/chat/completions", json=body, headers=headers)
 
 
 async def scrape(url: str) -> dict[str, float]:

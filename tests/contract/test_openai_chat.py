@@ -156,15 +156,51 @@ async def test_json_object_becomes_an_object_schema(
     assert json.loads(sent.json_schema) == {"type": "object"}
 
 
-async def test_unknown_fields_are_ignored_and_logged(
-    client: openai.AsyncOpenAI, caplog: pytest.LogCaptureFixture
-) -> None:
-    with caplog.at_level("INFO", logger="llamagrid.gateway.openai.router"):
-        out = await client.chat.completions.create(
-            model=MODEL, messages=MESSAGES, extra_body={"frobnicate": 1}
-        )
+async def test_unknown_fields_are_refused_by_name(client: openai.AsyncOpenAI) -> None:
+    """No silent drops: a field the gateway does not know is a 400 naming it, at any depth."""
+    cases = [
+        ({"frobnicate": 1}, MESSAGES, "frobnicate"),
+        (
+            {},
+            [{"role": "user", "content": "hi", "cache_control": {"type": "x"}}],
+            "messages[0].cache_control",
+        ),
+        (
+            {"response_format": {"type": "json_object", "strict_mode": True}},
+            MESSAGES,
+            "response_format.strict_mode",
+        ),
+    ]
+    for extra, messages, param in cases:
+        with pytest.raises(openai.BadRequestError) as caught:
+            await client.chat.completions.create(
+                model=MODEL,
+                messages=messages,  # type: ignore[arg-type]
+                extra_body=extra,
+            )
+        body = caught.value.body
+        assert isinstance(body, dict)
+        assert (body["code"], body["param"]) == ("unsupported_parameter", param)
+
+
+async def test_empty_unknown_fields_and_accepted_no_ops_pass(client: openai.AsyncOpenAI) -> None:
+    """What SDKs echo back (a null refusal, no annotations) and OpenAI's fields that cannot
+    change the output are accepted."""
+    echoed = {"role": "assistant", "content": "Hi", "refusal": None, "annotations": []}
+    out = await client.chat.completions.create(
+        model=MODEL,
+        messages=[*MESSAGES, echoed, *MESSAGES],  # type: ignore[list-item]
+        metadata={"app": "test"},
+        store=False,
+        service_tier="auto",
+        extra_body={"safety_identifier": "u-1", "prompt_cache_key": "k", "frobnicate": None},
+    )
     assert out.choices[0].message.content == "Hello, world!"
-    assert "frobnicate" in caplog.text
+    with pytest.raises(openai.BadRequestError) as caught:
+        await client.chat.completions.create(model=MODEL, messages=MESSAGES, service_tier="flex")
+    body = caught.value.body
+    assert isinstance(body, dict)
+    assert (body["code"], body["param"]) == ("unsupported_parameter", "service_tier")
 
 
 def test_finish_reason_enum_is_complete() -> None:

@@ -12,6 +12,8 @@ from tests.contract.conftest import AUTH_HEADERS, Gateway, eventually
 from tests.contract.fake_worker import MODEL
 
 CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "stream": True}
+#: The same request to /v1/completions.
+TEXT = {"model": MODEL, "prompt": "x", "stream": True}
 EVENT = re.compile(r"data: (\{.*\}|\[DONE\])")
 
 
@@ -28,7 +30,8 @@ async def test_stream_headers_and_no_compression(gateway: Gateway) -> None:
 
 @pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/completions"])
 async def test_exact_framing(gateway: Gateway, path: str) -> None:
-    body = {**CHAT, "prompt": "x", "stream_options": {"include_usage": True}}
+    body = {**(CHAT if path == "/v1/chat/completions" else TEXT)}
+    body["stream_options"] = {"include_usage": True}
     async with gateway.http(headers=AUTH_HEADERS) as http:
         response = await http.post(path, json=body)
     raw = response.text
@@ -77,7 +80,7 @@ async def test_disconnect_during_prefill_cancels_the_worker_call(gateway: Gatewa
     gateway.worker.script.first_delay_s = 30
     async with (
         gateway.http(headers=AUTH_HEADERS) as http,
-        http.stream("POST", "/v1/completions", json={**CHAT, "prompt": "x"}) as response,
+        http.stream("POST", "/v1/completions", json=TEXT) as response,
     ):
         assert await anext(response.aiter_raw()) == b": ok\n\n"
     await gateway.worker.wait_cancelled()

@@ -46,6 +46,20 @@ from tests.procs import Proc, running, spawn_worker, wait_serving
 from tests.proto_strategies import TEXT, M, MessageStrategies, integers
 from tests.serving import ONE_THREAD, Stub, assert_serving, connect, greedy
 
+#: llama-server's sampler names (infill is refused: the wild mix tries it).
+SAMPLER_NAMES = [
+    "penalties",
+    "dry",
+    "top_n_sigma",
+    "top_k",
+    "typ_p",
+    "top_p",
+    "min_p",
+    "xtc",
+    "temperature",
+    "adaptive_p",
+]
+
 #: Multiplies every budget below: LLAMAGRID_FUZZ_SCALE=10 fuzzes ten times longer.
 FUZZ_SCALE = float(os.environ.get("LLAMAGRID_FUZZ_SCALE", "1"))
 #: The status codes a client's mistake may get, and the ErrorInfo reasons that go with each.
@@ -63,6 +77,8 @@ ALLOWED: dict[grpc.StatusCode, set[str]] = {
     grpc.StatusCode.ABORTED: {wire.REASON_SESSION_BUSY, wire.REASON_SESSION_LENGTH_MISMATCH},
     grpc.StatusCode.RESOURCE_EXHAUSTED: {wire.REASON_SESSION_LIMIT},
 }
+#: The embedding widths the worker allows (--embedding-dimensions): the tame mix asks for these.
+EMBEDDING_DIMENSIONS = (64, 128)
 #: The most tokens a generated request asks for.
 MAX_TOKENS = 8
 V1 = "llamagrid.v1."
@@ -95,6 +111,7 @@ def worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proc]:
     does not depend on what was cached or batched), one thread (tests/serving.py)."""
     run_dir = tmp_path_factory.mktemp("fuzz-grpc")
     args = ("--parallel", "2", "--n-ctx", "2048", "--flash-attn", "off", *ONE_THREAD)
+    args += ("--embedding-dimensions", ",".join(map(str, EMBEDDING_DIMENSIONS)))
     with running(spawn_worker(run_dir, *args)) as proc:
         wait_serving(proc)
         yield proc
@@ -143,6 +160,13 @@ VALID_SCHEMAS = [
     '{"type":"array","items":{"type":"boolean"},"maxItems":3}',
     '{"type":"object","properties":{"a":{"type":"integer"}},"required":["a"]}',
 ]
+
+
+#: Tool-call arguments: objects (valid), and what is not an object or not JSON.
+TOOL_ARGUMENTS = ["{}", '{"city": "Paris"}', '{"a": {"b": [1, 2]}}', "[]", "{", '"x"']
+#: chat_template_kwargs: objects (valid), and objects that try to replace the worker's own
+#: variables, lists and broken JSON.
+TEMPLATE_KWARGS = ["", "{}", '{"enable_thinking": false}', '{"messages": []}', "[1]", "{"]
 
 
 def grammars() -> st.SearchStrategy[str]:
@@ -209,11 +233,25 @@ def strategies(info: pb.ModelInfo) -> tuple[MessageStrategies, MessageStrategies
             st.sampled_from(["user", "assistant", "system", "tool", "developer", ""]), TEXT
         ),
         V1 + "TokenizeRequest.text": st.text(st.characters(codec="utf-8"), max_size=200),
+        V1 + "Tool.parameters_json": json_schemas(),
+        V1 + "ToolCall.arguments": st.one_of(st.sampled_from(TOOL_ARGUMENTS), TEXT),
+        V1 + "GenerateRequest.chat_template_kwargs": st.one_of(
+            st.sampled_from(TEMPLATE_KWARGS), TEXT
+        ),
     }
     wild = MessageStrategies(common)
 
     def floats(lo: float, hi: float) -> st.SearchStrategy[float]:
         return st.floats(lo, hi, width=32)
+
+    tool_names = st.sampled_from(["get_weather", "f", "a.b-c_1"])
+    tools = st.builds(
+        pb.Tool,
+        name=tool_names,
+        description=TEXT,
+        parameters_json=st.sampled_from(["", *VALID_SCHEMAS]),
+        strict=st.booleans(),
+    )
 
     tame = MessageStrategies(
         {
@@ -228,6 +266,27 @@ def strategies(info: pb.ModelInfo) -> tuple[MessageStrategies, MessageStrategies
             V1 + "SamplingParams.presence_penalty": floats(-2, 2),
             V1 + "SamplingParams.frequency_penalty": floats(-2, 2),
             V1 + "SamplingParams.top_logprobs": st.integers(0, 20),
+            V1 + "SamplingParams.mirostat": st.integers(0, 2),
+            V1 + "SamplingParams.mirostat_tau": floats(0, 10),
+            V1 + "SamplingParams.mirostat_eta": floats(0, 1),
+            V1 + "SamplingParams.dry_multiplier": floats(0, 2),
+            V1 + "SamplingParams.dry_base": floats(1, 4),
+            V1 + "SamplingParams.dry_allowed_length": st.integers(0, 8),
+            V1 + "SamplingParams.dry_penalty_last_n": st.integers(-1, 64),
+            V1 + "SamplingParams.dry_sequence_breakers": st.lists(
+                st.text(string.ascii_letters + " .,:\n", min_size=1, max_size=4), max_size=3
+            ),
+            V1 + "SamplingParams.xtc_probability": floats(0, 1),
+            V1 + "SamplingParams.xtc_threshold": floats(0, 1),
+            V1 + "SamplingParams.top_n_sigma": floats(-1, 3),
+            V1 + "SamplingParams.dynatemp_range": floats(0, 2),
+            V1 + "SamplingParams.dynatemp_exponent": floats(0, 2),
+            V1 + "SamplingParams.min_keep": st.integers(0, 64),
+            V1 + "SamplingParams.samplers": st.lists(
+                st.sampled_from(SAMPLER_NAMES), max_size=5, unique=True
+            ),
+            V1 + "SamplingParams.adaptive_target": floats(-1, 1),
+            V1 + "SamplingParams.adaptive_decay": floats(0, 0.9375),
             V1 + "SamplingParams.logit_bias": st.dictionaries(in_vocab, floats(-100, 100)),
             V1 + "SamplingParams.stop": st.lists(
                 st.text(string.ascii_letters + " .\n", min_size=1, max_size=4), max_size=3
@@ -235,10 +294,22 @@ def strategies(info: pb.ModelInfo) -> tuple[MessageStrategies, MessageStrategies
             V1 + "TokenList.ids": st.lists(in_vocab, min_size=1, max_size=32),
             V1 + "ChatConversation.messages": st.lists(messages, min_size=1, max_size=3),
             V1 + "EmbedRequest.inputs": st.lists(embed_inputs, min_size=1, max_size=4),
+            V1 + "EmbedRequest.dimensions": st.sampled_from(EMBEDDING_DIMENSIONS),
             V1 + "GenerateRequest.prompt": TEXT.filter(bool),
+            V1 + "GenerateRequest.tools": st.lists(tools, max_size=3),
+            V1 + "Tool.name": tool_names,
+            V1 + "ToolCall.name": tool_names,
+            V1 + "ToolChoice.function": tool_names,
+            V1 + "ToolCall.id": st.sampled_from(["", "call_1", "abc123XYZ"]),
+            V1 + "ChatMessage.tool_call_id": st.sampled_from(["", "call_1"]),
+            V1 + "GenerateRequest.reasoning_effort": st.sampled_from(["", "low", "high"]),
+            V1 + "GenerateRequest.reasoning_format": st.sampled_from([0, 1, 2]),
+            V1 + "ToolChoice.mode": st.sampled_from([0, 1, 2, 3]),
             V1 + "SamplingParams.max_tokens": st.integers(1, MAX_TOKENS),
             V1 + "SamplingParams.grammar": st.sampled_from(VALID_GRAMMARS),
             V1 + "SamplingParams.json_schema": st.sampled_from(VALID_SCHEMAS),
+            V1 + "GenerateRequest.n": st.integers(1, max(1, info.slots)),
+            V1 + "GenerateRequest.prompt_logprobs": st.integers(0, 20),
             **{V1 + f"{name}.model": served for name in MODEL_FIELDS},
         }
     )
@@ -253,11 +324,25 @@ def capped(request: pb.GenerateRequest) -> pb.GenerateRequest:
 
 
 def with_input(request: pb.GenerateRequest) -> pb.GenerateRequest:
-    """A tame request always has something to complete, and no session (a generated session
-    id names none: the wild requests try those)."""
+    """A tame request always has something to complete, no session (a generated session id
+    names none: the wild requests try those), tools only beside chat messages, and echo only
+    beside a prompt or token ids."""
     if request.WhichOneof("input") is None:
         request.prompt = "Hello"
     request.ClearField("session")
+    if request.WhichOneof("input") != "chat":
+        request.ClearField("tools")
+        request.ClearField("chat_template_kwargs")
+    else:
+        request.ClearField("echo")
+    return request
+
+
+def with_inputs(request: pb.EmbedRequest) -> pb.EmbedRequest:
+    """A tame embedding request always has something to embed (a generated message may leave
+    its inputs unset: the wild requests try that)."""
+    if not request.inputs:
+        request.inputs.add(text="Hello")
     return request
 
 
@@ -267,6 +352,8 @@ def either(info: pb.ModelInfo, cls: type[M]) -> st.SearchStrategy[M]:
     tamed = tame.of(cls)
     if cls is pb.GenerateRequest:
         tamed = tamed.map(with_input)  # type: ignore[arg-type]
+    elif cls is pb.EmbedRequest:
+        tamed = tamed.map(with_inputs)  # type: ignore[arg-type]
     return st.one_of(wild.of(cls), tamed)
 
 
@@ -292,23 +379,32 @@ class Tally(Counter[str]):
         assert self["served"] >= least_served, dict(self)
 
     def generate(self, stub: Stub, request: pb.GenerateRequest) -> None:
-        """One Generate call: a well-formed stream, or an allowed refusal."""
-        finals: list[pb.GenerateFinal] = []
-        token_ids = 0
+        """One Generate call: a well-formed stream (for each choice, chunks then one final
+        message), or an allowed refusal."""
+        finals: dict[int, pb.GenerateFinal] = {}
+        token_ids: dict[int, int] = {}
+        prompt_entries = 0
         try:
             for message in stub.Generate(request, timeout=120):
-                assert not finals, "a message after the final one"
+                index = message.chunk.index if message.HasField("chunk") else message.final.index
+                assert index not in finals, "a message after its choice's final one"
                 if message.HasField("final"):
-                    finals.append(message.final)
+                    finals[index] = message.final
                 else:
-                    token_ids += len(message.chunk.token_ids)
+                    token_ids[index] = token_ids.get(index, 0) + len(message.chunk.token_ids)
+                    prompt_entries += len(message.chunk.prompt_logprobs)
         except grpc.RpcError as error:
             self.refused(error, request)
             return
-        assert len(finals) == 1, f"{len(finals)} final messages for:\n{request}"
-        usage = finals[0].usage
-        assert usage.completion_tokens == token_ids <= request.sampling.max_tokens
-        assert finals[0].finish_reason != pb.FINISH_REASON_UNSPECIFIED
+        choices = max(1, request.n)
+        assert sorted(finals) == list(range(choices)), f"{len(finals)} finals for:\n{request}"
+        for index, final in finals.items():
+            usage = final.usage
+            assert usage.completion_tokens == token_ids.get(index, 0)
+            assert usage.completion_tokens <= request.sampling.max_tokens
+            assert final.finish_reason != pb.FINISH_REASON_UNSPECIFIED
+        if request.HasField("prompt_logprobs"):
+            assert prompt_entries == finals[0].usage.prompt_tokens
         self["served"] += 1
 
     def unary(self, call: Callable[..., Any], request: Message) -> Any:
@@ -353,7 +449,8 @@ def test_generated_embed_requests_are_served_or_refused_precisely(
         reply = tally.unary(stub.Embed, request)
         if reply is not None:
             assert len(reply.embeddings) == len(request.inputs)
-            assert all(len(e.values) == info.embedding_size for e in reply.embeddings)
+            width = request.dimensions if request.HasField("dimensions") else info.embedding_size
+            assert all(len(e.values) == width for e in reply.embeddings)
 
     run()
     tally.report(least_served=40)
@@ -463,9 +560,13 @@ def relay_actions(info: pb.ModelInfo) -> st.SearchStrategy[list[pb.RelayRequest]
 def relay_ends(stub: Stub, actions: list[pb.RelayRequest]) -> Counter[int]:
     """Send the actions on one Relay stream and read it to its end; every call's error must be
     one a Generate call may end with (or a refused duplicate tag, or its own deadline). Returns
-    how many calls ended (a final message or an error) under each tag."""
+    how many calls ended (the last final message, one per choice, or an error) under each
+    tag."""
     ends: Counter[int] = Counter()
     deadlines = {a.start.tag for a in actions if a.HasField("start") and a.start.timeout_ms}
+    #: Final messages a call under each tag ends with (for a tag started once).
+    choices = {a.start.tag: max(1, a.start.request.n) for a in actions if a.HasField("start")}
+    finals: Counter[int] = Counter()
     try:
         for message in stub.Relay(iter(actions), timeout=120):
             for event in message.events:
@@ -479,7 +580,10 @@ def relay_ends(stub: Stub, actions: list[pb.RelayRequest]) -> Counter[int]:
                     assert refused or expired or allowed, f"{code} {event.error.message!r}"
                     ends[event.tag] += 1
                 elif event.HasField("response") and event.response.HasField("final"):
-                    ends[event.tag] += 1
+                    finals[event.tag] += 1
+                    if finals[event.tag] == choices[event.tag]:
+                        ends[event.tag] += 1
+                        finals[event.tag] = 0
     except grpc.RpcError as error:
         raise AssertionError(f"the Relay stream failed: {error}\n{actions}") from None
     return ends
@@ -512,6 +616,21 @@ def prompt(**sampling: Any) -> pb.GenerateRequest:
     return pb.GenerateRequest(prompt="Hello", sampling=pb.SamplingParams(**sampling))
 
 
+def chat(*turns: pb.ChatMessage, **fields: Any) -> pb.GenerateRequest:
+    """A chat request for "Hello" and then ``turns``, with ``fields`` set."""
+    messages = [pb.ChatMessage(role="user", content="Hello"), *turns]
+    return pb.GenerateRequest(
+        chat=pb.ChatConversation(messages=messages),
+        sampling=pb.SamplingParams(max_tokens=1),
+        **fields,
+    )
+
+
+KWARGS = "chat_template_kwargs"
+#: JSON nested 100,000 deep (json.loads gives up with RecursionError long before).
+DEEP = '{"a": ' * 100_000 + "1" + "}" * 100_000
+
+
 #: Requests with a value at the edge of its type: (id, method, request, refused param or None
 #: when the request is valid and must be served).
 HUGE: list[tuple[str, str, Message, str | None]] = [
@@ -529,7 +648,68 @@ HUGE: list[tuple[str, str, Message, str | None]] = [
     ("token-max", "Generate", pb.GenerateRequest(tokens=pb.TokenList(ids=[INT32_MAX])), "prompt"),
     ("token-min", "Generate", pb.GenerateRequest(tokens=pb.TokenList(ids=[-(2**31)])), "prompt"),
     ("seed-max", "Generate", prompt(max_tokens=1, seed=2**64 - 1), None),
+    (
+        "tools-count",
+        "Generate",
+        chat(tools=[pb.Tool(name=f"f{i}") for i in range(10_000)]),
+        "tools",
+    ),
+    ("kwargs-size", "Generate", chat(chat_template_kwargs='{"a": "' + "x" * 10**6 + '"}'), KWARGS),
+    ("kwargs-depth", "Generate", chat(chat_template_kwargs="[" * 10**5 + "]" * 10**5), KWARGS),
+    (
+        "arguments-depth",
+        "Generate",
+        chat(pb.ChatMessage(role="assistant", tool_calls=[pb.ToolCall(name="f", arguments=DEEP)])),
+        "messages[1].tool_calls[0].arguments",
+    ),
+    (
+        "schema-depth",
+        "Generate",
+        chat(tools=[pb.Tool(name="f", parameters_json=DEEP)]),
+        "tools[0].parameters",
+    ),
     ("top_k-max", "Generate", prompt(max_tokens=1, top_k=INT32_MAX), None),
+    ("mirostat-max", "Generate", prompt(max_tokens=1, mirostat=2**32 - 1), "mirostat"),
+    ("min_keep-max", "Generate", prompt(max_tokens=1, min_keep=2**32 - 1), "min_keep"),
+    (
+        "mirostat_tau-nan",
+        "Generate",
+        prompt(max_tokens=1, mirostat_tau=float("nan")),
+        "mirostat_tau",
+    ),
+    (
+        "dry_penalty_last_n-max",
+        "Generate",
+        prompt(max_tokens=1, dry_multiplier=1, dry_penalty_last_n=INT32_MAX),
+        "dry_penalty_last_n",
+    ),
+    (
+        "dry_allowed_length-max",
+        "Generate",
+        prompt(max_tokens=1, dry_multiplier=100, dry_allowed_length=INT32_MAX),
+        None,
+    ),
+    (
+        "dry_breakers-count",
+        "Generate",
+        prompt(max_tokens=1, dry_sequence_breakers=["x"] * 10_000),
+        "dry_sequence_breakers",
+    ),
+    ("samplers-count", "Generate", prompt(max_tokens=1, samplers=["k"] * 10_000), "samplers"),
+    (
+        "samplers-edges",
+        "Generate",
+        prompt(
+            max_tokens=1,
+            xtc_probability=1,
+            xtc_threshold=0,
+            dynatemp_range=100,
+            dynatemp_exponent=100,
+            top_n_sigma=100,
+            samplers=list("edskypmxta"),
+        ),
+        None,
+    ),
     ("detokenize-max", "Detokenize", pb.DetokenizeRequest(token_ids=[INT32_MAX]), "token_ids"),
     (
         "embed-count",

@@ -19,13 +19,13 @@ the worker decides its range (design.md: validated once, by the worker). A schem
 temperature of -3 or an empty prompt is rightly a 400.
 
 Schema-valid requests are steered so that many reach the worker: most name the model it
-serves, half leave out the fields that are refused by name (tools, n, echo, ...), half of the
-completions are streamed, token ids are sent as JSON integers (7, not 7.0), and a
-completion length that fits the context is cut to at most 8 tokens (a longer one is refused
-before any work, so it is kept). One request in eight goes with a wrong key instead, and must
-be a 401. After each operation the gateway and the worker are alive, the gateway is ready
-and the worker idle; after the whole run the greedy answer is the same over gRPC and through
-the gateway as before it.
+serves, half leave out the fields that are mostly refused (functions, tools, n, ...) and send
+plain messages (no tool calls, at least one), half of the completions are streamed, token ids
+are sent as JSON integers (7, not 7.0), and a completion length that fits the context is cut
+to at most 8 tokens (a longer one is refused before any work, so it is kept). One request in
+eight goes with a wrong key instead, and must be a 401. After each operation the gateway and
+the worker are alive, the gateway is ready and the worker idle; after the whole run the greedy
+answer is the same over gRPC and through the gateway as before it.
 
 The budget is bounded (LLAMAGRID_FUZZ_SCALE multiplies it) and the run derandomized: the
 same requests on every run.
@@ -93,23 +93,27 @@ NEGATIVE_EXAMPLES = 80
 MAX_TOKENS = 8
 #: A completion length above this does not fit the worker's context and is refused at once.
 CONTEXT = 1024
-#: Fields refused with 400 unsupported_parameter whenever they are set.
+#: Fields refused with 400 unsupported_parameter whenever they are set, and fields whose
+#: schema-valid values are mostly refused (a random tool type, a tool_choice naming no tool, n
+#: over the worker's slots, dimensions on a worker that allows none, chat_template_kwargs that
+#: replace the template's own variables).
 REFUSED_BY_NAME = (
-    "tools",
-    "tool_choice",
     "functions",
     "function_call",
-    "parallel_tool_calls",
     "audio",
     "prediction",
     "web_search_options",
     "modalities",
-    "dimensions",
-    "n",
     "best_of",
-    "echo",
     "suffix",
+    "tools",
+    "tool_choice",
+    "n",
+    "dimensions",
+    "chat_template_kwargs",
 )
+#: What makes a message part of a tool call's exchange.
+MESSAGE_TOOL_FIELDS = ("tool_calls", "tool_call_id", "reasoning_content")
 CHECKS = [
     sc.not_a_server_error,
     sc.status_code_conformance,
@@ -239,6 +243,8 @@ def steer(
     if drop_refused:
         for name in REFUSED_BY_NAME:
             body.pop(name, None)
+        if isinstance(body.get("messages"), list):
+            body["messages"] = plain_messages(body["messages"])
     for name in ("max_tokens", "max_completion_tokens"):
         value = body.get(name)
         if isinstance(value, int) and MAX_TOKENS < value <= CONTEXT:
@@ -249,6 +255,25 @@ def steer(
     generates = "messages" in body or "prompt" in body
     if generates and (body.get("max_completion_tokens") or body.get("max_tokens")) is None:
         body["max_tokens"] = MAX_TOKENS  # unset (or null) means up to the whole context
+
+
+def plain_messages(messages: list[Any]) -> list[Any]:
+    """At least one message, none of them a tool call or a tool's answer (the rules that tie
+    those together are the worker's, and random messages break them), text parts only."""
+    plain = []
+    for message in messages:
+        if not isinstance(message, dict):
+            continue
+        message = {k: v for k, v in message.items() if k not in MESSAGE_TOOL_FIELDS}
+        if message.get("role") == "tool":
+            message["role"] = "user"
+        if isinstance(message.get("content"), list):
+            parts = [
+                p for p in message["content"] if isinstance(p, dict) and p.get("type") == "text"
+            ]
+            message["content"] = parts or "Hi"
+        plain.append(message)
+    return plain or [{"role": "user", "content": "Hi"}]
 
 
 def open_session(base_url: str, alias: str) -> str:

@@ -127,12 +127,12 @@ def test_models_and_health(base_url: str, openai_client: OpenAI) -> None:
         ({"model": "smollm2", "messages": []}, 400, None),
         ({"model": "smollm2", "messages": MESSAGES, "temperature": "hot"}, 400, None),
         ({"model": "nope", "messages": MESSAGES}, 404, "model_not_found"),
-        ({"model": "smollm2", "messages": MESSAGES, "n": 3}, 400, "unsupported_parameter"),
+        ({"model": "smollm2", "messages": MESSAGES, "n": 5}, 400, "invalid_value"),  # > slots
         (
             {
                 "model": "smollm2",
                 "messages": MESSAGES,
-                "tools": [{"type": "function", "function": {"name": "f"}}],
+                "functions": [{"name": "f"}],
             },
             400,
             "unsupported_parameter",
@@ -180,7 +180,11 @@ def test_embedding_input_over_the_context_is_400(openai_client: OpenAI) -> None:
 
 def test_unsupported_parameter_via_sdk(openai_client: OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as err:
-        openai_client.chat.completions.create(model="smollm2", messages=MESSAGES, n=2)  # type: ignore[arg-type]
+        openai_client.chat.completions.create(
+            model="smollm2",
+            messages=MESSAGES,  # type: ignore[arg-type]
+            functions=[{"name": "f"}],
+        )
     assert err.value.code == "unsupported_parameter"
 
 

@@ -140,6 +140,11 @@ def test_a_schema_with_a_million_character_string_is_refused(stub: Stub) -> None
         ({"stop": [f"s{i}" for i in range(100_000)]}, "stop"),
         ({"stop": ["x" * 1_000_000]}, "stop"),
         ({"repeat_last_n": 2**31 - 1, "repeat_penalty": 1.1}, "repeat_last_n"),
+        ({"dry_penalty_last_n": 2**31 - 1, "dry_multiplier": 1.0}, "dry_penalty_last_n"),
+        ({"dry_sequence_breakers": ["x"] * 100_000}, "dry_sequence_breakers"),
+        ({"dry_sequence_breakers": ["x" * 1_000_000]}, "dry_sequence_breakers"),
+        ({"samplers": ["top_k"] * 100_000}, "samplers"),
+        ({"min_keep": 2**32 - 1}, "min_keep"),
         (
             {"json_schema": json.dumps({"type": "string", "pattern": "^a{0,99999999}$"})},
             "response_format",

@@ -23,14 +23,15 @@ from typing import Protocol
 from llamagrid.worker.engine.errors import EngineError, internal, invalid
 from llamagrid.worker.engine.gbnf import check_gbnf
 from llamagrid.worker.engine.limits import RequestLimits
-from llamagrid.worker.engine.requests import Grammar, JsonSchema
+from llamagrid.worker.engine.requests import Grammar, JsonSchema, ToolGrammar
 from llamagrid.worker.engine.schema_check import check_json_schema
+from llamagrid.worker.engine.tool_stream import tool_call_grammar
 from llamagrid.worker.native.grammar import CompiledGrammar, json_schema_to_gbnf
 from llamagrid.worker.native.llama_backend import Model
 
 log = logging.getLogger(__name__)
 
-Constraint = Grammar | JsonSchema
+Constraint = Grammar | JsonSchema | ToolGrammar
 #: Compile threads: one grammar may compile while another waits for the first.
 COMPILE_THREADS = 2
 
@@ -44,11 +45,15 @@ class Closeable(Protocol):
 
 def constraint_param(constraint: Constraint) -> str:
     """The request field a constraint came from, for errors."""
+    if isinstance(constraint, ToolGrammar):
+        return "tools"
     return "grammar" if isinstance(constraint, Grammar) else "response_format"
 
 
 def constraint_label(constraint: Constraint) -> str:
     """How errors name the grammar of a constraint."""
+    if isinstance(constraint, ToolGrammar):
+        return "grammar made from the tools"
     return "grammar" if isinstance(constraint, Grammar) else "grammar made from the JSON schema"
 
 
@@ -64,6 +69,8 @@ def compile_constraint(
     if isinstance(constraint, JsonSchema):
         check_json_schema(constraint.text, limits)
         gbnf = json_schema_to_gbnf(constraint.text)
+    elif isinstance(constraint, ToolGrammar):
+        gbnf = tool_call_grammar(constraint, limits)
     else:
         gbnf = constraint.text
     summary = check_gbnf(

@@ -33,6 +33,8 @@ class EmbedJob:
     inputs: list[list[int]]
     normalize: bool
     future: concurrent.futures.Future[EmbedResult]
+    #: Keep only this many leading components of each vector (None: all), before normalising.
+    dimensions: int | None = None
     vectors: list[list[float]] = field(default_factory=list)
     #: Inputs handed to a decode so far.
     scheduled: int = 0
@@ -74,7 +76,9 @@ class Embedder:
         self._batch.close()
         self.ctx.close()
 
-    def submit(self, inputs: list[list[int]], normalize: bool) -> EmbedJob:
+    def submit(
+        self, inputs: list[list[int]], normalize: bool, dimensions: int | None = None
+    ) -> EmbedJob:
         """Queue validated inputs; raises EngineError at once for one that cannot be embedded:
         too long to fit, or with no token at all (a text can tokenize to nothing, such as a
         lone control character, and llama.cpp fails a decode of an empty sequence)."""
@@ -87,7 +91,7 @@ class Embedder:
                     f"{self.max_tokens}",
                     "input",
                 )
-        job = EmbedJob(inputs, normalize, concurrent.futures.Future())
+        job = EmbedJob(inputs, normalize, concurrent.futures.Future(), dimensions)
         if not inputs:
             job.future.set_result(EmbedResult([], []))
         else:
@@ -112,6 +116,8 @@ class Embedder:
                 self._finish(job, internal(f"decode failed: {exc}"))
             return True
         for (job, i), vec in zip(group, vectors, strict=True):
+            if job.dimensions is not None:
+                vec = vec[: job.dimensions]
             if job.normalize:
                 norm = float(np.linalg.norm(vec))
                 vec = vec / norm if norm > 0 else vec

@@ -5,6 +5,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+from llamagrid.worker.engine.requests import ToolCall
+
 
 class FinishReason(enum.Enum):
     """Why a generation ended."""
@@ -12,6 +14,13 @@ class FinishReason(enum.Enum):
     EOS = "eos"
     STOP_STRING = "stop_string"
     LENGTH = "length"
+    #: The model called tools (Final.tool_calls lists the calls). Set by the output parser
+    #: (engine/tool_stream.py) in place of EOS or STOP_STRING, never by the engine thread.
+    TOOL_CALLS = "tool_calls"
+
+
+#: The reasons the engine thread ends a generation with.
+ENGINE_REASONS = frozenset({FinishReason.EOS, FinishReason.STOP_STRING, FinishReason.LENGTH})
 
 
 @dataclass(frozen=True)
@@ -32,6 +41,17 @@ class TokenLogprob:
 
 
 @dataclass(frozen=True)
+class ToolCallDelta:
+    """A part of tool call number ``index`` (from 0) in a stream: the first part carries the
+    call's id and name, later ones further fragments of its arguments' JSON text."""
+
+    index: int
+    id: str = ""
+    name: str = ""
+    arguments: str = ""
+
+
+@dataclass(frozen=True)
 class Admitted:
     """The request passed validation and holds a slot: it will produce a stream."""
 
@@ -43,6 +63,17 @@ class Chunk:
     text: str
     token_ids: list[int]
     logprobs: list[TokenLogprob] = field(default_factory=list)
+    #: New thinking, taken out of text (reasoning split).
+    reasoning: str = ""
+    #: Parts of tool calls, taken out of text.
+    tool_calls: list[ToolCallDelta] = field(default_factory=list)
+    #: The choice the chunk belongs to (GenerationSpec.n).
+    index: int = 0
+    #: The prompt's text (echo), in the first chunk of choice 0 only.
+    prompt_text: str = ""
+    #: One entry per prompt token (prompt_logprobs), in the first chunk of choice 0 only; the
+    #: first token's entry has logprob 0 and no alternatives (nothing precedes it).
+    prompt_logprobs: list[TokenLogprob] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -77,6 +108,10 @@ class Final:
     matched_stop: str = ""
     #: Set on the final event of a session turn.
     session: SessionCommit | None = None
+    #: Every complete tool call the model made.
+    tool_calls: tuple[ToolCall, ...] = ()
+    #: The choice this event closes. Only choice 0's usage counts the prompt.
+    index: int = 0
 
 
 Event = Admitted | Chunk | Final

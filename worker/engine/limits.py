@@ -57,6 +57,8 @@ class RequestLimits:
     max_embed_inputs: int = 2048
     #: Most token ids in one request.
     max_token_ids: int = 1 << 22
+    #: Longest prompt whose log-probabilities one request may ask for (prompt_logprobs).
+    max_prompt_logprobs_tokens: int = 8192
 
     @classmethod
     def from_settings(cls, s: WorkerSettings) -> RequestLimits:

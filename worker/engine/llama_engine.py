@@ -27,6 +27,7 @@ from llamagrid.worker.engine.embedder import EmbedJob
 from llamagrid.worker.engine.errors import EngineError, Reason, internal, not_ready
 from llamagrid.worker.engine.events import Chunk, Event, Final
 from llamagrid.worker.engine.limits import RequestLimits
+from llamagrid.worker.engine.parsing import reasoning_format_of, tool_format_of
 from llamagrid.worker.engine.prompts import PromptTokenizer, check_fits
 from llamagrid.worker.engine.reports import (
     EmbedResult,
@@ -37,8 +38,9 @@ from llamagrid.worker.engine.reports import (
     TierCounts,
     TokenPiece,
 )
-from llamagrid.worker.engine.requests import GenerationSpec
+from llamagrid.worker.engine.requests import GenerationSpec, ReasoningFormat
 from llamagrid.worker.engine.runtime import Runtime
+from llamagrid.worker.engine.sampling import prepare_history, wants_history
 from llamagrid.worker.engine.sessions import (
     Session,
     SessionTable,
@@ -47,15 +49,25 @@ from llamagrid.worker.engine.sessions import (
 )
 from llamagrid.worker.engine.slot import Job
 from llamagrid.worker.engine.tiers import TierIndex
+from llamagrid.worker.engine.tool_stream import (
+    THINK_OPEN,
+    OutputPlan,
+    OutputSplitter,
+    plan_output,
+    with_tool_grammar,
+)
 from llamagrid.worker.engine.validation import (
     check_embed_inputs,
     check_generation,
+    check_prompt_logprobs,
     check_text_size,
     check_token_count,
     check_token_ids,
 )
 from llamagrid.worker.model_source import ModelSource
 from llamagrid.worker.native import devices as dv
+from llamagrid.worker.native.llama_backend import Model
+from llamagrid.worker.native.sampler import SamplerHistory
 from llamagrid.worker.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -88,8 +100,10 @@ class Engine(Protocol):
         (several tokens when the consumer falls behind). Closing the iterator early cancels the
         generation."""
 
-    async def embed(self, inputs: list[str | list[int]], normalize: bool) -> EmbedResult:
-        """Embeddings of texts or token lists."""
+    async def embed(
+        self, inputs: list[str | list[int]], normalize: bool, dimensions: int | None = None
+    ) -> EmbedResult:
+        """Embeddings of texts or token lists, truncated to ``dimensions`` when set."""
 
     async def tokenize(self, text: str, add_special: bool, parse_special: bool) -> list[TokenPiece]:
         """Token ids and their bytes."""
@@ -152,6 +166,8 @@ class LlamaEngine:
         self._embed_queued = 0
         #: Why the engine thread died while serving, if it did.
         self.failure: BaseException | None = None
+        #: The tool-call and thinking formats of the chat template (found on first use).
+        self._formats: tuple[str, str | None] | None = None
         #: Conversations kept here (on the event loop's thread only).
         self.sessions = SessionTable(
             settings.max_sessions, settings.session_ttl_s, settings.max_session_ttl_s
@@ -247,9 +263,13 @@ class LlamaEngine:
         turn commits to its session when its final event comes (engine/sessions.py)."""
         self._check_accepting()
         desc = self.description()
-        check_generation(request, desc.vocab_size, self._limits, desc.context_per_slot)
+        check_generation(request, desc.vocab_size, self._limits, desc.context_per_slot, desc.slots)
+        tool_format, reasoning_format = self._output_formats(desc.chat_template)
+        plan = plan_output(
+            request, tool_format, reasoning_format, ReasoningFormat(self.settings.reasoning_format)
+        )
         session = self.sessions.begin_turn(request.session) if request.session else None
-        batches = self._generate(request, desc.context_per_slot, session)
+        batches = self._generate(request, desc.context_per_slot, session, plan)
         try:
             async with contextlib.aclosing(batches):  # closing generate closes the job now
                 async for batch in batches:
@@ -258,8 +278,35 @@ class LlamaEngine:
             if session is not None:
                 self.sessions.end_turn(session)
 
+    def _output_formats(self, template: str) -> tuple[str, str | None]:
+        """The tool-call format (--tool-call-format, else the template's) and the thinking
+        format of the chat template, found once."""
+        if self._formats is None:
+            chosen = self.settings.tool_call_format
+            tool_format = tool_format_of(template) if chosen == "auto" else chosen
+            self._formats = (tool_format, reasoning_format_of(template))
+        return self._formats
+
+    async def _thinking_open(self, plan: OutputPlan | None, prompt: list[int]) -> bool:
+        """Whether a prompt ends inside a thinking block, when the request's parser or tool
+        grammar needs to know."""
+        if plan is None or not plan.needs_thinking_open:
+            return False
+        return await self._off_thread(self._tokenizer().opens_thinking, prompt, THINK_OPEN)
+
+    def _render_special(self, plan: OutputPlan | None) -> frozenset[int]:
+        """The control tokens of the markup a request's parser reads."""
+        if plan is None:
+            return frozenset()
+        specials = self._tokenizer().specials.by_text
+        return frozenset(specials[text].id for text in plan.markup if text in specials)
+
     async def _generate(
-        self, request: GenerationSpec, seq_ctx: int, session: Session | None
+        self,
+        request: GenerationSpec,
+        seq_ctx: int,
+        session: Session | None,
+        plan: OutputPlan | None = None,
     ) -> AsyncGenerator[list[Event], None]:
         prompts = self._tokenizer()
         with self._lock:
@@ -282,12 +329,28 @@ class LlamaEngine:
                 prompt = history + turn
                 self.sessions.check_open(session)
             check_fits(request, len(prompt), seq_ctx)
+            check_prompt_logprobs(request, len(prompt), self._limits)
+            echo = await self._echo_text(request) if request.echo else None
+            thinking_open = await self._thinking_open(plan, prompt)
+            sampler_history = await self._sampler_history(request, seq_ctx, prompt)
             self._check_accepting()
         except BaseException:  # refused, failed or cancelled while tokenizing
             with self._lock:
                 self._queued -= 1
             raise
-        job = Job(request, EventChannel(asyncio.get_running_loop(), self._gate), prompt=prompt)
+        splitter = None
+        if plan is not None:
+            splitter = OutputSplitter(plan, thinking_open, request.request_id)
+            request = with_tool_grammar(request, plan, thinking_open)
+        job = Job(
+            request,
+            EventChannel(asyncio.get_running_loop(), self._gate),
+            prompt=prompt,
+            render_special=self._render_special(plan),
+            echo_text=echo,
+            sampler_history=sampler_history,
+        )
+        finals = 0
         if session is not None:
             session.cancel = functools.partial(self._abort_job, job)
         self._inbox.put(("job", job))
@@ -300,7 +363,7 @@ class LlamaEngine:
                     if isinstance(item, BaseException):
                         done = True  # the job has ended: nothing to cancel
                         if batch:
-                            yield batch
+                            yield splitter.apply(batch) if splitter else batch
                         raise item
                     if session is not None and isinstance(item, Chunk):
                         generated += item.token_ids
@@ -314,12 +377,21 @@ class LlamaEngine:
                         commit = self.sessions.commit(session, turn + generated)
                         item = dataclasses.replace(item, session=commit)
                     batch.append(item)
-                    done = isinstance(item, Final)
-                yield batch
+                    finals += isinstance(item, Final)
+                    done = finals == request.choices  # one final event per choice
+                yield splitter.apply(batch) if splitter else batch
         finally:
             if not done:
                 job.cancelled = True
                 self._inbox.put(("wake",))
+
+    async def _echo_text(self, request: GenerationSpec) -> str:
+        """The prompt's text to send back: a text prompt as given, token ids as their text
+        (special tokens written out, since the client sent them)."""
+        if request.prompt is not None:
+            return request.prompt
+        tokens = list(request.tokens or ())
+        return await self._off_thread(self._tokenizer().detokenize, tokens, True)
 
     def _abort_job(self, job: Job, error: EngineError) -> None:
         """End a job from the loop's side: its stream gets the error, the engine drops it."""
@@ -388,10 +460,15 @@ class LlamaEngine:
             tokens=tuple(tokens) if with_transcript else None,
         )
 
-    async def embed(self, inputs: list[str | list[int]], normalize: bool) -> EmbedResult:
-        """Embeddings of texts or token lists, in order, batched with concurrent requests."""
+    async def embed(
+        self, inputs: list[str | list[int]], normalize: bool, dimensions: int | None = None
+    ) -> EmbedResult:
+        """Embeddings of texts or token lists, in order, batched with concurrent requests;
+        truncated to their first ``dimensions`` components (before normalising) when set."""
         self._check_accepting()
-        check_embed_inputs(inputs, self.description().vocab_size, self._limits)
+        desc = self.description()
+        check_embed_inputs(inputs, desc.vocab_size, self._limits)
+        desc.embedding_dimensions.check_request(dimensions, desc.embedding_size)
         if self._embed_queued + len(inputs) > self.settings.max_embed_queue:
             raise EngineError(
                 Reason.QUEUE_FULL,
@@ -401,15 +478,17 @@ class LlamaEngine:
             )
         self._embed_queued += len(inputs)
         try:
-            return await self._embed(inputs, normalize)
+            return await self._embed(inputs, normalize, dimensions)
         finally:
             self._embed_queued -= len(inputs)
 
-    async def _embed(self, inputs: list[str | list[int]], normalize: bool) -> EmbedResult:
+    async def _embed(
+        self, inputs: list[str | list[int]], normalize: bool, dimensions: int | None
+    ) -> EmbedResult:
         tokens = await self._off_thread(self._tokenizer().embed_tokens, inputs)
 
         def run(rt: Runtime) -> EmbedJob:
-            job = rt.embedder.submit(tokens, normalize)
+            job = rt.embedder.submit(tokens, normalize, dimensions)
             rt.counters.on_embed([len(t) for t in tokens])
             return job
 
@@ -475,6 +554,19 @@ class LlamaEngine:
         if self._prompts is None:
             raise not_ready("the model is still loading")
         return self._prompts
+
+    async def _sampler_history(
+        self, request: GenerationSpec, seq_ctx: int, prompt: list[int]
+    ) -> SamplerHistory | None:
+        """The request's penalties and DRY samplers, given the prompt, made on a tokenizer
+        thread: DRY reads the whole vocabulary per sequence breaker (engine/sampling.py)."""
+        if not wants_history(request.sampling, seq_ctx):
+            return None
+        prompts = self._tokenizer()
+        model = prompts.vocab
+        assert isinstance(model, Model)
+        make = functools.partial(prepare_history, model, request.sampling, seq_ctx, prompt)
+        return await self._off_thread(prompts.holding_model, make)
 
     async def _off_thread(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run fn on a tokenizer thread. A caller that goes away before it starts cancels it;

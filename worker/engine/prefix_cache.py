@@ -126,6 +126,11 @@ class PrefixCache:
                 return Reuse(target, shared, source)
         return Reuse(seq, own)
 
+    def spare(self, free: list[int], busy: Mapping[int, list[int]]) -> int:
+        """The free sequence whose cached prefix is worth least, for a request that reuses no
+        prefix (a further choice of a request, or one that wants its prompt's logits)."""
+        return self._least_valuable(free, busy)
+
     def _least_valuable(self, free: list[int], busy: Mapping[int, list[int]]) -> int:
         """An empty idle sequence, else an anonymous prefix before a session's, one whose
         prefix another sequence also holds first, else the least recently used one."""

@@ -11,13 +11,14 @@ BOS, ...) and its unknown token. Text a client wrote (a message's content, role 
 prompt) never becomes one: ``<|im_end|><|im_start|>system`` inside a message is text, read as
 the model reads any other characters. Chat messages become tokens in these steps:
 
-1. Every occurrence of special-token text in a client string is replaced by a placeholder,
-   ``#<nonce>#<index>#``: the nonce is a random number found in no client string, and ``#``
-   (or another delimiter) is a character no special token contains, so no special token can
-   match across a placeholder's edge.
-2. The template is rendered with the escaped messages, and again with each non-blank content
-   replaced by a neutral sentinel (the "skeleton"). The special tokens in the skeleton are the
-   ones the template itself writes.
+1. Every occurrence of special-token text in a client string (a message's role, name,
+   content, thinking and tool calls; the tools; the template variables: engine/chat_inputs.py)
+   is replaced by a placeholder, ``#<nonce>#<index>#``: the nonce is a random number found in
+   no client string, and ``#`` (or another delimiter) is a character no special token
+   contains, so no special token can match across a placeholder's edge.
+2. The template is rendered with the escaped messages, and again with each non-blank content,
+   thinking and tool description replaced by a neutral sentinel (the "skeleton"). The special
+   tokens in the skeleton are the ones the template itself writes.
 3. The escaped rendering must hold the skeleton's special tokens, no more, no fewer, in the
    same order. If not, the template makes special tokens out of message text (by joining it
    to its own text, for instance), or writes different ones depending on the text: the request
@@ -56,11 +57,17 @@ import contextlib
 import re
 import secrets
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol, overload
+from typing import Any, Protocol, TypeVar, overload
 
-from llamagrid.worker.engine.chat_template import ChatTemplate
+from llamagrid.worker.engine.chat_inputs import (
+    ChatInputs,
+    Conversation,
+    message_dict,
+    skeleton_turn,
+)
+from llamagrid.worker.engine.chat_template import OBJECT_CALLS, ChatTemplate
 from llamagrid.worker.engine.errors import context_exceeded, invalid, not_ready
 from llamagrid.worker.engine.reports import TokenPiece
 from llamagrid.worker.engine.requests import GenerationSpec, Message
@@ -160,6 +167,10 @@ class Vocab(Protocol):
         """The text of token ids."""
 
 
+#: What holding_model's function returns.
+_Result = TypeVar("_Result")
+
+
 class PromptTokenizer:
     """Templates and tokenization for any thread; the model stays loaded while a call runs.
 
@@ -200,6 +211,12 @@ class PromptTokenizer:
                 self._users -= 1
                 self._cond.notify_all()
 
+    def holding_model(self, fn: Callable[[], _Result]) -> _Result:
+        """fn() while the model stays loaded: other work on a tokenizer thread that reads the
+        vocabulary (a request's DRY sampler, engine/sampling.py)."""
+        with self._use():
+            return fn()
+
     def close(self) -> None:
         """Refuse new calls and wait for running ones (each is bounded by the size limits)."""
         with self._cond:
@@ -213,7 +230,7 @@ class PromptTokenizer:
             if spec.tokens is not None:
                 tokens = list(spec.tokens)
             elif spec.messages is not None:
-                tokens = self.chat_tokens(spec.messages)
+                tokens = self.chat_tokens(spec.messages, inputs=ChatInputs.of(spec))
             else:
                 text = spec.prompt or ""
                 tokens = self.vocab.tokenize(text, True, self.special_in_prompt)
@@ -254,7 +271,7 @@ class PromptTokenizer:
                 closing = self._closing_ids()
                 ends_closed = bool(closing) and list(transcript[-len(closing) :]) == closing
                 tokens = ([] if ends_closed else closing) + self.chat_tokens(
-                    spec.messages, after=_EARLIER_TURNS
+                    spec.messages, after=_EARLIER_TURNS, inputs=ChatInputs.of(spec)
                 )
             else:
                 tokens = self.vocab.tokenize(spec.prompt or "", False, self.special_in_prompt)
@@ -267,39 +284,43 @@ class PromptTokenizer:
         ``<|im_end|>`` and a newline), as token ids: template text only, so special tokens are
         parsed."""
         if self._closing is None:
-            text = self._render(_EARLIER_TURNS, add_generation_prompt=False)
+            text = self._render(
+                [message_dict(m) for m in _EARLIER_TURNS], add_generation_prompt=False
+            )
             content = _EARLIER_TURNS[-1].content
             end = text.rfind(content)
             closing = text[end + len(content) :] if end >= 0 else ""
             self._closing = self.vocab.tokenize(closing, False, True) if closing else []
         return self._closing
 
-    def chat_tokens(self, messages: Sequence[Message], after: Sequence[Message] = ()) -> list[int]:
+    def chat_tokens(
+        self,
+        messages: Sequence[Message],
+        after: Sequence[Message] = (),
+        inputs: ChatInputs | None = None,
+    ) -> list[int]:
         """The template's rendering of messages, then the assistant's turn, as token ids: the
         template's special tokens parsed, the messages' text as text (module docstring).
+        ``inputs`` are the tools and extra variables the template also receives; their strings
+        are client text too, escaped like the messages'.
 
         With ``after`` (earlier turns, whose text holds no special-token text), only what the
         template writes after those turns is tokenized, without BOS: a session's next turn.
         """
-        history = list(after)
-        if self.special_in_content:
-            text = self._cut(self._render([*history, *messages]), history)
-            return self.vocab.tokenize(text, not history and self._adds_bos(text), True)
-        esc = _Escaper(self.specials, [s for m in messages for s in (m.role, m.content, m.name)])
-        escaped = [
-            Message(esc.escape(m.role), esc.escape(m.content), esc.escape(m.name)) for m in messages
-        ]
-        text = self._cut(self._render([*history, *escaped]), history)
-
-        def skeleton_of(turns: Sequence[Message]) -> list[Message]:
-            return [
-                Message(m.role, esc.sentinel if m.content.strip() else m.content, m.name)
-                for m in turns
-            ]
-
-        skeleton = self._cut(
-            self._render([*skeleton_of(history), *skeleton_of(escaped)]), skeleton_of(history)
+        calls = any(m.tool_calls for m in messages)
+        style = self.template.call_style if calls else OBJECT_CALLS
+        conversation = Conversation(
+            tuple(message_dict(m, style) for m in messages), inputs or ChatInputs()
         )
+        history = tuple(message_dict(m) for m in after)
+        if self.special_in_content:
+            text = self._rendered(history, conversation)
+            return self.vocab.tokenize(text, not history and self._adds_bos(text), True)
+        esc = _Escaper(self.specials, list(conversation.strings()))
+        escaped = conversation.mapped(esc.escape)
+        text = self._rendered(history, escaped)
+        skeleton_history = tuple(skeleton_turn(t, esc.sentinel) for t in history)
+        skeleton = self._rendered(skeleton_history, escaped.skeleton(esc.sentinel))
         found = self.specials.find(text)
         written = [token.id for _, _, token in self.specials.find(skeleton)]
         if [token.id for _, _, token in found] != written:
@@ -312,7 +333,7 @@ class PromptTokenizer:
         add_bos = not history and self._adds_bos(text)
         if not esc.escaped:  # nothing escaped: the ids a plain tokenization has always given
             ids = self.vocab.tokenize(text, add_bos, True)
-        elif esc.restore(text) != self._cut(self._render([*history, *messages]), history):
+        elif esc.restore(text) != self._rendered(history, conversation):
             raise invalid(
                 "the chat template alters message text that holds special-token text (such as "
                 "a cut or a replacement): these messages cannot be tokenized safely",
@@ -323,16 +344,38 @@ class PromptTokenizer:
         self._check_controls(ids, written, add_bos)
         return ids
 
-    # The steps of chat_tokens.
-    def _render(self, messages: Sequence[Message], add_generation_prompt: bool = True) -> str:
-        return self.template.render([_message_dict(m) for m in messages], add_generation_prompt)
+    def opens_thinking(self, tokens: Sequence[int], opener: str) -> bool:
+        """Whether a prompt ends inside an open thinking block: its text, special tokens
+        rendered, ends with ``opener`` (such as ``<think>``) and whitespace."""
+        with self._use():
+            tail = self.vocab.detokenize(list(tokens[-_THINK_TAIL_TOKENS:]), True)
+        return tail.rstrip().endswith(opener)
 
-    def _cut(self, text: str, history: Sequence[Message]) -> str:
+    # The steps of chat_tokens.
+    def _rendered(self, history: Sequence[Mapping[str, Any]], conversation: Conversation) -> str:
+        """What the template writes for the conversation after the history (all of it, when
+        there is no history), with the generation prompt."""
+        turns = [*history, *conversation.turns]
+        text = self._render(turns, conversation.inputs)
+        return self._cut(text, history, conversation.inputs)
+
+    def _render(
+        self,
+        turns: Sequence[Mapping[str, Any]],
+        inputs: ChatInputs | None = None,
+        add_generation_prompt: bool = True,
+    ) -> str:
+        inputs = inputs or ChatInputs()
+        return self.template.render(
+            turns, add_generation_prompt, inputs.tools or None, inputs.variables
+        )
+
+    def _cut(self, text: str, history: Sequence[Mapping[str, Any]], inputs: ChatInputs) -> str:
         """What ``text`` (a rendering of history and more) adds after the rendering of history
         alone; raises when the template renders history differently once more follows."""
         if not history:
             return text
-        before = self._render(history, add_generation_prompt=False)
+        before = self._render(history, inputs, add_generation_prompt=False)
         if not text.startswith(before):
             raise invalid(
                 "this chat template renders earlier turns differently once a later turn "
@@ -449,6 +492,8 @@ class _Escaper:
 #: Stand-ins for a session's earlier turns when a new turn is rendered: the template's glue
 #: after them does not depend on their text.
 _EARLIER_TURNS = (Message("user", "Hello"), Message("assistant", "Hi there"))
+#: Tokens at the end of a prompt searched for an open thinking block.
+_THINK_TAIL_TOKENS = 8
 
 
 def check_fits(spec: GenerationSpec, prompt_tokens: int, seq_ctx: int) -> None:
@@ -462,10 +507,3 @@ def check_fits(spec: GenerationSpec, prompt_tokens: int, seq_ctx: int) -> None:
             f"{asked} ({prompt_tokens} in the prompt, {max_tokens or 1} to generate)",
             "messages" if spec.messages is not None else "prompt",
         )
-
-
-def _message_dict(m: Message) -> Mapping[str, str]:
-    out = {"role": m.role, "content": m.content}
-    if m.name:
-        out["name"] = m.name
-    return out

@@ -5,6 +5,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+from llamagrid.worker.engine.dimensions import EmbeddingDimensions
+
 
 @dataclass(frozen=True)
 class EmbedResult:
@@ -41,6 +43,8 @@ class ModelDescription:
     vocab_size: int
     pooling: str
     description: str
+    #: The widths an Embed request may truncate vectors to (--embedding-dimensions).
+    embedding_dimensions: EmbeddingDimensions = field(default_factory=EmbeddingDimensions)
 
 
 class KvTier(enum.Enum):

@@ -13,6 +13,7 @@ import os
 
 from llamagrid.worker.engine.chat_template import ChatTemplate, load_template_source
 from llamagrid.worker.engine.counters import EngineCounters
+from llamagrid.worker.engine.dimensions import EmbeddingDimensions
 from llamagrid.worker.engine.embedder import Embedder
 from llamagrid.worker.engine.limits import RequestLimits
 from llamagrid.worker.engine.prompts import PromptTokenizer, SpecialToken, SpecialTokens
@@ -52,6 +53,10 @@ class Runtime:
         self.placement = self._place()
         dv.check_offloaded(self.placement, cuda_visible)
         info = self.model.describe()
+        #: The widths Embed requests may truncate to; a listed width wider than the model's
+        #: vectors fails the load.
+        self.embedding_dimensions = EmbeddingDimensions.parse(s.embedding_dimensions)
+        self.embedding_dimensions.check_model(info["n_embd"])
         self.on_gpu = self.placement.offloaded_layers > 0
         n_ctx = s.n_ctx or info["n_ctx_train"] * s.parallel
         threads = s.n_threads or (os.cpu_count() or 1)
@@ -141,6 +146,7 @@ class Runtime:
             vocab_size=self.model.n_vocab,
             pooling=self.embedder.ctx.pooling,
             description=info["desc"],
+            embedding_dimensions=self.embedding_dimensions,
         )
 
     def close(self) -> None:

@@ -10,6 +10,18 @@ timeout are refused with RESOURCE_EXHAUSTED.
 A request with a grammar or JSON schema waits in the queue until its grammar has compiled on a
 compile thread (engine/constraints.py): the engine thread never parses one. A grammar that
 later allows no token ends its own request; a sampling failure of one slot never ends another.
+
+A request for n choices waits until n slots are free (later requests wait behind it, so that it
+is not starved). Choice 0 prefills the prompt alone; the step that decodes its last prompt token
+copies its KV cells into the other choices' sequences, and every choice samples its first token
+from those same logits with a sampler (and grammar) of its own. No prompt token is decoded
+twice. With a KV buffer per sequence, llama.cpp performs a copy at the next decode: until then
+neither sequence is saved to or restored from the host tier.
+
+A request that wants its prompt's log-probabilities asks llama.cpp for the logits of every
+prompt position, at most PROMPT_LOGPROB_ROWS positions per step (they bound llama.cpp's output
+buffer: rows times the vocabulary, in floats); it reuses no cached prefix, since a cached
+position has no logits.
 """
 
 from __future__ import annotations
@@ -19,7 +31,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -40,6 +52,7 @@ from llamagrid.worker.engine.errors import (
 from llamagrid.worker.engine.events import Admitted, Final
 from llamagrid.worker.engine.host_cache import HostCache, HostEntry
 from llamagrid.worker.engine.limits import DEFAULT_LIMITS, RequestLimits
+from llamagrid.worker.engine.logprobs import block_logprobs, first_prompt_entry
 from llamagrid.worker.engine.prefix_cache import PrefixCache, Reuse
 from llamagrid.worker.engine.prompts import PromptTokenizer, check_fits
 from llamagrid.worker.engine.requests import GenerationSpec, Message, Sampling
@@ -51,6 +64,22 @@ from llamagrid.worker.native.llama_backend import Batch, Context, Model
 from llamagrid.worker.native.sampler import NO_TOKEN, Sampler
 
 log = logging.getLogger(__name__)
+
+#: The most prompt positions whose logits one step asks for (prompt_logprobs requests).
+PROMPT_LOGPROB_ROWS = 128
+
+
+@dataclass(frozen=True)
+class PromptRows:
+    """Prompt positions of one slot whose logits a step asked for, to score the tokens that
+    follow them (prompt_logprobs)."""
+
+    slot: Slot
+    #: The batch index of the first position.
+    index: int
+    #: The first position.
+    pos: int
+    count: int
 
 
 @dataclass(frozen=True)
@@ -95,6 +124,9 @@ class Scheduler:
         self.compiler = GrammarCompiler(
             functools.partial(compile_constraint, model, limits=limits), limits.grammar_timeout_s
         )
+        #: Sequences a cross-stream KV copy reads or writes at the next decode (a buffer per
+        #: sequence: llama.cpp copies then): not saved to or restored from the host tier.
+        self._copying: set[int] = set()
 
     @property
     def active(self) -> int:
@@ -163,6 +195,7 @@ class Scheduler:
                 slot.sampler.close()
                 self.slots[slot.seq] = None
         self.ctx.clear()
+        self._copying.clear()
         self.cache.drop_all()
         self.host.clear()
 
@@ -177,20 +210,65 @@ class Scheduler:
             if compiling:  # nothing to decode until a grammar is ready: doze, 5 ms at most
                 self.compiler.wait(compiling, 0.005)
             return False
-        outputs = self._fill_batch(live)
+        outputs, rows = self._fill_batch(live)
         self.ctx.decode(self._batch)
+        self._copying.clear()  # the decode ran the pending copies first
         self.counters.on_decode(len(live))
+        for part in rows:
+            self._score_prompt(part)
         for slot, index in outputs:
-            final = self._sample(slot, index)
-            if final is not None:
-                self.counters.on_final(final)
-                slot.job.channel.push(final)
-                self._release(slot)
+            for choice in self._choices_ready(slot):
+                if choice.job.cancelled:  # another choice failed: all go at the next step
+                    continue
+                final = self._sample(choice, index)
+                if final is not None:
+                    self.counters.on_final(final)
+                    choice.job.channel.push(final)
+                    self._release(choice)
         return True
+
+    def _score_prompt(self, part: PromptRows) -> None:
+        """Add the log-probabilities of the prompt tokens that follow a block of positions."""
+        slot = part.slot
+        if slot.prompt_logprobs is None or slot.job.cancelled:
+            return
+        try:
+            rows = self.ctx.logits_rows(part.index, part.count)
+            targets = slot.prompt[part.pos + 1 : part.pos + 1 + part.count]
+            entries = block_logprobs(self.model, rows, targets, slot.prompt_logprobs)
+        except Exception as exc:  # this request fails alone
+            log.exception("prompt log-probabilities failed for %s", slot.job.request.request_id)
+            slot.job.fail(internal(f"prompt log-probabilities failed: {exc}"))
+            return
+        slot.prompt_entries.extend(entries)
+
+    def _choices_ready(self, slot: Slot) -> list[Slot]:
+        """The slots that sample from a slot's output: itself, and when it is choice 0 whose
+        prompt is now decoded, the other choices (their KV cells copied from it). Choice 0
+        first sends the prompt's text and log-probabilities, if asked for."""
+        if slot.first_token_at is not None or slot.index != 0:
+            return [slot]
+        chunk = slot.prompt_chunk()
+        if chunk is not None and not slot.job.cancelled:
+            slot.job.channel.push(chunk)
+        ready = [slot]
+        followers, slot.followers = slot.followers, []
+        for follower in followers:
+            follower.leader = None
+            if self.ctx.share(slot.seq, follower.seq, len(slot.prompt)):
+                follower.n_past = len(slot.prompt)
+                if not self.ctx.unified:
+                    self._copying.update((slot.seq, follower.seq))
+                ready.append(follower)
+            else:  # this memory cannot copy a sequence: the choice prefills the prompt itself
+                log.warning("could not copy a prompt's KV cells; prefilling it again")
+        return ready
 
     def _sample(self, slot: Slot, index: int) -> Final | None:
         """Sample and emit a slot's next token. A failure ends this slot's job only."""
         try:
+            if slot.max_tokens == 0:  # only the prompt was wanted (echo, prompt_logprobs)
+                return slot.finish_empty()
             token = slot.sampler.sample(self.ctx, index)
             if token == NO_TOKEN:
                 raise self._dead_end(slot)
@@ -213,26 +291,39 @@ class Scheduler:
             constraint_param(constraint),
         )
 
-    def _fill_batch(self, live: list[Slot]) -> list[tuple[Slot, int]]:
+    def _fill_batch(self, live: list[Slot]) -> tuple[list[tuple[Slot, int]], list[PromptRows]]:
+        """Fill the batch; returns the slots to sample (with their batch index), and the prompt
+        positions whose logits were asked for (prompt_logprobs)."""
         batch = self._batch
         batch.clear()
         outputs: list[tuple[Slot, int]] = []
+        rows: list[PromptRows] = []
+        row_budget = PROMPT_LOGPROB_ROWS
         for slot in live:
             if not slot.prefilling and slot.next_token is not None:
                 outputs.append((slot, batch.add(slot.next_token, slot.n_past, slot.seq, True)))
                 slot.n_past += 1
         for slot in live:
             room = batch.capacity - len(batch)
-            if not slot.prefilling or room <= 0:
+            every = slot.prompt_logprobs is not None  # logits at every prompt position
+            if every:
+                room = min(room, row_budget)
+            if not slot.prefilling or slot.waiting or room <= 0:
                 continue
-            end = min(len(slot.prompt), slot.n_past + room)
-            for pos in range(slot.n_past, end):
+            start, end = slot.n_past, min(len(slot.prompt), slot.n_past + room)
+            first = len(batch)
+            for pos in range(start, end):
                 last = pos == len(slot.prompt) - 1
-                index = batch.add(slot.prompt[pos], pos, slot.seq, last)
+                index = batch.add(slot.prompt[pos], pos, slot.seq, last or every)
                 if last:
                     outputs.append((slot, index))
+            scored = min(end, len(slot.prompt) - 1) - start  # the last position scores nothing
+            if every and scored > 0:
+                rows.append(PromptRows(slot, first, start, scored))
+            if every:
+                row_budget -= end - start
             slot.n_past = end
-        return outputs
+        return outputs, rows
 
     def _leave_queue(self, job: Job) -> Job:
         self.on_dequeue(job)
@@ -271,8 +362,10 @@ class Scheduler:
 
     def _admit(self) -> None:
         """Admit waiting jobs in order while slots are free; a job whose grammar is still
-        compiling keeps its place, one whose grammar failed or took too long fails now."""
+        compiling keeps its place, one whose grammar failed or took too long fails now. Once
+        a job lacks slots (it may want several), the jobs behind it wait too."""
         now, kept = time.perf_counter(), deque[Job]()
+        short = False
         while self.waiting:
             job = self.waiting.popleft()
             problem = job.grammar.problem(now) if job.grammar is not None else None
@@ -280,34 +373,93 @@ class Scheduler:
                 self._leave_queue(job).fail(problem)
             elif job.cancelled:
                 self._leave_queue(job).release_grammar()
-            elif (job.grammar is not None and not job.grammar.ready) or None not in self.slots:
+            elif job.grammar is not None and not job.grammar.ready:
+                kept.append(job)
+            elif short or self.slots.count(None) < job.request.choices:
+                short = True
                 kept.append(job)
             else:
                 self._admit_job(self._leave_queue(job))
         self.waiting = kept
 
     def _admit_job(self, job: Job) -> None:
+        """Give a job a slot for each of its choices, or fail it (holding none)."""
+        taken: list[Slot] = []
         try:
-            slot = self._make_slot(job)
-        except EngineError as exc:
-            job.fail(exc)
+            leader = self._make_slot(job)
+            self.slots[leader.seq] = leader
+            taken.append(leader)
+            for index in range(1, job.request.choices):
+                follower = self._make_follower(leader, index)
+                self.slots[follower.seq] = follower
+                taken.append(follower)
+                leader.followers.append(follower)
+        except Exception as exc:
+            error = exc
+            if not isinstance(exc, EngineError):  # a bug this request hit: it fails alone
+                log.exception("admitting a request failed")
+                error = internal(f"the request could not be admitted: {exc}")
+            for slot in taken:
+                slot.leader, slot.followers = None, []
+                self._release(slot)
+            job.fail(error)
             return
-        except Exception as exc:  # a bug this request hit: it fails alone, the others run on
-            log.exception("admitting a request failed")
-            job.fail(internal(f"the request could not be admitted: {exc}"))
-            return
-        self.slots[slot.seq] = slot
         job.channel.push(Admitted())
 
-    def _place(self, prompt: list[int]) -> Reuse:
+    def _make_follower(self, leader: Slot, index: int) -> Slot:
+        """The slot of a further choice: a sequence of its own (filled later with a copy of
+        the leader's prompt cells), and a sampler of its own, seeded seed + index when the
+        request has a seed."""
+        job, s = leader.job, leader.job.request.sampling
+        config = resolve(s, self.seq_ctx)
+        if s.seed is not None:
+            config = replace(config, seed=s.seed + index)
+        grammar = leader.sampler.grammar
+        sampler = Sampler(
+            self.model,
+            config,
+            grammar.clone() if grammar is not None else None,
+            job.sampler_history,
+            leader.prompt,
+        )
+        seq = self._claim()
+        return Slot(
+            seq=seq,
+            job=job,
+            prompt=leader.prompt,
+            sampler=sampler,
+            text=TextStream(s.stop),
+            max_tokens=leader.max_tokens,
+            top_logprobs=leader.top_logprobs,
+            admitted=leader.admitted,
+            index=index,
+            leader=leader,
+        )
+
+    def _claim(self) -> int:
+        """A free sequence emptied for a prompt that reuses no cached prefix: the one whose
+        cells are worth least (saved to the host tier first, when worth it)."""
+        free = [seq for seq, s in enumerate(self.slots) if s is None]
+        busy = {s.seq: s.decoded() for s in self.slots if s is not None}
+        seq = self.cache.spare(free, busy)
+        self._save_before_loss(seq, 0)
+        self.cache.take(seq)
+        self.ctx.forget(seq)
+        return seq
+
+    def _place(self, prompt: list[int], reuse_prefix: bool = True) -> Reuse:
         """Choose the sequence for a prompt and set its KV cells to the reused prefix: cells a
         sequence already holds, or a longer prefix saved in the host tier. Cells about to be
-        lost are saved to the host tier first (engine/host_cache.py)."""
+        lost are saved to the host tier first (engine/host_cache.py). Without reuse_prefix,
+        the sequence is emptied."""
+        if not reuse_prefix:
+            return Reuse(self._claim(), 0)
         free = [seq for seq, s in enumerate(self.slots) if s is None]
         busy = {s.seq: s.decoded() for s in self.slots if s is not None}
         reuse = self.cache.plan(prompt, free, busy)
         found = self.host.find(prompt, len(prompt) - 1) if self.host.enabled else None
-        if found is not None and found[1] >= reuse.length + self.cache.min_reuse:
+        usable = found is not None and reuse.seq not in self._copying
+        if found is not None and usable and found[1] >= reuse.length + self.cache.min_reuse:
             return self._restore(reuse.seq, *found)
         if reuse.source is None:
             self._save_before_loss(reuse.seq, reuse.length)
@@ -328,6 +480,8 @@ class Scheduler:
         are about to be overwritten and no saved entry holds them already."""
         held = self.cache.held(seq)
         if len(held) - keep < self.host.min_tokens or not self.host.worth_saving(held):
+            return
+        if seq in self._copying:  # its cells are not in place until the next decode
             return
         data = self.ctx.save_sequence(seq)
         if data is not None and self.host.add(held, data, self.cache.is_session(seq)):
@@ -411,19 +565,29 @@ class Scheduler:
         check_fits(req, len(prompt), self.seq_ctx)
         room = self.seq_ctx - len(prompt)
         config = resolve(s, self.seq_ctx)
-        sampler = Sampler(self.model, config, self._take_grammar(job))
-        reuse = self._place(prompt)
+        sampler = Sampler(self.model, config, self._take_grammar(job), job.sampler_history, prompt)
+        try:
+            # A request that wants every prompt position's logits reuses no cached prefix.
+            reuse = self._place(prompt, reuse_prefix=req.prompt_logprobs is None)
+        except BaseException:
+            sampler.close()
+            raise
+        first = (
+            [first_prompt_entry(self.model, prompt[0])] if req.prompt_logprobs is not None else []
+        )
         return Slot(
             seq=reuse.seq,
             job=job,
             prompt=prompt,
             sampler=sampler,
             text=TextStream(s.stop),
-            max_tokens=min(s.max_tokens or room, room),
+            max_tokens=room if s.max_tokens is None else min(s.max_tokens, room),
             top_logprobs=s.top_logprobs,
             n_past=reuse.length,
             cached=0 if reuse.restored else reuse.length,
             restored=reuse.length if reuse.restored else 0,
+            prompt_logprobs=req.prompt_logprobs,
+            prompt_entries=first,
         )
 
     @staticmethod

@@ -60,8 +60,12 @@ _QUANTIFIER = re.compile(r"\{\s*(\d*)\s*(?:,\s*(\d*)\s*)?\}")
 PARAM = "response_format"
 
 
-def check_json_schema(text: str, limits: RequestLimits, param: str = PARAM) -> None:
-    """Raise an EngineError naming param if the schema is too big, too deep or repeats too much."""
+def check_json_schema(
+    text: str, limits: RequestLimits, param: str = PARAM, keywords: bool = True
+) -> dict[str, Any]:
+    """Raise an EngineError naming param if the schema is too big, too deep or repeats too much
+    (or, with ``keywords``, uses a keyword or format the converter would not enforce); return
+    the parsed schema."""
     size = len(text.encode("utf-8", errors="replace"))
     if size > limits.max_schema_bytes:
         raise invalid(
@@ -75,10 +79,11 @@ def check_json_schema(text: str, limits: RequestLimits, param: str = PARAM) -> N
         raise _too_deep(limits, param) from None
     if not isinstance(schema, dict):
         raise invalid("the JSON schema must be a JSON object", param)
-    _walk(schema, limits, param)
+    _walk(schema, limits, param, keywords)
+    return schema
 
 
-def _walk(schema: dict[str, Any], limits: RequestLimits, param: str) -> None:
+def _walk(schema: dict[str, Any], limits: RequestLimits, param: str, keywords: bool) -> None:
     """Visit every object and array of the document, without recursion."""
     # What each node is: a schema (or a list of them), a map of names to schemas, or data.
     todo: list[tuple[Any, int, str]] = [(schema, 1, "schema")]
@@ -88,7 +93,8 @@ def _walk(schema: dict[str, Any], limits: RequestLimits, param: str) -> None:
             raise _too_deep(limits, param)
         if isinstance(node, dict):
             if kind == "schema":
-                _check_keywords(node, param)
+                if keywords:
+                    _check_keywords(node, param)
                 _check_counts(node, limits.max_schema_count, param)
                 _check_properties(node, limits.max_schema_properties, param)
             for key, value in node.items():

@@ -5,8 +5,6 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from llamagrid.worker.engine.channel import EventChannel
 from llamagrid.worker.engine.constraints import PendingGrammar
 from llamagrid.worker.engine.events import (
@@ -14,14 +12,14 @@ from llamagrid.worker.engine.events import (
     Event,
     Final,
     FinishReason,
-    LogprobEntry,
     TokenLogprob,
     Usage,
 )
+from llamagrid.worker.engine.logprobs import token_logprob
 from llamagrid.worker.engine.requests import GenerationSpec
 from llamagrid.worker.engine.text_stream import TextStream
 from llamagrid.worker.native.llama_backend import Context, Model
-from llamagrid.worker.native.sampler import Sampler
+from llamagrid.worker.native.sampler import Sampler, SamplerHistory
 
 
 @dataclass(eq=False)
@@ -36,9 +34,19 @@ class Job:
     cancelled: bool = False
     #: The request's grammar or JSON schema, compiling off the engine thread while queued.
     grammar: PendingGrammar | None = None
+    #: The prompt's text to send back (echo), made before the job reached the engine thread.
+    echo_text: str | None = None
+    #: Control tokens whose text the output keeps: the tool-call and reasoning markup a parser
+    #: reads (engine/tool_stream.py). Other control tokens render as nothing, as ever.
+    render_special: frozenset[int] = frozenset()
+    #: The request's penalties and DRY samplers, given the prompt on a tokenizer thread; each
+    #: of the job's samplers copies them (None: its chain has neither).
+    sampler_history: SamplerHistory | None = None
 
     def fail(self, error: BaseException) -> None:
-        """End the job's stream with an error."""
+        """End the job's stream with an error; its other choices, if any run, stop at the next
+        step."""
+        self.cancelled = True
         self.release_grammar()
         self.channel.push(error)
 
@@ -70,11 +78,45 @@ class Slot:
     out_tokens: list[int] = field(default_factory=list)
     next_token: int | None = None
     first_token_at: float | None = None
+    #: The choice this slot generates (GenerationSpec.n); choice 0 prefills the prompt.
+    index: int = 0
+    #: For a further choice: the slot prefilling the prompt, whose KV it copies once done.
+    #: None once copied (the slot then decodes on its own).
+    leader: Slot | None = None
+    #: For choice 0 of a request with several: the slots waiting for its prompt.
+    followers: list[Slot] = field(default_factory=list)
+    #: Alternatives to return with each prompt token's log-probability, or None.
+    prompt_logprobs: int | None = None
+    #: The prompt tokens' log-probabilities computed so far (prompt_logprobs).
+    prompt_entries: list[TokenLogprob] = field(default_factory=list)
 
     @property
     def prefilling(self) -> bool:
         """Whether prompt tokens remain to be decoded."""
         return self.n_past < len(self.prompt)
+
+    @property
+    def waiting(self) -> bool:
+        """Whether this choice waits for its leader's prompt (it is in no batch until then)."""
+        return self.leader is not None
+
+    def prompt_chunk(self) -> Chunk | None:
+        """What choice 0 sends once its prompt is decoded and before its first token: the
+        prompt's text (echo) and its tokens' log-probabilities, when asked for."""
+        if self.job.echo_text is None and self.prompt_logprobs is None:
+            return None
+        return Chunk(
+            "",
+            [],
+            index=self.index,
+            prompt_text=self.job.echo_text or "",
+            prompt_logprobs=self.prompt_entries,
+        )
+
+    def finish_empty(self) -> Final:
+        """End a choice that generates nothing (max_tokens 0) once its prompt is decoded."""
+        self.first_token_at = time.perf_counter()
+        return self._finish(FinishReason.LENGTH)
 
     def decoded(self) -> list[int]:
         """The tokens whose KV cells this sequence holds, in position order."""
@@ -91,10 +133,12 @@ class Slot:
             return self._finish(FinishReason.EOS)
         self.out_tokens.append(token)
         logprobs = (
-            [self._logprob(model, ctx, token, index)] if self.top_logprobs is not None else []
+            [token_logprob(model, ctx.logits(index), token, self.top_logprobs)]
+            if self.top_logprobs is not None
+            else []
         )
-        delta = self.text.feed(model.piece(token))
-        self.job.channel.push(Chunk(delta.text, [token], logprobs))
+        delta = self.text.feed(model.piece(token, special=token in self.job.render_special))
+        self.job.channel.push(Chunk(delta.text, [token], logprobs, index=self.index))
         if delta.stopped_by is not None:
             return self._finish(FinishReason.STOP_STRING, delta.stopped_by)
         if len(self.out_tokens) >= self.max_tokens:
@@ -105,7 +149,7 @@ class Slot:
     def _finish(self, reason: FinishReason, matched: str = "") -> Final:
         tail = self.text.finish()
         if tail.text:
-            self.job.channel.push(Chunk(tail.text, []))
+            self.job.channel.push(Chunk(tail.text, [], index=self.index))
         if tail.stopped_by is not None:
             reason, matched = FinishReason.STOP_STRING, tail.stopped_by
         now = time.perf_counter()
@@ -119,17 +163,6 @@ class Slot:
             prefill_ms=(first - self.admitted) * 1000,
             decode_ms=(now - first) * 1000,
         )
-        return Final(reason, usage, matched)
-
-    def _logprob(self, model: Model, ctx: Context, token: int, index: int) -> TokenLogprob:
-        logits = ctx.logits(index).astype(np.float64)
-        shifted = logits - logits.max()
-        logprobs = shifted - np.log(np.exp(shifted).sum())
-        n = self.top_logprobs or 0
-        top_ids = np.argpartition(-logprobs, n)[:n] if n else np.array([], dtype=np.int64)
-        top_ids = top_ids[np.argsort(-logprobs[top_ids])]
-
-        def entry(t: int) -> LogprobEntry:
-            return LogprobEntry(t, model.piece(t), float(logprobs[t]))
-
-        return TokenLogprob(entry(token), tuple(entry(int(t)) for t in top_ids))
+        if self.index > 0:  # the prompt is counted once, in choice 0's usage
+            usage = Usage(0, len(self.out_tokens), decode_ms=usage.decode_ms)
+        return Final(reason, usage, matched, index=self.index)

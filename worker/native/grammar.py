@@ -210,12 +210,25 @@ class CompiledGrammar:
             # A grammar engine.gbnf accepted fails here only for left recursion (logged in one
             # line by llama.cpp, without the grammar).
             raise invalid("the grammar could not be compiled: is a rule left-recursive?", param)
+        self._adopt(ptr, param)
+
+    def _adopt(self, ptr: Any, param: str) -> None:
         self.ptr: Any = ptr
         self.param = param
         self._one = (lc.llama_token_data * 1)()
         self._one_array = lc.llama_token_data_array(
             data=ctypes.cast(self._one, lc.llama_token_data_p), size=1, selected=-1, sorted=False
         )
+
+    def clone(self) -> CompiledGrammar:
+        """An independent copy in the same state (llama_sampler_clone copies the parsed rules
+        and the parse stacks; nothing is parsed again): one per choice of a request."""
+        ptr = lc.llama_sampler_clone(self.ptr)
+        if not ptr:
+            raise RuntimeError("llama.cpp could not copy a grammar")
+        twin = CompiledGrammar.__new__(CompiledGrammar)
+        twin._adopt(ptr, self.param)
+        return twin
 
     def allows(self, token: int) -> bool:
         """Whether the grammar, in its present state, accepts token next."""

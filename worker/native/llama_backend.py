@@ -267,6 +267,11 @@ class Model:
         }
 
 
+def _address(pointer: Any) -> int:
+    """The address a ctypes pointer holds (0 for NULL)."""
+    return int(ctypes.cast(pointer, ctypes.c_void_p).value or 0)
+
+
 def _load_mode(use_mmap: bool, use_mlock: bool) -> int:
     if use_mmap and use_mlock:
         return int(lc.LLAMA_LOAD_MODE_MMAP_MLOCK)
@@ -326,6 +331,18 @@ class Context:
         """A copy of the logits at a batch position whose output was requested."""
         ptr = lc.llama_get_logits_ith(self.ptr, index)
         return np.ctypeslib.as_array(ptr, shape=(self.model.n_vocab,)).copy()
+
+    def logits_rows(self, first: int, count: int) -> FloatArray:
+        """The logits at ``count`` consecutive batch positions from ``first``, all of which
+        requested output: a (count, n_vocab) view of llama.cpp's buffer, valid until the next
+        decode. llama.cpp keeps the outputs in batch order, so the rows are adjacent."""
+        n_vocab = self.model.n_vocab
+        start = lc.llama_get_logits_ith(self.ptr, first)
+        end = lc.llama_get_logits_ith(self.ptr, first + count - 1)
+        gap = _address(end) - _address(start)
+        if not start or gap != (count - 1) * n_vocab * ctypes.sizeof(ctypes.c_float):
+            raise RuntimeError(f"llama.cpp's logits for batch positions {first}+{count} are apart")
+        return np.ctypeslib.as_array(start, shape=(count, n_vocab))
 
     def forget(self, seq: int) -> None:
         """Drop a sequence's KV cells."""

@@ -87,7 +87,8 @@ class InferenceService(pb_grpc.InferenceServiceServicer):
                 list(i.tokens.ids) if i.WhichOneof("input") == "tokens" else i.text
                 for i in request.inputs
             ]
-            result = await self.engine.embed(inputs, request.normalize)
+            dimensions = request.dimensions if request.HasField("dimensions") else None
+            result = await self.engine.embed(inputs, request.normalize, dimensions)
         except EngineError as exc:
             await abort(context, exc)
         return pb.EmbedResponse(

@@ -6,7 +6,7 @@ import dataclasses
 from collections.abc import Sequence
 
 from llamagrid.v1 import inference_pb2 as pb
-from llamagrid.worker.engine.errors import unsupported
+from llamagrid.worker.engine.errors import invalid
 from llamagrid.worker.engine.events import (
     Chunk,
     Event,
@@ -14,6 +14,7 @@ from llamagrid.worker.engine.events import (
     FinishReason,
     LogprobEntry,
     TokenLogprob,
+    ToolCallDelta,
 )
 from llamagrid.worker.engine.reports import KvTier, Load, ModelDescription, SessionReport
 from llamagrid.worker.engine.requests import (
@@ -21,8 +22,12 @@ from llamagrid.worker.engine.requests import (
     Grammar,
     JsonSchema,
     Message,
+    ReasoningFormat,
     Sampling,
     SessionRef,
+    Tool,
+    ToolCall,
+    ToolChoice,
 )
 from llamagrid.worker.native.devices import DeviceInfo, Placement
 
@@ -30,6 +35,7 @@ _FINISH = {
     FinishReason.EOS: pb.FINISH_REASON_EOS,
     FinishReason.STOP_STRING: pb.FINISH_REASON_STOP_STRING,
     FinishReason.LENGTH: pb.FINISH_REASON_LENGTH,
+    FinishReason.TOOL_CALLS: pb.FINISH_REASON_TOOL_CALLS,
 }
 _TIERS = {
     KvTier.RESIDENT: pb.KV_TIER_RESIDENT,
@@ -54,37 +60,13 @@ def sampling_from_proto(p: pb.SamplingParams) -> Sampling:
         stop=tuple(p.stop),
         ignore_eos=p.ignore_eos,
         constraint=_CONSTRAINTS[constraint](getattr(p, constraint)) if constraint else None,
+        dry_sequence_breakers=tuple(p.dry_sequence_breakers),
+        samplers=tuple(p.samplers),
     )
-
-
-#: Contract fields this worker does not honour yet: refused, never ignored.
-_NOT_YET = (
-    "tools",
-    "tool_choice",
-    "parallel_tool_calls",
-    "chat_template_kwargs",
-    "reasoning_effort",
-    "reasoning_format",
-)
-_MESSAGE_NOT_YET = ("tool_calls", "tool_call_id", "reasoning_content")
-
-
-def _refuse_not_yet(req: pb.GenerateRequest) -> None:
-    present = {f.name for f, _ in req.ListFields()}
-    for name in _NOT_YET:
-        if name in present:
-            raise unsupported(f"{name} is not supported by this worker yet", name)
-    for i, m in enumerate(req.chat.messages):
-        fields = {f.name for f, _ in m.ListFields()}
-        for name in _MESSAGE_NOT_YET:
-            if name in fields:
-                param = f"messages[{i}].{name}"
-                raise unsupported(f"{param} is not supported by this worker yet", param)
 
 
 def generation_from_proto(req: pb.GenerateRequest) -> GenerationSpec:
     """The engine request for a GenerateRequest, as sent: the engine validates it."""
-    _refuse_not_yet(req)
     sampling = sampling_from_proto(req.sampling)
     which = req.WhichOneof("input")
     return GenerationSpec(
@@ -94,6 +76,20 @@ def generation_from_proto(req: pb.GenerateRequest) -> GenerationSpec:
         sampling=sampling,
         request_id=req.request_id,
         session=_session_ref(req),
+        tools=tuple(_tool(t) for t in req.tools),
+        tool_choice=_tool_choice(req),
+        tool_function=req.tool_choice.function
+        if req.tool_choice.WhichOneof("choice") == "function"
+        else None,
+        parallel_tool_calls=(
+            req.parallel_tool_calls if req.HasField("parallel_tool_calls") else True
+        ),
+        chat_template_kwargs=req.chat_template_kwargs,
+        reasoning_effort=req.reasoning_effort,
+        reasoning_format=_reasoning_format(req.reasoning_format),
+        n=req.n if req.HasField("n") else None,
+        prompt_logprobs=req.prompt_logprobs if req.HasField("prompt_logprobs") else None,
+        echo=req.echo,
     )
 
 
@@ -119,7 +115,48 @@ def session_to_proto(report: SessionReport) -> pb.SessionInfo:
 
 
 def _message(m: pb.ChatMessage) -> Message:
-    return Message(m.role, m.content, m.name if m.HasField("name") else None)
+    return Message(
+        m.role,
+        m.content,
+        m.name if m.HasField("name") else None,
+        tool_calls=tuple(ToolCall(c.id, c.name, c.arguments) for c in m.tool_calls),
+        tool_call_id=m.tool_call_id,
+        reasoning_content=m.reasoning_content,
+    )
+
+
+def _tool(t: pb.Tool) -> Tool:
+    return Tool(t.name, t.description, t.parameters_json, t.strict)
+
+
+_TOOL_CHOICES = {
+    pb.TOOL_CHOICE_MODE_AUTO: ToolChoice.AUTO,
+    pb.TOOL_CHOICE_MODE_NONE: ToolChoice.NONE,
+    pb.TOOL_CHOICE_MODE_REQUIRED: ToolChoice.REQUIRED,
+}
+_REASONING_FORMATS = {
+    pb.REASONING_FORMAT_NONE: ReasoningFormat.NONE,
+    pb.REASONING_FORMAT_SPLIT: ReasoningFormat.SPLIT,
+}
+
+
+def _tool_choice(req: pb.GenerateRequest) -> ToolChoice | None:
+    """The mode; None when unset (auto) or when a function is named."""
+    mode = req.tool_choice.mode
+    if req.tool_choice.WhichOneof("choice") != "mode" or mode == pb.TOOL_CHOICE_MODE_UNSPECIFIED:
+        return None
+    if mode not in _TOOL_CHOICES:
+        raise invalid(f"tool_choice.mode {mode} is not a known mode", "tool_choice")
+    return _TOOL_CHOICES[mode]
+
+
+def _reasoning_format(value: pb.ReasoningFormat.ValueType) -> ReasoningFormat | None:
+    """None when unset (the worker's default)."""
+    if value == pb.REASONING_FORMAT_UNSPECIFIED:
+        return None
+    if value not in _REASONING_FORMATS:
+        raise invalid(f"reasoning_format {value} is not a known format", "reasoning_format")
+    return _REASONING_FORMATS[value]
 
 
 def _entry(e: LogprobEntry) -> pb.LogprobEntry:
@@ -136,21 +173,44 @@ def _logprob(lp: TokenLogprob) -> pb.TokenLogprob:
 
 
 def chunks_to_proto(chunks: list[Chunk]) -> pb.GenerateResponse:
-    """One GenerateChunk from one or more consecutive engine chunks."""
-    out = pb.GenerateChunk()
+    """One GenerateChunk from one or more consecutive engine chunks of one choice."""
+    out = pb.GenerateChunk(index=chunks[0].index if chunks else 0)
     for c in chunks:
+        out.prompt_text += c.prompt_text
+        out.prompt_logprobs.extend(_logprob(lp) for lp in c.prompt_logprobs)
         out.text += c.text
         out.token_ids.extend(c.token_ids)
         out.logprobs.extend(_logprob(lp) for lp in c.logprobs)
+        out.reasoning += c.reasoning
+        for delta in c.tool_calls:
+            _add_call_delta(out, delta)
     return pb.GenerateResponse(chunk=out)
 
 
+def _add_call_delta(out: pb.GenerateChunk, delta: ToolCallDelta) -> None:
+    """Append a tool-call delta, merged into the previous one when it continues its
+    arguments."""
+    last = out.tool_calls[-1] if out.tool_calls else None
+    if last is not None and last.index == delta.index and not delta.id and not delta.name:
+        last.arguments += delta.arguments
+    else:
+        out.tool_calls.append(
+            pb.ToolCallDelta(
+                index=delta.index, id=delta.id, name=delta.name, arguments=delta.arguments
+            )
+        )
+
+
 def batch_to_proto(batch: Sequence[Event]) -> list[pb.GenerateResponse]:
-    """The messages for a batch of engine events: one GenerateChunk for all the chunks in it (the
-    tokens of one engine step, or of several when the consumer fell behind), then the final
-    message if the batch holds it. Admission travels as the call's initial metadata, not here."""
-    chunks = [event for event in batch if isinstance(event, Chunk)]
-    out = [chunks_to_proto(chunks)] if chunks else []
+    """The messages for a batch of engine events: one GenerateChunk per choice for all its chunks
+    in the batch (the tokens of one engine step, or of several when the consumer fell behind),
+    then the final messages the batch holds (a choice's final event is its last). Admission
+    travels as the call's initial metadata, not here."""
+    by_choice: dict[int, list[Chunk]] = {}
+    for event in batch:
+        if isinstance(event, Chunk):
+            by_choice.setdefault(event.index, []).append(event)
+    out = [chunks_to_proto(chunks) for chunks in by_choice.values()]
     out.extend(final_to_proto(event) for event in batch if isinstance(event, Final))
     return out
 
@@ -169,7 +229,11 @@ def final_to_proto(f: Final) -> pb.GenerateResponse:
         restored_tokens=u.restored_tokens,
     )
     final = pb.GenerateFinal(
-        finish_reason=_FINISH[f.finish_reason], usage=usage, matched_stop=f.matched_stop
+        finish_reason=_FINISH[f.finish_reason],
+        usage=usage,
+        matched_stop=f.matched_stop,
+        tool_calls=[pb.ToolCall(id=c.id, name=c.name, arguments=c.arguments) for c in f.tool_calls],
+        index=f.index,
     )
     if f.session is not None:
         final.session.turns = f.session.turns
@@ -221,7 +285,7 @@ def model_info_to_proto(d: ModelDescription, placement: Placement) -> pb.ModelIn
         for c, on in ((pb.CAPABILITY_GENERATE, d.can_generate), (pb.CAPABILITY_EMBED, d.can_embed))
         if on
     ]
-    return pb.ModelInfo(
+    info = pb.ModelInfo(
         alias=d.alias,
         file=d.file,
         hf_repo=d.hf_repo,
@@ -238,6 +302,10 @@ def model_info_to_proto(d: ModelDescription, placement: Placement) -> pb.ModelIn
         description=d.description,
         placement=placement_to_proto(placement),
     )
+    if d.embedding_dimensions.allowed:
+        info.embedding_dimensions.any = d.embedding_dimensions.any
+        info.embedding_dimensions.sizes.extend(d.embedding_dimensions.sizes)
+    return info
 
 
 def load_to_proto(load: Load) -> pb.GetLoadResponse:

@@ -731,7 +731,9 @@ func (x *ToolCall) GetArguments() string {
 }
 
 // ToolCallDelta is a part of a tool call in a stream. The first delta of a call carries its id
-// and name; later ones carry further fragments of its arguments.
+// and name; later ones carry further fragments of its arguments. A call's fragments join to the
+// JSON the model wrote, with its spacing: the same value as the call in GenerateFinal.tool_calls,
+// whose arguments are that JSON re-written compactly.
 type ToolCallDelta struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The call's position among the response's tool calls, from 0.
@@ -867,7 +869,8 @@ type SamplingParams struct {
 	MinP *float32 `protobuf:"fixed32,5,opt,name=min_p,json=minP,proto3,oneof" json:"min_p,omitempty"`
 	// Locally typical sampling threshold. 1 disables it.
 	TypicalP *float32 `protobuf:"fixed32,6,opt,name=typical_p,json=typicalP,proto3,oneof" json:"typical_p,omitempty"`
-	// Multiplicative penalty on recently generated tokens. 1 disables it.
+	// Multiplicative penalty on recent tokens, those of the prompt included (as in llama-server).
+	// 1 disables it.
 	RepeatPenalty *float32 `protobuf:"fixed32,7,opt,name=repeat_penalty,json=repeatPenalty,proto3,oneof" json:"repeat_penalty,omitempty"`
 	// How many recent tokens the penalties look at. -1 means the whole context.
 	RepeatLastN *int32 `protobuf:"varint,8,opt,name=repeat_last_n,json=repeatLastN,proto3,oneof" json:"repeat_last_n,omitempty"`
@@ -892,7 +895,56 @@ type SamplingParams struct {
 	//
 	//	*SamplingParams_Grammar
 	//	*SamplingParams_JsonSchema
-	Constraint    isSamplingParams_Constraint `protobuf_oneof:"constraint"`
+	Constraint isSamplingParams_Constraint `protobuf_oneof:"constraint"`
+	// Mirostat mode: 0 (off, the default), 1 (Mirostat) or 2 (Mirostat 2.0). When on, the chain is
+	// logit_bias, temperature, then Mirostat, as in llama.cpp: `samplers` and the samplers it
+	// orders (penalties, DRY, top-k, top-p, ...) are not used.
+	Mirostat *uint32 `protobuf:"varint,18,opt,name=mirostat,proto3,oneof" json:"mirostat,omitempty"`
+	// Mirostat's target entropy (tau), 0 to 100. Default 5.
+	MirostatTau *float32 `protobuf:"fixed32,19,opt,name=mirostat_tau,json=mirostatTau,proto3,oneof" json:"mirostat_tau,omitempty"`
+	// Mirostat's learning rate (eta), 0 to 1. Default 0.1.
+	MirostatEta *float32 `protobuf:"fixed32,20,opt,name=mirostat_eta,json=mirostatEta,proto3,oneof" json:"mirostat_eta,omitempty"`
+	// DRY ("don't repeat yourself") penalty multiplier, 0 to 100. 0 (the default) turns DRY off.
+	DryMultiplier *float32 `protobuf:"fixed32,21,opt,name=dry_multiplier,json=dryMultiplier,proto3,oneof" json:"dry_multiplier,omitempty"`
+	// DRY penalty base, 1 to 100. Default 1.75.
+	DryBase *float32 `protobuf:"fixed32,22,opt,name=dry_base,json=dryBase,proto3,oneof" json:"dry_base,omitempty"`
+	// The longest repetition DRY leaves unpenalized, in tokens, 0 or more. Default 2.
+	DryAllowedLength *int32 `protobuf:"varint,23,opt,name=dry_allowed_length,json=dryAllowedLength,proto3,oneof" json:"dry_allowed_length,omitempty"`
+	// How many recent tokens DRY scans for repetitions: 0 turns DRY off, -1 (the default) means
+	// the whole context per request, which is also the most allowed.
+	DryPenaltyLastN *int32 `protobuf:"varint,24,opt,name=dry_penalty_last_n,json=dryPenaltyLastN,proto3,oneof" json:"dry_penalty_last_n,omitempty"`
+	// Strings that end a repetition for DRY: at most 16, each 1 to 40 bytes without NUL. Empty
+	// means llama.cpp's default ["\n", ":", "\"", "*"].
+	DrySequenceBreakers []string `protobuf:"bytes,25,rep,name=dry_sequence_breakers,json=drySequenceBreakers,proto3" json:"dry_sequence_breakers,omitempty"`
+	// XTC (exclude top choices): the chance, 0 to 1, that a token is picked with the most likely
+	// tokens above xtc_threshold removed. 0 (the default) turns XTC off.
+	XtcProbability *float32 `protobuf:"fixed32,26,opt,name=xtc_probability,json=xtcProbability,proto3,oneof" json:"xtc_probability,omitempty"`
+	// XTC's probability threshold, 0 to 1; above 0.5 XTC does nothing. Default 0.1.
+	XtcThreshold *float32 `protobuf:"fixed32,27,opt,name=xtc_threshold,json=xtcThreshold,proto3,oneof" json:"xtc_threshold,omitempty"`
+	// Top-n-sigma: keep tokens whose logit is within top_n_sigma standard deviations of the
+	// highest, -1 to 100. 0 or less (the default is -1) turns it off.
+	TopNSigma *float32 `protobuf:"fixed32,28,opt,name=top_n_sigma,json=topNSigma,proto3,oneof" json:"top_n_sigma,omitempty"`
+	// Dynamic temperature: the temperature moves within temperature ± dynatemp_range with the
+	// entropy of the distribution, 0 to 100. 0 (the default) means a fixed temperature.
+	DynatempRange *float32 `protobuf:"fixed32,29,opt,name=dynatemp_range,json=dynatempRange,proto3,oneof" json:"dynatemp_range,omitempty"`
+	// Dynamic temperature exponent, 0 to 100. Default 1.
+	DynatempExponent *float32 `protobuf:"fixed32,30,opt,name=dynatemp_exponent,json=dynatempExponent,proto3,oneof" json:"dynatemp_exponent,omitempty"`
+	// The fewest tokens top-p, min-p, typical-p and XTC leave, 0 to the vocabulary size.
+	// Default 0.
+	MinKeep *uint32 `protobuf:"varint,31,opt,name=min_keep,json=minKeep,proto3,oneof" json:"min_keep,omitempty"`
+	// The samplers, in the order they run, by llama-server's names: "penalties", "dry",
+	// "top_n_sigma", "top_k", "typ_p" (or "typical_p"), "top_p", "min_p", "xtc", "temperature",
+	// "adaptive_p", or their one-letter codes e, d, s, k, y, p, m, x, t, a. Each at most once;
+	// "infill" (i) is refused (UNSUPPORTED_PARAMETER). A sampler left out is not used. Empty
+	// means llama-server's default order, penalties, dry, top_n_sigma, top_k, typ_p, top_p,
+	// min_p, xtc, temperature. A token is then drawn from what is left (by adaptive-p when the
+	// list holds "adaptive_p").
+	Samplers []string `protobuf:"bytes,32,rep,name=samplers,proto3" json:"samplers,omitempty"`
+	// Adaptive-p: the probability, 0 to 1, near which tokens are picked; negative (the default
+	// is -1) turns it off. Used only when `samplers` holds "adaptive_p".
+	AdaptiveTarget *float32 `protobuf:"fixed32,33,opt,name=adaptive_target,json=adaptiveTarget,proto3,oneof" json:"adaptive_target,omitempty"`
+	// Adaptive-p's decay, 0 to 0.99. Default 0.9.
+	AdaptiveDecay *float32 `protobuf:"fixed32,34,opt,name=adaptive_decay,json=adaptiveDecay,proto3,oneof" json:"adaptive_decay,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1057,6 +1109,125 @@ func (x *SamplingParams) GetJsonSchema() string {
 	return ""
 }
 
+func (x *SamplingParams) GetMirostat() uint32 {
+	if x != nil && x.Mirostat != nil {
+		return *x.Mirostat
+	}
+	return 0
+}
+
+func (x *SamplingParams) GetMirostatTau() float32 {
+	if x != nil && x.MirostatTau != nil {
+		return *x.MirostatTau
+	}
+	return 0
+}
+
+func (x *SamplingParams) GetMirostatEta() float32 {
+	if x != nil && x.MirostatEta != nil {
+		return *x.MirostatEta
+	}
+	return 0
+}
+
+func (x *SamplingParams) GetDryMultiplier() float32 {
+	if x != nil && x.DryMultiplier != nil {
+		return *x.DryMultiplier
+	}
+	return 0
+}
+
+func (x *SamplingParams) GetDryBase() float32 {
+	if x != nil && x.DryBase != nil {
+		return *x.DryBase
+	}
+	return 0
+}
+
+func (x *SamplingParams) GetDryAllowedLength() int32 {
+	if x != nil && x.DryAllowedLength != nil {
+		return *x.DryAllowedLength
+	}
+	return 0
+}
+
+func (x *SamplingParams) GetDryPenaltyLastN() int32 {
+	if x != nil && x.DryPenaltyLastN != nil {
+		return *x.DryPenaltyLastN
+	}
+	return 0
+}
+
+func (x *SamplingParams) GetDrySequenceBreakers() []string {
+	if x != nil {
+		return x.DrySequenceBreakers
+	}
+	return nil
+}
+
+func (x *SamplingParams) GetXtcProbability() float32 {
+	if x != nil && x.XtcProbability != nil {
+		return *x.XtcProbability
+	}
+	return 0
+}
+
+func (x *SamplingParams) GetXtcThreshold() float32 {
+	if x != nil && x.XtcThreshold != nil {
+		return *x.XtcThreshold
+	}
+	return 0
+}
+
+func (x *SamplingParams) GetTopNSigma() float32 {
+	if x != nil && x.TopNSigma != nil {
+		return *x.TopNSigma
+	}
+	return 0
+}
+
+func (x *SamplingParams) GetDynatempRange() float32 {
+	if x != nil && x.DynatempRange != nil {
+		return *x.DynatempRange
+	}
+	return 0
+}
+
+func (x *SamplingParams) GetDynatempExponent() float32 {
+	if x != nil && x.DynatempExponent != nil {
+		return *x.DynatempExponent
+	}
+	return 0
+}
+
+func (x *SamplingParams) GetMinKeep() uint32 {
+	if x != nil && x.MinKeep != nil {
+		return *x.MinKeep
+	}
+	return 0
+}
+
+func (x *SamplingParams) GetSamplers() []string {
+	if x != nil {
+		return x.Samplers
+	}
+	return nil
+}
+
+func (x *SamplingParams) GetAdaptiveTarget() float32 {
+	if x != nil && x.AdaptiveTarget != nil {
+		return *x.AdaptiveTarget
+	}
+	return 0
+}
+
+func (x *SamplingParams) GetAdaptiveDecay() float32 {
+	if x != nil && x.AdaptiveDecay != nil {
+		return *x.AdaptiveDecay
+	}
+	return 0
+}
+
 type isSamplingParams_Constraint interface {
 	isSamplingParams_Constraint()
 }
@@ -1110,8 +1281,24 @@ type GenerateRequest struct {
 	ReasoningEffort string `protobuf:"bytes,12,opt,name=reasoning_effort,json=reasoningEffort,proto3" json:"reasoning_effort,omitempty"`
 	// How the thinking of a reasoning model is returned.
 	ReasoningFormat ReasoningFormat `protobuf:"varint,13,opt,name=reasoning_format,json=reasoningFormat,proto3,enum=llamagrid.v1.ReasoningFormat" json:"reasoning_format,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// How many completions (choices) to generate from the input, 1 to 16 and at most the worker's
+	// slots (ModelInfo.slots); unset means 1. The prompt is prefilled once, then its KV cache is
+	// copied for every further choice. Each choice samples on its own: with a seed, choice i uses
+	// seed + i. Chunks and final messages carry their choice's index, and the stream ends with one
+	// final message per choice. Not allowed with a session.
+	N *uint32 `protobuf:"varint,20,opt,name=n,proto3,oneof" json:"n,omitempty"`
+	// When set, the first chunk (of choice 0) carries the log-probability of every prompt token
+	// in prompt_logprobs, with this many most likely alternatives (0 to 20). This needs the
+	// model's output at every prompt position: the prompt is prefilled in full (no prefix cache
+	// reuse) and its log-probabilities cost a softmax over the vocabulary per token. Not allowed
+	// with a session, nor for a prompt over the worker's --max-prompt-logprobs-tokens.
+	PromptLogprobs *uint32 `protobuf:"varint,21,opt,name=prompt_logprobs,json=promptLogprobs,proto3,oneof" json:"prompt_logprobs,omitempty"`
+	// Send the prompt back: the first chunk (of choice 0) carries the prompt's text in
+	// prompt_text (a text prompt as given; token ids as their text). For a prompt or token ids,
+	// not a chat conversation or a session. With max_tokens 0, nothing is generated.
+	Echo          bool `protobuf:"varint,22,opt,name=echo,proto3" json:"echo,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *GenerateRequest) Reset() {
@@ -1246,6 +1433,27 @@ func (x *GenerateRequest) GetReasoningFormat() ReasoningFormat {
 		return x.ReasoningFormat
 	}
 	return ReasoningFormat_REASONING_FORMAT_UNSPECIFIED
+}
+
+func (x *GenerateRequest) GetN() uint32 {
+	if x != nil && x.N != nil {
+		return *x.N
+	}
+	return 0
+}
+
+func (x *GenerateRequest) GetPromptLogprobs() uint32 {
+	if x != nil && x.PromptLogprobs != nil {
+		return *x.PromptLogprobs
+	}
+	return 0
+}
+
+func (x *GenerateRequest) GetEcho() bool {
+	if x != nil {
+		return x.Echo
+	}
+	return false
 }
 
 type isGenerateRequest_Input interface {
@@ -2246,9 +2454,18 @@ type GenerateChunk struct {
 	// New thinking, taken out of text (REASONING_FORMAT_SPLIT).
 	Reasoning string `protobuf:"bytes,4,opt,name=reasoning,proto3" json:"reasoning,omitempty"`
 	// Parts of tool calls, taken out of text: text never carries tool-call markup.
-	ToolCalls     []*ToolCallDelta `protobuf:"bytes,5,rep,name=tool_calls,json=toolCalls,proto3" json:"tool_calls,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	ToolCalls []*ToolCallDelta `protobuf:"bytes,5,rep,name=tool_calls,json=toolCalls,proto3" json:"tool_calls,omitempty"`
+	// The choice this chunk belongs to, from 0 (GenerateRequest.n).
+	Index uint32 `protobuf:"varint,10,opt,name=index,proto3" json:"index,omitempty"`
+	// The prompt's text, when GenerateRequest.echo is set: in the first chunk of choice 0 only,
+	// which comes before any generated token.
+	PromptText string `protobuf:"bytes,11,opt,name=prompt_text,json=promptText,proto3" json:"prompt_text,omitempty"`
+	// One entry per prompt token, in order, when GenerateRequest.prompt_logprobs is set: in the
+	// first chunk of choice 0 only. The first token has no log-probability (nothing precedes
+	// it): its entry's logprob is 0 and it has no alternatives.
+	PromptLogprobs []*TokenLogprob `protobuf:"bytes,12,rep,name=prompt_logprobs,json=promptLogprobs,proto3" json:"prompt_logprobs,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *GenerateChunk) Reset() {
@@ -2312,6 +2529,27 @@ func (x *GenerateChunk) GetReasoning() string {
 func (x *GenerateChunk) GetToolCalls() []*ToolCallDelta {
 	if x != nil {
 		return x.ToolCalls
+	}
+	return nil
+}
+
+func (x *GenerateChunk) GetIndex() uint32 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
+func (x *GenerateChunk) GetPromptText() string {
+	if x != nil {
+		return x.PromptText
+	}
+	return ""
+}
+
+func (x *GenerateChunk) GetPromptLogprobs() []*TokenLogprob {
+	if x != nil {
+		return x.PromptLogprobs
 	}
 	return nil
 }
@@ -2503,7 +2741,12 @@ type GenerateFinal struct {
 	// What a session turn committed; unset for a call without a session.
 	Session *SessionCommit `protobuf:"bytes,4,opt,name=session,proto3" json:"session,omitempty"`
 	// Every tool call the model made, complete (the chunks carried them in parts).
-	ToolCalls     []*ToolCall `protobuf:"bytes,5,rep,name=tool_calls,json=toolCalls,proto3" json:"tool_calls,omitempty"`
+	ToolCalls []*ToolCall `protobuf:"bytes,5,rep,name=tool_calls,json=toolCalls,proto3" json:"tool_calls,omitempty"`
+	// The choice this message closes, from 0 (GenerateRequest.n). Its usage counts the choice's
+	// own completion tokens; the prompt (prompt, cached, restored and prefilled tokens, queue and
+	// prefill times) is counted once, in choice 0's final message, and is zero in the others:
+	// the sum over the final messages is the request's usage.
+	Index         uint32 `protobuf:"varint,10,opt,name=index,proto3" json:"index,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2573,7 +2816,15 @@ func (x *GenerateFinal) GetToolCalls() []*ToolCall {
 	return nil
 }
 
-// GenerateResponse is one message of a Generate stream: chunks, then one final message.
+func (x *GenerateFinal) GetIndex() uint32 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
+// GenerateResponse is one message of a Generate stream: chunks, then one final message per
+// choice.
 type GenerateResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The event.
@@ -2652,7 +2903,7 @@ type GenerateResponse_Chunk struct {
 }
 
 type GenerateResponse_Final struct {
-	// The last message of the stream.
+	// The last message of a choice (of the stream, for one choice).
 	Final *GenerateFinal `protobuf:"bytes,2,opt,name=final,proto3,oneof"`
 }
 
@@ -2755,7 +3006,13 @@ type EmbedRequest struct {
 	// The inputs. Must not be empty.
 	Inputs []*EmbedInput `protobuf:"bytes,2,rep,name=inputs,proto3" json:"inputs,omitempty"`
 	// Scale each vector to unit Euclidean length.
-	Normalize     bool `protobuf:"varint,3,opt,name=normalize,proto3" json:"normalize,omitempty"`
+	Normalize bool `protobuf:"varint,3,opt,name=normalize,proto3" json:"normalize,omitempty"`
+	// Keep only the first `dimensions` components of each vector (then scale it to unit length
+	// when normalize is set). Only for a model trained for truncation (Matryoshka embeddings):
+	// ModelInfo.embedding_dimensions says which widths it allows; any other request is
+	// INVALID_ARGUMENT (reason UNSUPPORTED_PARAMETER for a model that allows none). Unset: the
+	// full width.
+	Dimensions    *uint32 `protobuf:"varint,4,opt,name=dimensions,proto3,oneof" json:"dimensions,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2809,6 +3066,13 @@ func (x *EmbedRequest) GetNormalize() bool {
 		return x.Normalize
 	}
 	return false
+}
+
+func (x *EmbedRequest) GetDimensions() uint32 {
+	if x != nil && x.Dimensions != nil {
+		return *x.Dimensions
+	}
+	return 0
 }
 
 // Embedding is the vector of one input.
@@ -3496,6 +3760,63 @@ func (x *DevicePlacement) GetTotalLayers() uint32 {
 	return 0
 }
 
+// EmbeddingDimensions says to which widths a model's embeddings may be truncated (Matryoshka
+// embeddings). GGUF files do not record it: the worker's operator declares it with
+// --embedding-dimensions.
+type EmbeddingDimensions struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Any width from 1 to ModelInfo.embedding_size.
+	Any bool `protobuf:"varint,1,opt,name=any,proto3" json:"any,omitempty"`
+	// The widths allowed, ascending, when any is false.
+	Sizes         []uint32 `protobuf:"varint,2,rep,packed,name=sizes,proto3" json:"sizes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EmbeddingDimensions) Reset() {
+	*x = EmbeddingDimensions{}
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[42]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EmbeddingDimensions) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EmbeddingDimensions) ProtoMessage() {}
+
+func (x *EmbeddingDimensions) ProtoReflect() protoreflect.Message {
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[42]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EmbeddingDimensions.ProtoReflect.Descriptor instead.
+func (*EmbeddingDimensions) Descriptor() ([]byte, []int) {
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{42}
+}
+
+func (x *EmbeddingDimensions) GetAny() bool {
+	if x != nil {
+		return x.Any
+	}
+	return false
+}
+
+func (x *EmbeddingDimensions) GetSizes() []uint32 {
+	if x != nil {
+		return x.Sizes
+	}
+	return nil
+}
+
 // ModelInfo describes a loaded model.
 type ModelInfo struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -3528,14 +3849,17 @@ type ModelInfo struct {
 	// The pooling used for embeddings: "mean", "cls", "last" or "rank".
 	Pooling string `protobuf:"bytes,14,opt,name=pooling,proto3" json:"pooling,omitempty"`
 	// A human-readable description from the GGUF metadata.
-	Description   string `protobuf:"bytes,15,opt,name=description,proto3" json:"description,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Description string `protobuf:"bytes,15,opt,name=description,proto3" json:"description,omitempty"`
+	// The widths EmbedRequest.dimensions may ask for; unset when the model's embeddings must not
+	// be truncated (the default: only a model trained for it gives meaningful shorter vectors).
+	EmbeddingDimensions *EmbeddingDimensions `protobuf:"bytes,20,opt,name=embedding_dimensions,json=embeddingDimensions,proto3" json:"embedding_dimensions,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
 }
 
 func (x *ModelInfo) Reset() {
 	*x = ModelInfo{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[42]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3547,7 +3871,7 @@ func (x *ModelInfo) String() string {
 func (*ModelInfo) ProtoMessage() {}
 
 func (x *ModelInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[42]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3560,7 +3884,7 @@ func (x *ModelInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ModelInfo.ProtoReflect.Descriptor instead.
 func (*ModelInfo) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{42}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *ModelInfo) GetAlias() string {
@@ -3668,6 +3992,13 @@ func (x *ModelInfo) GetDescription() string {
 	return ""
 }
 
+func (x *ModelInfo) GetEmbeddingDimensions() *EmbeddingDimensions {
+	if x != nil {
+		return x.EmbeddingDimensions
+	}
+	return nil
+}
+
 // GetModelInfoRequest names the model to describe.
 type GetModelInfoRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -3679,7 +4010,7 @@ type GetModelInfoRequest struct {
 
 func (x *GetModelInfoRequest) Reset() {
 	*x = GetModelInfoRequest{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[43]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3691,7 +4022,7 @@ func (x *GetModelInfoRequest) String() string {
 func (*GetModelInfoRequest) ProtoMessage() {}
 
 func (x *GetModelInfoRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[43]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3704,7 +4035,7 @@ func (x *GetModelInfoRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetModelInfoRequest.ProtoReflect.Descriptor instead.
 func (*GetModelInfoRequest) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{43}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *GetModelInfoRequest) GetModel() string {
@@ -3725,7 +4056,7 @@ type GetModelInfoResponse struct {
 
 func (x *GetModelInfoResponse) Reset() {
 	*x = GetModelInfoResponse{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[44]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3737,7 +4068,7 @@ func (x *GetModelInfoResponse) String() string {
 func (*GetModelInfoResponse) ProtoMessage() {}
 
 func (x *GetModelInfoResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[44]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3750,7 +4081,7 @@ func (x *GetModelInfoResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetModelInfoResponse.ProtoReflect.Descriptor instead.
 func (*GetModelInfoResponse) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{44}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *GetModelInfoResponse) GetInfo() *ModelInfo {
@@ -3769,7 +4100,7 @@ type ListModelsRequest struct {
 
 func (x *ListModelsRequest) Reset() {
 	*x = ListModelsRequest{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[45]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3781,7 +4112,7 @@ func (x *ListModelsRequest) String() string {
 func (*ListModelsRequest) ProtoMessage() {}
 
 func (x *ListModelsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[45]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3794,7 +4125,7 @@ func (x *ListModelsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListModelsRequest.ProtoReflect.Descriptor instead.
 func (*ListModelsRequest) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{45}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{46}
 }
 
 // ListModelsResponse lists every model a worker serves.
@@ -3808,7 +4139,7 @@ type ListModelsResponse struct {
 
 func (x *ListModelsResponse) Reset() {
 	*x = ListModelsResponse{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[46]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3820,7 +4151,7 @@ func (x *ListModelsResponse) String() string {
 func (*ListModelsResponse) ProtoMessage() {}
 
 func (x *ListModelsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[46]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3833,7 +4164,7 @@ func (x *ListModelsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListModelsResponse.ProtoReflect.Descriptor instead.
 func (*ListModelsResponse) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{46}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *ListModelsResponse) GetModels() []*ModelInfo {
@@ -3852,7 +4183,7 @@ type GetLoadRequest struct {
 
 func (x *GetLoadRequest) Reset() {
 	*x = GetLoadRequest{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[47]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3864,7 +4195,7 @@ func (x *GetLoadRequest) String() string {
 func (*GetLoadRequest) ProtoMessage() {}
 
 func (x *GetLoadRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[47]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3877,7 +4208,7 @@ func (x *GetLoadRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetLoadRequest.ProtoReflect.Descriptor instead.
 func (*GetLoadRequest) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{47}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{48}
 }
 
 // GetLoadResponse is a snapshot of the worker's load, taken between two engine steps.
@@ -3924,7 +4255,7 @@ type GetLoadResponse struct {
 
 func (x *GetLoadResponse) Reset() {
 	*x = GetLoadResponse{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[48]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3936,7 +4267,7 @@ func (x *GetLoadResponse) String() string {
 func (*GetLoadResponse) ProtoMessage() {}
 
 func (x *GetLoadResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[48]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3949,7 +4280,7 @@ func (x *GetLoadResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetLoadResponse.ProtoReflect.Descriptor instead.
 func (*GetLoadResponse) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{48}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *GetLoadResponse) GetActiveRequests() uint32 {
@@ -4087,7 +4418,7 @@ type RelayRequest struct {
 
 func (x *RelayRequest) Reset() {
 	*x = RelayRequest{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[49]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4099,7 +4430,7 @@ func (x *RelayRequest) String() string {
 func (*RelayRequest) ProtoMessage() {}
 
 func (x *RelayRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[49]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4112,7 +4443,7 @@ func (x *RelayRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RelayRequest.ProtoReflect.Descriptor instead.
 func (*RelayRequest) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{49}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *RelayRequest) GetAction() isRelayRequest_Action {
@@ -4176,7 +4507,7 @@ type RelayStart struct {
 
 func (x *RelayStart) Reset() {
 	*x = RelayStart{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[50]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4188,7 +4519,7 @@ func (x *RelayStart) String() string {
 func (*RelayStart) ProtoMessage() {}
 
 func (x *RelayStart) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[50]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4201,7 +4532,7 @@ func (x *RelayStart) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RelayStart.ProtoReflect.Descriptor instead.
 func (*RelayStart) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{50}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *RelayStart) GetTag() uint64 {
@@ -4242,7 +4573,7 @@ type RelayError struct {
 
 func (x *RelayError) Reset() {
 	*x = RelayError{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[51]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4254,7 +4585,7 @@ func (x *RelayError) String() string {
 func (*RelayError) ProtoMessage() {}
 
 func (x *RelayError) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[51]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4267,7 +4598,7 @@ func (x *RelayError) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RelayError.ProtoReflect.Descriptor instead.
 func (*RelayError) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{51}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *RelayError) GetCode() int32 {
@@ -4310,7 +4641,7 @@ type RelayEvent struct {
 
 func (x *RelayEvent) Reset() {
 	*x = RelayEvent{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[52]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4322,7 +4653,7 @@ func (x *RelayEvent) String() string {
 func (*RelayEvent) ProtoMessage() {}
 
 func (x *RelayEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[52]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4335,7 +4666,7 @@ func (x *RelayEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RelayEvent.ProtoReflect.Descriptor instead.
 func (*RelayEvent) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{52}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *RelayEvent) GetTag() uint64 {
@@ -4390,7 +4721,8 @@ type RelayEvent_Admitted struct {
 }
 
 type RelayEvent_Response struct {
-	// A chunk or the final message, as Generate streams them. The final message ends the call.
+	// A chunk or a final message, as Generate streams them. The last final message (one per
+	// choice) ends the call.
 	Response *GenerateResponse `protobuf:"bytes,3,opt,name=response,proto3,oneof"`
 }
 
@@ -4417,7 +4749,7 @@ type RelayResponse struct {
 
 func (x *RelayResponse) Reset() {
 	*x = RelayResponse{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[53]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4429,7 +4761,7 @@ func (x *RelayResponse) String() string {
 func (*RelayResponse) ProtoMessage() {}
 
 func (x *RelayResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[53]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4442,7 +4774,7 @@ func (x *RelayResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RelayResponse.ProtoReflect.Descriptor instead.
 func (*RelayResponse) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{53}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *RelayResponse) GetEvents() []*RelayEvent {
@@ -4489,7 +4821,7 @@ const file_llamagrid_v1_inference_proto_rawDesc = "" +
 	"\x04name\x18\x03 \x01(\tR\x04name\x12\x1c\n" +
 	"\targuments\x18\x04 \x01(\tR\targuments\"I\n" +
 	"\x10ChatConversation\x125\n" +
-	"\bmessages\x18\x01 \x03(\v2\x19.llamagrid.v1.ChatMessageR\bmessages\"\x96\a\n" +
+	"\bmessages\x18\x01 \x03(\v2\x19.llamagrid.v1.ChatMessageR\bmessages\"\xed\x0e\n" +
 	"\x0eSamplingParams\x12\"\n" +
 	"\n" +
 	"max_tokens\x18\x01 \x01(\rH\x01R\tmaxTokens\x88\x01\x01\x12%\n" +
@@ -4513,7 +4845,24 @@ const file_llamagrid_v1_inference_proto_rawDesc = "" +
 	"\ftop_logprobs\x18\x0f \x01(\rH\rR\vtopLogprobs\x88\x01\x01\x12\x1a\n" +
 	"\agrammar\x18\x10 \x01(\tH\x00R\agrammar\x12!\n" +
 	"\vjson_schema\x18\x11 \x01(\tH\x00R\n" +
-	"jsonSchema\x1a<\n" +
+	"jsonSchema\x12\x1f\n" +
+	"\bmirostat\x18\x12 \x01(\rH\x0eR\bmirostat\x88\x01\x01\x12&\n" +
+	"\fmirostat_tau\x18\x13 \x01(\x02H\x0fR\vmirostatTau\x88\x01\x01\x12&\n" +
+	"\fmirostat_eta\x18\x14 \x01(\x02H\x10R\vmirostatEta\x88\x01\x01\x12*\n" +
+	"\x0edry_multiplier\x18\x15 \x01(\x02H\x11R\rdryMultiplier\x88\x01\x01\x12\x1e\n" +
+	"\bdry_base\x18\x16 \x01(\x02H\x12R\adryBase\x88\x01\x01\x121\n" +
+	"\x12dry_allowed_length\x18\x17 \x01(\x05H\x13R\x10dryAllowedLength\x88\x01\x01\x120\n" +
+	"\x12dry_penalty_last_n\x18\x18 \x01(\x05H\x14R\x0fdryPenaltyLastN\x88\x01\x01\x122\n" +
+	"\x15dry_sequence_breakers\x18\x19 \x03(\tR\x13drySequenceBreakers\x12,\n" +
+	"\x0fxtc_probability\x18\x1a \x01(\x02H\x15R\x0extcProbability\x88\x01\x01\x12(\n" +
+	"\rxtc_threshold\x18\x1b \x01(\x02H\x16R\fxtcThreshold\x88\x01\x01\x12#\n" +
+	"\vtop_n_sigma\x18\x1c \x01(\x02H\x17R\ttopNSigma\x88\x01\x01\x12*\n" +
+	"\x0edynatemp_range\x18\x1d \x01(\x02H\x18R\rdynatempRange\x88\x01\x01\x120\n" +
+	"\x11dynatemp_exponent\x18\x1e \x01(\x02H\x19R\x10dynatempExponent\x88\x01\x01\x12\x1e\n" +
+	"\bmin_keep\x18\x1f \x01(\rH\x1aR\aminKeep\x88\x01\x01\x12\x1a\n" +
+	"\bsamplers\x18  \x03(\tR\bsamplers\x12,\n" +
+	"\x0fadaptive_target\x18! \x01(\x02H\x1bR\x0eadaptiveTarget\x88\x01\x01\x12*\n" +
+	"\x0eadaptive_decay\x18\" \x01(\x02H\x1cR\radaptiveDecay\x88\x01\x01\x1a<\n" +
 	"\x0eLogitBiasEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\x05R\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\x02R\x05value:\x028\x01B\f\n" +
@@ -4532,7 +4881,22 @@ const file_llamagrid_v1_inference_proto_rawDesc = "" +
 	"\x12_frequency_penaltyB\a\n" +
 	"\x05_seedB\r\n" +
 	"\v_ignore_eosB\x0f\n" +
-	"\r_top_logprobs\"\x99\x05\n" +
+	"\r_top_logprobsB\v\n" +
+	"\t_mirostatB\x0f\n" +
+	"\r_mirostat_tauB\x0f\n" +
+	"\r_mirostat_etaB\x11\n" +
+	"\x0f_dry_multiplierB\v\n" +
+	"\t_dry_baseB\x15\n" +
+	"\x13_dry_allowed_lengthB\x15\n" +
+	"\x13_dry_penalty_last_nB\x12\n" +
+	"\x10_xtc_probabilityB\x10\n" +
+	"\x0e_xtc_thresholdB\x0e\n" +
+	"\f_top_n_sigmaB\x11\n" +
+	"\x0f_dynatemp_rangeB\x14\n" +
+	"\x12_dynatemp_exponentB\v\n" +
+	"\t_min_keepB\x12\n" +
+	"\x10_adaptive_targetB\x11\n" +
+	"\x0f_adaptive_decay\"\x88\x06\n" +
 	"\x0fGenerateRequest\x12\x14\n" +
 	"\x05model\x18\x01 \x01(\tR\x05model\x12\x18\n" +
 	"\x06prompt\x18\x02 \x01(\tH\x00R\x06prompt\x121\n" +
@@ -4549,9 +4913,14 @@ const file_llamagrid_v1_inference_proto_rawDesc = "" +
 	" \x01(\bH\x01R\x11parallelToolCalls\x88\x01\x01\x120\n" +
 	"\x14chat_template_kwargs\x18\v \x01(\tR\x12chatTemplateKwargs\x12)\n" +
 	"\x10reasoning_effort\x18\f \x01(\tR\x0freasoningEffort\x12H\n" +
-	"\x10reasoning_format\x18\r \x01(\x0e2\x1d.llamagrid.v1.ReasoningFormatR\x0freasoningFormatB\a\n" +
+	"\x10reasoning_format\x18\r \x01(\x0e2\x1d.llamagrid.v1.ReasoningFormatR\x0freasoningFormat\x12\x11\n" +
+	"\x01n\x18\x14 \x01(\rH\x02R\x01n\x88\x01\x01\x12,\n" +
+	"\x0fprompt_logprobs\x18\x15 \x01(\rH\x03R\x0epromptLogprobs\x88\x01\x01\x12\x12\n" +
+	"\x04echo\x18\x16 \x01(\bR\x04echoB\a\n" +
 	"\x05inputB\x16\n" +
-	"\x14_parallel_tool_calls\"j\n" +
+	"\x14_parallel_tool_callsB\x04\n" +
+	"\x02_nB\x12\n" +
+	"\x10_prompt_logprobs\"j\n" +
 	"\n" +
 	"SessionRef\x12\x1d\n" +
 	"\n" +
@@ -4617,14 +4986,19 @@ const file_llamagrid_v1_inference_proto_rawDesc = "" +
 	"\alogprob\x18\x04 \x01(\x02R\alogprob\"p\n" +
 	"\fTokenLogprob\x122\n" +
 	"\x06chosen\x18\x01 \x01(\v2\x1a.llamagrid.v1.LogprobEntryR\x06chosen\x12,\n" +
-	"\x03top\x18\x02 \x03(\v2\x1a.llamagrid.v1.LogprobEntryR\x03top\"\xd2\x01\n" +
+	"\x03top\x18\x02 \x03(\v2\x1a.llamagrid.v1.LogprobEntryR\x03top\"\xce\x02\n" +
 	"\rGenerateChunk\x12\x12\n" +
 	"\x04text\x18\x01 \x01(\tR\x04text\x12\x1b\n" +
 	"\ttoken_ids\x18\x02 \x03(\x05R\btokenIds\x126\n" +
 	"\blogprobs\x18\x03 \x03(\v2\x1a.llamagrid.v1.TokenLogprobR\blogprobs\x12\x1c\n" +
 	"\treasoning\x18\x04 \x01(\tR\treasoning\x12:\n" +
 	"\n" +
-	"tool_calls\x18\x05 \x03(\v2\x1b.llamagrid.v1.ToolCallDeltaR\ttoolCalls\"\xa9\x02\n" +
+	"tool_calls\x18\x05 \x03(\v2\x1b.llamagrid.v1.ToolCallDeltaR\ttoolCalls\x12\x14\n" +
+	"\x05index\x18\n" +
+	" \x01(\rR\x05index\x12\x1f\n" +
+	"\vprompt_text\x18\v \x01(\tR\n" +
+	"promptText\x12C\n" +
+	"\x0fprompt_logprobs\x18\f \x03(\v2\x1a.llamagrid.v1.TokenLogprobR\x0epromptLogprobs\"\xa9\x02\n" +
 	"\x05Usage\x12#\n" +
 	"\rprompt_tokens\x18\x01 \x01(\rR\fpromptTokens\x12+\n" +
 	"\x11completion_tokens\x18\x02 \x01(\rR\x10completionTokens\x12#\n" +
@@ -4638,14 +5012,16 @@ const file_llamagrid_v1_inference_proto_rawDesc = "" +
 	"\rSessionCommit\x12\x14\n" +
 	"\x05turns\x18\x01 \x01(\rR\x05turns\x12\x16\n" +
 	"\x06length\x18\x02 \x01(\rR\x06length\x12,\n" +
-	"\x12appended_token_ids\x18\x03 \x03(\x05R\x10appendedTokenIds\"\x8c\x02\n" +
+	"\x12appended_token_ids\x18\x03 \x03(\x05R\x10appendedTokenIds\"\xa2\x02\n" +
 	"\rGenerateFinal\x12?\n" +
 	"\rfinish_reason\x18\x01 \x01(\x0e2\x1a.llamagrid.v1.FinishReasonR\ffinishReason\x12)\n" +
 	"\x05usage\x18\x02 \x01(\v2\x13.llamagrid.v1.UsageR\x05usage\x12!\n" +
 	"\fmatched_stop\x18\x03 \x01(\tR\vmatchedStop\x125\n" +
 	"\asession\x18\x04 \x01(\v2\x1b.llamagrid.v1.SessionCommitR\asession\x125\n" +
 	"\n" +
-	"tool_calls\x18\x05 \x03(\v2\x16.llamagrid.v1.ToolCallR\ttoolCalls\"\x85\x01\n" +
+	"tool_calls\x18\x05 \x03(\v2\x16.llamagrid.v1.ToolCallR\ttoolCalls\x12\x14\n" +
+	"\x05index\x18\n" +
+	" \x01(\rR\x05index\"\x85\x01\n" +
 	"\x10GenerateResponse\x123\n" +
 	"\x05chunk\x18\x01 \x01(\v2\x1b.llamagrid.v1.GenerateChunkH\x00R\x05chunk\x123\n" +
 	"\x05final\x18\x02 \x01(\v2\x1b.llamagrid.v1.GenerateFinalH\x00R\x05finalB\a\n" +
@@ -4654,11 +5030,15 @@ const file_llamagrid_v1_inference_proto_rawDesc = "" +
 	"EmbedInput\x12\x14\n" +
 	"\x04text\x18\x01 \x01(\tH\x00R\x04text\x121\n" +
 	"\x06tokens\x18\x02 \x01(\v2\x17.llamagrid.v1.TokenListH\x00R\x06tokensB\a\n" +
-	"\x05input\"t\n" +
+	"\x05input\"\xa8\x01\n" +
 	"\fEmbedRequest\x12\x14\n" +
 	"\x05model\x18\x01 \x01(\tR\x05model\x120\n" +
 	"\x06inputs\x18\x02 \x03(\v2\x18.llamagrid.v1.EmbedInputR\x06inputs\x12\x1c\n" +
-	"\tnormalize\x18\x03 \x01(\bR\tnormalize\"D\n" +
+	"\tnormalize\x18\x03 \x01(\bR\tnormalize\x12#\n" +
+	"\n" +
+	"dimensions\x18\x04 \x01(\rH\x00R\n" +
+	"dimensions\x88\x01\x01B\r\n" +
+	"\v_dimensions\"D\n" +
 	"\tEmbedding\x12\x16\n" +
 	"\x06values\x18\x01 \x03(\x02R\x06values\x12\x1f\n" +
 	"\vtoken_count\x18\x02 \x01(\rR\n" +
@@ -4711,7 +5091,10 @@ const file_llamagrid_v1_inference_proto_rawDesc = "" +
 	"\ftensor_split\x18\x06 \x03(\x02R\vtensorSplit\x12.\n" +
 	"\adevices\x18\a \x03(\v2\x14.llamagrid.v1.DeviceR\adevices\x12)\n" +
 	"\x10offloaded_layers\x18\b \x01(\rR\x0foffloadedLayers\x12!\n" +
-	"\ftotal_layers\x18\t \x01(\rR\vtotalLayers\"\x9f\x04\n" +
+	"\ftotal_layers\x18\t \x01(\rR\vtotalLayers\"=\n" +
+	"\x13EmbeddingDimensions\x12\x10\n" +
+	"\x03any\x18\x01 \x01(\bR\x03any\x12\x14\n" +
+	"\x05sizes\x18\x02 \x03(\rR\x05sizes\"\xf5\x04\n" +
 	"\tModelInfo\x12\x14\n" +
 	"\x05alias\x18\x01 \x01(\tR\x05alias\x12\x12\n" +
 	"\x04file\x18\x02 \x01(\tR\x04file\x12\x17\n" +
@@ -4730,7 +5113,8 @@ const file_llamagrid_v1_inference_proto_rawDesc = "" +
 	"\n" +
 	"vocab_size\x18\r \x01(\rR\tvocabSize\x12\x18\n" +
 	"\apooling\x18\x0e \x01(\tR\apooling\x12 \n" +
-	"\vdescription\x18\x0f \x01(\tR\vdescription\"+\n" +
+	"\vdescription\x18\x0f \x01(\tR\vdescription\x12T\n" +
+	"\x14embedding_dimensions\x18\x14 \x01(\v2!.llamagrid.v1.EmbeddingDimensionsR\x13embeddingDimensions\"+\n" +
 	"\x13GetModelInfoRequest\x12\x14\n" +
 	"\x05model\x18\x01 \x01(\tR\x05model\"C\n" +
 	"\x14GetModelInfoResponse\x12+\n" +
@@ -4849,7 +5233,7 @@ func file_llamagrid_v1_inference_proto_rawDescGZIP() []byte {
 }
 
 var file_llamagrid_v1_inference_proto_enumTypes = make([]protoimpl.EnumInfo, 6)
-var file_llamagrid_v1_inference_proto_msgTypes = make([]protoimpl.MessageInfo, 55)
+var file_llamagrid_v1_inference_proto_msgTypes = make([]protoimpl.MessageInfo, 56)
 var file_llamagrid_v1_inference_proto_goTypes = []any{
 	(ToolChoiceMode)(0),             // 0: llamagrid.v1.ToolChoiceMode
 	(ReasoningFormat)(0),            // 1: llamagrid.v1.ReasoningFormat
@@ -4899,25 +5283,26 @@ var file_llamagrid_v1_inference_proto_goTypes = []any{
 	(*DetokenizeResponse)(nil),      // 45: llamagrid.v1.DetokenizeResponse
 	(*Device)(nil),                  // 46: llamagrid.v1.Device
 	(*DevicePlacement)(nil),         // 47: llamagrid.v1.DevicePlacement
-	(*ModelInfo)(nil),               // 48: llamagrid.v1.ModelInfo
-	(*GetModelInfoRequest)(nil),     // 49: llamagrid.v1.GetModelInfoRequest
-	(*GetModelInfoResponse)(nil),    // 50: llamagrid.v1.GetModelInfoResponse
-	(*ListModelsRequest)(nil),       // 51: llamagrid.v1.ListModelsRequest
-	(*ListModelsResponse)(nil),      // 52: llamagrid.v1.ListModelsResponse
-	(*GetLoadRequest)(nil),          // 53: llamagrid.v1.GetLoadRequest
-	(*GetLoadResponse)(nil),         // 54: llamagrid.v1.GetLoadResponse
-	(*RelayRequest)(nil),            // 55: llamagrid.v1.RelayRequest
-	(*RelayStart)(nil),              // 56: llamagrid.v1.RelayStart
-	(*RelayError)(nil),              // 57: llamagrid.v1.RelayError
-	(*RelayEvent)(nil),              // 58: llamagrid.v1.RelayEvent
-	(*RelayResponse)(nil),           // 59: llamagrid.v1.RelayResponse
-	nil,                             // 60: llamagrid.v1.SamplingParams.LogitBiasEntry
+	(*EmbeddingDimensions)(nil),     // 48: llamagrid.v1.EmbeddingDimensions
+	(*ModelInfo)(nil),               // 49: llamagrid.v1.ModelInfo
+	(*GetModelInfoRequest)(nil),     // 50: llamagrid.v1.GetModelInfoRequest
+	(*GetModelInfoResponse)(nil),    // 51: llamagrid.v1.GetModelInfoResponse
+	(*ListModelsRequest)(nil),       // 52: llamagrid.v1.ListModelsRequest
+	(*ListModelsResponse)(nil),      // 53: llamagrid.v1.ListModelsResponse
+	(*GetLoadRequest)(nil),          // 54: llamagrid.v1.GetLoadRequest
+	(*GetLoadResponse)(nil),         // 55: llamagrid.v1.GetLoadResponse
+	(*RelayRequest)(nil),            // 56: llamagrid.v1.RelayRequest
+	(*RelayStart)(nil),              // 57: llamagrid.v1.RelayStart
+	(*RelayError)(nil),              // 58: llamagrid.v1.RelayError
+	(*RelayEvent)(nil),              // 59: llamagrid.v1.RelayEvent
+	(*RelayResponse)(nil),           // 60: llamagrid.v1.RelayResponse
+	nil,                             // 61: llamagrid.v1.SamplingParams.LogitBiasEntry
 }
 var file_llamagrid_v1_inference_proto_depIdxs = []int32{
 	10, // 0: llamagrid.v1.ChatMessage.tool_calls:type_name -> llamagrid.v1.ToolCall
 	0,  // 1: llamagrid.v1.ToolChoice.mode:type_name -> llamagrid.v1.ToolChoiceMode
 	7,  // 2: llamagrid.v1.ChatConversation.messages:type_name -> llamagrid.v1.ChatMessage
-	60, // 3: llamagrid.v1.SamplingParams.logit_bias:type_name -> llamagrid.v1.SamplingParams.LogitBiasEntry
+	61, // 3: llamagrid.v1.SamplingParams.logit_bias:type_name -> llamagrid.v1.SamplingParams.LogitBiasEntry
 	6,  // 4: llamagrid.v1.GenerateRequest.tokens:type_name -> llamagrid.v1.TokenList
 	12, // 5: llamagrid.v1.GenerateRequest.chat:type_name -> llamagrid.v1.ChatConversation
 	13, // 6: llamagrid.v1.GenerateRequest.sampling:type_name -> llamagrid.v1.SamplingParams
@@ -4936,60 +5321,62 @@ var file_llamagrid_v1_inference_proto_depIdxs = []int32{
 	30, // 19: llamagrid.v1.TokenLogprob.top:type_name -> llamagrid.v1.LogprobEntry
 	31, // 20: llamagrid.v1.GenerateChunk.logprobs:type_name -> llamagrid.v1.TokenLogprob
 	11, // 21: llamagrid.v1.GenerateChunk.tool_calls:type_name -> llamagrid.v1.ToolCallDelta
-	3,  // 22: llamagrid.v1.GenerateFinal.finish_reason:type_name -> llamagrid.v1.FinishReason
-	33, // 23: llamagrid.v1.GenerateFinal.usage:type_name -> llamagrid.v1.Usage
-	34, // 24: llamagrid.v1.GenerateFinal.session:type_name -> llamagrid.v1.SessionCommit
-	10, // 25: llamagrid.v1.GenerateFinal.tool_calls:type_name -> llamagrid.v1.ToolCall
-	32, // 26: llamagrid.v1.GenerateResponse.chunk:type_name -> llamagrid.v1.GenerateChunk
-	35, // 27: llamagrid.v1.GenerateResponse.final:type_name -> llamagrid.v1.GenerateFinal
-	6,  // 28: llamagrid.v1.EmbedInput.tokens:type_name -> llamagrid.v1.TokenList
-	37, // 29: llamagrid.v1.EmbedRequest.inputs:type_name -> llamagrid.v1.EmbedInput
-	39, // 30: llamagrid.v1.EmbedResponse.embeddings:type_name -> llamagrid.v1.Embedding
-	42, // 31: llamagrid.v1.TokenizeResponse.pieces:type_name -> llamagrid.v1.TokenPiece
-	5,  // 32: llamagrid.v1.Device.type:type_name -> llamagrid.v1.DeviceType
-	46, // 33: llamagrid.v1.DevicePlacement.devices:type_name -> llamagrid.v1.Device
-	4,  // 34: llamagrid.v1.ModelInfo.capabilities:type_name -> llamagrid.v1.Capability
-	47, // 35: llamagrid.v1.ModelInfo.placement:type_name -> llamagrid.v1.DevicePlacement
-	48, // 36: llamagrid.v1.GetModelInfoResponse.info:type_name -> llamagrid.v1.ModelInfo
-	48, // 37: llamagrid.v1.ListModelsResponse.models:type_name -> llamagrid.v1.ModelInfo
-	56, // 38: llamagrid.v1.RelayRequest.start:type_name -> llamagrid.v1.RelayStart
-	14, // 39: llamagrid.v1.RelayStart.request:type_name -> llamagrid.v1.GenerateRequest
-	36, // 40: llamagrid.v1.RelayEvent.response:type_name -> llamagrid.v1.GenerateResponse
-	57, // 41: llamagrid.v1.RelayEvent.error:type_name -> llamagrid.v1.RelayError
-	58, // 42: llamagrid.v1.RelayResponse.events:type_name -> llamagrid.v1.RelayEvent
-	14, // 43: llamagrid.v1.InferenceService.Generate:input_type -> llamagrid.v1.GenerateRequest
-	38, // 44: llamagrid.v1.InferenceService.Embed:input_type -> llamagrid.v1.EmbedRequest
-	41, // 45: llamagrid.v1.InferenceService.Tokenize:input_type -> llamagrid.v1.TokenizeRequest
-	44, // 46: llamagrid.v1.InferenceService.Detokenize:input_type -> llamagrid.v1.DetokenizeRequest
-	49, // 47: llamagrid.v1.InferenceService.GetModelInfo:input_type -> llamagrid.v1.GetModelInfoRequest
-	51, // 48: llamagrid.v1.InferenceService.ListModels:input_type -> llamagrid.v1.ListModelsRequest
-	53, // 49: llamagrid.v1.InferenceService.GetLoad:input_type -> llamagrid.v1.GetLoadRequest
-	55, // 50: llamagrid.v1.InferenceService.Relay:input_type -> llamagrid.v1.RelayRequest
-	18, // 51: llamagrid.v1.SessionService.OpenSession:input_type -> llamagrid.v1.OpenSessionRequest
-	20, // 52: llamagrid.v1.SessionService.GetSession:input_type -> llamagrid.v1.GetSessionRequest
-	22, // 53: llamagrid.v1.SessionService.ForkSession:input_type -> llamagrid.v1.ForkSessionRequest
-	24, // 54: llamagrid.v1.SessionService.RollbackSession:input_type -> llamagrid.v1.RollbackSessionRequest
-	26, // 55: llamagrid.v1.SessionService.CloseSession:input_type -> llamagrid.v1.CloseSessionRequest
-	28, // 56: llamagrid.v1.SessionService.CancelTurn:input_type -> llamagrid.v1.CancelTurnRequest
-	36, // 57: llamagrid.v1.InferenceService.Generate:output_type -> llamagrid.v1.GenerateResponse
-	40, // 58: llamagrid.v1.InferenceService.Embed:output_type -> llamagrid.v1.EmbedResponse
-	43, // 59: llamagrid.v1.InferenceService.Tokenize:output_type -> llamagrid.v1.TokenizeResponse
-	45, // 60: llamagrid.v1.InferenceService.Detokenize:output_type -> llamagrid.v1.DetokenizeResponse
-	50, // 61: llamagrid.v1.InferenceService.GetModelInfo:output_type -> llamagrid.v1.GetModelInfoResponse
-	52, // 62: llamagrid.v1.InferenceService.ListModels:output_type -> llamagrid.v1.ListModelsResponse
-	54, // 63: llamagrid.v1.InferenceService.GetLoad:output_type -> llamagrid.v1.GetLoadResponse
-	59, // 64: llamagrid.v1.InferenceService.Relay:output_type -> llamagrid.v1.RelayResponse
-	19, // 65: llamagrid.v1.SessionService.OpenSession:output_type -> llamagrid.v1.OpenSessionResponse
-	21, // 66: llamagrid.v1.SessionService.GetSession:output_type -> llamagrid.v1.GetSessionResponse
-	23, // 67: llamagrid.v1.SessionService.ForkSession:output_type -> llamagrid.v1.ForkSessionResponse
-	25, // 68: llamagrid.v1.SessionService.RollbackSession:output_type -> llamagrid.v1.RollbackSessionResponse
-	27, // 69: llamagrid.v1.SessionService.CloseSession:output_type -> llamagrid.v1.CloseSessionResponse
-	29, // 70: llamagrid.v1.SessionService.CancelTurn:output_type -> llamagrid.v1.CancelTurnResponse
-	57, // [57:71] is the sub-list for method output_type
-	43, // [43:57] is the sub-list for method input_type
-	43, // [43:43] is the sub-list for extension type_name
-	43, // [43:43] is the sub-list for extension extendee
-	0,  // [0:43] is the sub-list for field type_name
+	31, // 22: llamagrid.v1.GenerateChunk.prompt_logprobs:type_name -> llamagrid.v1.TokenLogprob
+	3,  // 23: llamagrid.v1.GenerateFinal.finish_reason:type_name -> llamagrid.v1.FinishReason
+	33, // 24: llamagrid.v1.GenerateFinal.usage:type_name -> llamagrid.v1.Usage
+	34, // 25: llamagrid.v1.GenerateFinal.session:type_name -> llamagrid.v1.SessionCommit
+	10, // 26: llamagrid.v1.GenerateFinal.tool_calls:type_name -> llamagrid.v1.ToolCall
+	32, // 27: llamagrid.v1.GenerateResponse.chunk:type_name -> llamagrid.v1.GenerateChunk
+	35, // 28: llamagrid.v1.GenerateResponse.final:type_name -> llamagrid.v1.GenerateFinal
+	6,  // 29: llamagrid.v1.EmbedInput.tokens:type_name -> llamagrid.v1.TokenList
+	37, // 30: llamagrid.v1.EmbedRequest.inputs:type_name -> llamagrid.v1.EmbedInput
+	39, // 31: llamagrid.v1.EmbedResponse.embeddings:type_name -> llamagrid.v1.Embedding
+	42, // 32: llamagrid.v1.TokenizeResponse.pieces:type_name -> llamagrid.v1.TokenPiece
+	5,  // 33: llamagrid.v1.Device.type:type_name -> llamagrid.v1.DeviceType
+	46, // 34: llamagrid.v1.DevicePlacement.devices:type_name -> llamagrid.v1.Device
+	4,  // 35: llamagrid.v1.ModelInfo.capabilities:type_name -> llamagrid.v1.Capability
+	47, // 36: llamagrid.v1.ModelInfo.placement:type_name -> llamagrid.v1.DevicePlacement
+	48, // 37: llamagrid.v1.ModelInfo.embedding_dimensions:type_name -> llamagrid.v1.EmbeddingDimensions
+	49, // 38: llamagrid.v1.GetModelInfoResponse.info:type_name -> llamagrid.v1.ModelInfo
+	49, // 39: llamagrid.v1.ListModelsResponse.models:type_name -> llamagrid.v1.ModelInfo
+	57, // 40: llamagrid.v1.RelayRequest.start:type_name -> llamagrid.v1.RelayStart
+	14, // 41: llamagrid.v1.RelayStart.request:type_name -> llamagrid.v1.GenerateRequest
+	36, // 42: llamagrid.v1.RelayEvent.response:type_name -> llamagrid.v1.GenerateResponse
+	58, // 43: llamagrid.v1.RelayEvent.error:type_name -> llamagrid.v1.RelayError
+	59, // 44: llamagrid.v1.RelayResponse.events:type_name -> llamagrid.v1.RelayEvent
+	14, // 45: llamagrid.v1.InferenceService.Generate:input_type -> llamagrid.v1.GenerateRequest
+	38, // 46: llamagrid.v1.InferenceService.Embed:input_type -> llamagrid.v1.EmbedRequest
+	41, // 47: llamagrid.v1.InferenceService.Tokenize:input_type -> llamagrid.v1.TokenizeRequest
+	44, // 48: llamagrid.v1.InferenceService.Detokenize:input_type -> llamagrid.v1.DetokenizeRequest
+	50, // 49: llamagrid.v1.InferenceService.GetModelInfo:input_type -> llamagrid.v1.GetModelInfoRequest
+	52, // 50: llamagrid.v1.InferenceService.ListModels:input_type -> llamagrid.v1.ListModelsRequest
+	54, // 51: llamagrid.v1.InferenceService.GetLoad:input_type -> llamagrid.v1.GetLoadRequest
+	56, // 52: llamagrid.v1.InferenceService.Relay:input_type -> llamagrid.v1.RelayRequest
+	18, // 53: llamagrid.v1.SessionService.OpenSession:input_type -> llamagrid.v1.OpenSessionRequest
+	20, // 54: llamagrid.v1.SessionService.GetSession:input_type -> llamagrid.v1.GetSessionRequest
+	22, // 55: llamagrid.v1.SessionService.ForkSession:input_type -> llamagrid.v1.ForkSessionRequest
+	24, // 56: llamagrid.v1.SessionService.RollbackSession:input_type -> llamagrid.v1.RollbackSessionRequest
+	26, // 57: llamagrid.v1.SessionService.CloseSession:input_type -> llamagrid.v1.CloseSessionRequest
+	28, // 58: llamagrid.v1.SessionService.CancelTurn:input_type -> llamagrid.v1.CancelTurnRequest
+	36, // 59: llamagrid.v1.InferenceService.Generate:output_type -> llamagrid.v1.GenerateResponse
+	40, // 60: llamagrid.v1.InferenceService.Embed:output_type -> llamagrid.v1.EmbedResponse
+	43, // 61: llamagrid.v1.InferenceService.Tokenize:output_type -> llamagrid.v1.TokenizeResponse
+	45, // 62: llamagrid.v1.InferenceService.Detokenize:output_type -> llamagrid.v1.DetokenizeResponse
+	51, // 63: llamagrid.v1.InferenceService.GetModelInfo:output_type -> llamagrid.v1.GetModelInfoResponse
+	53, // 64: llamagrid.v1.InferenceService.ListModels:output_type -> llamagrid.v1.ListModelsResponse
+	55, // 65: llamagrid.v1.InferenceService.GetLoad:output_type -> llamagrid.v1.GetLoadResponse
+	60, // 66: llamagrid.v1.InferenceService.Relay:output_type -> llamagrid.v1.RelayResponse
+	19, // 67: llamagrid.v1.SessionService.OpenSession:output_type -> llamagrid.v1.OpenSessionResponse
+	21, // 68: llamagrid.v1.SessionService.GetSession:output_type -> llamagrid.v1.GetSessionResponse
+	23, // 69: llamagrid.v1.SessionService.ForkSession:output_type -> llamagrid.v1.ForkSessionResponse
+	25, // 70: llamagrid.v1.SessionService.RollbackSession:output_type -> llamagrid.v1.RollbackSessionResponse
+	27, // 71: llamagrid.v1.SessionService.CloseSession:output_type -> llamagrid.v1.CloseSessionResponse
+	29, // 72: llamagrid.v1.SessionService.CancelTurn:output_type -> llamagrid.v1.CancelTurnResponse
+	59, // [59:73] is the sub-list for method output_type
+	45, // [45:59] is the sub-list for method input_type
+	45, // [45:45] is the sub-list for extension type_name
+	45, // [45:45] is the sub-list for extension extendee
+	0,  // [0:45] is the sub-list for field type_name
 }
 
 func init() { file_llamagrid_v1_inference_proto_init() }
@@ -5020,15 +5407,16 @@ func file_llamagrid_v1_inference_proto_init() {
 		(*EmbedInput_Text)(nil),
 		(*EmbedInput_Tokens)(nil),
 	}
+	file_llamagrid_v1_inference_proto_msgTypes[32].OneofWrappers = []any{}
 	file_llamagrid_v1_inference_proto_msgTypes[36].OneofWrappers = []any{
 		(*TokenPiece_Text)(nil),
 		(*TokenPiece_Raw)(nil),
 	}
-	file_llamagrid_v1_inference_proto_msgTypes[49].OneofWrappers = []any{
+	file_llamagrid_v1_inference_proto_msgTypes[50].OneofWrappers = []any{
 		(*RelayRequest_Start)(nil),
 		(*RelayRequest_Cancel)(nil),
 	}
-	file_llamagrid_v1_inference_proto_msgTypes[52].OneofWrappers = []any{
+	file_llamagrid_v1_inference_proto_msgTypes[53].OneofWrappers = []any{
 		(*RelayEvent_Admitted)(nil),
 		(*RelayEvent_Response)(nil),
 		(*RelayEvent_Error)(nil),
@@ -5039,7 +5427,7 @@ func file_llamagrid_v1_inference_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_llamagrid_v1_inference_proto_rawDesc), len(file_llamagrid_v1_inference_proto_rawDesc)),
 			NumEnums:      6,
-			NumMessages:   55,
+			NumMessages:   56,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

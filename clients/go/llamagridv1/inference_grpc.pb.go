@@ -37,7 +37,8 @@ const (
 // tokenization and a description of the model.
 type InferenceServiceClient interface {
 	// Generate streams the completion of a prompt, a list of token ids or a chat conversation.
-	// The stream carries chunks of output and ends with exactly one final message.
+	// The stream carries chunks of output and ends with exactly one final message per choice
+	// (one, unless GenerateRequest.n asks for more).
 	Generate(ctx context.Context, in *GenerateRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[GenerateResponse], error)
 	// Embed returns one vector for each input text or token list, pooled as the model defines.
 	Embed(ctx context.Context, in *EmbedRequest, opts ...grpc.CallOption) (*EmbedResponse, error)
@@ -168,7 +169,8 @@ type InferenceService_RelayClient = grpc.BidiStreamingClient[RelayRequest, Relay
 // tokenization and a description of the model.
 type InferenceServiceServer interface {
 	// Generate streams the completion of a prompt, a list of token ids or a chat conversation.
-	// The stream carries chunks of output and ends with exactly one final message.
+	// The stream carries chunks of output and ends with exactly one final message per choice
+	// (one, unless GenerateRequest.n asks for more).
 	Generate(*GenerateRequest, grpc.ServerStreamingServer[GenerateResponse]) error
 	// Embed returns one vector for each input text or token list, pooled as the model defines.
 	Embed(context.Context, *EmbedRequest) (*EmbedResponse, error)

@@ -54,6 +54,8 @@ class RelayCall(AsyncIterator[pb.GenerateResponse]):
         self._admitted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._error: grpc.aio.AioRpcError | None = None
         self._finished = False
+        #: Final messages still to come: one per choice (GenerateRequest.n).
+        self._finals_left = max(1, request.n)
         self._cancelled = False
         #: The client-side deadline's timer, cancelled when the call ends.
         self._timer: asyncio.TimerHandle | None = None
@@ -67,7 +69,9 @@ class RelayCall(AsyncIterator[pb.GenerateResponse]):
         if kind == "response":
             self._responses.append(event.response)
             if event.response.HasField("final"):
-                self._end()
+                self._finals_left -= 1
+                if self._finals_left <= 0:
+                    self._end()
         elif kind == "admitted":
             if not self._admitted.done():
                 self._admitted.set_result(None)

@@ -363,7 +363,9 @@ Global___ToolCall: _TypeAlias = ToolCall  # noqa: Y015
 @_typing.final
 class ToolCallDelta(_message.Message):
     """ToolCallDelta is a part of a tool call in a stream. The first delta of a call carries its id
-    and name; later ones carry further fragments of its arguments.
+    and name; later ones carry further fragments of its arguments. A call's fragments join to the
+    JSON the model wrote, with its spacing: the same value as the call in GenerateFinal.tool_calls,
+    whose arguments are that JSON re-written compactly.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -467,6 +469,23 @@ class SamplingParams(_message.Message):
     TOP_LOGPROBS_FIELD_NUMBER: _builtins.int
     GRAMMAR_FIELD_NUMBER: _builtins.int
     JSON_SCHEMA_FIELD_NUMBER: _builtins.int
+    MIROSTAT_FIELD_NUMBER: _builtins.int
+    MIROSTAT_TAU_FIELD_NUMBER: _builtins.int
+    MIROSTAT_ETA_FIELD_NUMBER: _builtins.int
+    DRY_MULTIPLIER_FIELD_NUMBER: _builtins.int
+    DRY_BASE_FIELD_NUMBER: _builtins.int
+    DRY_ALLOWED_LENGTH_FIELD_NUMBER: _builtins.int
+    DRY_PENALTY_LAST_N_FIELD_NUMBER: _builtins.int
+    DRY_SEQUENCE_BREAKERS_FIELD_NUMBER: _builtins.int
+    XTC_PROBABILITY_FIELD_NUMBER: _builtins.int
+    XTC_THRESHOLD_FIELD_NUMBER: _builtins.int
+    TOP_N_SIGMA_FIELD_NUMBER: _builtins.int
+    DYNATEMP_RANGE_FIELD_NUMBER: _builtins.int
+    DYNATEMP_EXPONENT_FIELD_NUMBER: _builtins.int
+    MIN_KEEP_FIELD_NUMBER: _builtins.int
+    SAMPLERS_FIELD_NUMBER: _builtins.int
+    ADAPTIVE_TARGET_FIELD_NUMBER: _builtins.int
+    ADAPTIVE_DECAY_FIELD_NUMBER: _builtins.int
     max_tokens: _builtins.int
     """The most tokens to generate. Unset means until end of sequence or the context is full."""
     temperature: _builtins.float
@@ -480,7 +499,9 @@ class SamplingParams(_message.Message):
     typical_p: _builtins.float
     """Locally typical sampling threshold. 1 disables it."""
     repeat_penalty: _builtins.float
-    """Multiplicative penalty on recently generated tokens. 1 disables it."""
+    """Multiplicative penalty on recent tokens, those of the prompt included (as in llama-server).
+    1 disables it.
+    """
     repeat_last_n: _builtins.int
     """How many recent tokens the penalties look at. -1 means the whole context."""
     presence_penalty: _builtins.float
@@ -499,6 +520,51 @@ class SamplingParams(_message.Message):
     """A GBNF grammar whose root rule the output must match."""
     json_schema: _builtins.str
     """A JSON Schema (as JSON text) that the output must validate against."""
+    mirostat: _builtins.int
+    """Mirostat mode: 0 (off, the default), 1 (Mirostat) or 2 (Mirostat 2.0). When on, the chain is
+    logit_bias, temperature, then Mirostat, as in llama.cpp: `samplers` and the samplers it
+    orders (penalties, DRY, top-k, top-p, ...) are not used.
+    """
+    mirostat_tau: _builtins.float
+    """Mirostat's target entropy (tau), 0 to 100. Default 5."""
+    mirostat_eta: _builtins.float
+    """Mirostat's learning rate (eta), 0 to 1. Default 0.1."""
+    dry_multiplier: _builtins.float
+    """DRY ("don't repeat yourself") penalty multiplier, 0 to 100. 0 (the default) turns DRY off."""
+    dry_base: _builtins.float
+    """DRY penalty base, 1 to 100. Default 1.75."""
+    dry_allowed_length: _builtins.int
+    """The longest repetition DRY leaves unpenalized, in tokens, 0 or more. Default 2."""
+    dry_penalty_last_n: _builtins.int
+    """How many recent tokens DRY scans for repetitions: 0 turns DRY off, -1 (the default) means
+    the whole context per request, which is also the most allowed.
+    """
+    xtc_probability: _builtins.float
+    """XTC (exclude top choices): the chance, 0 to 1, that a token is picked with the most likely
+    tokens above xtc_threshold removed. 0 (the default) turns XTC off.
+    """
+    xtc_threshold: _builtins.float
+    """XTC's probability threshold, 0 to 1; above 0.5 XTC does nothing. Default 0.1."""
+    top_n_sigma: _builtins.float
+    """Top-n-sigma: keep tokens whose logit is within top_n_sigma standard deviations of the
+    highest, -1 to 100. 0 or less (the default is -1) turns it off.
+    """
+    dynatemp_range: _builtins.float
+    """Dynamic temperature: the temperature moves within temperature ± dynatemp_range with the
+    entropy of the distribution, 0 to 100. 0 (the default) means a fixed temperature.
+    """
+    dynatemp_exponent: _builtins.float
+    """Dynamic temperature exponent, 0 to 100. Default 1."""
+    min_keep: _builtins.int
+    """The fewest tokens top-p, min-p, typical-p and XTC leave, 0 to the vocabulary size.
+    Default 0.
+    """
+    adaptive_target: _builtins.float
+    """Adaptive-p: the probability, 0 to 1, near which tokens are picked; negative (the default
+    is -1) turns it off. Used only when `samplers` holds "adaptive_p".
+    """
+    adaptive_decay: _builtins.float
+    """Adaptive-p's decay, 0 to 0.99. Default 0.9."""
     @_builtins.property
     def logit_bias(self) -> _containers.ScalarMap[_builtins.int, _builtins.float]:
         """Bias added to the logit of each listed token id before sampling."""
@@ -506,6 +572,23 @@ class SamplingParams(_message.Message):
     @_builtins.property
     def stop(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Strings that end generation. The matched string is not part of the output."""
+
+    @_builtins.property
+    def dry_sequence_breakers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Strings that end a repetition for DRY: at most 16, each 1 to 40 bytes without NUL. Empty
+        means llama.cpp's default ["\\n", ":", "\\"", "*"].
+        """
+
+    @_builtins.property
+    def samplers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The samplers, in the order they run, by llama-server's names: "penalties", "dry",
+        "top_n_sigma", "top_k", "typ_p" (or "typical_p"), "top_p", "min_p", "xtc", "temperature",
+        "adaptive_p", or their one-letter codes e, d, s, k, y, p, m, x, t, a. Each at most once;
+        "infill" (i) is refused (UNSUPPORTED_PARAMETER). A sampler left out is not used. Empty
+        means llama-server's default order, penalties, dry, top_n_sigma, top_k, typ_p, top_p,
+        min_p, xtc, temperature. A token is then drawn from what is left (by adaptive-p when the
+        list holds "adaptive_p").
+        """
 
     def __init__(
         self,
@@ -527,19 +610,60 @@ class SamplingParams(_message.Message):
         top_logprobs: _builtins.int | None = ...,
         grammar: _builtins.str = ...,
         json_schema: _builtins.str = ...,
+        mirostat: _builtins.int | None = ...,
+        mirostat_tau: _builtins.float | None = ...,
+        mirostat_eta: _builtins.float | None = ...,
+        dry_multiplier: _builtins.float | None = ...,
+        dry_base: _builtins.float | None = ...,
+        dry_allowed_length: _builtins.int | None = ...,
+        dry_penalty_last_n: _builtins.int | None = ...,
+        dry_sequence_breakers: _abc.Iterable[_builtins.str] | None = ...,
+        xtc_probability: _builtins.float | None = ...,
+        xtc_threshold: _builtins.float | None = ...,
+        top_n_sigma: _builtins.float | None = ...,
+        dynatemp_range: _builtins.float | None = ...,
+        dynatemp_exponent: _builtins.float | None = ...,
+        min_keep: _builtins.int | None = ...,
+        samplers: _abc.Iterable[_builtins.str] | None = ...,
+        adaptive_target: _builtins.float | None = ...,
+        adaptive_decay: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_frequency_penalty", b"_frequency_penalty", "_ignore_eos", b"_ignore_eos", "_max_tokens", b"_max_tokens", "_min_p", b"_min_p", "_presence_penalty", b"_presence_penalty", "_repeat_last_n", b"_repeat_last_n", "_repeat_penalty", b"_repeat_penalty", "_seed", b"_seed", "_temperature", b"_temperature", "_top_k", b"_top_k", "_top_logprobs", b"_top_logprobs", "_top_p", b"_top_p", "_typical_p", b"_typical_p", "constraint", b"constraint", "frequency_penalty", b"frequency_penalty", "grammar", b"grammar", "ignore_eos", b"ignore_eos", "json_schema", b"json_schema", "max_tokens", b"max_tokens", "min_p", b"min_p", "presence_penalty", b"presence_penalty", "repeat_last_n", b"repeat_last_n", "repeat_penalty", b"repeat_penalty", "seed", b"seed", "temperature", b"temperature", "top_k", b"top_k", "top_logprobs", b"top_logprobs", "top_p", b"top_p", "typical_p", b"typical_p"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_adaptive_decay", b"_adaptive_decay", "_adaptive_target", b"_adaptive_target", "_dry_allowed_length", b"_dry_allowed_length", "_dry_base", b"_dry_base", "_dry_multiplier", b"_dry_multiplier", "_dry_penalty_last_n", b"_dry_penalty_last_n", "_dynatemp_exponent", b"_dynatemp_exponent", "_dynatemp_range", b"_dynatemp_range", "_frequency_penalty", b"_frequency_penalty", "_ignore_eos", b"_ignore_eos", "_max_tokens", b"_max_tokens", "_min_keep", b"_min_keep", "_min_p", b"_min_p", "_mirostat", b"_mirostat", "_mirostat_eta", b"_mirostat_eta", "_mirostat_tau", b"_mirostat_tau", "_presence_penalty", b"_presence_penalty", "_repeat_last_n", b"_repeat_last_n", "_repeat_penalty", b"_repeat_penalty", "_seed", b"_seed", "_temperature", b"_temperature", "_top_k", b"_top_k", "_top_logprobs", b"_top_logprobs", "_top_n_sigma", b"_top_n_sigma", "_top_p", b"_top_p", "_typical_p", b"_typical_p", "_xtc_probability", b"_xtc_probability", "_xtc_threshold", b"_xtc_threshold", "adaptive_decay", b"adaptive_decay", "adaptive_target", b"adaptive_target", "constraint", b"constraint", "dry_allowed_length", b"dry_allowed_length", "dry_base", b"dry_base", "dry_multiplier", b"dry_multiplier", "dry_penalty_last_n", b"dry_penalty_last_n", "dynatemp_exponent", b"dynatemp_exponent", "dynatemp_range", b"dynatemp_range", "frequency_penalty", b"frequency_penalty", "grammar", b"grammar", "ignore_eos", b"ignore_eos", "json_schema", b"json_schema", "max_tokens", b"max_tokens", "min_keep", b"min_keep", "min_p", b"min_p", "mirostat", b"mirostat", "mirostat_eta", b"mirostat_eta", "mirostat_tau", b"mirostat_tau", "presence_penalty", b"presence_penalty", "repeat_last_n", b"repeat_last_n", "repeat_penalty", b"repeat_penalty", "seed", b"seed", "temperature", b"temperature", "top_k", b"top_k", "top_logprobs", b"top_logprobs", "top_n_sigma", b"top_n_sigma", "top_p", b"top_p", "typical_p", b"typical_p", "xtc_probability", b"xtc_probability", "xtc_threshold", b"xtc_threshold"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_frequency_penalty", b"_frequency_penalty", "_ignore_eos", b"_ignore_eos", "_max_tokens", b"_max_tokens", "_min_p", b"_min_p", "_presence_penalty", b"_presence_penalty", "_repeat_last_n", b"_repeat_last_n", "_repeat_penalty", b"_repeat_penalty", "_seed", b"_seed", "_temperature", b"_temperature", "_top_k", b"_top_k", "_top_logprobs", b"_top_logprobs", "_top_p", b"_top_p", "_typical_p", b"_typical_p", "constraint", b"constraint", "frequency_penalty", b"frequency_penalty", "grammar", b"grammar", "ignore_eos", b"ignore_eos", "json_schema", b"json_schema", "logit_bias", b"logit_bias", "max_tokens", b"max_tokens", "min_p", b"min_p", "presence_penalty", b"presence_penalty", "repeat_last_n", b"repeat_last_n", "repeat_penalty", b"repeat_penalty", "seed", b"seed", "stop", b"stop", "temperature", b"temperature", "top_k", b"top_k", "top_logprobs", b"top_logprobs", "top_p", b"top_p", "typical_p", b"typical_p"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_adaptive_decay", b"_adaptive_decay", "_adaptive_target", b"_adaptive_target", "_dry_allowed_length", b"_dry_allowed_length", "_dry_base", b"_dry_base", "_dry_multiplier", b"_dry_multiplier", "_dry_penalty_last_n", b"_dry_penalty_last_n", "_dynatemp_exponent", b"_dynatemp_exponent", "_dynatemp_range", b"_dynatemp_range", "_frequency_penalty", b"_frequency_penalty", "_ignore_eos", b"_ignore_eos", "_max_tokens", b"_max_tokens", "_min_keep", b"_min_keep", "_min_p", b"_min_p", "_mirostat", b"_mirostat", "_mirostat_eta", b"_mirostat_eta", "_mirostat_tau", b"_mirostat_tau", "_presence_penalty", b"_presence_penalty", "_repeat_last_n", b"_repeat_last_n", "_repeat_penalty", b"_repeat_penalty", "_seed", b"_seed", "_temperature", b"_temperature", "_top_k", b"_top_k", "_top_logprobs", b"_top_logprobs", "_top_n_sigma", b"_top_n_sigma", "_top_p", b"_top_p", "_typical_p", b"_typical_p", "_xtc_probability", b"_xtc_probability", "_xtc_threshold", b"_xtc_threshold", "adaptive_decay", b"adaptive_decay", "adaptive_target", b"adaptive_target", "constraint", b"constraint", "dry_allowed_length", b"dry_allowed_length", "dry_base", b"dry_base", "dry_multiplier", b"dry_multiplier", "dry_penalty_last_n", b"dry_penalty_last_n", "dry_sequence_breakers", b"dry_sequence_breakers", "dynatemp_exponent", b"dynatemp_exponent", "dynatemp_range", b"dynatemp_range", "frequency_penalty", b"frequency_penalty", "grammar", b"grammar", "ignore_eos", b"ignore_eos", "json_schema", b"json_schema", "logit_bias", b"logit_bias", "max_tokens", b"max_tokens", "min_keep", b"min_keep", "min_p", b"min_p", "mirostat", b"mirostat", "mirostat_eta", b"mirostat_eta", "mirostat_tau", b"mirostat_tau", "presence_penalty", b"presence_penalty", "repeat_last_n", b"repeat_last_n", "repeat_penalty", b"repeat_penalty", "samplers", b"samplers", "seed", b"seed", "stop", b"stop", "temperature", b"temperature", "top_k", b"top_k", "top_logprobs", b"top_logprobs", "top_n_sigma", b"top_n_sigma", "top_p", b"top_p", "typical_p", b"typical_p", "xtc_probability", b"xtc_probability", "xtc_threshold", b"xtc_threshold"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__adaptive_decay: _TypeAlias = _typing.Literal["adaptive_decay"]  # noqa: Y015
+    _WhichOneofArgType__adaptive_decay: _TypeAlias = _typing.Literal["_adaptive_decay", b"_adaptive_decay"]  # noqa: Y015
+    _WhichOneofReturnType__adaptive_target: _TypeAlias = _typing.Literal["adaptive_target"]  # noqa: Y015
+    _WhichOneofArgType__adaptive_target: _TypeAlias = _typing.Literal["_adaptive_target", b"_adaptive_target"]  # noqa: Y015
+    _WhichOneofReturnType__dry_allowed_length: _TypeAlias = _typing.Literal["dry_allowed_length"]  # noqa: Y015
+    _WhichOneofArgType__dry_allowed_length: _TypeAlias = _typing.Literal["_dry_allowed_length", b"_dry_allowed_length"]  # noqa: Y015
+    _WhichOneofReturnType__dry_base: _TypeAlias = _typing.Literal["dry_base"]  # noqa: Y015
+    _WhichOneofArgType__dry_base: _TypeAlias = _typing.Literal["_dry_base", b"_dry_base"]  # noqa: Y015
+    _WhichOneofReturnType__dry_multiplier: _TypeAlias = _typing.Literal["dry_multiplier"]  # noqa: Y015
+    _WhichOneofArgType__dry_multiplier: _TypeAlias = _typing.Literal["_dry_multiplier", b"_dry_multiplier"]  # noqa: Y015
+    _WhichOneofReturnType__dry_penalty_last_n: _TypeAlias = _typing.Literal["dry_penalty_last_n"]  # noqa: Y015
+    _WhichOneofArgType__dry_penalty_last_n: _TypeAlias = _typing.Literal["_dry_penalty_last_n", b"_dry_penalty_last_n"]  # noqa: Y015
+    _WhichOneofReturnType__dynatemp_exponent: _TypeAlias = _typing.Literal["dynatemp_exponent"]  # noqa: Y015
+    _WhichOneofArgType__dynatemp_exponent: _TypeAlias = _typing.Literal["_dynatemp_exponent", b"_dynatemp_exponent"]  # noqa: Y015
+    _WhichOneofReturnType__dynatemp_range: _TypeAlias = _typing.Literal["dynatemp_range"]  # noqa: Y015
+    _WhichOneofArgType__dynatemp_range: _TypeAlias = _typing.Literal["_dynatemp_range", b"_dynatemp_range"]  # noqa: Y015
     _WhichOneofReturnType__frequency_penalty: _TypeAlias = _typing.Literal["frequency_penalty"]  # noqa: Y015
     _WhichOneofArgType__frequency_penalty: _TypeAlias = _typing.Literal["_frequency_penalty", b"_frequency_penalty"]  # noqa: Y015
     _WhichOneofReturnType__ignore_eos: _TypeAlias = _typing.Literal["ignore_eos"]  # noqa: Y015
     _WhichOneofArgType__ignore_eos: _TypeAlias = _typing.Literal["_ignore_eos", b"_ignore_eos"]  # noqa: Y015
     _WhichOneofReturnType__max_tokens: _TypeAlias = _typing.Literal["max_tokens"]  # noqa: Y015
     _WhichOneofArgType__max_tokens: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens"]  # noqa: Y015
+    _WhichOneofReturnType__min_keep: _TypeAlias = _typing.Literal["min_keep"]  # noqa: Y015
+    _WhichOneofArgType__min_keep: _TypeAlias = _typing.Literal["_min_keep", b"_min_keep"]  # noqa: Y015
     _WhichOneofReturnType__min_p: _TypeAlias = _typing.Literal["min_p"]  # noqa: Y015
     _WhichOneofArgType__min_p: _TypeAlias = _typing.Literal["_min_p", b"_min_p"]  # noqa: Y015
+    _WhichOneofReturnType__mirostat: _TypeAlias = _typing.Literal["mirostat"]  # noqa: Y015
+    _WhichOneofArgType__mirostat: _TypeAlias = _typing.Literal["_mirostat", b"_mirostat"]  # noqa: Y015
+    _WhichOneofReturnType__mirostat_eta: _TypeAlias = _typing.Literal["mirostat_eta"]  # noqa: Y015
+    _WhichOneofArgType__mirostat_eta: _TypeAlias = _typing.Literal["_mirostat_eta", b"_mirostat_eta"]  # noqa: Y015
+    _WhichOneofReturnType__mirostat_tau: _TypeAlias = _typing.Literal["mirostat_tau"]  # noqa: Y015
+    _WhichOneofArgType__mirostat_tau: _TypeAlias = _typing.Literal["_mirostat_tau", b"_mirostat_tau"]  # noqa: Y015
     _WhichOneofReturnType__presence_penalty: _TypeAlias = _typing.Literal["presence_penalty"]  # noqa: Y015
     _WhichOneofArgType__presence_penalty: _TypeAlias = _typing.Literal["_presence_penalty", b"_presence_penalty"]  # noqa: Y015
     _WhichOneofReturnType__repeat_last_n: _TypeAlias = _typing.Literal["repeat_last_n"]  # noqa: Y015
@@ -554,12 +678,34 @@ class SamplingParams(_message.Message):
     _WhichOneofArgType__top_k: _TypeAlias = _typing.Literal["_top_k", b"_top_k"]  # noqa: Y015
     _WhichOneofReturnType__top_logprobs: _TypeAlias = _typing.Literal["top_logprobs"]  # noqa: Y015
     _WhichOneofArgType__top_logprobs: _TypeAlias = _typing.Literal["_top_logprobs", b"_top_logprobs"]  # noqa: Y015
+    _WhichOneofReturnType__top_n_sigma: _TypeAlias = _typing.Literal["top_n_sigma"]  # noqa: Y015
+    _WhichOneofArgType__top_n_sigma: _TypeAlias = _typing.Literal["_top_n_sigma", b"_top_n_sigma"]  # noqa: Y015
     _WhichOneofReturnType__top_p: _TypeAlias = _typing.Literal["top_p"]  # noqa: Y015
     _WhichOneofArgType__top_p: _TypeAlias = _typing.Literal["_top_p", b"_top_p"]  # noqa: Y015
     _WhichOneofReturnType__typical_p: _TypeAlias = _typing.Literal["typical_p"]  # noqa: Y015
     _WhichOneofArgType__typical_p: _TypeAlias = _typing.Literal["_typical_p", b"_typical_p"]  # noqa: Y015
+    _WhichOneofReturnType__xtc_probability: _TypeAlias = _typing.Literal["xtc_probability"]  # noqa: Y015
+    _WhichOneofArgType__xtc_probability: _TypeAlias = _typing.Literal["_xtc_probability", b"_xtc_probability"]  # noqa: Y015
+    _WhichOneofReturnType__xtc_threshold: _TypeAlias = _typing.Literal["xtc_threshold"]  # noqa: Y015
+    _WhichOneofArgType__xtc_threshold: _TypeAlias = _typing.Literal["_xtc_threshold", b"_xtc_threshold"]  # noqa: Y015
     _WhichOneofReturnType_constraint: _TypeAlias = _typing.Literal["grammar", "json_schema"]  # noqa: Y015
     _WhichOneofArgType_constraint: _TypeAlias = _typing.Literal["constraint", b"constraint"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__adaptive_decay) -> _WhichOneofReturnType__adaptive_decay | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__adaptive_target) -> _WhichOneofReturnType__adaptive_target | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__dry_allowed_length) -> _WhichOneofReturnType__dry_allowed_length | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__dry_base) -> _WhichOneofReturnType__dry_base | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__dry_multiplier) -> _WhichOneofReturnType__dry_multiplier | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__dry_penalty_last_n) -> _WhichOneofReturnType__dry_penalty_last_n | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__dynatemp_exponent) -> _WhichOneofReturnType__dynatemp_exponent | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__dynatemp_range) -> _WhichOneofReturnType__dynatemp_range | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__frequency_penalty) -> _WhichOneofReturnType__frequency_penalty | None: ...
     @_typing.overload
@@ -567,7 +713,15 @@ class SamplingParams(_message.Message):
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__max_tokens) -> _WhichOneofReturnType__max_tokens | None: ...
     @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__min_keep) -> _WhichOneofReturnType__min_keep | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__min_p) -> _WhichOneofReturnType__min_p | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__mirostat) -> _WhichOneofReturnType__mirostat | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__mirostat_eta) -> _WhichOneofReturnType__mirostat_eta | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__mirostat_tau) -> _WhichOneofReturnType__mirostat_tau | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__presence_penalty) -> _WhichOneofReturnType__presence_penalty | None: ...
     @_typing.overload
@@ -583,9 +737,15 @@ class SamplingParams(_message.Message):
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__top_logprobs) -> _WhichOneofReturnType__top_logprobs | None: ...
     @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__top_n_sigma) -> _WhichOneofReturnType__top_n_sigma | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__top_p) -> _WhichOneofReturnType__top_p | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__typical_p) -> _WhichOneofReturnType__typical_p | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__xtc_probability) -> _WhichOneofReturnType__xtc_probability | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__xtc_threshold) -> _WhichOneofReturnType__xtc_threshold | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType_constraint) -> _WhichOneofReturnType_constraint | None: ...
 
@@ -610,6 +770,9 @@ class GenerateRequest(_message.Message):
     CHAT_TEMPLATE_KWARGS_FIELD_NUMBER: _builtins.int
     REASONING_EFFORT_FIELD_NUMBER: _builtins.int
     REASONING_FORMAT_FIELD_NUMBER: _builtins.int
+    N_FIELD_NUMBER: _builtins.int
+    PROMPT_LOGPROBS_FIELD_NUMBER: _builtins.int
+    ECHO_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """The model alias. Empty means the worker's only model."""
     prompt: _builtins.str
@@ -631,6 +794,25 @@ class GenerateRequest(_message.Message):
     """
     reasoning_format: Global___ReasoningFormat.ValueType
     """How the thinking of a reasoning model is returned."""
+    n: _builtins.int
+    """How many completions (choices) to generate from the input, 1 to 16 and at most the worker's
+    slots (ModelInfo.slots); unset means 1. The prompt is prefilled once, then its KV cache is
+    copied for every further choice. Each choice samples on its own: with a seed, choice i uses
+    seed + i. Chunks and final messages carry their choice's index, and the stream ends with one
+    final message per choice. Not allowed with a session.
+    """
+    prompt_logprobs: _builtins.int
+    """When set, the first chunk (of choice 0) carries the log-probability of every prompt token
+    in prompt_logprobs, with this many most likely alternatives (0 to 20). This needs the
+    model's output at every prompt position: the prompt is prefilled in full (no prefix cache
+    reuse) and its log-probabilities cost a softmax over the vocabulary per token. Not allowed
+    with a session, nor for a prompt over the worker's --max-prompt-logprobs-tokens.
+    """
+    echo: _builtins.bool
+    """Send the prompt back: the first chunk (of choice 0) carries the prompt's text in
+    prompt_text (a text prompt as given; token ids as their text). For a prompt or token ids,
+    not a chat conversation or a session. With max_tokens 0, nothing is generated.
+    """
     @_builtins.property
     def tokens(self) -> Global___TokenList:
         """A prompt given as token ids, used as given."""
@@ -674,17 +856,28 @@ class GenerateRequest(_message.Message):
         chat_template_kwargs: _builtins.str = ...,
         reasoning_effort: _builtins.str = ...,
         reasoning_format: Global___ReasoningFormat.ValueType = ...,
+        n: _builtins.int | None = ...,
+        prompt_logprobs: _builtins.int | None = ...,
+        echo: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_parallel_tool_calls", b"_parallel_tool_calls", "chat", b"chat", "input", b"input", "parallel_tool_calls", b"parallel_tool_calls", "prompt", b"prompt", "sampling", b"sampling", "session", b"session", "tokens", b"tokens", "tool_choice", b"tool_choice"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_n", b"_n", "_parallel_tool_calls", b"_parallel_tool_calls", "_prompt_logprobs", b"_prompt_logprobs", "chat", b"chat", "input", b"input", "n", b"n", "parallel_tool_calls", b"parallel_tool_calls", "prompt", b"prompt", "prompt_logprobs", b"prompt_logprobs", "sampling", b"sampling", "session", b"session", "tokens", b"tokens", "tool_choice", b"tool_choice"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_parallel_tool_calls", b"_parallel_tool_calls", "chat", b"chat", "chat_template_kwargs", b"chat_template_kwargs", "input", b"input", "model", b"model", "parallel_tool_calls", b"parallel_tool_calls", "prompt", b"prompt", "reasoning_effort", b"reasoning_effort", "reasoning_format", b"reasoning_format", "request_id", b"request_id", "sampling", b"sampling", "session", b"session", "tokens", b"tokens", "tool_choice", b"tool_choice", "tools", b"tools"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_n", b"_n", "_parallel_tool_calls", b"_parallel_tool_calls", "_prompt_logprobs", b"_prompt_logprobs", "chat", b"chat", "chat_template_kwargs", b"chat_template_kwargs", "echo", b"echo", "input", b"input", "model", b"model", "n", b"n", "parallel_tool_calls", b"parallel_tool_calls", "prompt", b"prompt", "prompt_logprobs", b"prompt_logprobs", "reasoning_effort", b"reasoning_effort", "reasoning_format", b"reasoning_format", "request_id", b"request_id", "sampling", b"sampling", "session", b"session", "tokens", b"tokens", "tool_choice", b"tool_choice", "tools", b"tools"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__n: _TypeAlias = _typing.Literal["n"]  # noqa: Y015
+    _WhichOneofArgType__n: _TypeAlias = _typing.Literal["_n", b"_n"]  # noqa: Y015
     _WhichOneofReturnType__parallel_tool_calls: _TypeAlias = _typing.Literal["parallel_tool_calls"]  # noqa: Y015
     _WhichOneofArgType__parallel_tool_calls: _TypeAlias = _typing.Literal["_parallel_tool_calls", b"_parallel_tool_calls"]  # noqa: Y015
+    _WhichOneofReturnType__prompt_logprobs: _TypeAlias = _typing.Literal["prompt_logprobs"]  # noqa: Y015
+    _WhichOneofArgType__prompt_logprobs: _TypeAlias = _typing.Literal["_prompt_logprobs", b"_prompt_logprobs"]  # noqa: Y015
     _WhichOneofReturnType_input: _TypeAlias = _typing.Literal["prompt", "tokens", "chat"]  # noqa: Y015
     _WhichOneofArgType_input: _TypeAlias = _typing.Literal["input", b"input"]  # noqa: Y015
     @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__n) -> _WhichOneofReturnType__n | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__parallel_tool_calls) -> _WhichOneofReturnType__parallel_tool_calls | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__prompt_logprobs) -> _WhichOneofReturnType__prompt_logprobs | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType_input) -> _WhichOneofReturnType_input | None: ...
 
@@ -1185,10 +1378,19 @@ class GenerateChunk(_message.Message):
     LOGPROBS_FIELD_NUMBER: _builtins.int
     REASONING_FIELD_NUMBER: _builtins.int
     TOOL_CALLS_FIELD_NUMBER: _builtins.int
+    INDEX_FIELD_NUMBER: _builtins.int
+    PROMPT_TEXT_FIELD_NUMBER: _builtins.int
+    PROMPT_LOGPROBS_FIELD_NUMBER: _builtins.int
     text: _builtins.str
     """New text. It never splits a UTF-8 character and never contains (part of) a stop string."""
     reasoning: _builtins.str
     """New thinking, taken out of text (REASONING_FORMAT_SPLIT)."""
+    index: _builtins.int
+    """The choice this chunk belongs to, from 0 (GenerateRequest.n)."""
+    prompt_text: _builtins.str
+    """The prompt's text, when GenerateRequest.echo is set: in the first chunk of choice 0 only,
+    which comes before any generated token.
+    """
     @_builtins.property
     def token_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """The ids of the tokens generated since the previous chunk."""
@@ -1201,6 +1403,13 @@ class GenerateChunk(_message.Message):
     def tool_calls(self) -> _containers.RepeatedCompositeFieldContainer[Global___ToolCallDelta]:
         """Parts of tool calls, taken out of text: text never carries tool-call markup."""
 
+    @_builtins.property
+    def prompt_logprobs(self) -> _containers.RepeatedCompositeFieldContainer[Global___TokenLogprob]:
+        """One entry per prompt token, in order, when GenerateRequest.prompt_logprobs is set: in the
+        first chunk of choice 0 only. The first token has no log-probability (nothing precedes
+        it): its entry's logprob is 0 and it has no alternatives.
+        """
+
     def __init__(
         self,
         *,
@@ -1209,10 +1418,13 @@ class GenerateChunk(_message.Message):
         logprobs: _abc.Iterable[Global___TokenLogprob] | None = ...,
         reasoning: _builtins.str = ...,
         tool_calls: _abc.Iterable[Global___ToolCallDelta] | None = ...,
+        index: _builtins.int = ...,
+        prompt_text: _builtins.str = ...,
+        prompt_logprobs: _abc.Iterable[Global___TokenLogprob] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["logprobs", b"logprobs", "reasoning", b"reasoning", "text", b"text", "token_ids", b"token_ids", "tool_calls", b"tool_calls"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["index", b"index", "logprobs", b"logprobs", "prompt_logprobs", b"prompt_logprobs", "prompt_text", b"prompt_text", "reasoning", b"reasoning", "text", b"text", "token_ids", b"token_ids", "tool_calls", b"tool_calls"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1315,10 +1527,17 @@ class GenerateFinal(_message.Message):
     MATCHED_STOP_FIELD_NUMBER: _builtins.int
     SESSION_FIELD_NUMBER: _builtins.int
     TOOL_CALLS_FIELD_NUMBER: _builtins.int
+    INDEX_FIELD_NUMBER: _builtins.int
     finish_reason: Global___FinishReason.ValueType
     """Why generation ended."""
     matched_stop: _builtins.str
     """The stop string that ended generation, when finish_reason is FINISH_REASON_STOP_STRING."""
+    index: _builtins.int
+    """The choice this message closes, from 0 (GenerateRequest.n). Its usage counts the choice's
+    own completion tokens; the prompt (prompt, cached, restored and prefilled tokens, queue and
+    prefill times) is counted once, in choice 0's final message, and is zero in the others:
+    the sum over the final messages is the request's usage.
+    """
     @_builtins.property
     def usage(self) -> Global___Usage:
         """Token counts and timings."""
@@ -1339,10 +1558,11 @@ class GenerateFinal(_message.Message):
         matched_stop: _builtins.str = ...,
         session: Global___SessionCommit | None = ...,
         tool_calls: _abc.Iterable[Global___ToolCall] | None = ...,
+        index: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["session", b"session", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["finish_reason", b"finish_reason", "matched_stop", b"matched_stop", "session", b"session", "tool_calls", b"tool_calls", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["finish_reason", b"finish_reason", "index", b"index", "matched_stop", b"matched_stop", "session", b"session", "tool_calls", b"tool_calls", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1350,7 +1570,9 @@ Global___GenerateFinal: _TypeAlias = GenerateFinal  # noqa: Y015
 
 @_typing.final
 class GenerateResponse(_message.Message):
-    """GenerateResponse is one message of a Generate stream: chunks, then one final message."""
+    """GenerateResponse is one message of a Generate stream: chunks, then one final message per
+    choice.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -1362,7 +1584,7 @@ class GenerateResponse(_message.Message):
 
     @_builtins.property
     def final(self) -> Global___GenerateFinal:
-        """The last message of the stream."""
+        """The last message of a choice (of the stream, for one choice)."""
 
     def __init__(
         self,
@@ -1419,10 +1641,18 @@ class EmbedRequest(_message.Message):
     MODEL_FIELD_NUMBER: _builtins.int
     INPUTS_FIELD_NUMBER: _builtins.int
     NORMALIZE_FIELD_NUMBER: _builtins.int
+    DIMENSIONS_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """The model alias. Empty means the worker's only model."""
     normalize: _builtins.bool
     """Scale each vector to unit Euclidean length."""
+    dimensions: _builtins.int
+    """Keep only the first `dimensions` components of each vector (then scale it to unit length
+    when normalize is set). Only for a model trained for truncation (Matryoshka embeddings):
+    ModelInfo.embedding_dimensions says which widths it allows; any other request is
+    INVALID_ARGUMENT (reason UNSUPPORTED_PARAMETER for a model that allows none). Unset: the
+    full width.
+    """
     @_builtins.property
     def inputs(self) -> _containers.RepeatedCompositeFieldContainer[Global___EmbedInput]:
         """The inputs. Must not be empty."""
@@ -1433,12 +1663,15 @@ class EmbedRequest(_message.Message):
         model: _builtins.str = ...,
         inputs: _abc.Iterable[Global___EmbedInput] | None = ...,
         normalize: _builtins.bool = ...,
+        dimensions: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_dimensions", b"_dimensions", "dimensions", b"dimensions"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["inputs", b"inputs", "model", b"model", "normalize", b"normalize"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_dimensions", b"_dimensions", "dimensions", b"dimensions", "inputs", b"inputs", "model", b"model", "normalize", b"normalize"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__dimensions: _TypeAlias = _typing.Literal["dimensions"]  # noqa: Y015
+    _WhichOneofArgType__dimensions: _TypeAlias = _typing.Literal["_dimensions", b"_dimensions"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__dimensions) -> _WhichOneofReturnType__dimensions | None: ...
 
 Global___EmbedRequest: _TypeAlias = EmbedRequest  # noqa: Y015
 
@@ -1772,6 +2005,37 @@ class DevicePlacement(_message.Message):
 Global___DevicePlacement: _TypeAlias = DevicePlacement  # noqa: Y015
 
 @_typing.final
+class EmbeddingDimensions(_message.Message):
+    """EmbeddingDimensions says to which widths a model's embeddings may be truncated (Matryoshka
+    embeddings). GGUF files do not record it: the worker's operator declares it with
+    --embedding-dimensions.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ANY_FIELD_NUMBER: _builtins.int
+    SIZES_FIELD_NUMBER: _builtins.int
+    any: _builtins.bool
+    """Any width from 1 to ModelInfo.embedding_size."""
+    @_builtins.property
+    def sizes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """The widths allowed, ascending, when any is false."""
+
+    def __init__(
+        self,
+        *,
+        any: _builtins.bool = ...,
+        sizes: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["any", b"any", "sizes", b"sizes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EmbeddingDimensions: _TypeAlias = EmbeddingDimensions  # noqa: Y015
+
+@_typing.final
 class ModelInfo(_message.Message):
     """ModelInfo describes a loaded model."""
 
@@ -1792,6 +2056,7 @@ class ModelInfo(_message.Message):
     VOCAB_SIZE_FIELD_NUMBER: _builtins.int
     POOLING_FIELD_NUMBER: _builtins.int
     DESCRIPTION_FIELD_NUMBER: _builtins.int
+    EMBEDDING_DIMENSIONS_FIELD_NUMBER: _builtins.int
     alias: _builtins.str
     """The name clients use to address the model."""
     file: _builtins.str
@@ -1826,6 +2091,12 @@ class ModelInfo(_message.Message):
     def placement(self) -> Global___DevicePlacement:
         """Where the model runs."""
 
+    @_builtins.property
+    def embedding_dimensions(self) -> Global___EmbeddingDimensions:
+        """The widths EmbedRequest.dimensions may ask for; unset when the model's embeddings must not
+        be truncated (the default: only a model trained for it gives meaningful shorter vectors).
+        """
+
     def __init__(
         self,
         *,
@@ -1844,10 +2115,11 @@ class ModelInfo(_message.Message):
         vocab_size: _builtins.int = ...,
         pooling: _builtins.str = ...,
         description: _builtins.str = ...,
+        embedding_dimensions: Global___EmbeddingDimensions | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["placement", b"placement"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["embedding_dimensions", b"embedding_dimensions", "placement", b"placement"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["alias", b"alias", "capabilities", b"capabilities", "chat_template", b"chat_template", "context_size", b"context_size", "description", b"description", "embedding_size", b"embedding_size", "file", b"file", "hf_repo", b"hf_repo", "parameter_count", b"parameter_count", "placement", b"placement", "pooling", b"pooling", "size_bytes", b"size_bytes", "slots", b"slots", "train_context_size", b"train_context_size", "vocab_size", b"vocab_size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alias", b"alias", "capabilities", b"capabilities", "chat_template", b"chat_template", "context_size", b"context_size", "description", b"description", "embedding_dimensions", b"embedding_dimensions", "embedding_size", b"embedding_size", "file", b"file", "hf_repo", b"hf_repo", "parameter_count", b"parameter_count", "placement", b"placement", "pooling", b"pooling", "size_bytes", b"size_bytes", "slots", b"slots", "train_context_size", b"train_context_size", "vocab_size", b"vocab_size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2164,7 +2436,9 @@ class RelayEvent(_message.Message):
     """
     @_builtins.property
     def response(self) -> Global___GenerateResponse:
-        """A chunk or the final message, as Generate streams them. The final message ends the call."""
+        """A chunk or a final message, as Generate streams them. The last final message (one per
+        choice) ends the call.
+        """
 
     @_builtins.property
     def error(self) -> Global___RelayError:

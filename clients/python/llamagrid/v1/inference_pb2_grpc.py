@@ -85,7 +85,8 @@ class InferenceServiceServicer:
 
     def Generate(self, request, context):
         """Generate streams the completion of a prompt, a list of token ids or a chat conversation.
-        The stream carries chunks of output and ends with exactly one final message.
+        The stream carries chunks of output and ends with exactly one final message per choice
+        (one, unless GenerateRequest.n asks for more).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

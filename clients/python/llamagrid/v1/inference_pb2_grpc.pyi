@@ -37,7 +37,8 @@ class InferenceServiceStub:
     def __new__(cls, channel: _aio.Channel) -> InferenceServiceAsyncStub: ...
     Generate: _grpc.UnaryStreamMultiCallable[_inference_pb2.GenerateRequest, _inference_pb2.GenerateResponse]
     """Generate streams the completion of a prompt, a list of token ids or a chat conversation.
-    The stream carries chunks of output and ends with exactly one final message.
+    The stream carries chunks of output and ends with exactly one final message per choice
+    (one, unless GenerateRequest.n asks for more).
     """
     Embed: _grpc.UnaryUnaryMultiCallable[_inference_pb2.EmbedRequest, _inference_pb2.EmbedResponse]
     """Embed returns one vector for each input text or token list, pooled as the model defines."""
@@ -69,7 +70,8 @@ class InferenceServiceAsyncStub(InferenceServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     Generate: _aio.UnaryStreamMultiCallable[_inference_pb2.GenerateRequest, _inference_pb2.GenerateResponse]  # type: ignore[assignment]
     """Generate streams the completion of a prompt, a list of token ids or a chat conversation.
-    The stream carries chunks of output and ends with exactly one final message.
+    The stream carries chunks of output and ends with exactly one final message per choice
+    (one, unless GenerateRequest.n asks for more).
     """
     Embed: _aio.UnaryUnaryMultiCallable[_inference_pb2.EmbedRequest, _inference_pb2.EmbedResponse]  # type: ignore[assignment]
     """Embed returns one vector for each input text or token list, pooled as the model defines."""
@@ -104,7 +106,8 @@ class InferenceServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_inference_pb2.GenerateResponse], _abc.AsyncIterator[_inference_pb2.GenerateResponse]]:
         """Generate streams the completion of a prompt, a list of token ids or a chat conversation.
-        The stream carries chunks of output and ends with exactly one final message.
+        The stream carries chunks of output and ends with exactly one final message per choice
+        (one, unless GenerateRequest.n asks for more).
         """
 
     @_abc_1.abstractmethod
