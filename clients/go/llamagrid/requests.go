@@ -25,3 +25,33 @@ func Texts(texts ...string) []*pb.EmbedInput {
 	}
 	return inputs
 }
+
+// Tool returns a function the model may call, for GenerateRequest.Tools. parametersJSON is a
+// JSON Schema of its arguments, as JSON text ("" means no arguments). Set the result's Strict
+// field to require arguments that validate against the schema.
+func Tool(name, description, parametersJSON string) *pb.Tool {
+	return &pb.Tool{Name: name, Description: description, ParametersJson: parametersJSON}
+}
+
+// ToolChoiceFunction returns a GenerateRequest.ToolChoice that makes the model call the named
+// function, one of the request's tools (enforced by a grammar).
+func ToolChoiceFunction(name string) *pb.ToolChoice {
+	return &pb.ToolChoice{Choice: &pb.ToolChoice_Function{Function: name}}
+}
+
+// ToolChoiceMode returns a GenerateRequest.ToolChoice of a mode: auto, none (answer in text) or
+// required (call at least one tool), as pb.ToolChoiceMode_TOOL_CHOICE_MODE_AUTO and so on.
+func ToolChoiceMode(mode pb.ToolChoiceMode) *pb.ToolChoice {
+	return &pb.ToolChoice{Choice: &pb.ToolChoice_Mode{Mode: mode}}
+}
+
+// ToolCallMessage returns the assistant turn that made the given calls (GenerateFinal.ToolCalls),
+// to send back in the conversation before their results.
+func ToolCallMessage(calls ...*pb.ToolCall) *pb.ChatMessage {
+	return &pb.ChatMessage{Role: "assistant", ToolCalls: calls}
+}
+
+// ToolResult returns a "tool" turn: the result (content) of the call whose id is callID.
+func ToolResult(callID, content string) *pb.ChatMessage {
+	return &pb.ChatMessage{Role: "tool", Content: content, ToolCallId: callID}
+}

@@ -40,7 +40,8 @@ pub use v1::{
     EmbedResponse, Embedding, FinishReason, ForkSessionRequest, GenerateChunk, GenerateFinal,
     GenerateRequest, GenerateResponse, GetLoadResponse, GetSessionResponse, KvTier, ModelInfo,
     OpenSessionRequest, SamplingParams, SessionCommit, SessionInfo, SessionRef, SessionTranscript,
-    TokenList, TokenizeRequest, TokenizeResponse, Usage,
+    TokenList, TokenizeRequest, TokenizeResponse, Tool, ToolCall, ToolCallDelta, ToolChoice,
+    ToolChoiceMode, Usage,
 };
 
 /// Compiles the README's code blocks as doctests.
@@ -69,7 +70,54 @@ impl ChatMessage {
     /// A chat turn with the given role ("system", "user", "assistant", "tool") and text.
     #[must_use]
     pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
-        Self { role: role.into(), content: content.into(), name: None }
+        Self { role: role.into(), content: content.into(), ..Default::default() }
+    }
+
+    /// An assistant turn that made these tool calls (as `GenerateFinal::tool_calls` returned
+    /// them), to send back with their results in the next request.
+    #[must_use]
+    pub fn assistant_tool_calls(calls: impl IntoIterator<Item = ToolCall>) -> Self {
+        Self { tool_calls: calls.into_iter().collect(), ..Self::new("assistant", "") }
+    }
+
+    /// A tool's result (role "tool"), answering the call whose id is `tool_call_id`.
+    #[must_use]
+    pub fn tool_result(tool_call_id: impl Into<String>, content: impl Into<String>) -> Self {
+        Self { tool_call_id: tool_call_id.into(), ..Self::new("tool", content) }
+    }
+}
+
+impl Tool {
+    /// A function the model may call. `parameters_json` is a JSON Schema of its arguments, as
+    /// JSON text (an object); empty means no arguments. Set `strict` for arguments that must
+    /// validate against it: `Tool { strict: true, ..Tool::new(..) }`.
+    #[must_use]
+    pub fn new(
+        name: impl Into<String>,
+        description: impl Into<String>,
+        parameters_json: impl Into<String>,
+    ) -> Self {
+        Self {
+            name: name.into(),
+            description: description.into(),
+            parameters_json: parameters_json.into(),
+            ..Default::default()
+        }
+    }
+}
+
+impl ToolChoice {
+    /// The model must call the function `name`, one of the request's tools.
+    #[must_use]
+    pub fn function(name: impl Into<String>) -> Self {
+        Self { choice: Some(v1::tool_choice::Choice::Function(name.into())) }
+    }
+
+    /// The model may ([`ToolChoiceMode::Auto`]), must ([`ToolChoiceMode::Required`]) or must
+    /// not ([`ToolChoiceMode::None`]) call tools.
+    #[must_use]
+    pub fn mode(mode: ToolChoiceMode) -> Self {
+        Self { choice: Some(v1::tool_choice::Choice::Mode(mode.into())) }
     }
 }
 
@@ -91,6 +139,21 @@ impl GenerateRequest {
     #[must_use]
     pub fn with_sampling(mut self, sampling: SamplingParams) -> Self {
         self.sampling = Some(sampling);
+        self
+    }
+
+    /// The same request offering these tools to the model (chat input only); without a
+    /// [`ToolChoice`], the model may call them or answer in text.
+    #[must_use]
+    pub fn with_tools(mut self, tools: impl IntoIterator<Item = Tool>) -> Self {
+        self.tools = tools.into_iter().collect();
+        self
+    }
+
+    /// The same request with this tool choice, e.g. [`ToolChoice::function`].
+    #[must_use]
+    pub fn with_tool_choice(mut self, choice: ToolChoice) -> Self {
+        self.tool_choice = Some(choice);
         self
     }
 
