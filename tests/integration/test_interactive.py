@@ -555,11 +555,17 @@ def test_hostile_fields_are_400s_naming_the_field(
     assert turn(http, session_id, "Hi.").json()["history_tokens"] == 0
 
 
-def test_an_unknown_model_is_a_404_and_unknown_fields_are_ignored(http: httpx.Client) -> None:
+def test_an_unknown_model_is_a_404_and_unknown_fields_are_refused(http: httpx.Client) -> None:
+    """LMDeploy ignores fields it does not know; llamagrid names them (no silent drops), unless
+    they hold nothing."""
     reply = http.post(URL, json={"prompt": "Hi.", "model": "no-such-model"})
     assert reply.status_code == 404 and reply.json()["error"]["code"] == "model_not_found"
     extra = {"prompt": "Hi.", "request_output_len": 2, "no_such_field": [1, [2]]}
-    assert http.post(URL, json=extra).status_code == 200
+    reply = http.post(URL, json=extra)
+    assert reply.status_code == 400, reply.text
+    error = reply.json()["error"]
+    assert (error["code"], error["param"]) == ("unsupported_parameter", "no_such_field")
+    assert http.post(URL, json={**extra, "no_such_field": None}).status_code == 200
 
 
 def test_a_session_keeps_its_model_and_a_refused_request_changes_nothing(
