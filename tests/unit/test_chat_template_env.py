@@ -15,6 +15,7 @@ import pytest
 from llamagrid.worker.engine.chat_inputs import ChatInputs, message_dict, tool_dict
 from llamagrid.worker.engine.chat_template import ChatTemplate
 from llamagrid.worker.engine.errors import EngineError, Reason
+from llamagrid.worker.engine.parsing import make_parser
 from llamagrid.worker.engine.requests import GenerationSpec, Message, Tool, ToolCall
 from tests.unit.test_prompt_tokens import TOOL, tokenizer
 
@@ -84,6 +85,33 @@ def test_every_fixture_renders_tools_a_tool_call_and_its_result(path: Path) -> N
     if "tool" in source:  # a template that knows tools shows the tool and the call
         assert "get_weather" in text
         assert "21" in text
+
+
+@pytest.mark.parametrize(
+    ("name", "tool_format"),
+    [("mistral-nemo.jinja", "mistral"), ("qwen2.5.jinja", "hermes"), ("llama-3.1.jinja", "llama3")],
+)
+def test_a_call_the_worker_parsed_renders_back_through_the_template(
+    name: str, tool_format: str
+) -> None:
+    """The next turn carries the call with the id the worker gave it (Mistral's template
+    refuses ids that are not nine letters and digits)."""
+    parser = make_parser(tool_format, None)
+    output = {
+        "mistral": '[TOOL_CALLS][{"name": "get_weather", "arguments": {"city": "Paris"}}]',
+        "hermes": '<tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}</tool_call>',
+        "llama3": '{"name": "get_weather", "parameters": {"city": "Paris"}}',
+    }[tool_format]
+    parser.feed(output)
+    parser.finish()
+    (call,) = parser.calls
+    conversation = (
+        CONVERSATION[0],
+        Message("assistant", "", tool_calls=(ToolCall(call.id, call.name, call.arguments),)),
+        Message("tool", '{"celsius": 21}', tool_call_id=call.id),
+    )
+    text = render((FIXTURES / name).read_text(encoding="utf-8"), conversation)
+    assert "Paris" in text and "21" in text
 
 
 @pytest.mark.parametrize(

@@ -118,7 +118,7 @@ def collect(parser: OutputParser, deltas: list[Delta]) -> Result:
                 # The first delta of a call carries its id and name, and calls come in order.
                 assert delta.index == len(out.streamed)
                 assert delta.id is not None and delta.name is not None
-                assert re.fullmatch(r"call_[A-Za-z0-9]{24}", delta.id)
+                assert re.fullmatch(r"call_[A-Za-z0-9]{24}|[A-Za-z0-9]{9}", delta.id)
                 out.streamed[delta.index] = (delta.id, delta.name, delta.arguments)
             else:
                 assert delta.id is None and delta.name is None
@@ -621,8 +621,13 @@ def test_call_ids_are_random_but_reproducible_with_a_seeded_rng() -> None:
     ]
     assert ids[0] == ids[1] != ids[2]
     assert len(set(ids[0])) == 2
-    custom = _calls(make_parser("hermes", None, id_prefix="fc-"), text)
-    assert all(re.fullmatch(r"fc-[A-Za-z0-9]{24}", c.id) for c in custom)
+    assert all(re.fullmatch(r"call_[A-Za-z0-9]{24}", i) for i in ids[0])
+
+
+def test_mistral_calls_get_the_nine_character_ids_its_template_requires() -> None:
+    text = '[TOOL_CALLS][{"name": "search", "arguments": {}}, {"name": "search", "arguments": {}}]'
+    calls = _calls(make_parser("mistral", None), text)
+    assert len(calls) == 2 and all(re.fullmatch(r"[A-Za-z0-9]{9}", c.id) for c in calls)
 
 
 def _calls(parser: OutputParser, text: str) -> list[Any]:

@@ -114,13 +114,19 @@ class OutputParser:
         return self._sink.error
 
 
+#: The ids the worker gives calls: OpenAI's form, "call_" and 24 letters and digits...
+_ID_STYLE = ("call_", 24)
+#: ...except where a family's template checks another: Mistral's refuses (raise_exception) a
+#: tool_call_id that is not exactly 9 letters and digits.
+_ID_STYLES = {"mistral": ("", 9)}
+
+
 def make_parser(
     tool_format: str | None,
     reasoning: str | None,
     *,
     thinking_open: bool = False,
     tool_names: Collection[str] = (),
-    id_prefix: str = "call_",
     rng: random.Random | None = None,
 ) -> OutputParser:
     """A parser for one generation.
@@ -134,7 +140,8 @@ def make_parser(
         raise ValueError(f"unknown tool format {tool_format!r}")
     if reasoning is not None and reasoning not in REASONING_FORMATS:
         raise ValueError(f"unknown reasoning format {reasoning!r}")
-    sink = Sink(id_prefix, rng or random.SystemRandom(), frozenset(tool_names))
+    id_prefix, id_length = _ID_STYLES.get(tool_format or "", _ID_STYLE)
+    sink = Sink(id_prefix, rng or random.SystemRandom(), frozenset(tool_names), id_length)
     stage: Stage
     if tool_format == "gpt-oss" or reasoning == "gpt-oss":
         stage = HarmonyStage(sink, calls=tool_format is not None, split_reasoning=bool(reasoning))

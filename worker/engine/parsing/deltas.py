@@ -73,12 +73,19 @@ class ParseError(Exception):
 class Sink:
     """The deltas, calls and first error of one parse."""
 
-    def __init__(self, id_prefix: str, rng: random.Random, tool_names: frozenset[str]) -> None:
+    def __init__(
+        self,
+        id_prefix: str,
+        rng: random.Random,
+        tool_names: frozenset[str],
+        id_length: int = _ID_LENGTH,
+    ) -> None:
         self.deltas: list[Delta] = []
         self.calls: list[ParsedCall] = []
         self.error: str | None = None
         self.tool_names = tool_names
         self._id_prefix = id_prefix
+        self._id_length = id_length
         self._rng = rng
         self._open: tuple[int, str, str] | None = None  # index, id, name of the call being read
         self._started = 0
@@ -116,7 +123,7 @@ class Sink:
         if self._started >= MAX_CALLS:
             raise ParseError(f"the output has more than {MAX_CALLS} tool calls")
         call_id = self._id_prefix + "".join(
-            self._rng.choice(_ID_ALPHABET) for _ in range(_ID_LENGTH)
+            self._rng.choice(_ID_ALPHABET) for _ in range(self._id_length)
         )
         self._open = (self._started, call_id, name)
         self._started += 1
