@@ -130,7 +130,9 @@ async def stream_turn(
 async def run_workload(target: str, base_url: str, model: str, args: argparse.Namespace) -> Result:
     """Every conversation, turn by turn; returns what each turn cost."""
     result = Result(target)
-    limits = httpx.Limits(max_connections=args.clients + 4)
+    # A new connection per turn, for every target alike: llama-server closes a keep-alive
+    # connection idle for 5 s, and a turn sent on one it has just closed fails.
+    limits = httpx.Limits(max_connections=args.clients + 4, max_keepalive_connections=0)
     async with httpx.AsyncClient(base_url=base_url, timeout=900, limits=limits) as http:
         session_ids: list[str] = []
         if target == "sessions":
