@@ -26,8 +26,13 @@ from llamagrid.gateway.errors import OpenAIError, from_rpc_error, validation_fai
 from llamagrid.gateway.interactive import InteractiveSessions
 from llamagrid.gateway.interactive import router as interactive_router
 from llamagrid.gateway.lifecycle import Drain
+from llamagrid.gateway.llamacpp.infill import router as infill_router
+from llamagrid.gateway.llamacpp.router import router as llamacpp_router
+from llamagrid.gateway.llamacpp_python.router import router as llamacpp_python_router
+from llamagrid.gateway.lora.router import router as lora_router
 from llamagrid.gateway.metrics import GatewayMetrics
 from llamagrid.gateway.middleware import GatewayMiddleware
+from llamagrid.gateway.nodes.router import install_nodes
 from llamagrid.gateway.openai.router import router as openai_router
 from llamagrid.gateway.openai.schemas import ErrorResponse
 from llamagrid.gateway.pool import PoolOptions, WorkerPool
@@ -36,6 +41,7 @@ from llamagrid.gateway.session_store import create_store
 from llamagrid.gateway.sessions import SessionDirectory
 from llamagrid.gateway.sessions import router as sessions_router
 from llamagrid.gateway.settings import Access, GatewaySettings
+from llamagrid.gateway.slots.router import router as slots_router
 from llamagrid.gateway.sse import error_response
 from llamagrid.gateway.warmup import warm_up
 from llamagrid.gateway.worker_tls import worker_security
@@ -88,9 +94,13 @@ def create_app(settings: GatewaySettings, pool: WorkerPool) -> FastAPI:
         warm_up()
         await pool.start()
         discovery.start()
+        if nodes is not None:
+            nodes.start()
         try:
             yield
         finally:
+            if nodes is not None:
+                await nodes.stop()
             await discovery.stop()
             await pool.close()
             await store.close()
@@ -107,6 +117,8 @@ def create_app(settings: GatewaySettings, pool: WorkerPool) -> FastAPI:
     drain = Drain(settings.drain_grace_s)
     app.state.metrics, app.state.drain = metrics, drain
     app.state.sse_keepalive_s = settings.sse_keepalive_s  # read by gateway.sse
+    app.state.strict_model_names = settings.strict_model_names  # read by gateway.model_names
+    app.state.slots_endpoint = settings.slots_endpoint  # read by gateway.slots
     app.state.sessions = SessionDirectory(store, pool)
     app.state.dispatcher = Dispatcher(
         pool,
@@ -121,6 +133,12 @@ def create_app(settings: GatewaySettings, pool: WorkerPool) -> FastAPI:
     app.include_router(sessions_router, dependencies=dependencies(check))
     app.include_router(responses_router, dependencies=dependencies(check))
     app.include_router(interactive_router, dependencies=dependencies(check))
+    app.include_router(llamacpp_router, dependencies=dependencies(check))
+    app.include_router(llamacpp_python_router, dependencies=dependencies(check))
+    app.include_router(infill_router, dependencies=dependencies(check))
+    app.include_router(lora_router, dependencies=dependencies(check))
+    app.include_router(slots_router, dependencies=dependencies(check))
+    nodes = install_nodes(app, settings, pool, keys)  # the node API, behind the admin key
     app.state.interactive = InteractiveSessions(keyed=check is not None)
     app.add_middleware(
         Admission,
@@ -149,6 +167,7 @@ def _install_health_and_metrics(
         503: {"model": ErrorResponse, "description": "No worker is serving."}
     }
 
+    @app.get("/v1/health", tags=["health"], include_in_schema=False)
     @app.get("/health", tags=["health"], responses=unready)
     async def health() -> dict[str, str]:
         """Readiness: 200 while some worker is serving (503 when none is, or while draining)."""

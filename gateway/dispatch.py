@@ -332,6 +332,7 @@ class Dispatcher:
         self.metrics.prompt_tokens.labels(model).inc(usage.prompt_tokens)
         self.metrics.completion_tokens.labels(model).inc(usage.completion_tokens)
         self.metrics.cached_tokens.labels(model).inc(usage.cached_tokens + usage.restored_tokens)
+        self.metrics.llamacpp.count(model, usage)
 
 
 def _session_gone(error: grpc.aio.AioRpcError) -> bool:

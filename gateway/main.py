@@ -28,6 +28,7 @@ from llamagrid.gateway.keys import (
     is_world_readable,
 )
 from llamagrid.gateway.lifecycle import DrainingServer
+from llamagrid.gateway.nodes.auth import admin_keys
 from llamagrid.gateway.settings import GatewaySettings
 from llamagrid.gateway.worker_tls import SecurityError, worker_security
 from llamagrid.security import check_key_pair
@@ -62,8 +63,9 @@ def load_settings(argv: list[str] | None) -> GatewaySettings:
     except (FleetConfigError, OSError) as error:
         sys.exit(f"llamagrid gateway: {settings.config}: {error}")
     explicit = settings.model_dump(include=settings.model_fields_set)
-    if "api_key" in explicit:
-        explicit["api_key"] = [key.get_secret_value() for key in settings.api_key]
+    for name in ("api_key", "admin_key"):
+        if name in explicit:
+            explicit[name] = [key.get_secret_value() for key in getattr(settings, name)]
     policies = {**values.get("model_policies", {}), **explicit.get("model_policies", {})}
     return GatewaySettings(**{**values, **explicit, "model_policies": policies})
 
@@ -72,6 +74,7 @@ def check_exposure(settings: GatewaySettings, argv: list[str]) -> None:
     """Exit on an unusable key file or an open non-loopback bind; say who may call."""
     try:
         keys = api_keys(settings)
+        admins = admin_keys(settings, keys)
     except ApiKeyError as error:
         sys.exit(f"llamagrid gateway: {error}")
     problem = gateway_bind_problem(settings.host, bool(keys), settings.allow_insecure_bind)
@@ -85,6 +88,12 @@ def check_exposure(settings: GatewaySettings, argv: list[str]) -> None:
     path = settings.api_key_file
     if path and is_world_readable(path):
         log.warning("the API key file %s is readable by every user: chmod 600 it", path)
+    path = settings.admin_key_file
+    if path and is_world_readable(path):
+        log.warning("the admin key file %s is readable by every user: chmod 600 it", path)
+    if any(arg == "--admin-key" or arg.startswith("--admin-key=") for arg in argv):
+        log.warning("an admin key was given on the command line, where `ps` shows it")
+    log.info("node API (/nodes): %s", "on, behind the admin key" if admins else "off")
     if keys:
         log.info(
             "%d API key(s); /metrics: %s, docs: %s",
@@ -140,7 +149,8 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     check_exposure(settings, args)
     check_serving(settings)
-    if not settings.workers and not settings.worker_dns:
+    node_api = bool(settings.admin_key or settings.admin_key_file)
+    if not settings.workers and not settings.worker_dns and not node_api:
         log.warning("no --worker given: every request will get a 503")
     try:
         security = worker_security(settings, os.environ)

@@ -13,6 +13,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from llamagrid.gateway.llamacpp.metrics import LlamaCppSeries
+
 if TYPE_CHECKING:
     from llamagrid.gateway.pool import Worker, WorkerPool
 
@@ -96,6 +98,9 @@ class GatewayMetrics:
             registry=registry,
         )
         registry.register(_PoolCollector(pool))
+        #: llama-server's ``llamacpp:`` series (gateway.llamacpp.metrics).
+        self.llamacpp = LlamaCppSeries(pool)
+        registry.register(self.llamacpp)
         pool.breaker.on_eject = self._ejected
 
     def model_label(self, model: str) -> str:

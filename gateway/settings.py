@@ -116,6 +116,36 @@ class GatewaySettings(BaseSettings):
         description="File of API keys, one per line ('#' comments and blank lines skipped), "
         "accepted besides --api-key. Read at startup.",
     )
+    admin_key: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list,
+        description="Admin key of the node API (/nodes/...), sent as 'Authorization: Bearer "
+        "<key>'; separate from --api-key (a key may not be both). Prefer "
+        "LLAMAGRID_GATEWAY_ADMIN_KEY or --admin-key-file. None: the node API is off (404).",
+    )
+    admin_key_file: str = Field(
+        "",
+        description="File of admin keys, one per line, accepted besides --admin-key.",
+    )
+    max_nodes: int = Field(
+        64,
+        ge=1,
+        le=10_000,
+        description="Nodes the node API may add or register at most; one more is a 409.",
+    )
+    node_missed_heartbeats: int = Field(
+        3,
+        ge=1,
+        le=100,
+        description="A registered worker that sends no heartbeat for this many of its "
+        "intervals is ejected (its next registration brings it back).",
+    )
+    node_rate_per_s: float = Field(
+        20.0,
+        gt=0,
+        le=10_000,
+        description="Node API calls per second one client address may make (bursts of twice "
+        "that); more get a 429.",
+    )
     metrics_access: Access = Field(
         "key",
         description="/metrics: 'key' needs an API key when one is set, 'open' never does, "
@@ -223,6 +253,18 @@ class GatewaySettings(BaseSettings):
     drain_grace_s: float = Field(
         30.0, ge=0, description="On SIGTERM, how long in-flight requests may finish (new get 503)."
     )
+    slots_endpoint: bool = Field(
+        True,
+        description="Serve GET /slots, llama-server's view of every slot (as its --slots, on by "
+        "default); --no-slots-endpoint answers it with a 501, as llama-server's --no-slots. "
+        "Slot actions (POST /slots/{id}) depend on the workers' --slot-save-path instead.",
+    )
+    strict_model_names: bool = Field(
+        False,
+        description="A request's 'model' must name a served model. Off (the default): while the "
+        "gateway serves a single model, any name reaches it, as in llama-server and "
+        "llama-cpp-python's server (with several models an unknown name is always a 404).",
+    )
     sse_keepalive_s: float = Field(
         15.0,
         ge=0,
@@ -267,7 +309,7 @@ class GatewaySettings(BaseSettings):
                 )
         return list(dict.fromkeys(value))
 
-    @field_validator("api_key", mode="before")
+    @field_validator("api_key", "admin_key", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:
         """None, one key, keys joined with ',' or a JSON list; every key checked."""

@@ -146,7 +146,11 @@ class AdmittedStream(Response):
         """Answer an error raised before the response started as a plain HTTP error."""
         if self._late_headers is not None:
             error.headers.update(self._late_headers())
-        await error_response(error)(scope, receive, send)
+        await self.refusal(error)(scope, receive, send)
+
+    def refusal(self, error: OpenAIError) -> Response:
+        """The plain HTTP response for an error raised before the response started."""
+        return error_response(error)
 
     async def _start(self, send: Send) -> None:
         """Send the response's head: 200, with the late headers as they are now."""
@@ -163,6 +167,12 @@ class EventStreamResponse(AdmittedStream):
     """An event stream that starts with the first batch and stops when the client leaves."""
 
     media_type = "text/event-stream"
+    #: What ends a stream that ran to its end.
+    closing: bytes = DONE
+
+    def error_event(self, error: OpenAIError) -> bytes:
+        """The event that ends a stream with an error."""
+        return frame(error.body())
 
     def __init__(
         self, events: Events, late_headers: Callable[[], Mapping[str, str]] | None = None
@@ -209,7 +219,7 @@ class EventStreamResponse(AdmittedStream):
                     if not pings.started:
                         await self._refuse(error, scope, receive, send)
                     else:
-                        await send_body(send, frame(error.body()), more_body=False)
+                        await send_body(send, self.error_event(error), more_body=False)
                 return False
             except Exception:
                 async with pings.lock:
@@ -217,7 +227,7 @@ class EventStreamResponse(AdmittedStream):
                     if not pings.started:
                         raise
                     logger.exception("event stream failed")
-                    await send_body(send, frame(_FAILURE.body()), more_body=False)
+                    await send_body(send, self.error_event(_FAILURE), more_body=False)
                 return False
             async with pings.lock:
                 if not pings.started:
@@ -226,7 +236,7 @@ class EventStreamResponse(AdmittedStream):
                 if batch is None:  # no more events: end as an exhausted stream does
                     pings.stopped = True
                     opening = frames([ADMITTED]) if count == 0 else b""
-                    await send_body(send, opening + DONE, more_body=False)
+                    await send_body(send, opening + self.closing, more_body=False)
                     return False
                 pings.stopped = count == PINGED_BATCHES - 1
                 await send_body(send, frames(batch))
@@ -242,13 +252,13 @@ class EventStreamResponse(AdmittedStream):
                 if direct is None or not direct.write(body):
                     await send_body(send, body)
         except OpenAIError as error:
-            await send_body(send, frame(error.body()), more_body=False)
+            await send_body(send, self.error_event(error), more_body=False)
             return
         except Exception:
             logger.exception("event stream failed")
-            await send_body(send, frame(_FAILURE.body()), more_body=False)
+            await send_body(send, self.error_event(_FAILURE), more_body=False)
             return
-        await send_body(send, DONE, more_body=False)
+        await send_body(send, self.closing, more_body=False)
 
 
 class _Pings:

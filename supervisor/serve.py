@@ -5,6 +5,8 @@ worker per replica of every model of the fleet config (pinned to its GPUs), and 
 front of all of them (supervisor/plan.py says how). On SIGTERM/SIGINT every child gets SIGTERM at
 once and may drain; stragglers get SIGKILL after the longest drain grace plus a margin. The exit
 status is 0 when every child exited on its own, 1 when one had to be killed or was given up on.
+llama-server's flags are read too, and llama-cpp-python's under `llamagrid llama-cpp-python`
+(llama_server_flags.py, llama_cpp_python_flags.py).
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ import os
 import signal
 import sys
 import time
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Literal
 
 import httpx
 from pydantic import ValidationError
@@ -25,12 +28,17 @@ from pydantic_settings import CliApp
 
 from llamagrid.fleet.config import load_fleet_config
 from llamagrid.fleet.problems import FleetConfigError
+from llamagrid.supervisor import llama_cpp_python_flags, llama_server_flags
 from llamagrid.supervisor.access import ExposureError
 from llamagrid.supervisor.children import Child, describe_exit
+from llamagrid.supervisor.llama_server_flags import Translation
 from llamagrid.supervisor.plan import Plan, fleet_plan, single_model_plan
 from llamagrid.supervisor.settings import SINGLE_MODEL_FIELDS, ServeSettings
 
 log = logging.getLogger("llamagrid.serve")
+
+#: Whose command line `main` reads (src/llamagrid/cli.py: one subcommand each).
+Dialect = Literal["serve", "llama-server", "llama-cpp-python"]
 
 #: Added to the longest drain grace before stragglers get SIGKILL.
 SHUTDOWN_MARGIN_S = 10.0
@@ -159,13 +167,32 @@ def parse(argv: list[str]) -> ServeSettings:
         sys.exit("llamagrid serve: invalid settings:\n" + "\n".join(lines))
 
 
-def main(argv: list[str] | None = None) -> None:
+def compat_argv(argv: list[str], dialect: Dialect, environ: Mapping[str, str]) -> Translation:
+    """Serve's flags for an argv in ``dialect``: `llamagrid serve` and `llamagrid llama-server`
+    read llama-server's flags besides serve's own; `llamagrid llama-cpp-python` reads
+    llama-cpp-python's flags and environment variables. `llamagrid llama-server` keeps
+    llama-server's default of one slot."""
+    if dialect == "llama-cpp-python":
+        return llama_cpp_python_flags.translate(argv, environ)
+    out = llama_server_flags.translate(argv)
+    if dialect == "llama-server" and not ({"--parallel", "--config"} & {*out.argv, *out.given}):
+        out.argv += ["--parallel", "1"]
+    return out
+
+
+def main(argv: list[str] | None = None, dialect: Dialect = "serve") -> None:
     """Run until interrupted; exit with supervise()'s status."""
-    settings = parse(sys.argv[1:] if argv is None else argv)
+    translation = compat_argv(sys.argv[1:] if argv is None else argv, dialect, os.environ)
+    if translation.problems:
+        lines = "\n".join(f"  {problem}" for problem in translation.problems)
+        sys.exit(f"llamagrid {dialect}: flags llamagrid cannot honour:\n{lines}")
+    settings = parse(translation.argv)
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s serve: %(message)s"
     )
     logging.getLogger("httpx").setLevel(logging.WARNING)  # not one line per readiness probe
+    for warning in translation.warnings:
+        log.warning("%s", warning)
     try:
         plan = build_plan(settings)
     except FleetConfigError as exc:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -22,6 +22,26 @@ SINGLE_MODEL_FIELDS = (
     "parallel",
     "n_threads",
     "n_gpu_layers",
+    "chat_template",
+    "pooling",
+    "flash_attn",
+    "n_batch",
+    "n_ubatch",
+    "host_cache_mib",
+    "lora",
+    "lora_scaled",
+    "slot_save_path",
+    "slots_endpoint",
+)
+#: Of those, the worker flags passed on only when set (the worker's own defaults otherwise).
+OPTIONAL_WORKER_FIELDS = (
+    "chat_template",
+    "pooling",
+    "flash_attn",
+    "n_batch",
+    "n_ubatch",
+    "host_cache_mib",
+    "slot_save_path",
 )
 
 
@@ -68,6 +88,35 @@ class ServeSettings(BaseSettings):
     parallel: int = Field(default=4, ge=1, description="Worker slots.")
     n_threads: int = Field(default=0, ge=0, description="Worker threads; 0: all cores.")
     n_gpu_layers: int = Field(default=0, description="Layers offloaded to the GPU; -1: all.")
+    chat_template: str = Field(
+        default="", description="Jinja chat template for the worker, inline or a file path."
+    )
+    pooling: Literal["model", "mean", "cls", "last"] = Field(
+        default="model", description="The worker's embedding pooling ('model': the GGUF's)."
+    )
+    flash_attn: Literal["auto", "on", "off"] = Field(
+        default="auto", description="The worker's flash attention."
+    )
+    n_batch: int = Field(default=512, ge=1, description="Most tokens in one llama_decode.")
+    n_ubatch: int = Field(default=512, ge=1, description="Physical micro-batch size.")
+    host_cache_mib: int = Field(
+        default=1024,
+        ge=0,
+        le=1 << 24,
+        description="Host memory (MiB) for KV cells saved from evicted sequences; 0: off.",
+    )
+    slot_save_path: str = Field(
+        default="", description="The worker's directory of slot files; empty: slot actions off."
+    )
+    slots_endpoint: bool = Field(
+        default=True, description="The gateway serves GET /slots (--no-slots-endpoint: a 501)."
+    )
+    lora: list[str] = Field(
+        default_factory=list, description="LoRA adapter GGUF the worker loads at scale 1."
+    )
+    lora_scaled: list[str] = Field(
+        default_factory=list, description="LoRA adapter the worker loads, as PATH:SCALE."
+    )
     api_key: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=list,
         description="API key the gateway requires ('Authorization: Bearer <key>'); repeat or "
@@ -119,11 +168,20 @@ class ServeSettings(BaseSettings):
         ):
             if value:
                 args += [flag, value]
+        for name in OPTIONAL_WORKER_FIELDS:
+            if name in self.model_fields_set:
+                args += ["--" + name.replace("_", "-"), str(getattr(self, name))]
+        for path in self.lora:
+            args += ["--lora", path]
+        for scaled in self.lora_scaled:
+            args += ["--lora-scaled", scaled]
         return args
 
     def gateway_args(self) -> list[str]:
         """Flags for the gateway process (without --config; never a key: see plan.py)."""
+        slots = [] if self.slots_endpoint else ["--no-slots-endpoint"]
         return [
+            *slots,
             "--host",
             self.host,
             "--port",

@@ -13,6 +13,7 @@ from pydantic_settings import CliApp
 from llamagrid.fleet.parent_death import exit_with_parent
 from llamagrid.worker.engine.llama_engine import LlamaEngine
 from llamagrid.worker.model_source import ModelNotFound, resolve
+from llamagrid.worker.registration import Registrar, RegistrationError, read_key
 from llamagrid.worker.rpc.security import SecurityError, exposure_warning, server_security
 from llamagrid.worker.rpc.server import EngineDied, serve
 from llamagrid.worker.settings import WorkerSettings
@@ -25,7 +26,7 @@ def parse(argv: list[str] | None) -> tuple[WorkerSettings, tuple[str, ...]]:
     Returns the settings and the config file's warnings. A bad config file exits with its
     FleetConfigError message, invalid settings with one line per problem.
     """
-    args = sys.argv[1:] if argv is None else argv
+    args = lora_flags(sys.argv[1:] if argv is None else argv)
     try:
         settings = CliApp.run(WorkerSettings, cli_args=args)
     except ValidationError as error:
@@ -45,6 +46,35 @@ def parse(argv: list[str] | None) -> tuple[WorkerSettings, tuple[str, ...]]:
     except ValidationError as error:
         sys.exit(settings_error(error))
     return merged, config.warnings
+
+
+def lora_flags(args: list[str]) -> list[str]:
+    """llama-server's two-value ``--lora-scaled PATH SCALE`` as one ``PATH:SCALE`` value; with
+    both flags given, ``--lora PATH`` as ``--lora-scaled PATH:1``, so that the adapter ids keep
+    the command line's order, as in llama-server."""
+    both = "--lora" in args and any(a.split("=")[0] == "--lora-scaled" for a in args)
+    out: list[str] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--lora-scaled" and i + 2 < len(args) and _is_number(args[i + 2]):
+            out += [arg, f"{args[i + 1]}:{args[i + 2]}"]
+            i += 3
+        elif arg == "--lora" and both and i + 1 < len(args):
+            out += ["--lora-scaled", f"{args[i + 1]}:1"]
+            i += 2
+        else:
+            out.append(arg)
+            i += 1
+    return out
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def settings_error(error: ValidationError) -> str:
@@ -72,6 +102,13 @@ def main(argv: list[str] | None = None) -> None:
         security = server_security(settings, os.environ)
     except SecurityError as exc:
         sys.exit(f"llamagrid worker: {exc}")
+    registrar: Registrar | None = None
+    if settings.register_with:  # the admin key, before the model is looked for
+        try:
+            key = read_key(settings.register_key_file, os.environ)
+        except RegistrationError as exc:
+            sys.exit(f"llamagrid worker: {exc}")
+        registrar = Registrar(settings.register_with, key, settings.register_interval_s)
     exposed = exposure_warning(settings.host, security)
     if exposed:
         logging.getLogger(__name__).warning("%s", exposed)
@@ -82,6 +119,6 @@ def main(argv: list[str] | None = None) -> None:
     except ModelNotFound as exc:
         sys.exit(f"llamagrid worker: {exc}")
     try:
-        asyncio.run(serve(settings, LlamaEngine(settings, source), security))
+        asyncio.run(serve(settings, LlamaEngine(settings, source), security, registrar))
     except EngineDied as exc:  # exit non-zero, so that a supervisor restarts the worker
         sys.exit(f"llamagrid worker: {exc}")

@@ -9,6 +9,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from llamagrid.worker.engine.dimensions import EmbeddingDimensions
 from llamagrid.worker.engine.limits import RequestLimits
+from llamagrid.worker.engine.lora import parse_scaled
+from llamagrid.worker.registration import check_advertise_address, check_gateway_url
 
 #: The request limits' defaults live with RequestLimits; the settings only expose them.
 _LIMITS = RequestLimits()
@@ -113,6 +115,12 @@ class WorkerSettings(BaseSettings):
         description="Most Generate calls one Relay stream (a gateway's multiplexed stream) may "
         "run at once; more are refused with FAILED_PRECONDITION.",
     )
+    slot_save_path: str = Field(
+        default="",
+        description="Directory of slot files (llama-server's --slot-save-path): SaveSlot and "
+        "RestoreSlot (HTTP POST /slots/{id}?action=save|restore) write and read plain file "
+        "names there, mode 0600; created if missing. Empty (the default): slot actions are off.",
+    )
 
     max_concurrent_streams: int = Field(
         default=256,
@@ -159,6 +167,16 @@ class WorkerSettings(BaseSettings):
     )
     use_mmap: bool = Field(default=True, description="Map the model file instead of reading it.")
     use_mlock: bool = Field(default=False, description="Lock the model in RAM (no swapping).")
+    lora: list[str] = Field(
+        default_factory=list,
+        description="LoRA adapter GGUF to load at start, at scale 1 (repeatable, as "
+        "llama-server's --lora). Adapter ids follow the order of --lora, then --lora-scaled.",
+    )
+    lora_scaled: list[str] = Field(
+        default_factory=list,
+        description="LoRA adapter to load at start with its scale, as PATH:SCALE or, as "
+        "llama-server's flag, PATH SCALE (repeatable).",
+    )
 
     # llama.cpp context options.
     n_ctx: int = Field(
@@ -209,6 +227,31 @@ class WorkerSettings(BaseSettings):
     name: str = Field(
         default="",
         description="Name this worker reports (gRPC trailers, metrics labels); default HOST:PORT.",
+    )
+
+    # Self-registration with gateways (worker/registration.py).
+    register_with: list[str] = Field(
+        default_factory=list,
+        description="Gateway base URL (http:// or https://) to register with once SERVING, "
+        "heartbeat and deregister from on drain, as LMDeploy's --proxy-url (repeatable). "
+        "Needs the gateway's admin key: --register-key-file or LLAMAGRID_REGISTER_KEY.",
+    )
+    register_key_file: str = Field(
+        default="",
+        description="File holding the gateway's admin key for --register-with (else the "
+        "LLAMAGRID_REGISTER_KEY environment variable; there is no flag for the key itself).",
+    )
+    advertise_address: str = Field(
+        default="",
+        description="gRPC address (HOST:PORT) the gateways dial this worker at; default the "
+        "address it listens on (the machine's hostname for a wildcard --host).",
+    )
+    register_interval_s: float = Field(
+        default=5.0,
+        ge=0.1,
+        le=300,
+        description="Seconds between two heartbeats (registrations) to each --register-with "
+        "gateway; the gateway ejects the worker after --node-missed-heartbeats of them.",
     )
 
     # Request limits: what one request may make the worker do (see engine/limits.py).
@@ -302,6 +345,26 @@ class WorkerSettings(BaseSettings):
         description="Port of the Prometheus /metrics HTTP endpoint; 0: no endpoint.",
     )
     log_level: str = Field(default="info", description="Python logging level.")
+
+    @field_validator("lora_scaled")
+    @classmethod
+    def _check_lora_scaled(cls, value: list[str]) -> list[str]:
+        """Each entry is PATH:SCALE with a finite scale."""
+        for entry in value:
+            parse_scaled(entry)  # raises ValueError for a malformed entry
+        return value
+
+    @field_validator("register_with")
+    @classmethod
+    def _check_register_with(cls, value: list[str]) -> list[str]:
+        """Each gateway is an http(s) URL, without a trailing '/'; no duplicates."""
+        return list(dict.fromkeys(check_gateway_url(url) for url in value))
+
+    @field_validator("advertise_address")
+    @classmethod
+    def _check_advertise_address(cls, value: str) -> str:
+        """Empty (the listening address) or HOST:PORT."""
+        return check_advertise_address(value) if value else value
 
     @field_validator("embedding_dimensions", mode="before")
     @classmethod

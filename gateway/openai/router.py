@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import AsyncGenerator, Iterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response
@@ -10,7 +12,8 @@ from pydantic import BaseModel
 
 from llamagrid.client import AsyncInferenceClient
 from llamagrid.gateway.dispatch import Dispatcher, Routed
-from llamagrid.gateway.errors import model_not_found
+from llamagrid.gateway.errors import OpenAIError, model_not_found
+from llamagrid.gateway.model_names import resolve_for
 from llamagrid.gateway.openai import rendering, streaming, translate
 from llamagrid.gateway.openai.fanout import merged_streams
 from llamagrid.gateway.openai.schemas import (
@@ -83,6 +86,7 @@ async def chat_completions(
     body: ChatCompletionRequest, request: Request, response: Response, dispatcher: Dispatch
 ) -> ChatCompletion | EventStreamResponse:
     """Chat completion, streamed as server-sent events when ``stream`` is true."""
+    body.model = resolve_for(request, body.model)
     proto = translate.chat_request(body)
     route, routed = _route(dispatcher, proto, request, body.user)
     return await run_chat(body, proto, route, routed, request, response, dispatcher)
@@ -120,6 +124,7 @@ async def completions(
 ) -> Completion | EventStreamResponse:
     """Text completion, streamed as server-sent events when ``stream`` is true. A list of
     prompts is a Generate call per prompt, run at once (prompt i's choice j is index i * n + j)."""
+    body.model = resolve_for(request, body.model)
     protos = translate.completion_requests(body)
     calls = [(proto, *_route(dispatcher, proto, request, body.user)) for proto in protos]
     first, _, routed = calls[0]
@@ -134,9 +139,10 @@ async def completions(
         )
         streams = [dispatcher.stream(*call) for call in calls]
         messages = streams[0] if len(streams) == 1 else merged_streams(streams, n)
-        events = streaming.stream_events(messages, chunks)
+        events = streaming.stream_events(_suffix_named(messages), chunks)
         return EventStreamResponse(events, routed.headers)
-    results = await dispatcher.generate_all(request, calls)
+    with _suffix_naming():
+        results = await dispatcher.generate_all(request, calls)
     generated = [
         choice
         for responses in results
@@ -152,6 +158,7 @@ async def embeddings(
     body: EmbeddingRequest, request: Request, response: Response, dispatcher: Dispatch
 ) -> EmbeddingList:
     """Embeddings of one or more inputs, as floats or base64."""
+    body.model = resolve_for(request, body.model)
     proto = translate.embed_request(body)
     route = RouteRequest(body.model, None, session_key(request, body.user))
     routed = Routed()
@@ -191,6 +198,33 @@ def _route(
     routed = Routed()
     request.state.model, request.state.routed = proto.model, routed
     return route, routed
+
+
+@contextlib.contextmanager
+def _suffix_naming() -> Iterator[None]:
+    """A worker's errors about a completion's infill input (what ``suffix`` becomes) name
+    this route's fields: ``suffix`` for a model that cannot infill, else ``prompt``."""
+    try:
+        yield
+    except OpenAIError as error:
+        param = error.param or ""
+        no_fim = param == "infill" and error.code == "unsupported_parameter"
+        if no_fim or param == "infill.suffix":
+            error.param = "suffix"
+        elif param == "infill" or param.startswith("infill."):
+            error.param = "prompt"
+        raise
+
+
+async def _suffix_named(
+    messages: AsyncGenerator[streaming.Message, None],
+) -> AsyncGenerator[streaming.Message, None]:
+    """The messages of a completion stream, its errors named as _suffix_naming says; closing
+    it closes the stream."""
+    async with contextlib.aclosing(messages):
+        with _suffix_naming():
+            async for message in messages:
+                yield message
 
 
 def _include_usage(options: StreamOptions | None) -> bool:

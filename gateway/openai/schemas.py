@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal, Self
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, model_validator
 
 from llamagrid.gateway.fields import UNSET_SCHEMA
+from llamagrid.gateway.lora.schemas import LoraScaleIn
 
 # ---------------------------------------------------------------------------------------------
 # Requests
@@ -195,6 +196,8 @@ class SamplingFields(_Body):
     #: same as ``logprobs`` (a number) on /v1/completions, and as ``logprobs: true`` with
     #: ``top_logprobs`` on /v1/chat/completions. 0 means none.
     n_probs: UInt32 | None = None
+    #: llama-server's: LoRA adapter scales for this request alone (adapters left out get 0).
+    lora: list[LoraScaleIn] | None = None
 
     @model_validator(mode="after")
     def _n_probs_as_openai_fields(self) -> Self:

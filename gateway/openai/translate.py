@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 from llamagrid.gateway.errors import invalid_request, unsupported
 from llamagrid.gateway.fields import OPENAI_NO_OPS, refuse_undeclared
+from llamagrid.gateway.lora.translate import request_lora
 from llamagrid.gateway.openai.schemas import (
     INT32_MAX,
     INT32_MIN,
@@ -140,6 +141,7 @@ def chat_request(request: ChatCompletionRequest) -> pb.GenerateRequest:
     _tools(request, proto)
     _reasoning(request, proto)
     _choices(request, proto)
+    request_lora(request.lora, proto)
     # After the checks of declared fields, which name what they refuse more precisely.
     refuse_undeclared(request, OPENAI_NO_OPS)
     return proto
@@ -218,18 +220,19 @@ def completion_requests(request: CompletionRequest) -> list[pb.GenerateRequest]:
 
     ``echo`` asks the worker for the prompt's text; with ``logprobs`` it also asks for the
     prompt tokens' log-probabilities (``prompt_logprobs``), as lm-eval-harness's log-likelihood
-    requests do (``max_tokens`` 0 or 1, ``echo``, ``logprobs``).
+    requests do (``max_tokens`` 0 or 1, ``echo``, ``logprobs``). A non-empty ``suffix`` makes
+    each text prompt an infill input: the worker fills in between prompt and suffix with the
+    model's fill-in-the-middle tokens, or refuses when the model has none.
     """
     _check_common(request)
     if request.best_of not in (None, 1):
         raise unsupported("best_of", "Only best_of=1 is supported.")
-    if request.suffix:
-        raise unsupported("suffix")
     sampling = sampling_params(request, request.max_tokens)
     if request.logprobs is not None:
         sampling.top_logprobs = request.logprobs
     template = pb.GenerateRequest(model=request.model, sampling=sampling, request_id=new_id("cmpl"))
     _choices(request, template)
+    request_lora(request.lora, template)
     if request.echo:
         template.echo = True
         if request.logprobs is not None:
@@ -238,7 +241,11 @@ def completion_requests(request: CompletionRequest) -> list[pb.GenerateRequest]:
     for prompt in prompt_inputs(request.prompt, "prompt"):
         proto = pb.GenerateRequest()
         proto.CopyFrom(template)
-        if isinstance(prompt, str):
+        if request.suffix:  # fill in the middle, between the prompt and the suffix
+            if not isinstance(prompt, str):
+                raise unsupported("suffix", "suffix needs a text prompt, not token ids.")
+            proto.infill.CopyFrom(pb.Infill(prefix=prompt, suffix=request.suffix))
+        elif isinstance(prompt, str):
             proto.prompt = prompt
         else:
             proto.tokens.SetInParent()  # an empty list is a (token) prompt: the worker decides

@@ -3,10 +3,24 @@
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
-USAGE = """usage: llamagrid {serve,worker,gateway} [options]
+if TYPE_CHECKING:
+    from llamagrid.supervisor.serve import Dialect
+
+#: The subcommands that run `llamagrid serve`, each reading its own command line.
+DIALECTS: dict[str, Dialect] = {
+    "serve": "serve",
+    "llama-server": "llama-server",
+    "llama-cpp-python": "llama-cpp-python",
+}
+
+USAGE = """usage: llamagrid {serve,worker,gateway,llama-server,llama-cpp-python} [options]
 
   serve     start a worker on a model and the gateway in front of it (default: SmolLM2)
+  llama-server      `serve` with llama.cpp's llama-server defaults (also llamagrid-llama-server)
+  llama-cpp-python  `serve` from llama-cpp-python's server flags and environment variables
+                    (also llamagrid-llama-cpp-python)
   worker    serve one GGUF model over gRPC (llamagrid.v1)
   gateway   serve the OpenAI-compatible HTTP API in front of workers
 
@@ -24,8 +38,21 @@ def main(argv: list[str] | None = None) -> None:
         from llamagrid.worker.main import main as run
     elif command == "gateway":
         from llamagrid.gateway.main import main as run
-    elif command == "serve":
-        from llamagrid.supervisor.serve import main as run
+    elif command in DIALECTS:
+        from llamagrid.supervisor.serve import main as serve
+
+        serve(rest, DIALECTS[command])
+        return
     else:
         sys.exit(f"llamagrid: unknown command '{command}'\n\n{USAGE}")
     run(rest)
+
+
+def llama_server() -> None:
+    """The `llamagrid-llama-server` command: `llamagrid llama-server`."""
+    main(["llama-server", *sys.argv[1:]])
+
+
+def llama_cpp_python() -> None:
+    """The `llamagrid-llama-cpp-python` command: `llamagrid llama-cpp-python`."""
+    main(["llama-cpp-python", *sys.argv[1:]])

@@ -91,10 +91,17 @@ async def _started(server: uvicorn.Server, task: asyncio.Task[None]) -> bool:
 
 @contextlib.asynccontextmanager
 async def running_gateway(
-    worker: FakeWorker, api_key: str | None = None, timeout_s: float = 10.0
+    worker: FakeWorker,
+    api_key: str | None = None,
+    timeout_s: float = 10.0,
+    strict_model_names: bool = False,
 ) -> AsyncIterator[Gateway]:
     settings = GatewaySettings(
-        workers=[worker.address], api_key=api_key, request_timeout_s=timeout_s, health_retry_s=0.05
+        workers=[worker.address],
+        api_key=api_key,
+        request_timeout_s=timeout_s,
+        health_retry_s=0.05,
+        strict_model_names=strict_model_names,
     )
     pool = create_pool(settings)
     async with serve(create_app(settings, pool)) as url:

@@ -11,6 +11,7 @@ from llamagrid.errors import (
     REASON_INVALID_VALUE,
     REASON_QUEUE_FULL,
 )
+from llamagrid.v1 import inference_pb2 as pb
 from tests.contract.conftest import API_KEY, Gateway, eventually, running_gateway
 from tests.contract.fake_worker import MODEL, FakeWorker
 
@@ -134,13 +135,13 @@ async def test_image_content_part_is_unsupported(client: openai.AsyncOpenAI) -> 
 
 @pytest.mark.parametrize(
     ("extra", "param"),
-    [({"best_of": 2}, "best_of"), ({"suffix": "x"}, "suffix")],
+    [({"best_of": 2}, "best_of"), ({"suffix": "x", "prompt": [1, 2]}, "suffix")],
 )
 async def test_unsupported_completion_parameters(
     client: openai.AsyncOpenAI, extra: dict, param: str
 ) -> None:
     with pytest.raises(openai.BadRequestError) as caught:
-        await client.completions.create(model=MODEL, prompt="x", extra_body=extra)
+        await client.completions.create(model=MODEL, **{"prompt": "x", **extra})
     assert caught.value.code == "unsupported_parameter" and caught.value.param == param
 
 
@@ -151,14 +152,38 @@ async def test_embedding_dimensions_unsupported(client: openai.AsyncOpenAI) -> N
 
 
 @pytest.mark.parametrize("stream", [False, True])
-async def test_unknown_model_is_a_404(client: openai.AsyncOpenAI, stream: bool) -> None:
-    with pytest.raises(openai.NotFoundError) as caught:
-        await client.chat.completions.create(
-            model="no-such-model", messages=MESSAGES, stream=stream
+async def test_unknown_model_is_a_404_with_strict_model_names(
+    worker: FakeWorker, stream: bool
+) -> None:
+    async with running_gateway(worker, api_key=API_KEY, strict_model_names=True) as gateway:
+        await eventually(gateway.pool.any_healthy)
+        client = gateway.openai()
+        with pytest.raises(openai.NotFoundError) as caught:
+            await client.chat.completions.create(
+                model="no-such-model", messages=MESSAGES, stream=stream
+            )
+        assert caught.value.code == "model_not_found" and caught.value.param == "model"
+        with pytest.raises(openai.NotFoundError):
+            await client.embeddings.create(model="no-such-model", input="x")
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_any_model_name_reaches_a_gateways_single_model(
+    client: openai.AsyncOpenAI, worker: FakeWorker, stream: bool
+) -> None:
+    if stream:
+        chunks = await client.chat.completions.create(
+            model="gpt-3.5-turbo", messages=MESSAGES, stream=True
         )
-    assert caught.value.code == "model_not_found" and caught.value.param == "model"
-    with pytest.raises(openai.NotFoundError):
-        await client.embeddings.create(model="no-such-model", input="x")
+        assert [chunk async for chunk in chunks]
+    else:
+        reply = await client.chat.completions.create(model="gpt-3.5-turbo", messages=MESSAGES)
+        assert reply.choices[0].message.content
+    # The worker is asked for its own alias.
+    assert worker.generate_requests()[-1].model == MODEL
+    embedded = await client.embeddings.create(model="text-embedding-3-small", input="x")
+    sent = worker.requests[-1]
+    assert embedded.data and isinstance(sent, pb.EmbedRequest) and sent.model == MODEL
 
 
 @pytest.mark.parametrize("stream", [False, True])

@@ -257,7 +257,8 @@ async def test_session_affinity_keeps_a_session_on_one_worker() -> None:
 
 
 async def test_metrics_count_requests_tokens_and_time_to_first_token() -> None:
-    async with workers((MODEL,)) as fakes, fleet_gateway(fakes) as (url, _, _):
+    strict = {"strict_model_names": True}  # "nope" is a 404, not the one model
+    async with workers((MODEL,)) as fakes, fleet_gateway(fakes, **strict) as (url, _, _):
         assert (await chat(url)).status_code == 200
         stream = await sdk(url).chat.completions.create(model=MODEL, messages=MESSAGES, stream=True)
         async for _ in stream:

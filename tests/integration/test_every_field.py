@@ -35,7 +35,9 @@ from llamagrid.gateway.openai.schemas import (
     CompletionRequest,
     EmbeddingRequest,
 )
+from llamagrid.worker.model_source import default_model_path
 from tests.integration.test_samplers import CASES as SAMPLER_CASES
+from tests.lora_adapter import write_lora_adapter
 from tests.procs import Proc, running, spawn_gateway, spawn_worker, wait_http_ok, wait_serving
 
 MODEL = "smollm2"
@@ -273,6 +275,7 @@ FIELDS: dict[Route, dict[str, Row]] = {
         "modalities": Refused(["text", "audio"]),
         "prediction": Refused({"type": "content", "content": "x"}),
         "web_search_options": Refused({}),
+        "lora": Honoured({"lora": [{"id": 0, "scale": 1.0}]}, text),
         "user": NoOp("user-1"),
     },
     "completions": {
@@ -304,7 +307,10 @@ FIELDS: dict[Route, dict[str, Row]] = {
         "logprobs": Honoured({"logprobs": 2}, logprobs),
         "echo": Honoured({"echo": True}, text),
         "best_of": Refused(2),
+        # Honoured as fill-in-the-middle by a model with FIM tokens (test_infill.py); SmolLM2
+        # has none, so its worker refuses it, named as suffix.
         "suffix": Refused("The end."),
+        "lora": Honoured({"lora": [{"id": 0, "scale": 1.0}]}, text),
         "user": NoOp("user-1"),
     },
     "embeddings": {
@@ -347,6 +353,9 @@ def worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proc]:
     template.write_text(TEMPLATE)
     args = ("--parallel", "2", "--n-ctx", "2048", "--log-level", "debug")
     args += ("--chat-template", str(template), "--embedding-dimensions", "64")
+    # A LoRA adapter, off unless a request's ``lora`` turns it on.
+    adapter = write_lora_adapter(run_dir / "adapter.gguf", default_model_path(), seed=1)
+    args += ("--lora-scaled", str(adapter), "0")
     with running(spawn_worker(run_dir, *args)) as proc:
         wait_serving(proc)
         yield proc
@@ -354,7 +363,11 @@ def worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proc]:
 
 @pytest.fixture(scope="module")
 def base_url(worker: Proc, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with running(spawn_gateway(tmp_path_factory.mktemp("gw"), worker.target)) as proc:
+    # Strict model names: an unknown model is a 404 (by default any name reaches one model).
+    gateway = spawn_gateway(
+        tmp_path_factory.mktemp("gw"), worker.target, extra=("--strict-model-names",)
+    )
+    with running(gateway) as proc:
         wait_http_ok(f"http://127.0.0.1:{proc.port}/health")
         yield f"http://127.0.0.1:{proc.port}"
 

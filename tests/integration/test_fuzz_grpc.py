@@ -326,10 +326,13 @@ def capped(request: pb.GenerateRequest) -> pb.GenerateRequest:
 def with_input(request: pb.GenerateRequest) -> pb.GenerateRequest:
     """A tame request always has something to complete, no session (a generated session id
     names none: the wild requests try those), tools only beside chat messages, and echo only
-    beside a prompt or token ids."""
-    if request.WhichOneof("input") is None:
+    beside a prompt or token ids. It has no infill input (SmolLM2 has no fill-in-the-middle
+    tokens) and no LoRA scales (this worker loads no adapters): both are always refused, and
+    the wild requests try them."""
+    if request.WhichOneof("input") in (None, "infill"):
         request.prompt = "Hello"
     request.ClearField("session")
+    request.ClearField("lora")
     if request.WhichOneof("input") != "chat":
         request.ClearField("tools")
         request.ClearField("chat_template_kwargs")

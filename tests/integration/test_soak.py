@@ -101,7 +101,7 @@ def worker(run_dir: Path) -> Iterator[Proc]:
 
 @pytest.fixture(scope="module")
 def gateway(run_dir: Path, worker: Proc) -> Iterator[Proc]:
-    with running(spawn_gateway(run_dir, worker.target)) as proc:
+    with running(spawn_gateway(run_dir, worker.target, extra=["--strict-model-names"])) as proc:
         wait_http_ok(f"http://127.0.0.1:{proc.port}/health")
         yield proc
 

@@ -213,7 +213,9 @@ def test_llamagrid_is_the_only_new_top_level_name(bare: Venv, installed: Venv, w
 
 def test_llamagrid_help_runs_from_the_installed_command(installed: Venv, work: Path) -> None:
     out = installed.run("llamagrid", "--help", cwd=work)
-    assert out.stdout.startswith("usage: llamagrid {serve,worker,gateway}"), out.stdout
+    assert out.stdout.startswith(
+        "usage: llamagrid {serve,worker,gateway,llama-server,llama-cpp-python}"
+    ), out.stdout
 
 
 def test_llamagrid_worker_serves_the_default_model_from_the_installed_wheel(

@@ -25,6 +25,7 @@ class FakeScheduler:
     def __init__(self) -> None:
         self.waiting: list[Job] = []
         self.active = 0
+        self.lora_scales: tuple[float, ...] = ()
         self.on_dequeue: Any = None
 
     def enqueue(self, job: Job) -> None:
@@ -55,6 +56,8 @@ class FakePrompts:
 
 
 class FakeRuntime:
+    lora_files: tuple[str, ...] = ()
+
     def __init__(self, settings: WorkerSettings, source: ModelSource) -> None:
         self.scheduler = FakeScheduler()
         self.prompts = FakePrompts()
@@ -110,3 +113,20 @@ async def test_a_worker_whose_engine_thread_dies_exits_non_zero(
     engine._inbox.put(("wake",))  # the next loop turn runs the broken step
     with pytest.raises(EngineDied, match="a bug outside the decode step"):
         await asyncio.wait_for(serving, timeout=10)
+
+
+class UndescribedRuntime(FakeRuntime):
+    """Loads, then fails while the engine reads what it loaded."""
+
+    def describe(self) -> Any:
+        raise RuntimeError("a bug after the model loaded")
+
+
+async def test_a_failure_right_after_loading_is_a_load_error_not_a_hang(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(llama_engine, "Runtime", UndescribedRuntime)
+    engine = llama_engine.LlamaEngine(WorkerSettings(), ModelSource(Path("m.gguf"), "m"))
+    engine.start()
+    with pytest.raises(RuntimeError, match="a bug after the model loaded"):
+        await asyncio.wait_for(engine.wait_loaded(), timeout=10)

@@ -200,12 +200,22 @@ def test_stream_options_need_stream() -> None:
     ("fields", "param"),
     [
         ({"best_of": 3}, "best_of"),
-        ({"suffix": "s"}, "suffix"),
+        ({"suffix": "s", "prompt": [1, 2]}, "suffix"),
     ],
 )
 def test_unsupported_completion_parameters(fields: dict, param: str) -> None:
-    error = refused(completion, prompt="x", **fields)
+    error = refused(completion, **{"prompt": "x", **fields})
     assert (error.code, error.param) == ("unsupported_parameter", param)
+
+
+def test_a_suffix_makes_each_text_prompt_an_infill_input() -> None:
+    protos = completions(prompt=["def f(", "x = "], suffix="):\n", n=2)
+    assert [p.WhichOneof("input") for p in protos] == ["infill", "infill"]
+    pairs = [(p.infill.prefix, p.infill.suffix) for p in protos]
+    assert pairs == [("def f(", "):\n"), ("x = ", "):\n")]
+    assert not protos[0].infill.extra and not protos[0].infill.prompt and protos[0].n == 2
+    empty_prompt = completion(prompt="", suffix="s")
+    assert empty_prompt.WhichOneof("input") == "infill" and empty_prompt.infill.suffix == "s"
 
 
 @pytest.mark.parametrize(

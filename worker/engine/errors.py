@@ -40,6 +40,10 @@ class Reason(enum.Enum):
     SESSION_LIMIT = "SESSION_LIMIT"
     #: The session's turn was cancelled through CancelTurn.
     TURN_CANCELLED = "TURN_CANCELLED"
+    #: The slot runs a request; saving, restoring or erasing it needs it idle.
+    SLOT_BUSY = "SLOT_BUSY"
+    #: Slot files are off: the worker has no --slot-save-path.
+    SLOT_FILES_OFF = "SLOT_FILES_OFF"
 
 
 class EngineError(Exception):

@@ -32,6 +32,8 @@ class HostEntry:
     #: Saved from a session's sequence (evicted after anonymous entries).
     session: bool
     used_at: int
+    #: The LoRA adapter scales the cells were computed under (engine/lora.py).
+    scales: tuple[float, ...] = ()
 
     @property
     def size(self) -> int:
@@ -56,34 +58,49 @@ class HostCache:
         self.restored = 0
         self.dropped = 0
 
-    def find(self, prompt: list[int], limit: int) -> tuple[HostEntry, int] | None:
-        """The entry sharing the longest prefix with prompt, and that length (at most limit)."""
-        if not self.entries:
+    def find(
+        self, prompt: list[int], limit: int, scales: tuple[float, ...] = ()
+    ) -> tuple[HostEntry, int] | None:
+        """The entry sharing the longest prefix with prompt, and that length (at most limit),
+        among those computed under the given adapter scales."""
+        entries = [e for e in self.entries if e.scales == scales]
+        if not entries:
             return None
-        best = max(self.entries, key=lambda e: min(common_prefix(e.tokens, prompt), limit))
+        best = max(entries, key=lambda e: min(common_prefix(e.tokens, prompt), limit))
         length = min(common_prefix(best.tokens, prompt), limit)
         return (best, length) if length > 0 else None
 
-    def worth_saving(self, tokens: list[int]) -> bool:
-        """Whether a sequence about to lose these cells should save them first."""
+    def worth_saving(self, tokens: list[int], scales: tuple[float, ...] = ()) -> bool:
+        """Whether a sequence about to lose these cells (computed under these adapter scales)
+        should save them first."""
         if not self.enabled or len(tokens) < self.min_tokens:
             return False
-        return not any(common_prefix(e.tokens, tokens) >= len(tokens) for e in self.entries)
+        return not any(
+            e.scales == scales and common_prefix(e.tokens, tokens) >= len(tokens)
+            for e in self.entries
+        )
 
-    def add(self, tokens: list[int], data: Sized, session: bool) -> bool:
+    def add(
+        self, tokens: list[int], data: Sized, session: bool, scales: tuple[float, ...] = ()
+    ) -> bool:
         """Keep a saved sequence; False when it is larger than the whole budget."""
         size = len(data)
         if size > self.budget_bytes:
             return False
-        # Entries whose every token this one holds are superseded.
-        for entry in [e for e in self.entries if common_prefix(e.tokens, tokens) >= len(e.tokens)]:
+        # Entries whose every token this one holds, under the same scales, are superseded.
+        superseded = [
+            e
+            for e in self.entries
+            if e.scales == scales and common_prefix(e.tokens, tokens) >= len(e.tokens)
+        ]
+        for entry in superseded:
             self._remove(entry)
         while self.bytes_used + size > self.budget_bytes:
             victim = min(self.entries, key=lambda e: (e.session, e.used_at))
             self._remove(victim)
             self.dropped += 1
         self._clock += 1
-        self.entries.append(HostEntry(tokens, data, session, self._clock))
+        self.entries.append(HostEntry(tokens, data, session, self._clock, scales))
         self.bytes_used += size
         self.saved += 1
         return True

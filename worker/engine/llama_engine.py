@@ -27,6 +27,7 @@ from llamagrid.worker.engine.embedder import EmbedJob
 from llamagrid.worker.engine.errors import EngineError, Reason, internal, not_ready
 from llamagrid.worker.engine.events import Chunk, Event, Final
 from llamagrid.worker.engine.limits import RequestLimits
+from llamagrid.worker.engine.lora import LoraAdapter, LoraScale, Scales, check_lora, scales_of
 from llamagrid.worker.engine.parsing import reasoning_format_of, tool_format_of
 from llamagrid.worker.engine.prompts import PromptTokenizer, check_fits
 from llamagrid.worker.engine.reports import (
@@ -38,7 +39,7 @@ from llamagrid.worker.engine.reports import (
     TierCounts,
     TokenPiece,
 )
-from llamagrid.worker.engine.requests import GenerationSpec, ReasoningFormat
+from llamagrid.worker.engine.requests import GenerationSpec, Message, ReasoningFormat
 from llamagrid.worker.engine.runtime import Runtime
 from llamagrid.worker.engine.sampling import prepare_history, wants_history
 from llamagrid.worker.engine.sessions import (
@@ -48,6 +49,7 @@ from llamagrid.worker.engine.sessions import (
     check_transcript,
 )
 from llamagrid.worker.engine.slot import Job
+from llamagrid.worker.engine.slot_control import SlotControl
 from llamagrid.worker.engine.tiers import TierIndex
 from llamagrid.worker.engine.tool_stream import (
     THINK_OPEN,
@@ -59,6 +61,7 @@ from llamagrid.worker.engine.tool_stream import (
 from llamagrid.worker.engine.validation import (
     check_embed_inputs,
     check_generation,
+    check_messages,
     check_prompt_logprobs,
     check_text_size,
     check_token_count,
@@ -86,6 +89,10 @@ class Engine(Protocol):
     def ready(self) -> bool:
         """Loaded and accepting work."""
 
+    @property
+    def slot_control(self) -> SlotControl:
+        """The slots as llama-server shows them, and slot files (engine/slot_control.py)."""
+
     def description(self) -> ModelDescription:
         """The model served (only valid once ready)."""
 
@@ -111,8 +118,17 @@ class Engine(Protocol):
     async def detokenize(self, tokens: list[int], render_special: bool) -> str:
         """Text of token ids."""
 
+    async def apply_template(self, messages: list[Message]) -> str:
+        """The prompt text of a conversation: the chat template's rendering, no generation."""
+
     async def load(self) -> Load:
         """Work in progress and KV cache occupancy."""
+
+    def lora_adapters(self) -> list[LoraAdapter]:
+        """The LoRA adapters loaded, with the scales a request that gives none runs with."""
+
+    async def set_lora_adapters(self, entries: list[LoraScale]) -> list[LoraAdapter]:
+        """Set the scales of the adapters listed, 0 for the others; returns them all."""
 
     async def drain(self, grace_s: float) -> None:
         """Refuse new work, let running work finish for up to grace_s, then stop."""
@@ -172,6 +188,11 @@ class LlamaEngine:
         self.sessions = SessionTable(
             settings.max_sessions, settings.session_ttl_s, settings.max_session_ttl_s
         )
+        #: GetSlots and slot files (--slot-save-path), run through this engine's thread.
+        self.slot_control = SlotControl(settings.slot_save_path, self._call)
+        #: The LoRA adapters' file names and global scales (set by the engine thread).
+        self._lora_files: tuple[str, ...] = ()
+        self._lora_scales: Scales = ()
 
     # Life cycle.
     def start(self) -> None:
@@ -264,6 +285,8 @@ class LlamaEngine:
         self._check_accepting()
         desc = self.description()
         check_generation(request, desc.vocab_size, self._limits, desc.context_per_slot, desc.slots)
+        if request.lora is not None:
+            check_lora(request.lora, len(self._lora_files))
         tool_format, reasoning_format = self._output_formats(desc.chat_template)
         plan = plan_output(
             request, tool_format, reasoning_format, ReasoningFormat(self.settings.reasoning_format)
@@ -531,6 +554,24 @@ class LlamaEngine:
             session_tokens_reprefilled=self.sessions.reprefilled_tokens,
         )
 
+    def lora_adapters(self) -> list[LoraAdapter]:
+        """The LoRA adapters loaded, with the scales a request that gives none runs with."""
+        files, scales = self._lora_files, self._lora_scales
+        return [LoraAdapter(i, f, s) for i, (f, s) in enumerate(zip(files, scales, strict=True))]
+
+    async def set_lora_adapters(self, entries: list[LoraScale]) -> list[LoraAdapter]:
+        """Set the scales of the adapters listed, 0 for the others, for the requests admitted
+        from now on (those running keep theirs); returns every adapter."""
+        self._check_accepting()
+        check_lora(entries, len(self._lora_files), "adapters")
+        scales = scales_of(entries, len(self._lora_files))
+
+        def run(rt: Runtime) -> None:  # on the engine thread, so that calls apply in order
+            rt.scheduler.lora_scales = self._lora_scales = scales
+
+        await self._call(run)
+        return self.lora_adapters()
+
     async def tokenize(self, text: str, add_special: bool, parse_special: bool) -> list[TokenPiece]:
         """Token ids of text, with their bytes."""
         self._check_accepting()
@@ -543,6 +584,12 @@ class LlamaEngine:
         check_token_count(len(tokens), self._limits, "token_ids")
         check_token_ids(tokens, self.description().vocab_size, "token_ids")
         return await self._off_thread(self._tokenizer().detokenize, tokens, render_special)
+
+    async def apply_template(self, messages: list[Message]) -> str:
+        """The prompt text of a conversation, checked as a chat input of Generate is."""
+        self._check_accepting()
+        check_messages(messages, self._limits)
+        return await self._off_thread(self._tokenizer().chat_text, messages)
 
     def _check_accepting(self) -> None:
         if self._stopping:
@@ -587,17 +634,22 @@ class LlamaEngine:
 
     # The engine thread.
     def _run(self) -> None:
+        runtime: Runtime | None = None
         try:
             runtime = Runtime(self.settings, self.source)
+            self._placement = runtime.placement
+            self._prompts = runtime.prompts
+            self._lora_files = runtime.lora_files
+            self._lora_scales = runtime.scheduler.lora_scales
+            self._desc = runtime.describe()
         except BaseException as exc:  # report any load failure to the waiting server
             if not isinstance(exc, dv.OffloadError):  # whose message says it all
                 log.exception("loading %s failed", self.source.path)
+            if runtime is not None:
+                runtime.close()
             self._load_error = exc
             self._loaded.set()
             return
-        self._placement = runtime.placement
-        self._prompts = runtime.prompts
-        self._desc = runtime.describe()
         self._loaded.set()
         log.info("model %s ready (%s)", self._desc.alias, self.source.path)
         try:

@@ -103,19 +103,29 @@ class PrefixCache:
         """The KV cache was cleared."""
         self._held = [[] for _ in self._held]
 
-    def plan(self, prompt: list[int], free: list[int], busy: Mapping[int, list[int]]) -> Reuse:
-        """Pick a free sequence for prompt; busy maps running sequences to their decoded tokens."""
+    def plan(
+        self,
+        prompt: list[int],
+        free: list[int],
+        busy: Mapping[int, list[int]],
+        foreign: frozenset[int] = frozenset(),
+    ) -> Reuse:
+        """Pick a free sequence for prompt; busy maps running sequences to their decoded tokens.
+        The cells of foreign sequences (computed under other LoRA scales) are worth nothing."""
         limit = len(prompt) - 1
 
         def reuse(tokens: list[int]) -> int:
             return min(common_prefix(prompt, tokens), limit)
 
-        seq = max(free, key=lambda s: (reuse(self._held[s]), -self._used_at[s]))
-        own = reuse(self._held[seq])
+        def own_reuse(seq: int) -> int:
+            return 0 if seq in foreign else reuse(self._held[seq])
+
+        seq = max(free, key=lambda s: (own_reuse(s), -self._used_at[s]))
+        own = own_reuse(seq)
         spare = None
         if own < self.min_reuse:
             seq = spare = self._least_valuable(free, busy)
-            own = reuse(self._held[seq])
+            own = own_reuse(seq)
         if busy:
             # An idle sequence can't beat the best free one, so only running ones are donors.
             source, shared = max(((s, reuse(t)) for s, t in busy.items()), key=lambda d: d[1])

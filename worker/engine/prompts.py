@@ -69,8 +69,9 @@ from llamagrid.worker.engine.chat_inputs import (
 )
 from llamagrid.worker.engine.chat_template import OBJECT_CALLS, ChatTemplate
 from llamagrid.worker.engine.errors import context_exceeded, invalid, not_ready
+from llamagrid.worker.engine.infill import FimTokens, infill_tokens
 from llamagrid.worker.engine.reports import TokenPiece
-from llamagrid.worker.engine.requests import GenerationSpec, Message
+from llamagrid.worker.engine.requests import GenerationSpec, Infill, Message
 
 #: The whitespace C's isspace() knows, which llama.cpp strips beside LSTRIP/RSTRIP tokens.
 _ASCII_SPACE = " \t\n\v\f\r"
@@ -175,7 +176,9 @@ class PromptTokenizer:
     """Templates and tokenization for any thread; the model stays loaded while a call runs.
 
     special_in_content and special_in_prompt restore the old, unsafe behaviour: special-token
-    text in chat messages, or in raw prompts, is parsed as special tokens.
+    text in chat messages, or in raw prompts, is parsed as special tokens. fim holds the
+    model's fill-in-the-middle tokens (None: it cannot infill), and infill_window the batch
+    size and per-request context an infill prompt is trimmed to (engine/infill.py).
     """
 
     def __init__(
@@ -185,8 +188,12 @@ class PromptTokenizer:
         specials: SpecialTokens,
         special_in_content: bool = False,
         special_in_prompt: bool = False,
+        fim: FimTokens | None = None,
+        infill_window: tuple[int, int] = (512, 2048),
     ) -> None:
         self.vocab = vocab
+        self.fim = fim
+        self.infill_window = infill_window
         self.template = template
         self.specials = specials
         self.special_in_content = special_in_content
@@ -231,12 +238,29 @@ class PromptTokenizer:
                 tokens = list(spec.tokens)
             elif spec.messages is not None:
                 tokens = self.chat_tokens(spec.messages, inputs=ChatInputs.of(spec))
+            elif spec.infill is not None:
+                tokens = self._infill_prompt(spec.infill, spec.sampling.max_tokens or 0)
             else:
                 text = spec.prompt or ""
                 tokens = self.vocab.tokenize(text, True, self.special_in_prompt)
         if not tokens:
             raise invalid("the prompt is empty", "prompt")
         return tokens
+
+    def _infill_prompt(self, infill: Infill, n_predict: int) -> list[int]:
+        """A fill-in-the-middle prompt with the model's FIM tokens (engine/infill.py); its
+        texts are plain text, special-token text included."""
+        n_batch, n_ctx = self.infill_window
+        bos = self._frame()[0]
+        return infill_tokens(
+            infill,
+            self.fim,
+            lambda text: self.vocab.tokenize(text, False, False),
+            bos[0] if bos else None,
+            n_batch,
+            n_ctx,
+            n_predict,
+        )
 
     def embed_tokens(self, inputs: Sequence[str | list[int]]) -> list[list[int]]:
         """Token ids of embedding inputs (texts are tokenized as they always were)."""
@@ -292,6 +316,13 @@ class PromptTokenizer:
             closing = text[end + len(content) :] if end >= 0 else ""
             self._closing = self.vocab.tokenize(closing, False, True) if closing else []
         return self._closing
+
+    def chat_text(self, messages: Sequence[Message]) -> str:
+        """The template's rendering of messages, then the opening of the assistant's turn, as
+        text: what chat_tokens tokenizes (BOS aside)."""
+        calls = any(m.tool_calls for m in messages)
+        style = self.template.call_style if calls else OBJECT_CALLS
+        return self._render([message_dict(m, style) for m in messages])
 
     def chat_tokens(
         self,
@@ -505,5 +536,5 @@ def check_fits(spec: GenerationSpec, prompt_tokens: int, seq_ctx: int) -> None:
         raise context_exceeded(
             f"this model's context is {seq_ctx} tokens per request, but the request needs "
             f"{asked} ({prompt_tokens} in the prompt, {max_tokens or 1} to generate)",
-            "messages" if spec.messages is not None else "prompt",
+            "messages" if spec.messages is not None else "infill" if spec.infill else "prompt",
         )

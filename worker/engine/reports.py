@@ -45,6 +45,8 @@ class ModelDescription:
     description: str
     #: The widths an Embed request may truncate vectors to (--embedding-dimensions).
     embedding_dimensions: EmbeddingDimensions = field(default_factory=EmbeddingDimensions)
+    #: Whether the vocabulary has fill-in-the-middle tokens (infill requests can be served).
+    fill_in_middle: bool = False
 
 
 class KvTier(enum.Enum):

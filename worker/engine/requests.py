@@ -5,6 +5,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+from llamagrid.worker.engine.lora import LoraScale
+
 
 @dataclass(frozen=True)
 class ToolCall:
@@ -137,6 +139,26 @@ class Sampling:
 
 
 @dataclass(frozen=True)
+class InfillChunk:
+    """One file of extra context for code infilling."""
+
+    filename: str
+    text: str
+
+
+@dataclass(frozen=True)
+class Infill:
+    """A fill-in-the-middle input: the text around the cursor and other files as context
+    (engine/infill.py builds the prompt with the model's FIM tokens)."""
+
+    prefix: str = ""
+    suffix: str = ""
+    extra: tuple[InfillChunk, ...] = ()
+    #: Text the completion starts with, put right after the prefix.
+    prompt: str = ""
+
+
+@dataclass(frozen=True)
 class SessionRef:
     """The session a generation is the next turn of."""
 
@@ -147,12 +169,14 @@ class SessionRef:
 
 @dataclass(frozen=True)
 class GenerationSpec:
-    """One generation to run: exactly one of prompt, tokens or messages is set. With a
-    session, the input is only the new turn, put after the session's transcript."""
+    """One generation to run: exactly one of prompt, tokens, messages or infill is set. With
+    a session, the input is only the new turn, put after the session's transcript."""
 
     prompt: str | None = None
     tokens: tuple[int, ...] | None = None
     messages: tuple[Message, ...] | None = None
+    #: Code to fill in between a prefix and a suffix.
+    infill: Infill | None = None
     sampling: Sampling = field(default_factory=Sampling)
     request_id: str = ""
     session: SessionRef | None = None
@@ -177,6 +201,9 @@ class GenerationSpec:
     prompt_logprobs: int | None = None
     #: Send the prompt's text back before the output.
     echo: bool = False
+    #: The LoRA adapter scales for this request alone (adapters it leaves out get 0); None:
+    #: the worker's scales.
+    lora: tuple[LoraScale, ...] | None = None
 
     @property
     def choices(self) -> int:

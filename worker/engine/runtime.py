@@ -15,13 +15,16 @@ from llamagrid.worker.engine.chat_template import ChatTemplate, load_template_so
 from llamagrid.worker.engine.counters import EngineCounters
 from llamagrid.worker.engine.dimensions import EmbeddingDimensions
 from llamagrid.worker.engine.embedder import Embedder
+from llamagrid.worker.engine.infill import FimTokens
 from llamagrid.worker.engine.limits import RequestLimits
+from llamagrid.worker.engine.lora import parse_scaled
 from llamagrid.worker.engine.prompts import PromptTokenizer, SpecialToken, SpecialTokens
 from llamagrid.worker.engine.reports import ModelDescription
 from llamagrid.worker.engine.scheduler import Scheduler
 from llamagrid.worker.model_source import ModelSource
 from llamagrid.worker.native import devices as dv
 from llamagrid.worker.native import llama_backend as lb
+from llamagrid.worker.native.lora import LoraSet
 from llamagrid.worker.settings import WorkerSettings
 
 #: Embedding inputs packed into one decode.
@@ -50,6 +53,11 @@ class Runtime:
                 use_mlock=s.use_mlock,
             )
         )
+        #: The LoRA adapters (--lora, then --lora-scaled), in id order, and their scales.
+        files = [(path, 1.0) for path in s.lora] + [parse_scaled(e) for e in s.lora_scaled]
+        self.lora = LoraSet(self.model, [path for path, _ in files]) if files else None
+        self.lora_files = tuple(os.path.basename(path) for path, _ in files)
+        lora_scales = tuple(scale for _, scale in files)
         self.placement = self._place()
         dv.check_offloaded(self.placement, cuda_visible)
         info = self.model.describe()
@@ -100,6 +108,8 @@ class Runtime:
             specials,
             special_in_content=s.special_tokens_in_content,
             special_in_prompt=s.special_tokens_in_prompt,
+            fim=FimTokens.of(*self.model.fim_tokens()),
+            infill_window=(s.n_batch, self.ctx.n_ctx // s.parallel),
         )
         self.counters = EngineCounters()
         self.scheduler = Scheduler(
@@ -110,6 +120,8 @@ class Runtime:
             self.counters,
             limits=RequestLimits.from_settings(s),
             host_budget_bytes=s.host_cache_mib << 20,
+            lora=self.lora,
+            lora_scales=lora_scales,
         )
         self.info = info
         self.scheduler.warm_up()
@@ -147,6 +159,7 @@ class Runtime:
             pooling=self.embedder.ctx.pooling,
             description=info["desc"],
             embedding_dimensions=self.embedding_dimensions,
+            fill_in_middle=self.prompts.fim is not None,
         )
 
     def close(self) -> None:

@@ -22,6 +22,12 @@ A request that wants its prompt's log-probabilities asks llama.cpp for the logit
 prompt position, at most PROMPT_LOGPROB_ROWS positions per step (they bound llama.cpp's output
 buffer: rows times the vocabulary, in floats); it reuses no cached prefix, since a cached
 position has no logits.
+
+With LoRA adapters loaded (engine/lora.py), each slot has the adapter scales fixed when it was
+admitted. A step decodes only slots with equal scales (the groups take turns), and sets those
+scales on the context first when they changed. Each sequence remembers the scales its KV cells
+were computed under: a prompt reuses cells, resident or from the host tier, only when they were
+computed under its own scales.
 """
 
 from __future__ import annotations
@@ -53,6 +59,7 @@ from llamagrid.worker.engine.events import Admitted, Final
 from llamagrid.worker.engine.host_cache import HostCache, HostEntry
 from llamagrid.worker.engine.limits import DEFAULT_LIMITS, RequestLimits
 from llamagrid.worker.engine.logprobs import block_logprobs, first_prompt_entry
+from llamagrid.worker.engine.lora import Scales, scales_of
 from llamagrid.worker.engine.prefix_cache import PrefixCache, Reuse
 from llamagrid.worker.engine.prompts import PromptTokenizer, check_fits
 from llamagrid.worker.engine.requests import GenerationSpec, Message, Sampling
@@ -61,6 +68,7 @@ from llamagrid.worker.engine.slot import Job, Slot
 from llamagrid.worker.engine.text_stream import TextStream
 from llamagrid.worker.native.grammar import CompiledGrammar
 from llamagrid.worker.native.llama_backend import Batch, Context, Model
+from llamagrid.worker.native.lora import LoraSet
 from llamagrid.worker.native.sampler import NO_TOKEN, Sampler
 
 log = logging.getLogger(__name__)
@@ -102,6 +110,8 @@ class Scheduler:
         counters: EngineCounters | None = None,
         limits: RequestLimits = DEFAULT_LIMITS,
         host_budget_bytes: int = 0,
+        lora: LoraSet | None = None,
+        lora_scales: Scales = (),
     ) -> None:
         self.model = model
         self.ctx = ctx
@@ -127,11 +137,23 @@ class Scheduler:
         #: Sequences a cross-stream KV copy reads or writes at the next decode (a buffer per
         #: sequence: llama.cpp copies then): not saved to or restored from the host tier.
         self._copying: set[int] = set()
+        #: The LoRA adapters loaded, and the scales of a request that gives none of its own.
+        self.lora = lora
+        self.lora_scales = lora_scales
+        #: The adapter scales each sequence's KV cells were computed under.
+        self._kv_scales: list[Scales] = [lora_scales] * ctx.n_seq_max
+        if lora is not None:
+            lora.apply(ctx, lora_scales)
 
     @property
     def active(self) -> int:
         """Slots in use."""
         return sum(s is not None for s in self.slots)
+
+    def settled(self, seq: int) -> bool:
+        """Whether a sequence runs no request and has its KV cells in place (no copy into or
+        out of it waits for the next decode): its state may be saved, restored or dropped."""
+        return self.slots[seq] is None and seq not in self._copying
 
     def tier_holders(self) -> tuple[list[list[int]], list[list[int]]]:
         """The tokens whose KV each tier holds: every sequence's (running or idle), and every
@@ -210,6 +232,7 @@ class Scheduler:
             if compiling:  # nothing to decode until a grammar is ready: doze, 5 ms at most
                 self.compiler.wait(compiling, 0.005)
             return False
+        live = self._same_scales(live)
         outputs, rows = self._fill_batch(live)
         self.ctx.decode(self._batch)
         self._copying.clear()  # the decode ran the pending copies first
@@ -226,6 +249,36 @@ class Scheduler:
                     choice.job.channel.push(final)
                     self._release(choice)
         return True
+
+    def _same_scales(self, live: list[Slot]) -> list[Slot]:
+        """The slots this step decodes: those whose adapter scales come next in turn (all of
+        them when every slot has the same), with their scales set on the context."""
+        if self.lora is None:
+            return live
+        groups: dict[Scales, list[Slot]] = {}
+        for slot in live:
+            groups.setdefault(slot.scales, []).append(slot)
+        keys = sorted(groups)
+        last = self.lora.applied
+        later = [k for k in keys if last is not None and k > last]
+        chosen = later[0] if later else keys[0]
+        self.lora.apply(self.ctx, chosen)
+        return groups[chosen]
+
+    def kv_scales(self, seq: int) -> Scales:
+        """The LoRA scales a sequence's KV cells were computed under."""
+        return self._kv_scales[seq]
+
+    def set_kv_scales(self, seq: int, scales: Scales) -> None:
+        """Record the LoRA scales of cells put into an idle sequence from elsewhere (a slot
+        file): a prompt reuses them only under the same scales."""
+        self._kv_scales[seq] = scales
+
+    def scales_for(self, request: GenerationSpec) -> Scales:
+        """The adapter scales a request runs with: its own list's, else the worker's."""
+        if request.lora is None or self.lora is None:
+            return self.lora_scales
+        return scales_of(request.lora, len(self.lora))
 
     def _score_prompt(self, part: PromptRows) -> None:
         """Add the log-probabilities of the prompt tokens that follow a block of positions."""
@@ -422,7 +475,7 @@ class Scheduler:
             job.sampler_history,
             leader.prompt,
         )
-        seq = self._claim()
+        seq = self._claim(leader.scales)
         return Slot(
             seq=seq,
             job=job,
@@ -434,9 +487,10 @@ class Scheduler:
             admitted=leader.admitted,
             index=index,
             leader=leader,
+            scales=leader.scales,
         )
 
-    def _claim(self) -> int:
+    def _claim(self, scales: Scales) -> int:
         """A free sequence emptied for a prompt that reuses no cached prefix: the one whose
         cells are worth least (saved to the host tier first, when worth it)."""
         free = [seq for seq, s in enumerate(self.slots) if s is None]
@@ -445,19 +499,21 @@ class Scheduler:
         self._save_before_loss(seq, 0)
         self.cache.take(seq)
         self.ctx.forget(seq)
+        self._kv_scales[seq] = scales
         return seq
 
-    def _place(self, prompt: list[int], reuse_prefix: bool = True) -> Reuse:
+    def _place(self, prompt: list[int], scales: Scales, reuse_prefix: bool = True) -> Reuse:
         """Choose the sequence for a prompt and set its KV cells to the reused prefix: cells a
         sequence already holds, or a longer prefix saved in the host tier. Cells about to be
         lost are saved to the host tier first (engine/host_cache.py). Without reuse_prefix,
-        the sequence is emptied."""
+        the sequence is emptied. Only cells computed under the prompt's adapter scales count."""
         if not reuse_prefix:
-            return Reuse(self._claim(), 0)
+            return Reuse(self._claim(scales), 0)
         free = [seq for seq, s in enumerate(self.slots) if s is None]
-        busy = {s.seq: s.decoded() for s in self.slots if s is not None}
-        reuse = self.cache.plan(prompt, free, busy)
-        found = self.host.find(prompt, len(prompt) - 1) if self.host.enabled else None
+        busy = {s.seq: s.decoded() for s in self.slots if s is not None and s.scales == scales}
+        foreign = frozenset(seq for seq in free if self._kv_scales[seq] != scales)
+        reuse = self.cache.plan(prompt, free, busy, foreign)
+        found = self.host.find(prompt, len(prompt) - 1, scales) if self.host.enabled else None
         usable = found is not None and reuse.seq not in self._copying
         if found is not None and usable and found[1] >= reuse.length + self.cache.min_reuse:
             return self._restore(reuse.seq, *found)
@@ -466,6 +522,7 @@ class Scheduler:
         else:
             self._save_before_loss(reuse.seq, 0)
         self.cache.take(reuse.seq)
+        self._kv_scales[reuse.seq] = scales  # cells it held under other scales go below
         if reuse.source is not None:
             self.ctx.forget(reuse.seq)
             if not self.ctx.share(reuse.source, reuse.seq, reuse.length):
@@ -479,12 +536,14 @@ class Scheduler:
         """Save an idle sequence's cells to the host tier if more than ``keep`` of its tokens
         are about to be overwritten and no saved entry holds them already."""
         held = self.cache.held(seq)
-        if len(held) - keep < self.host.min_tokens or not self.host.worth_saving(held):
+        scales = self._kv_scales[seq]
+        if len(held) - keep < self.host.min_tokens or not self.host.worth_saving(held, scales):
             return
         if seq in self._copying:  # its cells are not in place until the next decode
             return
         data = self.ctx.save_sequence(seq)
-        if data is not None and self.host.add(held, data, self.cache.is_session(seq)):
+        session = self.cache.is_session(seq)
+        if data is not None and self.host.add(held, data, session, self._kv_scales[seq]):
             self.counters.host_saves += 1
 
     def _restore(self, seq: int, entry: HostEntry, length: int) -> Reuse:
@@ -494,6 +553,7 @@ class Scheduler:
         self._save_before_loss(seq, 0)
         self.cache.take(seq)
         self.ctx.forget(seq)
+        self._kv_scales[seq] = entry.scales
         if not self.ctx.restore_sequence(seq, entry.data):
             log.warning("llama.cpp refused a saved sequence; prefilling instead")
             return Reuse(seq, 0)
@@ -565,10 +625,11 @@ class Scheduler:
         check_fits(req, len(prompt), self.seq_ctx)
         room = self.seq_ctx - len(prompt)
         config = resolve(s, self.seq_ctx)
+        scales = self.scales_for(req)
         sampler = Sampler(self.model, config, self._take_grammar(job), job.sampler_history, prompt)
         try:
             # A request that wants every prompt position's logits reuses no cached prefix.
-            reuse = self._place(prompt, reuse_prefix=req.prompt_logprobs is None)
+            reuse = self._place(prompt, scales, reuse_prefix=req.prompt_logprobs is None)
         except BaseException:
             sampler.close()
             raise
@@ -588,6 +649,7 @@ class Scheduler:
             restored=reuse.length if reuse.restored else 0,
             prompt_logprobs=req.prompt_logprobs,
             prompt_entries=first,
+            scales=scales,
         )
 
     @staticmethod

@@ -89,6 +89,8 @@ class Slot:
     prompt_logprobs: int | None = None
     #: The prompt tokens' log-probabilities computed so far (prompt_logprobs).
     prompt_entries: list[TokenLogprob] = field(default_factory=list)
+    #: The LoRA adapter scales this sequence decodes with (engine/lora.py).
+    scales: tuple[float, ...] = ()
 
     @property
     def prefilling(self) -> bool:

@@ -24,6 +24,7 @@ from typing import Any
 from llamagrid.worker.engine.chat_template import RESERVED_VARIABLES
 from llamagrid.worker.engine.errors import EngineError, invalid, unsupported
 from llamagrid.worker.engine.gbnf import check_gbnf
+from llamagrid.worker.engine.infill import check_infill, infill_texts
 from llamagrid.worker.engine.limits import DEFAULT_LIMITS, RequestLimits
 from llamagrid.worker.engine.requests import (
     GenerationSpec,
@@ -95,11 +96,14 @@ def check_generation(
     context_per_slot, when given, also bounds repeat_last_n (else the scheduler checks it);
     slots, when given, bounds n.
     """
-    given = [x is not None for x in (spec.prompt, spec.tokens, spec.messages)]
+    given = [x is not None for x in (spec.prompt, spec.tokens, spec.messages, spec.infill)]
     if sum(given) != 1:
-        raise invalid("set exactly one of prompt, tokens or messages", "input")
+        raise invalid("set exactly one of prompt, tokens, messages or infill", "input")
     if spec.messages is not None:
         check_messages(spec.messages, limits)
+    elif spec.infill is not None:
+        check_infill(spec.infill)
+        check_text_size(list(infill_texts(spec.infill)), limits, "infill")
     elif spec.tokens is not None:
         if not spec.tokens:
             raise invalid("the prompt is empty", "prompt")
@@ -133,10 +137,11 @@ def check_choices(spec: GenerationSpec, slots: int | None = None) -> None:
         raise invalid(
             f"prompt_logprobs must be between 0 and {MAX_TOP_LOGPROBS}", "prompt_logprobs"
         )
-    if spec.echo and spec.messages is not None:
-        raise invalid("echo needs a prompt or token ids, not messages", "echo")
+    if spec.echo and (spec.messages is not None or spec.infill is not None):
+        raise invalid("echo needs a prompt or token ids, not messages or infill", "echo")
     if spec.session is not None:
         for name, given in (
+            ("infill", spec.infill is not None),
             ("n", spec.choices > 1),
             ("prompt_logprobs", spec.prompt_logprobs is not None),
             ("echo", spec.echo),

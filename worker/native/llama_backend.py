@@ -236,6 +236,21 @@ class Model:
         """Whether tokenizing with add_special prepends BOS."""
         return bool(lc.llama_vocab_get_add_bos(self.vocab))
 
+    def fim_tokens(self) -> tuple[int, int, int, int, int]:
+        """The fill-in-the-middle token ids llama.cpp found in the vocabulary (from the GGUF
+        metadata, or from their usual texts): prefix, suffix, middle, repository and file
+        separator, each -1 when there is none."""
+        v = self.vocab
+        calls = (
+            lc.llama_vocab_fim_pre,
+            lc.llama_vocab_fim_suf,
+            lc.llama_vocab_fim_mid,
+            lc.llama_vocab_fim_rep,
+            lc.llama_vocab_fim_sep,
+        )
+        pre, suf, mid, rep, sep = (int(call(v)) for call in calls)
+        return pre, suf, mid, rep, sep
+
     # Metadata.
     def meta(self, key: str) -> str:
         """A GGUF metadata value as text, or ""."""

@@ -32,6 +32,7 @@ from llamagrid.v1 import inference_pb2_grpc as pb_grpc
 from llamagrid.worker.engine.llama_engine import Engine, LlamaEngine
 from llamagrid.worker.metrics import RequestCounts, WorkerMetrics
 from llamagrid.worker.native.devices import OffloadError
+from llamagrid.worker.registration import Registrar, advertised_address
 from llamagrid.worker.rpc.security import ServerSecurity, TokenCheck, server_security
 from llamagrid.worker.rpc.servicer import InferenceService
 from llamagrid.worker.rpc.sessions import SessionService
@@ -264,9 +265,13 @@ class EngineDied(RuntimeError):
 
 
 async def serve(
-    settings: WorkerSettings, engine: LlamaEngine, security: ServerSecurity | None = None
+    settings: WorkerSettings,
+    engine: LlamaEngine,
+    security: ServerSecurity | None = None,
+    registrar: Registrar | None = None,
 ) -> None:
-    """Run until SIGTERM/SIGINT: listen, load the model, report health, then drain."""
+    """Run until SIGTERM/SIGINT: listen, load the model, report health, then drain. With a
+    ``registrar``, register with its gateways once SERVING and deregister before draining."""
     server = create_server(settings, engine, engine.source.alias, security)
     await server.start()
     stop = asyncio.Event()
@@ -286,8 +291,13 @@ async def serve(
             raise SystemExit(f"llamagrid worker: {error}")
         await server.set_serving(True)
         log.info("model '%s' is SERVING on port %d", engine.source.alias, server.port)
+        if registrar is not None:
+            address = advertised_address(settings.advertise_address, settings.host, server.port)
+            registrar.start(address, [engine.source.alias])
         engine_ended = asyncio.create_task(engine.wait_stopped())
         await asyncio.wait({stopping, engine_ended}, return_when=asyncio.FIRST_COMPLETED)
+        if registrar is not None:  # before draining: the gateways send no new requests
+            await registrar.stop()
         if engine.failure is not None:  # nothing can serve: say so, and let a supervisor restart
             await server.set_serving(False)
             await server.stop(grace=1.0)

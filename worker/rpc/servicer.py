@@ -15,11 +15,15 @@ from llamagrid.worker.engine.errors import EngineError, Reason, unsupported
 from llamagrid.worker.engine.events import Admitted
 from llamagrid.worker.engine.llama_engine import Engine
 from llamagrid.worker.rpc.relay import serve_relay
+from llamagrid.worker.rpc.slots import restored_to_proto, saved_to_proto, slot_to_proto
 from llamagrid.worker.rpc.status import to_status
 from llamagrid.worker.rpc.translate import (
+    adapters_to_proto,
     batch_to_proto,
     generation_from_proto,
     load_to_proto,
+    lora_from_proto,
+    messages_from_proto,
     model_info_to_proto,
 )
 
@@ -124,6 +128,17 @@ class InferenceService(pb_grpc.InferenceServiceServicer):
             await abort(context, exc)
         return pb.DetokenizeResponse(text=text)
 
+    async def ApplyChatTemplate(
+        self, request: pb.ApplyChatTemplateRequest, context: Context
+    ) -> pb.ApplyChatTemplateResponse:
+        """The prompt text of a conversation, without generating."""
+        try:
+            self._check_model(request.model)
+            prompt = await self.engine.apply_template(messages_from_proto(request.chat))
+        except EngineError as exc:
+            await abort(context, exc)
+        return pb.ApplyChatTemplateResponse(prompt=prompt)
+
     async def GetModelInfo(
         self, request: pb.GetModelInfoRequest, context: Context
     ) -> pb.GetModelInfoResponse:
@@ -133,7 +148,8 @@ class InferenceService(pb_grpc.InferenceServiceServicer):
             desc = self.engine.description()
         except EngineError as exc:
             await abort(context, exc)
-        return pb.GetModelInfoResponse(info=model_info_to_proto(desc, self.engine.placement()))
+        info = model_info_to_proto(desc, self.engine.placement(), self.engine.lora_adapters())
+        return pb.GetModelInfoResponse(info=info)
 
     async def ListModels(
         self, request: pb.ListModelsRequest, context: Context
@@ -143,7 +159,8 @@ class InferenceService(pb_grpc.InferenceServiceServicer):
             desc = self.engine.description()
         except EngineError as exc:
             await abort(context, exc)
-        return pb.ListModelsResponse(models=[model_info_to_proto(desc, self.engine.placement())])
+        info = model_info_to_proto(desc, self.engine.placement(), self.engine.lora_adapters())
+        return pb.ListModelsResponse(models=[info])
 
     async def GetLoad(self, request: pb.GetLoadRequest, context: Context) -> pb.GetLoadResponse:
         """Work in progress and KV cache occupancy."""
@@ -152,6 +169,69 @@ class InferenceService(pb_grpc.InferenceServiceServicer):
         except EngineError as exc:
             await abort(context, exc)
         return load_to_proto(load)
+
+    async def GetSlots(self, request: pb.GetSlotsRequest, context: Context) -> pb.GetSlotsResponse:
+        """Every slot's state, read between two engine steps."""
+        try:
+            self._check_model(request.model)
+            reports = await self.engine.slot_control.slots()
+        except EngineError as exc:
+            await abort(context, exc)
+        return pb.GetSlotsResponse(slots=[slot_to_proto(r) for r in reports])
+
+    async def SaveSlot(self, request: pb.SaveSlotRequest, context: Context) -> pb.SaveSlotResponse:
+        """An idle slot's tokens and KV state, written to a file of --slot-save-path."""
+        try:
+            self._check_model(request.model)
+            saved = await self.engine.slot_control.save(request.id, request.filename)
+        except EngineError as exc:
+            await abort(context, exc)
+        return saved_to_proto(saved)
+
+    async def RestoreSlot(
+        self, request: pb.RestoreSlotRequest, context: Context
+    ) -> pb.RestoreSlotResponse:
+        """A slot file, checked against this worker's model and settings, loaded into an idle
+        slot."""
+        try:
+            self._check_model(request.model)
+            restored = await self.engine.slot_control.restore(request.id, request.filename)
+        except EngineError as exc:
+            await abort(context, exc)
+        return restored_to_proto(restored)
+
+    async def EraseSlot(
+        self, request: pb.EraseSlotRequest, context: Context
+    ) -> pb.EraseSlotResponse:
+        """An idle slot's cached tokens, dropped."""
+        try:
+            self._check_model(request.model)
+            erased = await self.engine.slot_control.erase(request.id)
+        except EngineError as exc:
+            await abort(context, exc)
+        return pb.EraseSlotResponse(id=request.id, tokens_erased=erased)
+
+    async def ListLoraAdapters(
+        self, request: pb.ListLoraAdaptersRequest, context: Context
+    ) -> pb.ListLoraAdaptersResponse:
+        """The LoRA adapters and their scales."""
+        try:
+            self._check_model(request.model)
+            adapters = self.engine.lora_adapters()
+        except EngineError as exc:
+            await abort(context, exc)
+        return pb.ListLoraAdaptersResponse(adapters=adapters_to_proto(adapters))
+
+    async def SetLoraAdapters(
+        self, request: pb.SetLoraAdaptersRequest, context: Context
+    ) -> pb.SetLoraAdaptersResponse:
+        """Set the LoRA adapters' scales; answers them all."""
+        try:
+            self._check_model(request.model)
+            adapters = await self.engine.set_lora_adapters(lora_from_proto(request.adapters))
+        except EngineError as exc:
+            await abort(context, exc)
+        return pb.SetLoraAdaptersResponse(adapters=adapters_to_proto(adapters))
 
 
 def check_model(engine: Engine, model: str) -> None:

@@ -27,6 +27,8 @@ CODES: dict[Reason, grpc.StatusCode] = {
     Reason.SESSION_LENGTH_MISMATCH: grpc.StatusCode.ABORTED,
     Reason.SESSION_LIMIT: grpc.StatusCode.RESOURCE_EXHAUSTED,
     Reason.TURN_CANCELLED: grpc.StatusCode.CANCELLED,
+    Reason.SLOT_BUSY: grpc.StatusCode.ABORTED,
+    Reason.SLOT_FILES_OFF: grpc.StatusCode.FAILED_PRECONDITION,
 }
 
 #: Reasons whose ErrorInfo travels on the wire (INTERNAL says nothing a client can act on).
@@ -44,6 +46,8 @@ _WIRE_REASONS = {
     Reason.SESSION_LENGTH_MISMATCH: wire.REASON_SESSION_LENGTH_MISMATCH,
     Reason.SESSION_LIMIT: wire.REASON_SESSION_LIMIT,
     Reason.TURN_CANCELLED: wire.REASON_TURN_CANCELLED,
+    Reason.SLOT_BUSY: wire.REASON_SLOT_BUSY,
+    Reason.SLOT_FILES_OFF: wire.REASON_SLOT_FILES_OFF,
 }
 
 

@@ -16,10 +16,13 @@ from llamagrid.worker.engine.events import (
     TokenLogprob,
     ToolCallDelta,
 )
+from llamagrid.worker.engine.lora import LoraAdapter, LoraScale
 from llamagrid.worker.engine.reports import KvTier, Load, ModelDescription, SessionReport
 from llamagrid.worker.engine.requests import (
     GenerationSpec,
     Grammar,
+    Infill,
+    InfillChunk,
     JsonSchema,
     Message,
     ReasoningFormat,
@@ -73,6 +76,7 @@ def generation_from_proto(req: pb.GenerateRequest) -> GenerationSpec:
         prompt=req.prompt if which == "prompt" else None,
         tokens=tuple(req.tokens.ids) if which == "tokens" else None,
         messages=tuple(_message(m) for m in req.chat.messages) if which == "chat" else None,
+        infill=_infill(req.infill) if which == "infill" else None,
         sampling=sampling,
         request_id=req.request_id,
         session=_session_ref(req),
@@ -90,7 +94,13 @@ def generation_from_proto(req: pb.GenerateRequest) -> GenerationSpec:
         n=req.n if req.HasField("n") else None,
         prompt_logprobs=req.prompt_logprobs if req.HasField("prompt_logprobs") else None,
         echo=req.echo,
+        lora=tuple(lora_from_proto(req.lora)) or None,
     )
+
+
+def _infill(p: pb.Infill) -> Infill:
+    extra = tuple(InfillChunk(c.filename, c.text) for c in p.extra)
+    return Infill(p.prefix, p.suffix, extra, p.prompt)
 
 
 def _session_ref(req: pb.GenerateRequest) -> SessionRef | None:
@@ -112,6 +122,11 @@ def session_to_proto(report: SessionReport) -> pb.SessionInfo:
         kv_tier=_TIERS[report.kv_tier],
         busy=report.busy,
     )
+
+
+def messages_from_proto(chat: pb.ChatConversation) -> list[Message]:
+    """The messages of a conversation."""
+    return [_message(m) for m in chat.messages]
 
 
 def _message(m: pb.ChatMessage) -> Message:
@@ -278,8 +293,10 @@ def placement_to_proto(p: Placement) -> pb.DevicePlacement:
     )
 
 
-def model_info_to_proto(d: ModelDescription, placement: Placement) -> pb.ModelInfo:
-    """ModelInfo for GetModelInfo and ListModels."""
+def model_info_to_proto(
+    d: ModelDescription, placement: Placement, adapters: Sequence[LoraAdapter] = ()
+) -> pb.ModelInfo:
+    """ModelInfo for GetModelInfo and ListModels, with the LoRA adapters' current scales."""
     caps = [
         c
         for c, on in ((pb.CAPABILITY_GENERATE, d.can_generate), (pb.CAPABILITY_EMBED, d.can_embed))
@@ -301,11 +318,23 @@ def model_info_to_proto(d: ModelDescription, placement: Placement) -> pb.ModelIn
         pooling=d.pooling,
         description=d.description,
         placement=placement_to_proto(placement),
+        fill_in_middle=d.fill_in_middle,
     )
     if d.embedding_dimensions.allowed:
         info.embedding_dimensions.any = d.embedding_dimensions.any
         info.embedding_dimensions.sizes.extend(d.embedding_dimensions.sizes)
+    info.adapters.extend(adapters_to_proto(adapters))
     return info
+
+
+def adapters_to_proto(adapters: Sequence[LoraAdapter]) -> list[pb.LoraAdapter]:
+    """The LoRA adapters as ListLoraAdapters, SetLoraAdapters and ModelInfo give them."""
+    return [pb.LoraAdapter(id=a.id, path=a.path, scale=a.scale) for a in adapters]
+
+
+def lora_from_proto(entries: Sequence[pb.LoraScale]) -> list[LoraScale]:
+    """A list of adapter scales, as sent: the engine checks it."""
+    return [LoraScale(e.id, e.scale) for e in entries]
 
 
 def load_to_proto(load: Load) -> pb.GetLoadResponse:

@@ -1258,6 +1258,7 @@ type GenerateRequest struct {
 	//	*GenerateRequest_Prompt
 	//	*GenerateRequest_Tokens
 	//	*GenerateRequest_Chat
+	//	*GenerateRequest_Infill
 	Input isGenerateRequest_Input `protobuf_oneof:"input"`
 	// How to sample and when to stop.
 	Sampling *SamplingParams `protobuf:"bytes,5,opt,name=sampling,proto3" json:"sampling,omitempty"`
@@ -1296,7 +1297,12 @@ type GenerateRequest struct {
 	// Send the prompt back: the first chunk (of choice 0) carries the prompt's text in
 	// prompt_text (a text prompt as given; token ids as their text). For a prompt or token ids,
 	// not a chat conversation or a session. With max_tokens 0, nothing is generated.
-	Echo          bool `protobuf:"varint,22,opt,name=echo,proto3" json:"echo,omitempty"`
+	Echo bool `protobuf:"varint,22,opt,name=echo,proto3" json:"echo,omitempty"`
+	// LoRA adapter scales for this request alone, at most 64: every adapter listed gets its
+	// scale, every adapter left out gets 0. Empty means the worker's scales (ListLoraAdapters).
+	// Each decode step batches only requests whose scales are equal, and KV cache computed under
+	// other scales is never reused, so a request's output does not depend on its neighbours.
+	Lora          []*LoraScale `protobuf:"bytes,26,rep,name=lora,proto3" json:"lora,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1367,6 +1373,15 @@ func (x *GenerateRequest) GetChat() *ChatConversation {
 	if x != nil {
 		if x, ok := x.Input.(*GenerateRequest_Chat); ok {
 			return x.Chat
+		}
+	}
+	return nil
+}
+
+func (x *GenerateRequest) GetInfill() *Infill {
+	if x != nil {
+		if x, ok := x.Input.(*GenerateRequest_Infill); ok {
+			return x.Infill
 		}
 	}
 	return nil
@@ -1456,6 +1471,13 @@ func (x *GenerateRequest) GetEcho() bool {
 	return false
 }
 
+func (x *GenerateRequest) GetLora() []*LoraScale {
+	if x != nil {
+		return x.Lora
+	}
+	return nil
+}
+
 type isGenerateRequest_Input interface {
 	isGenerateRequest_Input()
 }
@@ -1477,11 +1499,464 @@ type GenerateRequest_Chat struct {
 	Chat *ChatConversation `protobuf:"bytes,4,opt,name=chat,proto3,oneof"`
 }
 
+type GenerateRequest_Infill struct {
+	// Code to fill in between a prefix and a suffix, built into a prompt with the model's
+	// fill-in-the-middle tokens (ModelInfo.fill_in_middle); a model without them refuses it.
+	Infill *Infill `protobuf:"bytes,27,opt,name=infill,proto3,oneof"`
+}
+
 func (*GenerateRequest_Prompt) isGenerateRequest_Input() {}
 
 func (*GenerateRequest_Tokens) isGenerateRequest_Input() {}
 
 func (*GenerateRequest_Chat) isGenerateRequest_Input() {}
+
+func (*GenerateRequest_Infill) isGenerateRequest_Input() {}
+
+// LoraScale gives one LoRA adapter a scale.
+type LoraScale struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The adapter's id: its place among the adapters the worker loaded, from 0.
+	Id uint32 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	// The scale, finite and between -10 and 10; 0 turns the adapter off.
+	Scale         float32 `protobuf:"fixed32,2,opt,name=scale,proto3" json:"scale,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LoraScale) Reset() {
+	*x = LoraScale{}
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LoraScale) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LoraScale) ProtoMessage() {}
+
+func (x *LoraScale) ProtoReflect() protoreflect.Message {
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LoraScale.ProtoReflect.Descriptor instead.
+func (*LoraScale) Descriptor() ([]byte, []int) {
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *LoraScale) GetId() uint32 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *LoraScale) GetScale() float32 {
+	if x != nil {
+		return x.Scale
+	}
+	return 0
+}
+
+// LoraAdapter describes a LoRA adapter a worker loaded.
+type LoraAdapter struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The adapter's id: its place among the adapters the worker loaded, from 0.
+	Id uint32 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	// The adapter's file name (never its path on the worker).
+	Path string `protobuf:"bytes,2,opt,name=path,proto3" json:"path,omitempty"`
+	// The scale applied to requests that give none of their own.
+	Scale         float32 `protobuf:"fixed32,3,opt,name=scale,proto3" json:"scale,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LoraAdapter) Reset() {
+	*x = LoraAdapter{}
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LoraAdapter) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LoraAdapter) ProtoMessage() {}
+
+func (x *LoraAdapter) ProtoReflect() protoreflect.Message {
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LoraAdapter.ProtoReflect.Descriptor instead.
+func (*LoraAdapter) Descriptor() ([]byte, []int) {
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *LoraAdapter) GetId() uint32 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *LoraAdapter) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *LoraAdapter) GetScale() float32 {
+	if x != nil {
+		return x.Scale
+	}
+	return 0
+}
+
+// ListLoraAdaptersRequest asks for the LoRA adapters of a model.
+type ListLoraAdaptersRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The model alias. Empty means the worker's only model.
+	Model         string `protobuf:"bytes,1,opt,name=model,proto3" json:"model,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListLoraAdaptersRequest) Reset() {
+	*x = ListLoraAdaptersRequest{}
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListLoraAdaptersRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListLoraAdaptersRequest) ProtoMessage() {}
+
+func (x *ListLoraAdaptersRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListLoraAdaptersRequest.ProtoReflect.Descriptor instead.
+func (*ListLoraAdaptersRequest) Descriptor() ([]byte, []int) {
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *ListLoraAdaptersRequest) GetModel() string {
+	if x != nil {
+		return x.Model
+	}
+	return ""
+}
+
+// ListLoraAdaptersResponse lists the LoRA adapters of a model, in id order.
+type ListLoraAdaptersResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The adapters, empty when the worker loaded none.
+	Adapters      []*LoraAdapter `protobuf:"bytes,1,rep,name=adapters,proto3" json:"adapters,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListLoraAdaptersResponse) Reset() {
+	*x = ListLoraAdaptersResponse{}
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListLoraAdaptersResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListLoraAdaptersResponse) ProtoMessage() {}
+
+func (x *ListLoraAdaptersResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListLoraAdaptersResponse.ProtoReflect.Descriptor instead.
+func (*ListLoraAdaptersResponse) Descriptor() ([]byte, []int) {
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *ListLoraAdaptersResponse) GetAdapters() []*LoraAdapter {
+	if x != nil {
+		return x.Adapters
+	}
+	return nil
+}
+
+// SetLoraAdaptersRequest sets the scales of a model's LoRA adapters.
+type SetLoraAdaptersRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The model alias. Empty means the worker's only model.
+	Model string `protobuf:"bytes,1,opt,name=model,proto3" json:"model,omitempty"`
+	// The new scales, at most 64; adapters left out get 0.
+	Adapters      []*LoraScale `protobuf:"bytes,2,rep,name=adapters,proto3" json:"adapters,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetLoraAdaptersRequest) Reset() {
+	*x = SetLoraAdaptersRequest{}
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetLoraAdaptersRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetLoraAdaptersRequest) ProtoMessage() {}
+
+func (x *SetLoraAdaptersRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetLoraAdaptersRequest.ProtoReflect.Descriptor instead.
+func (*SetLoraAdaptersRequest) Descriptor() ([]byte, []int) {
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *SetLoraAdaptersRequest) GetModel() string {
+	if x != nil {
+		return x.Model
+	}
+	return ""
+}
+
+func (x *SetLoraAdaptersRequest) GetAdapters() []*LoraScale {
+	if x != nil {
+		return x.Adapters
+	}
+	return nil
+}
+
+// SetLoraAdaptersResponse lists the LoRA adapters with their new scales.
+type SetLoraAdaptersResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The adapters, in id order.
+	Adapters      []*LoraAdapter `protobuf:"bytes,1,rep,name=adapters,proto3" json:"adapters,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetLoraAdaptersResponse) Reset() {
+	*x = SetLoraAdaptersResponse{}
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetLoraAdaptersResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetLoraAdaptersResponse) ProtoMessage() {}
+
+func (x *SetLoraAdaptersResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetLoraAdaptersResponse.ProtoReflect.Descriptor instead.
+func (*SetLoraAdaptersResponse) Descriptor() ([]byte, []int) {
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *SetLoraAdaptersResponse) GetAdapters() []*LoraAdapter {
+	if x != nil {
+		return x.Adapters
+	}
+	return nil
+}
+
+// Infill is a fill-in-the-middle input: the text before the cursor, the text after it, and
+// other files for context. Every text is tokenized as plain text (special-token text in it is
+// ordinary characters); the worker adds the model's FIM tokens. When the whole does not fit, the
+// prefix loses its start, the suffix its end and the extra context its first chunks, as
+// llama-server trims them.
+type Infill struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The text before the cursor.
+	Prefix string `protobuf:"bytes,1,opt,name=prefix,proto3" json:"prefix,omitempty"`
+	// The text after the cursor.
+	Suffix string `protobuf:"bytes,2,opt,name=suffix,proto3" json:"suffix,omitempty"`
+	// Other files given as context, put before the prefix in this order, at most 64.
+	Extra []*InfillChunk `protobuf:"bytes,3,rep,name=extra,proto3" json:"extra,omitempty"`
+	// Text the completion must start with, put right after the prefix (llama-server's
+	// `prompt` on /infill).
+	Prompt        string `protobuf:"bytes,4,opt,name=prompt,proto3" json:"prompt,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Infill) Reset() {
+	*x = Infill{}
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Infill) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Infill) ProtoMessage() {}
+
+func (x *Infill) ProtoReflect() protoreflect.Message {
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Infill.ProtoReflect.Descriptor instead.
+func (*Infill) Descriptor() ([]byte, []int) {
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *Infill) GetPrefix() string {
+	if x != nil {
+		return x.Prefix
+	}
+	return ""
+}
+
+func (x *Infill) GetSuffix() string {
+	if x != nil {
+		return x.Suffix
+	}
+	return ""
+}
+
+func (x *Infill) GetExtra() []*InfillChunk {
+	if x != nil {
+		return x.Extra
+	}
+	return nil
+}
+
+func (x *Infill) GetPrompt() string {
+	if x != nil {
+		return x.Prompt
+	}
+	return ""
+}
+
+// InfillChunk is one file of extra context for an Infill.
+type InfillChunk struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The file's name, one line of at most 256 bytes; empty means "tmp".
+	Filename string `protobuf:"bytes,1,opt,name=filename,proto3" json:"filename,omitempty"`
+	// The file's text.
+	Text          string `protobuf:"bytes,2,opt,name=text,proto3" json:"text,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *InfillChunk) Reset() {
+	*x = InfillChunk{}
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *InfillChunk) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*InfillChunk) ProtoMessage() {}
+
+func (x *InfillChunk) ProtoReflect() protoreflect.Message {
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use InfillChunk.ProtoReflect.Descriptor instead.
+func (*InfillChunk) Descriptor() ([]byte, []int) {
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *InfillChunk) GetFilename() string {
+	if x != nil {
+		return x.Filename
+	}
+	return ""
+}
+
+func (x *InfillChunk) GetText() string {
+	if x != nil {
+		return x.Text
+	}
+	return ""
+}
 
 // SessionRef names the session a Generate call is a turn of.
 type SessionRef struct {
@@ -1498,7 +1973,7 @@ type SessionRef struct {
 
 func (x *SessionRef) Reset() {
 	*x = SessionRef{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[9]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1510,7 +1985,7 @@ func (x *SessionRef) String() string {
 func (*SessionRef) ProtoMessage() {}
 
 func (x *SessionRef) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[9]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1523,7 +1998,7 @@ func (x *SessionRef) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SessionRef.ProtoReflect.Descriptor instead.
 func (*SessionRef) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{9}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *SessionRef) GetSessionId() string {
@@ -1554,7 +2029,7 @@ type SessionTranscript struct {
 
 func (x *SessionTranscript) Reset() {
 	*x = SessionTranscript{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[10]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1566,7 +2041,7 @@ func (x *SessionTranscript) String() string {
 func (*SessionTranscript) ProtoMessage() {}
 
 func (x *SessionTranscript) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[10]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1579,7 +2054,7 @@ func (x *SessionTranscript) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SessionTranscript.ProtoReflect.Descriptor instead.
 func (*SessionTranscript) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{10}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *SessionTranscript) GetTokenIds() []int32 {
@@ -1622,7 +2097,7 @@ type SessionInfo struct {
 
 func (x *SessionInfo) Reset() {
 	*x = SessionInfo{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[11]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1634,7 +2109,7 @@ func (x *SessionInfo) String() string {
 func (*SessionInfo) ProtoMessage() {}
 
 func (x *SessionInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[11]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1647,7 +2122,7 @@ func (x *SessionInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SessionInfo.ProtoReflect.Descriptor instead.
 func (*SessionInfo) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{11}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *SessionInfo) GetSessionId() string {
@@ -1722,7 +2197,7 @@ type OpenSessionRequest struct {
 
 func (x *OpenSessionRequest) Reset() {
 	*x = OpenSessionRequest{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[12]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1734,7 +2209,7 @@ func (x *OpenSessionRequest) String() string {
 func (*OpenSessionRequest) ProtoMessage() {}
 
 func (x *OpenSessionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[12]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1747,7 +2222,7 @@ func (x *OpenSessionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OpenSessionRequest.ProtoReflect.Descriptor instead.
 func (*OpenSessionRequest) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{12}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *OpenSessionRequest) GetModel() string {
@@ -1782,7 +2257,7 @@ type OpenSessionResponse struct {
 
 func (x *OpenSessionResponse) Reset() {
 	*x = OpenSessionResponse{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[13]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1794,7 +2269,7 @@ func (x *OpenSessionResponse) String() string {
 func (*OpenSessionResponse) ProtoMessage() {}
 
 func (x *OpenSessionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[13]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1807,7 +2282,7 @@ func (x *OpenSessionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OpenSessionResponse.ProtoReflect.Descriptor instead.
 func (*OpenSessionResponse) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{13}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *OpenSessionResponse) GetSession() *SessionInfo {
@@ -1830,7 +2305,7 @@ type GetSessionRequest struct {
 
 func (x *GetSessionRequest) Reset() {
 	*x = GetSessionRequest{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[14]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1842,7 +2317,7 @@ func (x *GetSessionRequest) String() string {
 func (*GetSessionRequest) ProtoMessage() {}
 
 func (x *GetSessionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[14]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1855,7 +2330,7 @@ func (x *GetSessionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSessionRequest.ProtoReflect.Descriptor instead.
 func (*GetSessionRequest) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{14}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *GetSessionRequest) GetSessionId() string {
@@ -1885,7 +2360,7 @@ type GetSessionResponse struct {
 
 func (x *GetSessionResponse) Reset() {
 	*x = GetSessionResponse{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[15]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1897,7 +2372,7 @@ func (x *GetSessionResponse) String() string {
 func (*GetSessionResponse) ProtoMessage() {}
 
 func (x *GetSessionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[15]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1910,7 +2385,7 @@ func (x *GetSessionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSessionResponse.ProtoReflect.Descriptor instead.
 func (*GetSessionResponse) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{15}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *GetSessionResponse) GetSession() *SessionInfo {
@@ -1942,7 +2417,7 @@ type ForkSessionRequest struct {
 
 func (x *ForkSessionRequest) Reset() {
 	*x = ForkSessionRequest{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[16]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1954,7 +2429,7 @@ func (x *ForkSessionRequest) String() string {
 func (*ForkSessionRequest) ProtoMessage() {}
 
 func (x *ForkSessionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[16]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1967,7 +2442,7 @@ func (x *ForkSessionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ForkSessionRequest.ProtoReflect.Descriptor instead.
 func (*ForkSessionRequest) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{16}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ForkSessionRequest) GetSessionId() string {
@@ -2002,7 +2477,7 @@ type ForkSessionResponse struct {
 
 func (x *ForkSessionResponse) Reset() {
 	*x = ForkSessionResponse{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[17]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2014,7 +2489,7 @@ func (x *ForkSessionResponse) String() string {
 func (*ForkSessionResponse) ProtoMessage() {}
 
 func (x *ForkSessionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[17]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2027,7 +2502,7 @@ func (x *ForkSessionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ForkSessionResponse.ProtoReflect.Descriptor instead.
 func (*ForkSessionResponse) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{17}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ForkSessionResponse) GetSession() *SessionInfo {
@@ -2050,7 +2525,7 @@ type RollbackSessionRequest struct {
 
 func (x *RollbackSessionRequest) Reset() {
 	*x = RollbackSessionRequest{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[18]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2062,7 +2537,7 @@ func (x *RollbackSessionRequest) String() string {
 func (*RollbackSessionRequest) ProtoMessage() {}
 
 func (x *RollbackSessionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[18]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2075,7 +2550,7 @@ func (x *RollbackSessionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RollbackSessionRequest.ProtoReflect.Descriptor instead.
 func (*RollbackSessionRequest) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{18}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *RollbackSessionRequest) GetSessionId() string {
@@ -2103,7 +2578,7 @@ type RollbackSessionResponse struct {
 
 func (x *RollbackSessionResponse) Reset() {
 	*x = RollbackSessionResponse{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[19]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2115,7 +2590,7 @@ func (x *RollbackSessionResponse) String() string {
 func (*RollbackSessionResponse) ProtoMessage() {}
 
 func (x *RollbackSessionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[19]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2128,7 +2603,7 @@ func (x *RollbackSessionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RollbackSessionResponse.ProtoReflect.Descriptor instead.
 func (*RollbackSessionResponse) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{19}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *RollbackSessionResponse) GetSession() *SessionInfo {
@@ -2149,7 +2624,7 @@ type CloseSessionRequest struct {
 
 func (x *CloseSessionRequest) Reset() {
 	*x = CloseSessionRequest{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[20]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2161,7 +2636,7 @@ func (x *CloseSessionRequest) String() string {
 func (*CloseSessionRequest) ProtoMessage() {}
 
 func (x *CloseSessionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[20]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2174,7 +2649,7 @@ func (x *CloseSessionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CloseSessionRequest.ProtoReflect.Descriptor instead.
 func (*CloseSessionRequest) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{20}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *CloseSessionRequest) GetSessionId() string {
@@ -2193,7 +2668,7 @@ type CloseSessionResponse struct {
 
 func (x *CloseSessionResponse) Reset() {
 	*x = CloseSessionResponse{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[21]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2205,7 +2680,7 @@ func (x *CloseSessionResponse) String() string {
 func (*CloseSessionResponse) ProtoMessage() {}
 
 func (x *CloseSessionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[21]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2218,7 +2693,7 @@ func (x *CloseSessionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CloseSessionResponse.ProtoReflect.Descriptor instead.
 func (*CloseSessionResponse) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{21}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{29}
 }
 
 // CancelTurnRequest names the session whose running turn to cancel.
@@ -2232,7 +2707,7 @@ type CancelTurnRequest struct {
 
 func (x *CancelTurnRequest) Reset() {
 	*x = CancelTurnRequest{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[22]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2244,7 +2719,7 @@ func (x *CancelTurnRequest) String() string {
 func (*CancelTurnRequest) ProtoMessage() {}
 
 func (x *CancelTurnRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[22]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2257,7 +2732,7 @@ func (x *CancelTurnRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelTurnRequest.ProtoReflect.Descriptor instead.
 func (*CancelTurnRequest) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{22}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *CancelTurnRequest) GetSessionId() string {
@@ -2278,7 +2753,7 @@ type CancelTurnResponse struct {
 
 func (x *CancelTurnResponse) Reset() {
 	*x = CancelTurnResponse{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[23]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2290,7 +2765,7 @@ func (x *CancelTurnResponse) String() string {
 func (*CancelTurnResponse) ProtoMessage() {}
 
 func (x *CancelTurnResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[23]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2303,7 +2778,7 @@ func (x *CancelTurnResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelTurnResponse.ProtoReflect.Descriptor instead.
 func (*CancelTurnResponse) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{23}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *CancelTurnResponse) GetCancelled() bool {
@@ -2331,7 +2806,7 @@ type LogprobEntry struct {
 
 func (x *LogprobEntry) Reset() {
 	*x = LogprobEntry{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[24]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2343,7 +2818,7 @@ func (x *LogprobEntry) String() string {
 func (*LogprobEntry) ProtoMessage() {}
 
 func (x *LogprobEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[24]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2356,7 +2831,7 @@ func (x *LogprobEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LogprobEntry.ProtoReflect.Descriptor instead.
 func (*LogprobEntry) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{24}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *LogprobEntry) GetTokenId() int32 {
@@ -2400,7 +2875,7 @@ type TokenLogprob struct {
 
 func (x *TokenLogprob) Reset() {
 	*x = TokenLogprob{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[25]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2412,7 +2887,7 @@ func (x *TokenLogprob) String() string {
 func (*TokenLogprob) ProtoMessage() {}
 
 func (x *TokenLogprob) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[25]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2425,7 +2900,7 @@ func (x *TokenLogprob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TokenLogprob.ProtoReflect.Descriptor instead.
 func (*TokenLogprob) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{25}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *TokenLogprob) GetChosen() *LogprobEntry {
@@ -2470,7 +2945,7 @@ type GenerateChunk struct {
 
 func (x *GenerateChunk) Reset() {
 	*x = GenerateChunk{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[26]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2482,7 +2957,7 @@ func (x *GenerateChunk) String() string {
 func (*GenerateChunk) ProtoMessage() {}
 
 func (x *GenerateChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[26]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2495,7 +2970,7 @@ func (x *GenerateChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GenerateChunk.ProtoReflect.Descriptor instead.
 func (*GenerateChunk) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{26}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *GenerateChunk) GetText() string {
@@ -2580,7 +3055,7 @@ type Usage struct {
 
 func (x *Usage) Reset() {
 	*x = Usage{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[27]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2592,7 +3067,7 @@ func (x *Usage) String() string {
 func (*Usage) ProtoMessage() {}
 
 func (x *Usage) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[27]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2605,7 +3080,7 @@ func (x *Usage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Usage.ProtoReflect.Descriptor instead.
 func (*Usage) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{27}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *Usage) GetPromptTokens() uint32 {
@@ -2680,7 +3155,7 @@ type SessionCommit struct {
 
 func (x *SessionCommit) Reset() {
 	*x = SessionCommit{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[28]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2692,7 +3167,7 @@ func (x *SessionCommit) String() string {
 func (*SessionCommit) ProtoMessage() {}
 
 func (x *SessionCommit) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[28]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2705,7 +3180,7 @@ func (x *SessionCommit) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SessionCommit.ProtoReflect.Descriptor instead.
 func (*SessionCommit) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{28}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *SessionCommit) GetTurns() uint32 {
@@ -2753,7 +3228,7 @@ type GenerateFinal struct {
 
 func (x *GenerateFinal) Reset() {
 	*x = GenerateFinal{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[29]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2765,7 +3240,7 @@ func (x *GenerateFinal) String() string {
 func (*GenerateFinal) ProtoMessage() {}
 
 func (x *GenerateFinal) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[29]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2778,7 +3253,7 @@ func (x *GenerateFinal) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GenerateFinal.ProtoReflect.Descriptor instead.
 func (*GenerateFinal) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{29}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *GenerateFinal) GetFinishReason() FinishReason {
@@ -2840,7 +3315,7 @@ type GenerateResponse struct {
 
 func (x *GenerateResponse) Reset() {
 	*x = GenerateResponse{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[30]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2852,7 +3327,7 @@ func (x *GenerateResponse) String() string {
 func (*GenerateResponse) ProtoMessage() {}
 
 func (x *GenerateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[30]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2865,7 +3340,7 @@ func (x *GenerateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GenerateResponse.ProtoReflect.Descriptor instead.
 func (*GenerateResponse) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{30}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *GenerateResponse) GetEvent() isGenerateResponse_Event {
@@ -2927,7 +3402,7 @@ type EmbedInput struct {
 
 func (x *EmbedInput) Reset() {
 	*x = EmbedInput{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[31]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2939,7 +3414,7 @@ func (x *EmbedInput) String() string {
 func (*EmbedInput) ProtoMessage() {}
 
 func (x *EmbedInput) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[31]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2952,7 +3427,7 @@ func (x *EmbedInput) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EmbedInput.ProtoReflect.Descriptor instead.
 func (*EmbedInput) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{31}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *EmbedInput) GetInput() isEmbedInput_Input {
@@ -3019,7 +3494,7 @@ type EmbedRequest struct {
 
 func (x *EmbedRequest) Reset() {
 	*x = EmbedRequest{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[32]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3031,7 +3506,7 @@ func (x *EmbedRequest) String() string {
 func (*EmbedRequest) ProtoMessage() {}
 
 func (x *EmbedRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[32]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3044,7 +3519,7 @@ func (x *EmbedRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EmbedRequest.ProtoReflect.Descriptor instead.
 func (*EmbedRequest) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{32}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *EmbedRequest) GetModel() string {
@@ -3088,7 +3563,7 @@ type Embedding struct {
 
 func (x *Embedding) Reset() {
 	*x = Embedding{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[33]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3100,7 +3575,7 @@ func (x *Embedding) String() string {
 func (*Embedding) ProtoMessage() {}
 
 func (x *Embedding) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[33]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3113,7 +3588,7 @@ func (x *Embedding) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Embedding.ProtoReflect.Descriptor instead.
 func (*Embedding) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{33}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *Embedding) GetValues() []float32 {
@@ -3143,7 +3618,7 @@ type EmbedResponse struct {
 
 func (x *EmbedResponse) Reset() {
 	*x = EmbedResponse{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[34]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3155,7 +3630,7 @@ func (x *EmbedResponse) String() string {
 func (*EmbedResponse) ProtoMessage() {}
 
 func (x *EmbedResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[34]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3168,7 +3643,7 @@ func (x *EmbedResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EmbedResponse.ProtoReflect.Descriptor instead.
 func (*EmbedResponse) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{34}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *EmbedResponse) GetEmbeddings() []*Embedding {
@@ -3204,7 +3679,7 @@ type TokenizeRequest struct {
 
 func (x *TokenizeRequest) Reset() {
 	*x = TokenizeRequest{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[35]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3216,7 +3691,7 @@ func (x *TokenizeRequest) String() string {
 func (*TokenizeRequest) ProtoMessage() {}
 
 func (x *TokenizeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[35]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3229,7 +3704,7 @@ func (x *TokenizeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TokenizeRequest.ProtoReflect.Descriptor instead.
 func (*TokenizeRequest) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{35}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *TokenizeRequest) GetModel() string {
@@ -3285,7 +3760,7 @@ type TokenPiece struct {
 
 func (x *TokenPiece) Reset() {
 	*x = TokenPiece{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[36]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3297,7 +3772,7 @@ func (x *TokenPiece) String() string {
 func (*TokenPiece) ProtoMessage() {}
 
 func (x *TokenPiece) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[36]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3310,7 +3785,7 @@ func (x *TokenPiece) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TokenPiece.ProtoReflect.Descriptor instead.
 func (*TokenPiece) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{36}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *TokenPiece) GetId() int32 {
@@ -3376,7 +3851,7 @@ type TokenizeResponse struct {
 
 func (x *TokenizeResponse) Reset() {
 	*x = TokenizeResponse{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[37]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3388,7 +3863,7 @@ func (x *TokenizeResponse) String() string {
 func (*TokenizeResponse) ProtoMessage() {}
 
 func (x *TokenizeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[37]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3401,7 +3876,7 @@ func (x *TokenizeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TokenizeResponse.ProtoReflect.Descriptor instead.
 func (*TokenizeResponse) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{37}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *TokenizeResponse) GetTokenIds() []int32 {
@@ -3433,7 +3908,7 @@ type DetokenizeRequest struct {
 
 func (x *DetokenizeRequest) Reset() {
 	*x = DetokenizeRequest{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[38]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3445,7 +3920,7 @@ func (x *DetokenizeRequest) String() string {
 func (*DetokenizeRequest) ProtoMessage() {}
 
 func (x *DetokenizeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[38]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3458,7 +3933,7 @@ func (x *DetokenizeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DetokenizeRequest.ProtoReflect.Descriptor instead.
 func (*DetokenizeRequest) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{38}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *DetokenizeRequest) GetModel() string {
@@ -3493,7 +3968,7 @@ type DetokenizeResponse struct {
 
 func (x *DetokenizeResponse) Reset() {
 	*x = DetokenizeResponse{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[39]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3505,7 +3980,7 @@ func (x *DetokenizeResponse) String() string {
 func (*DetokenizeResponse) ProtoMessage() {}
 
 func (x *DetokenizeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[39]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3518,7 +3993,7 @@ func (x *DetokenizeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DetokenizeResponse.ProtoReflect.Descriptor instead.
 func (*DetokenizeResponse) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{39}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *DetokenizeResponse) GetText() string {
@@ -3553,7 +4028,7 @@ type Device struct {
 
 func (x *Device) Reset() {
 	*x = Device{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[40]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3565,7 +4040,7 @@ func (x *Device) String() string {
 func (*Device) ProtoMessage() {}
 
 func (x *Device) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[40]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3578,7 +4053,7 @@ func (x *Device) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Device.ProtoReflect.Descriptor instead.
 func (*Device) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{40}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *Device) GetName() string {
@@ -3669,7 +4144,7 @@ type DevicePlacement struct {
 
 func (x *DevicePlacement) Reset() {
 	*x = DevicePlacement{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[41]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3681,7 +4156,7 @@ func (x *DevicePlacement) String() string {
 func (*DevicePlacement) ProtoMessage() {}
 
 func (x *DevicePlacement) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[41]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3694,7 +4169,7 @@ func (x *DevicePlacement) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DevicePlacement.ProtoReflect.Descriptor instead.
 func (*DevicePlacement) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{41}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *DevicePlacement) GetBackend() string {
@@ -3775,7 +4250,7 @@ type EmbeddingDimensions struct {
 
 func (x *EmbeddingDimensions) Reset() {
 	*x = EmbeddingDimensions{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[42]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3787,7 +4262,7 @@ func (x *EmbeddingDimensions) String() string {
 func (*EmbeddingDimensions) ProtoMessage() {}
 
 func (x *EmbeddingDimensions) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[42]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3800,7 +4275,7 @@ func (x *EmbeddingDimensions) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EmbeddingDimensions.ProtoReflect.Descriptor instead.
 func (*EmbeddingDimensions) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{42}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *EmbeddingDimensions) GetAny() bool {
@@ -3853,13 +4328,18 @@ type ModelInfo struct {
 	// The widths EmbedRequest.dimensions may ask for; unset when the model's embeddings must not
 	// be truncated (the default: only a model trained for it gives meaningful shorter vectors).
 	EmbeddingDimensions *EmbeddingDimensions `protobuf:"bytes,20,opt,name=embedding_dimensions,json=embeddingDimensions,proto3" json:"embedding_dimensions,omitempty"`
-	unknownFields       protoimpl.UnknownFields
-	sizeCache           protoimpl.SizeCache
+	// The LoRA adapters the worker loaded, with their current scales (as ListLoraAdapters).
+	Adapters []*LoraAdapter `protobuf:"bytes,24,rep,name=adapters,proto3" json:"adapters,omitempty"`
+	// Whether the model's vocabulary has fill-in-the-middle tokens (prefix, suffix and middle),
+	// so that GenerateRequest.infill can be served.
+	FillInMiddle  bool `protobuf:"varint,25,opt,name=fill_in_middle,json=fillInMiddle,proto3" json:"fill_in_middle,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ModelInfo) Reset() {
 	*x = ModelInfo{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[43]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3871,7 +4351,7 @@ func (x *ModelInfo) String() string {
 func (*ModelInfo) ProtoMessage() {}
 
 func (x *ModelInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[43]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3884,7 +4364,7 @@ func (x *ModelInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ModelInfo.ProtoReflect.Descriptor instead.
 func (*ModelInfo) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{43}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *ModelInfo) GetAlias() string {
@@ -3999,6 +4479,121 @@ func (x *ModelInfo) GetEmbeddingDimensions() *EmbeddingDimensions {
 	return nil
 }
 
+func (x *ModelInfo) GetAdapters() []*LoraAdapter {
+	if x != nil {
+		return x.Adapters
+	}
+	return nil
+}
+
+func (x *ModelInfo) GetFillInMiddle() bool {
+	if x != nil {
+		return x.FillInMiddle
+	}
+	return false
+}
+
+// ApplyChatTemplateRequest asks for the prompt text of a conversation.
+type ApplyChatTemplateRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The model alias. Empty means the worker's only model.
+	Model string `protobuf:"bytes,1,opt,name=model,proto3" json:"model,omitempty"`
+	// The conversation to render, checked as a Generate call's chat input is.
+	Chat          *ChatConversation `protobuf:"bytes,2,opt,name=chat,proto3" json:"chat,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ApplyChatTemplateRequest) Reset() {
+	*x = ApplyChatTemplateRequest{}
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[52]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ApplyChatTemplateRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ApplyChatTemplateRequest) ProtoMessage() {}
+
+func (x *ApplyChatTemplateRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[52]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ApplyChatTemplateRequest.ProtoReflect.Descriptor instead.
+func (*ApplyChatTemplateRequest) Descriptor() ([]byte, []int) {
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{52}
+}
+
+func (x *ApplyChatTemplateRequest) GetModel() string {
+	if x != nil {
+		return x.Model
+	}
+	return ""
+}
+
+func (x *ApplyChatTemplateRequest) GetChat() *ChatConversation {
+	if x != nil {
+		return x.Chat
+	}
+	return nil
+}
+
+// ApplyChatTemplateResponse holds the prompt text of a conversation.
+type ApplyChatTemplateResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The chat template's rendering of the messages and the opening of the assistant's turn.
+	Prompt        string `protobuf:"bytes,1,opt,name=prompt,proto3" json:"prompt,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ApplyChatTemplateResponse) Reset() {
+	*x = ApplyChatTemplateResponse{}
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[53]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ApplyChatTemplateResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ApplyChatTemplateResponse) ProtoMessage() {}
+
+func (x *ApplyChatTemplateResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[53]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ApplyChatTemplateResponse.ProtoReflect.Descriptor instead.
+func (*ApplyChatTemplateResponse) Descriptor() ([]byte, []int) {
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{53}
+}
+
+func (x *ApplyChatTemplateResponse) GetPrompt() string {
+	if x != nil {
+		return x.Prompt
+	}
+	return ""
+}
+
 // GetModelInfoRequest names the model to describe.
 type GetModelInfoRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -4010,7 +4605,7 @@ type GetModelInfoRequest struct {
 
 func (x *GetModelInfoRequest) Reset() {
 	*x = GetModelInfoRequest{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[44]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4022,7 +4617,7 @@ func (x *GetModelInfoRequest) String() string {
 func (*GetModelInfoRequest) ProtoMessage() {}
 
 func (x *GetModelInfoRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[44]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4035,7 +4630,7 @@ func (x *GetModelInfoRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetModelInfoRequest.ProtoReflect.Descriptor instead.
 func (*GetModelInfoRequest) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{44}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *GetModelInfoRequest) GetModel() string {
@@ -4056,7 +4651,7 @@ type GetModelInfoResponse struct {
 
 func (x *GetModelInfoResponse) Reset() {
 	*x = GetModelInfoResponse{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[45]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4068,7 +4663,7 @@ func (x *GetModelInfoResponse) String() string {
 func (*GetModelInfoResponse) ProtoMessage() {}
 
 func (x *GetModelInfoResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[45]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4081,7 +4676,7 @@ func (x *GetModelInfoResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetModelInfoResponse.ProtoReflect.Descriptor instead.
 func (*GetModelInfoResponse) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{45}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *GetModelInfoResponse) GetInfo() *ModelInfo {
@@ -4100,7 +4695,7 @@ type ListModelsRequest struct {
 
 func (x *ListModelsRequest) Reset() {
 	*x = ListModelsRequest{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[46]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4112,7 +4707,7 @@ func (x *ListModelsRequest) String() string {
 func (*ListModelsRequest) ProtoMessage() {}
 
 func (x *ListModelsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[46]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4125,7 +4720,7 @@ func (x *ListModelsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListModelsRequest.ProtoReflect.Descriptor instead.
 func (*ListModelsRequest) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{46}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{56}
 }
 
 // ListModelsResponse lists every model a worker serves.
@@ -4139,7 +4734,7 @@ type ListModelsResponse struct {
 
 func (x *ListModelsResponse) Reset() {
 	*x = ListModelsResponse{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[47]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4151,7 +4746,7 @@ func (x *ListModelsResponse) String() string {
 func (*ListModelsResponse) ProtoMessage() {}
 
 func (x *ListModelsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[47]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4164,7 +4759,7 @@ func (x *ListModelsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListModelsResponse.ProtoReflect.Descriptor instead.
 func (*ListModelsResponse) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{47}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *ListModelsResponse) GetModels() []*ModelInfo {
@@ -4183,7 +4778,7 @@ type GetLoadRequest struct {
 
 func (x *GetLoadRequest) Reset() {
 	*x = GetLoadRequest{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[48]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4195,7 +4790,7 @@ func (x *GetLoadRequest) String() string {
 func (*GetLoadRequest) ProtoMessage() {}
 
 func (x *GetLoadRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[48]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4208,7 +4803,7 @@ func (x *GetLoadRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetLoadRequest.ProtoReflect.Descriptor instead.
 func (*GetLoadRequest) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{48}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{58}
 }
 
 // GetLoadResponse is a snapshot of the worker's load, taken between two engine steps.
@@ -4255,7 +4850,7 @@ type GetLoadResponse struct {
 
 func (x *GetLoadResponse) Reset() {
 	*x = GetLoadResponse{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[49]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4267,7 +4862,7 @@ func (x *GetLoadResponse) String() string {
 func (*GetLoadResponse) ProtoMessage() {}
 
 func (x *GetLoadResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[49]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4280,7 +4875,7 @@ func (x *GetLoadResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetLoadResponse.ProtoReflect.Descriptor instead.
 func (*GetLoadResponse) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{49}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{59}
 }
 
 func (x *GetLoadResponse) GetActiveRequests() uint32 {
@@ -4418,7 +5013,7 @@ type RelayRequest struct {
 
 func (x *RelayRequest) Reset() {
 	*x = RelayRequest{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[50]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[60]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4430,7 +5025,7 @@ func (x *RelayRequest) String() string {
 func (*RelayRequest) ProtoMessage() {}
 
 func (x *RelayRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[50]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[60]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4443,7 +5038,7 @@ func (x *RelayRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RelayRequest.ProtoReflect.Descriptor instead.
 func (*RelayRequest) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{50}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{60}
 }
 
 func (x *RelayRequest) GetAction() isRelayRequest_Action {
@@ -4507,7 +5102,7 @@ type RelayStart struct {
 
 func (x *RelayStart) Reset() {
 	*x = RelayStart{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[51]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[61]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4519,7 +5114,7 @@ func (x *RelayStart) String() string {
 func (*RelayStart) ProtoMessage() {}
 
 func (x *RelayStart) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[51]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[61]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4532,7 +5127,7 @@ func (x *RelayStart) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RelayStart.ProtoReflect.Descriptor instead.
 func (*RelayStart) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{51}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{61}
 }
 
 func (x *RelayStart) GetTag() uint64 {
@@ -4573,7 +5168,7 @@ type RelayError struct {
 
 func (x *RelayError) Reset() {
 	*x = RelayError{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[52]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[62]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4585,7 +5180,7 @@ func (x *RelayError) String() string {
 func (*RelayError) ProtoMessage() {}
 
 func (x *RelayError) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[52]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[62]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4598,7 +5193,7 @@ func (x *RelayError) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RelayError.ProtoReflect.Descriptor instead.
 func (*RelayError) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{52}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{62}
 }
 
 func (x *RelayError) GetCode() int32 {
@@ -4641,7 +5236,7 @@ type RelayEvent struct {
 
 func (x *RelayEvent) Reset() {
 	*x = RelayEvent{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[53]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[63]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4653,7 +5248,7 @@ func (x *RelayEvent) String() string {
 func (*RelayEvent) ProtoMessage() {}
 
 func (x *RelayEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[53]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[63]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4666,7 +5261,7 @@ func (x *RelayEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RelayEvent.ProtoReflect.Descriptor instead.
 func (*RelayEvent) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{53}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{63}
 }
 
 func (x *RelayEvent) GetTag() uint64 {
@@ -4749,7 +5344,7 @@ type RelayResponse struct {
 
 func (x *RelayResponse) Reset() {
 	*x = RelayResponse{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[54]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[64]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4761,7 +5356,7 @@ func (x *RelayResponse) String() string {
 func (*RelayResponse) ProtoMessage() {}
 
 func (x *RelayResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[54]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[64]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4774,7 +5369,7 @@ func (x *RelayResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RelayResponse.ProtoReflect.Descriptor instead.
 func (*RelayResponse) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{54}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{64}
 }
 
 func (x *RelayResponse) GetEvents() []*RelayEvent {
@@ -4782,6 +5377,639 @@ func (x *RelayResponse) GetEvents() []*RelayEvent {
 		return x.Events
 	}
 	return nil
+}
+
+// GetSlotsRequest asks for the state of every slot of a worker.
+type GetSlotsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The model alias. Empty means the worker's only model.
+	Model         string `protobuf:"bytes,1,opt,name=model,proto3" json:"model,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetSlotsRequest) Reset() {
+	*x = GetSlotsRequest{}
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[65]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetSlotsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetSlotsRequest) ProtoMessage() {}
+
+func (x *GetSlotsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[65]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetSlotsRequest.ProtoReflect.Descriptor instead.
+func (*GetSlotsRequest) Descriptor() ([]byte, []int) {
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{65}
+}
+
+func (x *GetSlotsRequest) GetModel() string {
+	if x != nil {
+		return x.Model
+	}
+	return ""
+}
+
+// SlotState is the state of one slot, as GetSlots reports it.
+type SlotState struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The slot's id on this worker, from 0.
+	Id uint32 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	// The most tokens the slot holds: the context divided among the slots.
+	NCtx uint32 `protobuf:"varint,2,opt,name=n_ctx,json=nCtx,proto3" json:"n_ctx,omitempty"`
+	// Whether a request runs in the slot.
+	Processing bool `protobuf:"varint,3,opt,name=processing,proto3" json:"processing,omitempty"`
+	// The request_id of the request running in the slot; empty when idle.
+	RequestId string `protobuf:"bytes,4,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	// The session the running request is a turn of; empty when none.
+	SessionId string `protobuf:"bytes,5,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
+	// Tokens whose KV cells the slot holds: a running request's decoded tokens, or an idle
+	// slot's cached prefix.
+	TokensCached uint32 `protobuf:"varint,6,opt,name=tokens_cached,json=tokensCached,proto3" json:"tokens_cached,omitempty"`
+	// The running request's prompt tokens; 0 when idle.
+	PromptTokens uint32 `protobuf:"varint,7,opt,name=prompt_tokens,json=promptTokens,proto3" json:"prompt_tokens,omitempty"`
+	// Tokens the running request has generated so far; 0 when idle.
+	GeneratedTokens uint32 `protobuf:"varint,8,opt,name=generated_tokens,json=generatedTokens,proto3" json:"generated_tokens,omitempty"`
+	// The most tokens the running request may generate; 0 when idle.
+	MaxTokens uint32 `protobuf:"varint,9,opt,name=max_tokens,json=maxTokens,proto3" json:"max_tokens,omitempty"`
+	// The choice the slot generates, for a request of several choices (GenerateRequest.n).
+	Choice uint32 `protobuf:"varint,10,opt,name=choice,proto3" json:"choice,omitempty"`
+	// The running request's sampling settings with every default filled in; the defaults when
+	// the slot is idle. Grammar, JSON schema and logit_bias are left out.
+	Sampling      *SamplingParams `protobuf:"bytes,11,opt,name=sampling,proto3" json:"sampling,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SlotState) Reset() {
+	*x = SlotState{}
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[66]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SlotState) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SlotState) ProtoMessage() {}
+
+func (x *SlotState) ProtoReflect() protoreflect.Message {
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[66]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SlotState.ProtoReflect.Descriptor instead.
+func (*SlotState) Descriptor() ([]byte, []int) {
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{66}
+}
+
+func (x *SlotState) GetId() uint32 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *SlotState) GetNCtx() uint32 {
+	if x != nil {
+		return x.NCtx
+	}
+	return 0
+}
+
+func (x *SlotState) GetProcessing() bool {
+	if x != nil {
+		return x.Processing
+	}
+	return false
+}
+
+func (x *SlotState) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
+func (x *SlotState) GetSessionId() string {
+	if x != nil {
+		return x.SessionId
+	}
+	return ""
+}
+
+func (x *SlotState) GetTokensCached() uint32 {
+	if x != nil {
+		return x.TokensCached
+	}
+	return 0
+}
+
+func (x *SlotState) GetPromptTokens() uint32 {
+	if x != nil {
+		return x.PromptTokens
+	}
+	return 0
+}
+
+func (x *SlotState) GetGeneratedTokens() uint32 {
+	if x != nil {
+		return x.GeneratedTokens
+	}
+	return 0
+}
+
+func (x *SlotState) GetMaxTokens() uint32 {
+	if x != nil {
+		return x.MaxTokens
+	}
+	return 0
+}
+
+func (x *SlotState) GetChoice() uint32 {
+	if x != nil {
+		return x.Choice
+	}
+	return 0
+}
+
+func (x *SlotState) GetSampling() *SamplingParams {
+	if x != nil {
+		return x.Sampling
+	}
+	return nil
+}
+
+// GetSlotsResponse lists the slots of the worker.
+type GetSlotsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Every slot, in id order.
+	Slots         []*SlotState `protobuf:"bytes,1,rep,name=slots,proto3" json:"slots,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetSlotsResponse) Reset() {
+	*x = GetSlotsResponse{}
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[67]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetSlotsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetSlotsResponse) ProtoMessage() {}
+
+func (x *GetSlotsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[67]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetSlotsResponse.ProtoReflect.Descriptor instead.
+func (*GetSlotsResponse) Descriptor() ([]byte, []int) {
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{67}
+}
+
+func (x *GetSlotsResponse) GetSlots() []*SlotState {
+	if x != nil {
+		return x.Slots
+	}
+	return nil
+}
+
+// SaveSlotRequest names a slot and the file to save it to.
+type SaveSlotRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The model alias. Empty means the worker's only model.
+	Model string `protobuf:"bytes,1,opt,name=model,proto3" json:"model,omitempty"`
+	// The slot's id on this worker.
+	Id uint32 `protobuf:"varint,2,opt,name=id,proto3" json:"id,omitempty"`
+	// A plain file name inside --slot-save-path: 1 to 200 bytes of UTF-8, without '/', '\',
+	// control characters or "..", not starting with '.'.
+	Filename      string `protobuf:"bytes,3,opt,name=filename,proto3" json:"filename,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SaveSlotRequest) Reset() {
+	*x = SaveSlotRequest{}
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[68]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SaveSlotRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SaveSlotRequest) ProtoMessage() {}
+
+func (x *SaveSlotRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[68]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SaveSlotRequest.ProtoReflect.Descriptor instead.
+func (*SaveSlotRequest) Descriptor() ([]byte, []int) {
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{68}
+}
+
+func (x *SaveSlotRequest) GetModel() string {
+	if x != nil {
+		return x.Model
+	}
+	return ""
+}
+
+func (x *SaveSlotRequest) GetId() uint32 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *SaveSlotRequest) GetFilename() string {
+	if x != nil {
+		return x.Filename
+	}
+	return ""
+}
+
+// SaveSlotResponse says what was saved.
+type SaveSlotResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The slot's id.
+	Id uint32 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	// The file written.
+	Filename string `protobuf:"bytes,2,opt,name=filename,proto3" json:"filename,omitempty"`
+	// The tokens saved.
+	TokensSaved uint32 `protobuf:"varint,3,opt,name=tokens_saved,json=tokensSaved,proto3" json:"tokens_saved,omitempty"`
+	// The bytes written to the file.
+	BytesWritten uint64 `protobuf:"varint,4,opt,name=bytes_written,json=bytesWritten,proto3" json:"bytes_written,omitempty"`
+	// Milliseconds the save took.
+	SaveMs        float64 `protobuf:"fixed64,5,opt,name=save_ms,json=saveMs,proto3" json:"save_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SaveSlotResponse) Reset() {
+	*x = SaveSlotResponse{}
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[69]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SaveSlotResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SaveSlotResponse) ProtoMessage() {}
+
+func (x *SaveSlotResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[69]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SaveSlotResponse.ProtoReflect.Descriptor instead.
+func (*SaveSlotResponse) Descriptor() ([]byte, []int) {
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{69}
+}
+
+func (x *SaveSlotResponse) GetId() uint32 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *SaveSlotResponse) GetFilename() string {
+	if x != nil {
+		return x.Filename
+	}
+	return ""
+}
+
+func (x *SaveSlotResponse) GetTokensSaved() uint32 {
+	if x != nil {
+		return x.TokensSaved
+	}
+	return 0
+}
+
+func (x *SaveSlotResponse) GetBytesWritten() uint64 {
+	if x != nil {
+		return x.BytesWritten
+	}
+	return 0
+}
+
+func (x *SaveSlotResponse) GetSaveMs() float64 {
+	if x != nil {
+		return x.SaveMs
+	}
+	return 0
+}
+
+// RestoreSlotRequest names a slot and the file to restore into it.
+type RestoreSlotRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The model alias. Empty means the worker's only model.
+	Model string `protobuf:"bytes,1,opt,name=model,proto3" json:"model,omitempty"`
+	// The slot's id on this worker.
+	Id uint32 `protobuf:"varint,2,opt,name=id,proto3" json:"id,omitempty"`
+	// A file name inside --slot-save-path, under the same rules as SaveSlotRequest.filename.
+	Filename      string `protobuf:"bytes,3,opt,name=filename,proto3" json:"filename,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RestoreSlotRequest) Reset() {
+	*x = RestoreSlotRequest{}
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[70]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RestoreSlotRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RestoreSlotRequest) ProtoMessage() {}
+
+func (x *RestoreSlotRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[70]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RestoreSlotRequest.ProtoReflect.Descriptor instead.
+func (*RestoreSlotRequest) Descriptor() ([]byte, []int) {
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{70}
+}
+
+func (x *RestoreSlotRequest) GetModel() string {
+	if x != nil {
+		return x.Model
+	}
+	return ""
+}
+
+func (x *RestoreSlotRequest) GetId() uint32 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *RestoreSlotRequest) GetFilename() string {
+	if x != nil {
+		return x.Filename
+	}
+	return ""
+}
+
+// RestoreSlotResponse says what was restored.
+type RestoreSlotResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The slot's id.
+	Id uint32 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	// The file read.
+	Filename string `protobuf:"bytes,2,opt,name=filename,proto3" json:"filename,omitempty"`
+	// The tokens restored: the slot now holds their KV cells.
+	TokensRestored uint32 `protobuf:"varint,3,opt,name=tokens_restored,json=tokensRestored,proto3" json:"tokens_restored,omitempty"`
+	// The bytes read from the file.
+	BytesRead uint64 `protobuf:"varint,4,opt,name=bytes_read,json=bytesRead,proto3" json:"bytes_read,omitempty"`
+	// Milliseconds the restore took.
+	RestoreMs     float64 `protobuf:"fixed64,5,opt,name=restore_ms,json=restoreMs,proto3" json:"restore_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RestoreSlotResponse) Reset() {
+	*x = RestoreSlotResponse{}
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[71]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RestoreSlotResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RestoreSlotResponse) ProtoMessage() {}
+
+func (x *RestoreSlotResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[71]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RestoreSlotResponse.ProtoReflect.Descriptor instead.
+func (*RestoreSlotResponse) Descriptor() ([]byte, []int) {
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{71}
+}
+
+func (x *RestoreSlotResponse) GetId() uint32 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *RestoreSlotResponse) GetFilename() string {
+	if x != nil {
+		return x.Filename
+	}
+	return ""
+}
+
+func (x *RestoreSlotResponse) GetTokensRestored() uint32 {
+	if x != nil {
+		return x.TokensRestored
+	}
+	return 0
+}
+
+func (x *RestoreSlotResponse) GetBytesRead() uint64 {
+	if x != nil {
+		return x.BytesRead
+	}
+	return 0
+}
+
+func (x *RestoreSlotResponse) GetRestoreMs() float64 {
+	if x != nil {
+		return x.RestoreMs
+	}
+	return 0
+}
+
+// EraseSlotRequest names the slot whose cached tokens to drop.
+type EraseSlotRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The model alias. Empty means the worker's only model.
+	Model string `protobuf:"bytes,1,opt,name=model,proto3" json:"model,omitempty"`
+	// The slot's id on this worker.
+	Id            uint32 `protobuf:"varint,2,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EraseSlotRequest) Reset() {
+	*x = EraseSlotRequest{}
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[72]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EraseSlotRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EraseSlotRequest) ProtoMessage() {}
+
+func (x *EraseSlotRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[72]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EraseSlotRequest.ProtoReflect.Descriptor instead.
+func (*EraseSlotRequest) Descriptor() ([]byte, []int) {
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{72}
+}
+
+func (x *EraseSlotRequest) GetModel() string {
+	if x != nil {
+		return x.Model
+	}
+	return ""
+}
+
+func (x *EraseSlotRequest) GetId() uint32 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+// EraseSlotResponse says what was erased.
+type EraseSlotResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The slot's id.
+	Id uint32 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	// The tokens the slot held before.
+	TokensErased  uint32 `protobuf:"varint,2,opt,name=tokens_erased,json=tokensErased,proto3" json:"tokens_erased,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EraseSlotResponse) Reset() {
+	*x = EraseSlotResponse{}
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[73]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EraseSlotResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EraseSlotResponse) ProtoMessage() {}
+
+func (x *EraseSlotResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[73]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EraseSlotResponse.ProtoReflect.Descriptor instead.
+func (*EraseSlotResponse) Descriptor() ([]byte, []int) {
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{73}
+}
+
+func (x *EraseSlotResponse) GetId() uint32 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *EraseSlotResponse) GetTokensErased() uint32 {
+	if x != nil {
+		return x.TokensErased
+	}
+	return 0
 }
 
 var File_llamagrid_v1_inference_proto protoreflect.FileDescriptor
@@ -4896,12 +6124,13 @@ const file_llamagrid_v1_inference_proto_rawDesc = "" +
 	"\x12_dynatemp_exponentB\v\n" +
 	"\t_min_keepB\x12\n" +
 	"\x10_adaptive_targetB\x11\n" +
-	"\x0f_adaptive_decay\"\x88\x06\n" +
+	"\x0f_adaptive_decay\"\xe5\x06\n" +
 	"\x0fGenerateRequest\x12\x14\n" +
 	"\x05model\x18\x01 \x01(\tR\x05model\x12\x18\n" +
 	"\x06prompt\x18\x02 \x01(\tH\x00R\x06prompt\x121\n" +
 	"\x06tokens\x18\x03 \x01(\v2\x17.llamagrid.v1.TokenListH\x00R\x06tokens\x124\n" +
-	"\x04chat\x18\x04 \x01(\v2\x1e.llamagrid.v1.ChatConversationH\x00R\x04chat\x128\n" +
+	"\x04chat\x18\x04 \x01(\v2\x1e.llamagrid.v1.ChatConversationH\x00R\x04chat\x12.\n" +
+	"\x06infill\x18\x1b \x01(\v2\x14.llamagrid.v1.InfillH\x00R\x06infill\x128\n" +
 	"\bsampling\x18\x05 \x01(\v2\x1c.llamagrid.v1.SamplingParamsR\bsampling\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x06 \x01(\tR\trequestId\x122\n" +
@@ -4916,11 +6145,36 @@ const file_llamagrid_v1_inference_proto_rawDesc = "" +
 	"\x10reasoning_format\x18\r \x01(\x0e2\x1d.llamagrid.v1.ReasoningFormatR\x0freasoningFormat\x12\x11\n" +
 	"\x01n\x18\x14 \x01(\rH\x02R\x01n\x88\x01\x01\x12,\n" +
 	"\x0fprompt_logprobs\x18\x15 \x01(\rH\x03R\x0epromptLogprobs\x88\x01\x01\x12\x12\n" +
-	"\x04echo\x18\x16 \x01(\bR\x04echoB\a\n" +
+	"\x04echo\x18\x16 \x01(\bR\x04echo\x12+\n" +
+	"\x04lora\x18\x1a \x03(\v2\x17.llamagrid.v1.LoraScaleR\x04loraB\a\n" +
 	"\x05inputB\x16\n" +
 	"\x14_parallel_tool_callsB\x04\n" +
 	"\x02_nB\x12\n" +
-	"\x10_prompt_logprobs\"j\n" +
+	"\x10_prompt_logprobs\"1\n" +
+	"\tLoraScale\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\rR\x02id\x12\x14\n" +
+	"\x05scale\x18\x02 \x01(\x02R\x05scale\"G\n" +
+	"\vLoraAdapter\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\rR\x02id\x12\x12\n" +
+	"\x04path\x18\x02 \x01(\tR\x04path\x12\x14\n" +
+	"\x05scale\x18\x03 \x01(\x02R\x05scale\"/\n" +
+	"\x17ListLoraAdaptersRequest\x12\x14\n" +
+	"\x05model\x18\x01 \x01(\tR\x05model\"Q\n" +
+	"\x18ListLoraAdaptersResponse\x125\n" +
+	"\badapters\x18\x01 \x03(\v2\x19.llamagrid.v1.LoraAdapterR\badapters\"c\n" +
+	"\x16SetLoraAdaptersRequest\x12\x14\n" +
+	"\x05model\x18\x01 \x01(\tR\x05model\x123\n" +
+	"\badapters\x18\x02 \x03(\v2\x17.llamagrid.v1.LoraScaleR\badapters\"P\n" +
+	"\x17SetLoraAdaptersResponse\x125\n" +
+	"\badapters\x18\x01 \x03(\v2\x19.llamagrid.v1.LoraAdapterR\badapters\"\x81\x01\n" +
+	"\x06Infill\x12\x16\n" +
+	"\x06prefix\x18\x01 \x01(\tR\x06prefix\x12\x16\n" +
+	"\x06suffix\x18\x02 \x01(\tR\x06suffix\x12/\n" +
+	"\x05extra\x18\x03 \x03(\v2\x19.llamagrid.v1.InfillChunkR\x05extra\x12\x16\n" +
+	"\x06prompt\x18\x04 \x01(\tR\x06prompt\"=\n" +
+	"\vInfillChunk\x12\x1a\n" +
+	"\bfilename\x18\x01 \x01(\tR\bfilename\x12\x12\n" +
+	"\x04text\x18\x02 \x01(\tR\x04text\"j\n" +
 	"\n" +
 	"SessionRef\x12\x1d\n" +
 	"\n" +
@@ -5094,7 +6348,7 @@ const file_llamagrid_v1_inference_proto_rawDesc = "" +
 	"\ftotal_layers\x18\t \x01(\rR\vtotalLayers\"=\n" +
 	"\x13EmbeddingDimensions\x12\x10\n" +
 	"\x03any\x18\x01 \x01(\bR\x03any\x12\x14\n" +
-	"\x05sizes\x18\x02 \x03(\rR\x05sizes\"\xf5\x04\n" +
+	"\x05sizes\x18\x02 \x03(\rR\x05sizes\"\xd2\x05\n" +
 	"\tModelInfo\x12\x14\n" +
 	"\x05alias\x18\x01 \x01(\tR\x05alias\x12\x12\n" +
 	"\x04file\x18\x02 \x01(\tR\x04file\x12\x17\n" +
@@ -5114,7 +6368,14 @@ const file_llamagrid_v1_inference_proto_rawDesc = "" +
 	"vocab_size\x18\r \x01(\rR\tvocabSize\x12\x18\n" +
 	"\apooling\x18\x0e \x01(\tR\apooling\x12 \n" +
 	"\vdescription\x18\x0f \x01(\tR\vdescription\x12T\n" +
-	"\x14embedding_dimensions\x18\x14 \x01(\v2!.llamagrid.v1.EmbeddingDimensionsR\x13embeddingDimensions\"+\n" +
+	"\x14embedding_dimensions\x18\x14 \x01(\v2!.llamagrid.v1.EmbeddingDimensionsR\x13embeddingDimensions\x125\n" +
+	"\badapters\x18\x18 \x03(\v2\x19.llamagrid.v1.LoraAdapterR\badapters\x12$\n" +
+	"\x0efill_in_middle\x18\x19 \x01(\bR\ffillInMiddle\"d\n" +
+	"\x18ApplyChatTemplateRequest\x12\x14\n" +
+	"\x05model\x18\x01 \x01(\tR\x05model\x122\n" +
+	"\x04chat\x18\x02 \x01(\v2\x1e.llamagrid.v1.ChatConversationR\x04chat\"3\n" +
+	"\x19ApplyChatTemplateResponse\x12\x16\n" +
+	"\x06prompt\x18\x01 \x01(\tR\x06prompt\"+\n" +
 	"\x13GetModelInfoRequest\x12\x14\n" +
 	"\x05model\x18\x01 \x01(\tR\x05model\"C\n" +
 	"\x14GetModelInfoResponse\x12+\n" +
@@ -5165,7 +6426,57 @@ const file_llamagrid_v1_inference_proto_rawDesc = "" +
 	"\x05error\x18\x04 \x01(\v2\x18.llamagrid.v1.RelayErrorH\x00R\x05errorB\a\n" +
 	"\x05event\"A\n" +
 	"\rRelayResponse\x120\n" +
-	"\x06events\x18\x01 \x03(\v2\x18.llamagrid.v1.RelayEventR\x06events*\x87\x01\n" +
+	"\x06events\x18\x01 \x03(\v2\x18.llamagrid.v1.RelayEventR\x06events\"'\n" +
+	"\x0fGetSlotsRequest\x12\x14\n" +
+	"\x05model\x18\x01 \x01(\tR\x05model\"\xf4\x02\n" +
+	"\tSlotState\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\rR\x02id\x12\x13\n" +
+	"\x05n_ctx\x18\x02 \x01(\rR\x04nCtx\x12\x1e\n" +
+	"\n" +
+	"processing\x18\x03 \x01(\bR\n" +
+	"processing\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x04 \x01(\tR\trequestId\x12\x1d\n" +
+	"\n" +
+	"session_id\x18\x05 \x01(\tR\tsessionId\x12#\n" +
+	"\rtokens_cached\x18\x06 \x01(\rR\ftokensCached\x12#\n" +
+	"\rprompt_tokens\x18\a \x01(\rR\fpromptTokens\x12)\n" +
+	"\x10generated_tokens\x18\b \x01(\rR\x0fgeneratedTokens\x12\x1d\n" +
+	"\n" +
+	"max_tokens\x18\t \x01(\rR\tmaxTokens\x12\x16\n" +
+	"\x06choice\x18\n" +
+	" \x01(\rR\x06choice\x128\n" +
+	"\bsampling\x18\v \x01(\v2\x1c.llamagrid.v1.SamplingParamsR\bsampling\"A\n" +
+	"\x10GetSlotsResponse\x12-\n" +
+	"\x05slots\x18\x01 \x03(\v2\x17.llamagrid.v1.SlotStateR\x05slots\"S\n" +
+	"\x0fSaveSlotRequest\x12\x14\n" +
+	"\x05model\x18\x01 \x01(\tR\x05model\x12\x0e\n" +
+	"\x02id\x18\x02 \x01(\rR\x02id\x12\x1a\n" +
+	"\bfilename\x18\x03 \x01(\tR\bfilename\"\x9f\x01\n" +
+	"\x10SaveSlotResponse\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\rR\x02id\x12\x1a\n" +
+	"\bfilename\x18\x02 \x01(\tR\bfilename\x12!\n" +
+	"\ftokens_saved\x18\x03 \x01(\rR\vtokensSaved\x12#\n" +
+	"\rbytes_written\x18\x04 \x01(\x04R\fbytesWritten\x12\x17\n" +
+	"\asave_ms\x18\x05 \x01(\x01R\x06saveMs\"V\n" +
+	"\x12RestoreSlotRequest\x12\x14\n" +
+	"\x05model\x18\x01 \x01(\tR\x05model\x12\x0e\n" +
+	"\x02id\x18\x02 \x01(\rR\x02id\x12\x1a\n" +
+	"\bfilename\x18\x03 \x01(\tR\bfilename\"\xa8\x01\n" +
+	"\x13RestoreSlotResponse\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\rR\x02id\x12\x1a\n" +
+	"\bfilename\x18\x02 \x01(\tR\bfilename\x12'\n" +
+	"\x0ftokens_restored\x18\x03 \x01(\rR\x0etokensRestored\x12\x1d\n" +
+	"\n" +
+	"bytes_read\x18\x04 \x01(\x04R\tbytesRead\x12\x1d\n" +
+	"\n" +
+	"restore_ms\x18\x05 \x01(\x01R\trestoreMs\"8\n" +
+	"\x10EraseSlotRequest\x12\x14\n" +
+	"\x05model\x18\x01 \x01(\tR\x05model\x12\x0e\n" +
+	"\x02id\x18\x02 \x01(\rR\x02id\"H\n" +
+	"\x11EraseSlotResponse\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\rR\x02id\x12#\n" +
+	"\rtokens_erased\x18\x02 \x01(\rR\ftokensErased*\x87\x01\n" +
 	"\x0eToolChoiceMode\x12 \n" +
 	"\x1cTOOL_CHOICE_MODE_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15TOOL_CHOICE_MODE_AUTO\x10\x01\x12\x19\n" +
@@ -5197,7 +6508,7 @@ const file_llamagrid_v1_inference_proto_rawDesc = "" +
 	"\x0fDEVICE_TYPE_CPU\x10\x01\x12\x13\n" +
 	"\x0fDEVICE_TYPE_GPU\x10\x02\x12\x14\n" +
 	"\x10DEVICE_TYPE_IGPU\x10\x03\x12\x15\n" +
-	"\x11DEVICE_TYPE_ACCEL\x10\x042\xf3\x04\n" +
+	"\x11DEVICE_TYPE_ACCEL\x10\x042\xd4\t\n" +
 	"\x10InferenceService\x12K\n" +
 	"\bGenerate\x12\x1d.llamagrid.v1.GenerateRequest\x1a\x1e.llamagrid.v1.GenerateResponse0\x01\x12@\n" +
 	"\x05Embed\x12\x1a.llamagrid.v1.EmbedRequest\x1a\x1b.llamagrid.v1.EmbedResponse\x12I\n" +
@@ -5207,7 +6518,14 @@ const file_llamagrid_v1_inference_proto_rawDesc = "" +
 	"\fGetModelInfo\x12!.llamagrid.v1.GetModelInfoRequest\x1a\".llamagrid.v1.GetModelInfoResponse\x12O\n" +
 	"\n" +
 	"ListModels\x12\x1f.llamagrid.v1.ListModelsRequest\x1a .llamagrid.v1.ListModelsResponse\x12F\n" +
-	"\aGetLoad\x12\x1c.llamagrid.v1.GetLoadRequest\x1a\x1d.llamagrid.v1.GetLoadResponse\x12D\n" +
+	"\aGetLoad\x12\x1c.llamagrid.v1.GetLoadRequest\x1a\x1d.llamagrid.v1.GetLoadResponse\x12d\n" +
+	"\x11ApplyChatTemplate\x12&.llamagrid.v1.ApplyChatTemplateRequest\x1a'.llamagrid.v1.ApplyChatTemplateResponse\x12a\n" +
+	"\x10ListLoraAdapters\x12%.llamagrid.v1.ListLoraAdaptersRequest\x1a&.llamagrid.v1.ListLoraAdaptersResponse\x12^\n" +
+	"\x0fSetLoraAdapters\x12$.llamagrid.v1.SetLoraAdaptersRequest\x1a%.llamagrid.v1.SetLoraAdaptersResponse\x12I\n" +
+	"\bGetSlots\x12\x1d.llamagrid.v1.GetSlotsRequest\x1a\x1e.llamagrid.v1.GetSlotsResponse\x12I\n" +
+	"\bSaveSlot\x12\x1d.llamagrid.v1.SaveSlotRequest\x1a\x1e.llamagrid.v1.SaveSlotResponse\x12R\n" +
+	"\vRestoreSlot\x12 .llamagrid.v1.RestoreSlotRequest\x1a!.llamagrid.v1.RestoreSlotResponse\x12L\n" +
+	"\tEraseSlot\x12\x1e.llamagrid.v1.EraseSlotRequest\x1a\x1f.llamagrid.v1.EraseSlotResponse\x12D\n" +
 	"\x05Relay\x12\x1a.llamagrid.v1.RelayRequest\x1a\x1b.llamagrid.v1.RelayResponse(\x010\x012\x91\x04\n" +
 	"\x0eSessionService\x12R\n" +
 	"\vOpenSession\x12 .llamagrid.v1.OpenSessionRequest\x1a!.llamagrid.v1.OpenSessionResponse\x12O\n" +
@@ -5233,150 +6551,193 @@ func file_llamagrid_v1_inference_proto_rawDescGZIP() []byte {
 }
 
 var file_llamagrid_v1_inference_proto_enumTypes = make([]protoimpl.EnumInfo, 6)
-var file_llamagrid_v1_inference_proto_msgTypes = make([]protoimpl.MessageInfo, 56)
+var file_llamagrid_v1_inference_proto_msgTypes = make([]protoimpl.MessageInfo, 75)
 var file_llamagrid_v1_inference_proto_goTypes = []any{
-	(ToolChoiceMode)(0),             // 0: llamagrid.v1.ToolChoiceMode
-	(ReasoningFormat)(0),            // 1: llamagrid.v1.ReasoningFormat
-	(KvTier)(0),                     // 2: llamagrid.v1.KvTier
-	(FinishReason)(0),               // 3: llamagrid.v1.FinishReason
-	(Capability)(0),                 // 4: llamagrid.v1.Capability
-	(DeviceType)(0),                 // 5: llamagrid.v1.DeviceType
-	(*TokenList)(nil),               // 6: llamagrid.v1.TokenList
-	(*ChatMessage)(nil),             // 7: llamagrid.v1.ChatMessage
-	(*Tool)(nil),                    // 8: llamagrid.v1.Tool
-	(*ToolChoice)(nil),              // 9: llamagrid.v1.ToolChoice
-	(*ToolCall)(nil),                // 10: llamagrid.v1.ToolCall
-	(*ToolCallDelta)(nil),           // 11: llamagrid.v1.ToolCallDelta
-	(*ChatConversation)(nil),        // 12: llamagrid.v1.ChatConversation
-	(*SamplingParams)(nil),          // 13: llamagrid.v1.SamplingParams
-	(*GenerateRequest)(nil),         // 14: llamagrid.v1.GenerateRequest
-	(*SessionRef)(nil),              // 15: llamagrid.v1.SessionRef
-	(*SessionTranscript)(nil),       // 16: llamagrid.v1.SessionTranscript
-	(*SessionInfo)(nil),             // 17: llamagrid.v1.SessionInfo
-	(*OpenSessionRequest)(nil),      // 18: llamagrid.v1.OpenSessionRequest
-	(*OpenSessionResponse)(nil),     // 19: llamagrid.v1.OpenSessionResponse
-	(*GetSessionRequest)(nil),       // 20: llamagrid.v1.GetSessionRequest
-	(*GetSessionResponse)(nil),      // 21: llamagrid.v1.GetSessionResponse
-	(*ForkSessionRequest)(nil),      // 22: llamagrid.v1.ForkSessionRequest
-	(*ForkSessionResponse)(nil),     // 23: llamagrid.v1.ForkSessionResponse
-	(*RollbackSessionRequest)(nil),  // 24: llamagrid.v1.RollbackSessionRequest
-	(*RollbackSessionResponse)(nil), // 25: llamagrid.v1.RollbackSessionResponse
-	(*CloseSessionRequest)(nil),     // 26: llamagrid.v1.CloseSessionRequest
-	(*CloseSessionResponse)(nil),    // 27: llamagrid.v1.CloseSessionResponse
-	(*CancelTurnRequest)(nil),       // 28: llamagrid.v1.CancelTurnRequest
-	(*CancelTurnResponse)(nil),      // 29: llamagrid.v1.CancelTurnResponse
-	(*LogprobEntry)(nil),            // 30: llamagrid.v1.LogprobEntry
-	(*TokenLogprob)(nil),            // 31: llamagrid.v1.TokenLogprob
-	(*GenerateChunk)(nil),           // 32: llamagrid.v1.GenerateChunk
-	(*Usage)(nil),                   // 33: llamagrid.v1.Usage
-	(*SessionCommit)(nil),           // 34: llamagrid.v1.SessionCommit
-	(*GenerateFinal)(nil),           // 35: llamagrid.v1.GenerateFinal
-	(*GenerateResponse)(nil),        // 36: llamagrid.v1.GenerateResponse
-	(*EmbedInput)(nil),              // 37: llamagrid.v1.EmbedInput
-	(*EmbedRequest)(nil),            // 38: llamagrid.v1.EmbedRequest
-	(*Embedding)(nil),               // 39: llamagrid.v1.Embedding
-	(*EmbedResponse)(nil),           // 40: llamagrid.v1.EmbedResponse
-	(*TokenizeRequest)(nil),         // 41: llamagrid.v1.TokenizeRequest
-	(*TokenPiece)(nil),              // 42: llamagrid.v1.TokenPiece
-	(*TokenizeResponse)(nil),        // 43: llamagrid.v1.TokenizeResponse
-	(*DetokenizeRequest)(nil),       // 44: llamagrid.v1.DetokenizeRequest
-	(*DetokenizeResponse)(nil),      // 45: llamagrid.v1.DetokenizeResponse
-	(*Device)(nil),                  // 46: llamagrid.v1.Device
-	(*DevicePlacement)(nil),         // 47: llamagrid.v1.DevicePlacement
-	(*EmbeddingDimensions)(nil),     // 48: llamagrid.v1.EmbeddingDimensions
-	(*ModelInfo)(nil),               // 49: llamagrid.v1.ModelInfo
-	(*GetModelInfoRequest)(nil),     // 50: llamagrid.v1.GetModelInfoRequest
-	(*GetModelInfoResponse)(nil),    // 51: llamagrid.v1.GetModelInfoResponse
-	(*ListModelsRequest)(nil),       // 52: llamagrid.v1.ListModelsRequest
-	(*ListModelsResponse)(nil),      // 53: llamagrid.v1.ListModelsResponse
-	(*GetLoadRequest)(nil),          // 54: llamagrid.v1.GetLoadRequest
-	(*GetLoadResponse)(nil),         // 55: llamagrid.v1.GetLoadResponse
-	(*RelayRequest)(nil),            // 56: llamagrid.v1.RelayRequest
-	(*RelayStart)(nil),              // 57: llamagrid.v1.RelayStart
-	(*RelayError)(nil),              // 58: llamagrid.v1.RelayError
-	(*RelayEvent)(nil),              // 59: llamagrid.v1.RelayEvent
-	(*RelayResponse)(nil),           // 60: llamagrid.v1.RelayResponse
-	nil,                             // 61: llamagrid.v1.SamplingParams.LogitBiasEntry
+	(ToolChoiceMode)(0),               // 0: llamagrid.v1.ToolChoiceMode
+	(ReasoningFormat)(0),              // 1: llamagrid.v1.ReasoningFormat
+	(KvTier)(0),                       // 2: llamagrid.v1.KvTier
+	(FinishReason)(0),                 // 3: llamagrid.v1.FinishReason
+	(Capability)(0),                   // 4: llamagrid.v1.Capability
+	(DeviceType)(0),                   // 5: llamagrid.v1.DeviceType
+	(*TokenList)(nil),                 // 6: llamagrid.v1.TokenList
+	(*ChatMessage)(nil),               // 7: llamagrid.v1.ChatMessage
+	(*Tool)(nil),                      // 8: llamagrid.v1.Tool
+	(*ToolChoice)(nil),                // 9: llamagrid.v1.ToolChoice
+	(*ToolCall)(nil),                  // 10: llamagrid.v1.ToolCall
+	(*ToolCallDelta)(nil),             // 11: llamagrid.v1.ToolCallDelta
+	(*ChatConversation)(nil),          // 12: llamagrid.v1.ChatConversation
+	(*SamplingParams)(nil),            // 13: llamagrid.v1.SamplingParams
+	(*GenerateRequest)(nil),           // 14: llamagrid.v1.GenerateRequest
+	(*LoraScale)(nil),                 // 15: llamagrid.v1.LoraScale
+	(*LoraAdapter)(nil),               // 16: llamagrid.v1.LoraAdapter
+	(*ListLoraAdaptersRequest)(nil),   // 17: llamagrid.v1.ListLoraAdaptersRequest
+	(*ListLoraAdaptersResponse)(nil),  // 18: llamagrid.v1.ListLoraAdaptersResponse
+	(*SetLoraAdaptersRequest)(nil),    // 19: llamagrid.v1.SetLoraAdaptersRequest
+	(*SetLoraAdaptersResponse)(nil),   // 20: llamagrid.v1.SetLoraAdaptersResponse
+	(*Infill)(nil),                    // 21: llamagrid.v1.Infill
+	(*InfillChunk)(nil),               // 22: llamagrid.v1.InfillChunk
+	(*SessionRef)(nil),                // 23: llamagrid.v1.SessionRef
+	(*SessionTranscript)(nil),         // 24: llamagrid.v1.SessionTranscript
+	(*SessionInfo)(nil),               // 25: llamagrid.v1.SessionInfo
+	(*OpenSessionRequest)(nil),        // 26: llamagrid.v1.OpenSessionRequest
+	(*OpenSessionResponse)(nil),       // 27: llamagrid.v1.OpenSessionResponse
+	(*GetSessionRequest)(nil),         // 28: llamagrid.v1.GetSessionRequest
+	(*GetSessionResponse)(nil),        // 29: llamagrid.v1.GetSessionResponse
+	(*ForkSessionRequest)(nil),        // 30: llamagrid.v1.ForkSessionRequest
+	(*ForkSessionResponse)(nil),       // 31: llamagrid.v1.ForkSessionResponse
+	(*RollbackSessionRequest)(nil),    // 32: llamagrid.v1.RollbackSessionRequest
+	(*RollbackSessionResponse)(nil),   // 33: llamagrid.v1.RollbackSessionResponse
+	(*CloseSessionRequest)(nil),       // 34: llamagrid.v1.CloseSessionRequest
+	(*CloseSessionResponse)(nil),      // 35: llamagrid.v1.CloseSessionResponse
+	(*CancelTurnRequest)(nil),         // 36: llamagrid.v1.CancelTurnRequest
+	(*CancelTurnResponse)(nil),        // 37: llamagrid.v1.CancelTurnResponse
+	(*LogprobEntry)(nil),              // 38: llamagrid.v1.LogprobEntry
+	(*TokenLogprob)(nil),              // 39: llamagrid.v1.TokenLogprob
+	(*GenerateChunk)(nil),             // 40: llamagrid.v1.GenerateChunk
+	(*Usage)(nil),                     // 41: llamagrid.v1.Usage
+	(*SessionCommit)(nil),             // 42: llamagrid.v1.SessionCommit
+	(*GenerateFinal)(nil),             // 43: llamagrid.v1.GenerateFinal
+	(*GenerateResponse)(nil),          // 44: llamagrid.v1.GenerateResponse
+	(*EmbedInput)(nil),                // 45: llamagrid.v1.EmbedInput
+	(*EmbedRequest)(nil),              // 46: llamagrid.v1.EmbedRequest
+	(*Embedding)(nil),                 // 47: llamagrid.v1.Embedding
+	(*EmbedResponse)(nil),             // 48: llamagrid.v1.EmbedResponse
+	(*TokenizeRequest)(nil),           // 49: llamagrid.v1.TokenizeRequest
+	(*TokenPiece)(nil),                // 50: llamagrid.v1.TokenPiece
+	(*TokenizeResponse)(nil),          // 51: llamagrid.v1.TokenizeResponse
+	(*DetokenizeRequest)(nil),         // 52: llamagrid.v1.DetokenizeRequest
+	(*DetokenizeResponse)(nil),        // 53: llamagrid.v1.DetokenizeResponse
+	(*Device)(nil),                    // 54: llamagrid.v1.Device
+	(*DevicePlacement)(nil),           // 55: llamagrid.v1.DevicePlacement
+	(*EmbeddingDimensions)(nil),       // 56: llamagrid.v1.EmbeddingDimensions
+	(*ModelInfo)(nil),                 // 57: llamagrid.v1.ModelInfo
+	(*ApplyChatTemplateRequest)(nil),  // 58: llamagrid.v1.ApplyChatTemplateRequest
+	(*ApplyChatTemplateResponse)(nil), // 59: llamagrid.v1.ApplyChatTemplateResponse
+	(*GetModelInfoRequest)(nil),       // 60: llamagrid.v1.GetModelInfoRequest
+	(*GetModelInfoResponse)(nil),      // 61: llamagrid.v1.GetModelInfoResponse
+	(*ListModelsRequest)(nil),         // 62: llamagrid.v1.ListModelsRequest
+	(*ListModelsResponse)(nil),        // 63: llamagrid.v1.ListModelsResponse
+	(*GetLoadRequest)(nil),            // 64: llamagrid.v1.GetLoadRequest
+	(*GetLoadResponse)(nil),           // 65: llamagrid.v1.GetLoadResponse
+	(*RelayRequest)(nil),              // 66: llamagrid.v1.RelayRequest
+	(*RelayStart)(nil),                // 67: llamagrid.v1.RelayStart
+	(*RelayError)(nil),                // 68: llamagrid.v1.RelayError
+	(*RelayEvent)(nil),                // 69: llamagrid.v1.RelayEvent
+	(*RelayResponse)(nil),             // 70: llamagrid.v1.RelayResponse
+	(*GetSlotsRequest)(nil),           // 71: llamagrid.v1.GetSlotsRequest
+	(*SlotState)(nil),                 // 72: llamagrid.v1.SlotState
+	(*GetSlotsResponse)(nil),          // 73: llamagrid.v1.GetSlotsResponse
+	(*SaveSlotRequest)(nil),           // 74: llamagrid.v1.SaveSlotRequest
+	(*SaveSlotResponse)(nil),          // 75: llamagrid.v1.SaveSlotResponse
+	(*RestoreSlotRequest)(nil),        // 76: llamagrid.v1.RestoreSlotRequest
+	(*RestoreSlotResponse)(nil),       // 77: llamagrid.v1.RestoreSlotResponse
+	(*EraseSlotRequest)(nil),          // 78: llamagrid.v1.EraseSlotRequest
+	(*EraseSlotResponse)(nil),         // 79: llamagrid.v1.EraseSlotResponse
+	nil,                               // 80: llamagrid.v1.SamplingParams.LogitBiasEntry
 }
 var file_llamagrid_v1_inference_proto_depIdxs = []int32{
 	10, // 0: llamagrid.v1.ChatMessage.tool_calls:type_name -> llamagrid.v1.ToolCall
 	0,  // 1: llamagrid.v1.ToolChoice.mode:type_name -> llamagrid.v1.ToolChoiceMode
 	7,  // 2: llamagrid.v1.ChatConversation.messages:type_name -> llamagrid.v1.ChatMessage
-	61, // 3: llamagrid.v1.SamplingParams.logit_bias:type_name -> llamagrid.v1.SamplingParams.LogitBiasEntry
+	80, // 3: llamagrid.v1.SamplingParams.logit_bias:type_name -> llamagrid.v1.SamplingParams.LogitBiasEntry
 	6,  // 4: llamagrid.v1.GenerateRequest.tokens:type_name -> llamagrid.v1.TokenList
 	12, // 5: llamagrid.v1.GenerateRequest.chat:type_name -> llamagrid.v1.ChatConversation
-	13, // 6: llamagrid.v1.GenerateRequest.sampling:type_name -> llamagrid.v1.SamplingParams
-	15, // 7: llamagrid.v1.GenerateRequest.session:type_name -> llamagrid.v1.SessionRef
-	8,  // 8: llamagrid.v1.GenerateRequest.tools:type_name -> llamagrid.v1.Tool
-	9,  // 9: llamagrid.v1.GenerateRequest.tool_choice:type_name -> llamagrid.v1.ToolChoice
-	1,  // 10: llamagrid.v1.GenerateRequest.reasoning_format:type_name -> llamagrid.v1.ReasoningFormat
-	2,  // 11: llamagrid.v1.SessionInfo.kv_tier:type_name -> llamagrid.v1.KvTier
-	16, // 12: llamagrid.v1.OpenSessionRequest.transcript:type_name -> llamagrid.v1.SessionTranscript
-	17, // 13: llamagrid.v1.OpenSessionResponse.session:type_name -> llamagrid.v1.SessionInfo
-	17, // 14: llamagrid.v1.GetSessionResponse.session:type_name -> llamagrid.v1.SessionInfo
-	16, // 15: llamagrid.v1.GetSessionResponse.transcript:type_name -> llamagrid.v1.SessionTranscript
-	17, // 16: llamagrid.v1.ForkSessionResponse.session:type_name -> llamagrid.v1.SessionInfo
-	17, // 17: llamagrid.v1.RollbackSessionResponse.session:type_name -> llamagrid.v1.SessionInfo
-	30, // 18: llamagrid.v1.TokenLogprob.chosen:type_name -> llamagrid.v1.LogprobEntry
-	30, // 19: llamagrid.v1.TokenLogprob.top:type_name -> llamagrid.v1.LogprobEntry
-	31, // 20: llamagrid.v1.GenerateChunk.logprobs:type_name -> llamagrid.v1.TokenLogprob
-	11, // 21: llamagrid.v1.GenerateChunk.tool_calls:type_name -> llamagrid.v1.ToolCallDelta
-	31, // 22: llamagrid.v1.GenerateChunk.prompt_logprobs:type_name -> llamagrid.v1.TokenLogprob
-	3,  // 23: llamagrid.v1.GenerateFinal.finish_reason:type_name -> llamagrid.v1.FinishReason
-	33, // 24: llamagrid.v1.GenerateFinal.usage:type_name -> llamagrid.v1.Usage
-	34, // 25: llamagrid.v1.GenerateFinal.session:type_name -> llamagrid.v1.SessionCommit
-	10, // 26: llamagrid.v1.GenerateFinal.tool_calls:type_name -> llamagrid.v1.ToolCall
-	32, // 27: llamagrid.v1.GenerateResponse.chunk:type_name -> llamagrid.v1.GenerateChunk
-	35, // 28: llamagrid.v1.GenerateResponse.final:type_name -> llamagrid.v1.GenerateFinal
-	6,  // 29: llamagrid.v1.EmbedInput.tokens:type_name -> llamagrid.v1.TokenList
-	37, // 30: llamagrid.v1.EmbedRequest.inputs:type_name -> llamagrid.v1.EmbedInput
-	39, // 31: llamagrid.v1.EmbedResponse.embeddings:type_name -> llamagrid.v1.Embedding
-	42, // 32: llamagrid.v1.TokenizeResponse.pieces:type_name -> llamagrid.v1.TokenPiece
-	5,  // 33: llamagrid.v1.Device.type:type_name -> llamagrid.v1.DeviceType
-	46, // 34: llamagrid.v1.DevicePlacement.devices:type_name -> llamagrid.v1.Device
-	4,  // 35: llamagrid.v1.ModelInfo.capabilities:type_name -> llamagrid.v1.Capability
-	47, // 36: llamagrid.v1.ModelInfo.placement:type_name -> llamagrid.v1.DevicePlacement
-	48, // 37: llamagrid.v1.ModelInfo.embedding_dimensions:type_name -> llamagrid.v1.EmbeddingDimensions
-	49, // 38: llamagrid.v1.GetModelInfoResponse.info:type_name -> llamagrid.v1.ModelInfo
-	49, // 39: llamagrid.v1.ListModelsResponse.models:type_name -> llamagrid.v1.ModelInfo
-	57, // 40: llamagrid.v1.RelayRequest.start:type_name -> llamagrid.v1.RelayStart
-	14, // 41: llamagrid.v1.RelayStart.request:type_name -> llamagrid.v1.GenerateRequest
-	36, // 42: llamagrid.v1.RelayEvent.response:type_name -> llamagrid.v1.GenerateResponse
-	58, // 43: llamagrid.v1.RelayEvent.error:type_name -> llamagrid.v1.RelayError
-	59, // 44: llamagrid.v1.RelayResponse.events:type_name -> llamagrid.v1.RelayEvent
-	14, // 45: llamagrid.v1.InferenceService.Generate:input_type -> llamagrid.v1.GenerateRequest
-	38, // 46: llamagrid.v1.InferenceService.Embed:input_type -> llamagrid.v1.EmbedRequest
-	41, // 47: llamagrid.v1.InferenceService.Tokenize:input_type -> llamagrid.v1.TokenizeRequest
-	44, // 48: llamagrid.v1.InferenceService.Detokenize:input_type -> llamagrid.v1.DetokenizeRequest
-	50, // 49: llamagrid.v1.InferenceService.GetModelInfo:input_type -> llamagrid.v1.GetModelInfoRequest
-	52, // 50: llamagrid.v1.InferenceService.ListModels:input_type -> llamagrid.v1.ListModelsRequest
-	54, // 51: llamagrid.v1.InferenceService.GetLoad:input_type -> llamagrid.v1.GetLoadRequest
-	56, // 52: llamagrid.v1.InferenceService.Relay:input_type -> llamagrid.v1.RelayRequest
-	18, // 53: llamagrid.v1.SessionService.OpenSession:input_type -> llamagrid.v1.OpenSessionRequest
-	20, // 54: llamagrid.v1.SessionService.GetSession:input_type -> llamagrid.v1.GetSessionRequest
-	22, // 55: llamagrid.v1.SessionService.ForkSession:input_type -> llamagrid.v1.ForkSessionRequest
-	24, // 56: llamagrid.v1.SessionService.RollbackSession:input_type -> llamagrid.v1.RollbackSessionRequest
-	26, // 57: llamagrid.v1.SessionService.CloseSession:input_type -> llamagrid.v1.CloseSessionRequest
-	28, // 58: llamagrid.v1.SessionService.CancelTurn:input_type -> llamagrid.v1.CancelTurnRequest
-	36, // 59: llamagrid.v1.InferenceService.Generate:output_type -> llamagrid.v1.GenerateResponse
-	40, // 60: llamagrid.v1.InferenceService.Embed:output_type -> llamagrid.v1.EmbedResponse
-	43, // 61: llamagrid.v1.InferenceService.Tokenize:output_type -> llamagrid.v1.TokenizeResponse
-	45, // 62: llamagrid.v1.InferenceService.Detokenize:output_type -> llamagrid.v1.DetokenizeResponse
-	51, // 63: llamagrid.v1.InferenceService.GetModelInfo:output_type -> llamagrid.v1.GetModelInfoResponse
-	53, // 64: llamagrid.v1.InferenceService.ListModels:output_type -> llamagrid.v1.ListModelsResponse
-	55, // 65: llamagrid.v1.InferenceService.GetLoad:output_type -> llamagrid.v1.GetLoadResponse
-	60, // 66: llamagrid.v1.InferenceService.Relay:output_type -> llamagrid.v1.RelayResponse
-	19, // 67: llamagrid.v1.SessionService.OpenSession:output_type -> llamagrid.v1.OpenSessionResponse
-	21, // 68: llamagrid.v1.SessionService.GetSession:output_type -> llamagrid.v1.GetSessionResponse
-	23, // 69: llamagrid.v1.SessionService.ForkSession:output_type -> llamagrid.v1.ForkSessionResponse
-	25, // 70: llamagrid.v1.SessionService.RollbackSession:output_type -> llamagrid.v1.RollbackSessionResponse
-	27, // 71: llamagrid.v1.SessionService.CloseSession:output_type -> llamagrid.v1.CloseSessionResponse
-	29, // 72: llamagrid.v1.SessionService.CancelTurn:output_type -> llamagrid.v1.CancelTurnResponse
-	59, // [59:73] is the sub-list for method output_type
-	45, // [45:59] is the sub-list for method input_type
-	45, // [45:45] is the sub-list for extension type_name
-	45, // [45:45] is the sub-list for extension extendee
-	0,  // [0:45] is the sub-list for field type_name
+	21, // 6: llamagrid.v1.GenerateRequest.infill:type_name -> llamagrid.v1.Infill
+	13, // 7: llamagrid.v1.GenerateRequest.sampling:type_name -> llamagrid.v1.SamplingParams
+	23, // 8: llamagrid.v1.GenerateRequest.session:type_name -> llamagrid.v1.SessionRef
+	8,  // 9: llamagrid.v1.GenerateRequest.tools:type_name -> llamagrid.v1.Tool
+	9,  // 10: llamagrid.v1.GenerateRequest.tool_choice:type_name -> llamagrid.v1.ToolChoice
+	1,  // 11: llamagrid.v1.GenerateRequest.reasoning_format:type_name -> llamagrid.v1.ReasoningFormat
+	15, // 12: llamagrid.v1.GenerateRequest.lora:type_name -> llamagrid.v1.LoraScale
+	16, // 13: llamagrid.v1.ListLoraAdaptersResponse.adapters:type_name -> llamagrid.v1.LoraAdapter
+	15, // 14: llamagrid.v1.SetLoraAdaptersRequest.adapters:type_name -> llamagrid.v1.LoraScale
+	16, // 15: llamagrid.v1.SetLoraAdaptersResponse.adapters:type_name -> llamagrid.v1.LoraAdapter
+	22, // 16: llamagrid.v1.Infill.extra:type_name -> llamagrid.v1.InfillChunk
+	2,  // 17: llamagrid.v1.SessionInfo.kv_tier:type_name -> llamagrid.v1.KvTier
+	24, // 18: llamagrid.v1.OpenSessionRequest.transcript:type_name -> llamagrid.v1.SessionTranscript
+	25, // 19: llamagrid.v1.OpenSessionResponse.session:type_name -> llamagrid.v1.SessionInfo
+	25, // 20: llamagrid.v1.GetSessionResponse.session:type_name -> llamagrid.v1.SessionInfo
+	24, // 21: llamagrid.v1.GetSessionResponse.transcript:type_name -> llamagrid.v1.SessionTranscript
+	25, // 22: llamagrid.v1.ForkSessionResponse.session:type_name -> llamagrid.v1.SessionInfo
+	25, // 23: llamagrid.v1.RollbackSessionResponse.session:type_name -> llamagrid.v1.SessionInfo
+	38, // 24: llamagrid.v1.TokenLogprob.chosen:type_name -> llamagrid.v1.LogprobEntry
+	38, // 25: llamagrid.v1.TokenLogprob.top:type_name -> llamagrid.v1.LogprobEntry
+	39, // 26: llamagrid.v1.GenerateChunk.logprobs:type_name -> llamagrid.v1.TokenLogprob
+	11, // 27: llamagrid.v1.GenerateChunk.tool_calls:type_name -> llamagrid.v1.ToolCallDelta
+	39, // 28: llamagrid.v1.GenerateChunk.prompt_logprobs:type_name -> llamagrid.v1.TokenLogprob
+	3,  // 29: llamagrid.v1.GenerateFinal.finish_reason:type_name -> llamagrid.v1.FinishReason
+	41, // 30: llamagrid.v1.GenerateFinal.usage:type_name -> llamagrid.v1.Usage
+	42, // 31: llamagrid.v1.GenerateFinal.session:type_name -> llamagrid.v1.SessionCommit
+	10, // 32: llamagrid.v1.GenerateFinal.tool_calls:type_name -> llamagrid.v1.ToolCall
+	40, // 33: llamagrid.v1.GenerateResponse.chunk:type_name -> llamagrid.v1.GenerateChunk
+	43, // 34: llamagrid.v1.GenerateResponse.final:type_name -> llamagrid.v1.GenerateFinal
+	6,  // 35: llamagrid.v1.EmbedInput.tokens:type_name -> llamagrid.v1.TokenList
+	45, // 36: llamagrid.v1.EmbedRequest.inputs:type_name -> llamagrid.v1.EmbedInput
+	47, // 37: llamagrid.v1.EmbedResponse.embeddings:type_name -> llamagrid.v1.Embedding
+	50, // 38: llamagrid.v1.TokenizeResponse.pieces:type_name -> llamagrid.v1.TokenPiece
+	5,  // 39: llamagrid.v1.Device.type:type_name -> llamagrid.v1.DeviceType
+	54, // 40: llamagrid.v1.DevicePlacement.devices:type_name -> llamagrid.v1.Device
+	4,  // 41: llamagrid.v1.ModelInfo.capabilities:type_name -> llamagrid.v1.Capability
+	55, // 42: llamagrid.v1.ModelInfo.placement:type_name -> llamagrid.v1.DevicePlacement
+	56, // 43: llamagrid.v1.ModelInfo.embedding_dimensions:type_name -> llamagrid.v1.EmbeddingDimensions
+	16, // 44: llamagrid.v1.ModelInfo.adapters:type_name -> llamagrid.v1.LoraAdapter
+	12, // 45: llamagrid.v1.ApplyChatTemplateRequest.chat:type_name -> llamagrid.v1.ChatConversation
+	57, // 46: llamagrid.v1.GetModelInfoResponse.info:type_name -> llamagrid.v1.ModelInfo
+	57, // 47: llamagrid.v1.ListModelsResponse.models:type_name -> llamagrid.v1.ModelInfo
+	67, // 48: llamagrid.v1.RelayRequest.start:type_name -> llamagrid.v1.RelayStart
+	14, // 49: llamagrid.v1.RelayStart.request:type_name -> llamagrid.v1.GenerateRequest
+	44, // 50: llamagrid.v1.RelayEvent.response:type_name -> llamagrid.v1.GenerateResponse
+	68, // 51: llamagrid.v1.RelayEvent.error:type_name -> llamagrid.v1.RelayError
+	69, // 52: llamagrid.v1.RelayResponse.events:type_name -> llamagrid.v1.RelayEvent
+	13, // 53: llamagrid.v1.SlotState.sampling:type_name -> llamagrid.v1.SamplingParams
+	72, // 54: llamagrid.v1.GetSlotsResponse.slots:type_name -> llamagrid.v1.SlotState
+	14, // 55: llamagrid.v1.InferenceService.Generate:input_type -> llamagrid.v1.GenerateRequest
+	46, // 56: llamagrid.v1.InferenceService.Embed:input_type -> llamagrid.v1.EmbedRequest
+	49, // 57: llamagrid.v1.InferenceService.Tokenize:input_type -> llamagrid.v1.TokenizeRequest
+	52, // 58: llamagrid.v1.InferenceService.Detokenize:input_type -> llamagrid.v1.DetokenizeRequest
+	60, // 59: llamagrid.v1.InferenceService.GetModelInfo:input_type -> llamagrid.v1.GetModelInfoRequest
+	62, // 60: llamagrid.v1.InferenceService.ListModels:input_type -> llamagrid.v1.ListModelsRequest
+	64, // 61: llamagrid.v1.InferenceService.GetLoad:input_type -> llamagrid.v1.GetLoadRequest
+	58, // 62: llamagrid.v1.InferenceService.ApplyChatTemplate:input_type -> llamagrid.v1.ApplyChatTemplateRequest
+	17, // 63: llamagrid.v1.InferenceService.ListLoraAdapters:input_type -> llamagrid.v1.ListLoraAdaptersRequest
+	19, // 64: llamagrid.v1.InferenceService.SetLoraAdapters:input_type -> llamagrid.v1.SetLoraAdaptersRequest
+	71, // 65: llamagrid.v1.InferenceService.GetSlots:input_type -> llamagrid.v1.GetSlotsRequest
+	74, // 66: llamagrid.v1.InferenceService.SaveSlot:input_type -> llamagrid.v1.SaveSlotRequest
+	76, // 67: llamagrid.v1.InferenceService.RestoreSlot:input_type -> llamagrid.v1.RestoreSlotRequest
+	78, // 68: llamagrid.v1.InferenceService.EraseSlot:input_type -> llamagrid.v1.EraseSlotRequest
+	66, // 69: llamagrid.v1.InferenceService.Relay:input_type -> llamagrid.v1.RelayRequest
+	26, // 70: llamagrid.v1.SessionService.OpenSession:input_type -> llamagrid.v1.OpenSessionRequest
+	28, // 71: llamagrid.v1.SessionService.GetSession:input_type -> llamagrid.v1.GetSessionRequest
+	30, // 72: llamagrid.v1.SessionService.ForkSession:input_type -> llamagrid.v1.ForkSessionRequest
+	32, // 73: llamagrid.v1.SessionService.RollbackSession:input_type -> llamagrid.v1.RollbackSessionRequest
+	34, // 74: llamagrid.v1.SessionService.CloseSession:input_type -> llamagrid.v1.CloseSessionRequest
+	36, // 75: llamagrid.v1.SessionService.CancelTurn:input_type -> llamagrid.v1.CancelTurnRequest
+	44, // 76: llamagrid.v1.InferenceService.Generate:output_type -> llamagrid.v1.GenerateResponse
+	48, // 77: llamagrid.v1.InferenceService.Embed:output_type -> llamagrid.v1.EmbedResponse
+	51, // 78: llamagrid.v1.InferenceService.Tokenize:output_type -> llamagrid.v1.TokenizeResponse
+	53, // 79: llamagrid.v1.InferenceService.Detokenize:output_type -> llamagrid.v1.DetokenizeResponse
+	61, // 80: llamagrid.v1.InferenceService.GetModelInfo:output_type -> llamagrid.v1.GetModelInfoResponse
+	63, // 81: llamagrid.v1.InferenceService.ListModels:output_type -> llamagrid.v1.ListModelsResponse
+	65, // 82: llamagrid.v1.InferenceService.GetLoad:output_type -> llamagrid.v1.GetLoadResponse
+	59, // 83: llamagrid.v1.InferenceService.ApplyChatTemplate:output_type -> llamagrid.v1.ApplyChatTemplateResponse
+	18, // 84: llamagrid.v1.InferenceService.ListLoraAdapters:output_type -> llamagrid.v1.ListLoraAdaptersResponse
+	20, // 85: llamagrid.v1.InferenceService.SetLoraAdapters:output_type -> llamagrid.v1.SetLoraAdaptersResponse
+	73, // 86: llamagrid.v1.InferenceService.GetSlots:output_type -> llamagrid.v1.GetSlotsResponse
+	75, // 87: llamagrid.v1.InferenceService.SaveSlot:output_type -> llamagrid.v1.SaveSlotResponse
+	77, // 88: llamagrid.v1.InferenceService.RestoreSlot:output_type -> llamagrid.v1.RestoreSlotResponse
+	79, // 89: llamagrid.v1.InferenceService.EraseSlot:output_type -> llamagrid.v1.EraseSlotResponse
+	70, // 90: llamagrid.v1.InferenceService.Relay:output_type -> llamagrid.v1.RelayResponse
+	27, // 91: llamagrid.v1.SessionService.OpenSession:output_type -> llamagrid.v1.OpenSessionResponse
+	29, // 92: llamagrid.v1.SessionService.GetSession:output_type -> llamagrid.v1.GetSessionResponse
+	31, // 93: llamagrid.v1.SessionService.ForkSession:output_type -> llamagrid.v1.ForkSessionResponse
+	33, // 94: llamagrid.v1.SessionService.RollbackSession:output_type -> llamagrid.v1.RollbackSessionResponse
+	35, // 95: llamagrid.v1.SessionService.CloseSession:output_type -> llamagrid.v1.CloseSessionResponse
+	37, // 96: llamagrid.v1.SessionService.CancelTurn:output_type -> llamagrid.v1.CancelTurnResponse
+	76, // [76:97] is the sub-list for method output_type
+	55, // [55:76] is the sub-list for method input_type
+	55, // [55:55] is the sub-list for extension type_name
+	55, // [55:55] is the sub-list for extension extendee
+	0,  // [0:55] is the sub-list for field type_name
 }
 
 func init() { file_llamagrid_v1_inference_proto_init() }
@@ -5397,26 +6758,27 @@ func file_llamagrid_v1_inference_proto_init() {
 		(*GenerateRequest_Prompt)(nil),
 		(*GenerateRequest_Tokens)(nil),
 		(*GenerateRequest_Chat)(nil),
+		(*GenerateRequest_Infill)(nil),
 	}
-	file_llamagrid_v1_inference_proto_msgTypes[9].OneofWrappers = []any{}
-	file_llamagrid_v1_inference_proto_msgTypes[30].OneofWrappers = []any{
+	file_llamagrid_v1_inference_proto_msgTypes[17].OneofWrappers = []any{}
+	file_llamagrid_v1_inference_proto_msgTypes[38].OneofWrappers = []any{
 		(*GenerateResponse_Chunk)(nil),
 		(*GenerateResponse_Final)(nil),
 	}
-	file_llamagrid_v1_inference_proto_msgTypes[31].OneofWrappers = []any{
+	file_llamagrid_v1_inference_proto_msgTypes[39].OneofWrappers = []any{
 		(*EmbedInput_Text)(nil),
 		(*EmbedInput_Tokens)(nil),
 	}
-	file_llamagrid_v1_inference_proto_msgTypes[32].OneofWrappers = []any{}
-	file_llamagrid_v1_inference_proto_msgTypes[36].OneofWrappers = []any{
+	file_llamagrid_v1_inference_proto_msgTypes[40].OneofWrappers = []any{}
+	file_llamagrid_v1_inference_proto_msgTypes[44].OneofWrappers = []any{
 		(*TokenPiece_Text)(nil),
 		(*TokenPiece_Raw)(nil),
 	}
-	file_llamagrid_v1_inference_proto_msgTypes[50].OneofWrappers = []any{
+	file_llamagrid_v1_inference_proto_msgTypes[60].OneofWrappers = []any{
 		(*RelayRequest_Start)(nil),
 		(*RelayRequest_Cancel)(nil),
 	}
-	file_llamagrid_v1_inference_proto_msgTypes[53].OneofWrappers = []any{
+	file_llamagrid_v1_inference_proto_msgTypes[63].OneofWrappers = []any{
 		(*RelayEvent_Admitted)(nil),
 		(*RelayEvent_Response)(nil),
 		(*RelayEvent_Error)(nil),
@@ -5427,7 +6789,7 @@ func file_llamagrid_v1_inference_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_llamagrid_v1_inference_proto_rawDesc), len(file_llamagrid_v1_inference_proto_rawDesc)),
 			NumEnums:      6,
-			NumMessages:   56,
+			NumMessages:   75,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

@@ -19,14 +19,21 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	InferenceService_Generate_FullMethodName     = "/llamagrid.v1.InferenceService/Generate"
-	InferenceService_Embed_FullMethodName        = "/llamagrid.v1.InferenceService/Embed"
-	InferenceService_Tokenize_FullMethodName     = "/llamagrid.v1.InferenceService/Tokenize"
-	InferenceService_Detokenize_FullMethodName   = "/llamagrid.v1.InferenceService/Detokenize"
-	InferenceService_GetModelInfo_FullMethodName = "/llamagrid.v1.InferenceService/GetModelInfo"
-	InferenceService_ListModels_FullMethodName   = "/llamagrid.v1.InferenceService/ListModels"
-	InferenceService_GetLoad_FullMethodName      = "/llamagrid.v1.InferenceService/GetLoad"
-	InferenceService_Relay_FullMethodName        = "/llamagrid.v1.InferenceService/Relay"
+	InferenceService_Generate_FullMethodName          = "/llamagrid.v1.InferenceService/Generate"
+	InferenceService_Embed_FullMethodName             = "/llamagrid.v1.InferenceService/Embed"
+	InferenceService_Tokenize_FullMethodName          = "/llamagrid.v1.InferenceService/Tokenize"
+	InferenceService_Detokenize_FullMethodName        = "/llamagrid.v1.InferenceService/Detokenize"
+	InferenceService_GetModelInfo_FullMethodName      = "/llamagrid.v1.InferenceService/GetModelInfo"
+	InferenceService_ListModels_FullMethodName        = "/llamagrid.v1.InferenceService/ListModels"
+	InferenceService_GetLoad_FullMethodName           = "/llamagrid.v1.InferenceService/GetLoad"
+	InferenceService_ApplyChatTemplate_FullMethodName = "/llamagrid.v1.InferenceService/ApplyChatTemplate"
+	InferenceService_ListLoraAdapters_FullMethodName  = "/llamagrid.v1.InferenceService/ListLoraAdapters"
+	InferenceService_SetLoraAdapters_FullMethodName   = "/llamagrid.v1.InferenceService/SetLoraAdapters"
+	InferenceService_GetSlots_FullMethodName          = "/llamagrid.v1.InferenceService/GetSlots"
+	InferenceService_SaveSlot_FullMethodName          = "/llamagrid.v1.InferenceService/SaveSlot"
+	InferenceService_RestoreSlot_FullMethodName       = "/llamagrid.v1.InferenceService/RestoreSlot"
+	InferenceService_EraseSlot_FullMethodName         = "/llamagrid.v1.InferenceService/EraseSlot"
+	InferenceService_Relay_FullMethodName             = "/llamagrid.v1.InferenceService/Relay"
 )
 
 // InferenceServiceClient is the client API for InferenceService service.
@@ -52,6 +59,32 @@ type InferenceServiceClient interface {
 	ListModels(ctx context.Context, in *ListModelsRequest, opts ...grpc.CallOption) (*ListModelsResponse, error)
 	// GetLoad reports the work in progress and the KV cache occupancy, for load balancers.
 	GetLoad(ctx context.Context, in *GetLoadRequest, opts ...grpc.CallOption) (*GetLoadResponse, error)
+	// ApplyChatTemplate renders a conversation with the model's chat template, followed by the
+	// opening of the assistant's turn, and returns the text without generating anything: the
+	// prompt a Generate call with the same messages would run on, as text.
+	ApplyChatTemplate(ctx context.Context, in *ApplyChatTemplateRequest, opts ...grpc.CallOption) (*ApplyChatTemplateResponse, error)
+	// ListLoraAdapters lists the LoRA adapters the worker loaded at start (--lora, --lora-scaled),
+	// with the scales a request that gives none of its own runs with.
+	ListLoraAdapters(ctx context.Context, in *ListLoraAdaptersRequest, opts ...grpc.CallOption) (*ListLoraAdaptersResponse, error)
+	// SetLoraAdapters sets the scales of the LoRA adapters for the requests admitted from now on:
+	// every adapter listed gets its scale, every adapter left out gets 0. Running requests keep
+	// the scales they started with. An unknown or repeated id, or a scale that is not finite or
+	// beyond -10..10, fails with INVALID_ARGUMENT and changes nothing.
+	SetLoraAdapters(ctx context.Context, in *SetLoraAdaptersRequest, opts ...grpc.CallOption) (*SetLoraAdaptersResponse, error)
+	// GetSlots describes every slot of the worker (a slot is a sequence of the KV cache that runs
+	// one request at a time): whether it is busy, the request it runs and the tokens its cells hold.
+	// Read between two engine steps, as GetLoad is.
+	GetSlots(ctx context.Context, in *GetSlotsRequest, opts ...grpc.CallOption) (*GetSlotsResponse, error)
+	// SaveSlot writes an idle slot's cached tokens and their KV state to a file in the worker's
+	// --slot-save-path directory. Without that directory it fails with FAILED_PRECONDITION (reason
+	// SLOT_FILES_OFF); a busy slot fails with ABORTED (reason SLOT_BUSY).
+	SaveSlot(ctx context.Context, in *SaveSlotRequest, opts ...grpc.CallOption) (*SaveSlotResponse, error)
+	// RestoreSlot loads a file written by SaveSlot into an idle slot, so that the next request
+	// starting with its tokens reuses them. A file made for another model or other context
+	// settings is refused with INVALID_ARGUMENT.
+	RestoreSlot(ctx context.Context, in *RestoreSlotRequest, opts ...grpc.CallOption) (*RestoreSlotResponse, error)
+	// EraseSlot drops the cached tokens of an idle slot.
+	EraseSlot(ctx context.Context, in *EraseSlotRequest, opts ...grpc.CallOption) (*EraseSlotResponse, error)
 	// Relay runs many Generate calls over one long-lived stream, for gateways and proxies that
 	// relay every token of a worker: each RelayResponse carries what the worker produced for any
 	// of the stream's calls since the previous one (typically one engine step of every running
@@ -148,6 +181,76 @@ func (c *inferenceServiceClient) GetLoad(ctx context.Context, in *GetLoadRequest
 	return out, nil
 }
 
+func (c *inferenceServiceClient) ApplyChatTemplate(ctx context.Context, in *ApplyChatTemplateRequest, opts ...grpc.CallOption) (*ApplyChatTemplateResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ApplyChatTemplateResponse)
+	err := c.cc.Invoke(ctx, InferenceService_ApplyChatTemplate_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *inferenceServiceClient) ListLoraAdapters(ctx context.Context, in *ListLoraAdaptersRequest, opts ...grpc.CallOption) (*ListLoraAdaptersResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListLoraAdaptersResponse)
+	err := c.cc.Invoke(ctx, InferenceService_ListLoraAdapters_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *inferenceServiceClient) SetLoraAdapters(ctx context.Context, in *SetLoraAdaptersRequest, opts ...grpc.CallOption) (*SetLoraAdaptersResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(SetLoraAdaptersResponse)
+	err := c.cc.Invoke(ctx, InferenceService_SetLoraAdapters_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *inferenceServiceClient) GetSlots(ctx context.Context, in *GetSlotsRequest, opts ...grpc.CallOption) (*GetSlotsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetSlotsResponse)
+	err := c.cc.Invoke(ctx, InferenceService_GetSlots_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *inferenceServiceClient) SaveSlot(ctx context.Context, in *SaveSlotRequest, opts ...grpc.CallOption) (*SaveSlotResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(SaveSlotResponse)
+	err := c.cc.Invoke(ctx, InferenceService_SaveSlot_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *inferenceServiceClient) RestoreSlot(ctx context.Context, in *RestoreSlotRequest, opts ...grpc.CallOption) (*RestoreSlotResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RestoreSlotResponse)
+	err := c.cc.Invoke(ctx, InferenceService_RestoreSlot_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *inferenceServiceClient) EraseSlot(ctx context.Context, in *EraseSlotRequest, opts ...grpc.CallOption) (*EraseSlotResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(EraseSlotResponse)
+	err := c.cc.Invoke(ctx, InferenceService_EraseSlot_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *inferenceServiceClient) Relay(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[RelayRequest, RelayResponse], error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	stream, err := c.cc.NewStream(ctx, &InferenceService_ServiceDesc.Streams[1], InferenceService_Relay_FullMethodName, cOpts...)
@@ -184,6 +287,32 @@ type InferenceServiceServer interface {
 	ListModels(context.Context, *ListModelsRequest) (*ListModelsResponse, error)
 	// GetLoad reports the work in progress and the KV cache occupancy, for load balancers.
 	GetLoad(context.Context, *GetLoadRequest) (*GetLoadResponse, error)
+	// ApplyChatTemplate renders a conversation with the model's chat template, followed by the
+	// opening of the assistant's turn, and returns the text without generating anything: the
+	// prompt a Generate call with the same messages would run on, as text.
+	ApplyChatTemplate(context.Context, *ApplyChatTemplateRequest) (*ApplyChatTemplateResponse, error)
+	// ListLoraAdapters lists the LoRA adapters the worker loaded at start (--lora, --lora-scaled),
+	// with the scales a request that gives none of its own runs with.
+	ListLoraAdapters(context.Context, *ListLoraAdaptersRequest) (*ListLoraAdaptersResponse, error)
+	// SetLoraAdapters sets the scales of the LoRA adapters for the requests admitted from now on:
+	// every adapter listed gets its scale, every adapter left out gets 0. Running requests keep
+	// the scales they started with. An unknown or repeated id, or a scale that is not finite or
+	// beyond -10..10, fails with INVALID_ARGUMENT and changes nothing.
+	SetLoraAdapters(context.Context, *SetLoraAdaptersRequest) (*SetLoraAdaptersResponse, error)
+	// GetSlots describes every slot of the worker (a slot is a sequence of the KV cache that runs
+	// one request at a time): whether it is busy, the request it runs and the tokens its cells hold.
+	// Read between two engine steps, as GetLoad is.
+	GetSlots(context.Context, *GetSlotsRequest) (*GetSlotsResponse, error)
+	// SaveSlot writes an idle slot's cached tokens and their KV state to a file in the worker's
+	// --slot-save-path directory. Without that directory it fails with FAILED_PRECONDITION (reason
+	// SLOT_FILES_OFF); a busy slot fails with ABORTED (reason SLOT_BUSY).
+	SaveSlot(context.Context, *SaveSlotRequest) (*SaveSlotResponse, error)
+	// RestoreSlot loads a file written by SaveSlot into an idle slot, so that the next request
+	// starting with its tokens reuses them. A file made for another model or other context
+	// settings is refused with INVALID_ARGUMENT.
+	RestoreSlot(context.Context, *RestoreSlotRequest) (*RestoreSlotResponse, error)
+	// EraseSlot drops the cached tokens of an idle slot.
+	EraseSlot(context.Context, *EraseSlotRequest) (*EraseSlotResponse, error)
 	// Relay runs many Generate calls over one long-lived stream, for gateways and proxies that
 	// relay every token of a worker: each RelayResponse carries what the worker produced for any
 	// of the stream's calls since the previous one (typically one engine step of every running
@@ -221,6 +350,27 @@ func (UnimplementedInferenceServiceServer) ListModels(context.Context, *ListMode
 }
 func (UnimplementedInferenceServiceServer) GetLoad(context.Context, *GetLoadRequest) (*GetLoadResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetLoad not implemented")
+}
+func (UnimplementedInferenceServiceServer) ApplyChatTemplate(context.Context, *ApplyChatTemplateRequest) (*ApplyChatTemplateResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ApplyChatTemplate not implemented")
+}
+func (UnimplementedInferenceServiceServer) ListLoraAdapters(context.Context, *ListLoraAdaptersRequest) (*ListLoraAdaptersResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListLoraAdapters not implemented")
+}
+func (UnimplementedInferenceServiceServer) SetLoraAdapters(context.Context, *SetLoraAdaptersRequest) (*SetLoraAdaptersResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method SetLoraAdapters not implemented")
+}
+func (UnimplementedInferenceServiceServer) GetSlots(context.Context, *GetSlotsRequest) (*GetSlotsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetSlots not implemented")
+}
+func (UnimplementedInferenceServiceServer) SaveSlot(context.Context, *SaveSlotRequest) (*SaveSlotResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method SaveSlot not implemented")
+}
+func (UnimplementedInferenceServiceServer) RestoreSlot(context.Context, *RestoreSlotRequest) (*RestoreSlotResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RestoreSlot not implemented")
+}
+func (UnimplementedInferenceServiceServer) EraseSlot(context.Context, *EraseSlotRequest) (*EraseSlotResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method EraseSlot not implemented")
 }
 func (UnimplementedInferenceServiceServer) Relay(grpc.BidiStreamingServer[RelayRequest, RelayResponse]) error {
 	return status.Error(codes.Unimplemented, "method Relay not implemented")
@@ -365,6 +515,132 @@ func _InferenceService_GetLoad_Handler(srv interface{}, ctx context.Context, dec
 	return interceptor(ctx, in, info, handler)
 }
 
+func _InferenceService_ApplyChatTemplate_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ApplyChatTemplateRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(InferenceServiceServer).ApplyChatTemplate(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: InferenceService_ApplyChatTemplate_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(InferenceServiceServer).ApplyChatTemplate(ctx, req.(*ApplyChatTemplateRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _InferenceService_ListLoraAdapters_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListLoraAdaptersRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(InferenceServiceServer).ListLoraAdapters(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: InferenceService_ListLoraAdapters_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(InferenceServiceServer).ListLoraAdapters(ctx, req.(*ListLoraAdaptersRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _InferenceService_SetLoraAdapters_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SetLoraAdaptersRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(InferenceServiceServer).SetLoraAdapters(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: InferenceService_SetLoraAdapters_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(InferenceServiceServer).SetLoraAdapters(ctx, req.(*SetLoraAdaptersRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _InferenceService_GetSlots_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetSlotsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(InferenceServiceServer).GetSlots(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: InferenceService_GetSlots_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(InferenceServiceServer).GetSlots(ctx, req.(*GetSlotsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _InferenceService_SaveSlot_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SaveSlotRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(InferenceServiceServer).SaveSlot(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: InferenceService_SaveSlot_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(InferenceServiceServer).SaveSlot(ctx, req.(*SaveSlotRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _InferenceService_RestoreSlot_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RestoreSlotRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(InferenceServiceServer).RestoreSlot(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: InferenceService_RestoreSlot_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(InferenceServiceServer).RestoreSlot(ctx, req.(*RestoreSlotRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _InferenceService_EraseSlot_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(EraseSlotRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(InferenceServiceServer).EraseSlot(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: InferenceService_EraseSlot_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(InferenceServiceServer).EraseSlot(ctx, req.(*EraseSlotRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _InferenceService_Relay_Handler(srv interface{}, stream grpc.ServerStream) error {
 	return srv.(InferenceServiceServer).Relay(&grpc.GenericServerStream[RelayRequest, RelayResponse]{ServerStream: stream})
 }
@@ -402,6 +678,34 @@ var InferenceService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetLoad",
 			Handler:    _InferenceService_GetLoad_Handler,
+		},
+		{
+			MethodName: "ApplyChatTemplate",
+			Handler:    _InferenceService_ApplyChatTemplate_Handler,
+		},
+		{
+			MethodName: "ListLoraAdapters",
+			Handler:    _InferenceService_ListLoraAdapters_Handler,
+		},
+		{
+			MethodName: "SetLoraAdapters",
+			Handler:    _InferenceService_SetLoraAdapters_Handler,
+		},
+		{
+			MethodName: "GetSlots",
+			Handler:    _InferenceService_GetSlots_Handler,
+		},
+		{
+			MethodName: "SaveSlot",
+			Handler:    _InferenceService_SaveSlot_Handler,
+		},
+		{
+			MethodName: "RestoreSlot",
+			Handler:    _InferenceService_RestoreSlot_Handler,
+		},
+		{
+			MethodName: "EraseSlot",
+			Handler:    _InferenceService_EraseSlot_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

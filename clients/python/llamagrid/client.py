@@ -150,6 +150,12 @@ class AsyncInferenceClient:
         """Turn token ids back into text."""
         return await self._stub.Detokenize(request, timeout=timeout)
 
+    async def apply_chat_template(
+        self, request: pb.ApplyChatTemplateRequest, timeout: float | None = None
+    ) -> pb.ApplyChatTemplateResponse:
+        """Render a conversation with the model's chat template, without generating."""
+        return await self._stub.ApplyChatTemplate(request, timeout=timeout)
+
     async def get_model_info(
         self, request: pb.GetModelInfoRequest, timeout: float | None = None
     ) -> pb.GetModelInfoResponse:
@@ -165,6 +171,18 @@ class AsyncInferenceClient:
     async def get_load(self, timeout: float | None = None) -> pb.GetLoadResponse:
         """The worker's work in progress and KV cache occupancy."""
         return await self._stub.GetLoad(pb.GetLoadRequest(), timeout=timeout)
+
+    async def list_lora_adapters(
+        self, request: pb.ListLoraAdaptersRequest, timeout: float | None = None
+    ) -> pb.ListLoraAdaptersResponse:
+        """The LoRA adapters of a model, with their current scales."""
+        return await self._stub.ListLoraAdapters(request, timeout=timeout)
+
+    async def set_lora_adapters(
+        self, request: pb.SetLoraAdaptersRequest, timeout: float | None = None
+    ) -> pb.SetLoraAdaptersResponse:
+        """Set the scales of a model's LoRA adapters (those left out get 0)."""
+        return await self._stub.SetLoraAdapters(request, timeout=timeout)
 
     # Sessions: a Generate request whose ``session`` names one is that session's next turn.
     async def open_session(

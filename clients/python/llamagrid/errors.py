@@ -54,6 +54,10 @@ REASON_SESSION_LENGTH_MISMATCH = "SESSION_LENGTH_MISMATCH"
 REASON_SESSION_LIMIT = "SESSION_LIMIT"
 #: The session's turn was cancelled through CancelTurn.
 REASON_TURN_CANCELLED = "TURN_CANCELLED"
+#: The slot runs a request: save, restore and erase need an idle slot (ABORTED).
+REASON_SLOT_BUSY = "SLOT_BUSY"
+#: The worker has no --slot-save-path: slot files are off (FAILED_PRECONDITION).
+REASON_SLOT_FILES_OFF = "SLOT_FILES_OFF"
 
 
 @dataclass(frozen=True)

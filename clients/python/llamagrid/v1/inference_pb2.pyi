@@ -761,6 +761,7 @@ class GenerateRequest(_message.Message):
     PROMPT_FIELD_NUMBER: _builtins.int
     TOKENS_FIELD_NUMBER: _builtins.int
     CHAT_FIELD_NUMBER: _builtins.int
+    INFILL_FIELD_NUMBER: _builtins.int
     SAMPLING_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     SESSION_FIELD_NUMBER: _builtins.int
@@ -773,6 +774,7 @@ class GenerateRequest(_message.Message):
     N_FIELD_NUMBER: _builtins.int
     PROMPT_LOGPROBS_FIELD_NUMBER: _builtins.int
     ECHO_FIELD_NUMBER: _builtins.int
+    LORA_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """The model alias. Empty means the worker's only model."""
     prompt: _builtins.str
@@ -822,6 +824,12 @@ class GenerateRequest(_message.Message):
         """A conversation, formatted by the model's chat template."""
 
     @_builtins.property
+    def infill(self) -> Global___Infill:
+        """Code to fill in between a prefix and a suffix, built into a prompt with the model's
+        fill-in-the-middle tokens (ModelInfo.fill_in_middle); a model without them refuses it.
+        """
+
+    @_builtins.property
     def sampling(self) -> Global___SamplingParams:
         """How to sample and when to stop."""
 
@@ -840,6 +848,14 @@ class GenerateRequest(_message.Message):
     def tool_choice(self) -> Global___ToolChoice:
         """Which tools the model may call. Unset means auto when tools are given."""
 
+    @_builtins.property
+    def lora(self) -> _containers.RepeatedCompositeFieldContainer[Global___LoraScale]:
+        """LoRA adapter scales for this request alone, at most 64: every adapter listed gets its
+        scale, every adapter left out gets 0. Empty means the worker's scales (ListLoraAdapters).
+        Each decode step batches only requests whose scales are equal, and KV cache computed under
+        other scales is never reused, so a request's output does not depend on its neighbours.
+        """
+
     def __init__(
         self,
         *,
@@ -847,6 +863,7 @@ class GenerateRequest(_message.Message):
         prompt: _builtins.str = ...,
         tokens: Global___TokenList | None = ...,
         chat: Global___ChatConversation | None = ...,
+        infill: Global___Infill | None = ...,
         sampling: Global___SamplingParams | None = ...,
         request_id: _builtins.str = ...,
         session: Global___SessionRef | None = ...,
@@ -859,10 +876,11 @@ class GenerateRequest(_message.Message):
         n: _builtins.int | None = ...,
         prompt_logprobs: _builtins.int | None = ...,
         echo: _builtins.bool = ...,
+        lora: _abc.Iterable[Global___LoraScale] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_n", b"_n", "_parallel_tool_calls", b"_parallel_tool_calls", "_prompt_logprobs", b"_prompt_logprobs", "chat", b"chat", "input", b"input", "n", b"n", "parallel_tool_calls", b"parallel_tool_calls", "prompt", b"prompt", "prompt_logprobs", b"prompt_logprobs", "sampling", b"sampling", "session", b"session", "tokens", b"tokens", "tool_choice", b"tool_choice"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_n", b"_n", "_parallel_tool_calls", b"_parallel_tool_calls", "_prompt_logprobs", b"_prompt_logprobs", "chat", b"chat", "infill", b"infill", "input", b"input", "n", b"n", "parallel_tool_calls", b"parallel_tool_calls", "prompt", b"prompt", "prompt_logprobs", b"prompt_logprobs", "sampling", b"sampling", "session", b"session", "tokens", b"tokens", "tool_choice", b"tool_choice"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_n", b"_n", "_parallel_tool_calls", b"_parallel_tool_calls", "_prompt_logprobs", b"_prompt_logprobs", "chat", b"chat", "chat_template_kwargs", b"chat_template_kwargs", "echo", b"echo", "input", b"input", "model", b"model", "n", b"n", "parallel_tool_calls", b"parallel_tool_calls", "prompt", b"prompt", "prompt_logprobs", b"prompt_logprobs", "reasoning_effort", b"reasoning_effort", "reasoning_format", b"reasoning_format", "request_id", b"request_id", "sampling", b"sampling", "session", b"session", "tokens", b"tokens", "tool_choice", b"tool_choice", "tools", b"tools"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_n", b"_n", "_parallel_tool_calls", b"_parallel_tool_calls", "_prompt_logprobs", b"_prompt_logprobs", "chat", b"chat", "chat_template_kwargs", b"chat_template_kwargs", "echo", b"echo", "infill", b"infill", "input", b"input", "lora", b"lora", "model", b"model", "n", b"n", "parallel_tool_calls", b"parallel_tool_calls", "prompt", b"prompt", "prompt_logprobs", b"prompt_logprobs", "reasoning_effort", b"reasoning_effort", "reasoning_format", b"reasoning_format", "request_id", b"request_id", "sampling", b"sampling", "session", b"session", "tokens", b"tokens", "tool_choice", b"tool_choice", "tools", b"tools"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__n: _TypeAlias = _typing.Literal["n"]  # noqa: Y015
     _WhichOneofArgType__n: _TypeAlias = _typing.Literal["_n", b"_n"]  # noqa: Y015
@@ -870,7 +888,7 @@ class GenerateRequest(_message.Message):
     _WhichOneofArgType__parallel_tool_calls: _TypeAlias = _typing.Literal["_parallel_tool_calls", b"_parallel_tool_calls"]  # noqa: Y015
     _WhichOneofReturnType__prompt_logprobs: _TypeAlias = _typing.Literal["prompt_logprobs"]  # noqa: Y015
     _WhichOneofArgType__prompt_logprobs: _TypeAlias = _typing.Literal["_prompt_logprobs", b"_prompt_logprobs"]  # noqa: Y015
-    _WhichOneofReturnType_input: _TypeAlias = _typing.Literal["prompt", "tokens", "chat"]  # noqa: Y015
+    _WhichOneofReturnType_input: _TypeAlias = _typing.Literal["prompt", "tokens", "chat", "infill"]  # noqa: Y015
     _WhichOneofArgType_input: _TypeAlias = _typing.Literal["input", b"input"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__n) -> _WhichOneofReturnType__n | None: ...
@@ -882,6 +900,229 @@ class GenerateRequest(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType_input) -> _WhichOneofReturnType_input | None: ...
 
 Global___GenerateRequest: _TypeAlias = GenerateRequest  # noqa: Y015
+
+@_typing.final
+class LoraScale(_message.Message):
+    """LoraScale gives one LoRA adapter a scale."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    SCALE_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    """The adapter's id: its place among the adapters the worker loaded, from 0."""
+    scale: _builtins.float
+    """The scale, finite and between -10 and 10; 0 turns the adapter off."""
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        scale: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "scale", b"scale"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LoraScale: _TypeAlias = LoraScale  # noqa: Y015
+
+@_typing.final
+class LoraAdapter(_message.Message):
+    """LoraAdapter describes a LoRA adapter a worker loaded."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    PATH_FIELD_NUMBER: _builtins.int
+    SCALE_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    """The adapter's id: its place among the adapters the worker loaded, from 0."""
+    path: _builtins.str
+    """The adapter's file name (never its path on the worker)."""
+    scale: _builtins.float
+    """The scale applied to requests that give none of their own."""
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        path: _builtins.str = ...,
+        scale: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "path", b"path", "scale", b"scale"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LoraAdapter: _TypeAlias = LoraAdapter  # noqa: Y015
+
+@_typing.final
+class ListLoraAdaptersRequest(_message.Message):
+    """ListLoraAdaptersRequest asks for the LoRA adapters of a model."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    """The model alias. Empty means the worker's only model."""
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListLoraAdaptersRequest: _TypeAlias = ListLoraAdaptersRequest  # noqa: Y015
+
+@_typing.final
+class ListLoraAdaptersResponse(_message.Message):
+    """ListLoraAdaptersResponse lists the LoRA adapters of a model, in id order."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ADAPTERS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def adapters(self) -> _containers.RepeatedCompositeFieldContainer[Global___LoraAdapter]:
+        """The adapters, empty when the worker loaded none."""
+
+    def __init__(
+        self,
+        *,
+        adapters: _abc.Iterable[Global___LoraAdapter] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["adapters", b"adapters"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListLoraAdaptersResponse: _TypeAlias = ListLoraAdaptersResponse  # noqa: Y015
+
+@_typing.final
+class SetLoraAdaptersRequest(_message.Message):
+    """SetLoraAdaptersRequest sets the scales of a model's LoRA adapters."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    ADAPTERS_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    """The model alias. Empty means the worker's only model."""
+    @_builtins.property
+    def adapters(self) -> _containers.RepeatedCompositeFieldContainer[Global___LoraScale]:
+        """The new scales, at most 64; adapters left out get 0."""
+
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        adapters: _abc.Iterable[Global___LoraScale] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["adapters", b"adapters", "model", b"model"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetLoraAdaptersRequest: _TypeAlias = SetLoraAdaptersRequest  # noqa: Y015
+
+@_typing.final
+class SetLoraAdaptersResponse(_message.Message):
+    """SetLoraAdaptersResponse lists the LoRA adapters with their new scales."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ADAPTERS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def adapters(self) -> _containers.RepeatedCompositeFieldContainer[Global___LoraAdapter]:
+        """The adapters, in id order."""
+
+    def __init__(
+        self,
+        *,
+        adapters: _abc.Iterable[Global___LoraAdapter] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["adapters", b"adapters"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetLoraAdaptersResponse: _TypeAlias = SetLoraAdaptersResponse  # noqa: Y015
+
+@_typing.final
+class Infill(_message.Message):
+    """Infill is a fill-in-the-middle input: the text before the cursor, the text after it, and
+    other files for context. Every text is tokenized as plain text (special-token text in it is
+    ordinary characters); the worker adds the model's FIM tokens. When the whole does not fit, the
+    prefix loses its start, the suffix its end and the extra context its first chunks, as
+    llama-server trims them.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PREFIX_FIELD_NUMBER: _builtins.int
+    SUFFIX_FIELD_NUMBER: _builtins.int
+    EXTRA_FIELD_NUMBER: _builtins.int
+    PROMPT_FIELD_NUMBER: _builtins.int
+    prefix: _builtins.str
+    """The text before the cursor."""
+    suffix: _builtins.str
+    """The text after the cursor."""
+    prompt: _builtins.str
+    """Text the completion must start with, put right after the prefix (llama-server's
+    `prompt` on /infill).
+    """
+    @_builtins.property
+    def extra(self) -> _containers.RepeatedCompositeFieldContainer[Global___InfillChunk]:
+        """Other files given as context, put before the prefix in this order, at most 64."""
+
+    def __init__(
+        self,
+        *,
+        prefix: _builtins.str = ...,
+        suffix: _builtins.str = ...,
+        extra: _abc.Iterable[Global___InfillChunk] | None = ...,
+        prompt: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["extra", b"extra", "prefix", b"prefix", "prompt", b"prompt", "suffix", b"suffix"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Infill: _TypeAlias = Infill  # noqa: Y015
+
+@_typing.final
+class InfillChunk(_message.Message):
+    """InfillChunk is one file of extra context for an Infill."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FILENAME_FIELD_NUMBER: _builtins.int
+    TEXT_FIELD_NUMBER: _builtins.int
+    filename: _builtins.str
+    """The file's name, one line of at most 256 bytes; empty means "tmp"."""
+    text: _builtins.str
+    """The file's text."""
+    def __init__(
+        self,
+        *,
+        filename: _builtins.str = ...,
+        text: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["filename", b"filename", "text", b"text"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InfillChunk: _TypeAlias = InfillChunk  # noqa: Y015
 
 @_typing.final
 class SessionRef(_message.Message):
@@ -2057,6 +2298,8 @@ class ModelInfo(_message.Message):
     POOLING_FIELD_NUMBER: _builtins.int
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     EMBEDDING_DIMENSIONS_FIELD_NUMBER: _builtins.int
+    ADAPTERS_FIELD_NUMBER: _builtins.int
+    FILL_IN_MIDDLE_FIELD_NUMBER: _builtins.int
     alias: _builtins.str
     """The name clients use to address the model."""
     file: _builtins.str
@@ -2083,6 +2326,10 @@ class ModelInfo(_message.Message):
     """The pooling used for embeddings: "mean", "cls", "last" or "rank"."""
     description: _builtins.str
     """A human-readable description from the GGUF metadata."""
+    fill_in_middle: _builtins.bool
+    """Whether the model's vocabulary has fill-in-the-middle tokens (prefix, suffix and middle),
+    so that GenerateRequest.infill can be served.
+    """
     @_builtins.property
     def capabilities(self) -> _containers.RepeatedScalarFieldContainer[Global___Capability.ValueType]:
         """What the model can do."""
@@ -2096,6 +2343,10 @@ class ModelInfo(_message.Message):
         """The widths EmbedRequest.dimensions may ask for; unset when the model's embeddings must not
         be truncated (the default: only a model trained for it gives meaningful shorter vectors).
         """
+
+    @_builtins.property
+    def adapters(self) -> _containers.RepeatedCompositeFieldContainer[Global___LoraAdapter]:
+        """The LoRA adapters the worker loaded, with their current scales (as ListLoraAdapters)."""
 
     def __init__(
         self,
@@ -2116,14 +2367,66 @@ class ModelInfo(_message.Message):
         pooling: _builtins.str = ...,
         description: _builtins.str = ...,
         embedding_dimensions: Global___EmbeddingDimensions | None = ...,
+        adapters: _abc.Iterable[Global___LoraAdapter] | None = ...,
+        fill_in_middle: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["embedding_dimensions", b"embedding_dimensions", "placement", b"placement"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["alias", b"alias", "capabilities", b"capabilities", "chat_template", b"chat_template", "context_size", b"context_size", "description", b"description", "embedding_dimensions", b"embedding_dimensions", "embedding_size", b"embedding_size", "file", b"file", "hf_repo", b"hf_repo", "parameter_count", b"parameter_count", "placement", b"placement", "pooling", b"pooling", "size_bytes", b"size_bytes", "slots", b"slots", "train_context_size", b"train_context_size", "vocab_size", b"vocab_size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["adapters", b"adapters", "alias", b"alias", "capabilities", b"capabilities", "chat_template", b"chat_template", "context_size", b"context_size", "description", b"description", "embedding_dimensions", b"embedding_dimensions", "embedding_size", b"embedding_size", "file", b"file", "fill_in_middle", b"fill_in_middle", "hf_repo", b"hf_repo", "parameter_count", b"parameter_count", "placement", b"placement", "pooling", b"pooling", "size_bytes", b"size_bytes", "slots", b"slots", "train_context_size", b"train_context_size", "vocab_size", b"vocab_size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ModelInfo: _TypeAlias = ModelInfo  # noqa: Y015
+
+@_typing.final
+class ApplyChatTemplateRequest(_message.Message):
+    """ApplyChatTemplateRequest asks for the prompt text of a conversation."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    CHAT_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    """The model alias. Empty means the worker's only model."""
+    @_builtins.property
+    def chat(self) -> Global___ChatConversation:
+        """The conversation to render, checked as a Generate call's chat input is."""
+
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        chat: Global___ChatConversation | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["chat", b"chat"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chat", b"chat", "model", b"model"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ApplyChatTemplateRequest: _TypeAlias = ApplyChatTemplateRequest  # noqa: Y015
+
+@_typing.final
+class ApplyChatTemplateResponse(_message.Message):
+    """ApplyChatTemplateResponse holds the prompt text of a conversation."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROMPT_FIELD_NUMBER: _builtins.int
+    prompt: _builtins.str
+    """The chat template's rendering of the messages and the opening of the assistant's turn."""
+    def __init__(
+        self,
+        *,
+        prompt: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["prompt", b"prompt"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ApplyChatTemplateResponse: _TypeAlias = ApplyChatTemplateResponse  # noqa: Y015
 
 @_typing.final
 class GetModelInfoRequest(_message.Message):
@@ -2487,3 +2790,307 @@ class RelayResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RelayResponse: _TypeAlias = RelayResponse  # noqa: Y015
+
+@_typing.final
+class GetSlotsRequest(_message.Message):
+    """GetSlotsRequest asks for the state of every slot of a worker."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    """The model alias. Empty means the worker's only model."""
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetSlotsRequest: _TypeAlias = GetSlotsRequest  # noqa: Y015
+
+@_typing.final
+class SlotState(_message.Message):
+    """SlotState is the state of one slot, as GetSlots reports it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    N_CTX_FIELD_NUMBER: _builtins.int
+    PROCESSING_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    TOKENS_CACHED_FIELD_NUMBER: _builtins.int
+    PROMPT_TOKENS_FIELD_NUMBER: _builtins.int
+    GENERATED_TOKENS_FIELD_NUMBER: _builtins.int
+    MAX_TOKENS_FIELD_NUMBER: _builtins.int
+    CHOICE_FIELD_NUMBER: _builtins.int
+    SAMPLING_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    """The slot's id on this worker, from 0."""
+    n_ctx: _builtins.int
+    """The most tokens the slot holds: the context divided among the slots."""
+    processing: _builtins.bool
+    """Whether a request runs in the slot."""
+    request_id: _builtins.str
+    """The request_id of the request running in the slot; empty when idle."""
+    session_id: _builtins.str
+    """The session the running request is a turn of; empty when none."""
+    tokens_cached: _builtins.int
+    """Tokens whose KV cells the slot holds: a running request's decoded tokens, or an idle
+    slot's cached prefix.
+    """
+    prompt_tokens: _builtins.int
+    """The running request's prompt tokens; 0 when idle."""
+    generated_tokens: _builtins.int
+    """Tokens the running request has generated so far; 0 when idle."""
+    max_tokens: _builtins.int
+    """The most tokens the running request may generate; 0 when idle."""
+    choice: _builtins.int
+    """The choice the slot generates, for a request of several choices (GenerateRequest.n)."""
+    @_builtins.property
+    def sampling(self) -> Global___SamplingParams:
+        """The running request's sampling settings with every default filled in; the defaults when
+        the slot is idle. Grammar, JSON schema and logit_bias are left out.
+        """
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        n_ctx: _builtins.int = ...,
+        processing: _builtins.bool = ...,
+        request_id: _builtins.str = ...,
+        session_id: _builtins.str = ...,
+        tokens_cached: _builtins.int = ...,
+        prompt_tokens: _builtins.int = ...,
+        generated_tokens: _builtins.int = ...,
+        max_tokens: _builtins.int = ...,
+        choice: _builtins.int = ...,
+        sampling: Global___SamplingParams | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["sampling", b"sampling"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["choice", b"choice", "generated_tokens", b"generated_tokens", "id", b"id", "max_tokens", b"max_tokens", "n_ctx", b"n_ctx", "processing", b"processing", "prompt_tokens", b"prompt_tokens", "request_id", b"request_id", "sampling", b"sampling", "session_id", b"session_id", "tokens_cached", b"tokens_cached"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SlotState: _TypeAlias = SlotState  # noqa: Y015
+
+@_typing.final
+class GetSlotsResponse(_message.Message):
+    """GetSlotsResponse lists the slots of the worker."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SLOTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def slots(self) -> _containers.RepeatedCompositeFieldContainer[Global___SlotState]:
+        """Every slot, in id order."""
+
+    def __init__(
+        self,
+        *,
+        slots: _abc.Iterable[Global___SlotState] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["slots", b"slots"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetSlotsResponse: _TypeAlias = GetSlotsResponse  # noqa: Y015
+
+@_typing.final
+class SaveSlotRequest(_message.Message):
+    """SaveSlotRequest names a slot and the file to save it to."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    ID_FIELD_NUMBER: _builtins.int
+    FILENAME_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    """The model alias. Empty means the worker's only model."""
+    id: _builtins.int
+    """The slot's id on this worker."""
+    filename: _builtins.str
+    """A plain file name inside --slot-save-path: 1 to 200 bytes of UTF-8, without '/', '\\',
+    control characters or "..", not starting with '.'.
+    """
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        id: _builtins.int = ...,
+        filename: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["filename", b"filename", "id", b"id", "model", b"model"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SaveSlotRequest: _TypeAlias = SaveSlotRequest  # noqa: Y015
+
+@_typing.final
+class SaveSlotResponse(_message.Message):
+    """SaveSlotResponse says what was saved."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    FILENAME_FIELD_NUMBER: _builtins.int
+    TOKENS_SAVED_FIELD_NUMBER: _builtins.int
+    BYTES_WRITTEN_FIELD_NUMBER: _builtins.int
+    SAVE_MS_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    """The slot's id."""
+    filename: _builtins.str
+    """The file written."""
+    tokens_saved: _builtins.int
+    """The tokens saved."""
+    bytes_written: _builtins.int
+    """The bytes written to the file."""
+    save_ms: _builtins.float
+    """Milliseconds the save took."""
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        filename: _builtins.str = ...,
+        tokens_saved: _builtins.int = ...,
+        bytes_written: _builtins.int = ...,
+        save_ms: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes_written", b"bytes_written", "filename", b"filename", "id", b"id", "save_ms", b"save_ms", "tokens_saved", b"tokens_saved"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SaveSlotResponse: _TypeAlias = SaveSlotResponse  # noqa: Y015
+
+@_typing.final
+class RestoreSlotRequest(_message.Message):
+    """RestoreSlotRequest names a slot and the file to restore into it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    ID_FIELD_NUMBER: _builtins.int
+    FILENAME_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    """The model alias. Empty means the worker's only model."""
+    id: _builtins.int
+    """The slot's id on this worker."""
+    filename: _builtins.str
+    """A file name inside --slot-save-path, under the same rules as SaveSlotRequest.filename."""
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        id: _builtins.int = ...,
+        filename: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["filename", b"filename", "id", b"id", "model", b"model"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RestoreSlotRequest: _TypeAlias = RestoreSlotRequest  # noqa: Y015
+
+@_typing.final
+class RestoreSlotResponse(_message.Message):
+    """RestoreSlotResponse says what was restored."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    FILENAME_FIELD_NUMBER: _builtins.int
+    TOKENS_RESTORED_FIELD_NUMBER: _builtins.int
+    BYTES_READ_FIELD_NUMBER: _builtins.int
+    RESTORE_MS_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    """The slot's id."""
+    filename: _builtins.str
+    """The file read."""
+    tokens_restored: _builtins.int
+    """The tokens restored: the slot now holds their KV cells."""
+    bytes_read: _builtins.int
+    """The bytes read from the file."""
+    restore_ms: _builtins.float
+    """Milliseconds the restore took."""
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        filename: _builtins.str = ...,
+        tokens_restored: _builtins.int = ...,
+        bytes_read: _builtins.int = ...,
+        restore_ms: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes_read", b"bytes_read", "filename", b"filename", "id", b"id", "restore_ms", b"restore_ms", "tokens_restored", b"tokens_restored"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RestoreSlotResponse: _TypeAlias = RestoreSlotResponse  # noqa: Y015
+
+@_typing.final
+class EraseSlotRequest(_message.Message):
+    """EraseSlotRequest names the slot whose cached tokens to drop."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    ID_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    """The model alias. Empty means the worker's only model."""
+    id: _builtins.int
+    """The slot's id on this worker."""
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        id: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "model", b"model"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EraseSlotRequest: _TypeAlias = EraseSlotRequest  # noqa: Y015
+
+@_typing.final
+class EraseSlotResponse(_message.Message):
+    """EraseSlotResponse says what was erased."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    TOKENS_ERASED_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    """The slot's id."""
+    tokens_erased: _builtins.int
+    """The tokens the slot held before."""
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        tokens_erased: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "tokens_erased", b"tokens_erased"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EraseSlotResponse: _TypeAlias = EraseSlotResponse  # noqa: Y015

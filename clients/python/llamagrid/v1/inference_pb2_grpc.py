@@ -71,6 +71,41 @@ class InferenceServiceStub:
                 request_serializer=llamagrid_dot_v1_dot_inference__pb2.GetLoadRequest.SerializeToString,
                 response_deserializer=llamagrid_dot_v1_dot_inference__pb2.GetLoadResponse.FromString,
                 _registered_method=True)
+        self.ApplyChatTemplate = channel.unary_unary(
+                '/llamagrid.v1.InferenceService/ApplyChatTemplate',
+                request_serializer=llamagrid_dot_v1_dot_inference__pb2.ApplyChatTemplateRequest.SerializeToString,
+                response_deserializer=llamagrid_dot_v1_dot_inference__pb2.ApplyChatTemplateResponse.FromString,
+                _registered_method=True)
+        self.ListLoraAdapters = channel.unary_unary(
+                '/llamagrid.v1.InferenceService/ListLoraAdapters',
+                request_serializer=llamagrid_dot_v1_dot_inference__pb2.ListLoraAdaptersRequest.SerializeToString,
+                response_deserializer=llamagrid_dot_v1_dot_inference__pb2.ListLoraAdaptersResponse.FromString,
+                _registered_method=True)
+        self.SetLoraAdapters = channel.unary_unary(
+                '/llamagrid.v1.InferenceService/SetLoraAdapters',
+                request_serializer=llamagrid_dot_v1_dot_inference__pb2.SetLoraAdaptersRequest.SerializeToString,
+                response_deserializer=llamagrid_dot_v1_dot_inference__pb2.SetLoraAdaptersResponse.FromString,
+                _registered_method=True)
+        self.GetSlots = channel.unary_unary(
+                '/llamagrid.v1.InferenceService/GetSlots',
+                request_serializer=llamagrid_dot_v1_dot_inference__pb2.GetSlotsRequest.SerializeToString,
+                response_deserializer=llamagrid_dot_v1_dot_inference__pb2.GetSlotsResponse.FromString,
+                _registered_method=True)
+        self.SaveSlot = channel.unary_unary(
+                '/llamagrid.v1.InferenceService/SaveSlot',
+                request_serializer=llamagrid_dot_v1_dot_inference__pb2.SaveSlotRequest.SerializeToString,
+                response_deserializer=llamagrid_dot_v1_dot_inference__pb2.SaveSlotResponse.FromString,
+                _registered_method=True)
+        self.RestoreSlot = channel.unary_unary(
+                '/llamagrid.v1.InferenceService/RestoreSlot',
+                request_serializer=llamagrid_dot_v1_dot_inference__pb2.RestoreSlotRequest.SerializeToString,
+                response_deserializer=llamagrid_dot_v1_dot_inference__pb2.RestoreSlotResponse.FromString,
+                _registered_method=True)
+        self.EraseSlot = channel.unary_unary(
+                '/llamagrid.v1.InferenceService/EraseSlot',
+                request_serializer=llamagrid_dot_v1_dot_inference__pb2.EraseSlotRequest.SerializeToString,
+                response_deserializer=llamagrid_dot_v1_dot_inference__pb2.EraseSlotResponse.FromString,
+                _registered_method=True)
         self.Relay = channel.stream_stream(
                 '/llamagrid.v1.InferenceService/Relay',
                 request_serializer=llamagrid_dot_v1_dot_inference__pb2.RelayRequest.SerializeToString,
@@ -134,6 +169,67 @@ class InferenceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ApplyChatTemplate(self, request, context):
+        """ApplyChatTemplate renders a conversation with the model's chat template, followed by the
+        opening of the assistant's turn, and returns the text without generating anything: the
+        prompt a Generate call with the same messages would run on, as text.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListLoraAdapters(self, request, context):
+        """ListLoraAdapters lists the LoRA adapters the worker loaded at start (--lora, --lora-scaled),
+        with the scales a request that gives none of its own runs with.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetLoraAdapters(self, request, context):
+        """SetLoraAdapters sets the scales of the LoRA adapters for the requests admitted from now on:
+        every adapter listed gets its scale, every adapter left out gets 0. Running requests keep
+        the scales they started with. An unknown or repeated id, or a scale that is not finite or
+        beyond -10..10, fails with INVALID_ARGUMENT and changes nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetSlots(self, request, context):
+        """GetSlots describes every slot of the worker (a slot is a sequence of the KV cache that runs
+        one request at a time): whether it is busy, the request it runs and the tokens its cells hold.
+        Read between two engine steps, as GetLoad is.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SaveSlot(self, request, context):
+        """SaveSlot writes an idle slot's cached tokens and their KV state to a file in the worker's
+        --slot-save-path directory. Without that directory it fails with FAILED_PRECONDITION (reason
+        SLOT_FILES_OFF); a busy slot fails with ABORTED (reason SLOT_BUSY).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RestoreSlot(self, request, context):
+        """RestoreSlot loads a file written by SaveSlot into an idle slot, so that the next request
+        starting with its tokens reuses them. A file made for another model or other context
+        settings is refused with INVALID_ARGUMENT.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EraseSlot(self, request, context):
+        """EraseSlot drops the cached tokens of an idle slot.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Relay(self, request_iterator, context):
         """Relay runs many Generate calls over one long-lived stream, for gateways and proxies that
         relay every token of a worker: each RelayResponse carries what the worker produced for any
@@ -183,6 +279,41 @@ def add_InferenceServiceServicer_to_server(servicer, server):
                     servicer.GetLoad,
                     request_deserializer=llamagrid_dot_v1_dot_inference__pb2.GetLoadRequest.FromString,
                     response_serializer=llamagrid_dot_v1_dot_inference__pb2.GetLoadResponse.SerializeToString,
+            ),
+            'ApplyChatTemplate': grpc.unary_unary_rpc_method_handler(
+                    servicer.ApplyChatTemplate,
+                    request_deserializer=llamagrid_dot_v1_dot_inference__pb2.ApplyChatTemplateRequest.FromString,
+                    response_serializer=llamagrid_dot_v1_dot_inference__pb2.ApplyChatTemplateResponse.SerializeToString,
+            ),
+            'ListLoraAdapters': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListLoraAdapters,
+                    request_deserializer=llamagrid_dot_v1_dot_inference__pb2.ListLoraAdaptersRequest.FromString,
+                    response_serializer=llamagrid_dot_v1_dot_inference__pb2.ListLoraAdaptersResponse.SerializeToString,
+            ),
+            'SetLoraAdapters': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetLoraAdapters,
+                    request_deserializer=llamagrid_dot_v1_dot_inference__pb2.SetLoraAdaptersRequest.FromString,
+                    response_serializer=llamagrid_dot_v1_dot_inference__pb2.SetLoraAdaptersResponse.SerializeToString,
+            ),
+            'GetSlots': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSlots,
+                    request_deserializer=llamagrid_dot_v1_dot_inference__pb2.GetSlotsRequest.FromString,
+                    response_serializer=llamagrid_dot_v1_dot_inference__pb2.GetSlotsResponse.SerializeToString,
+            ),
+            'SaveSlot': grpc.unary_unary_rpc_method_handler(
+                    servicer.SaveSlot,
+                    request_deserializer=llamagrid_dot_v1_dot_inference__pb2.SaveSlotRequest.FromString,
+                    response_serializer=llamagrid_dot_v1_dot_inference__pb2.SaveSlotResponse.SerializeToString,
+            ),
+            'RestoreSlot': grpc.unary_unary_rpc_method_handler(
+                    servicer.RestoreSlot,
+                    request_deserializer=llamagrid_dot_v1_dot_inference__pb2.RestoreSlotRequest.FromString,
+                    response_serializer=llamagrid_dot_v1_dot_inference__pb2.RestoreSlotResponse.SerializeToString,
+            ),
+            'EraseSlot': grpc.unary_unary_rpc_method_handler(
+                    servicer.EraseSlot,
+                    request_deserializer=llamagrid_dot_v1_dot_inference__pb2.EraseSlotRequest.FromString,
+                    response_serializer=llamagrid_dot_v1_dot_inference__pb2.EraseSlotResponse.SerializeToString,
             ),
             'Relay': grpc.stream_stream_rpc_method_handler(
                     servicer.Relay,
@@ -381,6 +512,195 @@ class InferenceService:
             '/llamagrid.v1.InferenceService/GetLoad',
             llamagrid_dot_v1_dot_inference__pb2.GetLoadRequest.SerializeToString,
             llamagrid_dot_v1_dot_inference__pb2.GetLoadResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ApplyChatTemplate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llamagrid.v1.InferenceService/ApplyChatTemplate',
+            llamagrid_dot_v1_dot_inference__pb2.ApplyChatTemplateRequest.SerializeToString,
+            llamagrid_dot_v1_dot_inference__pb2.ApplyChatTemplateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListLoraAdapters(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llamagrid.v1.InferenceService/ListLoraAdapters',
+            llamagrid_dot_v1_dot_inference__pb2.ListLoraAdaptersRequest.SerializeToString,
+            llamagrid_dot_v1_dot_inference__pb2.ListLoraAdaptersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetLoraAdapters(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llamagrid.v1.InferenceService/SetLoraAdapters',
+            llamagrid_dot_v1_dot_inference__pb2.SetLoraAdaptersRequest.SerializeToString,
+            llamagrid_dot_v1_dot_inference__pb2.SetLoraAdaptersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSlots(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llamagrid.v1.InferenceService/GetSlots',
+            llamagrid_dot_v1_dot_inference__pb2.GetSlotsRequest.SerializeToString,
+            llamagrid_dot_v1_dot_inference__pb2.GetSlotsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SaveSlot(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llamagrid.v1.InferenceService/SaveSlot',
+            llamagrid_dot_v1_dot_inference__pb2.SaveSlotRequest.SerializeToString,
+            llamagrid_dot_v1_dot_inference__pb2.SaveSlotResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RestoreSlot(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llamagrid.v1.InferenceService/RestoreSlot',
+            llamagrid_dot_v1_dot_inference__pb2.RestoreSlotRequest.SerializeToString,
+            llamagrid_dot_v1_dot_inference__pb2.RestoreSlotResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EraseSlot(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llamagrid.v1.InferenceService/EraseSlot',
+            llamagrid_dot_v1_dot_inference__pb2.EraseSlotRequest.SerializeToString,
+            llamagrid_dot_v1_dot_inference__pb2.EraseSlotResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -52,6 +52,38 @@ class InferenceServiceStub:
     """ListModels describes every model this worker serves."""
     GetLoad: _grpc.UnaryUnaryMultiCallable[_inference_pb2.GetLoadRequest, _inference_pb2.GetLoadResponse]
     """GetLoad reports the work in progress and the KV cache occupancy, for load balancers."""
+    ApplyChatTemplate: _grpc.UnaryUnaryMultiCallable[_inference_pb2.ApplyChatTemplateRequest, _inference_pb2.ApplyChatTemplateResponse]
+    """ApplyChatTemplate renders a conversation with the model's chat template, followed by the
+    opening of the assistant's turn, and returns the text without generating anything: the
+    prompt a Generate call with the same messages would run on, as text.
+    """
+    ListLoraAdapters: _grpc.UnaryUnaryMultiCallable[_inference_pb2.ListLoraAdaptersRequest, _inference_pb2.ListLoraAdaptersResponse]
+    """ListLoraAdapters lists the LoRA adapters the worker loaded at start (--lora, --lora-scaled),
+    with the scales a request that gives none of its own runs with.
+    """
+    SetLoraAdapters: _grpc.UnaryUnaryMultiCallable[_inference_pb2.SetLoraAdaptersRequest, _inference_pb2.SetLoraAdaptersResponse]
+    """SetLoraAdapters sets the scales of the LoRA adapters for the requests admitted from now on:
+    every adapter listed gets its scale, every adapter left out gets 0. Running requests keep
+    the scales they started with. An unknown or repeated id, or a scale that is not finite or
+    beyond -10..10, fails with INVALID_ARGUMENT and changes nothing.
+    """
+    GetSlots: _grpc.UnaryUnaryMultiCallable[_inference_pb2.GetSlotsRequest, _inference_pb2.GetSlotsResponse]
+    """GetSlots describes every slot of the worker (a slot is a sequence of the KV cache that runs
+    one request at a time): whether it is busy, the request it runs and the tokens its cells hold.
+    Read between two engine steps, as GetLoad is.
+    """
+    SaveSlot: _grpc.UnaryUnaryMultiCallable[_inference_pb2.SaveSlotRequest, _inference_pb2.SaveSlotResponse]
+    """SaveSlot writes an idle slot's cached tokens and their KV state to a file in the worker's
+    --slot-save-path directory. Without that directory it fails with FAILED_PRECONDITION (reason
+    SLOT_FILES_OFF); a busy slot fails with ABORTED (reason SLOT_BUSY).
+    """
+    RestoreSlot: _grpc.UnaryUnaryMultiCallable[_inference_pb2.RestoreSlotRequest, _inference_pb2.RestoreSlotResponse]
+    """RestoreSlot loads a file written by SaveSlot into an idle slot, so that the next request
+    starting with its tokens reuses them. A file made for another model or other context
+    settings is refused with INVALID_ARGUMENT.
+    """
+    EraseSlot: _grpc.UnaryUnaryMultiCallable[_inference_pb2.EraseSlotRequest, _inference_pb2.EraseSlotResponse]
+    """EraseSlot drops the cached tokens of an idle slot."""
     Relay: _grpc.StreamStreamMultiCallable[_inference_pb2.RelayRequest, _inference_pb2.RelayResponse]
     """Relay runs many Generate calls over one long-lived stream, for gateways and proxies that
     relay every token of a worker: each RelayResponse carries what the worker produced for any
@@ -85,6 +117,38 @@ class InferenceServiceAsyncStub(InferenceServiceStub):
     """ListModels describes every model this worker serves."""
     GetLoad: _aio.UnaryUnaryMultiCallable[_inference_pb2.GetLoadRequest, _inference_pb2.GetLoadResponse]  # type: ignore[assignment]
     """GetLoad reports the work in progress and the KV cache occupancy, for load balancers."""
+    ApplyChatTemplate: _aio.UnaryUnaryMultiCallable[_inference_pb2.ApplyChatTemplateRequest, _inference_pb2.ApplyChatTemplateResponse]  # type: ignore[assignment]
+    """ApplyChatTemplate renders a conversation with the model's chat template, followed by the
+    opening of the assistant's turn, and returns the text without generating anything: the
+    prompt a Generate call with the same messages would run on, as text.
+    """
+    ListLoraAdapters: _aio.UnaryUnaryMultiCallable[_inference_pb2.ListLoraAdaptersRequest, _inference_pb2.ListLoraAdaptersResponse]  # type: ignore[assignment]
+    """ListLoraAdapters lists the LoRA adapters the worker loaded at start (--lora, --lora-scaled),
+    with the scales a request that gives none of its own runs with.
+    """
+    SetLoraAdapters: _aio.UnaryUnaryMultiCallable[_inference_pb2.SetLoraAdaptersRequest, _inference_pb2.SetLoraAdaptersResponse]  # type: ignore[assignment]
+    """SetLoraAdapters sets the scales of the LoRA adapters for the requests admitted from now on:
+    every adapter listed gets its scale, every adapter left out gets 0. Running requests keep
+    the scales they started with. An unknown or repeated id, or a scale that is not finite or
+    beyond -10..10, fails with INVALID_ARGUMENT and changes nothing.
+    """
+    GetSlots: _aio.UnaryUnaryMultiCallable[_inference_pb2.GetSlotsRequest, _inference_pb2.GetSlotsResponse]  # type: ignore[assignment]
+    """GetSlots describes every slot of the worker (a slot is a sequence of the KV cache that runs
+    one request at a time): whether it is busy, the request it runs and the tokens its cells hold.
+    Read between two engine steps, as GetLoad is.
+    """
+    SaveSlot: _aio.UnaryUnaryMultiCallable[_inference_pb2.SaveSlotRequest, _inference_pb2.SaveSlotResponse]  # type: ignore[assignment]
+    """SaveSlot writes an idle slot's cached tokens and their KV state to a file in the worker's
+    --slot-save-path directory. Without that directory it fails with FAILED_PRECONDITION (reason
+    SLOT_FILES_OFF); a busy slot fails with ABORTED (reason SLOT_BUSY).
+    """
+    RestoreSlot: _aio.UnaryUnaryMultiCallable[_inference_pb2.RestoreSlotRequest, _inference_pb2.RestoreSlotResponse]  # type: ignore[assignment]
+    """RestoreSlot loads a file written by SaveSlot into an idle slot, so that the next request
+    starting with its tokens reuses them. A file made for another model or other context
+    settings is refused with INVALID_ARGUMENT.
+    """
+    EraseSlot: _aio.UnaryUnaryMultiCallable[_inference_pb2.EraseSlotRequest, _inference_pb2.EraseSlotResponse]  # type: ignore[assignment]
+    """EraseSlot drops the cached tokens of an idle slot."""
     Relay: _aio.StreamStreamMultiCallable[_inference_pb2.RelayRequest, _inference_pb2.RelayResponse]  # type: ignore[assignment]
     """Relay runs many Generate calls over one long-lived stream, for gateways and proxies that
     relay every token of a worker: each RelayResponse carries what the worker produced for any
@@ -157,6 +221,80 @@ class InferenceServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_inference_pb2.GetLoadResponse, _abc.Awaitable[_inference_pb2.GetLoadResponse]]:
         """GetLoad reports the work in progress and the KV cache occupancy, for load balancers."""
+
+    @_abc_1.abstractmethod
+    def ApplyChatTemplate(
+        self,
+        request: _inference_pb2.ApplyChatTemplateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_inference_pb2.ApplyChatTemplateResponse, _abc.Awaitable[_inference_pb2.ApplyChatTemplateResponse]]:
+        """ApplyChatTemplate renders a conversation with the model's chat template, followed by the
+        opening of the assistant's turn, and returns the text without generating anything: the
+        prompt a Generate call with the same messages would run on, as text.
+        """
+
+    @_abc_1.abstractmethod
+    def ListLoraAdapters(
+        self,
+        request: _inference_pb2.ListLoraAdaptersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_inference_pb2.ListLoraAdaptersResponse, _abc.Awaitable[_inference_pb2.ListLoraAdaptersResponse]]:
+        """ListLoraAdapters lists the LoRA adapters the worker loaded at start (--lora, --lora-scaled),
+        with the scales a request that gives none of its own runs with.
+        """
+
+    @_abc_1.abstractmethod
+    def SetLoraAdapters(
+        self,
+        request: _inference_pb2.SetLoraAdaptersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_inference_pb2.SetLoraAdaptersResponse, _abc.Awaitable[_inference_pb2.SetLoraAdaptersResponse]]:
+        """SetLoraAdapters sets the scales of the LoRA adapters for the requests admitted from now on:
+        every adapter listed gets its scale, every adapter left out gets 0. Running requests keep
+        the scales they started with. An unknown or repeated id, or a scale that is not finite or
+        beyond -10..10, fails with INVALID_ARGUMENT and changes nothing.
+        """
+
+    @_abc_1.abstractmethod
+    def GetSlots(
+        self,
+        request: _inference_pb2.GetSlotsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_inference_pb2.GetSlotsResponse, _abc.Awaitable[_inference_pb2.GetSlotsResponse]]:
+        """GetSlots describes every slot of the worker (a slot is a sequence of the KV cache that runs
+        one request at a time): whether it is busy, the request it runs and the tokens its cells hold.
+        Read between two engine steps, as GetLoad is.
+        """
+
+    @_abc_1.abstractmethod
+    def SaveSlot(
+        self,
+        request: _inference_pb2.SaveSlotRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_inference_pb2.SaveSlotResponse, _abc.Awaitable[_inference_pb2.SaveSlotResponse]]:
+        """SaveSlot writes an idle slot's cached tokens and their KV state to a file in the worker's
+        --slot-save-path directory. Without that directory it fails with FAILED_PRECONDITION (reason
+        SLOT_FILES_OFF); a busy slot fails with ABORTED (reason SLOT_BUSY).
+        """
+
+    @_abc_1.abstractmethod
+    def RestoreSlot(
+        self,
+        request: _inference_pb2.RestoreSlotRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_inference_pb2.RestoreSlotResponse, _abc.Awaitable[_inference_pb2.RestoreSlotResponse]]:
+        """RestoreSlot loads a file written by SaveSlot into an idle slot, so that the next request
+        starting with its tokens reuses them. A file made for another model or other context
+        settings is refused with INVALID_ARGUMENT.
+        """
+
+    @_abc_1.abstractmethod
+    def EraseSlot(
+        self,
+        request: _inference_pb2.EraseSlotRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_inference_pb2.EraseSlotResponse, _abc.Awaitable[_inference_pb2.EraseSlotResponse]]:
+        """EraseSlot drops the cached tokens of an idle slot."""
 
     @_abc_1.abstractmethod
     def Relay(

@@ -1,0 +1,1 @@
+"""llama-server's LoRA adapter routes: GET and POST /lora-adapters."""
