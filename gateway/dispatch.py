@@ -59,6 +59,12 @@ class Routed:
     on_final: OnFinal | None = None
     #: The session moved to another worker during this call.
     resumed: bool = False
+    #: Seconds from dispatch to the first token of a stream (the console's recent requests).
+    ttft_s: float | None = None
+    #: The call's token counts, summed over its final messages (cached: from KV or host tier).
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    completion_tokens: int = 0
 
     def headers(self) -> dict[str, str]:
         """``X-Llamagrid-Worker``, ``X-Llamagrid-Route`` and ``X-Llamagrid-Attempts``."""
@@ -251,7 +257,7 @@ class Dispatcher:
         for response in responses:
             if response.HasField("final"):
                 final = response.final
-                self.count_usage(route.model, final.usage)
+                self.count_usage(route.model, final.usage, routed)
                 if routed.on_final is not None and final.HasField("session"):
                     await routed.on_final(final)
         return responses
@@ -278,7 +284,7 @@ class Dispatcher:
                 else:
                     self.pool.breaker.succeeded(worker)
                     yield ADMITTED
-                    timed = self._timed(stream, route.model, worker, started, routed.on_final)
+                    timed = self._timed(stream, route.model, worker, started, routed)
                     async for response in timed:
                         yield response
                     return
@@ -303,7 +309,7 @@ class Dispatcher:
         model: str,
         worker: Worker,
         started: float,
-        on_final: OnFinal | None = None,
+        routed: Routed,
     ) -> AsyncGenerator[pb.GenerateResponse, None]:
         """The accepted stream's responses, timed; a failure ends it with an error."""
         ttft, itl = self.metrics.ttft.labels(model), self.metrics.itl.labels(model)
@@ -313,22 +319,27 @@ class Dispatcher:
                 if response.HasField("chunk"):
                     now = time.monotonic()
                     if previous is None:
-                        ttft.observe(now - started)
+                        routed.ttft_s = now - started
+                        ttft.observe(routed.ttft_s)
                     else:
                         itl.observe(now - previous)
                     previous = now
                 elif response.HasField("final"):
-                    self.count_usage(model, response.final.usage)
-                    if on_final is not None and response.final.HasField("session"):
-                        await on_final(response.final)
+                    self.count_usage(model, response.final.usage, routed)
+                    if routed.on_final is not None and response.final.HasField("session"):
+                        await routed.on_final(response.final)
                 yield response
         except grpc.aio.AioRpcError as error:
             self.pool.breaker.failed(worker, error.code())
             self.metrics.stream_errors.labels(model).inc()
             raise from_rpc_error(error) from error
 
-    def count_usage(self, model: str, usage: pb.Usage) -> None:
-        """Add a response's token counts to the metrics."""
+    def count_usage(self, model: str, usage: pb.Usage, routed: Routed | None = None) -> None:
+        """Add a response's token counts to the metrics (and to the call's, given it)."""
+        if routed is not None:
+            routed.prompt_tokens += usage.prompt_tokens
+            routed.cached_tokens += usage.cached_tokens + usage.restored_tokens
+            routed.completion_tokens += usage.completion_tokens
         self.metrics.prompt_tokens.labels(model).inc(usage.prompt_tokens)
         self.metrics.completion_tokens.labels(model).inc(usage.completion_tokens)
         self.metrics.cached_tokens.labels(model).inc(usage.cached_tokens + usage.restored_tokens)

@@ -167,7 +167,9 @@ class InteractiveRequest(BaseModel):
         default=None, ge=0, le=2**32 - 1, description="Only 0 (or unset) is supported."
     )
     image_url: StrictStr | list[StrictStr] | None = Field(
-        default=None, description="Not supported (text-only models): only null or empty."
+        default=None,
+        description="Not supported on this route (images go to /v1/chat/completions): only "
+        "null or empty.",
     )
     adapter_name: StrictStr | None = Field(
         default=None, description="Not supported (no LoRA adapters): only null or empty."
@@ -343,7 +345,10 @@ async def end_quietly(dispatcher: Dispatcher, request: Request, session_id: str)
 def _refuse_unsupported(body: InteractiveRequest) -> None:
     """Refuse, by name, every field set to something llamagrid cannot honour."""
     if body.image_url:
-        raise unsupported("image_url", "image_url is not supported: the models are text-only.")
+        raise unsupported(
+            "image_url",
+            "image_url is not supported on this route: send images to /v1/chat/completions.",
+        )
     if body.adapter_name:
         raise unsupported("adapter_name", "adapter_name is not supported (no LoRA adapters).")
     if body.skip_special_tokens is False:

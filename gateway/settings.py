@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from llamagrid.gateway.images.addresses import parse_ip
 from llamagrid.gateway.keys import check_keys, split_keys
 
 LogLevel = Literal["critical", "error", "warning", "info", "debug", "trace"]
@@ -17,6 +19,8 @@ PolicyName = Literal["round_robin", "least_load", "prefix_affinity", "session_af
 #: Who may read /metrics or the API docs: whoever has an API key (everyone while none is set),
 #: everyone, or no one (the routes are gone).
 Access = Literal["key", "open", "off"]
+#: A host name of --image-fetch-allow-hosts, maybe with a leading '*.' (names under it).
+_HOST_NAME = re.compile(r"(\*\.)?[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*\.?")
 #: What a browser sends as Origin: a scheme, a host (a name, IPv4 or [IPv6]) and maybe a port.
 _ORIGIN = re.compile(r"[a-z][a-z0-9+.-]*://(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+)(:[0-9]{1,5})?")
 
@@ -273,11 +277,44 @@ class GatewaySettings(BaseSettings):
         "prefilled, send an SSE comment line (': keep-alive') after every this many seconds "
         "without an event, so that proxies do not close the idle connection; 0 turns it off.",
     )
+    console: bool = Field(
+        True,
+        description="Serve the console (a chat playground and a live view of the fleet) at / "
+        "and its fleet endpoint GET /v1/console/fleet (behind the API key); --no-console "
+        "removes them (404).",
+    )
     cors_origin: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Origin (scheme://host[:port]) whose browser pages may call the API "
         "(CORS); repeat the flag or join with ','. '*' allows every origin and must be given "
         "explicitly. None (the default): no CORS headers.",
+    )
+    # Images (gateway/images/): inline ones always; fetched or read ones only where allowed.
+    max_images: int = Field(
+        8, ge=1, le=1024, description="Images one request may carry at most (a 400 beyond)."
+    )
+    max_image_bytes: int = Field(
+        10 * 1024 * 1024,
+        ge=1,
+        description="Bytes one encoded image may have at most, however it comes (a 413 beyond).",
+    )
+    image_fetch_allow_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Hosts whose http(s) image URLs the gateway may fetch ('*.example.com' for "
+        "the names under a domain); repeat the flag or join with ','. None (the default): no "
+        "URL is fetched. Loopback, link-local, private, multicast and reserved addresses are "
+        "never fetched, whatever this says.",
+    )
+    image_fetch_max_bytes: int = Field(
+        10 * 1024 * 1024, ge=1, description="Bytes one fetched image may have at most."
+    )
+    image_fetch_timeout_s: float = Field(
+        10.0, gt=0, le=600, description="Seconds one image fetch may take, DNS included."
+    )
+    image_file_dir: str = Field(
+        "",
+        description="Directory whose files file:// image URLs may name (symbolic links that "
+        "leave it are refused); empty (the default): file:// URLs are refused.",
     )
     log_level: LogLevel = Field("info", description="Log level of the gateway and uvicorn.")
 
@@ -291,7 +328,7 @@ class GatewaySettings(BaseSettings):
             return [part.strip() for item in value for part in str(item).split(",") if part.strip()]
         return value
 
-    @field_validator("cors_origin", mode="before")
+    @field_validator("cors_origin", "image_fetch_allow_hosts", mode="before")
     @classmethod
     def _split_origins(cls, value: object) -> object:
         """A JSON list, a comma-joined string, or a list of (comma-joined) strings."""
@@ -308,6 +345,25 @@ class GatewaySettings(BaseSettings):
                     "no trailing '/')"
                 )
         return list(dict.fromkeys(value))
+
+    @field_validator("image_fetch_allow_hosts")
+    @classmethod
+    def _check_fetch_hosts(cls, value: list[str]) -> list[str]:
+        """Each entry a host name, '*.' and a domain, or an IP address; no scheme, port or path."""
+        for host in value:
+            if parse_ip(host) is None and not _HOST_NAME.fullmatch(host):
+                raise ValueError(
+                    f"image fetch host {host[:100]!r} is not a host name, *.domain or IP address"
+                )
+        return list(dict.fromkeys(value))
+
+    @field_validator("image_file_dir")
+    @classmethod
+    def _check_file_dir(cls, value: str) -> str:
+        """An existing directory, when set."""
+        if value and not os.path.isdir(value):
+            raise ValueError(f"--image-file-dir {value[:200]!r} is not a directory")
+        return value
 
     @field_validator("api_key", "admin_key", mode="before")
     @classmethod

@@ -44,9 +44,19 @@ SERVE_KEYS = {
     "flash_attn": "--flash-attn",
     "n_batch": "--n-batch",
     "n_ubatch": "--n-ubatch",
+    "mmproj": "--mmproj",
 }
 #: The longest value read from a flag or a variable (a path, a key or a template).
 MAX_VALUE_CHARS = 65536
+
+
+def looks_like(argv: list[str], environ: Mapping[str, str]) -> bool:
+    """Whether `llamagrid serve` is started as llama-cpp-python's server is: with one of its
+    underscore flags, or with no flags but ``MODEL`` or ``CONFIG_FILE`` set."""
+    flags = (token.partition("=")[0] for token in argv if token.startswith("--"))
+    if any("_" in flag and flag[2:] in KNOWN for flag in flags):
+        return True
+    return not argv and bool(environ.get("MODEL") or environ.get("CONFIG_FILE"))
 
 
 def translate(argv: list[str], environ: Mapping[str, str]) -> Translation:

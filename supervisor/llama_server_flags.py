@@ -268,7 +268,10 @@ def _table() -> dict[str, Rule]:
         ("--control-vector-scaled", "--control-vector-layer-range"): _refuse(
             "control vectors are not supported", 2
         ),
-        ("--mmproj",): _refuse("multimodal models are not supported"),
+        ("-mm", "--mmproj"): _map(_to("--mmproj")),
+        ("--no-mmproj",): _accept("a projector is loaded only when --mmproj names one"),
+        ("-mmu", "--mmproj-url"): _refuse("download the projector, and give its path to --mmproj"),
+        ("--no-mmproj-offload",): _warn(_SPEED, 0),
         ("-md", "--model-draft"): _refuse("speculative decoding is not supported"),
         ("-spf", "--system-prompt-file"): _refuse("clients send their system prompt"),
         ("--keep",): _refuse("context shifting is not supported: a full context ends a request"),

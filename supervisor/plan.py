@@ -149,6 +149,8 @@ def fleet_plan(
             workers.append(replace(spec, argv=(python, *spec.argv, *tail), env=env, tls=link.dial))
     args = ["--config", path, "--host", host, "--port", str(port)]
     args += [a for w in workers for a in ("--worker", w.address)]
+    if "console" in explicit:
+        args.append("--console" if serve.console else "--no-console")
     grace = config.gateway.drain_grace_s
     if "drain_grace_s" not in config.gateway.model_fields_set:
         grace = sv.drain_grace_s

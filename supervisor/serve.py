@@ -5,8 +5,9 @@ worker per replica of every model of the fleet config (pinned to its GPUs), and 
 front of all of them (supervisor/plan.py says how). On SIGTERM/SIGINT every child gets SIGTERM at
 once and may drain; stragglers get SIGKILL after the longest drain grace plus a margin. The exit
 status is 0 when every child exited on its own, 1 when one had to be killed or was given up on.
-llama-server's flags are read too, and llama-cpp-python's under `llamagrid llama-cpp-python`
-(llama_server_flags.py, llama_cpp_python_flags.py).
+llama-server's flags and LLAMA_ARG_* variables are read too, and llama-cpp-python's flags and
+variables when serve is started as its server is (compat_argv; llama_server_flags.py,
+llama_server_env.py, llama_cpp_python_flags.py).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from pydantic_settings import CliApp
 
 from llamagrid.fleet.config import load_fleet_config
 from llamagrid.fleet.problems import FleetConfigError
-from llamagrid.supervisor import llama_cpp_python_flags, llama_server_flags
+from llamagrid.supervisor import llama_cpp_python_flags, llama_server_env, llama_server_flags
 from llamagrid.supervisor.access import ExposureError
 from llamagrid.supervisor.children import Child, describe_exit
 from llamagrid.supervisor.llama_server_flags import Translation
@@ -168,13 +169,24 @@ def parse(argv: list[str]) -> ServeSettings:
 
 
 def compat_argv(argv: list[str], dialect: Dialect, environ: Mapping[str, str]) -> Translation:
-    """Serve's flags for an argv in ``dialect``: `llamagrid serve` and `llamagrid llama-server`
-    read llama-server's flags besides serve's own; `llamagrid llama-cpp-python` reads
-    llama-cpp-python's flags and environment variables. `llamagrid llama-server` keeps
+    """Serve's flags for an argv in ``dialect``.
+
+    `llamagrid llama-cpp-python` reads llama-cpp-python's flags and environment variables.
+    `llamagrid serve` does too when it is started the way llama-cpp-python's server is: with one
+    of its underscore flags (``--n_ctx``), or with ``MODEL`` or ``CONFIG_FILE`` (the variables
+    that server cannot start without) set and no flags of its own; it then keeps that server's
+    defaults. Otherwise `llamagrid serve` and `llamagrid llama-server` read llama-server's flags
+    and ``LLAMA_ARG_*`` variables besides serve's own, and `llamagrid llama-server` keeps
     llama-server's default of one slot."""
-    if dialect == "llama-cpp-python":
+    if dialect == "llama-cpp-python" or (
+        dialect == "serve" and llama_cpp_python_flags.looks_like(argv, environ)
+    ):
         return llama_cpp_python_flags.translate(argv, environ)
-    out = llama_server_flags.translate(argv)
+    warnings: list[str] = []
+    problems: list[str] = []
+    from_env = llama_server_env.env_flags(environ, argv, warnings, problems)
+    out = llama_server_flags.translate([*from_env, *argv])
+    out.warnings[:0], out.problems[:0] = warnings, problems
     if dialect == "llama-server" and not ({"--parallel", "--config"} & {*out.argv, *out.given}):
         out.argv += ["--parallel", "1"]
     return out

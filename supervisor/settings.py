@@ -32,6 +32,7 @@ SINGLE_MODEL_FIELDS = (
     "lora_scaled",
     "slot_save_path",
     "slots_endpoint",
+    "mmproj",
 )
 #: Of those, the worker flags passed on only when set (the worker's own defaults otherwise).
 OPTIONAL_WORKER_FIELDS = (
@@ -42,6 +43,7 @@ OPTIONAL_WORKER_FIELDS = (
     "n_ubatch",
     "host_cache_mib",
     "slot_save_path",
+    "mmproj",
 )
 
 
@@ -111,8 +113,16 @@ class ServeSettings(BaseSettings):
     slots_endpoint: bool = Field(
         default=True, description="The gateway serves GET /slots (--no-slots-endpoint: a 501)."
     )
+    console: bool = Field(
+        default=True,
+        description="The gateway serves its console at / (--no-console: off; with --config it "
+        "overrides the file's gateway section).",
+    )
     lora: list[str] = Field(
         default_factory=list, description="LoRA adapter GGUF the worker loads at scale 1."
+    )
+    mmproj: str = Field(
+        default="", description="Vision projector GGUF for the model: the worker reads images."
     )
     lora_scaled: list[str] = Field(
         default_factory=list, description="LoRA adapter the worker loads, as PATH:SCALE."
@@ -180,8 +190,10 @@ class ServeSettings(BaseSettings):
     def gateway_args(self) -> list[str]:
         """Flags for the gateway process (without --config; never a key: see plan.py)."""
         slots = [] if self.slots_endpoint else ["--no-slots-endpoint"]
+        console = [] if self.console else ["--no-console"]
         return [
             *slots,
+            *console,
             "--host",
             self.host,
             "--port",

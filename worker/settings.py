@@ -167,6 +167,12 @@ class WorkerSettings(BaseSettings):
     )
     use_mmap: bool = Field(default=True, description="Map the model file instead of reading it.")
     use_mlock: bool = Field(default=False, description="Lock the model in RAM (no swapping).")
+    mmproj: str = Field(
+        default="",
+        description="Vision projector GGUF for the model (llama-server's --mmproj; "
+        "llama-cpp-python's clip_model_path): the model then reads images. Its embedding width "
+        "must be the model's, or the worker refuses to start.",
+    )
     lora: list[str] = Field(
         default_factory=list,
         description="LoRA adapter GGUF to load at start, at scale 1 (repeatable, as "
@@ -328,6 +334,26 @@ class WorkerSettings(BaseSettings):
         description="Longest prompt, in tokens, whose log-probabilities a request may ask for "
         "(prompt_logprobs, echo with logprobs): each costs a softmax over the vocabulary on "
         "the engine thread.",
+    )
+    max_images: int = Field(
+        default=_LIMITS.max_images,
+        ge=0,
+        le=1024,
+        description="Most images in one request (with --mmproj).",
+    )
+    max_image_bytes: int = Field(
+        default=_LIMITS.max_image_bytes,
+        ge=1,
+        le=64 * 1024 * 1024,
+        description="Largest encoded image in bytes (with --mmproj). A gRPC message holds at "
+        "most 64 MiB, all images together.",
+    )
+    max_image_pixels: int = Field(
+        default=_LIMITS.max_image_pixels,
+        ge=1,
+        le=1 << 28,
+        description="Most pixels (width times height) an image may have, read from its header "
+        "before it is decoded (with --mmproj).",
     )
     max_stop_bytes: int = Field(
         default=_LIMITS.max_stop_bytes, ge=1, description="Longest stop string, in UTF-8 bytes."

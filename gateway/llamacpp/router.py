@@ -18,6 +18,9 @@ from llamagrid.client import AsyncInferenceClient
 from llamagrid.gateway.dispatch import Dispatcher, Routed
 from llamagrid.gateway.errors import OpenAIError, invalid_request, model_not_found, unsupported
 from llamagrid.gateway.fields import refuse_undeclared
+from llamagrid.gateway.images.loaded import LoadedImage
+from llamagrid.gateway.images.loader import ImageLoader, ImageRef
+from llamagrid.gateway.images.naming import prompt_param, renamed, renamed_stream
 from llamagrid.gateway.llamacpp import generation, rendering, translate
 from llamagrid.gateway.llamacpp.errors import LlamaRoute, error_body
 from llamagrid.gateway.llamacpp.errors import error_response as llama_error_response
@@ -26,6 +29,7 @@ from llamagrid.gateway.llamacpp.schemas import (
     CompletionRequest,
     DetokenizeRequest,
     EmbeddingRequest,
+    MultimodalPrompt,
     TokenizeRequest,
 )
 from llamagrid.gateway.model_names import resolve_for
@@ -100,9 +104,10 @@ async def completion(
 ) -> dict[str, Any] | EventStreamResponse:
     """llama-server's completion: the whole answer, or server-sent events when streaming."""
     body.model = resolve_for(request, body.model)
+    images = await _prompt_images(body, request, dispatcher)
     try:
         proto = await translate.completion_request(
-            body, _tokenizer(request, dispatcher, body.model)
+            body, _tokenizer(request, dispatcher, body.model), images
         )
         route = generate_route(proto, request, None, dispatcher.prefix_chars)
         proto.SerializeToString()  # a lone surrogate fails here, as a 400
@@ -112,14 +117,32 @@ async def completion(
     request.state.model, request.state.routed = proto.model, routed
     info = _model_info(dispatcher, body.model)
     settings = generation.request_settings(proto, info, body.model, body.stream)
-    prompt = body.prompt
+    prompt = body.prompt.prompt_string if isinstance(body.prompt, MultimodalPrompt) else body.prompt
     if body.stream:
         events = rendering.CompletionEvents(body.model, settings, prompt, body.n_probs)
-        messages = stream_events(dispatcher.stream(proto, route, routed), events)
+        stream = renamed_stream(dispatcher.stream(proto, route, routed), prompt_param)
+        messages = stream_events(stream, events)
         return LlamaEventStream(messages, routed.headers)
-    responses = await dispatcher.generate(request, proto, route, routed)
+    with renamed(prompt_param):
+        responses = await dispatcher.generate(request, proto, route, routed)
     generated = Generated.gather(responses)
     return rendering.completion(generated, body.model, settings, prompt, body.n_probs)
+
+
+async def _prompt_images(
+    body: CompletionRequest, request: Request, dispatcher: Dispatcher
+) -> list[LoadedImage]:
+    """The decoded ``multimodal_data`` of a prompt object (bare base64, as llama-server's)."""
+    if not isinstance(body.prompt, MultimodalPrompt) or body.prompt.multimodal_data is None:
+        return []
+    refs = [
+        ImageRef(data, f"prompt.multimodal_data[{index}]")
+        for index, data in enumerate(body.prompt.multimodal_data)
+    ]
+    info = _model_info(dispatcher, body.model)
+    loader = request.app.state.images
+    assert isinstance(loader, ImageLoader)
+    return await loader.load_base64(refs, body.model, info.vision if info is not None else None)
 
 
 @router.post("/tokenize")
@@ -211,7 +234,7 @@ async def _embed(
 ) -> list[dict[str, Any]]:
     refuse_undeclared(body)
     if body.image_data:
-        raise unsupported("image_data", "Images are not supported.")
+        raise unsupported("image_data", "image_data is not supported: /embedding reads text only.")
     if body.content is not None and body.input is not None:
         raise invalid_request("Give content or input, not both.", "input")
     value = body.content if body.content is not None else body.input
@@ -259,6 +282,8 @@ async def props(
         "chat_template": info.chat_template,
         "model_alias": name,
         "model_path": info.file,
+        "modalities": {"vision": info.vision, "audio": False, "video": False},
+        "media_marker": info.media_marker,
         "build_info": _build_info(),
         "assistant_name": "",
         "user_name": "",

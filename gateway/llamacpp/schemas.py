@@ -43,10 +43,22 @@ class _Body(BaseModel):
     )
 
 
+class MultimodalPrompt(_Body):
+    """llama-server's prompt object: a text prompt and, for a model that reads images, the
+    images (bare base64) that take the places of its media markers (/props), in order."""
+
+    prompt_string: StrictStr
+    multimodal_data: list[StrictStr] | None = None
+
+
 class CompletionRequest(_Body):
     """POST /completion (and /completions): llama-server's native completion."""
 
-    prompt: StrictStr | Annotated[list[PromptItem], Field(max_length=MAX_PROMPT_ITEMS)]
+    prompt: (
+        StrictStr
+        | Annotated[list[PromptItem], Field(max_length=MAX_PROMPT_ITEMS)]
+        | MultimodalPrompt
+    )
     #: Not llama-server's (it serves one model): routes the request like ``model`` elsewhere.
     model: StrictStr = ""
     #: -1 (the default): until end of sequence or the context is full. 0: evaluate the prompt
@@ -139,3 +151,19 @@ class ApplyTemplateRequest(_Body):
 
     messages: Annotated[list[ApplyTemplateMessage], Field(min_length=1, max_length=4096)]
     model: StrictStr = ""
+
+
+class LlamaErrorDetail(BaseModel):
+    """What went wrong, in llama-server's shape (``param`` and ``reason`` when known)."""
+
+    code: int
+    message: str
+    type: str
+    param: str | None = None
+    reason: str | None = None
+
+
+class LlamaErrorResponse(BaseModel):
+    """llama-server's error body, as /health's 503 and llama-server's routes answer."""
+
+    error: LlamaErrorDetail

@@ -18,7 +18,8 @@ from typing import Any
 
 from llamagrid.gateway.errors import invalid_request, unsupported
 from llamagrid.gateway.fields import refuse_undeclared
-from llamagrid.gateway.llamacpp.schemas import INT32_MAX, CompletionRequest
+from llamagrid.gateway.images.loaded import LoadedImage
+from llamagrid.gateway.llamacpp.schemas import INT32_MAX, CompletionRequest, MultimodalPrompt
 from llamagrid.gateway.lora.translate import request_lora
 from llamagrid.v1 import inference_pb2 as pb
 
@@ -58,6 +59,12 @@ MAX_TEXTS = 64
 #: The most token ids a logit_bias text may expand to.
 MAX_BIAS_TOKENS = 4096
 _UINT64_MASK = (1 << 64) - 1
+#: Why the old ``image_data`` (with ``[img-N]`` in the prompt) is refused, and what to send.
+IMAGE_DATA_REFUSED = (
+    "image_data and [img-N] markers are not supported: send the prompt as "
+    '{"prompt_string": "... <media marker> ...", "multimodal_data": ["<base64>"]}, with the '
+    "media marker that /props reports."
+)
 
 
 def new_id() -> str:
@@ -65,15 +72,24 @@ def new_id() -> str:
     return f"llamacpp-{uuid.uuid4().hex}"
 
 
-async def completion_request(body: CompletionRequest, tokenize: Tokenizer) -> pb.GenerateRequest:
-    """The Generate call for a /completion body."""
+async def completion_request(
+    body: CompletionRequest, tokenize: Tokenizer, images: Sequence[LoadedImage] = ()
+) -> pb.GenerateRequest:
+    """The Generate call for a /completion body; ``images`` are its prompt object's
+    ``multimodal_data``, decoded by the route (gateway.images), one for each entry."""
     _refuse_unsupported(body)
     proto = pb.GenerateRequest(
         model=body.model, sampling=sampling_params(body), request_id=new_id()
     )
     sampling = proto.sampling  # the proto's own copy: edits below must reach it
     budget = _Budget()
-    await _prompt(body.prompt, proto, tokenize, budget)
+    if isinstance(body.prompt, MultimodalPrompt):
+        if len(images) != len(body.prompt.multimodal_data or ()):
+            raise AssertionError("the route decodes every entry of multimodal_data")
+        proto.prompt = body.prompt.prompt_string
+        proto.images.extend(pb.Image(data=i.data, mime_type=i.mime_type) for i in images)
+    else:
+        await _prompt(body.prompt, proto, tokenize, budget)
     sampling.logit_bias.update(await logit_bias(body.logit_bias, tokenize, budget))
     if body.n_predict == 0:
         # The prompt only: the worker evaluates it and generates nothing (its echo path).
@@ -101,7 +117,7 @@ def _refuse_unsupported(body: CompletionRequest) -> None:
     if body.system_prompt:
         raise unsupported("system_prompt")
     if body.image_data:
-        raise unsupported("image_data", "Images are not supported.")
+        raise unsupported("image_data", IMAGE_DATA_REFUSED)
 
 
 def sampling_params(body: CompletionRequest) -> pb.SamplingParams:

@@ -13,9 +13,11 @@ from pydantic import BaseModel
 from llamagrid.client import AsyncInferenceClient
 from llamagrid.gateway.dispatch import Dispatcher, Routed
 from llamagrid.gateway.errors import OpenAIError, model_not_found
+from llamagrid.gateway.images.naming import chat_param, prompt_param, renamed, renamed_stream
 from llamagrid.gateway.model_names import resolve_for
 from llamagrid.gateway.openai import rendering, streaming, translate
 from llamagrid.gateway.openai.fanout import merged_streams
+from llamagrid.gateway.openai.images import load_images, load_prompt_images
 from llamagrid.gateway.openai.schemas import (
     ChatCompletion,
     ChatCompletionRequest,
@@ -87,6 +89,7 @@ async def chat_completions(
 ) -> ChatCompletion | EventStreamResponse:
     """Chat completion, streamed as server-sent events when ``stream`` is true."""
     body.model = resolve_for(request, body.model)
+    await load_images(request, body.messages, body.model)
     proto = translate.chat_request(body)
     route, routed = _route(dispatcher, proto, request, body.user)
     return await run_chat(body, proto, route, routed, request, response, dispatcher)
@@ -108,9 +111,11 @@ async def run_chat(
     if body.stream:
         include_usage = _include_usage(body.stream_options)
         chunks = streaming.ChatChunks(proto.request_id, body.model, include_usage, logprobs, n)
-        events = streaming.stream_events(dispatcher.stream(proto, route, routed), chunks)
+        messages = renamed_stream(dispatcher.stream(proto, route, routed), chat_param)
+        events = streaming.stream_events(messages, chunks)
         return EventStreamResponse(events, routed.headers)
-    responses = await dispatcher.generate(request, proto, route, routed)
+    with renamed(chat_param):
+        responses = await dispatcher.generate(request, proto, route, routed)
     generated = rendering.Generated.gather_choices(responses, n)
     response.headers.update(routed.headers())
     return rendering.chat_completion(
@@ -125,7 +130,8 @@ async def completions(
     """Text completion, streamed as server-sent events when ``stream`` is true. A list of
     prompts is a Generate call per prompt, run at once (prompt i's choice j is index i * n + j)."""
     body.model = resolve_for(request, body.model)
-    protos = translate.completion_requests(body)
+    images = await load_prompt_images(request, body.prompt, body.model)
+    protos = translate.completion_requests(body, images)
     calls = [(proto, *_route(dispatcher, proto, request, body.user)) for proto in protos]
     first, _, routed = calls[0]
     request.state.routed = routed  # the first call's worker answers for all in the headers
@@ -139,9 +145,10 @@ async def completions(
         )
         streams = [dispatcher.stream(*call) for call in calls]
         messages = streams[0] if len(streams) == 1 else merged_streams(streams, n)
-        events = streaming.stream_events(_suffix_named(messages), chunks)
+        named = renamed_stream(_suffix_named(messages), prompt_param)
+        events = streaming.stream_events(named, chunks)
         return EventStreamResponse(events, routed.headers)
-    with _suffix_naming():
+    with _suffix_naming(), renamed(prompt_param):
         results = await dispatcher.generate_all(request, calls)
     generated = [
         choice

@@ -4,9 +4,18 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    StrictInt,
+    StrictStr,
+    model_validator,
+)
 
 from llamagrid.gateway.fields import UNSET_SCHEMA
+from llamagrid.gateway.images.loaded import LoadedImage
 from llamagrid.gateway.lora.schemas import LoraScaleIn
 
 # ---------------------------------------------------------------------------------------------
@@ -28,11 +37,32 @@ class StreamOptions(_Body):
     include_usage: bool = False
 
 
+class ImageUrl(_Body):
+    """The image of an ``image_url`` part: a data URL (or, where the operator allows, an
+    http(s):// or file:// URL), and OpenAI's ``detail`` (only "auto" can be honoured)."""
+
+    url: StrictStr
+    detail: str | None = None
+
+
 class ContentPart(_Body):
-    """One part of a message's content; only ``{"type": "text"}`` parts are supported."""
+    """One part of a message's content: ``{"type": "text"}`` or ``{"type": "image_url"}``."""
 
     type: str
     text: str | None = None
+    #: OpenAI's object, or a bare URL string (llama-cpp-python's templates take both).
+    image_url: StrictStr | ImageUrl | None = None
+    #: The image's bytes once the route has loaded them (gateway.openai.images).
+    _image: LoadedImage | None = PrivateAttr(None)
+
+    @property
+    def loaded_image(self) -> LoadedImage | None:
+        """The loaded image of an ``image_url`` part; None until a route loads it."""
+        return self._image
+
+    def attach(self, image: LoadedImage) -> None:
+        """Keep the image loaded for this part."""
+        self._image = image
 
 
 class CalledFunction(_Body):
@@ -245,10 +275,18 @@ class ChatCompletionRequest(SamplingFields):
     web_search_options: Any = None
 
 
+class PromptObject(_Body):
+    """llama-server's prompt object: a text prompt and, for a model that reads images, the
+    images (bare base64) that take the places of its media markers, in order."""
+
+    prompt_string: StrictStr
+    multimodal_data: list[StrictStr] | None = None
+
+
 class CompletionRequest(SamplingFields):
     """POST /v1/completions."""
 
-    prompt: StrictStr | list[StrictStr] | TokenIds | list[TokenIds]
+    prompt: StrictStr | list[StrictStr] | TokenIds | list[TokenIds] | PromptObject
     max_tokens: UInt32 | None = 16
     logprobs: UInt32 | None = None
     echo: bool | None = None

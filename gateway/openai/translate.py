@@ -12,10 +12,11 @@ import functools
 import json
 import uuid
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 from llamagrid.gateway.errors import invalid_request, unsupported
 from llamagrid.gateway.fields import OPENAI_NO_OPS, refuse_undeclared
+from llamagrid.gateway.images.loaded import LoadedImage
 from llamagrid.gateway.lora.translate import request_lora
 from llamagrid.gateway.openai.schemas import (
     INT32_MAX,
@@ -27,6 +28,7 @@ from llamagrid.gateway.openai.schemas import (
     EmbeddingRequest,
     JsonObjectFormat,
     JsonSchemaFormat,
+    PromptObject,
     SamplingFields,
 )
 from llamagrid.v1 import inference_pb2 as pb
@@ -88,18 +90,18 @@ _REASONING_FORMATS = {
 _UINT64_MASK = (1 << 64) - 1
 #: The most prompts one /v1/completions request may list.
 MAX_PROMPTS = 64
-_Body = TypeVar("_Body")
+_Params = ParamSpec("_Params")
 _Proto = TypeVar("_Proto")
 
 
-def _unicode_only(translate: Callable[[_Body], _Proto]) -> Callable[[_Body], _Proto]:
+def _unicode_only(translate: Callable[_Params, _Proto]) -> Callable[_Params, _Proto]:
     """JSON may escape a lone UTF-16 surrogate (\\ud800), which no UTF-8 protobuf string can
     hold: such a request is a 400, not a 500 from the proto encoder."""
 
     @functools.wraps(translate)
-    def checked(request: _Body) -> _Proto:
+    def checked(*args: _Params.args, **kwargs: _Params.kwargs) -> _Proto:
         try:
-            return translate(request)
+            return translate(*args, **kwargs)
         except UnicodeEncodeError as exc:
             raise invalid_request(
                 "The request holds text that is not valid Unicode "
@@ -214,7 +216,9 @@ def _json(value: dict[str, Any], param: str) -> str:
 
 
 @_unicode_only
-def completion_requests(request: CompletionRequest) -> list[pb.GenerateRequest]:
+def completion_requests(
+    request: CompletionRequest, images: Sequence[LoadedImage] = ()
+) -> list[pb.GenerateRequest]:
     """The Generate calls for a text completion: one per prompt, each for n choices (prompt i's
     choice j is the response's choice i * n + j). Their request_id is the response id.
 
@@ -222,7 +226,9 @@ def completion_requests(request: CompletionRequest) -> list[pb.GenerateRequest]:
     prompt tokens' log-probabilities (``prompt_logprobs``), as lm-eval-harness's log-likelihood
     requests do (``max_tokens`` 0 or 1, ``echo``, ``logprobs``). A non-empty ``suffix`` makes
     each text prompt an infill input: the worker fills in between prompt and suffix with the
-    model's fill-in-the-middle tokens, or refuses when the model has none.
+    model's fill-in-the-middle tokens, or refuses when the model has none. A prompt object
+    (llama-server's) is its ``prompt_string``, with ``images``, its ``multimodal_data`` as the
+    route loaded them (gateway.openai.images).
     """
     _check_common(request)
     if request.best_of not in (None, 1):
@@ -238,7 +244,7 @@ def completion_requests(request: CompletionRequest) -> list[pb.GenerateRequest]:
         if request.logprobs is not None:
             template.prompt_logprobs = request.logprobs
     protos = []
-    for prompt in prompt_inputs(request.prompt, "prompt"):
+    for prompt in _prompts(request.prompt, images):
         proto = pb.GenerateRequest()
         proto.CopyFrom(template)
         if request.suffix:  # fill in the middle, between the prompt and the suffix
@@ -250,9 +256,24 @@ def completion_requests(request: CompletionRequest) -> list[pb.GenerateRequest]:
         else:
             proto.tokens.SetInParent()  # an empty list is a (token) prompt: the worker decides
             proto.tokens.ids.extend(prompt)
+        proto.images.extend(pb.Image(data=i.data, mime_type=i.mime_type) for i in images)
         protos.append(proto)
     refuse_undeclared(request, OPENAI_NO_OPS)
     return protos
+
+
+def _prompts(
+    prompt: str | list[str] | list[int] | list[list[int]] | PromptObject,
+    images: Sequence[LoadedImage],
+) -> list[str | list[int]]:
+    """The prompts of a request; a prompt object's images must have been loaded."""
+    if not isinstance(prompt, PromptObject):
+        return prompt_inputs(prompt, "prompt")
+    if len(images) != len(prompt.multimodal_data or ()):
+        raise unsupported(
+            "prompt.multimodal_data", "multimodal_data is not supported on this route."
+        )
+    return [prompt.prompt_string]
 
 
 def _choices(request: SamplingFields, proto: pb.GenerateRequest) -> None:
@@ -392,7 +413,8 @@ def _check_common(request: SamplingFields) -> None:
 
 def _message(message: ChatMessage, index: int) -> pb.ChatMessage:
     role = "system" if message.role == "developer" else message.role
-    proto = pb.ChatMessage(role=role, content=_content(message.content, index))
+    proto = pb.ChatMessage(role=role)
+    _content(message.content, index, proto)
     if message.name is not None:
         proto.name = message.name
     _message_tool_fields(message, index, proto)
@@ -433,20 +455,40 @@ def _message_tool_fields(message: ChatMessage, index: int, proto: pb.ChatMessage
         proto.reasoning_content = message.reasoning_content
 
 
-def _content(content: str | list[ContentPart] | None, index: int) -> str:
+def _content(content: str | list[ContentPart] | None, index: int, proto: pb.ChatMessage) -> None:
+    """Text parts alone are joined into ``content``; with an image among them, every part
+    becomes one of ``parts``, in order. An image part must have been loaded by the route
+    (gateway.openai.images): on a route that loads none, it is refused."""
     if content is None or isinstance(content, str):
-        return content or ""
+        proto.content = content or ""
+        return
     texts: list[str] = []
+    parts: list[pb.ContentPart] = []
     for number, part in enumerate(content):
         param = f"messages[{index}].content[{number}]"
-        if part.type != "text":
+        if part.type == "text":
+            if part.text is None:
+                raise invalid_request("A text content part needs a 'text' field.", f"{param}.text")
+            if part.image_url is not None:
+                raise unsupported(f"{param}.image_url", "A text part holds no 'image_url'.")
+            texts.append(part.text)
+            parts.append(pb.ContentPart(text=part.text))
+        elif part.type == "image_url":
+            if part.text is not None:
+                raise unsupported(f"{param}.text", "An image_url part holds no 'text'.")
+            loaded = part.loaded_image
+            if loaded is None:
+                raise unsupported(f"{param}.type", "image_url is not supported on this route.")
+            image = pb.Image(data=loaded.data, mime_type=loaded.mime_type)
+            parts.append(pb.ContentPart(image=image))
+        else:
             raise unsupported(
                 f"{param}.type", f"Content parts of type '{part.type}' are not supported."
             )
-        if part.text is None:
-            raise invalid_request("A text content part needs a 'text' field.", f"{param}.text")
-        texts.append(part.text)
-    return "\n".join(texts)
+    if len(parts) > len(texts):
+        proto.parts.extend(parts)
+    else:
+        proto.content = "\n".join(texts)
 
 
 def _ids(ids: list[int]) -> pb.TokenList:

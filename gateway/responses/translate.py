@@ -164,6 +164,11 @@ def _message(item: InputItem, index: int) -> pb.ChatMessage:
 
 
 def _text(part: InputPart, where: str) -> str:
+    if part.type == "input_image":
+        raise unsupported(
+            f"{where}.type",
+            "input_image is not supported on this route: send images to /v1/chat/completions.",
+        )
     if part.type not in TEXT_PARTS:
         raise unsupported(
             f"{where}.type", f"Content parts of type '{part.type}' are not supported."

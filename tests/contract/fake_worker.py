@@ -25,6 +25,8 @@ MODEL = "fake-model"
 PROMPT_TOKENS = 7
 CACHED_TOKENS = 3
 EMBEDDING_SIZE = 4
+#: The media marker of a model in FakeWorker.vision_models.
+MEDIA_MARKER = "<__media__>"
 FIRST_TOKEN_ID = 100
 
 
@@ -78,6 +80,8 @@ class FakeWorker(pb_grpc.InferenceServiceServicer):
         self.relay = True
         self.relay_streams = 0
         self.relay_messages = 0
+        #: Models whose info says they read images (vision, MEDIA_MARKER).
+        self.vision_models: set[str] = set()
         self.health = health.aio.HealthServicer()
         self.address = ""
         self._server: grpc.aio.Server | None = None
@@ -297,6 +301,8 @@ class FakeWorker(pb_grpc.InferenceServiceServicer):
             capabilities=[pb.CAPABILITY_GENERATE, pb.CAPABILITY_EMBED],
             embedding_size=EMBEDDING_SIZE,
             slots=4,
+            vision=alias in self.vision_models,
+            media_marker=MEDIA_MARKER if alias in self.vision_models else "",
         )
 
 

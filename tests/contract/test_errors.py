@@ -123,14 +123,16 @@ async def test_unsupported_chat_parameters(
     assert gateway.worker.generate_requests() == []  # refused before reaching the worker
 
 
-async def test_image_content_part_is_unsupported(client: openai.AsyncOpenAI) -> None:
+async def test_an_image_part_for_a_model_without_a_projector_is_refused(
+    client: openai.AsyncOpenAI,
+) -> None:
     image = {"type": "image_url", "image_url": {"url": "http://x/y.png"}}
     with pytest.raises(openai.BadRequestError) as caught:
         await client.chat.completions.create(
             model=MODEL, messages=[{"role": "user", "content": [image]}]
         )
-    assert caught.value.code == "unsupported_parameter"
-    assert caught.value.param == "messages[0].content[0].type"
+    assert caught.value.code == "model_not_multimodal"
+    assert caught.value.param == "messages[0].content[0].image_url"
 
 
 @pytest.mark.parametrize(

@@ -18,7 +18,10 @@ async def test_health_is_503_until_the_worker_serves_then_200() -> None:
         async with running_gateway(worker) as gw, gw.http() as http:
             response = await http.get("/health")
             assert response.status_code == 503
-            assert response.json()["error"]["type"] == "service_unavailable_error"
+            # llama-server's body: scripts that wait for a model to load read it
+            assert response.json() == {
+                "error": {"code": 503, "message": "Loading model", "type": "unavailable_error"}
+            }
             chat = await http.post(
                 "/v1/chat/completions",
                 json={"model": MODEL, "messages": [{"role": "user", "content": "x"}]},
@@ -42,6 +45,9 @@ async def test_health_is_503_until_the_worker_serves_then_200() -> None:
                 return (await http.get("/health")).status_code == 503
 
             await eventually(unhealthy)
+            after = (await http.get("/health")).json()["error"]
+            assert after["message"] == "No worker is serving."  # no longer "loading"
+            assert (after["code"], after["type"]) == (503, "unavailable_error")
     finally:
         await worker.stop()
 

@@ -11,6 +11,7 @@ from openai import OpenAI
 
 from llamagrid.grpc_options import channel_options
 from llamagrid.v1 import inference_pb2_grpc as pb_grpc
+from tests.mmproj_model import write_projector
 from tests.procs import Proc, running, spawn_gateway, spawn_worker, wait_http_ok, wait_serving
 
 
@@ -51,3 +52,10 @@ def stub(worker: Proc) -> Iterator[pb_grpc.InferenceServiceStub]:
     grpc.channel_ready_future(channel).result(timeout=60)
     yield pb_grpc.InferenceServiceStub(channel)
     channel.close()
+
+
+@pytest.fixture(scope="session")
+def vision_projector(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A llava-style projector GGUF for SmolLM2 with seeded random weights (tests/mmproj_model.py),
+    written once per session: 16 tokens an image, projected to SmolLM2's width."""
+    return write_projector(tmp_path_factory.mktemp("mmproj") / "mmproj.gguf")

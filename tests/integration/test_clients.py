@@ -11,6 +11,11 @@ A second worker serves TLS, requires client certificates (mTLS) and a token, wit
 generated here (tests/certs.py). The suites get it as LLAMAGRID_TLS_* variables (see
 tls_environment) and run their TLS tests against it; alone, they skip those tests. Here every
 TLS test must run and pass: a suite that skipped one, or ran none, fails.
+
+A third worker reads images: SmolLM2 with the test projector (tests/mmproj_model.py, 16 tokens
+a 56x56 image). The suites get it as LLAMAGRID_VISION_WORKER_ADDR, with a 56x56 PNG in
+LLAMAGRID_TEST_IMAGE, and run their image tests against it (the plain worker must refuse the
+same request); they too must all run and pass here. The Python clients' image test is here too.
 """
 
 from __future__ import annotations
@@ -31,10 +36,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from openai import OpenAI
 
 from llamagrid.client import AsyncInferenceClient
+from llamagrid.content import image_part, message
 from llamagrid.sync_client import InferenceClient
+from llamagrid.v1 import inference_pb2 as pb
 from tests.certs import Certs, make_certs
 from tests.integration.test_python_client import PARITY_MESSAGES, parity_request, stream_ids
-from tests.procs import Proc, running, spawn_worker
+from tests.mmproj_model import IMAGE_TOKENS, png_image
+from tests.procs import Proc, running, spawn_worker, wait_serving
 
 ROOT = Path(__file__).resolve().parents[2]
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "llamagrid"
@@ -59,6 +67,12 @@ TLS_TESTS = 5
 JAVA_TLS_REPORT = (
     ROOT / "clients/java/target/surefire-reports/TEST-dev.llamagrid.client.TlsWorkerTest.xml"
 )
+#: How many tests against the vision worker each suite has (Go's TestImage*, Rust's image_*,
+#: Java's ImageWorkerTest), and where the Java suite's report of them lands.
+IMAGE_TESTS = 2
+JAVA_IMAGE_REPORT = JAVA_TLS_REPORT.with_name("TEST-dev.llamagrid.client.ImageWorkerTest.xml")
+#: The image the suites send (56x56, so IMAGE_TOKENS tokens to the test projector).
+IMAGE_PNG = png_image(56, 56, 7)
 
 
 @pytest.fixture(scope="module")
@@ -123,20 +137,48 @@ def wait_serving_tls(proc: Proc, certs: Certs, timeout: float = 120.0) -> None:
     raise TimeoutError(f"TLS worker did not become SERVING within {timeout} s:\n{proc.log_text()}")
 
 
+@pytest.fixture(scope="module")
+def vision_environment(
+    tmp_path_factory: pytest.TempPathFactory, vision_projector: Path
+) -> Iterator[dict[str, str]]:
+    """A worker that reads images, and a 56x56 PNG, described by the variables the suites read."""
+    tmp = tmp_path_factory.mktemp("vision-worker")
+    image = tmp / "image.png"
+    image.write_bytes(IMAGE_PNG)
+    with running(spawn_worker(tmp, "--mmproj", str(vision_projector))) as proc:
+        wait_serving(proc)
+        yield {"LLAMAGRID_VISION_WORKER_ADDR": proc.target, "LLAMAGRID_TEST_IMAGE": str(image)}
+
+
 def tls_results(language: str, output: str) -> tuple[list[str], list[str]]:
     """The TLS tests that a suite's run reports as passed, and those it reports as skipped."""
+    return group_results(language, output, ("TestTLS", "tls_", JAVA_TLS_REPORT))
+
+
+def image_results(language: str, output: str) -> tuple[list[str], list[str]]:
+    """The image tests that a suite's run reports as passed, and those it reports as skipped."""
+    return group_results(language, output, ("TestImage", "image_", JAVA_IMAGE_REPORT))
+
+
+def group_results(
+    language: str, output: str, group: tuple[str, str, Path]
+) -> tuple[list[str], list[str]]:
+    """The tests of a group (Go's name prefix, Rust's name prefix, Java's surefire report of its
+    test class) that a suite's run reports as passed, and those it reports as skipped."""
+    go_prefix, rust_prefix, java_report = group
     if language == "go":
-        found = re.findall(r"^\s*--- (PASS|SKIP): (TestTLS\w*)", output, re.MULTILINE)
+        found = re.findall(rf"^\s*--- (PASS|SKIP): ({go_prefix}\w*)", output, re.MULTILINE)
         return [n for r, n in found if r == "PASS"], [n for r, n in found if r == "SKIP"]
     if language == "rust":
-        found = re.findall(r"^test (tls_\w+) \.\.\. (ok|ignored)", output, re.MULTILINE)
+        pattern = rf"^test ({rust_prefix}\w+) \.\.\. (ok|ignored)"
+        found = re.findall(pattern, output, re.MULTILINE)
         return [n for n, r in found if r == "ok"], [n for n, r in found if r == "ignored"]
-    # Java: surefire's report of the TLS test class (the test removes it before the run).
-    if not JAVA_TLS_REPORT.exists():
+    # Java: surefire's report of the test class (the test removes it before the run).
+    if not java_report.exists():
         return [], []
     passed: list[str] = []
     skipped: list[str] = []
-    for case in ET.parse(JAVA_TLS_REPORT).getroot().iter("testcase"):
+    for case in ET.parse(java_report).getroot().iter("testcase"):
         name = case.get("name", "")
         if case.find("skipped") is not None:
             skipped.append(name)
@@ -147,17 +189,23 @@ def tls_results(language: str, output: str) -> tuple[list[str], list[str]]:
 
 @pytest.mark.parametrize("language", list(SUITES))
 def test_client_suite_passes_against_a_live_worker(
-    language: str, worker: Proc, tls_environment: dict[str, str], parity_dir: Path
+    language: str,
+    worker: Proc,
+    tls_environment: dict[str, str],
+    vision_environment: dict[str, str],
+    parity_dir: Path,
 ) -> None:
     command, cwd, extra = SUITES[language]
     env = {
         **os.environ,
         **extra,
         **tls_environment,
+        **vision_environment,
         "LLAMAGRID_WORKER_ADDR": worker.target,
         "LLAMAGRID_PARITY_OUT": str(parity_dir / f"{language}.json"),
     }
     JAVA_TLS_REPORT.unlink(missing_ok=True)
+    JAVA_IMAGE_REPORT.unlink(missing_ok=True)
     done = subprocess.run(
         command, cwd=cwd, env=env, capture_output=True, text=True, timeout=1500, check=False
     )
@@ -167,6 +215,9 @@ def test_client_suite_passes_against_a_live_worker(
     passed, skipped = tls_results(language, output)
     assert not skipped, f"{language}: TLS tests skipped with a TLS worker running: {skipped}"
     assert len(passed) == TLS_TESTS, f"{language}: these TLS tests passed: {passed}"
+    passed, skipped = image_results(language, output)
+    assert not skipped, f"{language}: image tests skipped with a vision worker running: {skipped}"
+    assert len(passed) == IMAGE_TESTS, f"{language}: these image tests passed: {passed}"
 
 
 async def test_same_greedy_tokens_in_every_language_and_over_http(
@@ -198,3 +249,54 @@ async def test_same_greedy_tokens_in_every_language_and_over_http(
     ids["http"] = http.choices[0].model_extra["token_ids"]  # type: ignore[index]
     assert ids["python"], "the parity request generated nothing"
     assert all(v == ids["python"] for v in ids.values()), ids
+
+
+def image_chat(*parts: str | pb.ContentPart) -> pb.GenerateRequest:
+    """A greedy chat of one user turn made of these parts (llamagrid.content.message)."""
+    return pb.GenerateRequest(
+        chat=pb.ChatConversation(messages=[message("user", *parts)]),
+        sampling=pb.SamplingParams(temperature=0.0, max_tokens=8),
+    )
+
+
+def run_to_end(
+    client: InferenceClient, request: pb.GenerateRequest
+) -> tuple[list[int], pb.GenerateFinal]:
+    """A Generate stream's token ids and its one final message."""
+    ids: list[int] = []
+    finals: list[pb.GenerateFinal] = []
+    with client.generate(request, timeout=120) as call:
+        for response in call:
+            if response.HasField("chunk"):
+                ids.extend(response.chunk.token_ids)
+            else:
+                finals.append(response.final)
+    assert len(finals) == 1 and finals[0].usage.completion_tokens == len(ids), finals
+    return ids, finals[0]
+
+
+async def test_python_clients_send_images(worker: Proc, vision_environment: dict[str, str]) -> None:
+    """A turn of a text part and an image part: its prompt is the same turn's without the image
+    plus the image's tokens; the asyncio client gets the blocking one's greedy tokens; a worker
+    without a projector refuses it with INVALID_ARGUMENT."""
+    question = "What is in this picture?"
+    with_image = image_chat(question, image_part(IMAGE_PNG, "image/png"))
+    target = vision_environment["LLAMAGRID_VISION_WORKER_ADDR"]
+    with InferenceClient(target) as vision:
+        info = vision.get_model_info(pb.GetModelInfoRequest(), timeout=30).info
+        assert info.vision and info.media_marker, info
+        ids, final = run_to_end(vision, with_image)
+        _, text_only = run_to_end(vision, image_chat(question))
+    assert final.usage.prompt_tokens == text_only.usage.prompt_tokens + IMAGE_TOKENS
+    assert ids, "nothing generated"
+    async with AsyncInferenceClient(target) as async_vision:
+        async_ids = [
+            token
+            async for msg in async_vision.generate(with_image, timeout=120)
+            if msg.HasField("chunk")
+            for token in msg.chunk.token_ids
+        ]
+    assert async_ids == ids
+    with InferenceClient(worker.target) as plain, pytest.raises(grpc.RpcError) as refused:
+        run_to_end(plain, with_image)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, refused.value

@@ -203,6 +203,27 @@ def test_the_llama_cpp_python_command_reads_its_flags_and_environment(tmp_path: 
         assert count.status_code == 200 and count.json()["count"] > 0
 
 
+def test_serve_reads_llama_servers_environment_variables(tmp_path: Path) -> None:
+    # As a Docker Compose file starts llama-server: no model flags, every setting in LLAMA_ARG_*.
+    port = free_port()
+    env = {
+        "LLAMA_ARG_MODEL": str(default_model_path()),
+        "LLAMA_ARG_ALIAS": "from-env",
+        "LLAMA_ARG_CTX_SIZE": "1024",
+        "LLAMA_ARG_N_PARALLEL": "1",
+        "LLAMA_ARG_THREADS": "1",
+        "LLAMA_ARG_PORT": str(port),
+        "LLAMA_ARG_ENDPOINT_METRICS": "1",
+    }
+    with started(tmp_path, ["serve", "--worker-port", str(free_port())], env):
+        base = f"http://127.0.0.1:{port}"
+        wait_http_ok(f"{base}/health", timeout=180)
+        assert [m["id"] for m in httpx.get(f"{base}/v1/models").json()["data"]] == ["from-env"]
+        props = httpx.get(f"{base}/props").json()
+        assert props["total_slots"] == 1
+        assert props["default_generation_settings"]["n_ctx"] == 1024
+
+
 def test_a_flag_llamagrid_cannot_honour_stops_the_command_before_anything_starts() -> None:
     done = subprocess.run(
         [sys.executable, "-m", "llamagrid", "llama-server", "-m", "x.gguf", "-nocb", "--temp", "1"],

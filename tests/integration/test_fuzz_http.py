@@ -86,6 +86,7 @@ OPERATIONS: dict[tuple[str, str], int] = {
     ("GET", "/v1/responses/{response_id}"): 15,
     ("DELETE", "/v1/responses/{response_id}"): 15,
     ("POST", "/v1/chat/interactive"): 80,
+    ("GET", "/v1/console/fleet"): 5,
 }
 #: The budget of schema-invalid examples of each operation that takes a body.
 NEGATIVE_EXAMPLES = 80

@@ -284,3 +284,15 @@ def test_oversized_embed_tokenize_and_detokenize_requests_are_refused(stub: Stub
         error: Any = caught.value
         assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
         assert parse_details(error.trailing_metadata()).param == param
+
+
+@pytest.mark.usefixtures("still_serving")
+def test_an_image_to_a_model_without_a_projector_is_refused(stub: Stub) -> None:
+    png = b"\x89PNG\r\n\x1a\n" + b"\0" * 32  # never decoded: the model reads no images
+    part = pb.ContentPart(image=pb.Image(data=png, mime_type="image/png"))
+    message = pb.ChatMessage(role="user", parts=[pb.ContentPart(text="Look:"), part])
+    param, text = refusal(stub, pb.GenerateRequest(chat=pb.ChatConversation(messages=[message])))
+    assert param == "messages[0].parts" and "does not read images" in text
+    prompt = pb.GenerateRequest(prompt="<__media__> what?", images=[part.image])
+    param, text = refusal(stub, prompt)
+    assert param == "images" and "does not read images" in text

@@ -34,6 +34,8 @@ SKIP = shutil.ignore_patterns(
 )
 #: The folders src/llamagrid links to.
 LINKED = ("worker", "gateway", "fleet", "supervisor")
+#: Folders whose every file ships besides the Python sources (pyproject's package-data).
+PACKAGE_DATA = ("gateway/console/static",)
 #: The dev venv's site-packages: the fresh venvs' third-party dependencies.
 DEV_SITE = Path(sysconfig.get_paths()["purelib"])
 #: Every top-level name an isolated python can import: modules and packages on sys.path,
@@ -187,8 +189,8 @@ def test_the_symlinked_folders_ship_as_their_files(built: Built) -> None:
         assert (built.tree / "src" / "llamagrid" / folder).is_symlink(), folder
         sources = {
             path.relative_to(built.tree).as_posix()
-            for path in (built.tree / folder).rglob("*.py")
-            if "__pycache__" not in path.parts
+            for path in (built.tree / folder).rglob("*")
+            if path.is_file() and _ships(path.relative_to(built.tree))
         }
         in_wheel = {
             n.removeprefix("llamagrid/") for n in shipped if n.startswith(f"llamagrid/{folder}/")
@@ -196,6 +198,14 @@ def test_the_symlinked_folders_ship_as_their_files(built: Built) -> None:
         assert in_wheel == sources, (folder, in_wheel ^ sources)
         for name in sources:
             assert built.read("llamagrid", f"llamagrid/{name}") == (built.tree / name).read_bytes()
+    assert "llamagrid/gateway/console/static/index.html" in shipped  # the console's page
+
+
+def _ships(path: Path) -> bool:
+    """Whether a file of a linked folder (relative to the tree) belongs in the wheel."""
+    if "__pycache__" in path.parts:
+        return False
+    return path.suffix == ".py" or path.parent.as_posix() in PACKAGE_DATA
 
 
 def test_the_dev_venvs_editable_install_stays_out_of_a_fresh_venv(bare: Venv, work: Path) -> None:

@@ -115,7 +115,7 @@ def test_chat_template_file_becomes_the_workers_template_path(tmp_path: Path) ->
         (["--rope-freq-base", "1e6"], "--rope-freq-base"),
         (["-sm", "row"], "-sm"),
         (["-ts", "3,1"], "-ts"),
-        (["--mmproj", "x.gguf"], "--mmproj"),
+        (["--mmproj-url", "https://x/p.gguf"], "--mmproj-url"),
         (["--ssl-key-file", "k.pem"], "--ssl-key-file"),
         (["-hft", "secret"], "-hft"),
         (["--lora-init-without-apply"], "--lora-init-without-apply"),
@@ -264,6 +264,12 @@ def test_llama_cpp_python_flags_keep_its_defaults_of_one_slot_and_port_8000() ->
         (["--n_batch", "64"], "--n-batch", "64"),
         (["--flash_attn", "true"], "--flash-attn", "on"),
         (["--chat_format", "chatml"], "--chat-template", CHAT_TEMPLATES["chatml"]),
+        (["--clip_model_path", "c.gguf"], "--mmproj", "c.gguf"),
+        (
+            ["--chat_format", "llava-1-5", "--clip_model_path", "c.gguf"],
+            "--chat-template",
+            CHAT_TEMPLATES["llava-1-5"],
+        ),
         (["--host", "127.0.0.1"], "--host", "127.0.0.1"),
         (["--port=9000"], "--port", "9000"),
         (["--api_key", "sk-1"], "--api-key", "sk-1"),
@@ -292,7 +298,8 @@ def test_llama_cpp_python_environment_variables_are_read_and_flags_win() -> None
     ("argv", "name"),
     [
         (["--chat_format", "functionary"], "--chat_format"),
-        (["--clip_model_path", "c.gguf"], "--clip_model_path"),
+        (["--chat_format", "llava-1-5"], "--chat_format"),  # without --clip_model_path
+        (["--chat_format", "moondream", "--clip_model_path", "c.gguf"], "--chat_format"),
         (["--lora_path", "l.gguf"], "--lora_path"),
         (["--rope_freq_base", "10000"], "--rope_freq_base"),
         (["--ssl_keyfile", "k.pem"], "--ssl_keyfile"),

@@ -392,6 +392,34 @@ def test_llama_cpp_python_json_defaults_to_its_own_host_and_port(tmp_path: Path)
     }
 
 
+def test_llama_cpp_python_llava_entry_becomes_a_worker_with_a_projector(tmp_path: Path) -> None:
+    entry = {"model": "m.gguf", "chat_format": "llava-1-5", "clip_model_path": "mmproj.gguf"}
+    config = load_fleet_config(write(tmp_path, {"models": [entry]}, "server.json"))
+    settings = config.models[0].worker_settings()
+    assert settings["mmproj"] == "mmproj.gguf"
+    assert settings["chat_template"] == CHAT_TEMPLATES["llava-1-5"]
+
+
+def test_the_llava_template_renders_like_llama_cpp_pythons_handler() -> None:
+    from llamagrid.worker.engine.chat_template import ChatTemplate
+
+    template = ChatTemplate(CHAT_TEMPLATES["llava-1-5"], "<s>", "</s>")
+    default = (
+        "A chat between a curious human and an artificial intelligence assistant. The assistant "
+        "gives helpful, detailed, and polite answers to the human's questions."
+    )
+    # An image comes first in its turn, before the turn's text, wherever the client put it.
+    assert template.render([{"role": "user", "content": "What is<__media__> this?"}]) == (
+        f"{default}USER: <__media__>What is this?ASSISTANT: "
+    )
+    chat = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello"},
+    ]
+    assert template.render(chat) == "Be brief.USER: HiUSER: ASSISTANT: HelloASSISTANT: "
+
+
 @pytest.mark.parametrize(
     ("entry", "message"),
     [
@@ -403,7 +431,12 @@ def test_llama_cpp_python_json_defaults_to_its_own_host_and_port(tmp_path: Path)
         ({"rope_freq_base": 1e6}, "models[0].rope_freq_base: 1000000.0 cannot be honoured: RoPE"),
         ({"type_k": 8}, "models[0].type_k: 8 cannot be honoured: KV cache quantization"),
         ({"offload_kqv": False}, "models[0].offload_kqv: False cannot be honoured"),
-        ({"clip_model_path": "c.gguf"}, "models[0].clip_model_path: 'c.gguf' cannot be honoured"),
+        (
+            {"chat_format": "llava-1-6", "clip_model_path": "c.gguf"},
+            "models[0].chat_format: 'llava-1-6' has no llamagrid equivalent",
+        ),
+        ({"chat_format": "llava-1-5"}, "models[0].chat_format: 'llava-1-5' needs clip_model_path"),
+        ({"clip_model_path": 3}, "models[0].clip_model_path: expected the projector's path"),
         ({"split_mode": 7}, "models[0].split_mode: 7 is not a llama.cpp split mode"),
         ({"flash_attn": "yes"}, "models[0].flash_attn: expected true or false"),
         ({"n_ctxx": 1}, "models[0].n_ctxx: unknown llama-cpp-python key (did you mean n_ctx?)"),

@@ -53,6 +53,7 @@ def test_completions_document_their_json_object_and_their_event_stream(
 
 def test_readiness_documents_its_503(schema: dict[str, Any]) -> None:
     responses = schema["paths"]["/health"]["get"]["responses"]
+    # llama-server's shape, which scripts waiting for a model to load read
     assert responses["503"]["content"]["application/json"]["schema"] == {
-        "$ref": "#/components/schemas/ErrorResponse"
+        "$ref": "#/components/schemas/LlamaErrorResponse"
     }

@@ -59,6 +59,12 @@ class RequestLimits:
     max_token_ids: int = 1 << 22
     #: Longest prompt whose log-probabilities one request may ask for (prompt_logprobs).
     max_prompt_logprobs_tokens: int = 8192
+    #: Most images in one request (vision models).
+    max_images: int = 8
+    #: Largest encoded image, in bytes.
+    max_image_bytes: int = 10 * 1024 * 1024
+    #: Most pixels (width times height) an image may decode to, checked from its header.
+    max_image_pixels: int = 4096 * 4096
 
     @classmethod
     def from_settings(cls, s: WorkerSettings) -> RequestLimits:

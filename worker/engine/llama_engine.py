@@ -28,6 +28,7 @@ from llamagrid.worker.engine.errors import EngineError, Reason, internal, not_re
 from llamagrid.worker.engine.events import Chunk, Event, Final
 from llamagrid.worker.engine.limits import RequestLimits
 from llamagrid.worker.engine.lora import LoraAdapter, LoraScale, Scales, check_lora, scales_of
+from llamagrid.worker.engine.media import Media, text_tokens
 from llamagrid.worker.engine.parsing import reasoning_format_of, tool_format_of
 from llamagrid.worker.engine.prompts import PromptTokenizer, check_fits
 from llamagrid.worker.engine.reports import (
@@ -284,7 +285,15 @@ class LlamaEngine:
         turn commits to its session when its final event comes (engine/sessions.py)."""
         self._check_accepting()
         desc = self.description()
-        check_generation(request, desc.vocab_size, self._limits, desc.context_per_slot, desc.slots)
+        check_generation(
+            request,
+            desc.vocab_size,
+            self._limits,
+            desc.context_per_slot,
+            desc.slots,
+            media_marker=desc.media_marker,
+            model=desc.alias,
+        )
         if request.lora is not None:
             check_lora(request.lora, len(self._lora_files))
         tool_format, reasoning_format = self._output_formats(desc.chat_template)
@@ -342,10 +351,14 @@ class LlamaEngine:
                     retry_after_s=1.0,
                 )
             self._queued += 1  # a queue place, held while the prompt is tokenized
+        media: Media | None = None  # the prompt's images, owned here until the job has them
         try:
             if session is None:
                 turn: list[int] = []
-                prompt = await self._off_thread(prompts.prompt_tokens, request)
+                if request.all_images:
+                    prompt, media = await self._off_thread(prompts.prompt_media, request)
+                else:
+                    prompt = await self._off_thread(prompts.prompt_tokens, request)
             else:
                 history = session.tokens.tolist()
                 turn = await self._off_thread(prompts.turn_tokens, request, history)
@@ -354,12 +367,15 @@ class LlamaEngine:
             check_fits(request, len(prompt), seq_ctx)
             check_prompt_logprobs(request, len(prompt), self._limits)
             echo = await self._echo_text(request) if request.echo else None
-            thinking_open = await self._thinking_open(plan, prompt)
-            sampler_history = await self._sampler_history(request, seq_ctx, prompt)
+            text = text_tokens(prompt) if media is not None else prompt  # no image positions
+            thinking_open = await self._thinking_open(plan, text)
+            sampler_history = await self._sampler_history(request, seq_ctx, text)
             self._check_accepting()
         except BaseException:  # refused, failed or cancelled while tokenizing
             with self._lock:
                 self._queued -= 1
+            if media is not None:
+                media.close()
             raise
         splitter = None
         if plan is not None:
@@ -372,6 +388,7 @@ class LlamaEngine:
             render_special=self._render_special(plan),
             echo_text=echo,
             sampler_history=sampler_history,
+            media=media,
         )
         finals = 0
         if session is not None:

@@ -46,6 +46,14 @@ Roles and names are escaped too, but a template may also build special tokens ou
 engine/validation.py restricts both to letters, digits, ``_`` and ``-``: a role can name the
 token the template builds, never close it and open another.
 
+**Images** (a vision model's): a chat message's image parts become the model's media marker
+in its content, where the template sees them, as llama-server does. The marker is one of the
+special texts, so a marker a client types in a text part is escaped like special-token text
+and stays text; only the parts sent as images become markers. The rendering is cut at the
+markers as at special tokens, and each image's tokens (engine/media.py) take its marker's
+place; the template must write each image's marker once, else the request is refused. A raw
+prompt's images take the place of its media markers, one each, in order.
+
 Raw prompts (``prompt``) follow the same rule: tokenized with special tokens not parsed.
 Token-id prompts are used as given. ``--special-tokens-in-content`` and
 ``--special-tokens-in-prompt`` restore the old, unsafe parsing for operators who need it.
@@ -68,8 +76,18 @@ from llamagrid.worker.engine.chat_inputs import (
     skeleton_turn,
 )
 from llamagrid.worker.engine.chat_template import OBJECT_CALLS, ChatTemplate
-from llamagrid.worker.engine.errors import context_exceeded, invalid, not_ready
+from llamagrid.worker.engine.errors import context_exceeded, invalid, not_ready, unsupported
+from llamagrid.worker.engine.images import decode as decode_image
+from llamagrid.worker.engine.images import image_params
 from llamagrid.worker.engine.infill import FimTokens, infill_tokens
+from llamagrid.worker.engine.media import (
+    Chunks,
+    Media,
+    MediaMarkers,
+    expand_tokens,
+    parts_as_content,
+    placeholder,
+)
 from llamagrid.worker.engine.reports import TokenPiece
 from llamagrid.worker.engine.requests import GenerationSpec, Infill, Message
 
@@ -168,6 +186,24 @@ class Vocab(Protocol):
         """The text of token ids."""
 
 
+#: The text that stands for an image when a model has no projector to say its own.
+DEFAULT_MARKER = "<__media__>"
+#: The id of the media marker among a vision model's special tokens (runtime.py adds it there
+#: so that client text escapes it); no real token, nor an image's placeholder, has it.
+MEDIA_MARKER_ID = -(1 << 31)
+
+
+class ImageTokenizer(Protocol):
+    """What prompts need of a vision projector (native/mtmd.py's Projector)."""
+
+    @property
+    def marker(self) -> str:
+        """The text that stands for an image in a raw prompt."""
+
+    def tokenize(self, width: int, height: int, rgb: bytes, image_id: str) -> Chunks:
+        """One image's chunks, from packed 8-bit RGB rows."""
+
+
 #: What holding_model's function returns.
 _Result = TypeVar("_Result")
 
@@ -190,8 +226,14 @@ class PromptTokenizer:
         special_in_prompt: bool = False,
         fim: FimTokens | None = None,
         infill_window: tuple[int, int] = (512, 2048),
+        images: ImageTokenizer | None = None,
+        image_limits: tuple[int, int] = (10 << 20, 4096 * 4096),
     ) -> None:
         self.vocab = vocab
+        #: The vision projector's tokenizer (None: the model reads no images), and the bytes and
+        #: pixels an image may have.
+        self.images = images
+        self.image_limits = image_limits
         self.fim = fim
         self.infill_window = infill_window
         self.template = template
@@ -232,7 +274,10 @@ class PromptTokenizer:
 
     # Work, on any thread.
     def prompt_tokens(self, spec: GenerationSpec) -> list[int]:
-        """The prompt of a validated request as token ids."""
+        """The prompt of a validated request as token ids (one without images: prompt_media
+        takes those)."""
+        if spec.all_images:
+            raise unsupported("images are not supported in this kind of request", "messages")
         with self._use():
             if spec.tokens is not None:
                 tokens = list(spec.tokens)
@@ -246,6 +291,59 @@ class PromptTokenizer:
         if not tokens:
             raise invalid("the prompt is empty", "prompt")
         return tokens
+
+    def prompt_media(self, spec: GenerationSpec) -> tuple[list[int], Media | None]:
+        """The prompt of a validated request as token ids, and its images (None without): each
+        image decoded (engine/images.py), tokenized by the projector, and put in its place:
+        a raw prompt's media markers, or the chat template's rendering of image parts. The
+        caller owns the Media and closes it."""
+        images = spec.all_images
+        if not images:
+            return self.prompt_tokens(spec), None
+        with self._use():
+            if self.images is None:
+                raise unsupported("this model does not read images", "messages")
+            media = Media([])
+            try:
+                digests: list[str] = []
+                max_bytes, max_pixels = self.image_limits
+                for image, param in zip(images, image_params(spec), strict=True):
+                    pixels = decode_image(image, max_bytes, max_pixels, param)
+                    tokenize = self.images.tokenize
+                    media.images.append(
+                        tokenize(pixels.width, pixels.height, pixels.rgb, pixels.digest)
+                    )
+                    digests.append(pixels.digest)
+                if spec.messages is not None:
+                    ids = self.chat_tokens(spec.messages, inputs=ChatInputs.of(spec))
+                else:
+                    ids = self._marked_prompt(spec.prompt or "", len(images))
+                prompt, media.spans = expand_tokens(ids, media.images, digests)
+                if not prompt or prompt[-1] < 0:
+                    raise invalid(
+                        "the prompt ends with an image: put text after it (the model answers "
+                        "from a text token)",
+                        "images",
+                    )
+                return prompt, media
+            except BaseException:
+                media.close()
+                raise
+
+    def _marked_prompt(self, text: str, n_images: int) -> list[int]:
+        """A raw prompt's ids with image k's placeholder at its k-th media marker."""
+        assert self.images is not None
+        pieces = text.split(self.images.marker)
+        if len(pieces) != n_images + 1:
+            raise invalid(f"the prompt holds {len(pieces) - 1} media markers", "images")
+        prefix, suffix = self._frame()
+        ids = list(prefix)
+        for k, piece in enumerate(pieces):
+            if k:
+                ids.append(placeholder(k - 1))
+            if piece:
+                ids += self.vocab.tokenize(piece, False, self.special_in_prompt)
+        return ids + suffix
 
     def _infill_prompt(self, infill: Infill, n_predict: int) -> list[int]:
         """A fill-in-the-middle prompt with the model's FIM tokens (engine/infill.py); its
@@ -286,6 +384,8 @@ class PromptTokenizer:
         template writes them after earlier turns: the end of the assistant's turn (unless the
         transcript already ends with it), then the new messages and the assistant's header.
         """
+        if spec.all_images:
+            raise invalid("images are not supported in session turns yet", "messages")
         with self._use():
             if not transcript:
                 return self.prompt_tokens(spec)
@@ -322,7 +422,9 @@ class PromptTokenizer:
         text: what chat_tokens tokenizes (BOS aside)."""
         calls = any(m.tool_calls for m in messages)
         style = self.template.call_style if calls else OBJECT_CALLS
-        return self._render([message_dict(m, style) for m in messages])
+        marker = self.media_marker
+        plain = parts_as_content(messages, lambda k: marker)
+        return self._render([message_dict(m, style) for m in plain])
 
     def chat_tokens(
         self,
@@ -340,20 +442,40 @@ class PromptTokenizer:
         """
         calls = any(m.tool_calls for m in messages)
         style = self.template.call_style if calls else OBJECT_CALLS
+        n_images = sum(len(m.images) for m in messages)
+        plain = parts_as_content(messages, lambda k: "")  # images left out: client text only
         conversation = Conversation(
-            tuple(message_dict(m, style) for m in messages), inputs or ChatInputs()
+            tuple(message_dict(m, style) for m in plain), inputs or ChatInputs()
         )
-        history = tuple(message_dict(m) for m in after)
+        markers = None
+        if n_images:  # each image's place: a private marker until client text is escaped
+            markers = MediaMarkers(self.specials.delimiter, list(conversation.strings()))
+            marked = markers.with_markers(messages)
+            conversation = Conversation(
+                tuple(message_dict(m, style) for m in marked), conversation.inputs
+            )
+        history = tuple(message_dict(m) for m in parts_as_content(after, lambda k: ""))
         if self.special_in_content:
+            if markers is not None:
+                conversation = markers.to_marker(conversation, self.media_marker)
             text = self._rendered(history, conversation)
-            return self.vocab.tokenize(text, not history and self._adds_bos(text), True)
+            media = self._media(text, n_images)
+            add_bos = not history and self._adds_bos(text)
+            if not media:
+                return self.vocab.tokenize(text, add_bos, True)
+            return self._split_at_media(text, media, add_bos)
+        # The media marker is one of specials' texts: a client's marker text is escaped as
+        # special-token text is, and only image parts become the marker the template sees.
         esc = _Escaper(self.specials, list(conversation.strings()))
         escaped = conversation.mapped(esc.escape)
+        if markers is not None:
+            conversation = markers.to_marker(conversation, self.media_marker)
+            escaped = markers.to_marker(escaped, self.media_marker)
         text = self._rendered(history, escaped)
         skeleton_history = tuple(skeleton_turn(t, esc.sentinel) for t in history)
         skeleton = self._rendered(skeleton_history, escaped.skeleton(esc.sentinel))
-        found = self.specials.find(text)
-        written = [token.id for _, _, token in self.specials.find(skeleton)]
+        found = [f for f in self.specials.find(text) if f[2].id != MEDIA_MARKER_ID]
+        written = [t.id for _, _, t in self.specials.find(skeleton) if t.id != MEDIA_MARKER_ID]
         if [token.id for _, _, token in found] != written:
             raise invalid(
                 "the chat template makes special tokens out of message text, or writes "
@@ -362,18 +484,57 @@ class PromptTokenizer:
                 "messages",
             )
         add_bos = not history and self._adds_bos(text)
-        if not esc.escaped:  # nothing escaped: the ids a plain tokenization has always given
+        media = self._media(text, n_images)
+        if not esc.escaped and not media:  # the ids a plain tokenization has always given
             ids = self.vocab.tokenize(text, add_bos, True)
-        elif esc.restore(text) != self._rendered(history, conversation):
+        elif esc.escaped and esc.restore(text) != self._rendered(history, conversation):
             raise invalid(
                 "the chat template alters message text that holds special-token text (such as "
                 "a cut or a replacement): these messages cannot be tokenized safely",
                 "messages",
             )
-        else:
-            ids = self._assemble(text, found, esc, add_bos)
+        else:  # images are cut out as llama.cpp cuts special tokens out: placeholders
+            ids = self._assemble(text, sorted([*found, *media], key=lambda f: f[0]), esc, add_bos)
         self._check_controls(ids, written, add_bos)
         return ids
+
+    @property
+    def media_marker(self) -> str:
+        """The text that stands for an image in a prompt or a chat template's rendering."""
+        return self.images.marker if self.images is not None else DEFAULT_MARKER
+
+    def _media(self, text: str, n_images: int) -> list[tuple[int, int, SpecialToken]]:
+        """The images' places in a rendering (its media markers, in text order), as pseudo
+        special tokens whose ids are the images' placeholders. Without images, a marker the
+        template writes is text."""
+        if not n_images:
+            return []
+        marker = self.media_marker
+        places = [m.start() for m in re.finditer(re.escape(marker), text)]
+        if len(places) != n_images:
+            raise invalid(
+                f"the chat template wrote {len(places)} image places for {n_images} images "
+                "(it drops or repeats message content): these messages cannot carry images",
+                "messages",
+            )
+        return [
+            (start, start + len(marker), SpecialToken(placeholder(k), marker, control=False))
+            for k, start in enumerate(places)
+        ]
+
+    def _split_at_media(
+        self, text: str, media: list[tuple[int, int, SpecialToken]], add_bos: bool
+    ) -> list[int]:
+        """Ids of a rendering whose special-token text is parsed (--special-tokens-in-content),
+        with the images' placeholders at their places."""
+        prefix, suffix = self._frame() if add_bos else ([], [])
+        ids, start = list(prefix), 0
+        for begin, end, token in media:
+            ids += self.vocab.tokenize(text[start:begin], False, True) if begin > start else []
+            ids.append(token.id)
+            start = end
+        ids += self.vocab.tokenize(text[start:], False, True) if start < len(text) else []
+        return ids + suffix
 
     def opens_thinking(self, tokens: Sequence[int], opener: str) -> bool:
         """Whether a prompt ends inside an open thinking block: its text, special tokens

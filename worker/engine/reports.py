@@ -47,6 +47,9 @@ class ModelDescription:
     embedding_dimensions: EmbeddingDimensions = field(default_factory=EmbeddingDimensions)
     #: Whether the vocabulary has fill-in-the-middle tokens (infill requests can be served).
     fill_in_middle: bool = False
+    #: The text standing for an image in a raw prompt when the model reads images (a vision
+    #: projector is loaded); None when it does not.
+    media_marker: str | None = None
 
 
 class KvTier(enum.Enum):

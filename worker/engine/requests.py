@@ -20,6 +20,19 @@ class ToolCall:
 
 
 @dataclass(frozen=True)
+class ImageInput:
+    """An encoded image a client sent (engine/images.py decodes it)."""
+
+    data: bytes
+    #: Its MIME type as given ("" means detect it from the bytes).
+    mime_type: str = ""
+
+
+#: One part of a chat message: text, or an image where the template puts the media marker.
+ContentPart = str | ImageInput
+
+
+@dataclass(frozen=True)
 class Message:
     """One chat turn."""
 
@@ -32,6 +45,13 @@ class Message:
     tool_call_id: str = ""
     #: The thinking of an earlier assistant turn.
     reasoning_content: str = ""
+    #: The turn as text and image parts, in order (content is then empty).
+    parts: tuple[ContentPart, ...] = ()
+
+    @property
+    def images(self) -> tuple[ImageInput, ...]:
+        """The message's images, in order."""
+        return tuple(p for p in self.parts if isinstance(p, ImageInput))
 
 
 @dataclass(frozen=True)
@@ -204,6 +224,15 @@ class GenerationSpec:
     #: The LoRA adapter scales for this request alone (adapters it leaves out get 0); None:
     #: the worker's scales.
     lora: tuple[LoraScale, ...] | None = None
+    #: Images for a raw prompt, each in place of one media marker of the prompt, in order.
+    images: tuple[ImageInput, ...] = ()
+
+    @property
+    def all_images(self) -> tuple[ImageInput, ...]:
+        """Every image of the request, in prompt order: the prompt's, or the messages'."""
+        if self.messages is not None:
+            return tuple(i for m in self.messages for i in m.images)
+        return self.images
 
     @property
     def choices(self) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from typing import TYPE_CHECKING
 
 from llamagrid.worker.engine.chat_template import ChatTemplate, load_template_source
 from llamagrid.worker.engine.counters import EngineCounters
@@ -18,14 +19,28 @@ from llamagrid.worker.engine.embedder import Embedder
 from llamagrid.worker.engine.infill import FimTokens
 from llamagrid.worker.engine.limits import RequestLimits
 from llamagrid.worker.engine.lora import parse_scaled
-from llamagrid.worker.engine.prompts import PromptTokenizer, SpecialToken, SpecialTokens
+from llamagrid.worker.engine.prompts import (
+    MEDIA_MARKER_ID,
+    PromptTokenizer,
+    SpecialToken,
+    SpecialTokens,
+)
 from llamagrid.worker.engine.reports import ModelDescription
 from llamagrid.worker.engine.scheduler import Scheduler
+from llamagrid.worker.engine.vision import ImageEvaluator
 from llamagrid.worker.model_source import ModelSource
 from llamagrid.worker.native import devices as dv
 from llamagrid.worker.native import llama_backend as lb
 from llamagrid.worker.native.lora import LoraSet
 from llamagrid.worker.settings import WorkerSettings
+
+if TYPE_CHECKING:
+    from llamagrid.worker.native.mtmd import Projector
+
+
+class ProjectorFileError(RuntimeError):
+    """--mmproj names no file."""
+
 
 #: Embedding inputs packed into one decode.
 EMBED_SEQUENCES = 16
@@ -97,10 +112,15 @@ class Runtime:
             embed_ctx.close()
             embed_ctx = lb.Context(self.model, dataclasses.replace(embed_opts, pooling="mean"))
         self.embedder = Embedder(self.model, embed_ctx, step_tokens=s.n_batch)
+        #: The vision projector (--mmproj) and what evaluates images with it, or None.
+        self.projector, vision = self._load_projector(threads)
         template_src = load_template_source(s.chat_template) or self.model.chat_template()
         self.template = ChatTemplate(template_src, self.model.bos_text, self.model.eos_text)
         self.template.check()
-        specials = SpecialTokens([SpecialToken(*row) for row in self.model.special_tokens()])
+        rows = [SpecialToken(*row) for row in self.model.special_tokens()]
+        if self.projector is not None:  # client text escapes the media marker (prompts.py)
+            rows.append(SpecialToken(MEDIA_MARKER_ID, self.projector.marker, control=False))
+        specials = SpecialTokens(rows)
         #: Renders and tokenizes prompts on tokenizer threads (LlamaEngine's pool).
         self.prompts = PromptTokenizer(
             self.model,
@@ -110,6 +130,8 @@ class Runtime:
             special_in_prompt=s.special_tokens_in_prompt,
             fim=FimTokens.of(*self.model.fim_tokens()),
             infill_window=(s.n_batch, self.ctx.n_ctx // s.parallel),
+            images=self.projector,
+            image_limits=(s.max_image_bytes, s.max_image_pixels),
         )
         self.counters = EngineCounters()
         self.scheduler = Scheduler(
@@ -122,12 +144,31 @@ class Runtime:
             host_budget_bytes=s.host_cache_mib << 20,
             lora=self.lora,
             lora_scales=lora_scales,
+            vision=vision,
         )
         self.info = info
         self.scheduler.warm_up()
         self.scheduler.check_host_tier()
         self.embedder.warm_up(self.model.tokenize("Hello", True, True))
         self.placement = self._place()  # again: free memory once the KV caches are allocated
+
+    def _load_projector(self, threads: int) -> tuple[Projector | None, ImageEvaluator | None]:
+        """Load --mmproj for the model (on its GPU when the model is offloaded); a file that is
+        not a vision projector for this model stops the worker here, with llama.cpp's reason."""
+        path = self.settings.mmproj
+        if not path:
+            return None, None
+        if not os.path.isfile(path):
+            raise ProjectorFileError(f"--mmproj {path}: no such file")
+        from llamagrid.worker.native import mtmd  # needs libmtmd: only imported when asked for
+
+        projector = mtmd.Projector(path, self.model, self.on_gpu, threads)
+        try:
+            batch = mtmd.EmbeddingBatch(self.settings.n_batch, projector.n_embd)
+        except BaseException:
+            projector.close()
+            raise
+        return projector, ImageEvaluator(projector, batch, self.ctx)
 
     def _place(self) -> dv.Placement:
         m = self.model
@@ -160,11 +201,14 @@ class Runtime:
             description=info["desc"],
             embedding_dimensions=self.embedding_dimensions,
             fill_in_middle=self.prompts.fim is not None,
+            media_marker=self.projector.marker if self.projector is not None else None,
         )
 
     def close(self) -> None:
         self.scheduler.close()
         self.embedder.close()
         self.prompts.close()  # waits for tokenizer threads still reading the vocabulary
+        if self.projector is not None:
+            self.projector.close()
         self.ctx.close()
         self.model.close()

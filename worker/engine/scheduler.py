@@ -60,12 +60,14 @@ from llamagrid.worker.engine.host_cache import HostCache, HostEntry
 from llamagrid.worker.engine.limits import DEFAULT_LIMITS, RequestLimits
 from llamagrid.worker.engine.logprobs import block_logprobs, first_prompt_entry
 from llamagrid.worker.engine.lora import Scales, scales_of
+from llamagrid.worker.engine.media import image_boundary, text_tokens
 from llamagrid.worker.engine.prefix_cache import PrefixCache, Reuse
 from llamagrid.worker.engine.prompts import PromptTokenizer, check_fits
 from llamagrid.worker.engine.requests import GenerationSpec, Message, Sampling
 from llamagrid.worker.engine.sampling import resolve
 from llamagrid.worker.engine.slot import Job, Slot
 from llamagrid.worker.engine.text_stream import TextStream
+from llamagrid.worker.engine.vision import ImageEvaluator
 from llamagrid.worker.native.grammar import CompiledGrammar
 from llamagrid.worker.native.llama_backend import Batch, Context, Model
 from llamagrid.worker.native.lora import LoraSet
@@ -112,8 +114,13 @@ class Scheduler:
         host_budget_bytes: int = 0,
         lora: LoraSet | None = None,
         lora_scales: Scales = (),
+        vision: ImageEvaluator | None = None,
     ) -> None:
         self.model = model
+        #: Evaluates prompts' images into their sequences (None: the model reads no images).
+        self.vision = vision
+        #: The sequence whose image goes first at the next step (one image a step, in turn).
+        self._image_turn = 0
         self.ctx = ctx
         #: Used here only to warm up: jobs arrive with their prompt tokenized.
         self.prompts = prompts
@@ -179,6 +186,8 @@ class Scheduler:
         self.fail_all(not_ready("the worker is shutting down"))
         self.compiler.close()
         self._batch.close()
+        if self.vision is not None:
+            self.vision.close()
 
     def warm_up(self) -> None:
         """Pay now for what llama.cpp and the OS do on the first decode, not on the first request.
@@ -233,7 +242,13 @@ class Scheduler:
                 self.compiler.wait(compiling, 0.005)
             return False
         live = self._same_scales(live)
+        if self.vision is not None:
+            live = self._evaluate_images(live)
+            if not live:
+                return True
         outputs, rows = self._fill_batch(live)
+        if not len(self._batch):  # only images were evaluated: every slot waits for its next
+            return True
         self.ctx.decode(self._batch)
         self._copying.clear()  # the decode ran the pending copies first
         self.counters.on_decode(len(live))
@@ -249,6 +264,28 @@ class Scheduler:
                     choice.job.channel.push(final)
                     self._release(choice)
         return True
+
+    def _evaluate_images(self, live: list[Slot]) -> list[Slot]:
+        """Evaluate the image that comes next in one prefilling slot's prompt (engine/vision.py:
+        one image a step, the slots in turn); returns the slots to batch. A failure fails that
+        slot's job alone: its sequence is cut back to what it held, and the slot is released
+        at the next step."""
+        assert self.vision is not None
+        ready = [s for s in live if s.prefilling and not s.waiting and not s.job.cancelled]
+        ready = [s for s in ready if s.job.media and s.job.media.span_at(s.n_past)]
+        if not ready:
+            return live
+        turn = self._image_turn
+        slot = min(ready, key=lambda s: (s.seq - turn) % len(self.slots))
+        self._image_turn = slot.seq + 1
+        try:
+            self.vision.evaluate(slot)
+        except Exception as exc:
+            log.exception("evaluating an image failed for %s", slot.job.request.request_id)
+            self.ctx.trim(slot.seq, slot.n_past)
+            slot.job.fail(internal(f"the image could not be evaluated: {exc}"))
+            return [s for s in live if s is not slot]
+        return live
 
     def _same_scales(self, live: list[Slot]) -> list[Slot]:
         """The slots this step decodes: those whose adapter scales come next in turn (all of
@@ -364,6 +401,11 @@ class Scheduler:
             if not slot.prefilling or slot.waiting or room <= 0:
                 continue
             start, end = slot.n_past, min(len(slot.prompt), slot.n_past + room)
+            image = slot.job.media.next_start(start) if slot.job.media is not None else None
+            if image is not None:  # an image is evaluated on its own (engine/vision.py)
+                end = min(end, image)
+                if end <= start:
+                    continue
             first = len(batch)
             for pos in range(start, end):
                 last = pos == len(slot.prompt) - 1
@@ -387,6 +429,7 @@ class Scheduler:
             for job in self.waiting:
                 if job.cancelled:
                     self._leave_queue(job).release_grammar()
+                    job.close_media()
             self.waiting = deque(job for job in self.waiting if not job.cancelled)
         for slot in self.slots:
             if slot is not None and slot.job.cancelled:
@@ -411,6 +454,7 @@ class Scheduler:
         """End a slot's request; its KV cells stay as the sequence's cached prefix."""
         self.cache.retain(slot.seq, slot.decoded(), slot.job.request.session is not None)
         slot.sampler.close()
+        slot.job.close_media()
         self.slots[slot.seq] = None
 
     def _admit(self) -> None:
@@ -426,6 +470,7 @@ class Scheduler:
                 self._leave_queue(job).fail(problem)
             elif job.cancelled:
                 self._leave_queue(job).release_grammar()
+                job.close_media()
             elif job.grammar is not None and not job.grammar.ready:
                 kept.append(job)
             elif short or self.slots.count(None) < job.request.choices:
@@ -473,7 +518,7 @@ class Scheduler:
             config,
             grammar.clone() if grammar is not None else None,
             job.sampler_history,
-            leader.prompt,
+            text_tokens(leader.prompt) if job.media is not None else leader.prompt,
         )
         seq = self._claim(leader.scales)
         return Slot(
@@ -513,7 +558,10 @@ class Scheduler:
         busy = {s.seq: s.decoded() for s in self.slots if s is not None and s.scales == scales}
         foreign = frozenset(seq for seq in free if self._kv_scales[seq] != scales)
         reuse = self.cache.plan(prompt, free, busy, foreign)
+        reuse = replace(reuse, length=image_boundary(prompt, reuse.length))
         found = self.host.find(prompt, len(prompt) - 1, scales) if self.host.enabled else None
+        if found is not None:  # an image's cells are reused whole or not at all
+            found = (found[0], image_boundary(prompt, found[1]))
         usable = found is not None and reuse.seq not in self._copying
         if found is not None and usable and found[1] >= reuse.length + self.cache.min_reuse:
             return self._restore(reuse.seq, *found)
@@ -626,7 +674,8 @@ class Scheduler:
         room = self.seq_ctx - len(prompt)
         config = resolve(s, self.seq_ctx)
         scales = self.scales_for(req)
-        sampler = Sampler(self.model, config, self._take_grammar(job), job.sampler_history, prompt)
+        seen = text_tokens(prompt) if job.media is not None else prompt  # no image positions
+        sampler = Sampler(self.model, config, self._take_grammar(job), job.sampler_history, seen)
         try:
             # A request that wants every prompt position's logits reuses no cached prefix.
             reuse = self._place(prompt, scales, reuse_prefix=req.prompt_logprobs is None)

@@ -16,6 +16,7 @@ from llamagrid.worker.engine.events import (
     Usage,
 )
 from llamagrid.worker.engine.logprobs import token_logprob
+from llamagrid.worker.engine.media import Media
 from llamagrid.worker.engine.requests import GenerationSpec
 from llamagrid.worker.engine.text_stream import TextStream
 from llamagrid.worker.native.llama_backend import Context, Model
@@ -42,13 +43,21 @@ class Job:
     #: The request's penalties and DRY samplers, given the prompt on a tokenizer thread; each
     #: of the job's samplers copies them (None: its chain has neither).
     sampler_history: SamplerHistory | None = None
+    #: The prompt's images (engine/media.py), owned by the job until it ends (None: none).
+    media: Media | None = None
 
     def fail(self, error: BaseException) -> None:
         """End the job's stream with an error; its other choices, if any run, stop at the next
         step."""
         self.cancelled = True
         self.release_grammar()
+        self.close_media()
         self.channel.push(error)
+
+    def close_media(self) -> None:
+        """Free the prompt's images (once evaluated, or when the job ends)."""
+        if self.media is not None:
+            self.media.close()
 
     def release_grammar(self) -> None:
         """Free the job's grammar unless a slot's sampler took it."""

@@ -203,6 +203,10 @@ class SlotControl:
         sched = rt.scheduler
         _check_idle(sched, seq)
         tokens = list(sched.cache.held(seq))
+        if any(t < 0 for t in tokens):  # image positions (engine/media.py) have no token id
+            raise invalid(
+                f"slot {seq} holds an image's cells, which slot files cannot store yet", "id"
+            )
         state = slot_state.save_state(rt.ctx, seq) if tokens else memoryview(b"")
         if state is None:
             raise internal(f"llama.cpp could not save slot {seq}'s KV state")

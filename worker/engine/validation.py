@@ -24,6 +24,8 @@ from typing import Any
 from llamagrid.worker.engine.chat_template import RESERVED_VARIABLES
 from llamagrid.worker.engine.errors import EngineError, invalid, unsupported
 from llamagrid.worker.engine.gbnf import check_gbnf
+from llamagrid.worker.engine.images import image_params
+from llamagrid.worker.engine.images import inspect as inspect_image
 from llamagrid.worker.engine.infill import check_infill, infill_texts
 from llamagrid.worker.engine.limits import DEFAULT_LIMITS, RequestLimits
 from llamagrid.worker.engine.requests import (
@@ -43,6 +45,8 @@ from llamagrid.worker.native.sampler import SAMPLER_LETTERS, sampler_name
 MAX_TOP_LOGPROBS = 20
 #: The most choices (n) one request may ask for, however many slots the worker has.
 MAX_CHOICES = 16
+#: The most parts (text and images) one chat message may have.
+MAX_PARTS = 1024
 
 #: The rule of each optional numeric sampling field: what the value must satisfy, and how the
 #: error says it. Floats must also be finite.
@@ -90,11 +94,14 @@ def check_generation(
     limits: RequestLimits = DEFAULT_LIMITS,
     context_per_slot: int | None = None,
     slots: int | None = None,
+    media_marker: str | None = None,
+    model: str = "",
 ) -> None:
     """Raise an EngineError naming the first invalid field of a generation request.
 
     context_per_slot, when given, also bounds repeat_last_n (else the scheduler checks it);
-    slots, when given, bounds n.
+    slots, when given, bounds n. media_marker is the text standing for an image in a raw
+    prompt when the model reads images (None: it does not; ``model`` names it in the error).
     """
     given = [x is not None for x in (spec.prompt, spec.tokens, spec.messages, spec.infill)]
     if sum(given) != 1:
@@ -123,6 +130,49 @@ def check_generation(
         check_look_back(spec.sampling.dry_penalty_last_n, context_per_slot, "dry_penalty_last_n")
     if spec.session is not None:
         check_session_id(spec.session.session_id)
+    check_images(spec, limits, media_marker, model)
+
+
+def check_images(
+    spec: GenerationSpec, limits: RequestLimits, media_marker: str | None, model: str = ""
+) -> None:
+    """Images come with a raw prompt (``images``, one per media marker) or in chat messages'
+    parts, only for a model that reads images, at most max_images of them, each a supported
+    image within the byte and pixel limits; not on session turns, and not with
+    prompt_logprobs (an image position has no token to score)."""
+    if spec.images and spec.prompt is None:
+        raise invalid(
+            "images go with a raw prompt (input prompt); chat messages carry theirs in parts",
+            "images",
+        )
+    images = spec.all_images
+    if not images:
+        return
+    where = image_params(spec)
+    field = "images" if spec.messages is None else where[0].split(".parts")[0] + ".parts"
+    if media_marker is None:
+        name = f"model {model}" if model else "this model"
+        raise unsupported(f"{name} does not read images (its worker has no --mmproj)", field)
+    if len(images) > limits.max_images:
+        raise invalid(f"{len(images)} images given; at most {limits.max_images} are allowed", field)
+    if spec.session is not None:
+        raise invalid("images are not supported in session turns yet", field)
+    if spec.prompt_logprobs is not None:
+        raise invalid(
+            "prompt_logprobs is not supported with images: an image's positions have no "
+            "token to score",
+            "prompt_logprobs",
+        )
+    for image, param in zip(images, where, strict=True):
+        inspect_image(image, limits.max_image_bytes, limits.max_image_pixels, param)
+    if spec.prompt is not None:
+        markers = spec.prompt.count(media_marker)
+        if markers != len(images):
+            raise invalid(
+                f"the prompt holds {markers} media markers ({media_marker}) for "
+                f"{len(images)} images: each image takes the place of one marker",
+                "images",
+            )
 
 
 def check_choices(spec: GenerationSpec, slots: int | None = None) -> None:
@@ -187,13 +237,20 @@ def check_messages(messages: Sequence[Message], limits: RequestLimits = DEFAULT_
             if value and not _ROLE_OR_NAME.fullmatch(value):
                 param = f"messages[{index}].{field}"
                 raise invalid(f"{param} must be 1 to 64 letters, digits, '_' or '-'", param)
+        if message.parts and message.content:
+            param = f"messages[{index}].parts"
+            raise invalid(f"messages[{index}] sets both content and parts: set one", param)
+        if len(message.parts) > MAX_PARTS:
+            param = f"messages[{index}].parts"
+            raise invalid(f"{param} holds {len(message.parts)} parts; at most {MAX_PARTS}", param)
         _check_tool_fields(index, message)
 
 
 def _message_texts(m: Message) -> list[str]:
-    """The client text of a message: content, thinking and its calls."""
+    """The client text of a message: content (or its text parts), thinking and its calls."""
     calls = [text for c in m.tool_calls for text in (c.id, c.name, c.arguments)]
-    return [m.content, m.reasoning_content, m.tool_call_id, *calls]
+    parts = [p for p in m.parts if isinstance(p, str)]
+    return [m.content, *parts, m.reasoning_content, m.tool_call_id, *calls]
 
 
 def _check_tool_fields(index: int, m: Message) -> None:

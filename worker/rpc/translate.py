@@ -19,8 +19,10 @@ from llamagrid.worker.engine.events import (
 from llamagrid.worker.engine.lora import LoraAdapter, LoraScale
 from llamagrid.worker.engine.reports import KvTier, Load, ModelDescription, SessionReport
 from llamagrid.worker.engine.requests import (
+    ContentPart,
     GenerationSpec,
     Grammar,
+    ImageInput,
     Infill,
     InfillChunk,
     JsonSchema,
@@ -95,7 +97,22 @@ def generation_from_proto(req: pb.GenerateRequest) -> GenerationSpec:
         prompt_logprobs=req.prompt_logprobs if req.HasField("prompt_logprobs") else None,
         echo=req.echo,
         lora=tuple(lora_from_proto(req.lora)) or None,
+        images=tuple(_image(i) for i in req.images),
     )
+
+
+def _image(p: pb.Image) -> ImageInput:
+    return ImageInput(p.data, p.mime_type)
+
+
+def _part(p: pb.ContentPart) -> ContentPart:
+    """A message part; one that sets neither text nor image is refused."""
+    which = p.WhichOneof("part")
+    if which == "image":
+        return _image(p.image)
+    if which == "text":
+        return p.text
+    raise invalid("a message part must hold text or an image", "messages")
 
 
 def _infill(p: pb.Infill) -> Infill:
@@ -137,6 +154,7 @@ def _message(m: pb.ChatMessage) -> Message:
         tool_calls=tuple(ToolCall(c.id, c.name, c.arguments) for c in m.tool_calls),
         tool_call_id=m.tool_call_id,
         reasoning_content=m.reasoning_content,
+        parts=tuple(_part(p) for p in m.parts),
     )
 
 
@@ -297,9 +315,14 @@ def model_info_to_proto(
     d: ModelDescription, placement: Placement, adapters: Sequence[LoraAdapter] = ()
 ) -> pb.ModelInfo:
     """ModelInfo for GetModelInfo and ListModels, with the LoRA adapters' current scales."""
+    vision = d.media_marker is not None
     caps = [
         c
-        for c, on in ((pb.CAPABILITY_GENERATE, d.can_generate), (pb.CAPABILITY_EMBED, d.can_embed))
+        for c, on in (
+            (pb.CAPABILITY_GENERATE, d.can_generate),
+            (pb.CAPABILITY_EMBED, d.can_embed),
+            (pb.CAPABILITY_VISION, vision),
+        )
         if on
     ]
     info = pb.ModelInfo(
@@ -319,6 +342,8 @@ def model_info_to_proto(
         description=d.description,
         placement=placement_to_proto(placement),
         fill_in_middle=d.fill_in_middle,
+        vision=vision,
+        media_marker=d.media_marker or "",
     )
     if d.embedding_dimensions.allowed:
         info.embedding_dimensions.any = d.embedding_dimensions.any

@@ -55,3 +55,28 @@ func ToolCallMessage(calls ...*pb.ToolCall) *pb.ChatMessage {
 func ToolResult(callID, content string) *pb.ChatMessage {
 	return &pb.ChatMessage{Role: "tool", Content: content, ToolCallId: callID}
 }
+
+// Image returns an encoded image (PNG, JPEG, GIF, BMP, TGA or PNM) for a model that reads images
+// (ModelInfo.Vision): for ImagePart, or for GenerateRequest.Images with a raw prompt, where each
+// takes the place of one ModelInfo.MediaMarker. mimeType is its type, such as "image/png"; ""
+// lets the worker detect it from the bytes.
+func Image(data []byte, mimeType string) *pb.Image {
+	return &pb.Image{Data: data, MimeType: mimeType}
+}
+
+// ImagePart returns an image part of a chat message, for MessageParts; see Image.
+func ImagePart(data []byte, mimeType string) *pb.ContentPart {
+	return &pb.ContentPart{Part: &pb.ContentPart_Image{Image: Image(data, mimeType)}}
+}
+
+// TextPart returns a text part of a chat message, for MessageParts.
+func TextPart(text string) *pb.ContentPart {
+	return &pb.ContentPart{Part: &pb.ContentPart_Text{Text: text}}
+}
+
+// MessageParts returns a chat turn made of parts, text and images in order (ChatMessage.Parts),
+// for a model that reads images. A model without a projector refuses images with
+// INVALID_ARGUMENT.
+func MessageParts(role string, parts ...*pb.ContentPart) *pb.ChatMessage {
+	return &pb.ChatMessage{Role: role, Parts: parts}
+}

@@ -259,6 +259,8 @@ const (
 	Capability_CAPABILITY_GENERATE Capability = 1
 	// Vector embeddings through Embed.
 	Capability_CAPABILITY_EMBED Capability = 2
+	// Images in the input (ModelInfo.vision).
+	Capability_CAPABILITY_VISION Capability = 3
 )
 
 // Enum value maps for Capability.
@@ -267,11 +269,13 @@ var (
 		0: "CAPABILITY_UNSPECIFIED",
 		1: "CAPABILITY_GENERATE",
 		2: "CAPABILITY_EMBED",
+		3: "CAPABILITY_VISION",
 	}
 	Capability_value = map[string]int32{
 		"CAPABILITY_UNSPECIFIED": 0,
 		"CAPABILITY_GENERATE":    1,
 		"CAPABILITY_EMBED":       2,
+		"CAPABILITY_VISION":      3,
 	}
 )
 
@@ -429,8 +433,12 @@ type ChatMessage struct {
 	ToolCallId string `protobuf:"bytes,5,opt,name=tool_call_id,json=toolCallId,proto3" json:"tool_call_id,omitempty"`
 	// The thinking of an earlier assistant turn, for templates that show it again.
 	ReasoningContent string `protobuf:"bytes,6,opt,name=reasoning_content,json=reasoningContent,proto3" json:"reasoning_content,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// The turn as a list of parts, text and images in order, for a model that reads images
+	// (ModelInfo.vision). When set, content must be empty. Text parts are plain text as content
+	// is; each image takes the place where the chat template puts the model's media marker.
+	Parts         []*ContentPart `protobuf:"bytes,7,rep,name=parts,proto3" json:"parts,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ChatMessage) Reset() {
@@ -505,6 +513,158 @@ func (x *ChatMessage) GetReasoningContent() string {
 	return ""
 }
 
+func (x *ChatMessage) GetParts() []*ContentPart {
+	if x != nil {
+		return x.Parts
+	}
+	return nil
+}
+
+// ContentPart is one piece of a chat message: text or an image.
+type ContentPart struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// What the part holds.
+	//
+	// Types that are valid to be assigned to Part:
+	//
+	//	*ContentPart_Text
+	//	*ContentPart_Image
+	Part          isContentPart_Part `protobuf_oneof:"part"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ContentPart) Reset() {
+	*x = ContentPart{}
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ContentPart) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ContentPart) ProtoMessage() {}
+
+func (x *ContentPart) ProtoReflect() protoreflect.Message {
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ContentPart.ProtoReflect.Descriptor instead.
+func (*ContentPart) Descriptor() ([]byte, []int) {
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *ContentPart) GetPart() isContentPart_Part {
+	if x != nil {
+		return x.Part
+	}
+	return nil
+}
+
+func (x *ContentPart) GetText() string {
+	if x != nil {
+		if x, ok := x.Part.(*ContentPart_Text); ok {
+			return x.Text
+		}
+	}
+	return ""
+}
+
+func (x *ContentPart) GetImage() *Image {
+	if x != nil {
+		if x, ok := x.Part.(*ContentPart_Image); ok {
+			return x.Image
+		}
+	}
+	return nil
+}
+
+type isContentPart_Part interface {
+	isContentPart_Part()
+}
+
+type ContentPart_Text struct {
+	// Plain text, as ChatMessage.content.
+	Text string `protobuf:"bytes,1,opt,name=text,proto3,oneof"`
+}
+
+type ContentPart_Image struct {
+	// An encoded image.
+	Image *Image `protobuf:"bytes,2,opt,name=image,proto3,oneof"`
+}
+
+func (*ContentPart_Text) isContentPart_Part() {}
+
+func (*ContentPart_Image) isContentPart_Part() {}
+
+// Image is an encoded picture for a model with a vision projector (ModelInfo.vision). The
+// worker decodes it, checks its size against its limits, and evaluates it into the request's
+// own sequence. Two images share KV cache only when their bytes are equal.
+type Image struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The encoded file: PNG, JPEG, GIF (its first frame), BMP, WebP, TGA or PNM. Not empty.
+	Data []byte `protobuf:"bytes,1,opt,name=data,proto3" json:"data,omitempty"`
+	// Its MIME type, such as "image/png". Empty means the worker detects it from the bytes; a
+	// type that is not an image, or that the bytes contradict, is refused.
+	MimeType      string `protobuf:"bytes,2,opt,name=mime_type,json=mimeType,proto3" json:"mime_type,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Image) Reset() {
+	*x = Image{}
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Image) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Image) ProtoMessage() {}
+
+func (x *Image) ProtoReflect() protoreflect.Message {
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Image.ProtoReflect.Descriptor instead.
+func (*Image) Descriptor() ([]byte, []int) {
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *Image) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+func (x *Image) GetMimeType() string {
+	if x != nil {
+		return x.MimeType
+	}
+	return ""
+}
+
 // Tool is a function the model may call.
 type Tool struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -522,7 +682,7 @@ type Tool struct {
 
 func (x *Tool) Reset() {
 	*x = Tool{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[2]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -534,7 +694,7 @@ func (x *Tool) String() string {
 func (*Tool) ProtoMessage() {}
 
 func (x *Tool) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[2]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -547,7 +707,7 @@ func (x *Tool) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Tool.ProtoReflect.Descriptor instead.
 func (*Tool) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{2}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *Tool) GetName() string {
@@ -594,7 +754,7 @@ type ToolChoice struct {
 
 func (x *ToolChoice) Reset() {
 	*x = ToolChoice{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[3]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -606,7 +766,7 @@ func (x *ToolChoice) String() string {
 func (*ToolChoice) ProtoMessage() {}
 
 func (x *ToolChoice) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[3]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -619,7 +779,7 @@ func (x *ToolChoice) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ToolChoice.ProtoReflect.Descriptor instead.
 func (*ToolChoice) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{3}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *ToolChoice) GetChoice() isToolChoice_Choice {
@@ -681,7 +841,7 @@ type ToolCall struct {
 
 func (x *ToolCall) Reset() {
 	*x = ToolCall{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[4]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -693,7 +853,7 @@ func (x *ToolCall) String() string {
 func (*ToolCall) ProtoMessage() {}
 
 func (x *ToolCall) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[4]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -706,7 +866,7 @@ func (x *ToolCall) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ToolCall.ProtoReflect.Descriptor instead.
 func (*ToolCall) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{4}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *ToolCall) GetId() string {
@@ -750,7 +910,7 @@ type ToolCallDelta struct {
 
 func (x *ToolCallDelta) Reset() {
 	*x = ToolCallDelta{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[5]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -762,7 +922,7 @@ func (x *ToolCallDelta) String() string {
 func (*ToolCallDelta) ProtoMessage() {}
 
 func (x *ToolCallDelta) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[5]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -775,7 +935,7 @@ func (x *ToolCallDelta) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ToolCallDelta.ProtoReflect.Descriptor instead.
 func (*ToolCallDelta) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{5}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *ToolCallDelta) GetIndex() uint32 {
@@ -818,7 +978,7 @@ type ChatConversation struct {
 
 func (x *ChatConversation) Reset() {
 	*x = ChatConversation{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[6]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -830,7 +990,7 @@ func (x *ChatConversation) String() string {
 func (*ChatConversation) ProtoMessage() {}
 
 func (x *ChatConversation) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[6]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -843,7 +1003,7 @@ func (x *ChatConversation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChatConversation.ProtoReflect.Descriptor instead.
 func (*ChatConversation) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{6}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ChatConversation) GetMessages() []*ChatMessage {
@@ -951,7 +1111,7 @@ type SamplingParams struct {
 
 func (x *SamplingParams) Reset() {
 	*x = SamplingParams{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[7]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -963,7 +1123,7 @@ func (x *SamplingParams) String() string {
 func (*SamplingParams) ProtoMessage() {}
 
 func (x *SamplingParams) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[7]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -976,7 +1136,7 @@ func (x *SamplingParams) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SamplingParams.ProtoReflect.Descriptor instead.
 func (*SamplingParams) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{7}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *SamplingParams) GetMaxTokens() uint32 {
@@ -1302,14 +1462,18 @@ type GenerateRequest struct {
 	// scale, every adapter left out gets 0. Empty means the worker's scales (ListLoraAdapters).
 	// Each decode step batches only requests whose scales are equal, and KV cache computed under
 	// other scales is never reused, so a request's output does not depend on its neighbours.
-	Lora          []*LoraScale `protobuf:"bytes,26,rep,name=lora,proto3" json:"lora,omitempty"`
+	Lora []*LoraScale `protobuf:"bytes,26,rep,name=lora,proto3" json:"lora,omitempty"`
+	// Images for a raw prompt (input prompt): each takes the place of one media marker
+	// (ModelInfo.media_marker) in the prompt, in order, and the number of markers must equal the
+	// number of images. Only for a model that reads images (ModelInfo.vision).
+	Images        []*Image `protobuf:"bytes,28,rep,name=images,proto3" json:"images,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *GenerateRequest) Reset() {
 	*x = GenerateRequest{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[8]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1321,7 +1485,7 @@ func (x *GenerateRequest) String() string {
 func (*GenerateRequest) ProtoMessage() {}
 
 func (x *GenerateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[8]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1334,7 +1498,7 @@ func (x *GenerateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GenerateRequest.ProtoReflect.Descriptor instead.
 func (*GenerateRequest) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{8}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *GenerateRequest) GetModel() string {
@@ -1478,6 +1642,13 @@ func (x *GenerateRequest) GetLora() []*LoraScale {
 	return nil
 }
 
+func (x *GenerateRequest) GetImages() []*Image {
+	if x != nil {
+		return x.Images
+	}
+	return nil
+}
+
 type isGenerateRequest_Input interface {
 	isGenerateRequest_Input()
 }
@@ -1526,7 +1697,7 @@ type LoraScale struct {
 
 func (x *LoraScale) Reset() {
 	*x = LoraScale{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[9]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1538,7 +1709,7 @@ func (x *LoraScale) String() string {
 func (*LoraScale) ProtoMessage() {}
 
 func (x *LoraScale) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[9]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1551,7 +1722,7 @@ func (x *LoraScale) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LoraScale.ProtoReflect.Descriptor instead.
 func (*LoraScale) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{9}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *LoraScale) GetId() uint32 {
@@ -1583,7 +1754,7 @@ type LoraAdapter struct {
 
 func (x *LoraAdapter) Reset() {
 	*x = LoraAdapter{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[10]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1595,7 +1766,7 @@ func (x *LoraAdapter) String() string {
 func (*LoraAdapter) ProtoMessage() {}
 
 func (x *LoraAdapter) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[10]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1608,7 +1779,7 @@ func (x *LoraAdapter) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LoraAdapter.ProtoReflect.Descriptor instead.
 func (*LoraAdapter) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{10}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *LoraAdapter) GetId() uint32 {
@@ -1643,7 +1814,7 @@ type ListLoraAdaptersRequest struct {
 
 func (x *ListLoraAdaptersRequest) Reset() {
 	*x = ListLoraAdaptersRequest{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[11]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1655,7 +1826,7 @@ func (x *ListLoraAdaptersRequest) String() string {
 func (*ListLoraAdaptersRequest) ProtoMessage() {}
 
 func (x *ListLoraAdaptersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[11]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1668,7 +1839,7 @@ func (x *ListLoraAdaptersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListLoraAdaptersRequest.ProtoReflect.Descriptor instead.
 func (*ListLoraAdaptersRequest) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{11}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ListLoraAdaptersRequest) GetModel() string {
@@ -1689,7 +1860,7 @@ type ListLoraAdaptersResponse struct {
 
 func (x *ListLoraAdaptersResponse) Reset() {
 	*x = ListLoraAdaptersResponse{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[12]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1701,7 +1872,7 @@ func (x *ListLoraAdaptersResponse) String() string {
 func (*ListLoraAdaptersResponse) ProtoMessage() {}
 
 func (x *ListLoraAdaptersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[12]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1714,7 +1885,7 @@ func (x *ListLoraAdaptersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListLoraAdaptersResponse.ProtoReflect.Descriptor instead.
 func (*ListLoraAdaptersResponse) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{12}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ListLoraAdaptersResponse) GetAdapters() []*LoraAdapter {
@@ -1737,7 +1908,7 @@ type SetLoraAdaptersRequest struct {
 
 func (x *SetLoraAdaptersRequest) Reset() {
 	*x = SetLoraAdaptersRequest{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[13]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1749,7 +1920,7 @@ func (x *SetLoraAdaptersRequest) String() string {
 func (*SetLoraAdaptersRequest) ProtoMessage() {}
 
 func (x *SetLoraAdaptersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[13]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1762,7 +1933,7 @@ func (x *SetLoraAdaptersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetLoraAdaptersRequest.ProtoReflect.Descriptor instead.
 func (*SetLoraAdaptersRequest) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{13}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *SetLoraAdaptersRequest) GetModel() string {
@@ -1790,7 +1961,7 @@ type SetLoraAdaptersResponse struct {
 
 func (x *SetLoraAdaptersResponse) Reset() {
 	*x = SetLoraAdaptersResponse{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[14]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1802,7 +1973,7 @@ func (x *SetLoraAdaptersResponse) String() string {
 func (*SetLoraAdaptersResponse) ProtoMessage() {}
 
 func (x *SetLoraAdaptersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[14]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1815,7 +1986,7 @@ func (x *SetLoraAdaptersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetLoraAdaptersResponse.ProtoReflect.Descriptor instead.
 func (*SetLoraAdaptersResponse) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{14}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *SetLoraAdaptersResponse) GetAdapters() []*LoraAdapter {
@@ -1847,7 +2018,7 @@ type Infill struct {
 
 func (x *Infill) Reset() {
 	*x = Infill{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[15]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1859,7 +2030,7 @@ func (x *Infill) String() string {
 func (*Infill) ProtoMessage() {}
 
 func (x *Infill) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[15]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1872,7 +2043,7 @@ func (x *Infill) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Infill.ProtoReflect.Descriptor instead.
 func (*Infill) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{15}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *Infill) GetPrefix() string {
@@ -1916,7 +2087,7 @@ type InfillChunk struct {
 
 func (x *InfillChunk) Reset() {
 	*x = InfillChunk{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[16]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1928,7 +2099,7 @@ func (x *InfillChunk) String() string {
 func (*InfillChunk) ProtoMessage() {}
 
 func (x *InfillChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[16]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1941,7 +2112,7 @@ func (x *InfillChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InfillChunk.ProtoReflect.Descriptor instead.
 func (*InfillChunk) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{16}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *InfillChunk) GetFilename() string {
@@ -1973,7 +2144,7 @@ type SessionRef struct {
 
 func (x *SessionRef) Reset() {
 	*x = SessionRef{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[17]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1985,7 +2156,7 @@ func (x *SessionRef) String() string {
 func (*SessionRef) ProtoMessage() {}
 
 func (x *SessionRef) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[17]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1998,7 +2169,7 @@ func (x *SessionRef) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SessionRef.ProtoReflect.Descriptor instead.
 func (*SessionRef) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{17}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *SessionRef) GetSessionId() string {
@@ -2029,7 +2200,7 @@ type SessionTranscript struct {
 
 func (x *SessionTranscript) Reset() {
 	*x = SessionTranscript{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[18]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2041,7 +2212,7 @@ func (x *SessionTranscript) String() string {
 func (*SessionTranscript) ProtoMessage() {}
 
 func (x *SessionTranscript) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[18]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2054,7 +2225,7 @@ func (x *SessionTranscript) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SessionTranscript.ProtoReflect.Descriptor instead.
 func (*SessionTranscript) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{18}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *SessionTranscript) GetTokenIds() []int32 {
@@ -2097,7 +2268,7 @@ type SessionInfo struct {
 
 func (x *SessionInfo) Reset() {
 	*x = SessionInfo{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[19]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2109,7 +2280,7 @@ func (x *SessionInfo) String() string {
 func (*SessionInfo) ProtoMessage() {}
 
 func (x *SessionInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[19]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2122,7 +2293,7 @@ func (x *SessionInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SessionInfo.ProtoReflect.Descriptor instead.
 func (*SessionInfo) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{19}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *SessionInfo) GetSessionId() string {
@@ -2197,7 +2368,7 @@ type OpenSessionRequest struct {
 
 func (x *OpenSessionRequest) Reset() {
 	*x = OpenSessionRequest{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[20]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2209,7 +2380,7 @@ func (x *OpenSessionRequest) String() string {
 func (*OpenSessionRequest) ProtoMessage() {}
 
 func (x *OpenSessionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[20]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2222,7 +2393,7 @@ func (x *OpenSessionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OpenSessionRequest.ProtoReflect.Descriptor instead.
 func (*OpenSessionRequest) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{20}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *OpenSessionRequest) GetModel() string {
@@ -2257,7 +2428,7 @@ type OpenSessionResponse struct {
 
 func (x *OpenSessionResponse) Reset() {
 	*x = OpenSessionResponse{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[21]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2269,7 +2440,7 @@ func (x *OpenSessionResponse) String() string {
 func (*OpenSessionResponse) ProtoMessage() {}
 
 func (x *OpenSessionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[21]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2282,7 +2453,7 @@ func (x *OpenSessionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OpenSessionResponse.ProtoReflect.Descriptor instead.
 func (*OpenSessionResponse) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{21}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *OpenSessionResponse) GetSession() *SessionInfo {
@@ -2305,7 +2476,7 @@ type GetSessionRequest struct {
 
 func (x *GetSessionRequest) Reset() {
 	*x = GetSessionRequest{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[22]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2317,7 +2488,7 @@ func (x *GetSessionRequest) String() string {
 func (*GetSessionRequest) ProtoMessage() {}
 
 func (x *GetSessionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[22]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2330,7 +2501,7 @@ func (x *GetSessionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSessionRequest.ProtoReflect.Descriptor instead.
 func (*GetSessionRequest) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{22}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *GetSessionRequest) GetSessionId() string {
@@ -2360,7 +2531,7 @@ type GetSessionResponse struct {
 
 func (x *GetSessionResponse) Reset() {
 	*x = GetSessionResponse{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[23]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2372,7 +2543,7 @@ func (x *GetSessionResponse) String() string {
 func (*GetSessionResponse) ProtoMessage() {}
 
 func (x *GetSessionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[23]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2385,7 +2556,7 @@ func (x *GetSessionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSessionResponse.ProtoReflect.Descriptor instead.
 func (*GetSessionResponse) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{23}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *GetSessionResponse) GetSession() *SessionInfo {
@@ -2417,7 +2588,7 @@ type ForkSessionRequest struct {
 
 func (x *ForkSessionRequest) Reset() {
 	*x = ForkSessionRequest{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[24]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2429,7 +2600,7 @@ func (x *ForkSessionRequest) String() string {
 func (*ForkSessionRequest) ProtoMessage() {}
 
 func (x *ForkSessionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[24]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2442,7 +2613,7 @@ func (x *ForkSessionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ForkSessionRequest.ProtoReflect.Descriptor instead.
 func (*ForkSessionRequest) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{24}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ForkSessionRequest) GetSessionId() string {
@@ -2477,7 +2648,7 @@ type ForkSessionResponse struct {
 
 func (x *ForkSessionResponse) Reset() {
 	*x = ForkSessionResponse{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[25]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2489,7 +2660,7 @@ func (x *ForkSessionResponse) String() string {
 func (*ForkSessionResponse) ProtoMessage() {}
 
 func (x *ForkSessionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[25]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2502,7 +2673,7 @@ func (x *ForkSessionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ForkSessionResponse.ProtoReflect.Descriptor instead.
 func (*ForkSessionResponse) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{25}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ForkSessionResponse) GetSession() *SessionInfo {
@@ -2525,7 +2696,7 @@ type RollbackSessionRequest struct {
 
 func (x *RollbackSessionRequest) Reset() {
 	*x = RollbackSessionRequest{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[26]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2537,7 +2708,7 @@ func (x *RollbackSessionRequest) String() string {
 func (*RollbackSessionRequest) ProtoMessage() {}
 
 func (x *RollbackSessionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[26]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2550,7 +2721,7 @@ func (x *RollbackSessionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RollbackSessionRequest.ProtoReflect.Descriptor instead.
 func (*RollbackSessionRequest) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{26}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *RollbackSessionRequest) GetSessionId() string {
@@ -2578,7 +2749,7 @@ type RollbackSessionResponse struct {
 
 func (x *RollbackSessionResponse) Reset() {
 	*x = RollbackSessionResponse{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[27]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2590,7 +2761,7 @@ func (x *RollbackSessionResponse) String() string {
 func (*RollbackSessionResponse) ProtoMessage() {}
 
 func (x *RollbackSessionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[27]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2603,7 +2774,7 @@ func (x *RollbackSessionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RollbackSessionResponse.ProtoReflect.Descriptor instead.
 func (*RollbackSessionResponse) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{27}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *RollbackSessionResponse) GetSession() *SessionInfo {
@@ -2624,7 +2795,7 @@ type CloseSessionRequest struct {
 
 func (x *CloseSessionRequest) Reset() {
 	*x = CloseSessionRequest{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[28]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2636,7 +2807,7 @@ func (x *CloseSessionRequest) String() string {
 func (*CloseSessionRequest) ProtoMessage() {}
 
 func (x *CloseSessionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[28]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2649,7 +2820,7 @@ func (x *CloseSessionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CloseSessionRequest.ProtoReflect.Descriptor instead.
 func (*CloseSessionRequest) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{28}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *CloseSessionRequest) GetSessionId() string {
@@ -2668,7 +2839,7 @@ type CloseSessionResponse struct {
 
 func (x *CloseSessionResponse) Reset() {
 	*x = CloseSessionResponse{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[29]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2680,7 +2851,7 @@ func (x *CloseSessionResponse) String() string {
 func (*CloseSessionResponse) ProtoMessage() {}
 
 func (x *CloseSessionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[29]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2693,7 +2864,7 @@ func (x *CloseSessionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CloseSessionResponse.ProtoReflect.Descriptor instead.
 func (*CloseSessionResponse) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{29}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{31}
 }
 
 // CancelTurnRequest names the session whose running turn to cancel.
@@ -2707,7 +2878,7 @@ type CancelTurnRequest struct {
 
 func (x *CancelTurnRequest) Reset() {
 	*x = CancelTurnRequest{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[30]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2719,7 +2890,7 @@ func (x *CancelTurnRequest) String() string {
 func (*CancelTurnRequest) ProtoMessage() {}
 
 func (x *CancelTurnRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[30]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2732,7 +2903,7 @@ func (x *CancelTurnRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelTurnRequest.ProtoReflect.Descriptor instead.
 func (*CancelTurnRequest) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{30}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *CancelTurnRequest) GetSessionId() string {
@@ -2753,7 +2924,7 @@ type CancelTurnResponse struct {
 
 func (x *CancelTurnResponse) Reset() {
 	*x = CancelTurnResponse{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[31]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2765,7 +2936,7 @@ func (x *CancelTurnResponse) String() string {
 func (*CancelTurnResponse) ProtoMessage() {}
 
 func (x *CancelTurnResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[31]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2778,7 +2949,7 @@ func (x *CancelTurnResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelTurnResponse.ProtoReflect.Descriptor instead.
 func (*CancelTurnResponse) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{31}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *CancelTurnResponse) GetCancelled() bool {
@@ -2806,7 +2977,7 @@ type LogprobEntry struct {
 
 func (x *LogprobEntry) Reset() {
 	*x = LogprobEntry{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[32]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2818,7 +2989,7 @@ func (x *LogprobEntry) String() string {
 func (*LogprobEntry) ProtoMessage() {}
 
 func (x *LogprobEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[32]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2831,7 +3002,7 @@ func (x *LogprobEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LogprobEntry.ProtoReflect.Descriptor instead.
 func (*LogprobEntry) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{32}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *LogprobEntry) GetTokenId() int32 {
@@ -2875,7 +3046,7 @@ type TokenLogprob struct {
 
 func (x *TokenLogprob) Reset() {
 	*x = TokenLogprob{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[33]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2887,7 +3058,7 @@ func (x *TokenLogprob) String() string {
 func (*TokenLogprob) ProtoMessage() {}
 
 func (x *TokenLogprob) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[33]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2900,7 +3071,7 @@ func (x *TokenLogprob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TokenLogprob.ProtoReflect.Descriptor instead.
 func (*TokenLogprob) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{33}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *TokenLogprob) GetChosen() *LogprobEntry {
@@ -2945,7 +3116,7 @@ type GenerateChunk struct {
 
 func (x *GenerateChunk) Reset() {
 	*x = GenerateChunk{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[34]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2957,7 +3128,7 @@ func (x *GenerateChunk) String() string {
 func (*GenerateChunk) ProtoMessage() {}
 
 func (x *GenerateChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[34]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2970,7 +3141,7 @@ func (x *GenerateChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GenerateChunk.ProtoReflect.Descriptor instead.
 func (*GenerateChunk) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{34}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *GenerateChunk) GetText() string {
@@ -3055,7 +3226,7 @@ type Usage struct {
 
 func (x *Usage) Reset() {
 	*x = Usage{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[35]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3067,7 +3238,7 @@ func (x *Usage) String() string {
 func (*Usage) ProtoMessage() {}
 
 func (x *Usage) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[35]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3080,7 +3251,7 @@ func (x *Usage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Usage.ProtoReflect.Descriptor instead.
 func (*Usage) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{35}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *Usage) GetPromptTokens() uint32 {
@@ -3155,7 +3326,7 @@ type SessionCommit struct {
 
 func (x *SessionCommit) Reset() {
 	*x = SessionCommit{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[36]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3167,7 +3338,7 @@ func (x *SessionCommit) String() string {
 func (*SessionCommit) ProtoMessage() {}
 
 func (x *SessionCommit) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[36]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3180,7 +3351,7 @@ func (x *SessionCommit) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SessionCommit.ProtoReflect.Descriptor instead.
 func (*SessionCommit) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{36}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *SessionCommit) GetTurns() uint32 {
@@ -3228,7 +3399,7 @@ type GenerateFinal struct {
 
 func (x *GenerateFinal) Reset() {
 	*x = GenerateFinal{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[37]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3240,7 +3411,7 @@ func (x *GenerateFinal) String() string {
 func (*GenerateFinal) ProtoMessage() {}
 
 func (x *GenerateFinal) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[37]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3253,7 +3424,7 @@ func (x *GenerateFinal) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GenerateFinal.ProtoReflect.Descriptor instead.
 func (*GenerateFinal) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{37}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *GenerateFinal) GetFinishReason() FinishReason {
@@ -3315,7 +3486,7 @@ type GenerateResponse struct {
 
 func (x *GenerateResponse) Reset() {
 	*x = GenerateResponse{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[38]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3327,7 +3498,7 @@ func (x *GenerateResponse) String() string {
 func (*GenerateResponse) ProtoMessage() {}
 
 func (x *GenerateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[38]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3340,7 +3511,7 @@ func (x *GenerateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GenerateResponse.ProtoReflect.Descriptor instead.
 func (*GenerateResponse) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{38}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *GenerateResponse) GetEvent() isGenerateResponse_Event {
@@ -3402,7 +3573,7 @@ type EmbedInput struct {
 
 func (x *EmbedInput) Reset() {
 	*x = EmbedInput{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[39]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3414,7 +3585,7 @@ func (x *EmbedInput) String() string {
 func (*EmbedInput) ProtoMessage() {}
 
 func (x *EmbedInput) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[39]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3427,7 +3598,7 @@ func (x *EmbedInput) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EmbedInput.ProtoReflect.Descriptor instead.
 func (*EmbedInput) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{39}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *EmbedInput) GetInput() isEmbedInput_Input {
@@ -3494,7 +3665,7 @@ type EmbedRequest struct {
 
 func (x *EmbedRequest) Reset() {
 	*x = EmbedRequest{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[40]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3506,7 +3677,7 @@ func (x *EmbedRequest) String() string {
 func (*EmbedRequest) ProtoMessage() {}
 
 func (x *EmbedRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[40]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3519,7 +3690,7 @@ func (x *EmbedRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EmbedRequest.ProtoReflect.Descriptor instead.
 func (*EmbedRequest) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{40}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *EmbedRequest) GetModel() string {
@@ -3563,7 +3734,7 @@ type Embedding struct {
 
 func (x *Embedding) Reset() {
 	*x = Embedding{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[41]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3575,7 +3746,7 @@ func (x *Embedding) String() string {
 func (*Embedding) ProtoMessage() {}
 
 func (x *Embedding) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[41]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3588,7 +3759,7 @@ func (x *Embedding) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Embedding.ProtoReflect.Descriptor instead.
 func (*Embedding) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{41}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *Embedding) GetValues() []float32 {
@@ -3618,7 +3789,7 @@ type EmbedResponse struct {
 
 func (x *EmbedResponse) Reset() {
 	*x = EmbedResponse{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[42]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3630,7 +3801,7 @@ func (x *EmbedResponse) String() string {
 func (*EmbedResponse) ProtoMessage() {}
 
 func (x *EmbedResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[42]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3643,7 +3814,7 @@ func (x *EmbedResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EmbedResponse.ProtoReflect.Descriptor instead.
 func (*EmbedResponse) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{42}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *EmbedResponse) GetEmbeddings() []*Embedding {
@@ -3679,7 +3850,7 @@ type TokenizeRequest struct {
 
 func (x *TokenizeRequest) Reset() {
 	*x = TokenizeRequest{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[43]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3691,7 +3862,7 @@ func (x *TokenizeRequest) String() string {
 func (*TokenizeRequest) ProtoMessage() {}
 
 func (x *TokenizeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[43]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3704,7 +3875,7 @@ func (x *TokenizeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TokenizeRequest.ProtoReflect.Descriptor instead.
 func (*TokenizeRequest) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{43}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *TokenizeRequest) GetModel() string {
@@ -3760,7 +3931,7 @@ type TokenPiece struct {
 
 func (x *TokenPiece) Reset() {
 	*x = TokenPiece{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[44]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3772,7 +3943,7 @@ func (x *TokenPiece) String() string {
 func (*TokenPiece) ProtoMessage() {}
 
 func (x *TokenPiece) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[44]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3785,7 +3956,7 @@ func (x *TokenPiece) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TokenPiece.ProtoReflect.Descriptor instead.
 func (*TokenPiece) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{44}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *TokenPiece) GetId() int32 {
@@ -3851,7 +4022,7 @@ type TokenizeResponse struct {
 
 func (x *TokenizeResponse) Reset() {
 	*x = TokenizeResponse{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[45]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3863,7 +4034,7 @@ func (x *TokenizeResponse) String() string {
 func (*TokenizeResponse) ProtoMessage() {}
 
 func (x *TokenizeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[45]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3876,7 +4047,7 @@ func (x *TokenizeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TokenizeResponse.ProtoReflect.Descriptor instead.
 func (*TokenizeResponse) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{45}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *TokenizeResponse) GetTokenIds() []int32 {
@@ -3908,7 +4079,7 @@ type DetokenizeRequest struct {
 
 func (x *DetokenizeRequest) Reset() {
 	*x = DetokenizeRequest{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[46]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3920,7 +4091,7 @@ func (x *DetokenizeRequest) String() string {
 func (*DetokenizeRequest) ProtoMessage() {}
 
 func (x *DetokenizeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[46]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3933,7 +4104,7 @@ func (x *DetokenizeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DetokenizeRequest.ProtoReflect.Descriptor instead.
 func (*DetokenizeRequest) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{46}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *DetokenizeRequest) GetModel() string {
@@ -3968,7 +4139,7 @@ type DetokenizeResponse struct {
 
 func (x *DetokenizeResponse) Reset() {
 	*x = DetokenizeResponse{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[47]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3980,7 +4151,7 @@ func (x *DetokenizeResponse) String() string {
 func (*DetokenizeResponse) ProtoMessage() {}
 
 func (x *DetokenizeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[47]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3993,7 +4164,7 @@ func (x *DetokenizeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DetokenizeResponse.ProtoReflect.Descriptor instead.
 func (*DetokenizeResponse) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{47}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *DetokenizeResponse) GetText() string {
@@ -4028,7 +4199,7 @@ type Device struct {
 
 func (x *Device) Reset() {
 	*x = Device{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[48]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4040,7 +4211,7 @@ func (x *Device) String() string {
 func (*Device) ProtoMessage() {}
 
 func (x *Device) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[48]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4053,7 +4224,7 @@ func (x *Device) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Device.ProtoReflect.Descriptor instead.
 func (*Device) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{48}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *Device) GetName() string {
@@ -4144,7 +4315,7 @@ type DevicePlacement struct {
 
 func (x *DevicePlacement) Reset() {
 	*x = DevicePlacement{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[49]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4156,7 +4327,7 @@ func (x *DevicePlacement) String() string {
 func (*DevicePlacement) ProtoMessage() {}
 
 func (x *DevicePlacement) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[49]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4169,7 +4340,7 @@ func (x *DevicePlacement) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DevicePlacement.ProtoReflect.Descriptor instead.
 func (*DevicePlacement) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{49}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *DevicePlacement) GetBackend() string {
@@ -4250,7 +4421,7 @@ type EmbeddingDimensions struct {
 
 func (x *EmbeddingDimensions) Reset() {
 	*x = EmbeddingDimensions{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[50]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4262,7 +4433,7 @@ func (x *EmbeddingDimensions) String() string {
 func (*EmbeddingDimensions) ProtoMessage() {}
 
 func (x *EmbeddingDimensions) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[50]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4275,7 +4446,7 @@ func (x *EmbeddingDimensions) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EmbeddingDimensions.ProtoReflect.Descriptor instead.
 func (*EmbeddingDimensions) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{50}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *EmbeddingDimensions) GetAny() bool {
@@ -4332,14 +4503,20 @@ type ModelInfo struct {
 	Adapters []*LoraAdapter `protobuf:"bytes,24,rep,name=adapters,proto3" json:"adapters,omitempty"`
 	// Whether the model's vocabulary has fill-in-the-middle tokens (prefix, suffix and middle),
 	// so that GenerateRequest.infill can be served.
-	FillInMiddle  bool `protobuf:"varint,25,opt,name=fill_in_middle,json=fillInMiddle,proto3" json:"fill_in_middle,omitempty"`
+	FillInMiddle bool `protobuf:"varint,25,opt,name=fill_in_middle,json=fillInMiddle,proto3" json:"fill_in_middle,omitempty"`
+	// Whether the model reads images: the worker loaded a vision projector (--mmproj) for it, and
+	// takes ChatMessage.parts images and GenerateRequest.images.
+	Vision bool `protobuf:"varint,26,opt,name=vision,proto3" json:"vision,omitempty"`
+	// The text that stands for an image in a raw prompt (GenerateRequest.images); set when vision
+	// is.
+	MediaMarker   string `protobuf:"bytes,27,opt,name=media_marker,json=mediaMarker,proto3" json:"media_marker,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ModelInfo) Reset() {
 	*x = ModelInfo{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[51]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4351,7 +4528,7 @@ func (x *ModelInfo) String() string {
 func (*ModelInfo) ProtoMessage() {}
 
 func (x *ModelInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[51]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4364,7 +4541,7 @@ func (x *ModelInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ModelInfo.ProtoReflect.Descriptor instead.
 func (*ModelInfo) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{51}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *ModelInfo) GetAlias() string {
@@ -4493,6 +4670,20 @@ func (x *ModelInfo) GetFillInMiddle() bool {
 	return false
 }
 
+func (x *ModelInfo) GetVision() bool {
+	if x != nil {
+		return x.Vision
+	}
+	return false
+}
+
+func (x *ModelInfo) GetMediaMarker() string {
+	if x != nil {
+		return x.MediaMarker
+	}
+	return ""
+}
+
 // ApplyChatTemplateRequest asks for the prompt text of a conversation.
 type ApplyChatTemplateRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -4506,7 +4697,7 @@ type ApplyChatTemplateRequest struct {
 
 func (x *ApplyChatTemplateRequest) Reset() {
 	*x = ApplyChatTemplateRequest{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[52]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4518,7 +4709,7 @@ func (x *ApplyChatTemplateRequest) String() string {
 func (*ApplyChatTemplateRequest) ProtoMessage() {}
 
 func (x *ApplyChatTemplateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[52]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4531,7 +4722,7 @@ func (x *ApplyChatTemplateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyChatTemplateRequest.ProtoReflect.Descriptor instead.
 func (*ApplyChatTemplateRequest) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{52}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *ApplyChatTemplateRequest) GetModel() string {
@@ -4559,7 +4750,7 @@ type ApplyChatTemplateResponse struct {
 
 func (x *ApplyChatTemplateResponse) Reset() {
 	*x = ApplyChatTemplateResponse{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[53]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4571,7 +4762,7 @@ func (x *ApplyChatTemplateResponse) String() string {
 func (*ApplyChatTemplateResponse) ProtoMessage() {}
 
 func (x *ApplyChatTemplateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[53]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4584,7 +4775,7 @@ func (x *ApplyChatTemplateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyChatTemplateResponse.ProtoReflect.Descriptor instead.
 func (*ApplyChatTemplateResponse) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{53}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *ApplyChatTemplateResponse) GetPrompt() string {
@@ -4605,7 +4796,7 @@ type GetModelInfoRequest struct {
 
 func (x *GetModelInfoRequest) Reset() {
 	*x = GetModelInfoRequest{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[54]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4617,7 +4808,7 @@ func (x *GetModelInfoRequest) String() string {
 func (*GetModelInfoRequest) ProtoMessage() {}
 
 func (x *GetModelInfoRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[54]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4630,7 +4821,7 @@ func (x *GetModelInfoRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetModelInfoRequest.ProtoReflect.Descriptor instead.
 func (*GetModelInfoRequest) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{54}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *GetModelInfoRequest) GetModel() string {
@@ -4651,7 +4842,7 @@ type GetModelInfoResponse struct {
 
 func (x *GetModelInfoResponse) Reset() {
 	*x = GetModelInfoResponse{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[55]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4663,7 +4854,7 @@ func (x *GetModelInfoResponse) String() string {
 func (*GetModelInfoResponse) ProtoMessage() {}
 
 func (x *GetModelInfoResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[55]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4676,7 +4867,7 @@ func (x *GetModelInfoResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetModelInfoResponse.ProtoReflect.Descriptor instead.
 func (*GetModelInfoResponse) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{55}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *GetModelInfoResponse) GetInfo() *ModelInfo {
@@ -4695,7 +4886,7 @@ type ListModelsRequest struct {
 
 func (x *ListModelsRequest) Reset() {
 	*x = ListModelsRequest{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[56]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4707,7 +4898,7 @@ func (x *ListModelsRequest) String() string {
 func (*ListModelsRequest) ProtoMessage() {}
 
 func (x *ListModelsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[56]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4720,7 +4911,7 @@ func (x *ListModelsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListModelsRequest.ProtoReflect.Descriptor instead.
 func (*ListModelsRequest) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{56}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{58}
 }
 
 // ListModelsResponse lists every model a worker serves.
@@ -4734,7 +4925,7 @@ type ListModelsResponse struct {
 
 func (x *ListModelsResponse) Reset() {
 	*x = ListModelsResponse{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[57]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4746,7 +4937,7 @@ func (x *ListModelsResponse) String() string {
 func (*ListModelsResponse) ProtoMessage() {}
 
 func (x *ListModelsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[57]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4759,7 +4950,7 @@ func (x *ListModelsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListModelsResponse.ProtoReflect.Descriptor instead.
 func (*ListModelsResponse) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{57}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{59}
 }
 
 func (x *ListModelsResponse) GetModels() []*ModelInfo {
@@ -4778,7 +4969,7 @@ type GetLoadRequest struct {
 
 func (x *GetLoadRequest) Reset() {
 	*x = GetLoadRequest{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[58]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[60]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4790,7 +4981,7 @@ func (x *GetLoadRequest) String() string {
 func (*GetLoadRequest) ProtoMessage() {}
 
 func (x *GetLoadRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[58]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[60]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4803,7 +4994,7 @@ func (x *GetLoadRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetLoadRequest.ProtoReflect.Descriptor instead.
 func (*GetLoadRequest) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{58}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{60}
 }
 
 // GetLoadResponse is a snapshot of the worker's load, taken between two engine steps.
@@ -4850,7 +5041,7 @@ type GetLoadResponse struct {
 
 func (x *GetLoadResponse) Reset() {
 	*x = GetLoadResponse{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[59]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[61]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4862,7 +5053,7 @@ func (x *GetLoadResponse) String() string {
 func (*GetLoadResponse) ProtoMessage() {}
 
 func (x *GetLoadResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[59]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[61]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4875,7 +5066,7 @@ func (x *GetLoadResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetLoadResponse.ProtoReflect.Descriptor instead.
 func (*GetLoadResponse) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{59}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{61}
 }
 
 func (x *GetLoadResponse) GetActiveRequests() uint32 {
@@ -5013,7 +5204,7 @@ type RelayRequest struct {
 
 func (x *RelayRequest) Reset() {
 	*x = RelayRequest{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[60]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[62]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5025,7 +5216,7 @@ func (x *RelayRequest) String() string {
 func (*RelayRequest) ProtoMessage() {}
 
 func (x *RelayRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[60]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[62]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5038,7 +5229,7 @@ func (x *RelayRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RelayRequest.ProtoReflect.Descriptor instead.
 func (*RelayRequest) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{60}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{62}
 }
 
 func (x *RelayRequest) GetAction() isRelayRequest_Action {
@@ -5102,7 +5293,7 @@ type RelayStart struct {
 
 func (x *RelayStart) Reset() {
 	*x = RelayStart{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[61]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[63]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5114,7 +5305,7 @@ func (x *RelayStart) String() string {
 func (*RelayStart) ProtoMessage() {}
 
 func (x *RelayStart) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[61]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[63]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5127,7 +5318,7 @@ func (x *RelayStart) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RelayStart.ProtoReflect.Descriptor instead.
 func (*RelayStart) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{61}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{63}
 }
 
 func (x *RelayStart) GetTag() uint64 {
@@ -5168,7 +5359,7 @@ type RelayError struct {
 
 func (x *RelayError) Reset() {
 	*x = RelayError{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[62]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[64]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5180,7 +5371,7 @@ func (x *RelayError) String() string {
 func (*RelayError) ProtoMessage() {}
 
 func (x *RelayError) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[62]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[64]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5193,7 +5384,7 @@ func (x *RelayError) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RelayError.ProtoReflect.Descriptor instead.
 func (*RelayError) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{62}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{64}
 }
 
 func (x *RelayError) GetCode() int32 {
@@ -5236,7 +5427,7 @@ type RelayEvent struct {
 
 func (x *RelayEvent) Reset() {
 	*x = RelayEvent{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[63]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[65]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5248,7 +5439,7 @@ func (x *RelayEvent) String() string {
 func (*RelayEvent) ProtoMessage() {}
 
 func (x *RelayEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[63]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[65]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5261,7 +5452,7 @@ func (x *RelayEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RelayEvent.ProtoReflect.Descriptor instead.
 func (*RelayEvent) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{63}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{65}
 }
 
 func (x *RelayEvent) GetTag() uint64 {
@@ -5344,7 +5535,7 @@ type RelayResponse struct {
 
 func (x *RelayResponse) Reset() {
 	*x = RelayResponse{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[64]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[66]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5356,7 +5547,7 @@ func (x *RelayResponse) String() string {
 func (*RelayResponse) ProtoMessage() {}
 
 func (x *RelayResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[64]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[66]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5369,7 +5560,7 @@ func (x *RelayResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RelayResponse.ProtoReflect.Descriptor instead.
 func (*RelayResponse) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{64}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{66}
 }
 
 func (x *RelayResponse) GetEvents() []*RelayEvent {
@@ -5390,7 +5581,7 @@ type GetSlotsRequest struct {
 
 func (x *GetSlotsRequest) Reset() {
 	*x = GetSlotsRequest{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[65]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[67]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5402,7 +5593,7 @@ func (x *GetSlotsRequest) String() string {
 func (*GetSlotsRequest) ProtoMessage() {}
 
 func (x *GetSlotsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[65]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[67]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5415,7 +5606,7 @@ func (x *GetSlotsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSlotsRequest.ProtoReflect.Descriptor instead.
 func (*GetSlotsRequest) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{65}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{67}
 }
 
 func (x *GetSlotsRequest) GetModel() string {
@@ -5458,7 +5649,7 @@ type SlotState struct {
 
 func (x *SlotState) Reset() {
 	*x = SlotState{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[66]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[68]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5470,7 +5661,7 @@ func (x *SlotState) String() string {
 func (*SlotState) ProtoMessage() {}
 
 func (x *SlotState) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[66]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[68]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5483,7 +5674,7 @@ func (x *SlotState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SlotState.ProtoReflect.Descriptor instead.
 func (*SlotState) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{66}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{68}
 }
 
 func (x *SlotState) GetId() uint32 {
@@ -5574,7 +5765,7 @@ type GetSlotsResponse struct {
 
 func (x *GetSlotsResponse) Reset() {
 	*x = GetSlotsResponse{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[67]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[69]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5586,7 +5777,7 @@ func (x *GetSlotsResponse) String() string {
 func (*GetSlotsResponse) ProtoMessage() {}
 
 func (x *GetSlotsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[67]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[69]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5599,7 +5790,7 @@ func (x *GetSlotsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSlotsResponse.ProtoReflect.Descriptor instead.
 func (*GetSlotsResponse) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{67}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{69}
 }
 
 func (x *GetSlotsResponse) GetSlots() []*SlotState {
@@ -5625,7 +5816,7 @@ type SaveSlotRequest struct {
 
 func (x *SaveSlotRequest) Reset() {
 	*x = SaveSlotRequest{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[68]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[70]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5637,7 +5828,7 @@ func (x *SaveSlotRequest) String() string {
 func (*SaveSlotRequest) ProtoMessage() {}
 
 func (x *SaveSlotRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[68]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[70]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5650,7 +5841,7 @@ func (x *SaveSlotRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SaveSlotRequest.ProtoReflect.Descriptor instead.
 func (*SaveSlotRequest) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{68}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{70}
 }
 
 func (x *SaveSlotRequest) GetModel() string {
@@ -5693,7 +5884,7 @@ type SaveSlotResponse struct {
 
 func (x *SaveSlotResponse) Reset() {
 	*x = SaveSlotResponse{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[69]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[71]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5705,7 +5896,7 @@ func (x *SaveSlotResponse) String() string {
 func (*SaveSlotResponse) ProtoMessage() {}
 
 func (x *SaveSlotResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[69]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[71]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5718,7 +5909,7 @@ func (x *SaveSlotResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SaveSlotResponse.ProtoReflect.Descriptor instead.
 func (*SaveSlotResponse) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{69}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{71}
 }
 
 func (x *SaveSlotResponse) GetId() uint32 {
@@ -5771,7 +5962,7 @@ type RestoreSlotRequest struct {
 
 func (x *RestoreSlotRequest) Reset() {
 	*x = RestoreSlotRequest{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[70]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[72]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5783,7 +5974,7 @@ func (x *RestoreSlotRequest) String() string {
 func (*RestoreSlotRequest) ProtoMessage() {}
 
 func (x *RestoreSlotRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[70]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[72]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5796,7 +5987,7 @@ func (x *RestoreSlotRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestoreSlotRequest.ProtoReflect.Descriptor instead.
 func (*RestoreSlotRequest) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{70}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{72}
 }
 
 func (x *RestoreSlotRequest) GetModel() string {
@@ -5839,7 +6030,7 @@ type RestoreSlotResponse struct {
 
 func (x *RestoreSlotResponse) Reset() {
 	*x = RestoreSlotResponse{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[71]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[73]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5851,7 +6042,7 @@ func (x *RestoreSlotResponse) String() string {
 func (*RestoreSlotResponse) ProtoMessage() {}
 
 func (x *RestoreSlotResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[71]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[73]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5864,7 +6055,7 @@ func (x *RestoreSlotResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestoreSlotResponse.ProtoReflect.Descriptor instead.
 func (*RestoreSlotResponse) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{71}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{73}
 }
 
 func (x *RestoreSlotResponse) GetId() uint32 {
@@ -5915,7 +6106,7 @@ type EraseSlotRequest struct {
 
 func (x *EraseSlotRequest) Reset() {
 	*x = EraseSlotRequest{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[72]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[74]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5927,7 +6118,7 @@ func (x *EraseSlotRequest) String() string {
 func (*EraseSlotRequest) ProtoMessage() {}
 
 func (x *EraseSlotRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[72]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[74]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5940,7 +6131,7 @@ func (x *EraseSlotRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EraseSlotRequest.ProtoReflect.Descriptor instead.
 func (*EraseSlotRequest) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{72}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{74}
 }
 
 func (x *EraseSlotRequest) GetModel() string {
@@ -5970,7 +6161,7 @@ type EraseSlotResponse struct {
 
 func (x *EraseSlotResponse) Reset() {
 	*x = EraseSlotResponse{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[73]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[75]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5982,7 +6173,7 @@ func (x *EraseSlotResponse) String() string {
 func (*EraseSlotResponse) ProtoMessage() {}
 
 func (x *EraseSlotResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[73]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[75]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5995,7 +6186,7 @@ func (x *EraseSlotResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EraseSlotResponse.ProtoReflect.Descriptor instead.
 func (*EraseSlotResponse) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{73}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{75}
 }
 
 func (x *EraseSlotResponse) GetId() uint32 {
@@ -6018,7 +6209,7 @@ const file_llamagrid_v1_inference_proto_rawDesc = "" +
 	"\n" +
 	"\x1cllamagrid/v1/inference.proto\x12\fllamagrid.v1\"\x1d\n" +
 	"\tTokenList\x12\x10\n" +
-	"\x03ids\x18\x01 \x03(\x05R\x03ids\"\xe3\x01\n" +
+	"\x03ids\x18\x01 \x03(\x05R\x03ids\"\x94\x02\n" +
 	"\vChatMessage\x12\x12\n" +
 	"\x04role\x18\x01 \x01(\tR\x04role\x12\x18\n" +
 	"\acontent\x18\x02 \x01(\tR\acontent\x12\x17\n" +
@@ -6027,8 +6218,16 @@ const file_llamagrid_v1_inference_proto_rawDesc = "" +
 	"tool_calls\x18\x04 \x03(\v2\x16.llamagrid.v1.ToolCallR\ttoolCalls\x12 \n" +
 	"\ftool_call_id\x18\x05 \x01(\tR\n" +
 	"toolCallId\x12+\n" +
-	"\x11reasoning_content\x18\x06 \x01(\tR\x10reasoningContentB\a\n" +
-	"\x05_name\"}\n" +
+	"\x11reasoning_content\x18\x06 \x01(\tR\x10reasoningContent\x12/\n" +
+	"\x05parts\x18\a \x03(\v2\x19.llamagrid.v1.ContentPartR\x05partsB\a\n" +
+	"\x05_name\"X\n" +
+	"\vContentPart\x12\x14\n" +
+	"\x04text\x18\x01 \x01(\tH\x00R\x04text\x12+\n" +
+	"\x05image\x18\x02 \x01(\v2\x13.llamagrid.v1.ImageH\x00R\x05imageB\x06\n" +
+	"\x04part\"8\n" +
+	"\x05Image\x12\x12\n" +
+	"\x04data\x18\x01 \x01(\fR\x04data\x12\x1b\n" +
+	"\tmime_type\x18\x02 \x01(\tR\bmimeType\"}\n" +
 	"\x04Tool\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12 \n" +
 	"\vdescription\x18\x02 \x01(\tR\vdescription\x12'\n" +
@@ -6124,7 +6323,7 @@ const file_llamagrid_v1_inference_proto_rawDesc = "" +
 	"\x12_dynatemp_exponentB\v\n" +
 	"\t_min_keepB\x12\n" +
 	"\x10_adaptive_targetB\x11\n" +
-	"\x0f_adaptive_decay\"\xe5\x06\n" +
+	"\x0f_adaptive_decay\"\x92\a\n" +
 	"\x0fGenerateRequest\x12\x14\n" +
 	"\x05model\x18\x01 \x01(\tR\x05model\x12\x18\n" +
 	"\x06prompt\x18\x02 \x01(\tH\x00R\x06prompt\x121\n" +
@@ -6146,7 +6345,8 @@ const file_llamagrid_v1_inference_proto_rawDesc = "" +
 	"\x01n\x18\x14 \x01(\rH\x02R\x01n\x88\x01\x01\x12,\n" +
 	"\x0fprompt_logprobs\x18\x15 \x01(\rH\x03R\x0epromptLogprobs\x88\x01\x01\x12\x12\n" +
 	"\x04echo\x18\x16 \x01(\bR\x04echo\x12+\n" +
-	"\x04lora\x18\x1a \x03(\v2\x17.llamagrid.v1.LoraScaleR\x04loraB\a\n" +
+	"\x04lora\x18\x1a \x03(\v2\x17.llamagrid.v1.LoraScaleR\x04lora\x12+\n" +
+	"\x06images\x18\x1c \x03(\v2\x13.llamagrid.v1.ImageR\x06imagesB\a\n" +
 	"\x05inputB\x16\n" +
 	"\x14_parallel_tool_callsB\x04\n" +
 	"\x02_nB\x12\n" +
@@ -6348,7 +6548,7 @@ const file_llamagrid_v1_inference_proto_rawDesc = "" +
 	"\ftotal_layers\x18\t \x01(\rR\vtotalLayers\"=\n" +
 	"\x13EmbeddingDimensions\x12\x10\n" +
 	"\x03any\x18\x01 \x01(\bR\x03any\x12\x14\n" +
-	"\x05sizes\x18\x02 \x03(\rR\x05sizes\"\xd2\x05\n" +
+	"\x05sizes\x18\x02 \x03(\rR\x05sizes\"\x8d\x06\n" +
 	"\tModelInfo\x12\x14\n" +
 	"\x05alias\x18\x01 \x01(\tR\x05alias\x12\x12\n" +
 	"\x04file\x18\x02 \x01(\tR\x04file\x12\x17\n" +
@@ -6370,7 +6570,9 @@ const file_llamagrid_v1_inference_proto_rawDesc = "" +
 	"\vdescription\x18\x0f \x01(\tR\vdescription\x12T\n" +
 	"\x14embedding_dimensions\x18\x14 \x01(\v2!.llamagrid.v1.EmbeddingDimensionsR\x13embeddingDimensions\x125\n" +
 	"\badapters\x18\x18 \x03(\v2\x19.llamagrid.v1.LoraAdapterR\badapters\x12$\n" +
-	"\x0efill_in_middle\x18\x19 \x01(\bR\ffillInMiddle\"d\n" +
+	"\x0efill_in_middle\x18\x19 \x01(\bR\ffillInMiddle\x12\x16\n" +
+	"\x06vision\x18\x1a \x01(\bR\x06vision\x12!\n" +
+	"\fmedia_marker\x18\x1b \x01(\tR\vmediaMarker\"d\n" +
 	"\x18ApplyChatTemplateRequest\x12\x14\n" +
 	"\x05model\x18\x01 \x01(\tR\x05model\x122\n" +
 	"\x04chat\x18\x02 \x01(\v2\x1e.llamagrid.v1.ChatConversationR\x04chat\"3\n" +
@@ -6496,12 +6698,13 @@ const file_llamagrid_v1_inference_proto_rawDesc = "" +
 	"\x11FINISH_REASON_EOS\x10\x01\x12\x1d\n" +
 	"\x19FINISH_REASON_STOP_STRING\x10\x02\x12\x18\n" +
 	"\x14FINISH_REASON_LENGTH\x10\x03\x12\x1c\n" +
-	"\x18FINISH_REASON_TOOL_CALLS\x10\x04*W\n" +
+	"\x18FINISH_REASON_TOOL_CALLS\x10\x04*n\n" +
 	"\n" +
 	"Capability\x12\x1a\n" +
 	"\x16CAPABILITY_UNSPECIFIED\x10\x00\x12\x17\n" +
 	"\x13CAPABILITY_GENERATE\x10\x01\x12\x14\n" +
-	"\x10CAPABILITY_EMBED\x10\x02*\x80\x01\n" +
+	"\x10CAPABILITY_EMBED\x10\x02\x12\x15\n" +
+	"\x11CAPABILITY_VISION\x10\x03*\x80\x01\n" +
 	"\n" +
 	"DeviceType\x12\x1b\n" +
 	"\x17DEVICE_TYPE_UNSPECIFIED\x10\x00\x12\x13\n" +
@@ -6551,7 +6754,7 @@ func file_llamagrid_v1_inference_proto_rawDescGZIP() []byte {
 }
 
 var file_llamagrid_v1_inference_proto_enumTypes = make([]protoimpl.EnumInfo, 6)
-var file_llamagrid_v1_inference_proto_msgTypes = make([]protoimpl.MessageInfo, 75)
+var file_llamagrid_v1_inference_proto_msgTypes = make([]protoimpl.MessageInfo, 77)
 var file_llamagrid_v1_inference_proto_goTypes = []any{
 	(ToolChoiceMode)(0),               // 0: llamagrid.v1.ToolChoiceMode
 	(ReasoningFormat)(0),              // 1: llamagrid.v1.ReasoningFormat
@@ -6561,183 +6764,188 @@ var file_llamagrid_v1_inference_proto_goTypes = []any{
 	(DeviceType)(0),                   // 5: llamagrid.v1.DeviceType
 	(*TokenList)(nil),                 // 6: llamagrid.v1.TokenList
 	(*ChatMessage)(nil),               // 7: llamagrid.v1.ChatMessage
-	(*Tool)(nil),                      // 8: llamagrid.v1.Tool
-	(*ToolChoice)(nil),                // 9: llamagrid.v1.ToolChoice
-	(*ToolCall)(nil),                  // 10: llamagrid.v1.ToolCall
-	(*ToolCallDelta)(nil),             // 11: llamagrid.v1.ToolCallDelta
-	(*ChatConversation)(nil),          // 12: llamagrid.v1.ChatConversation
-	(*SamplingParams)(nil),            // 13: llamagrid.v1.SamplingParams
-	(*GenerateRequest)(nil),           // 14: llamagrid.v1.GenerateRequest
-	(*LoraScale)(nil),                 // 15: llamagrid.v1.LoraScale
-	(*LoraAdapter)(nil),               // 16: llamagrid.v1.LoraAdapter
-	(*ListLoraAdaptersRequest)(nil),   // 17: llamagrid.v1.ListLoraAdaptersRequest
-	(*ListLoraAdaptersResponse)(nil),  // 18: llamagrid.v1.ListLoraAdaptersResponse
-	(*SetLoraAdaptersRequest)(nil),    // 19: llamagrid.v1.SetLoraAdaptersRequest
-	(*SetLoraAdaptersResponse)(nil),   // 20: llamagrid.v1.SetLoraAdaptersResponse
-	(*Infill)(nil),                    // 21: llamagrid.v1.Infill
-	(*InfillChunk)(nil),               // 22: llamagrid.v1.InfillChunk
-	(*SessionRef)(nil),                // 23: llamagrid.v1.SessionRef
-	(*SessionTranscript)(nil),         // 24: llamagrid.v1.SessionTranscript
-	(*SessionInfo)(nil),               // 25: llamagrid.v1.SessionInfo
-	(*OpenSessionRequest)(nil),        // 26: llamagrid.v1.OpenSessionRequest
-	(*OpenSessionResponse)(nil),       // 27: llamagrid.v1.OpenSessionResponse
-	(*GetSessionRequest)(nil),         // 28: llamagrid.v1.GetSessionRequest
-	(*GetSessionResponse)(nil),        // 29: llamagrid.v1.GetSessionResponse
-	(*ForkSessionRequest)(nil),        // 30: llamagrid.v1.ForkSessionRequest
-	(*ForkSessionResponse)(nil),       // 31: llamagrid.v1.ForkSessionResponse
-	(*RollbackSessionRequest)(nil),    // 32: llamagrid.v1.RollbackSessionRequest
-	(*RollbackSessionResponse)(nil),   // 33: llamagrid.v1.RollbackSessionResponse
-	(*CloseSessionRequest)(nil),       // 34: llamagrid.v1.CloseSessionRequest
-	(*CloseSessionResponse)(nil),      // 35: llamagrid.v1.CloseSessionResponse
-	(*CancelTurnRequest)(nil),         // 36: llamagrid.v1.CancelTurnRequest
-	(*CancelTurnResponse)(nil),        // 37: llamagrid.v1.CancelTurnResponse
-	(*LogprobEntry)(nil),              // 38: llamagrid.v1.LogprobEntry
-	(*TokenLogprob)(nil),              // 39: llamagrid.v1.TokenLogprob
-	(*GenerateChunk)(nil),             // 40: llamagrid.v1.GenerateChunk
-	(*Usage)(nil),                     // 41: llamagrid.v1.Usage
-	(*SessionCommit)(nil),             // 42: llamagrid.v1.SessionCommit
-	(*GenerateFinal)(nil),             // 43: llamagrid.v1.GenerateFinal
-	(*GenerateResponse)(nil),          // 44: llamagrid.v1.GenerateResponse
-	(*EmbedInput)(nil),                // 45: llamagrid.v1.EmbedInput
-	(*EmbedRequest)(nil),              // 46: llamagrid.v1.EmbedRequest
-	(*Embedding)(nil),                 // 47: llamagrid.v1.Embedding
-	(*EmbedResponse)(nil),             // 48: llamagrid.v1.EmbedResponse
-	(*TokenizeRequest)(nil),           // 49: llamagrid.v1.TokenizeRequest
-	(*TokenPiece)(nil),                // 50: llamagrid.v1.TokenPiece
-	(*TokenizeResponse)(nil),          // 51: llamagrid.v1.TokenizeResponse
-	(*DetokenizeRequest)(nil),         // 52: llamagrid.v1.DetokenizeRequest
-	(*DetokenizeResponse)(nil),        // 53: llamagrid.v1.DetokenizeResponse
-	(*Device)(nil),                    // 54: llamagrid.v1.Device
-	(*DevicePlacement)(nil),           // 55: llamagrid.v1.DevicePlacement
-	(*EmbeddingDimensions)(nil),       // 56: llamagrid.v1.EmbeddingDimensions
-	(*ModelInfo)(nil),                 // 57: llamagrid.v1.ModelInfo
-	(*ApplyChatTemplateRequest)(nil),  // 58: llamagrid.v1.ApplyChatTemplateRequest
-	(*ApplyChatTemplateResponse)(nil), // 59: llamagrid.v1.ApplyChatTemplateResponse
-	(*GetModelInfoRequest)(nil),       // 60: llamagrid.v1.GetModelInfoRequest
-	(*GetModelInfoResponse)(nil),      // 61: llamagrid.v1.GetModelInfoResponse
-	(*ListModelsRequest)(nil),         // 62: llamagrid.v1.ListModelsRequest
-	(*ListModelsResponse)(nil),        // 63: llamagrid.v1.ListModelsResponse
-	(*GetLoadRequest)(nil),            // 64: llamagrid.v1.GetLoadRequest
-	(*GetLoadResponse)(nil),           // 65: llamagrid.v1.GetLoadResponse
-	(*RelayRequest)(nil),              // 66: llamagrid.v1.RelayRequest
-	(*RelayStart)(nil),                // 67: llamagrid.v1.RelayStart
-	(*RelayError)(nil),                // 68: llamagrid.v1.RelayError
-	(*RelayEvent)(nil),                // 69: llamagrid.v1.RelayEvent
-	(*RelayResponse)(nil),             // 70: llamagrid.v1.RelayResponse
-	(*GetSlotsRequest)(nil),           // 71: llamagrid.v1.GetSlotsRequest
-	(*SlotState)(nil),                 // 72: llamagrid.v1.SlotState
-	(*GetSlotsResponse)(nil),          // 73: llamagrid.v1.GetSlotsResponse
-	(*SaveSlotRequest)(nil),           // 74: llamagrid.v1.SaveSlotRequest
-	(*SaveSlotResponse)(nil),          // 75: llamagrid.v1.SaveSlotResponse
-	(*RestoreSlotRequest)(nil),        // 76: llamagrid.v1.RestoreSlotRequest
-	(*RestoreSlotResponse)(nil),       // 77: llamagrid.v1.RestoreSlotResponse
-	(*EraseSlotRequest)(nil),          // 78: llamagrid.v1.EraseSlotRequest
-	(*EraseSlotResponse)(nil),         // 79: llamagrid.v1.EraseSlotResponse
-	nil,                               // 80: llamagrid.v1.SamplingParams.LogitBiasEntry
+	(*ContentPart)(nil),               // 8: llamagrid.v1.ContentPart
+	(*Image)(nil),                     // 9: llamagrid.v1.Image
+	(*Tool)(nil),                      // 10: llamagrid.v1.Tool
+	(*ToolChoice)(nil),                // 11: llamagrid.v1.ToolChoice
+	(*ToolCall)(nil),                  // 12: llamagrid.v1.ToolCall
+	(*ToolCallDelta)(nil),             // 13: llamagrid.v1.ToolCallDelta
+	(*ChatConversation)(nil),          // 14: llamagrid.v1.ChatConversation
+	(*SamplingParams)(nil),            // 15: llamagrid.v1.SamplingParams
+	(*GenerateRequest)(nil),           // 16: llamagrid.v1.GenerateRequest
+	(*LoraScale)(nil),                 // 17: llamagrid.v1.LoraScale
+	(*LoraAdapter)(nil),               // 18: llamagrid.v1.LoraAdapter
+	(*ListLoraAdaptersRequest)(nil),   // 19: llamagrid.v1.ListLoraAdaptersRequest
+	(*ListLoraAdaptersResponse)(nil),  // 20: llamagrid.v1.ListLoraAdaptersResponse
+	(*SetLoraAdaptersRequest)(nil),    // 21: llamagrid.v1.SetLoraAdaptersRequest
+	(*SetLoraAdaptersResponse)(nil),   // 22: llamagrid.v1.SetLoraAdaptersResponse
+	(*Infill)(nil),                    // 23: llamagrid.v1.Infill
+	(*InfillChunk)(nil),               // 24: llamagrid.v1.InfillChunk
+	(*SessionRef)(nil),                // 25: llamagrid.v1.SessionRef
+	(*SessionTranscript)(nil),         // 26: llamagrid.v1.SessionTranscript
+	(*SessionInfo)(nil),               // 27: llamagrid.v1.SessionInfo
+	(*OpenSessionRequest)(nil),        // 28: llamagrid.v1.OpenSessionRequest
+	(*OpenSessionResponse)(nil),       // 29: llamagrid.v1.OpenSessionResponse
+	(*GetSessionRequest)(nil),         // 30: llamagrid.v1.GetSessionRequest
+	(*GetSessionResponse)(nil),        // 31: llamagrid.v1.GetSessionResponse
+	(*ForkSessionRequest)(nil),        // 32: llamagrid.v1.ForkSessionRequest
+	(*ForkSessionResponse)(nil),       // 33: llamagrid.v1.ForkSessionResponse
+	(*RollbackSessionRequest)(nil),    // 34: llamagrid.v1.RollbackSessionRequest
+	(*RollbackSessionResponse)(nil),   // 35: llamagrid.v1.RollbackSessionResponse
+	(*CloseSessionRequest)(nil),       // 36: llamagrid.v1.CloseSessionRequest
+	(*CloseSessionResponse)(nil),      // 37: llamagrid.v1.CloseSessionResponse
+	(*CancelTurnRequest)(nil),         // 38: llamagrid.v1.CancelTurnRequest
+	(*CancelTurnResponse)(nil),        // 39: llamagrid.v1.CancelTurnResponse
+	(*LogprobEntry)(nil),              // 40: llamagrid.v1.LogprobEntry
+	(*TokenLogprob)(nil),              // 41: llamagrid.v1.TokenLogprob
+	(*GenerateChunk)(nil),             // 42: llamagrid.v1.GenerateChunk
+	(*Usage)(nil),                     // 43: llamagrid.v1.Usage
+	(*SessionCommit)(nil),             // 44: llamagrid.v1.SessionCommit
+	(*GenerateFinal)(nil),             // 45: llamagrid.v1.GenerateFinal
+	(*GenerateResponse)(nil),          // 46: llamagrid.v1.GenerateResponse
+	(*EmbedInput)(nil),                // 47: llamagrid.v1.EmbedInput
+	(*EmbedRequest)(nil),              // 48: llamagrid.v1.EmbedRequest
+	(*Embedding)(nil),                 // 49: llamagrid.v1.Embedding
+	(*EmbedResponse)(nil),             // 50: llamagrid.v1.EmbedResponse
+	(*TokenizeRequest)(nil),           // 51: llamagrid.v1.TokenizeRequest
+	(*TokenPiece)(nil),                // 52: llamagrid.v1.TokenPiece
+	(*TokenizeResponse)(nil),          // 53: llamagrid.v1.TokenizeResponse
+	(*DetokenizeRequest)(nil),         // 54: llamagrid.v1.DetokenizeRequest
+	(*DetokenizeResponse)(nil),        // 55: llamagrid.v1.DetokenizeResponse
+	(*Device)(nil),                    // 56: llamagrid.v1.Device
+	(*DevicePlacement)(nil),           // 57: llamagrid.v1.DevicePlacement
+	(*EmbeddingDimensions)(nil),       // 58: llamagrid.v1.EmbeddingDimensions
+	(*ModelInfo)(nil),                 // 59: llamagrid.v1.ModelInfo
+	(*ApplyChatTemplateRequest)(nil),  // 60: llamagrid.v1.ApplyChatTemplateRequest
+	(*ApplyChatTemplateResponse)(nil), // 61: llamagrid.v1.ApplyChatTemplateResponse
+	(*GetModelInfoRequest)(nil),       // 62: llamagrid.v1.GetModelInfoRequest
+	(*GetModelInfoResponse)(nil),      // 63: llamagrid.v1.GetModelInfoResponse
+	(*ListModelsRequest)(nil),         // 64: llamagrid.v1.ListModelsRequest
+	(*ListModelsResponse)(nil),        // 65: llamagrid.v1.ListModelsResponse
+	(*GetLoadRequest)(nil),            // 66: llamagrid.v1.GetLoadRequest
+	(*GetLoadResponse)(nil),           // 67: llamagrid.v1.GetLoadResponse
+	(*RelayRequest)(nil),              // 68: llamagrid.v1.RelayRequest
+	(*RelayStart)(nil),                // 69: llamagrid.v1.RelayStart
+	(*RelayError)(nil),                // 70: llamagrid.v1.RelayError
+	(*RelayEvent)(nil),                // 71: llamagrid.v1.RelayEvent
+	(*RelayResponse)(nil),             // 72: llamagrid.v1.RelayResponse
+	(*GetSlotsRequest)(nil),           // 73: llamagrid.v1.GetSlotsRequest
+	(*SlotState)(nil),                 // 74: llamagrid.v1.SlotState
+	(*GetSlotsResponse)(nil),          // 75: llamagrid.v1.GetSlotsResponse
+	(*SaveSlotRequest)(nil),           // 76: llamagrid.v1.SaveSlotRequest
+	(*SaveSlotResponse)(nil),          // 77: llamagrid.v1.SaveSlotResponse
+	(*RestoreSlotRequest)(nil),        // 78: llamagrid.v1.RestoreSlotRequest
+	(*RestoreSlotResponse)(nil),       // 79: llamagrid.v1.RestoreSlotResponse
+	(*EraseSlotRequest)(nil),          // 80: llamagrid.v1.EraseSlotRequest
+	(*EraseSlotResponse)(nil),         // 81: llamagrid.v1.EraseSlotResponse
+	nil,                               // 82: llamagrid.v1.SamplingParams.LogitBiasEntry
 }
 var file_llamagrid_v1_inference_proto_depIdxs = []int32{
-	10, // 0: llamagrid.v1.ChatMessage.tool_calls:type_name -> llamagrid.v1.ToolCall
-	0,  // 1: llamagrid.v1.ToolChoice.mode:type_name -> llamagrid.v1.ToolChoiceMode
-	7,  // 2: llamagrid.v1.ChatConversation.messages:type_name -> llamagrid.v1.ChatMessage
-	80, // 3: llamagrid.v1.SamplingParams.logit_bias:type_name -> llamagrid.v1.SamplingParams.LogitBiasEntry
-	6,  // 4: llamagrid.v1.GenerateRequest.tokens:type_name -> llamagrid.v1.TokenList
-	12, // 5: llamagrid.v1.GenerateRequest.chat:type_name -> llamagrid.v1.ChatConversation
-	21, // 6: llamagrid.v1.GenerateRequest.infill:type_name -> llamagrid.v1.Infill
-	13, // 7: llamagrid.v1.GenerateRequest.sampling:type_name -> llamagrid.v1.SamplingParams
-	23, // 8: llamagrid.v1.GenerateRequest.session:type_name -> llamagrid.v1.SessionRef
-	8,  // 9: llamagrid.v1.GenerateRequest.tools:type_name -> llamagrid.v1.Tool
-	9,  // 10: llamagrid.v1.GenerateRequest.tool_choice:type_name -> llamagrid.v1.ToolChoice
-	1,  // 11: llamagrid.v1.GenerateRequest.reasoning_format:type_name -> llamagrid.v1.ReasoningFormat
-	15, // 12: llamagrid.v1.GenerateRequest.lora:type_name -> llamagrid.v1.LoraScale
-	16, // 13: llamagrid.v1.ListLoraAdaptersResponse.adapters:type_name -> llamagrid.v1.LoraAdapter
-	15, // 14: llamagrid.v1.SetLoraAdaptersRequest.adapters:type_name -> llamagrid.v1.LoraScale
-	16, // 15: llamagrid.v1.SetLoraAdaptersResponse.adapters:type_name -> llamagrid.v1.LoraAdapter
-	22, // 16: llamagrid.v1.Infill.extra:type_name -> llamagrid.v1.InfillChunk
-	2,  // 17: llamagrid.v1.SessionInfo.kv_tier:type_name -> llamagrid.v1.KvTier
-	24, // 18: llamagrid.v1.OpenSessionRequest.transcript:type_name -> llamagrid.v1.SessionTranscript
-	25, // 19: llamagrid.v1.OpenSessionResponse.session:type_name -> llamagrid.v1.SessionInfo
-	25, // 20: llamagrid.v1.GetSessionResponse.session:type_name -> llamagrid.v1.SessionInfo
-	24, // 21: llamagrid.v1.GetSessionResponse.transcript:type_name -> llamagrid.v1.SessionTranscript
-	25, // 22: llamagrid.v1.ForkSessionResponse.session:type_name -> llamagrid.v1.SessionInfo
-	25, // 23: llamagrid.v1.RollbackSessionResponse.session:type_name -> llamagrid.v1.SessionInfo
-	38, // 24: llamagrid.v1.TokenLogprob.chosen:type_name -> llamagrid.v1.LogprobEntry
-	38, // 25: llamagrid.v1.TokenLogprob.top:type_name -> llamagrid.v1.LogprobEntry
-	39, // 26: llamagrid.v1.GenerateChunk.logprobs:type_name -> llamagrid.v1.TokenLogprob
-	11, // 27: llamagrid.v1.GenerateChunk.tool_calls:type_name -> llamagrid.v1.ToolCallDelta
-	39, // 28: llamagrid.v1.GenerateChunk.prompt_logprobs:type_name -> llamagrid.v1.TokenLogprob
-	3,  // 29: llamagrid.v1.GenerateFinal.finish_reason:type_name -> llamagrid.v1.FinishReason
-	41, // 30: llamagrid.v1.GenerateFinal.usage:type_name -> llamagrid.v1.Usage
-	42, // 31: llamagrid.v1.GenerateFinal.session:type_name -> llamagrid.v1.SessionCommit
-	10, // 32: llamagrid.v1.GenerateFinal.tool_calls:type_name -> llamagrid.v1.ToolCall
-	40, // 33: llamagrid.v1.GenerateResponse.chunk:type_name -> llamagrid.v1.GenerateChunk
-	43, // 34: llamagrid.v1.GenerateResponse.final:type_name -> llamagrid.v1.GenerateFinal
-	6,  // 35: llamagrid.v1.EmbedInput.tokens:type_name -> llamagrid.v1.TokenList
-	45, // 36: llamagrid.v1.EmbedRequest.inputs:type_name -> llamagrid.v1.EmbedInput
-	47, // 37: llamagrid.v1.EmbedResponse.embeddings:type_name -> llamagrid.v1.Embedding
-	50, // 38: llamagrid.v1.TokenizeResponse.pieces:type_name -> llamagrid.v1.TokenPiece
-	5,  // 39: llamagrid.v1.Device.type:type_name -> llamagrid.v1.DeviceType
-	54, // 40: llamagrid.v1.DevicePlacement.devices:type_name -> llamagrid.v1.Device
-	4,  // 41: llamagrid.v1.ModelInfo.capabilities:type_name -> llamagrid.v1.Capability
-	55, // 42: llamagrid.v1.ModelInfo.placement:type_name -> llamagrid.v1.DevicePlacement
-	56, // 43: llamagrid.v1.ModelInfo.embedding_dimensions:type_name -> llamagrid.v1.EmbeddingDimensions
-	16, // 44: llamagrid.v1.ModelInfo.adapters:type_name -> llamagrid.v1.LoraAdapter
-	12, // 45: llamagrid.v1.ApplyChatTemplateRequest.chat:type_name -> llamagrid.v1.ChatConversation
-	57, // 46: llamagrid.v1.GetModelInfoResponse.info:type_name -> llamagrid.v1.ModelInfo
-	57, // 47: llamagrid.v1.ListModelsResponse.models:type_name -> llamagrid.v1.ModelInfo
-	67, // 48: llamagrid.v1.RelayRequest.start:type_name -> llamagrid.v1.RelayStart
-	14, // 49: llamagrid.v1.RelayStart.request:type_name -> llamagrid.v1.GenerateRequest
-	44, // 50: llamagrid.v1.RelayEvent.response:type_name -> llamagrid.v1.GenerateResponse
-	68, // 51: llamagrid.v1.RelayEvent.error:type_name -> llamagrid.v1.RelayError
-	69, // 52: llamagrid.v1.RelayResponse.events:type_name -> llamagrid.v1.RelayEvent
-	13, // 53: llamagrid.v1.SlotState.sampling:type_name -> llamagrid.v1.SamplingParams
-	72, // 54: llamagrid.v1.GetSlotsResponse.slots:type_name -> llamagrid.v1.SlotState
-	14, // 55: llamagrid.v1.InferenceService.Generate:input_type -> llamagrid.v1.GenerateRequest
-	46, // 56: llamagrid.v1.InferenceService.Embed:input_type -> llamagrid.v1.EmbedRequest
-	49, // 57: llamagrid.v1.InferenceService.Tokenize:input_type -> llamagrid.v1.TokenizeRequest
-	52, // 58: llamagrid.v1.InferenceService.Detokenize:input_type -> llamagrid.v1.DetokenizeRequest
-	60, // 59: llamagrid.v1.InferenceService.GetModelInfo:input_type -> llamagrid.v1.GetModelInfoRequest
-	62, // 60: llamagrid.v1.InferenceService.ListModels:input_type -> llamagrid.v1.ListModelsRequest
-	64, // 61: llamagrid.v1.InferenceService.GetLoad:input_type -> llamagrid.v1.GetLoadRequest
-	58, // 62: llamagrid.v1.InferenceService.ApplyChatTemplate:input_type -> llamagrid.v1.ApplyChatTemplateRequest
-	17, // 63: llamagrid.v1.InferenceService.ListLoraAdapters:input_type -> llamagrid.v1.ListLoraAdaptersRequest
-	19, // 64: llamagrid.v1.InferenceService.SetLoraAdapters:input_type -> llamagrid.v1.SetLoraAdaptersRequest
-	71, // 65: llamagrid.v1.InferenceService.GetSlots:input_type -> llamagrid.v1.GetSlotsRequest
-	74, // 66: llamagrid.v1.InferenceService.SaveSlot:input_type -> llamagrid.v1.SaveSlotRequest
-	76, // 67: llamagrid.v1.InferenceService.RestoreSlot:input_type -> llamagrid.v1.RestoreSlotRequest
-	78, // 68: llamagrid.v1.InferenceService.EraseSlot:input_type -> llamagrid.v1.EraseSlotRequest
-	66, // 69: llamagrid.v1.InferenceService.Relay:input_type -> llamagrid.v1.RelayRequest
-	26, // 70: llamagrid.v1.SessionService.OpenSession:input_type -> llamagrid.v1.OpenSessionRequest
-	28, // 71: llamagrid.v1.SessionService.GetSession:input_type -> llamagrid.v1.GetSessionRequest
-	30, // 72: llamagrid.v1.SessionService.ForkSession:input_type -> llamagrid.v1.ForkSessionRequest
-	32, // 73: llamagrid.v1.SessionService.RollbackSession:input_type -> llamagrid.v1.RollbackSessionRequest
-	34, // 74: llamagrid.v1.SessionService.CloseSession:input_type -> llamagrid.v1.CloseSessionRequest
-	36, // 75: llamagrid.v1.SessionService.CancelTurn:input_type -> llamagrid.v1.CancelTurnRequest
-	44, // 76: llamagrid.v1.InferenceService.Generate:output_type -> llamagrid.v1.GenerateResponse
-	48, // 77: llamagrid.v1.InferenceService.Embed:output_type -> llamagrid.v1.EmbedResponse
-	51, // 78: llamagrid.v1.InferenceService.Tokenize:output_type -> llamagrid.v1.TokenizeResponse
-	53, // 79: llamagrid.v1.InferenceService.Detokenize:output_type -> llamagrid.v1.DetokenizeResponse
-	61, // 80: llamagrid.v1.InferenceService.GetModelInfo:output_type -> llamagrid.v1.GetModelInfoResponse
-	63, // 81: llamagrid.v1.InferenceService.ListModels:output_type -> llamagrid.v1.ListModelsResponse
-	65, // 82: llamagrid.v1.InferenceService.GetLoad:output_type -> llamagrid.v1.GetLoadResponse
-	59, // 83: llamagrid.v1.InferenceService.ApplyChatTemplate:output_type -> llamagrid.v1.ApplyChatTemplateResponse
-	18, // 84: llamagrid.v1.InferenceService.ListLoraAdapters:output_type -> llamagrid.v1.ListLoraAdaptersResponse
-	20, // 85: llamagrid.v1.InferenceService.SetLoraAdapters:output_type -> llamagrid.v1.SetLoraAdaptersResponse
-	73, // 86: llamagrid.v1.InferenceService.GetSlots:output_type -> llamagrid.v1.GetSlotsResponse
-	75, // 87: llamagrid.v1.InferenceService.SaveSlot:output_type -> llamagrid.v1.SaveSlotResponse
-	77, // 88: llamagrid.v1.InferenceService.RestoreSlot:output_type -> llamagrid.v1.RestoreSlotResponse
-	79, // 89: llamagrid.v1.InferenceService.EraseSlot:output_type -> llamagrid.v1.EraseSlotResponse
-	70, // 90: llamagrid.v1.InferenceService.Relay:output_type -> llamagrid.v1.RelayResponse
-	27, // 91: llamagrid.v1.SessionService.OpenSession:output_type -> llamagrid.v1.OpenSessionResponse
-	29, // 92: llamagrid.v1.SessionService.GetSession:output_type -> llamagrid.v1.GetSessionResponse
-	31, // 93: llamagrid.v1.SessionService.ForkSession:output_type -> llamagrid.v1.ForkSessionResponse
-	33, // 94: llamagrid.v1.SessionService.RollbackSession:output_type -> llamagrid.v1.RollbackSessionResponse
-	35, // 95: llamagrid.v1.SessionService.CloseSession:output_type -> llamagrid.v1.CloseSessionResponse
-	37, // 96: llamagrid.v1.SessionService.CancelTurn:output_type -> llamagrid.v1.CancelTurnResponse
-	76, // [76:97] is the sub-list for method output_type
-	55, // [55:76] is the sub-list for method input_type
-	55, // [55:55] is the sub-list for extension type_name
-	55, // [55:55] is the sub-list for extension extendee
-	0,  // [0:55] is the sub-list for field type_name
+	12, // 0: llamagrid.v1.ChatMessage.tool_calls:type_name -> llamagrid.v1.ToolCall
+	8,  // 1: llamagrid.v1.ChatMessage.parts:type_name -> llamagrid.v1.ContentPart
+	9,  // 2: llamagrid.v1.ContentPart.image:type_name -> llamagrid.v1.Image
+	0,  // 3: llamagrid.v1.ToolChoice.mode:type_name -> llamagrid.v1.ToolChoiceMode
+	7,  // 4: llamagrid.v1.ChatConversation.messages:type_name -> llamagrid.v1.ChatMessage
+	82, // 5: llamagrid.v1.SamplingParams.logit_bias:type_name -> llamagrid.v1.SamplingParams.LogitBiasEntry
+	6,  // 6: llamagrid.v1.GenerateRequest.tokens:type_name -> llamagrid.v1.TokenList
+	14, // 7: llamagrid.v1.GenerateRequest.chat:type_name -> llamagrid.v1.ChatConversation
+	23, // 8: llamagrid.v1.GenerateRequest.infill:type_name -> llamagrid.v1.Infill
+	15, // 9: llamagrid.v1.GenerateRequest.sampling:type_name -> llamagrid.v1.SamplingParams
+	25, // 10: llamagrid.v1.GenerateRequest.session:type_name -> llamagrid.v1.SessionRef
+	10, // 11: llamagrid.v1.GenerateRequest.tools:type_name -> llamagrid.v1.Tool
+	11, // 12: llamagrid.v1.GenerateRequest.tool_choice:type_name -> llamagrid.v1.ToolChoice
+	1,  // 13: llamagrid.v1.GenerateRequest.reasoning_format:type_name -> llamagrid.v1.ReasoningFormat
+	17, // 14: llamagrid.v1.GenerateRequest.lora:type_name -> llamagrid.v1.LoraScale
+	9,  // 15: llamagrid.v1.GenerateRequest.images:type_name -> llamagrid.v1.Image
+	18, // 16: llamagrid.v1.ListLoraAdaptersResponse.adapters:type_name -> llamagrid.v1.LoraAdapter
+	17, // 17: llamagrid.v1.SetLoraAdaptersRequest.adapters:type_name -> llamagrid.v1.LoraScale
+	18, // 18: llamagrid.v1.SetLoraAdaptersResponse.adapters:type_name -> llamagrid.v1.LoraAdapter
+	24, // 19: llamagrid.v1.Infill.extra:type_name -> llamagrid.v1.InfillChunk
+	2,  // 20: llamagrid.v1.SessionInfo.kv_tier:type_name -> llamagrid.v1.KvTier
+	26, // 21: llamagrid.v1.OpenSessionRequest.transcript:type_name -> llamagrid.v1.SessionTranscript
+	27, // 22: llamagrid.v1.OpenSessionResponse.session:type_name -> llamagrid.v1.SessionInfo
+	27, // 23: llamagrid.v1.GetSessionResponse.session:type_name -> llamagrid.v1.SessionInfo
+	26, // 24: llamagrid.v1.GetSessionResponse.transcript:type_name -> llamagrid.v1.SessionTranscript
+	27, // 25: llamagrid.v1.ForkSessionResponse.session:type_name -> llamagrid.v1.SessionInfo
+	27, // 26: llamagrid.v1.RollbackSessionResponse.session:type_name -> llamagrid.v1.SessionInfo
+	40, // 27: llamagrid.v1.TokenLogprob.chosen:type_name -> llamagrid.v1.LogprobEntry
+	40, // 28: llamagrid.v1.TokenLogprob.top:type_name -> llamagrid.v1.LogprobEntry
+	41, // 29: llamagrid.v1.GenerateChunk.logprobs:type_name -> llamagrid.v1.TokenLogprob
+	13, // 30: llamagrid.v1.GenerateChunk.tool_calls:type_name -> llamagrid.v1.ToolCallDelta
+	41, // 31: llamagrid.v1.GenerateChunk.prompt_logprobs:type_name -> llamagrid.v1.TokenLogprob
+	3,  // 32: llamagrid.v1.GenerateFinal.finish_reason:type_name -> llamagrid.v1.FinishReason
+	43, // 33: llamagrid.v1.GenerateFinal.usage:type_name -> llamagrid.v1.Usage
+	44, // 34: llamagrid.v1.GenerateFinal.session:type_name -> llamagrid.v1.SessionCommit
+	12, // 35: llamagrid.v1.GenerateFinal.tool_calls:type_name -> llamagrid.v1.ToolCall
+	42, // 36: llamagrid.v1.GenerateResponse.chunk:type_name -> llamagrid.v1.GenerateChunk
+	45, // 37: llamagrid.v1.GenerateResponse.final:type_name -> llamagrid.v1.GenerateFinal
+	6,  // 38: llamagrid.v1.EmbedInput.tokens:type_name -> llamagrid.v1.TokenList
+	47, // 39: llamagrid.v1.EmbedRequest.inputs:type_name -> llamagrid.v1.EmbedInput
+	49, // 40: llamagrid.v1.EmbedResponse.embeddings:type_name -> llamagrid.v1.Embedding
+	52, // 41: llamagrid.v1.TokenizeResponse.pieces:type_name -> llamagrid.v1.TokenPiece
+	5,  // 42: llamagrid.v1.Device.type:type_name -> llamagrid.v1.DeviceType
+	56, // 43: llamagrid.v1.DevicePlacement.devices:type_name -> llamagrid.v1.Device
+	4,  // 44: llamagrid.v1.ModelInfo.capabilities:type_name -> llamagrid.v1.Capability
+	57, // 45: llamagrid.v1.ModelInfo.placement:type_name -> llamagrid.v1.DevicePlacement
+	58, // 46: llamagrid.v1.ModelInfo.embedding_dimensions:type_name -> llamagrid.v1.EmbeddingDimensions
+	18, // 47: llamagrid.v1.ModelInfo.adapters:type_name -> llamagrid.v1.LoraAdapter
+	14, // 48: llamagrid.v1.ApplyChatTemplateRequest.chat:type_name -> llamagrid.v1.ChatConversation
+	59, // 49: llamagrid.v1.GetModelInfoResponse.info:type_name -> llamagrid.v1.ModelInfo
+	59, // 50: llamagrid.v1.ListModelsResponse.models:type_name -> llamagrid.v1.ModelInfo
+	69, // 51: llamagrid.v1.RelayRequest.start:type_name -> llamagrid.v1.RelayStart
+	16, // 52: llamagrid.v1.RelayStart.request:type_name -> llamagrid.v1.GenerateRequest
+	46, // 53: llamagrid.v1.RelayEvent.response:type_name -> llamagrid.v1.GenerateResponse
+	70, // 54: llamagrid.v1.RelayEvent.error:type_name -> llamagrid.v1.RelayError
+	71, // 55: llamagrid.v1.RelayResponse.events:type_name -> llamagrid.v1.RelayEvent
+	15, // 56: llamagrid.v1.SlotState.sampling:type_name -> llamagrid.v1.SamplingParams
+	74, // 57: llamagrid.v1.GetSlotsResponse.slots:type_name -> llamagrid.v1.SlotState
+	16, // 58: llamagrid.v1.InferenceService.Generate:input_type -> llamagrid.v1.GenerateRequest
+	48, // 59: llamagrid.v1.InferenceService.Embed:input_type -> llamagrid.v1.EmbedRequest
+	51, // 60: llamagrid.v1.InferenceService.Tokenize:input_type -> llamagrid.v1.TokenizeRequest
+	54, // 61: llamagrid.v1.InferenceService.Detokenize:input_type -> llamagrid.v1.DetokenizeRequest
+	62, // 62: llamagrid.v1.InferenceService.GetModelInfo:input_type -> llamagrid.v1.GetModelInfoRequest
+	64, // 63: llamagrid.v1.InferenceService.ListModels:input_type -> llamagrid.v1.ListModelsRequest
+	66, // 64: llamagrid.v1.InferenceService.GetLoad:input_type -> llamagrid.v1.GetLoadRequest
+	60, // 65: llamagrid.v1.InferenceService.ApplyChatTemplate:input_type -> llamagrid.v1.ApplyChatTemplateRequest
+	19, // 66: llamagrid.v1.InferenceService.ListLoraAdapters:input_type -> llamagrid.v1.ListLoraAdaptersRequest
+	21, // 67: llamagrid.v1.InferenceService.SetLoraAdapters:input_type -> llamagrid.v1.SetLoraAdaptersRequest
+	73, // 68: llamagrid.v1.InferenceService.GetSlots:input_type -> llamagrid.v1.GetSlotsRequest
+	76, // 69: llamagrid.v1.InferenceService.SaveSlot:input_type -> llamagrid.v1.SaveSlotRequest
+	78, // 70: llamagrid.v1.InferenceService.RestoreSlot:input_type -> llamagrid.v1.RestoreSlotRequest
+	80, // 71: llamagrid.v1.InferenceService.EraseSlot:input_type -> llamagrid.v1.EraseSlotRequest
+	68, // 72: llamagrid.v1.InferenceService.Relay:input_type -> llamagrid.v1.RelayRequest
+	28, // 73: llamagrid.v1.SessionService.OpenSession:input_type -> llamagrid.v1.OpenSessionRequest
+	30, // 74: llamagrid.v1.SessionService.GetSession:input_type -> llamagrid.v1.GetSessionRequest
+	32, // 75: llamagrid.v1.SessionService.ForkSession:input_type -> llamagrid.v1.ForkSessionRequest
+	34, // 76: llamagrid.v1.SessionService.RollbackSession:input_type -> llamagrid.v1.RollbackSessionRequest
+	36, // 77: llamagrid.v1.SessionService.CloseSession:input_type -> llamagrid.v1.CloseSessionRequest
+	38, // 78: llamagrid.v1.SessionService.CancelTurn:input_type -> llamagrid.v1.CancelTurnRequest
+	46, // 79: llamagrid.v1.InferenceService.Generate:output_type -> llamagrid.v1.GenerateResponse
+	50, // 80: llamagrid.v1.InferenceService.Embed:output_type -> llamagrid.v1.EmbedResponse
+	53, // 81: llamagrid.v1.InferenceService.Tokenize:output_type -> llamagrid.v1.TokenizeResponse
+	55, // 82: llamagrid.v1.InferenceService.Detokenize:output_type -> llamagrid.v1.DetokenizeResponse
+	63, // 83: llamagrid.v1.InferenceService.GetModelInfo:output_type -> llamagrid.v1.GetModelInfoResponse
+	65, // 84: llamagrid.v1.InferenceService.ListModels:output_type -> llamagrid.v1.ListModelsResponse
+	67, // 85: llamagrid.v1.InferenceService.GetLoad:output_type -> llamagrid.v1.GetLoadResponse
+	61, // 86: llamagrid.v1.InferenceService.ApplyChatTemplate:output_type -> llamagrid.v1.ApplyChatTemplateResponse
+	20, // 87: llamagrid.v1.InferenceService.ListLoraAdapters:output_type -> llamagrid.v1.ListLoraAdaptersResponse
+	22, // 88: llamagrid.v1.InferenceService.SetLoraAdapters:output_type -> llamagrid.v1.SetLoraAdaptersResponse
+	75, // 89: llamagrid.v1.InferenceService.GetSlots:output_type -> llamagrid.v1.GetSlotsResponse
+	77, // 90: llamagrid.v1.InferenceService.SaveSlot:output_type -> llamagrid.v1.SaveSlotResponse
+	79, // 91: llamagrid.v1.InferenceService.RestoreSlot:output_type -> llamagrid.v1.RestoreSlotResponse
+	81, // 92: llamagrid.v1.InferenceService.EraseSlot:output_type -> llamagrid.v1.EraseSlotResponse
+	72, // 93: llamagrid.v1.InferenceService.Relay:output_type -> llamagrid.v1.RelayResponse
+	29, // 94: llamagrid.v1.SessionService.OpenSession:output_type -> llamagrid.v1.OpenSessionResponse
+	31, // 95: llamagrid.v1.SessionService.GetSession:output_type -> llamagrid.v1.GetSessionResponse
+	33, // 96: llamagrid.v1.SessionService.ForkSession:output_type -> llamagrid.v1.ForkSessionResponse
+	35, // 97: llamagrid.v1.SessionService.RollbackSession:output_type -> llamagrid.v1.RollbackSessionResponse
+	37, // 98: llamagrid.v1.SessionService.CloseSession:output_type -> llamagrid.v1.CloseSessionResponse
+	39, // 99: llamagrid.v1.SessionService.CancelTurn:output_type -> llamagrid.v1.CancelTurnResponse
+	79, // [79:100] is the sub-list for method output_type
+	58, // [58:79] is the sub-list for method input_type
+	58, // [58:58] is the sub-list for extension type_name
+	58, // [58:58] is the sub-list for extension extendee
+	0,  // [0:58] is the sub-list for field type_name
 }
 
 func init() { file_llamagrid_v1_inference_proto_init() }
@@ -6746,39 +6954,43 @@ func file_llamagrid_v1_inference_proto_init() {
 		return
 	}
 	file_llamagrid_v1_inference_proto_msgTypes[1].OneofWrappers = []any{}
-	file_llamagrid_v1_inference_proto_msgTypes[3].OneofWrappers = []any{
+	file_llamagrid_v1_inference_proto_msgTypes[2].OneofWrappers = []any{
+		(*ContentPart_Text)(nil),
+		(*ContentPart_Image)(nil),
+	}
+	file_llamagrid_v1_inference_proto_msgTypes[5].OneofWrappers = []any{
 		(*ToolChoice_Mode)(nil),
 		(*ToolChoice_Function)(nil),
 	}
-	file_llamagrid_v1_inference_proto_msgTypes[7].OneofWrappers = []any{
+	file_llamagrid_v1_inference_proto_msgTypes[9].OneofWrappers = []any{
 		(*SamplingParams_Grammar)(nil),
 		(*SamplingParams_JsonSchema)(nil),
 	}
-	file_llamagrid_v1_inference_proto_msgTypes[8].OneofWrappers = []any{
+	file_llamagrid_v1_inference_proto_msgTypes[10].OneofWrappers = []any{
 		(*GenerateRequest_Prompt)(nil),
 		(*GenerateRequest_Tokens)(nil),
 		(*GenerateRequest_Chat)(nil),
 		(*GenerateRequest_Infill)(nil),
 	}
-	file_llamagrid_v1_inference_proto_msgTypes[17].OneofWrappers = []any{}
-	file_llamagrid_v1_inference_proto_msgTypes[38].OneofWrappers = []any{
+	file_llamagrid_v1_inference_proto_msgTypes[19].OneofWrappers = []any{}
+	file_llamagrid_v1_inference_proto_msgTypes[40].OneofWrappers = []any{
 		(*GenerateResponse_Chunk)(nil),
 		(*GenerateResponse_Final)(nil),
 	}
-	file_llamagrid_v1_inference_proto_msgTypes[39].OneofWrappers = []any{
+	file_llamagrid_v1_inference_proto_msgTypes[41].OneofWrappers = []any{
 		(*EmbedInput_Text)(nil),
 		(*EmbedInput_Tokens)(nil),
 	}
-	file_llamagrid_v1_inference_proto_msgTypes[40].OneofWrappers = []any{}
-	file_llamagrid_v1_inference_proto_msgTypes[44].OneofWrappers = []any{
+	file_llamagrid_v1_inference_proto_msgTypes[42].OneofWrappers = []any{}
+	file_llamagrid_v1_inference_proto_msgTypes[46].OneofWrappers = []any{
 		(*TokenPiece_Text)(nil),
 		(*TokenPiece_Raw)(nil),
 	}
-	file_llamagrid_v1_inference_proto_msgTypes[60].OneofWrappers = []any{
+	file_llamagrid_v1_inference_proto_msgTypes[62].OneofWrappers = []any{
 		(*RelayRequest_Start)(nil),
 		(*RelayRequest_Cancel)(nil),
 	}
-	file_llamagrid_v1_inference_proto_msgTypes[63].OneofWrappers = []any{
+	file_llamagrid_v1_inference_proto_msgTypes[65].OneofWrappers = []any{
 		(*RelayEvent_Admitted)(nil),
 		(*RelayEvent_Response)(nil),
 		(*RelayEvent_Error)(nil),
@@ -6789,7 +7001,7 @@ func file_llamagrid_v1_inference_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_llamagrid_v1_inference_proto_rawDesc), len(file_llamagrid_v1_inference_proto_rawDesc)),
 			NumEnums:      6,
-			NumMessages:   75,
+			NumMessages:   77,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

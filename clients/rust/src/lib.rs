@@ -36,12 +36,12 @@ pub use error::{ERROR_DOMAIN, Error, StatusError, reason};
 pub use tonic::Code;
 pub use v1::generate_response::Event;
 pub use v1::{
-    ChatConversation, ChatMessage, DetokenizeRequest, DetokenizeResponse, EmbedInput, EmbedRequest,
-    EmbedResponse, Embedding, FinishReason, ForkSessionRequest, GenerateChunk, GenerateFinal,
-    GenerateRequest, GenerateResponse, GetLoadResponse, GetSessionResponse, KvTier, ModelInfo,
-    OpenSessionRequest, SamplingParams, SessionCommit, SessionInfo, SessionRef, SessionTranscript,
-    TokenList, TokenizeRequest, TokenizeResponse, Tool, ToolCall, ToolCallDelta, ToolChoice,
-    ToolChoiceMode, Usage,
+    ChatConversation, ChatMessage, ContentPart, DetokenizeRequest, DetokenizeResponse, EmbedInput,
+    EmbedRequest, EmbedResponse, Embedding, FinishReason, ForkSessionRequest, GenerateChunk,
+    GenerateFinal, GenerateRequest, GenerateResponse, GetLoadResponse, GetSessionResponse, Image,
+    KvTier, ModelInfo, OpenSessionRequest, SamplingParams, SessionCommit, SessionInfo, SessionRef,
+    SessionTranscript, TokenList, TokenizeRequest, TokenizeResponse, Tool, ToolCall, ToolCallDelta,
+    ToolChoice, ToolChoiceMode, Usage,
 };
 
 /// Compiles the README's code blocks as doctests.
@@ -84,6 +84,50 @@ impl ChatMessage {
     #[must_use]
     pub fn tool_result(tool_call_id: impl Into<String>, content: impl Into<String>) -> Self {
         Self { tool_call_id: tool_call_id.into(), ..Self::new("tool", content) }
+    }
+
+    /// A chat turn made of parts, text and images in order, for a model that reads images
+    /// ([`ModelInfo::vision`]); a model without a projector refuses images with
+    /// [`Code::InvalidArgument`].
+    ///
+    /// ```
+    /// use llamagrid_client::{ChatMessage, ContentPart};
+    /// # let png: Vec<u8> = vec![];
+    /// let turn = ChatMessage::from_parts(
+    ///     "user",
+    ///     [ContentPart::text("What is in this picture?"), ContentPart::image(png, "image/png")],
+    /// );
+    /// ```
+    #[must_use]
+    pub fn from_parts(
+        role: impl Into<String>,
+        parts: impl IntoIterator<Item = ContentPart>,
+    ) -> Self {
+        Self { parts: parts.into_iter().collect(), ..Self::new(role, "") }
+    }
+}
+
+impl ContentPart {
+    /// A text part of a chat turn.
+    #[must_use]
+    pub fn text(text: impl Into<String>) -> Self {
+        Self { part: Some(v1::content_part::Part::Text(text.into())) }
+    }
+
+    /// An image part of a chat turn: see [`Image::new`].
+    #[must_use]
+    pub fn image(data: impl Into<Vec<u8>>, mime_type: impl Into<String>) -> Self {
+        Self { part: Some(v1::content_part::Part::Image(Image::new(data, mime_type))) }
+    }
+}
+
+impl Image {
+    /// An encoded image (PNG, JPEG, GIF, BMP, TGA or PNM), for [`ContentPart::image`] or for
+    /// [`GenerateRequest::with_images`]. `mime_type` is its type, such as `"image/png"`; empty
+    /// lets the worker detect it from the bytes.
+    #[must_use]
+    pub fn new(data: impl Into<Vec<u8>>, mime_type: impl Into<String>) -> Self {
+        Self { data: data.into(), mime_type: mime_type.into() }
     }
 }
 
@@ -154,6 +198,15 @@ impl GenerateRequest {
     #[must_use]
     pub fn with_tool_choice(mut self, choice: ToolChoice) -> Self {
         self.tool_choice = Some(choice);
+        self
+    }
+
+    /// The same request with these images for its raw prompt ([`GenerateRequest::prompt`]):
+    /// each takes the place of one media marker ([`ModelInfo::media_marker`]) in the prompt, in
+    /// order, and the number of markers must equal the number of images.
+    #[must_use]
+    pub fn with_images(mut self, images: impl IntoIterator<Item = Image>) -> Self {
+        self.images = images.into_iter().collect();
         self
     }
 

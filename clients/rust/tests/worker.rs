@@ -163,8 +163,9 @@ fn deadline_cancels_generation_on_the_worker() {
         assert!(elapsed < Duration::from_secs(10), "the deadline fired late: {elapsed:?}");
         eprintln!("DEADLINE_EXCEEDED after {elapsed:?} and {chunks} chunks");
 
-        // The worker must stop generating for the abandoned request.
-        let give_up = Instant::now() + Duration::from_secs(5);
+        // The worker must stop generating for the abandoned request. It does so at its next
+        // decode step; the bound is generous because a loaded machine stretches that step.
+        let give_up = Instant::now() + Duration::from_secs(30);
         loop {
             let load = client.get_load().await.expect("GetLoad failed");
             if load.active_requests == 0 {

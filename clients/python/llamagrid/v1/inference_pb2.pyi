@@ -143,6 +143,8 @@ class _CapabilityEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Capability
     """Text generation through Generate."""
     CAPABILITY_EMBED: _Capability.ValueType  # 2
     """Vector embeddings through Embed."""
+    CAPABILITY_VISION: _Capability.ValueType  # 3
+    """Images in the input (ModelInfo.vision)."""
 
 class Capability(_Capability, metaclass=_CapabilityEnumTypeWrapper):
     """Capability is something a model can be asked to do."""
@@ -153,6 +155,8 @@ CAPABILITY_GENERATE: Capability.ValueType  # 1
 """Text generation through Generate."""
 CAPABILITY_EMBED: Capability.ValueType  # 2
 """Vector embeddings through Embed."""
+CAPABILITY_VISION: Capability.ValueType  # 3
+"""Images in the input (ModelInfo.vision)."""
 Global___Capability: _TypeAlias = Capability  # noqa: Y015
 
 class _DeviceType:
@@ -225,6 +229,7 @@ class ChatMessage(_message.Message):
     TOOL_CALLS_FIELD_NUMBER: _builtins.int
     TOOL_CALL_ID_FIELD_NUMBER: _builtins.int
     REASONING_CONTENT_FIELD_NUMBER: _builtins.int
+    PARTS_FIELD_NUMBER: _builtins.int
     role: _builtins.str
     """The speaker: "system", "user", "assistant" or "tool", as the chat template knows them.
     1 to 64 letters, digits, '_' or '-'.
@@ -246,6 +251,13 @@ class ChatMessage(_message.Message):
     def tool_calls(self) -> _containers.RepeatedCompositeFieldContainer[Global___ToolCall]:
         """The tool calls an assistant turn made (role "assistant")."""
 
+    @_builtins.property
+    def parts(self) -> _containers.RepeatedCompositeFieldContainer[Global___ContentPart]:
+        """The turn as a list of parts, text and images in order, for a model that reads images
+        (ModelInfo.vision). When set, content must be empty. Text parts are plain text as content
+        is; each image takes the place where the chat template puts the model's media marker.
+        """
+
     def __init__(
         self,
         *,
@@ -255,16 +267,78 @@ class ChatMessage(_message.Message):
         tool_calls: _abc.Iterable[Global___ToolCall] | None = ...,
         tool_call_id: _builtins.str = ...,
         reasoning_content: _builtins.str = ...,
+        parts: _abc.Iterable[Global___ContentPart] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_name", b"_name", "name", b"name"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_name", b"_name", "content", b"content", "name", b"name", "reasoning_content", b"reasoning_content", "role", b"role", "tool_call_id", b"tool_call_id", "tool_calls", b"tool_calls"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_name", b"_name", "content", b"content", "name", b"name", "parts", b"parts", "reasoning_content", b"reasoning_content", "role", b"role", "tool_call_id", b"tool_call_id", "tool_calls", b"tool_calls"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__name: _TypeAlias = _typing.Literal["name"]  # noqa: Y015
     _WhichOneofArgType__name: _TypeAlias = _typing.Literal["_name", b"_name"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType__name) -> _WhichOneofReturnType__name | None: ...
 
 Global___ChatMessage: _TypeAlias = ChatMessage  # noqa: Y015
+
+@_typing.final
+class ContentPart(_message.Message):
+    """ContentPart is one piece of a chat message: text or an image."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TEXT_FIELD_NUMBER: _builtins.int
+    IMAGE_FIELD_NUMBER: _builtins.int
+    text: _builtins.str
+    """Plain text, as ChatMessage.content."""
+    @_builtins.property
+    def image(self) -> Global___Image:
+        """An encoded image."""
+
+    def __init__(
+        self,
+        *,
+        text: _builtins.str = ...,
+        image: Global___Image | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["image", b"image", "part", b"part", "text", b"text"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["image", b"image", "part", b"part", "text", b"text"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_part: _TypeAlias = _typing.Literal["text", "image"]  # noqa: Y015
+    _WhichOneofArgType_part: _TypeAlias = _typing.Literal["part", b"part"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_part) -> _WhichOneofReturnType_part | None: ...
+
+Global___ContentPart: _TypeAlias = ContentPart  # noqa: Y015
+
+@_typing.final
+class Image(_message.Message):
+    """Image is an encoded picture for a model with a vision projector (ModelInfo.vision). The
+    worker decodes it, checks its size against its limits, and evaluates it into the request's
+    own sequence. Two images share KV cache only when their bytes are equal.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATA_FIELD_NUMBER: _builtins.int
+    MIME_TYPE_FIELD_NUMBER: _builtins.int
+    data: _builtins.bytes
+    """The encoded file: PNG, JPEG, GIF (its first frame), BMP, WebP, TGA or PNM. Not empty."""
+    mime_type: _builtins.str
+    """Its MIME type, such as "image/png". Empty means the worker detects it from the bytes; a
+    type that is not an image, or that the bytes contradict, is refused.
+    """
+    def __init__(
+        self,
+        *,
+        data: _builtins.bytes = ...,
+        mime_type: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "mime_type", b"mime_type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Image: _TypeAlias = Image  # noqa: Y015
 
 @_typing.final
 class Tool(_message.Message):
@@ -775,6 +849,7 @@ class GenerateRequest(_message.Message):
     PROMPT_LOGPROBS_FIELD_NUMBER: _builtins.int
     ECHO_FIELD_NUMBER: _builtins.int
     LORA_FIELD_NUMBER: _builtins.int
+    IMAGES_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """The model alias. Empty means the worker's only model."""
     prompt: _builtins.str
@@ -856,6 +931,13 @@ class GenerateRequest(_message.Message):
         other scales is never reused, so a request's output does not depend on its neighbours.
         """
 
+    @_builtins.property
+    def images(self) -> _containers.RepeatedCompositeFieldContainer[Global___Image]:
+        """Images for a raw prompt (input prompt): each takes the place of one media marker
+        (ModelInfo.media_marker) in the prompt, in order, and the number of markers must equal the
+        number of images. Only for a model that reads images (ModelInfo.vision).
+        """
+
     def __init__(
         self,
         *,
@@ -877,10 +959,11 @@ class GenerateRequest(_message.Message):
         prompt_logprobs: _builtins.int | None = ...,
         echo: _builtins.bool = ...,
         lora: _abc.Iterable[Global___LoraScale] | None = ...,
+        images: _abc.Iterable[Global___Image] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_n", b"_n", "_parallel_tool_calls", b"_parallel_tool_calls", "_prompt_logprobs", b"_prompt_logprobs", "chat", b"chat", "infill", b"infill", "input", b"input", "n", b"n", "parallel_tool_calls", b"parallel_tool_calls", "prompt", b"prompt", "prompt_logprobs", b"prompt_logprobs", "sampling", b"sampling", "session", b"session", "tokens", b"tokens", "tool_choice", b"tool_choice"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_n", b"_n", "_parallel_tool_calls", b"_parallel_tool_calls", "_prompt_logprobs", b"_prompt_logprobs", "chat", b"chat", "chat_template_kwargs", b"chat_template_kwargs", "echo", b"echo", "infill", b"infill", "input", b"input", "lora", b"lora", "model", b"model", "n", b"n", "parallel_tool_calls", b"parallel_tool_calls", "prompt", b"prompt", "prompt_logprobs", b"prompt_logprobs", "reasoning_effort", b"reasoning_effort", "reasoning_format", b"reasoning_format", "request_id", b"request_id", "sampling", b"sampling", "session", b"session", "tokens", b"tokens", "tool_choice", b"tool_choice", "tools", b"tools"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_n", b"_n", "_parallel_tool_calls", b"_parallel_tool_calls", "_prompt_logprobs", b"_prompt_logprobs", "chat", b"chat", "chat_template_kwargs", b"chat_template_kwargs", "echo", b"echo", "images", b"images", "infill", b"infill", "input", b"input", "lora", b"lora", "model", b"model", "n", b"n", "parallel_tool_calls", b"parallel_tool_calls", "prompt", b"prompt", "prompt_logprobs", b"prompt_logprobs", "reasoning_effort", b"reasoning_effort", "reasoning_format", b"reasoning_format", "request_id", b"request_id", "sampling", b"sampling", "session", b"session", "tokens", b"tokens", "tool_choice", b"tool_choice", "tools", b"tools"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__n: _TypeAlias = _typing.Literal["n"]  # noqa: Y015
     _WhichOneofArgType__n: _TypeAlias = _typing.Literal["_n", b"_n"]  # noqa: Y015
@@ -2300,6 +2383,8 @@ class ModelInfo(_message.Message):
     EMBEDDING_DIMENSIONS_FIELD_NUMBER: _builtins.int
     ADAPTERS_FIELD_NUMBER: _builtins.int
     FILL_IN_MIDDLE_FIELD_NUMBER: _builtins.int
+    VISION_FIELD_NUMBER: _builtins.int
+    MEDIA_MARKER_FIELD_NUMBER: _builtins.int
     alias: _builtins.str
     """The name clients use to address the model."""
     file: _builtins.str
@@ -2329,6 +2414,14 @@ class ModelInfo(_message.Message):
     fill_in_middle: _builtins.bool
     """Whether the model's vocabulary has fill-in-the-middle tokens (prefix, suffix and middle),
     so that GenerateRequest.infill can be served.
+    """
+    vision: _builtins.bool
+    """Whether the model reads images: the worker loaded a vision projector (--mmproj) for it, and
+    takes ChatMessage.parts images and GenerateRequest.images.
+    """
+    media_marker: _builtins.str
+    """The text that stands for an image in a raw prompt (GenerateRequest.images); set when vision
+    is.
     """
     @_builtins.property
     def capabilities(self) -> _containers.RepeatedScalarFieldContainer[Global___Capability.ValueType]:
@@ -2369,10 +2462,12 @@ class ModelInfo(_message.Message):
         embedding_dimensions: Global___EmbeddingDimensions | None = ...,
         adapters: _abc.Iterable[Global___LoraAdapter] | None = ...,
         fill_in_middle: _builtins.bool = ...,
+        vision: _builtins.bool = ...,
+        media_marker: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["embedding_dimensions", b"embedding_dimensions", "placement", b"placement"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["adapters", b"adapters", "alias", b"alias", "capabilities", b"capabilities", "chat_template", b"chat_template", "context_size", b"context_size", "description", b"description", "embedding_dimensions", b"embedding_dimensions", "embedding_size", b"embedding_size", "file", b"file", "fill_in_middle", b"fill_in_middle", "hf_repo", b"hf_repo", "parameter_count", b"parameter_count", "placement", b"placement", "pooling", b"pooling", "size_bytes", b"size_bytes", "slots", b"slots", "train_context_size", b"train_context_size", "vocab_size", b"vocab_size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["adapters", b"adapters", "alias", b"alias", "capabilities", b"capabilities", "chat_template", b"chat_template", "context_size", b"context_size", "description", b"description", "embedding_dimensions", b"embedding_dimensions", "embedding_size", b"embedding_size", "file", b"file", "fill_in_middle", b"fill_in_middle", "hf_repo", b"hf_repo", "media_marker", b"media_marker", "parameter_count", b"parameter_count", "placement", b"placement", "pooling", b"pooling", "size_bytes", b"size_bytes", "slots", b"slots", "train_context_size", b"train_context_size", "vision", b"vision", "vocab_size", b"vocab_size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
