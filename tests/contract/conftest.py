@@ -17,7 +17,7 @@ import uvicorn
 from llamagrid.gateway.app import create_app, create_pool
 from llamagrid.gateway.pool import WorkerPool
 from llamagrid.gateway.settings import GatewaySettings
-from tests.contract.fake_worker import FakeWorker
+from tests.contract.fake_worker import MODEL, FakeWorker
 
 API_KEY = "sk-test"
 AUTH_HEADERS = {"Authorization": f"Bearer {API_KEY}"}
@@ -127,3 +127,13 @@ async def gateway(worker: FakeWorker) -> AsyncIterator[Gateway]:
 @pytest.fixture
 def client(gateway: Gateway) -> openai.AsyncOpenAI:
     return gateway.openai()
+
+
+@pytest.fixture
+async def vision_worker() -> AsyncIterator[FakeWorker]:
+    """A fake worker whose model reads images (ModelInfo.vision)."""
+    fake = FakeWorker()
+    fake.vision_models = {MODEL}
+    await fake.start(serving=True)
+    yield fake
+    await fake.stop()

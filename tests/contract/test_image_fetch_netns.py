@@ -13,16 +13,14 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 
 import httpx
-import openai
 import pytest
 
 from tests import netns
-from tests.contract.conftest import Gateway
 from tests.contract.fake_worker import MODEL, FakeWorker
-from tests.contract.test_images_http import image_gateway, image_part, user
+from tests.contract.test_images_http import chat_error, image_gateway, image_part, user
 from tests.mmproj_model import png_image
 
 pytestmark = pytest.mark.skipif(
@@ -84,22 +82,6 @@ def _wait_ok(url: str, server: subprocess.Popen[bytes]) -> None:
                 return
         time.sleep(0.05)
     raise TimeoutError(f"{url} did not answer")
-
-
-@pytest.fixture
-async def vision_worker() -> AsyncIterator[FakeWorker]:
-    fake = FakeWorker()
-    fake.vision_models = {MODEL}
-    await fake.start(serving=True)
-    yield fake
-    await fake.stop()
-
-
-async def chat_error(gateway: Gateway, url: str) -> openai.APIStatusError:
-    with pytest.raises(openai.APIStatusError) as caught:
-        await gateway.openai().chat.completions.create(model=MODEL, messages=user(image_part(url)))
-    assert gateway.worker.generate_requests() == []
-    return caught.value
 
 
 async def test_an_allowed_public_host_is_fetched(

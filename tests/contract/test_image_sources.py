@@ -18,14 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import openai
 import pytest
 
 from llamagrid.gateway.errors import OpenAIError
 from llamagrid.gateway.images.fetch import Target, fetch_pinned
-from tests.contract.conftest import Gateway, serve
+from tests.contract.conftest import serve
 from tests.contract.fake_worker import MODEL, FakeWorker
-from tests.contract.test_images_http import image_gateway, image_part, user
+from tests.contract.test_images_http import chat_error, image_gateway, image_part, user
 from tests.mmproj_model import png_image
 
 PNG = png_image(8, 8, 2)
@@ -112,22 +111,6 @@ async def image_server() -> AsyncIterator[ImageServer]:
     async with serve(server) as url:
         server.url = url
         yield server
-
-
-@pytest.fixture
-async def vision_worker() -> AsyncIterator[FakeWorker]:
-    fake = FakeWorker()
-    fake.vision_models = {MODEL}
-    await fake.start(serving=True)
-    yield fake
-    await fake.stop()
-
-
-async def chat_error(gateway: Gateway, url: str) -> openai.APIStatusError:
-    with pytest.raises(openai.APIStatusError) as caught:
-        await gateway.openai().chat.completions.create(model=MODEL, messages=user(image_part(url)))
-    assert gateway.worker.generate_requests() == []
-    return caught.value
 
 
 # ---------------------------------------------------------------------------------------------

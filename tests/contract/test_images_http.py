@@ -38,15 +38,6 @@ async def image_gateway(worker: FakeWorker, **settings: Any) -> AsyncIterator[Ga
 
 
 @pytest.fixture
-async def vision_worker() -> AsyncIterator[FakeWorker]:
-    fake = FakeWorker()
-    fake.vision_models = {MODEL}
-    await fake.start(serving=True)
-    yield fake
-    await fake.stop()
-
-
-@pytest.fixture
 async def vision(vision_worker: FakeWorker) -> AsyncIterator[Gateway]:
     """A gateway in front of a model that reads images, with two images and 1 KiB at most."""
     async with image_gateway(vision_worker, max_images=2, max_image_bytes=1024) as gateway:
@@ -59,6 +50,13 @@ def image_part(url: str, **extra: Any) -> dict[str, Any]:
 
 def user(*parts: dict[str, Any]) -> list[Any]:
     return [{"role": "user", "content": list(parts)}]
+
+
+async def chat_error(gateway: Gateway, url: str) -> openai.APIStatusError:
+    with pytest.raises(openai.APIStatusError) as caught:
+        await gateway.openai().chat.completions.create(model=MODEL, messages=user(image_part(url)))
+    assert gateway.worker.generate_requests() == []
+    return caught.value
 
 
 async def refused(gateway: Gateway, messages: list[Any]) -> openai.APIStatusError:
