@@ -112,6 +112,11 @@ def test_image_positions_have_negative_ids_derived_from_the_image() -> None:
     assert all(t < 0 for t in ids) and len(set(ids)) == 16
     assert ids == image_token_ids(a, 0, 16) and ids != image_token_ids(b, 0, 16)
     assert all(t > -(1 << 31) for t in ids)
+    # Every position has bits of its own: digests that agree on a long prefix still differ at
+    # every position, and another chunk of the same image has other ids.
+    c = "ab" * 31 + "ce"
+    assert all(x != y for x, y in zip(ids, image_token_ids(c, 0, 16), strict=True))
+    assert set(ids).isdisjoint(image_token_ids(a, 1, 16))
 
 
 def test_a_reused_prefix_never_ends_inside_an_image() -> None:

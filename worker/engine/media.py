@@ -16,6 +16,7 @@ While a prompt is tokenized (engine/prompts.py), image k stands as the placehold
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import re
 import secrets
 from collections.abc import Callable, Sequence
@@ -26,8 +27,7 @@ from llamagrid.worker.engine.chat_inputs import Conversation
 from llamagrid.worker.engine.requests import Message
 
 #: Ids of image positions stay within int32 (KV bookkeeping may hold them in int32 arrays).
-_ID_RANGE = (1 << 31) - 2
-_STEP = 2_654_435_761  # Knuth's multiplicative constant: neighbouring positions far apart
+_ID_RANGE = (1 << 31) - 1
 
 
 @dataclass(frozen=True)
@@ -105,9 +105,16 @@ def placeholder(k: int) -> int:
 
 
 def image_token_ids(digest: str, chunk: int, n: int) -> list[int]:
-    """The ids of an image chunk's n positions: negative, derived from the image's SHA-256."""
-    base = int(digest[:16], 16) + chunk * 1_000_003
-    return [-1 - (base + j * _STEP) % _ID_RANGE for j in range(n)]
+    """The ids of an image chunk's n positions: negative, derived from the image's SHA-256.
+
+    Each position takes its own 31 bits of SHAKE-256 over the digest and the chunk, so two
+    different images share a prefix of cells only if they agree on every position's bits: no
+    one can craft an image that reuses another image's cells (31 bits for one id alone could
+    be found by brute force; 31 bits per position, for every one of an image's positions,
+    cannot, up to SHA-256's own strength)."""
+    stream = hashlib.shake_256(f"{digest}:{chunk}".encode()).digest(4 * n)
+    words = (int.from_bytes(stream[4 * j : 4 * j + 4], "big") for j in range(n))
+    return [-1 - word % _ID_RANGE for word in words]
 
 
 def expand_tokens(
