@@ -20,8 +20,9 @@ from llamagrid.grpc_options import channel_options
 from llamagrid.v1 import inference_pb2 as pb
 from llamagrid.v1 import inference_pb2_grpc as pb_grpc
 from llamagrid.worker.engine.chat_template import ChatTemplate
-from llamagrid.worker.engine.prompts import PromptTokenizer, SpecialToken, SpecialTokens
+from llamagrid.worker.engine.prompts import PromptTokenizer
 from llamagrid.worker.engine.requests import Message
+from llamagrid.worker.engine.special_texts import SpecialToken, SpecialTokens
 from llamagrid.worker.model_source import default_model_path
 from llamagrid.worker.native import llama_backend as lb
 from tests.procs import Proc, running, spawn_gateway, spawn_worker, wait_http_ok, wait_serving

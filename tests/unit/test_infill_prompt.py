@@ -22,7 +22,7 @@ from llamagrid.worker.engine.infill import (
     infill_tokens,
 )
 from llamagrid.worker.engine.limits import RequestLimits
-from llamagrid.worker.engine.prompts import PromptTokenizer, SpecialToken, SpecialTokens
+from llamagrid.worker.engine.prompts import PromptTokenizer
 from llamagrid.worker.engine.requests import (
     GenerationSpec,
     Infill,
@@ -30,6 +30,7 @@ from llamagrid.worker.engine.requests import (
     Sampling,
     SessionRef,
 )
+from llamagrid.worker.engine.special_texts import SpecialToken, SpecialTokens
 from llamagrid.worker.engine.validation import check_generation
 
 BOS, PRE, SUF, MID, REP, SEP = 1, 2, 3, 4, 5, 6

@@ -19,8 +19,9 @@ import pytest
 
 from llamagrid.worker.engine.chat_template import ChatTemplate
 from llamagrid.worker.engine.errors import EngineError, Reason
-from llamagrid.worker.engine.prompts import PromptTokenizer, SpecialToken, SpecialTokens
+from llamagrid.worker.engine.prompts import PromptTokenizer
 from llamagrid.worker.engine.requests import GenerationSpec, Message
+from llamagrid.worker.engine.special_texts import SpecialToken, SpecialTokens
 from llamagrid.worker.engine.validation import check_messages
 from llamagrid.worker.main import parse
 

@@ -24,14 +24,9 @@ from llamagrid.worker.engine.media import (
     image_token_ids,
     text_tokens,
 )
-from llamagrid.worker.engine.prompts import (
-    DEFAULT_MARKER,
-    MEDIA_MARKER_ID,
-    PromptTokenizer,
-    SpecialToken,
-    SpecialTokens,
-)
+from llamagrid.worker.engine.prompts import DEFAULT_MARKER, MEDIA_MARKER_ID, PromptTokenizer
 from llamagrid.worker.engine.requests import GenerationSpec, ImageInput, Message, SessionRef
+from llamagrid.worker.engine.special_texts import SpecialToken, SpecialTokens
 from llamagrid.worker.engine.validation import check_generation
 from tests.unit.test_prompt_tokens import CHATML, TOKENS, FakeVocab
 

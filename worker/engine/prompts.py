@@ -54,6 +54,8 @@ markers as at special tokens, and each image's tokens (engine/media.py) take its
 place; the template must write each image's marker once, else the request is refused. A raw
 prompt's images take the place of its media markers, one each, in order.
 
+The special-token matcher and the escaping live in engine/special_texts.py.
+
 Raw prompts (``prompt``) follow the same rule: tokenized with special tokens not parsed.
 Token-id prompts are used as given. ``--special-tokens-in-content`` and
 ``--special-tokens-in-prompt`` restore the old, unsafe parsing for operators who need it.
@@ -63,11 +65,9 @@ from __future__ import annotations
 
 import contextlib
 import re
-import secrets
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar, overload
+from typing import Any, Protocol, TypeVar
 
 from llamagrid.worker.engine.chat_inputs import (
     ChatInputs,
@@ -90,79 +90,10 @@ from llamagrid.worker.engine.media import (
 )
 from llamagrid.worker.engine.reports import TokenPiece
 from llamagrid.worker.engine.requests import GenerationSpec, Infill, Message
+from llamagrid.worker.engine.special_texts import Escaper, SpecialToken, SpecialTokens
 
 #: The whitespace C's isspace() knows, which llama.cpp strips beside LSTRIP/RSTRIP tokens.
 _ASCII_SPACE = " \t\n\v\f\r"
-#: Characters a placeholder may be delimited with: the first that no special token contains.
-_DELIMITERS = "#~^`@"
-
-
-@dataclass(frozen=True)
-class SpecialToken:
-    """A token llama.cpp matches in text only when parsing special tokens."""
-
-    id: int
-    text: str
-    #: A control token (BOS, EOS, a turn marker), as opposed to the unknown token.
-    control: bool = True
-    #: llama.cpp drops the whitespace before it (LSTRIP) or after it (RSTRIP).
-    lstrip: bool = False
-    rstrip: bool = False
-
-
-class SpecialTokens:
-    """A vocabulary's special tokens, and a matcher for their text."""
-
-    def __init__(self, tokens: Sequence[SpecialToken]) -> None:
-        self.by_text: dict[str, SpecialToken] = {}
-        for token in tokens:
-            if token.text and token.text not in self.by_text:
-                self.by_text[token.text] = token
-        self.control_ids = frozenset(t.id for t in tokens if t.control)
-        #: The texts in a fixed order: a placeholder names its text by index.
-        self.texts = tuple(self.by_text)
-        self._index = {text: i for i, text in enumerate(self.texts)}
-        self.pattern = _trie_pattern(self.texts)
-        delimiters = [d for d in _DELIMITERS if not any(d in text for text in self.texts)]
-        if not delimiters:
-            raise ValueError("every placeholder delimiter occurs in some special token")
-        self.delimiter = delimiters[0]
-
-    def find(self, text: str) -> list[tuple[int, int, SpecialToken]]:
-        """Every special token written in text: (start, end, token), leftmost-longest."""
-        if self.pattern is None:
-            return []
-        return [(m.start(), m.end(), self.by_text[m.group()]) for m in self.pattern.finditer(text)]
-
-    def index(self, text: str) -> int:
-        """The placeholder index of a special token's text."""
-        return self._index[text]
-
-
-#: A trie of characters; the key "" marks the end of a text.
-_Trie = dict[str, "_Trie"]
-
-
-def _trie_pattern(texts: Sequence[str]) -> re.Pattern[str] | None:
-    """A regex matching any of texts, longest first, built as a trie so that the work at each
-    position of a text grows with the longest token, not with the number of tokens."""
-    if not texts:
-        return None
-    root: _Trie = {}
-    for text in texts:
-        node = root
-        for char in text:
-            node = node.setdefault(char, {})
-        node[""] = {}
-
-    def build(node: _Trie) -> str:
-        branches = [re.escape(c) + build(child) for c, child in sorted(node.items()) if c]
-        if not branches:
-            return ""
-        body = branches[0] if len(branches) == 1 else "(?:" + "|".join(branches) + ")"
-        return f"(?:{body})?" if "" in node else body
-
-    return re.compile(build(root))
 
 
 class Vocab(Protocol):
@@ -466,7 +397,7 @@ class PromptTokenizer:
             return self._split_at_media(text, media, add_bos)
         # The media marker is one of specials' texts: a client's marker text is escaped as
         # special-token text is, and only image parts become the marker the template sees.
-        esc = _Escaper(self.specials, list(conversation.strings()))
+        esc = Escaper(self.specials, list(conversation.strings()))
         escaped = conversation.mapped(esc.escape)
         if markers is not None:
             conversation = markers.to_marker(conversation, self.media_marker)
@@ -586,7 +517,7 @@ class PromptTokenizer:
         self,
         text: str,
         found: list[tuple[int, int, SpecialToken]],
-        esc: _Escaper,
+        esc: Escaper,
         add_special: bool,
     ) -> list[int]:
         """Token ids of a rendering with placeholders: its special tokens, and the text between
@@ -627,58 +558,6 @@ class PromptTokenizer:
                 "they cannot be tokenized safely",
                 "messages",
             )
-
-
-class _Escaper:
-    """Swaps special-token text in client strings for placeholders, and back.
-
-    A placeholder is ``<d><nonce><d><index><d>``: d is a delimiter no special token contains
-    (so no special token can match across a placeholder's edge), the nonce a random number
-    that occurs in no client string, and index the special token's place in SpecialTokens.
-    """
-
-    def __init__(self, specials: SpecialTokens, strings: Sequence[str | None]) -> None:
-        self.specials = specials
-        d = specials.delimiter
-        while True:
-            self.marker = f"{d}{secrets.randbits(64)}{d}"
-            if not any(s and self.marker in s for s in strings):
-                break
-        #: What stands for a message's content in the skeleton rendering.
-        self.sentinel = f"{self.marker}c{d}"
-        self._placeholder = re.compile(re.escape(self.marker) + r"(\d+)" + re.escape(d))
-        #: Whether some client string held special-token text.
-        self.escaped = False
-
-    @overload
-    def escape(self, text: str) -> str: ...
-    @overload
-    def escape(self, text: None) -> None: ...
-    def escape(self, text: str | None) -> str | None:
-        """text with every special token's text replaced by its placeholder."""
-        pattern, d = self.specials.pattern, self.specials.delimiter
-        if not text or pattern is None:
-            return text
-        escaped, count = pattern.subn(
-            lambda m: f"{self.marker}{self.specials.index(m.group())}{d}", text
-        )
-        self.escaped = self.escaped or count > 0
-        return escaped
-
-    def restore(self, text: str) -> str:
-        """text with its placeholders replaced by the text they stand for."""
-        texts = self.specials.texts
-        try:
-            restored = self._placeholder.sub(lambda m: texts[int(m.group(1))], text)
-        except IndexError:
-            restored = self.marker  # a placeholder the template changed: refused below
-        if self.marker in restored:
-            raise invalid(
-                "the chat template alters message text that holds special-token text: these "
-                "messages cannot be tokenized safely",
-                "messages",
-            )
-        return restored
 
 
 #: Stand-ins for a session's earlier turns when a new turn is rendered: the template's glue

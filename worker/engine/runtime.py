@@ -19,14 +19,10 @@ from llamagrid.worker.engine.embedder import Embedder
 from llamagrid.worker.engine.infill import FimTokens
 from llamagrid.worker.engine.limits import RequestLimits
 from llamagrid.worker.engine.lora import parse_scaled
-from llamagrid.worker.engine.prompts import (
-    MEDIA_MARKER_ID,
-    PromptTokenizer,
-    SpecialToken,
-    SpecialTokens,
-)
+from llamagrid.worker.engine.prompts import MEDIA_MARKER_ID, PromptTokenizer
 from llamagrid.worker.engine.reports import ModelDescription
 from llamagrid.worker.engine.scheduler import Scheduler
+from llamagrid.worker.engine.special_texts import SpecialToken, SpecialTokens
 from llamagrid.worker.engine.vision import ImageEvaluator
 from llamagrid.worker.model_source import ModelSource
 from llamagrid.worker.native import devices as dv
