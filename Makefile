@@ -22,7 +22,7 @@ $(VENV)/.installed: pyproject.toml clients/python/pyproject.toml
 	# llama-cpp-python is built from source (pip caches the wheel it builds outside the clone).
 	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PIP) install --no-binary llama-cpp-python -e ./clients/python -e '.[dev]'
 	# A wheel cached from a build without libmtmd is built again, once, with it.
-	$(PY) -c 'import llama_cpp.mtmd_cpp' 2>/dev/null || { $(PIP) cache remove 'llama_cpp_python*' && \
+	$(PY) -c 'import llama_cpp.mtmd_cpp' 2>/dev/null || { $(PIP) cache remove 'llama_cpp_python*' || true; \
 	  CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PIP) install --force-reinstall --no-deps \
 	    --no-binary llama-cpp-python 'llama-cpp-python==$(LLAMA_CPP_VERSION)'; }
 	$(PY) -c 'import llama_cpp.mtmd_cpp' || { echo 'llama-cpp-python was built without libmtmd' >&2; exit 1; }
