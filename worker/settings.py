@@ -101,6 +101,21 @@ class WorkerSettings(BaseSettings):
     max_session_ttl_s: int = Field(
         default=86400, ge=1, description="The longest TTL a session may ask for, in seconds."
     )
+    max_session_images: int = Field(
+        default=32,
+        ge=0,
+        le=1024,
+        description="Most images one session's transcript holds (with --mmproj): each turn "
+        "reads them again from their bytes, in case the session's KV cache is gone.",
+    )
+    session_image_mib: int = Field(
+        default=1024,
+        ge=0,
+        le=1 << 24,
+        description="Memory (MiB) for the bytes of every session's images together (with "
+        "--mmproj); a turn that would pass it is refused with RESOURCE_EXHAUSTED, reason "
+        "SESSION_LIMIT.",
+    )
     host_cache_mib: int = Field(
         default=1024,
         ge=0,

@@ -19,7 +19,7 @@ import pytest
 
 from llamagrid.worker.engine.chat_template import ChatTemplate
 from llamagrid.worker.engine.errors import EngineError, Reason
-from llamagrid.worker.engine.prompts import PromptTokenizer
+from llamagrid.worker.engine.request_prompts import RequestPrompts
 from llamagrid.worker.engine.requests import GenerationSpec, Message
 from llamagrid.worker.engine.special_texts import SpecialToken, SpecialTokens
 from llamagrid.worker.engine.validation import check_messages
@@ -112,7 +112,7 @@ def tokenizer(
     vocab: FakeVocab | None = None,
     content: bool = False,
     prompt: bool = False,
-) -> tuple[PromptTokenizer, FakeVocab]:
+) -> tuple[RequestPrompts, FakeVocab]:
     vocab = vocab or FakeVocab()
     specials = SpecialTokens(
         [
@@ -122,7 +122,7 @@ def tokenizer(
         ]
     )
     template_ = ChatTemplate(template, bos_token="<|b|>", eos_token="<|e|>")
-    return PromptTokenizer(vocab, template_, specials, content, prompt), vocab
+    return RequestPrompts(vocab, template_, specials, content, prompt), vocab
 
 
 def render(template: str, messages: list[Message]) -> str:
@@ -131,7 +131,7 @@ def render(template: str, messages: list[Message]) -> str:
     )
 
 
-def refusal(prompts: PromptTokenizer, messages: list[Message]) -> EngineError:
+def refusal(prompts: RequestPrompts, messages: list[Message]) -> EngineError:
     with pytest.raises(EngineError) as caught:
         prompts.chat_tokens(messages)
     assert caught.value.reason is Reason.INVALID_VALUE

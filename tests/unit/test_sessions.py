@@ -1,5 +1,5 @@
 """Sessions without a model: the session table's rules (engine/sessions.py) and how a turn's
-tokens follow a transcript (PromptTokenizer.turn_tokens), on the stand-in vocabulary of
+tokens follow a transcript (RequestPrompts.turn_tokens), on the stand-in vocabulary of
 test_prompt_tokens."""
 
 from __future__ import annotations

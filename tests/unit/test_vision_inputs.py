@@ -24,7 +24,8 @@ from llamagrid.worker.engine.media import (
     image_token_ids,
     text_tokens,
 )
-from llamagrid.worker.engine.prompts import DEFAULT_MARKER, MEDIA_MARKER_ID, PromptTokenizer
+from llamagrid.worker.engine.prompts import DEFAULT_MARKER, MEDIA_MARKER_ID
+from llamagrid.worker.engine.request_prompts import RequestPrompts
 from llamagrid.worker.engine.requests import GenerationSpec, ImageInput, Message, SessionRef
 from llamagrid.worker.engine.special_texts import SpecialToken, SpecialTokens
 from llamagrid.worker.engine.validation import check_generation
@@ -147,12 +148,12 @@ class FakeProjector:
 
 def vision_tokenizer(
     template: str = CHATML, wrap: bool = True
-) -> tuple[PromptTokenizer, FakeVocab, FakeProjector]:
+) -> tuple[RequestPrompts, FakeVocab, FakeProjector]:
     vocab, projector = FakeVocab(), FakeProjector(wrap=wrap)
     rows = [SpecialToken(t.id, t.text, t.kind == "control") for t in TOKENS if t.kind != "user"]
     specials = SpecialTokens([*rows, SpecialToken(MEDIA_MARKER_ID, DEFAULT_MARKER, False)])
     chat = ChatTemplate(template, bos_token="<|b|>", eos_token="<|e|>")
-    return PromptTokenizer(vocab, chat, specials, images=projector), vocab, projector
+    return RequestPrompts(vocab, chat, specials, images=projector), vocab, projector
 
 
 PNG = ImageInput(encoded("PNG"))
@@ -211,8 +212,9 @@ def test_a_raw_prompt_takes_an_image_per_marker_and_must_not_end_with_one() -> N
 
 def test_expanding_places_each_image_by_its_placeholder() -> None:
     chunks = [FakeChunks([ImagePiece(0, 2, 2, False)]), FakeChunks([ImagePiece(0, 1, 1, False)])]
-    ids, spans = expand_tokens([7, -2, 8, -1, 9], chunks, ["11" * 32, "22" * 32])
+    ids, spans, starts = expand_tokens([7, -2, 8, -1, 9], chunks, ["11" * 32, "22" * 32])
     assert [(s.start, s.length, s.image) for s in spans] == [(1, 1, 1), (3, 2, 0)]
+    assert starts == [3, 1]  # by image
     assert ids[0] == 7 and ids[2] == 8 and ids[-1] == 9 and len(ids) == 6
 
 
@@ -240,8 +242,6 @@ def test_images_are_validated_before_any_work() -> None:
     assert both.param == "messages[0].parts"
     many = validation_error(GenerationSpec(messages=(Message("user", "", parts=(PNG,) * 3),)))
     assert "3 images given" in str(many)
-    session = GenerationSpec(messages=(image,), session=SessionRef("s" * 16))
-    assert "session turns" in str(validation_error(session))
     logprobs = GenerationSpec(prompt=f"{DEFAULT_MARKER} x", images=(PNG,), prompt_logprobs=1)
     assert validation_error(logprobs).param == "prompt_logprobs"
     markers = GenerationSpec(prompt="no marker", images=(PNG,))
@@ -252,3 +252,5 @@ def test_images_are_validated_before_any_work() -> None:
     assert validation_error(bad).param == "images[0]"
     fine = GenerationSpec(prompt=f"{DEFAULT_MARKER} x", images=(PNG,))
     check_generation(fine, 1000, media_marker=DEFAULT_MARKER)
+    turn = GenerationSpec(messages=(image,), session=SessionRef("s" * 16))
+    check_generation(turn, 1000, media_marker=DEFAULT_MARKER)  # the session's limit: the engine's

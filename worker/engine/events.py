@@ -97,6 +97,8 @@ class SessionCommit:
     turns: int
     length: int
     appended: tuple[int, ...]
+    #: Where each image of the turn begins in the transcript, in the request's image order.
+    image_starts: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from typing import Any, ParamSpec, Protocol, TypeVar
 
 from llamagrid.worker.engine.channel import EventChannel, WakeGate
@@ -28,9 +28,9 @@ from llamagrid.worker.engine.errors import EngineError, Reason, internal, not_re
 from llamagrid.worker.engine.events import Chunk, Event, Final
 from llamagrid.worker.engine.limits import RequestLimits
 from llamagrid.worker.engine.lora import LoraAdapter, LoraScale, Scales, check_lora, scales_of
-from llamagrid.worker.engine.media import Media, text_tokens
+from llamagrid.worker.engine.media import Media, PlacedImage, text_tokens
 from llamagrid.worker.engine.parsing import reasoning_format_of, tool_format_of
-from llamagrid.worker.engine.prompts import PromptTokenizer, check_fits
+from llamagrid.worker.engine.prompts import check_fits
 from llamagrid.worker.engine.reports import (
     EmbedResult,
     KvTier,
@@ -40,7 +40,8 @@ from llamagrid.worker.engine.reports import (
     TierCounts,
     TokenPiece,
 )
-from llamagrid.worker.engine.requests import GenerationSpec, Message, ReasoningFormat
+from llamagrid.worker.engine.request_prompts import RequestPrompts
+from llamagrid.worker.engine.requests import GenerationSpec, ImageInput, Message, ReasoningFormat
 from llamagrid.worker.engine.runtime import Runtime
 from llamagrid.worker.engine.sampling import prepare_history, wants_history
 from llamagrid.worker.engine.sessions import (
@@ -135,9 +136,13 @@ class Engine(Protocol):
         """Refuse new work, let running work finish for up to grace_s, then stop."""
 
     async def open_session(
-        self, ttl_s: int, tokens: list[int], turn_ends: list[int]
+        self,
+        ttl_s: int,
+        tokens: list[int],
+        turn_ends: list[int],
+        images: Sequence[tuple[int, ImageInput]] = (),
     ) -> SessionReport:
-        """A new session, empty or resuming from a transcript."""
+        """A new session, empty or resuming from a transcript and its images."""
 
     async def describe_session(self, session_id: str, with_transcript: bool) -> SessionReport:
         """A session's state, and its transcript when asked."""
@@ -175,7 +180,7 @@ class LlamaEngine:
         self._running = 0
         self._limits = RequestLimits.from_settings(settings)
         #: Set once loaded: templates and tokenization, called on the tokenizer threads.
-        self._prompts: PromptTokenizer | None = None
+        self._prompts: RequestPrompts | None = None
         self._tokenizer_pool = concurrent.futures.ThreadPoolExecutor(
             TOKENIZE_THREADS, thread_name_prefix="llama-tokenize"
         )
@@ -187,7 +192,11 @@ class LlamaEngine:
         self._formats: tuple[str, str | None] | None = None
         #: Conversations kept here (on the event loop's thread only).
         self.sessions = SessionTable(
-            settings.max_sessions, settings.session_ttl_s, settings.max_session_ttl_s
+            settings.max_sessions,
+            settings.session_ttl_s,
+            settings.max_session_ttl_s,
+            max_images=settings.max_session_images,
+            image_bytes=settings.session_image_mib << 20,
         )
         #: GetSlots and slot files (--slot-save-path), run through this engine's thread.
         self.slot_control = SlotControl(settings.slot_save_path, self._call)
@@ -360,10 +369,12 @@ class LlamaEngine:
                 else:
                     prompt = await self._off_thread(prompts.prompt_tokens, request)
             else:
-                history = session.tokens.tolist()
-                turn = await self._off_thread(prompts.turn_tokens, request, history)
+                history, placed = session.tokens.tolist(), list(session.images)
+                turn, media = await self._off_thread(prompts.turn_media, request, history, placed)
                 prompt = history + turn
                 self.sessions.check_open(session)
+                if media is not None:  # the turn's own images, held until it commits or ends
+                    self.sessions.reserve(session, media.placed(request.all_images, len(placed)))
             check_fits(request, len(prompt), seq_ctx)
             check_prompt_logprobs(request, len(prompt), self._limits)
             echo = await self._echo_text(request) if request.echo else None
@@ -441,15 +452,27 @@ class LlamaEngine:
 
     # Sessions (engine/sessions.py): the table lives on the event loop's thread.
     async def open_session(
-        self, ttl_s: int, tokens: list[int], turn_ends: list[int]
+        self,
+        ttl_s: int,
+        tokens: list[int],
+        turn_ends: list[int],
+        images: Sequence[tuple[int, ImageInput]] = (),
     ) -> SessionReport:
-        """A new session, empty or resuming from a transcript."""
+        """A new session, empty or resuming from a transcript and its images (each image's
+        tokens begin at its position)."""
         self._check_accepting()
         desc = self.description()
         check_token_count(len(tokens), self._limits, "transcript.token_ids")
-        check_token_ids(tokens, desc.vocab_size, "transcript.token_ids")
         check_transcript(tokens, turn_ends, desc.context_per_slot)
-        return await self._report(self.sessions.open(ttl_s, tokens, turn_ends), False)
+        placed: list[PlacedImage] = []
+        text = tokens
+        if images:
+            self.sessions.check_image_count(len(images), "transcript.images")
+            prompts = self._tokenizer()
+            placed, text = await self._off_thread(prompts.transcript_images, tokens, images)
+        check_token_ids(text, desc.vocab_size, "transcript.token_ids")
+        session = self.sessions.open(ttl_s, tokens, turn_ends, placed)
+        return await self._report(session, False)
 
     async def describe_session(self, session_id: str, with_transcript: bool) -> SessionReport:
         """A session's state, and its transcript when asked."""
@@ -497,7 +520,9 @@ class LlamaEngine:
             ttl_s=session.ttl_s,
             kv_tier=tier,
             busy=session.busy,
+            images=len(session.images),
             tokens=tuple(tokens) if with_transcript else None,
+            placed=tuple(session.images) if with_transcript else (),
         )
 
     async def embed(
@@ -613,7 +638,7 @@ class LlamaEngine:
             raise not_ready("the worker is shutting down")
         self.description()
 
-    def _tokenizer(self) -> PromptTokenizer:
+    def _tokenizer(self) -> RequestPrompts:
         self._check_accepting()
         if self._prompts is None:
             raise not_ready("the model is still loading")

@@ -9,8 +9,10 @@ image reuses its KV cells while a different image of the same size does not. A r
 never ends inside an image (``image_boundary``): an image's cells are reused whole or not at
 all.
 
-While a prompt is tokenized (engine/prompts.py), image k stands as the placeholder id
-``-1 - k``; ``expand_tokens`` puts the image's tokens in its place.
+While a prompt is tokenized (engine/request_prompts.py), image k stands as the placeholder id
+``-1 - k``; ``expand_tokens`` puts the image's tokens in its place. A session's transcript
+keeps its images as ``PlacedImage``s (where each one's tokens begin, and its bytes), so that a
+later turn can read them again and ``Media.place`` them where they are.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from llamagrid.worker.engine.chat_inputs import Conversation
-from llamagrid.worker.engine.requests import Message
+from llamagrid.worker.engine.requests import ImageInput, Message
 
 #: Ids of image positions stay within int32 (KV bookkeeping may hold them in int32 arrays).
 _ID_RANGE = (1 << 31) - 1
@@ -68,12 +70,71 @@ class MediaSpan:
     piece: ImagePiece
 
 
+@dataclass(frozen=True)
+class PlacedImage:
+    """An image of a session's transcript: where its tokens begin (the text tokens the projector
+    puts before it, then its positions), its id and its encoded bytes."""
+
+    start: int
+    #: The SHA-256 of its bytes (hex): the id its positions' ids derive from.
+    digest: str
+    image: ImageInput
+
+
 @dataclass(eq=False)
 class Media:
-    """The images of one prompt, owned until ``close``: their chunks and their spans."""
+    """The images of one prompt, owned until ``close``: their chunks, their ids (SHA-256 of
+    their bytes), where each one's tokens begin, and their chunks' spans."""
 
     images: list[Chunks]
     spans: list[MediaSpan] = field(default_factory=list)
+    digests: list[str] = field(default_factory=list)
+    #: Where image k's tokens begin in the prompt (its text tokens first, then its positions).
+    starts: list[int] = field(default_factory=list)
+
+    def add(self, chunks: Chunks, digest: str) -> None:
+        """Own one more image's chunks (placed later, by ``expand`` or ``place``)."""
+        self.images.append(chunks)
+        self.digests.append(digest)
+
+    def expand(self, ids: Sequence[int], first: int = 0, offset: int = 0) -> list[int]:
+        """``ids`` with each placeholder replaced by its image's tokens (``expand_tokens``):
+        placeholder j stands for image ``first + j``, and ``ids`` begin at prompt position
+        ``offset``; the images' spans and starts are recorded."""
+        out, spans, starts = expand_tokens(ids, self.images[first:], self.digests[first:])
+        self.spans += [
+            dataclasses.replace(s, start=s.start + offset, image=s.image + first) for s in spans
+        ]
+        self.starts += [offset + start for start in starts]
+        return out
+
+    def place(self, tokens: Sequence[int], start: int, k: int) -> int:
+        """Record image k as beginning at ``start`` in ``tokens`` (an expanded prompt, such as
+        a session's transcript), which must hold exactly the tokens the image gives there;
+        returns where they end. Raises ValueError when they are not there."""
+        pos = start
+        for piece in self.images[k].pieces:
+            if isinstance(piece, TextPiece):
+                if list(tokens[pos : pos + len(piece.tokens)]) != list(piece.tokens):
+                    raise ValueError(f"the image's text tokens are not at {pos}")
+                pos += len(piece.tokens)
+                continue
+            if piece.n_pos != piece.n_tokens:
+                raise ValueError("an image chunk whose positions differ from its tokens")
+            ids = image_token_ids(self.digests[k], piece.index, piece.n_tokens)
+            if list(tokens[pos : pos + piece.n_tokens]) != ids:
+                raise ValueError(f"the image's positions are not at {pos}")
+            self.spans.append(MediaSpan(pos, piece.n_tokens, k, piece))
+            pos += piece.n_tokens
+        self.starts.append(start)
+        return pos
+
+    def placed(self, images: Sequence[ImageInput], first: int) -> list[PlacedImage]:
+        """Images ``first``, ``first + 1``, ... as placed images, given their bytes."""
+        return [
+            PlacedImage(self.starts[first + j], self.digests[first + j], image)
+            for j, image in enumerate(images)
+        ]
 
     def span_at(self, pos: int) -> MediaSpan | None:
         """The image chunk that starts at a prompt position, if one does."""
@@ -119,16 +180,19 @@ def image_token_ids(digest: str, chunk: int, n: int) -> list[int]:
 
 def expand_tokens(
     ids: Sequence[int], images: Sequence[Chunks], digests: Sequence[str]
-) -> tuple[list[int], list[MediaSpan]]:
+) -> tuple[list[int], list[MediaSpan], list[int]]:
     """The prompt with each placeholder replaced by its image's tokens (text tokens the model
-    puts around an image, then one id per image position), and the images' spans."""
+    puts around an image, then one id per image position), the images' spans, and where each
+    image's tokens begin (by image)."""
     out: list[int] = []
     spans: list[MediaSpan] = []
+    starts = [0] * len(images)
     for token in ids:
         if token >= 0:
             out.append(token)
             continue
         k = -1 - token
+        starts[k] = len(out)
         for piece in images[k].pieces:
             if isinstance(piece, TextPiece):
                 out.extend(piece.tokens)
@@ -137,7 +201,7 @@ def expand_tokens(
                 raise ValueError("an image chunk whose positions differ from its tokens")
             spans.append(MediaSpan(len(out), piece.n_tokens, k, piece))
             out.extend(image_token_ids(digests[k], piece.index, piece.n_tokens))
-    return out, spans
+    return out, spans, starts
 
 
 def image_boundary(prompt: Sequence[int], length: int) -> int:

@@ -51,8 +51,8 @@ in its content, where the template sees them, as llama-server does. The marker i
 special texts, so a marker a client types in a text part is escaped like special-token text
 and stays text; only the parts sent as images become markers. The rendering is cut at the
 markers as at special tokens, and each image's tokens (engine/media.py) take its marker's
-place; the template must write each image's marker once, else the request is refused. A raw
-prompt's images take the place of its media markers, one each, in order.
+place; the template must write each image's marker once, else the request is refused. The
+images themselves, raw prompts with images and session turns are engine/request_prompts.py's.
 
 The special-token matcher and the escaping live in engine/special_texts.py.
 
@@ -77,14 +77,10 @@ from llamagrid.worker.engine.chat_inputs import (
 )
 from llamagrid.worker.engine.chat_template import OBJECT_CALLS, ChatTemplate
 from llamagrid.worker.engine.errors import context_exceeded, invalid, not_ready, unsupported
-from llamagrid.worker.engine.images import decode as decode_image
-from llamagrid.worker.engine.images import image_params
 from llamagrid.worker.engine.infill import FimTokens, infill_tokens
 from llamagrid.worker.engine.media import (
     Chunks,
-    Media,
     MediaMarkers,
-    expand_tokens,
     parts_as_content,
     placeholder,
 )
@@ -174,8 +170,6 @@ class PromptTokenizer:
         self._cond = threading.Condition()
         self._users = 0
         self._closed = False
-        #: The template's end of an assistant turn as token ids (computed on first use).
-        self._closing: list[int] | None = None
 
     # Life cycle: the model must not be freed under a running call.
     @contextlib.contextmanager
@@ -223,59 +217,6 @@ class PromptTokenizer:
             raise invalid("the prompt is empty", "prompt")
         return tokens
 
-    def prompt_media(self, spec: GenerationSpec) -> tuple[list[int], Media | None]:
-        """The prompt of a validated request as token ids, and its images (None without): each
-        image decoded (engine/images.py), tokenized by the projector, and put in its place:
-        a raw prompt's media markers, or the chat template's rendering of image parts. The
-        caller owns the Media and closes it."""
-        images = spec.all_images
-        if not images:
-            return self.prompt_tokens(spec), None
-        with self._use():
-            if self.images is None:
-                raise unsupported("this model does not read images", "messages")
-            media = Media([])
-            try:
-                digests: list[str] = []
-                max_bytes, max_pixels = self.image_limits
-                for image, param in zip(images, image_params(spec), strict=True):
-                    pixels = decode_image(image, max_bytes, max_pixels, param)
-                    tokenize = self.images.tokenize
-                    media.images.append(
-                        tokenize(pixels.width, pixels.height, pixels.rgb, pixels.digest)
-                    )
-                    digests.append(pixels.digest)
-                if spec.messages is not None:
-                    ids = self.chat_tokens(spec.messages, inputs=ChatInputs.of(spec))
-                else:
-                    ids = self._marked_prompt(spec.prompt or "", len(images))
-                prompt, media.spans = expand_tokens(ids, media.images, digests)
-                if not prompt or prompt[-1] < 0:
-                    raise invalid(
-                        "the prompt ends with an image: put text after it (the model answers "
-                        "from a text token)",
-                        "images",
-                    )
-                return prompt, media
-            except BaseException:
-                media.close()
-                raise
-
-    def _marked_prompt(self, text: str, n_images: int) -> list[int]:
-        """A raw prompt's ids with image k's placeholder at its k-th media marker."""
-        assert self.images is not None
-        pieces = text.split(self.images.marker)
-        if len(pieces) != n_images + 1:
-            raise invalid(f"the prompt holds {len(pieces) - 1} media markers", "images")
-        prefix, suffix = self._frame()
-        ids = list(prefix)
-        for k, piece in enumerate(pieces):
-            if k:
-                ids.append(placeholder(k - 1))
-            if piece:
-                ids += self.vocab.tokenize(piece, False, self.special_in_prompt)
-        return ids + suffix
-
     def _infill_prompt(self, infill: Infill, n_predict: int) -> list[int]:
         """A fill-in-the-middle prompt with the model's FIM tokens (engine/infill.py); its
         texts are plain text, special-token text included."""
@@ -306,47 +247,6 @@ class PromptTokenizer:
         """Text of token ids (the Detokenize RPC)."""
         with self._use():
             return self.vocab.detokenize(tokens, render_special)
-
-    def turn_tokens(self, spec: GenerationSpec, transcript: Sequence[int]) -> list[int]:
-        """The tokens a session turn adds after ``transcript`` (engine/sessions.py).
-
-        The first turn of an empty session is tokenized as a request of its own (BOS
-        included). Later turns: token ids as given; text without BOS; chat messages as the
-        template writes them after earlier turns: the end of the assistant's turn (unless the
-        transcript already ends with it), then the new messages and the assistant's header.
-        """
-        if spec.all_images:
-            raise invalid("images are not supported in session turns yet", "messages")
-        with self._use():
-            if not transcript:
-                return self.prompt_tokens(spec)
-            if spec.tokens is not None:
-                tokens = list(spec.tokens)
-            elif spec.messages is not None:
-                closing = self._closing_ids()
-                ends_closed = bool(closing) and list(transcript[-len(closing) :]) == closing
-                tokens = ([] if ends_closed else closing) + self.chat_tokens(
-                    spec.messages, after=_EARLIER_TURNS, inputs=ChatInputs.of(spec)
-                )
-            else:
-                tokens = self.vocab.tokenize(spec.prompt or "", False, self.special_in_prompt)
-        if not tokens:
-            raise invalid("the turn's input is empty", "prompt")
-        return tokens
-
-    def _closing_ids(self) -> list[int]:
-        """What the template writes after an assistant message's content (ChatML:
-        ``<|im_end|>`` and a newline), as token ids: template text only, so special tokens are
-        parsed."""
-        if self._closing is None:
-            text = self._render(
-                [message_dict(m) for m in _EARLIER_TURNS], add_generation_prompt=False
-            )
-            content = _EARLIER_TURNS[-1].content
-            end = text.rfind(content)
-            closing = text[end + len(content) :] if end >= 0 else ""
-            self._closing = self.vocab.tokenize(closing, False, True) if closing else []
-        return self._closing
 
     def chat_text(self, messages: Sequence[Message]) -> str:
         """The template's rendering of messages, then the opening of the assistant's turn, as
@@ -560,9 +460,6 @@ class PromptTokenizer:
             )
 
 
-#: Stand-ins for a session's earlier turns when a new turn is rendered: the template's glue
-#: after them does not depend on their text.
-_EARLIER_TURNS = (Message("user", "Hello"), Message("assistant", "Hi there"))
 #: Tokens at the end of a prompt searched for an open thinking block.
 _THINK_TAIL_TOKENS = 8
 

@@ -6,6 +6,7 @@ import enum
 from dataclasses import dataclass, field
 
 from llamagrid.worker.engine.dimensions import EmbeddingDimensions
+from llamagrid.worker.engine.media import PlacedImage
 
 
 @dataclass(frozen=True)
@@ -83,8 +84,11 @@ class SessionReport:
     ttl_s: int
     kv_tier: KvTier
     busy: bool
-    #: The transcript, when asked for.
+    #: Images in the transcript.
+    images: int = 0
+    #: The transcript, when asked for: its token ids and its images.
     tokens: tuple[int, ...] | None = None
+    placed: tuple[PlacedImage, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -19,8 +19,9 @@ from llamagrid.worker.engine.embedder import Embedder
 from llamagrid.worker.engine.infill import FimTokens
 from llamagrid.worker.engine.limits import RequestLimits
 from llamagrid.worker.engine.lora import parse_scaled
-from llamagrid.worker.engine.prompts import MEDIA_MARKER_ID, PromptTokenizer
+from llamagrid.worker.engine.prompts import MEDIA_MARKER_ID
 from llamagrid.worker.engine.reports import ModelDescription
+from llamagrid.worker.engine.request_prompts import RequestPrompts
 from llamagrid.worker.engine.scheduler import Scheduler
 from llamagrid.worker.engine.special_texts import SpecialToken, SpecialTokens
 from llamagrid.worker.engine.vision import ImageEvaluator
@@ -118,7 +119,7 @@ class Runtime:
             rows.append(SpecialToken(MEDIA_MARKER_ID, self.projector.marker, control=False))
         specials = SpecialTokens(rows)
         #: Renders and tokenizes prompts on tokenizer threads (LlamaEngine's pool).
-        self.prompts = PromptTokenizer(
+        self.prompts = RequestPrompts(
             self.model,
             self.template,
             specials,

@@ -19,6 +19,12 @@ Rules, all enforced here, on the event loop's thread (so no lock is needed):
   call sweeps at most once a second) and its id remembered for a while, so that a late client
   hears SESSION_EXPIRED rather than SESSION_NOT_FOUND.
 - **A bounded number** of sessions: opening one more is refused (SESSION_LIMIT).
+- **Images** (a vision model's): a transcript keeps each image's bytes beside the negative ids
+  of its positions (engine/media.py), so that a turn whose KV cache is gone can read them
+  again. At most ``max_images`` per session; the bytes of every session's images together stay
+  within the ``ImageBank``'s budget (equal images, as in forks, are kept once). A turn holds
+  its new images in the bank before it runs (``reserve``), and gives them back if it does not
+  commit.
 
 Transcripts are kept as ``array('i')``: 4 bytes a token, not a Python int object each.
 """
@@ -34,7 +40,8 @@ from dataclasses import dataclass, field
 
 from llamagrid.worker.engine.errors import EngineError, Reason, invalid
 from llamagrid.worker.engine.events import SessionCommit
-from llamagrid.worker.engine.requests import SessionRef
+from llamagrid.worker.engine.media import PlacedImage
+from llamagrid.worker.engine.requests import ImageInput, SessionRef
 
 #: What every session id starts with.
 ID_PREFIX = "ses_"
@@ -64,6 +71,10 @@ class Session:
     closed: bool = False
     #: Set by cancel_turn: the running turn must not commit.
     cancel_pending: bool = False
+    #: The transcript's images, in order of start (held in the table's ImageBank).
+    images: list[PlacedImage] = field(default_factory=list)
+    #: The running turn's new images, held until it commits or ends.
+    pending: list[PlacedImage] = field(default_factory=list)
 
     @property
     def turns(self) -> int:
@@ -75,6 +86,57 @@ class Session:
         return self.last_used + self.ttl_s
 
 
+@dataclass
+class _Held:
+    image: ImageInput
+    holders: int = 0
+
+
+class ImageBank:
+    """The encoded images of every session's transcript: each image once, however many
+    sessions hold it, and their bytes within a budget."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        #: Bytes of the images held.
+        self.bytes = 0
+        self._held: dict[str, _Held] = {}
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+    def hold(self, images: Sequence[PlacedImage]) -> list[PlacedImage]:
+        """Hold each image, all or none, returned as the bank keeps it; raises SESSION_LIMIT
+        when the images not held yet would pass the budget."""
+        new = {p.digest: len(p.image.data) for p in images if p.digest not in self._held}
+        if self.bytes + sum(new.values()) > self.max_bytes:
+            raise EngineError(
+                Reason.SESSION_LIMIT,
+                f"the sessions on this worker hold {self.bytes} bytes of images; "
+                f"{sum(new.values())} more would pass its budget of {self.max_bytes} "
+                "(--session-image-mib): close sessions, or wait for some to expire",
+                retry_after_s=1.0,
+            )
+        kept: list[PlacedImage] = []
+        for p in images:
+            held = self._held.get(p.digest)
+            if held is None:
+                held = self._held[p.digest] = _Held(p.image)
+                self.bytes += len(p.image.data)
+            held.holders += 1
+            kept.append(PlacedImage(p.start, p.digest, held.image))
+        return kept
+
+    def release(self, images: Sequence[PlacedImage]) -> None:
+        """Stop holding each image; one no session holds any more is dropped."""
+        for p in images:
+            held = self._held[p.digest]
+            held.holders -= 1
+            if not held.holders:
+                del self._held[p.digest]
+                self.bytes -= len(held.image.data)
+
+
 class SessionTable:
     """The worker's sessions. Call only from the event loop's thread."""
 
@@ -84,10 +146,15 @@ class SessionTable:
         default_ttl_s: int,
         max_ttl_s: int,
         clock: Callable[[], float] = time.monotonic,
+        max_images: int = 32,
+        image_bytes: int = 1 << 30,
     ) -> None:
         self.max_sessions = max_sessions
         self.default_ttl_s = default_ttl_s
         self.max_ttl_s = max_ttl_s
+        #: Most images in one session's transcript.
+        self.max_images = max_images
+        self.bank = ImageBank(image_bytes)
         self._clock = clock
         self._sessions: dict[str, Session] = {}
         self._expired: OrderedDict[str, None] = OrderedDict()
@@ -108,9 +175,14 @@ class SessionTable:
 
     # Life cycle.
     def open(
-        self, ttl_s: int, tokens: Sequence[int] = (), turn_ends: Sequence[int] = ()
+        self,
+        ttl_s: int,
+        tokens: Sequence[int] = (),
+        turn_ends: Sequence[int] = (),
+        images: Sequence[PlacedImage] = (),
     ) -> Session:
-        """A new session, empty or holding a transcript (already validated by the caller)."""
+        """A new session, empty or holding a transcript and its images (already validated by
+        the caller)."""
         self.sweep(force=len(self._sessions) >= self.max_sessions)
         if len(self._sessions) >= self.max_sessions:
             raise EngineError(
@@ -119,12 +191,15 @@ class SessionTable:
                 "close one or wait for one to expire",
                 retry_after_s=1.0,
             )
+        ttl_s = self._ttl(ttl_s)
+        self.check_image_count(len(images), "transcript.images")
         session = Session(
             session_id=ID_PREFIX + secrets.token_urlsafe(16),
-            ttl_s=self._ttl(ttl_s),
+            ttl_s=ttl_s,
             last_used=self._clock(),
             tokens=array("i", tokens),
             turn_ends=list(turn_ends),
+            images=self.bank.hold(images),
         )
         self._sessions[session.session_id] = session
         return session
@@ -144,7 +219,10 @@ class SessionTable:
         """A new session holding the first ``turns`` committed turns of another."""
         source = self.get(session_id)
         length = self._length_at(source, turns)
-        return self.open(ttl_s or source.ttl_s, source.tokens[:length], source.turn_ends[:turns])
+        images = [p for p in source.images if p.start < length]
+        return self.open(
+            ttl_s or source.ttl_s, source.tokens[:length], source.turn_ends[:turns], images
+        )
 
     def rollback(self, session_id: str, turns: int) -> Session:
         """Keep only the first ``turns`` committed turns."""
@@ -154,6 +232,9 @@ class SessionTable:
         length = self._length_at(session, turns)
         del session.tokens[length:]
         del session.turn_ends[turns:]
+        kept = [p for p in session.images if p.start < length]
+        self.bank.release(session.images[len(kept) :])
+        session.images = kept
         return session
 
     def close(self, session_id: str) -> None:
@@ -161,6 +242,7 @@ class SessionTable:
         session = self.get(session_id)
         del self._sessions[session_id]
         session.closed = True
+        self._drop_images(session)
         if session.cancel is not None:
             session.cancel(_closed(session_id))
 
@@ -192,6 +274,24 @@ class SessionTable:
         session.busy = True
         return session
 
+    def check_image_count(self, n: int, param: str, session: Session | None = None) -> None:
+        """A session may hold at most max_images images."""
+        held = len(session.images) if session is not None else 0
+        if held + n > self.max_images:
+            more = f"the session holds {held} images; {n} more" if session else f"{n} images"
+            raise invalid(
+                f"{more} would pass the limit of {self.max_images} images a session may hold "
+                "(--max-session-images)",
+                param,
+            )
+
+    def reserve(self, session: Session, images: Sequence[PlacedImage]) -> None:
+        """Hold a turn's new images until it commits or ends; raises when the session, or
+        the worker's budget, has no room for them."""
+        if images:
+            self.check_image_count(len(images), "messages", session)
+            session.pending = self.bank.hold(images)
+
     def check_open(self, session: Session) -> None:
         """Raise if the session was closed, or its turn cancelled, while the turn ran."""
         if session.closed:
@@ -204,10 +304,15 @@ class SessionTable:
         self.check_open(session)
         session.tokens.extend(appended)
         session.turn_ends.append(len(session.tokens))
-        return SessionCommit(session.turns, len(session.tokens), tuple(appended))
+        new, session.pending = session.pending, []
+        session.images += new
+        starts = tuple(p.start for p in new)
+        return SessionCommit(session.turns, len(session.tokens), tuple(appended), starts)
 
     def end_turn(self, session: Session) -> None:
-        """The turn is over, committed or not."""
+        """The turn is over, committed or not (an uncommitted turn's images are let go)."""
+        self.bank.release(session.pending)
+        session.pending = []
         session.busy = False
         session.cancel = None
         session.cancel_pending = False
@@ -226,10 +331,16 @@ class SessionTable:
         return len(expired)
 
     def _expire(self, session: Session) -> None:
-        self._sessions.pop(session.session_id, None)
+        if self._sessions.pop(session.session_id, None) is not None:
+            self._drop_images(session)
         self._expired[session.session_id] = None
         while len(self._expired) > EXPIRED_MEMORY:
             self._expired.popitem(last=False)
+
+    def _drop_images(self, session: Session) -> None:
+        """A gone session's transcript images are let go (a running turn's, when it ends)."""
+        self.bank.release(session.images)
+        session.images = []
 
     def _missing(self, session_id: str) -> EngineError:
         shown = session_id if len(session_id) <= 40 else session_id[:40] + "..."

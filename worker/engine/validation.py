@@ -138,8 +138,9 @@ def check_images(
 ) -> None:
     """Images come with a raw prompt (``images``, one per media marker) or in chat messages'
     parts, only for a model that reads images, at most max_images of them, each a supported
-    image within the byte and pixel limits; not on session turns, and not with
-    prompt_logprobs (an image position has no token to score)."""
+    image within the byte and pixel limits; not with prompt_logprobs (an image position has
+    no token to score). A session turn's images also count against its session's limit, which
+    the engine checks (engine/sessions.py)."""
     if spec.images and spec.prompt is None:
         raise invalid(
             "images go with a raw prompt (input prompt); chat messages carry theirs in parts",
@@ -155,8 +156,6 @@ def check_images(
         raise unsupported(f"{name} does not read images (its worker has no --mmproj)", field)
     if len(images) > limits.max_images:
         raise invalid(f"{len(images)} images given; at most {limits.max_images} are allowed", field)
-    if spec.session is not None:
-        raise invalid("images are not supported in session turns yet", field)
     if spec.prompt_logprobs is not None:
         raise invalid(
             "prompt_logprobs is not supported with images: an image's positions have no "

@@ -12,6 +12,7 @@ from llamagrid.v1 import inference_pb2_grpc as pb_grpc
 from llamagrid.worker.engine.errors import EngineError
 from llamagrid.worker.engine.llama_engine import Engine
 from llamagrid.worker.engine.reports import SessionReport
+from llamagrid.worker.engine.requests import ImageInput
 from llamagrid.worker.rpc.servicer import abort, check_model
 from llamagrid.worker.rpc.translate import session_to_proto
 
@@ -35,10 +36,12 @@ class SessionService(pb_grpc.SessionServiceServicer):
         """A new session, empty or resuming from the given transcript."""
         try:
             check_model(self.engine, request.model)
+            transcript = request.transcript
             report = await self.engine.open_session(
                 request.ttl_s,
-                list(request.transcript.token_ids),
-                list(request.transcript.turn_ends),
+                list(transcript.token_ids),
+                list(transcript.turn_ends),
+                [(i.start, ImageInput(i.image.data, i.image.mime_type)) for i in transcript.images],
             )
             return pb.OpenSessionResponse(session=self._info(report))
         except EngineError as exc:
@@ -56,6 +59,9 @@ class SessionService(pb_grpc.SessionServiceServicer):
         if report.tokens is not None:
             out.transcript.token_ids.extend(report.tokens)
             out.transcript.turn_ends.extend(report.turn_ends)
+            for placed in report.placed:
+                image = pb.Image(data=placed.image.data, mime_type=placed.image.mime_type)
+                out.transcript.images.add(start=placed.start, image=image)
         return out
 
     async def ForkSession(

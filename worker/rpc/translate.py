@@ -138,6 +138,7 @@ def session_to_proto(report: SessionReport) -> pb.SessionInfo:
         ttl_s=report.ttl_s,
         kv_tier=_TIERS[report.kv_tier],
         busy=report.busy,
+        images=report.images,
     )
 
 
@@ -272,6 +273,7 @@ def final_to_proto(f: Final) -> pb.GenerateResponse:
         final.session.turns = f.session.turns
         final.session.length = f.session.length
         final.session.appended_token_ids.extend(f.session.appended)
+        final.session.image_starts.extend(f.session.image_starts)
     return pb.GenerateResponse(final=final)
 
 

@@ -2189,11 +2189,16 @@ func (x *SessionRef) GetExpectedTurns() uint32 {
 // SessionTranscript is a session's committed token ids and where each turn ends.
 type SessionTranscript struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The token ids of every committed turn, in order.
+	// The token ids of every committed turn, in order. An image's positions hold negative ids
+	// derived from its bytes (see TranscriptImage); every other id is a token of the model's
+	// vocabulary.
 	TokenIds []int32 `protobuf:"varint,1,rep,packed,name=token_ids,json=tokenIds,proto3" json:"token_ids,omitempty"`
 	// The transcript's length at the end of each committed turn, increasing; the last one equals
 	// the number of token_ids.
-	TurnEnds      []uint32 `protobuf:"varint,2,rep,packed,name=turn_ends,json=turnEnds,proto3" json:"turn_ends,omitempty"`
+	TurnEnds []uint32 `protobuf:"varint,2,rep,packed,name=turn_ends,json=turnEnds,proto3" json:"turn_ends,omitempty"`
+	// The images of the transcript, in the order of their starts: a vision model's session
+	// re-reads them when its KV cache is gone (its whole transcript is prefilled again).
+	Images        []*TranscriptImage `protobuf:"bytes,3,rep,name=images,proto3" json:"images,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2242,6 +2247,70 @@ func (x *SessionTranscript) GetTurnEnds() []uint32 {
 	return nil
 }
 
+func (x *SessionTranscript) GetImages() []*TranscriptImage {
+	if x != nil {
+		return x.Images
+	}
+	return nil
+}
+
+// TranscriptImage is an image of a session's transcript and where its tokens start.
+type TranscriptImage struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The position in token_ids where the image begins: the tokens the projector puts around
+	// the image, then one negative id per image position. A worker resuming the transcript reads
+	// the image again and refuses it unless it gives exactly those ids there.
+	Start uint32 `protobuf:"varint,1,opt,name=start,proto3" json:"start,omitempty"`
+	// The image, as the client sent it.
+	Image         *Image `protobuf:"bytes,2,opt,name=image,proto3" json:"image,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TranscriptImage) Reset() {
+	*x = TranscriptImage{}
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TranscriptImage) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TranscriptImage) ProtoMessage() {}
+
+func (x *TranscriptImage) ProtoReflect() protoreflect.Message {
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TranscriptImage.ProtoReflect.Descriptor instead.
+func (*TranscriptImage) Descriptor() ([]byte, []int) {
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *TranscriptImage) GetStart() uint32 {
+	if x != nil {
+		return x.Start
+	}
+	return 0
+}
+
+func (x *TranscriptImage) GetImage() *Image {
+	if x != nil {
+		return x.Image
+	}
+	return nil
+}
+
 // SessionInfo describes a session.
 type SessionInfo struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -2261,14 +2330,16 @@ type SessionInfo struct {
 	// Where the session's KV cache is.
 	KvTier KvTier `protobuf:"varint,7,opt,name=kv_tier,json=kvTier,proto3,enum=llamagrid.v1.KvTier" json:"kv_tier,omitempty"`
 	// Whether a turn is running.
-	Busy          bool `protobuf:"varint,8,opt,name=busy,proto3" json:"busy,omitempty"`
+	Busy bool `protobuf:"varint,8,opt,name=busy,proto3" json:"busy,omitempty"`
+	// Images in the transcript.
+	Images        uint32 `protobuf:"varint,9,opt,name=images,proto3" json:"images,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *SessionInfo) Reset() {
 	*x = SessionInfo{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[21]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2280,7 +2351,7 @@ func (x *SessionInfo) String() string {
 func (*SessionInfo) ProtoMessage() {}
 
 func (x *SessionInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[21]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2293,7 +2364,7 @@ func (x *SessionInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SessionInfo.ProtoReflect.Descriptor instead.
 func (*SessionInfo) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{21}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *SessionInfo) GetSessionId() string {
@@ -2352,6 +2423,13 @@ func (x *SessionInfo) GetBusy() bool {
 	return false
 }
 
+func (x *SessionInfo) GetImages() uint32 {
+	if x != nil {
+		return x.Images
+	}
+	return 0
+}
+
 // OpenSessionRequest creates a session.
 type OpenSessionRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -2368,7 +2446,7 @@ type OpenSessionRequest struct {
 
 func (x *OpenSessionRequest) Reset() {
 	*x = OpenSessionRequest{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[22]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2380,7 +2458,7 @@ func (x *OpenSessionRequest) String() string {
 func (*OpenSessionRequest) ProtoMessage() {}
 
 func (x *OpenSessionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[22]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2393,7 +2471,7 @@ func (x *OpenSessionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OpenSessionRequest.ProtoReflect.Descriptor instead.
 func (*OpenSessionRequest) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{22}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *OpenSessionRequest) GetModel() string {
@@ -2428,7 +2506,7 @@ type OpenSessionResponse struct {
 
 func (x *OpenSessionResponse) Reset() {
 	*x = OpenSessionResponse{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[23]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2440,7 +2518,7 @@ func (x *OpenSessionResponse) String() string {
 func (*OpenSessionResponse) ProtoMessage() {}
 
 func (x *OpenSessionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[23]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2453,7 +2531,7 @@ func (x *OpenSessionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OpenSessionResponse.ProtoReflect.Descriptor instead.
 func (*OpenSessionResponse) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{23}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *OpenSessionResponse) GetSession() *SessionInfo {
@@ -2476,7 +2554,7 @@ type GetSessionRequest struct {
 
 func (x *GetSessionRequest) Reset() {
 	*x = GetSessionRequest{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[24]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2488,7 +2566,7 @@ func (x *GetSessionRequest) String() string {
 func (*GetSessionRequest) ProtoMessage() {}
 
 func (x *GetSessionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[24]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2501,7 +2579,7 @@ func (x *GetSessionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSessionRequest.ProtoReflect.Descriptor instead.
 func (*GetSessionRequest) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{24}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *GetSessionRequest) GetSessionId() string {
@@ -2531,7 +2609,7 @@ type GetSessionResponse struct {
 
 func (x *GetSessionResponse) Reset() {
 	*x = GetSessionResponse{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[25]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2543,7 +2621,7 @@ func (x *GetSessionResponse) String() string {
 func (*GetSessionResponse) ProtoMessage() {}
 
 func (x *GetSessionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[25]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2556,7 +2634,7 @@ func (x *GetSessionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSessionResponse.ProtoReflect.Descriptor instead.
 func (*GetSessionResponse) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{25}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *GetSessionResponse) GetSession() *SessionInfo {
@@ -2588,7 +2666,7 @@ type ForkSessionRequest struct {
 
 func (x *ForkSessionRequest) Reset() {
 	*x = ForkSessionRequest{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[26]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2600,7 +2678,7 @@ func (x *ForkSessionRequest) String() string {
 func (*ForkSessionRequest) ProtoMessage() {}
 
 func (x *ForkSessionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[26]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2613,7 +2691,7 @@ func (x *ForkSessionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ForkSessionRequest.ProtoReflect.Descriptor instead.
 func (*ForkSessionRequest) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{26}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ForkSessionRequest) GetSessionId() string {
@@ -2648,7 +2726,7 @@ type ForkSessionResponse struct {
 
 func (x *ForkSessionResponse) Reset() {
 	*x = ForkSessionResponse{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[27]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2660,7 +2738,7 @@ func (x *ForkSessionResponse) String() string {
 func (*ForkSessionResponse) ProtoMessage() {}
 
 func (x *ForkSessionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[27]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2673,7 +2751,7 @@ func (x *ForkSessionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ForkSessionResponse.ProtoReflect.Descriptor instead.
 func (*ForkSessionResponse) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{27}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *ForkSessionResponse) GetSession() *SessionInfo {
@@ -2696,7 +2774,7 @@ type RollbackSessionRequest struct {
 
 func (x *RollbackSessionRequest) Reset() {
 	*x = RollbackSessionRequest{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[28]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2708,7 +2786,7 @@ func (x *RollbackSessionRequest) String() string {
 func (*RollbackSessionRequest) ProtoMessage() {}
 
 func (x *RollbackSessionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[28]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2721,7 +2799,7 @@ func (x *RollbackSessionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RollbackSessionRequest.ProtoReflect.Descriptor instead.
 func (*RollbackSessionRequest) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{28}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *RollbackSessionRequest) GetSessionId() string {
@@ -2749,7 +2827,7 @@ type RollbackSessionResponse struct {
 
 func (x *RollbackSessionResponse) Reset() {
 	*x = RollbackSessionResponse{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[29]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2761,7 +2839,7 @@ func (x *RollbackSessionResponse) String() string {
 func (*RollbackSessionResponse) ProtoMessage() {}
 
 func (x *RollbackSessionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[29]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2774,7 +2852,7 @@ func (x *RollbackSessionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RollbackSessionResponse.ProtoReflect.Descriptor instead.
 func (*RollbackSessionResponse) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{29}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *RollbackSessionResponse) GetSession() *SessionInfo {
@@ -2795,7 +2873,7 @@ type CloseSessionRequest struct {
 
 func (x *CloseSessionRequest) Reset() {
 	*x = CloseSessionRequest{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[30]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2807,7 +2885,7 @@ func (x *CloseSessionRequest) String() string {
 func (*CloseSessionRequest) ProtoMessage() {}
 
 func (x *CloseSessionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[30]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2820,7 +2898,7 @@ func (x *CloseSessionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CloseSessionRequest.ProtoReflect.Descriptor instead.
 func (*CloseSessionRequest) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{30}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *CloseSessionRequest) GetSessionId() string {
@@ -2839,7 +2917,7 @@ type CloseSessionResponse struct {
 
 func (x *CloseSessionResponse) Reset() {
 	*x = CloseSessionResponse{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[31]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2851,7 +2929,7 @@ func (x *CloseSessionResponse) String() string {
 func (*CloseSessionResponse) ProtoMessage() {}
 
 func (x *CloseSessionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[31]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2864,7 +2942,7 @@ func (x *CloseSessionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CloseSessionResponse.ProtoReflect.Descriptor instead.
 func (*CloseSessionResponse) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{31}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{32}
 }
 
 // CancelTurnRequest names the session whose running turn to cancel.
@@ -2878,7 +2956,7 @@ type CancelTurnRequest struct {
 
 func (x *CancelTurnRequest) Reset() {
 	*x = CancelTurnRequest{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[32]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2890,7 +2968,7 @@ func (x *CancelTurnRequest) String() string {
 func (*CancelTurnRequest) ProtoMessage() {}
 
 func (x *CancelTurnRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[32]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2903,7 +2981,7 @@ func (x *CancelTurnRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelTurnRequest.ProtoReflect.Descriptor instead.
 func (*CancelTurnRequest) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{32}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *CancelTurnRequest) GetSessionId() string {
@@ -2924,7 +3002,7 @@ type CancelTurnResponse struct {
 
 func (x *CancelTurnResponse) Reset() {
 	*x = CancelTurnResponse{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[33]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2936,7 +3014,7 @@ func (x *CancelTurnResponse) String() string {
 func (*CancelTurnResponse) ProtoMessage() {}
 
 func (x *CancelTurnResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[33]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2949,7 +3027,7 @@ func (x *CancelTurnResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelTurnResponse.ProtoReflect.Descriptor instead.
 func (*CancelTurnResponse) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{33}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *CancelTurnResponse) GetCancelled() bool {
@@ -2977,7 +3055,7 @@ type LogprobEntry struct {
 
 func (x *LogprobEntry) Reset() {
 	*x = LogprobEntry{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[34]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2989,7 +3067,7 @@ func (x *LogprobEntry) String() string {
 func (*LogprobEntry) ProtoMessage() {}
 
 func (x *LogprobEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[34]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3002,7 +3080,7 @@ func (x *LogprobEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LogprobEntry.ProtoReflect.Descriptor instead.
 func (*LogprobEntry) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{34}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *LogprobEntry) GetTokenId() int32 {
@@ -3046,7 +3124,7 @@ type TokenLogprob struct {
 
 func (x *TokenLogprob) Reset() {
 	*x = TokenLogprob{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[35]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3058,7 +3136,7 @@ func (x *TokenLogprob) String() string {
 func (*TokenLogprob) ProtoMessage() {}
 
 func (x *TokenLogprob) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[35]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3071,7 +3149,7 @@ func (x *TokenLogprob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TokenLogprob.ProtoReflect.Descriptor instead.
 func (*TokenLogprob) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{35}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *TokenLogprob) GetChosen() *LogprobEntry {
@@ -3116,7 +3194,7 @@ type GenerateChunk struct {
 
 func (x *GenerateChunk) Reset() {
 	*x = GenerateChunk{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[36]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3128,7 +3206,7 @@ func (x *GenerateChunk) String() string {
 func (*GenerateChunk) ProtoMessage() {}
 
 func (x *GenerateChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[36]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3141,7 +3219,7 @@ func (x *GenerateChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GenerateChunk.ProtoReflect.Descriptor instead.
 func (*GenerateChunk) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{36}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *GenerateChunk) GetText() string {
@@ -3226,7 +3304,7 @@ type Usage struct {
 
 func (x *Usage) Reset() {
 	*x = Usage{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[37]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3238,7 +3316,7 @@ func (x *Usage) String() string {
 func (*Usage) ProtoMessage() {}
 
 func (x *Usage) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[37]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3251,7 +3329,7 @@ func (x *Usage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Usage.ProtoReflect.Descriptor instead.
 func (*Usage) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{37}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *Usage) GetPromptTokens() uint32 {
@@ -3320,13 +3398,16 @@ type SessionCommit struct {
 	// The token ids this turn appended to the transcript: the template's glue, the new input and
 	// the generated tokens.
 	AppendedTokenIds []int32 `protobuf:"varint,3,rep,packed,name=appended_token_ids,json=appendedTokenIds,proto3" json:"appended_token_ids,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// Where each image of the turn begins in the transcript (TranscriptImage.start), in the order
+	// the request gave its images; the images themselves are the request's.
+	ImageStarts   []uint32 `protobuf:"varint,4,rep,packed,name=image_starts,json=imageStarts,proto3" json:"image_starts,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *SessionCommit) Reset() {
 	*x = SessionCommit{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[38]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3338,7 +3419,7 @@ func (x *SessionCommit) String() string {
 func (*SessionCommit) ProtoMessage() {}
 
 func (x *SessionCommit) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[38]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3351,7 +3432,7 @@ func (x *SessionCommit) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SessionCommit.ProtoReflect.Descriptor instead.
 func (*SessionCommit) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{38}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *SessionCommit) GetTurns() uint32 {
@@ -3371,6 +3452,13 @@ func (x *SessionCommit) GetLength() uint32 {
 func (x *SessionCommit) GetAppendedTokenIds() []int32 {
 	if x != nil {
 		return x.AppendedTokenIds
+	}
+	return nil
+}
+
+func (x *SessionCommit) GetImageStarts() []uint32 {
+	if x != nil {
+		return x.ImageStarts
 	}
 	return nil
 }
@@ -3399,7 +3487,7 @@ type GenerateFinal struct {
 
 func (x *GenerateFinal) Reset() {
 	*x = GenerateFinal{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[39]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3411,7 +3499,7 @@ func (x *GenerateFinal) String() string {
 func (*GenerateFinal) ProtoMessage() {}
 
 func (x *GenerateFinal) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[39]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3424,7 +3512,7 @@ func (x *GenerateFinal) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GenerateFinal.ProtoReflect.Descriptor instead.
 func (*GenerateFinal) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{39}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *GenerateFinal) GetFinishReason() FinishReason {
@@ -3486,7 +3574,7 @@ type GenerateResponse struct {
 
 func (x *GenerateResponse) Reset() {
 	*x = GenerateResponse{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[40]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3498,7 +3586,7 @@ func (x *GenerateResponse) String() string {
 func (*GenerateResponse) ProtoMessage() {}
 
 func (x *GenerateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[40]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3511,7 +3599,7 @@ func (x *GenerateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GenerateResponse.ProtoReflect.Descriptor instead.
 func (*GenerateResponse) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{40}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *GenerateResponse) GetEvent() isGenerateResponse_Event {
@@ -3573,7 +3661,7 @@ type EmbedInput struct {
 
 func (x *EmbedInput) Reset() {
 	*x = EmbedInput{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[41]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3585,7 +3673,7 @@ func (x *EmbedInput) String() string {
 func (*EmbedInput) ProtoMessage() {}
 
 func (x *EmbedInput) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[41]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3598,7 +3686,7 @@ func (x *EmbedInput) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EmbedInput.ProtoReflect.Descriptor instead.
 func (*EmbedInput) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{41}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *EmbedInput) GetInput() isEmbedInput_Input {
@@ -3665,7 +3753,7 @@ type EmbedRequest struct {
 
 func (x *EmbedRequest) Reset() {
 	*x = EmbedRequest{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[42]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3677,7 +3765,7 @@ func (x *EmbedRequest) String() string {
 func (*EmbedRequest) ProtoMessage() {}
 
 func (x *EmbedRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[42]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3690,7 +3778,7 @@ func (x *EmbedRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EmbedRequest.ProtoReflect.Descriptor instead.
 func (*EmbedRequest) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{42}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *EmbedRequest) GetModel() string {
@@ -3734,7 +3822,7 @@ type Embedding struct {
 
 func (x *Embedding) Reset() {
 	*x = Embedding{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[43]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3746,7 +3834,7 @@ func (x *Embedding) String() string {
 func (*Embedding) ProtoMessage() {}
 
 func (x *Embedding) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[43]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3759,7 +3847,7 @@ func (x *Embedding) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Embedding.ProtoReflect.Descriptor instead.
 func (*Embedding) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{43}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *Embedding) GetValues() []float32 {
@@ -3789,7 +3877,7 @@ type EmbedResponse struct {
 
 func (x *EmbedResponse) Reset() {
 	*x = EmbedResponse{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[44]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3801,7 +3889,7 @@ func (x *EmbedResponse) String() string {
 func (*EmbedResponse) ProtoMessage() {}
 
 func (x *EmbedResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[44]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3814,7 +3902,7 @@ func (x *EmbedResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EmbedResponse.ProtoReflect.Descriptor instead.
 func (*EmbedResponse) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{44}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *EmbedResponse) GetEmbeddings() []*Embedding {
@@ -3850,7 +3938,7 @@ type TokenizeRequest struct {
 
 func (x *TokenizeRequest) Reset() {
 	*x = TokenizeRequest{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[45]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3862,7 +3950,7 @@ func (x *TokenizeRequest) String() string {
 func (*TokenizeRequest) ProtoMessage() {}
 
 func (x *TokenizeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[45]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3875,7 +3963,7 @@ func (x *TokenizeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TokenizeRequest.ProtoReflect.Descriptor instead.
 func (*TokenizeRequest) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{45}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *TokenizeRequest) GetModel() string {
@@ -3931,7 +4019,7 @@ type TokenPiece struct {
 
 func (x *TokenPiece) Reset() {
 	*x = TokenPiece{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[46]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3943,7 +4031,7 @@ func (x *TokenPiece) String() string {
 func (*TokenPiece) ProtoMessage() {}
 
 func (x *TokenPiece) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[46]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3956,7 +4044,7 @@ func (x *TokenPiece) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TokenPiece.ProtoReflect.Descriptor instead.
 func (*TokenPiece) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{46}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *TokenPiece) GetId() int32 {
@@ -4022,7 +4110,7 @@ type TokenizeResponse struct {
 
 func (x *TokenizeResponse) Reset() {
 	*x = TokenizeResponse{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[47]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4034,7 +4122,7 @@ func (x *TokenizeResponse) String() string {
 func (*TokenizeResponse) ProtoMessage() {}
 
 func (x *TokenizeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[47]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4047,7 +4135,7 @@ func (x *TokenizeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TokenizeResponse.ProtoReflect.Descriptor instead.
 func (*TokenizeResponse) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{47}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *TokenizeResponse) GetTokenIds() []int32 {
@@ -4079,7 +4167,7 @@ type DetokenizeRequest struct {
 
 func (x *DetokenizeRequest) Reset() {
 	*x = DetokenizeRequest{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[48]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4091,7 +4179,7 @@ func (x *DetokenizeRequest) String() string {
 func (*DetokenizeRequest) ProtoMessage() {}
 
 func (x *DetokenizeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[48]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4104,7 +4192,7 @@ func (x *DetokenizeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DetokenizeRequest.ProtoReflect.Descriptor instead.
 func (*DetokenizeRequest) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{48}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *DetokenizeRequest) GetModel() string {
@@ -4139,7 +4227,7 @@ type DetokenizeResponse struct {
 
 func (x *DetokenizeResponse) Reset() {
 	*x = DetokenizeResponse{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[49]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4151,7 +4239,7 @@ func (x *DetokenizeResponse) String() string {
 func (*DetokenizeResponse) ProtoMessage() {}
 
 func (x *DetokenizeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[49]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4164,7 +4252,7 @@ func (x *DetokenizeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DetokenizeResponse.ProtoReflect.Descriptor instead.
 func (*DetokenizeResponse) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{49}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *DetokenizeResponse) GetText() string {
@@ -4199,7 +4287,7 @@ type Device struct {
 
 func (x *Device) Reset() {
 	*x = Device{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[50]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4211,7 +4299,7 @@ func (x *Device) String() string {
 func (*Device) ProtoMessage() {}
 
 func (x *Device) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[50]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4224,7 +4312,7 @@ func (x *Device) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Device.ProtoReflect.Descriptor instead.
 func (*Device) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{50}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *Device) GetName() string {
@@ -4315,7 +4403,7 @@ type DevicePlacement struct {
 
 func (x *DevicePlacement) Reset() {
 	*x = DevicePlacement{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[51]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4327,7 +4415,7 @@ func (x *DevicePlacement) String() string {
 func (*DevicePlacement) ProtoMessage() {}
 
 func (x *DevicePlacement) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[51]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4340,7 +4428,7 @@ func (x *DevicePlacement) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DevicePlacement.ProtoReflect.Descriptor instead.
 func (*DevicePlacement) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{51}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *DevicePlacement) GetBackend() string {
@@ -4421,7 +4509,7 @@ type EmbeddingDimensions struct {
 
 func (x *EmbeddingDimensions) Reset() {
 	*x = EmbeddingDimensions{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[52]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4433,7 +4521,7 @@ func (x *EmbeddingDimensions) String() string {
 func (*EmbeddingDimensions) ProtoMessage() {}
 
 func (x *EmbeddingDimensions) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[52]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4446,7 +4534,7 @@ func (x *EmbeddingDimensions) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EmbeddingDimensions.ProtoReflect.Descriptor instead.
 func (*EmbeddingDimensions) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{52}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *EmbeddingDimensions) GetAny() bool {
@@ -4516,7 +4604,7 @@ type ModelInfo struct {
 
 func (x *ModelInfo) Reset() {
 	*x = ModelInfo{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[53]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4528,7 +4616,7 @@ func (x *ModelInfo) String() string {
 func (*ModelInfo) ProtoMessage() {}
 
 func (x *ModelInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[53]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4541,7 +4629,7 @@ func (x *ModelInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ModelInfo.ProtoReflect.Descriptor instead.
 func (*ModelInfo) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{53}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *ModelInfo) GetAlias() string {
@@ -4697,7 +4785,7 @@ type ApplyChatTemplateRequest struct {
 
 func (x *ApplyChatTemplateRequest) Reset() {
 	*x = ApplyChatTemplateRequest{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[54]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4709,7 +4797,7 @@ func (x *ApplyChatTemplateRequest) String() string {
 func (*ApplyChatTemplateRequest) ProtoMessage() {}
 
 func (x *ApplyChatTemplateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[54]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4722,7 +4810,7 @@ func (x *ApplyChatTemplateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyChatTemplateRequest.ProtoReflect.Descriptor instead.
 func (*ApplyChatTemplateRequest) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{54}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *ApplyChatTemplateRequest) GetModel() string {
@@ -4750,7 +4838,7 @@ type ApplyChatTemplateResponse struct {
 
 func (x *ApplyChatTemplateResponse) Reset() {
 	*x = ApplyChatTemplateResponse{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[55]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4762,7 +4850,7 @@ func (x *ApplyChatTemplateResponse) String() string {
 func (*ApplyChatTemplateResponse) ProtoMessage() {}
 
 func (x *ApplyChatTemplateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[55]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4775,7 +4863,7 @@ func (x *ApplyChatTemplateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyChatTemplateResponse.ProtoReflect.Descriptor instead.
 func (*ApplyChatTemplateResponse) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{55}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *ApplyChatTemplateResponse) GetPrompt() string {
@@ -4796,7 +4884,7 @@ type GetModelInfoRequest struct {
 
 func (x *GetModelInfoRequest) Reset() {
 	*x = GetModelInfoRequest{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[56]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4808,7 +4896,7 @@ func (x *GetModelInfoRequest) String() string {
 func (*GetModelInfoRequest) ProtoMessage() {}
 
 func (x *GetModelInfoRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[56]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4821,7 +4909,7 @@ func (x *GetModelInfoRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetModelInfoRequest.ProtoReflect.Descriptor instead.
 func (*GetModelInfoRequest) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{56}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *GetModelInfoRequest) GetModel() string {
@@ -4842,7 +4930,7 @@ type GetModelInfoResponse struct {
 
 func (x *GetModelInfoResponse) Reset() {
 	*x = GetModelInfoResponse{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[57]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4854,7 +4942,7 @@ func (x *GetModelInfoResponse) String() string {
 func (*GetModelInfoResponse) ProtoMessage() {}
 
 func (x *GetModelInfoResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[57]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4867,7 +4955,7 @@ func (x *GetModelInfoResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetModelInfoResponse.ProtoReflect.Descriptor instead.
 func (*GetModelInfoResponse) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{57}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{58}
 }
 
 func (x *GetModelInfoResponse) GetInfo() *ModelInfo {
@@ -4886,7 +4974,7 @@ type ListModelsRequest struct {
 
 func (x *ListModelsRequest) Reset() {
 	*x = ListModelsRequest{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[58]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4898,7 +4986,7 @@ func (x *ListModelsRequest) String() string {
 func (*ListModelsRequest) ProtoMessage() {}
 
 func (x *ListModelsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[58]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4911,7 +4999,7 @@ func (x *ListModelsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListModelsRequest.ProtoReflect.Descriptor instead.
 func (*ListModelsRequest) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{58}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{59}
 }
 
 // ListModelsResponse lists every model a worker serves.
@@ -4925,7 +5013,7 @@ type ListModelsResponse struct {
 
 func (x *ListModelsResponse) Reset() {
 	*x = ListModelsResponse{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[59]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[60]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4937,7 +5025,7 @@ func (x *ListModelsResponse) String() string {
 func (*ListModelsResponse) ProtoMessage() {}
 
 func (x *ListModelsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[59]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[60]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4950,7 +5038,7 @@ func (x *ListModelsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListModelsResponse.ProtoReflect.Descriptor instead.
 func (*ListModelsResponse) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{59}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{60}
 }
 
 func (x *ListModelsResponse) GetModels() []*ModelInfo {
@@ -4969,7 +5057,7 @@ type GetLoadRequest struct {
 
 func (x *GetLoadRequest) Reset() {
 	*x = GetLoadRequest{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[60]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[61]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4981,7 +5069,7 @@ func (x *GetLoadRequest) String() string {
 func (*GetLoadRequest) ProtoMessage() {}
 
 func (x *GetLoadRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[60]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[61]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4994,7 +5082,7 @@ func (x *GetLoadRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetLoadRequest.ProtoReflect.Descriptor instead.
 func (*GetLoadRequest) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{60}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{61}
 }
 
 // GetLoadResponse is a snapshot of the worker's load, taken between two engine steps.
@@ -5041,7 +5129,7 @@ type GetLoadResponse struct {
 
 func (x *GetLoadResponse) Reset() {
 	*x = GetLoadResponse{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[61]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[62]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5053,7 +5141,7 @@ func (x *GetLoadResponse) String() string {
 func (*GetLoadResponse) ProtoMessage() {}
 
 func (x *GetLoadResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[61]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[62]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5066,7 +5154,7 @@ func (x *GetLoadResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetLoadResponse.ProtoReflect.Descriptor instead.
 func (*GetLoadResponse) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{61}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{62}
 }
 
 func (x *GetLoadResponse) GetActiveRequests() uint32 {
@@ -5204,7 +5292,7 @@ type RelayRequest struct {
 
 func (x *RelayRequest) Reset() {
 	*x = RelayRequest{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[62]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[63]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5216,7 +5304,7 @@ func (x *RelayRequest) String() string {
 func (*RelayRequest) ProtoMessage() {}
 
 func (x *RelayRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[62]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[63]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5229,7 +5317,7 @@ func (x *RelayRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RelayRequest.ProtoReflect.Descriptor instead.
 func (*RelayRequest) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{62}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{63}
 }
 
 func (x *RelayRequest) GetAction() isRelayRequest_Action {
@@ -5293,7 +5381,7 @@ type RelayStart struct {
 
 func (x *RelayStart) Reset() {
 	*x = RelayStart{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[63]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[64]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5305,7 +5393,7 @@ func (x *RelayStart) String() string {
 func (*RelayStart) ProtoMessage() {}
 
 func (x *RelayStart) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[63]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[64]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5318,7 +5406,7 @@ func (x *RelayStart) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RelayStart.ProtoReflect.Descriptor instead.
 func (*RelayStart) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{63}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{64}
 }
 
 func (x *RelayStart) GetTag() uint64 {
@@ -5359,7 +5447,7 @@ type RelayError struct {
 
 func (x *RelayError) Reset() {
 	*x = RelayError{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[64]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[65]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5371,7 +5459,7 @@ func (x *RelayError) String() string {
 func (*RelayError) ProtoMessage() {}
 
 func (x *RelayError) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[64]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[65]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5384,7 +5472,7 @@ func (x *RelayError) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RelayError.ProtoReflect.Descriptor instead.
 func (*RelayError) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{64}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{65}
 }
 
 func (x *RelayError) GetCode() int32 {
@@ -5427,7 +5515,7 @@ type RelayEvent struct {
 
 func (x *RelayEvent) Reset() {
 	*x = RelayEvent{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[65]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[66]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5439,7 +5527,7 @@ func (x *RelayEvent) String() string {
 func (*RelayEvent) ProtoMessage() {}
 
 func (x *RelayEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[65]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[66]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5452,7 +5540,7 @@ func (x *RelayEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RelayEvent.ProtoReflect.Descriptor instead.
 func (*RelayEvent) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{65}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{66}
 }
 
 func (x *RelayEvent) GetTag() uint64 {
@@ -5535,7 +5623,7 @@ type RelayResponse struct {
 
 func (x *RelayResponse) Reset() {
 	*x = RelayResponse{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[66]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[67]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5547,7 +5635,7 @@ func (x *RelayResponse) String() string {
 func (*RelayResponse) ProtoMessage() {}
 
 func (x *RelayResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[66]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[67]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5560,7 +5648,7 @@ func (x *RelayResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RelayResponse.ProtoReflect.Descriptor instead.
 func (*RelayResponse) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{66}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{67}
 }
 
 func (x *RelayResponse) GetEvents() []*RelayEvent {
@@ -5581,7 +5669,7 @@ type GetSlotsRequest struct {
 
 func (x *GetSlotsRequest) Reset() {
 	*x = GetSlotsRequest{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[67]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[68]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5593,7 +5681,7 @@ func (x *GetSlotsRequest) String() string {
 func (*GetSlotsRequest) ProtoMessage() {}
 
 func (x *GetSlotsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[67]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[68]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5606,7 +5694,7 @@ func (x *GetSlotsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSlotsRequest.ProtoReflect.Descriptor instead.
 func (*GetSlotsRequest) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{67}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{68}
 }
 
 func (x *GetSlotsRequest) GetModel() string {
@@ -5649,7 +5737,7 @@ type SlotState struct {
 
 func (x *SlotState) Reset() {
 	*x = SlotState{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[68]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[69]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5661,7 +5749,7 @@ func (x *SlotState) String() string {
 func (*SlotState) ProtoMessage() {}
 
 func (x *SlotState) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[68]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[69]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5674,7 +5762,7 @@ func (x *SlotState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SlotState.ProtoReflect.Descriptor instead.
 func (*SlotState) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{68}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{69}
 }
 
 func (x *SlotState) GetId() uint32 {
@@ -5765,7 +5853,7 @@ type GetSlotsResponse struct {
 
 func (x *GetSlotsResponse) Reset() {
 	*x = GetSlotsResponse{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[69]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[70]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5777,7 +5865,7 @@ func (x *GetSlotsResponse) String() string {
 func (*GetSlotsResponse) ProtoMessage() {}
 
 func (x *GetSlotsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[69]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[70]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5790,7 +5878,7 @@ func (x *GetSlotsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSlotsResponse.ProtoReflect.Descriptor instead.
 func (*GetSlotsResponse) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{69}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{70}
 }
 
 func (x *GetSlotsResponse) GetSlots() []*SlotState {
@@ -5816,7 +5904,7 @@ type SaveSlotRequest struct {
 
 func (x *SaveSlotRequest) Reset() {
 	*x = SaveSlotRequest{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[70]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[71]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5828,7 +5916,7 @@ func (x *SaveSlotRequest) String() string {
 func (*SaveSlotRequest) ProtoMessage() {}
 
 func (x *SaveSlotRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[70]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[71]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5841,7 +5929,7 @@ func (x *SaveSlotRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SaveSlotRequest.ProtoReflect.Descriptor instead.
 func (*SaveSlotRequest) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{70}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{71}
 }
 
 func (x *SaveSlotRequest) GetModel() string {
@@ -5884,7 +5972,7 @@ type SaveSlotResponse struct {
 
 func (x *SaveSlotResponse) Reset() {
 	*x = SaveSlotResponse{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[71]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[72]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5896,7 +5984,7 @@ func (x *SaveSlotResponse) String() string {
 func (*SaveSlotResponse) ProtoMessage() {}
 
 func (x *SaveSlotResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[71]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[72]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5909,7 +5997,7 @@ func (x *SaveSlotResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SaveSlotResponse.ProtoReflect.Descriptor instead.
 func (*SaveSlotResponse) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{71}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{72}
 }
 
 func (x *SaveSlotResponse) GetId() uint32 {
@@ -5962,7 +6050,7 @@ type RestoreSlotRequest struct {
 
 func (x *RestoreSlotRequest) Reset() {
 	*x = RestoreSlotRequest{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[72]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[73]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5974,7 +6062,7 @@ func (x *RestoreSlotRequest) String() string {
 func (*RestoreSlotRequest) ProtoMessage() {}
 
 func (x *RestoreSlotRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[72]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[73]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5987,7 +6075,7 @@ func (x *RestoreSlotRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestoreSlotRequest.ProtoReflect.Descriptor instead.
 func (*RestoreSlotRequest) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{72}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{73}
 }
 
 func (x *RestoreSlotRequest) GetModel() string {
@@ -6030,7 +6118,7 @@ type RestoreSlotResponse struct {
 
 func (x *RestoreSlotResponse) Reset() {
 	*x = RestoreSlotResponse{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[73]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[74]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6042,7 +6130,7 @@ func (x *RestoreSlotResponse) String() string {
 func (*RestoreSlotResponse) ProtoMessage() {}
 
 func (x *RestoreSlotResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[73]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[74]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6055,7 +6143,7 @@ func (x *RestoreSlotResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestoreSlotResponse.ProtoReflect.Descriptor instead.
 func (*RestoreSlotResponse) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{73}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{74}
 }
 
 func (x *RestoreSlotResponse) GetId() uint32 {
@@ -6106,7 +6194,7 @@ type EraseSlotRequest struct {
 
 func (x *EraseSlotRequest) Reset() {
 	*x = EraseSlotRequest{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[74]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[75]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6118,7 +6206,7 @@ func (x *EraseSlotRequest) String() string {
 func (*EraseSlotRequest) ProtoMessage() {}
 
 func (x *EraseSlotRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[74]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[75]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6131,7 +6219,7 @@ func (x *EraseSlotRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EraseSlotRequest.ProtoReflect.Descriptor instead.
 func (*EraseSlotRequest) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{74}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{75}
 }
 
 func (x *EraseSlotRequest) GetModel() string {
@@ -6161,7 +6249,7 @@ type EraseSlotResponse struct {
 
 func (x *EraseSlotResponse) Reset() {
 	*x = EraseSlotResponse{}
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[75]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[76]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6173,7 +6261,7 @@ func (x *EraseSlotResponse) String() string {
 func (*EraseSlotResponse) ProtoMessage() {}
 
 func (x *EraseSlotResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_llamagrid_v1_inference_proto_msgTypes[75]
+	mi := &file_llamagrid_v1_inference_proto_msgTypes[76]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6186,7 +6274,7 @@ func (x *EraseSlotResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EraseSlotResponse.ProtoReflect.Descriptor instead.
 func (*EraseSlotResponse) Descriptor() ([]byte, []int) {
-	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{75}
+	return file_llamagrid_v1_inference_proto_rawDescGZIP(), []int{76}
 }
 
 func (x *EraseSlotResponse) GetId() uint32 {
@@ -6380,10 +6468,14 @@ const file_llamagrid_v1_inference_proto_rawDesc = "" +
 	"\n" +
 	"session_id\x18\x01 \x01(\tR\tsessionId\x12*\n" +
 	"\x0eexpected_turns\x18\x02 \x01(\rH\x00R\rexpectedTurns\x88\x01\x01B\x11\n" +
-	"\x0f_expected_turns\"M\n" +
+	"\x0f_expected_turns\"\x84\x01\n" +
 	"\x11SessionTranscript\x12\x1b\n" +
 	"\ttoken_ids\x18\x01 \x03(\x05R\btokenIds\x12\x1b\n" +
-	"\tturn_ends\x18\x02 \x03(\rR\bturnEnds\"\xf7\x01\n" +
+	"\tturn_ends\x18\x02 \x03(\rR\bturnEnds\x125\n" +
+	"\x06images\x18\x03 \x03(\v2\x1d.llamagrid.v1.TranscriptImageR\x06images\"R\n" +
+	"\x0fTranscriptImage\x12\x14\n" +
+	"\x05start\x18\x01 \x01(\rR\x05start\x12)\n" +
+	"\x05image\x18\x02 \x01(\v2\x13.llamagrid.v1.ImageR\x05image\"\x8f\x02\n" +
 	"\vSessionInfo\x12\x1d\n" +
 	"\n" +
 	"session_id\x18\x01 \x01(\tR\tsessionId\x12\x14\n" +
@@ -6393,7 +6485,8 @@ const file_llamagrid_v1_inference_proto_rawDesc = "" +
 	"\x0fexpires_unix_ms\x18\x05 \x01(\x03R\rexpiresUnixMs\x12\x13\n" +
 	"\x05ttl_s\x18\x06 \x01(\rR\x04ttlS\x12-\n" +
 	"\akv_tier\x18\a \x01(\x0e2\x14.llamagrid.v1.KvTierR\x06kvTier\x12\x12\n" +
-	"\x04busy\x18\b \x01(\bR\x04busy\"\x80\x01\n" +
+	"\x04busy\x18\b \x01(\bR\x04busy\x12\x16\n" +
+	"\x06images\x18\t \x01(\rR\x06images\"\x80\x01\n" +
 	"\x12OpenSessionRequest\x12\x14\n" +
 	"\x05model\x18\x01 \x01(\tR\x05model\x12\x13\n" +
 	"\x05ttl_s\x18\x02 \x01(\rR\x04ttlS\x12?\n" +
@@ -6462,11 +6555,12 @@ const file_llamagrid_v1_inference_proto_rawDesc = "" +
 	"prefill_ms\x18\x05 \x01(\x01R\tprefillMs\x12\x1b\n" +
 	"\tdecode_ms\x18\x06 \x01(\x01R\bdecodeMs\x12)\n" +
 	"\x10prefilled_tokens\x18\a \x01(\rR\x0fprefilledTokens\x12'\n" +
-	"\x0frestored_tokens\x18\b \x01(\rR\x0erestoredTokens\"k\n" +
+	"\x0frestored_tokens\x18\b \x01(\rR\x0erestoredTokens\"\x8e\x01\n" +
 	"\rSessionCommit\x12\x14\n" +
 	"\x05turns\x18\x01 \x01(\rR\x05turns\x12\x16\n" +
 	"\x06length\x18\x02 \x01(\rR\x06length\x12,\n" +
-	"\x12appended_token_ids\x18\x03 \x03(\x05R\x10appendedTokenIds\"\xa2\x02\n" +
+	"\x12appended_token_ids\x18\x03 \x03(\x05R\x10appendedTokenIds\x12!\n" +
+	"\fimage_starts\x18\x04 \x03(\rR\vimageStarts\"\xa2\x02\n" +
 	"\rGenerateFinal\x12?\n" +
 	"\rfinish_reason\x18\x01 \x01(\x0e2\x1a.llamagrid.v1.FinishReasonR\ffinishReason\x12)\n" +
 	"\x05usage\x18\x02 \x01(\v2\x13.llamagrid.v1.UsageR\x05usage\x12!\n" +
@@ -6754,7 +6848,7 @@ func file_llamagrid_v1_inference_proto_rawDescGZIP() []byte {
 }
 
 var file_llamagrid_v1_inference_proto_enumTypes = make([]protoimpl.EnumInfo, 6)
-var file_llamagrid_v1_inference_proto_msgTypes = make([]protoimpl.MessageInfo, 77)
+var file_llamagrid_v1_inference_proto_msgTypes = make([]protoimpl.MessageInfo, 78)
 var file_llamagrid_v1_inference_proto_goTypes = []any{
 	(ToolChoiceMode)(0),               // 0: llamagrid.v1.ToolChoiceMode
 	(ReasoningFormat)(0),              // 1: llamagrid.v1.ReasoningFormat
@@ -6783,62 +6877,63 @@ var file_llamagrid_v1_inference_proto_goTypes = []any{
 	(*InfillChunk)(nil),               // 24: llamagrid.v1.InfillChunk
 	(*SessionRef)(nil),                // 25: llamagrid.v1.SessionRef
 	(*SessionTranscript)(nil),         // 26: llamagrid.v1.SessionTranscript
-	(*SessionInfo)(nil),               // 27: llamagrid.v1.SessionInfo
-	(*OpenSessionRequest)(nil),        // 28: llamagrid.v1.OpenSessionRequest
-	(*OpenSessionResponse)(nil),       // 29: llamagrid.v1.OpenSessionResponse
-	(*GetSessionRequest)(nil),         // 30: llamagrid.v1.GetSessionRequest
-	(*GetSessionResponse)(nil),        // 31: llamagrid.v1.GetSessionResponse
-	(*ForkSessionRequest)(nil),        // 32: llamagrid.v1.ForkSessionRequest
-	(*ForkSessionResponse)(nil),       // 33: llamagrid.v1.ForkSessionResponse
-	(*RollbackSessionRequest)(nil),    // 34: llamagrid.v1.RollbackSessionRequest
-	(*RollbackSessionResponse)(nil),   // 35: llamagrid.v1.RollbackSessionResponse
-	(*CloseSessionRequest)(nil),       // 36: llamagrid.v1.CloseSessionRequest
-	(*CloseSessionResponse)(nil),      // 37: llamagrid.v1.CloseSessionResponse
-	(*CancelTurnRequest)(nil),         // 38: llamagrid.v1.CancelTurnRequest
-	(*CancelTurnResponse)(nil),        // 39: llamagrid.v1.CancelTurnResponse
-	(*LogprobEntry)(nil),              // 40: llamagrid.v1.LogprobEntry
-	(*TokenLogprob)(nil),              // 41: llamagrid.v1.TokenLogprob
-	(*GenerateChunk)(nil),             // 42: llamagrid.v1.GenerateChunk
-	(*Usage)(nil),                     // 43: llamagrid.v1.Usage
-	(*SessionCommit)(nil),             // 44: llamagrid.v1.SessionCommit
-	(*GenerateFinal)(nil),             // 45: llamagrid.v1.GenerateFinal
-	(*GenerateResponse)(nil),          // 46: llamagrid.v1.GenerateResponse
-	(*EmbedInput)(nil),                // 47: llamagrid.v1.EmbedInput
-	(*EmbedRequest)(nil),              // 48: llamagrid.v1.EmbedRequest
-	(*Embedding)(nil),                 // 49: llamagrid.v1.Embedding
-	(*EmbedResponse)(nil),             // 50: llamagrid.v1.EmbedResponse
-	(*TokenizeRequest)(nil),           // 51: llamagrid.v1.TokenizeRequest
-	(*TokenPiece)(nil),                // 52: llamagrid.v1.TokenPiece
-	(*TokenizeResponse)(nil),          // 53: llamagrid.v1.TokenizeResponse
-	(*DetokenizeRequest)(nil),         // 54: llamagrid.v1.DetokenizeRequest
-	(*DetokenizeResponse)(nil),        // 55: llamagrid.v1.DetokenizeResponse
-	(*Device)(nil),                    // 56: llamagrid.v1.Device
-	(*DevicePlacement)(nil),           // 57: llamagrid.v1.DevicePlacement
-	(*EmbeddingDimensions)(nil),       // 58: llamagrid.v1.EmbeddingDimensions
-	(*ModelInfo)(nil),                 // 59: llamagrid.v1.ModelInfo
-	(*ApplyChatTemplateRequest)(nil),  // 60: llamagrid.v1.ApplyChatTemplateRequest
-	(*ApplyChatTemplateResponse)(nil), // 61: llamagrid.v1.ApplyChatTemplateResponse
-	(*GetModelInfoRequest)(nil),       // 62: llamagrid.v1.GetModelInfoRequest
-	(*GetModelInfoResponse)(nil),      // 63: llamagrid.v1.GetModelInfoResponse
-	(*ListModelsRequest)(nil),         // 64: llamagrid.v1.ListModelsRequest
-	(*ListModelsResponse)(nil),        // 65: llamagrid.v1.ListModelsResponse
-	(*GetLoadRequest)(nil),            // 66: llamagrid.v1.GetLoadRequest
-	(*GetLoadResponse)(nil),           // 67: llamagrid.v1.GetLoadResponse
-	(*RelayRequest)(nil),              // 68: llamagrid.v1.RelayRequest
-	(*RelayStart)(nil),                // 69: llamagrid.v1.RelayStart
-	(*RelayError)(nil),                // 70: llamagrid.v1.RelayError
-	(*RelayEvent)(nil),                // 71: llamagrid.v1.RelayEvent
-	(*RelayResponse)(nil),             // 72: llamagrid.v1.RelayResponse
-	(*GetSlotsRequest)(nil),           // 73: llamagrid.v1.GetSlotsRequest
-	(*SlotState)(nil),                 // 74: llamagrid.v1.SlotState
-	(*GetSlotsResponse)(nil),          // 75: llamagrid.v1.GetSlotsResponse
-	(*SaveSlotRequest)(nil),           // 76: llamagrid.v1.SaveSlotRequest
-	(*SaveSlotResponse)(nil),          // 77: llamagrid.v1.SaveSlotResponse
-	(*RestoreSlotRequest)(nil),        // 78: llamagrid.v1.RestoreSlotRequest
-	(*RestoreSlotResponse)(nil),       // 79: llamagrid.v1.RestoreSlotResponse
-	(*EraseSlotRequest)(nil),          // 80: llamagrid.v1.EraseSlotRequest
-	(*EraseSlotResponse)(nil),         // 81: llamagrid.v1.EraseSlotResponse
-	nil,                               // 82: llamagrid.v1.SamplingParams.LogitBiasEntry
+	(*TranscriptImage)(nil),           // 27: llamagrid.v1.TranscriptImage
+	(*SessionInfo)(nil),               // 28: llamagrid.v1.SessionInfo
+	(*OpenSessionRequest)(nil),        // 29: llamagrid.v1.OpenSessionRequest
+	(*OpenSessionResponse)(nil),       // 30: llamagrid.v1.OpenSessionResponse
+	(*GetSessionRequest)(nil),         // 31: llamagrid.v1.GetSessionRequest
+	(*GetSessionResponse)(nil),        // 32: llamagrid.v1.GetSessionResponse
+	(*ForkSessionRequest)(nil),        // 33: llamagrid.v1.ForkSessionRequest
+	(*ForkSessionResponse)(nil),       // 34: llamagrid.v1.ForkSessionResponse
+	(*RollbackSessionRequest)(nil),    // 35: llamagrid.v1.RollbackSessionRequest
+	(*RollbackSessionResponse)(nil),   // 36: llamagrid.v1.RollbackSessionResponse
+	(*CloseSessionRequest)(nil),       // 37: llamagrid.v1.CloseSessionRequest
+	(*CloseSessionResponse)(nil),      // 38: llamagrid.v1.CloseSessionResponse
+	(*CancelTurnRequest)(nil),         // 39: llamagrid.v1.CancelTurnRequest
+	(*CancelTurnResponse)(nil),        // 40: llamagrid.v1.CancelTurnResponse
+	(*LogprobEntry)(nil),              // 41: llamagrid.v1.LogprobEntry
+	(*TokenLogprob)(nil),              // 42: llamagrid.v1.TokenLogprob
+	(*GenerateChunk)(nil),             // 43: llamagrid.v1.GenerateChunk
+	(*Usage)(nil),                     // 44: llamagrid.v1.Usage
+	(*SessionCommit)(nil),             // 45: llamagrid.v1.SessionCommit
+	(*GenerateFinal)(nil),             // 46: llamagrid.v1.GenerateFinal
+	(*GenerateResponse)(nil),          // 47: llamagrid.v1.GenerateResponse
+	(*EmbedInput)(nil),                // 48: llamagrid.v1.EmbedInput
+	(*EmbedRequest)(nil),              // 49: llamagrid.v1.EmbedRequest
+	(*Embedding)(nil),                 // 50: llamagrid.v1.Embedding
+	(*EmbedResponse)(nil),             // 51: llamagrid.v1.EmbedResponse
+	(*TokenizeRequest)(nil),           // 52: llamagrid.v1.TokenizeRequest
+	(*TokenPiece)(nil),                // 53: llamagrid.v1.TokenPiece
+	(*TokenizeResponse)(nil),          // 54: llamagrid.v1.TokenizeResponse
+	(*DetokenizeRequest)(nil),         // 55: llamagrid.v1.DetokenizeRequest
+	(*DetokenizeResponse)(nil),        // 56: llamagrid.v1.DetokenizeResponse
+	(*Device)(nil),                    // 57: llamagrid.v1.Device
+	(*DevicePlacement)(nil),           // 58: llamagrid.v1.DevicePlacement
+	(*EmbeddingDimensions)(nil),       // 59: llamagrid.v1.EmbeddingDimensions
+	(*ModelInfo)(nil),                 // 60: llamagrid.v1.ModelInfo
+	(*ApplyChatTemplateRequest)(nil),  // 61: llamagrid.v1.ApplyChatTemplateRequest
+	(*ApplyChatTemplateResponse)(nil), // 62: llamagrid.v1.ApplyChatTemplateResponse
+	(*GetModelInfoRequest)(nil),       // 63: llamagrid.v1.GetModelInfoRequest
+	(*GetModelInfoResponse)(nil),      // 64: llamagrid.v1.GetModelInfoResponse
+	(*ListModelsRequest)(nil),         // 65: llamagrid.v1.ListModelsRequest
+	(*ListModelsResponse)(nil),        // 66: llamagrid.v1.ListModelsResponse
+	(*GetLoadRequest)(nil),            // 67: llamagrid.v1.GetLoadRequest
+	(*GetLoadResponse)(nil),           // 68: llamagrid.v1.GetLoadResponse
+	(*RelayRequest)(nil),              // 69: llamagrid.v1.RelayRequest
+	(*RelayStart)(nil),                // 70: llamagrid.v1.RelayStart
+	(*RelayError)(nil),                // 71: llamagrid.v1.RelayError
+	(*RelayEvent)(nil),                // 72: llamagrid.v1.RelayEvent
+	(*RelayResponse)(nil),             // 73: llamagrid.v1.RelayResponse
+	(*GetSlotsRequest)(nil),           // 74: llamagrid.v1.GetSlotsRequest
+	(*SlotState)(nil),                 // 75: llamagrid.v1.SlotState
+	(*GetSlotsResponse)(nil),          // 76: llamagrid.v1.GetSlotsResponse
+	(*SaveSlotRequest)(nil),           // 77: llamagrid.v1.SaveSlotRequest
+	(*SaveSlotResponse)(nil),          // 78: llamagrid.v1.SaveSlotResponse
+	(*RestoreSlotRequest)(nil),        // 79: llamagrid.v1.RestoreSlotRequest
+	(*RestoreSlotResponse)(nil),       // 80: llamagrid.v1.RestoreSlotResponse
+	(*EraseSlotRequest)(nil),          // 81: llamagrid.v1.EraseSlotRequest
+	(*EraseSlotResponse)(nil),         // 82: llamagrid.v1.EraseSlotResponse
+	nil,                               // 83: llamagrid.v1.SamplingParams.LogitBiasEntry
 }
 var file_llamagrid_v1_inference_proto_depIdxs = []int32{
 	12, // 0: llamagrid.v1.ChatMessage.tool_calls:type_name -> llamagrid.v1.ToolCall
@@ -6846,7 +6941,7 @@ var file_llamagrid_v1_inference_proto_depIdxs = []int32{
 	9,  // 2: llamagrid.v1.ContentPart.image:type_name -> llamagrid.v1.Image
 	0,  // 3: llamagrid.v1.ToolChoice.mode:type_name -> llamagrid.v1.ToolChoiceMode
 	7,  // 4: llamagrid.v1.ChatConversation.messages:type_name -> llamagrid.v1.ChatMessage
-	82, // 5: llamagrid.v1.SamplingParams.logit_bias:type_name -> llamagrid.v1.SamplingParams.LogitBiasEntry
+	83, // 5: llamagrid.v1.SamplingParams.logit_bias:type_name -> llamagrid.v1.SamplingParams.LogitBiasEntry
 	6,  // 6: llamagrid.v1.GenerateRequest.tokens:type_name -> llamagrid.v1.TokenList
 	14, // 7: llamagrid.v1.GenerateRequest.chat:type_name -> llamagrid.v1.ChatConversation
 	23, // 8: llamagrid.v1.GenerateRequest.infill:type_name -> llamagrid.v1.Infill
@@ -6861,91 +6956,93 @@ var file_llamagrid_v1_inference_proto_depIdxs = []int32{
 	17, // 17: llamagrid.v1.SetLoraAdaptersRequest.adapters:type_name -> llamagrid.v1.LoraScale
 	18, // 18: llamagrid.v1.SetLoraAdaptersResponse.adapters:type_name -> llamagrid.v1.LoraAdapter
 	24, // 19: llamagrid.v1.Infill.extra:type_name -> llamagrid.v1.InfillChunk
-	2,  // 20: llamagrid.v1.SessionInfo.kv_tier:type_name -> llamagrid.v1.KvTier
-	26, // 21: llamagrid.v1.OpenSessionRequest.transcript:type_name -> llamagrid.v1.SessionTranscript
-	27, // 22: llamagrid.v1.OpenSessionResponse.session:type_name -> llamagrid.v1.SessionInfo
-	27, // 23: llamagrid.v1.GetSessionResponse.session:type_name -> llamagrid.v1.SessionInfo
-	26, // 24: llamagrid.v1.GetSessionResponse.transcript:type_name -> llamagrid.v1.SessionTranscript
-	27, // 25: llamagrid.v1.ForkSessionResponse.session:type_name -> llamagrid.v1.SessionInfo
-	27, // 26: llamagrid.v1.RollbackSessionResponse.session:type_name -> llamagrid.v1.SessionInfo
-	40, // 27: llamagrid.v1.TokenLogprob.chosen:type_name -> llamagrid.v1.LogprobEntry
-	40, // 28: llamagrid.v1.TokenLogprob.top:type_name -> llamagrid.v1.LogprobEntry
-	41, // 29: llamagrid.v1.GenerateChunk.logprobs:type_name -> llamagrid.v1.TokenLogprob
-	13, // 30: llamagrid.v1.GenerateChunk.tool_calls:type_name -> llamagrid.v1.ToolCallDelta
-	41, // 31: llamagrid.v1.GenerateChunk.prompt_logprobs:type_name -> llamagrid.v1.TokenLogprob
-	3,  // 32: llamagrid.v1.GenerateFinal.finish_reason:type_name -> llamagrid.v1.FinishReason
-	43, // 33: llamagrid.v1.GenerateFinal.usage:type_name -> llamagrid.v1.Usage
-	44, // 34: llamagrid.v1.GenerateFinal.session:type_name -> llamagrid.v1.SessionCommit
-	12, // 35: llamagrid.v1.GenerateFinal.tool_calls:type_name -> llamagrid.v1.ToolCall
-	42, // 36: llamagrid.v1.GenerateResponse.chunk:type_name -> llamagrid.v1.GenerateChunk
-	45, // 37: llamagrid.v1.GenerateResponse.final:type_name -> llamagrid.v1.GenerateFinal
-	6,  // 38: llamagrid.v1.EmbedInput.tokens:type_name -> llamagrid.v1.TokenList
-	47, // 39: llamagrid.v1.EmbedRequest.inputs:type_name -> llamagrid.v1.EmbedInput
-	49, // 40: llamagrid.v1.EmbedResponse.embeddings:type_name -> llamagrid.v1.Embedding
-	52, // 41: llamagrid.v1.TokenizeResponse.pieces:type_name -> llamagrid.v1.TokenPiece
-	5,  // 42: llamagrid.v1.Device.type:type_name -> llamagrid.v1.DeviceType
-	56, // 43: llamagrid.v1.DevicePlacement.devices:type_name -> llamagrid.v1.Device
-	4,  // 44: llamagrid.v1.ModelInfo.capabilities:type_name -> llamagrid.v1.Capability
-	57, // 45: llamagrid.v1.ModelInfo.placement:type_name -> llamagrid.v1.DevicePlacement
-	58, // 46: llamagrid.v1.ModelInfo.embedding_dimensions:type_name -> llamagrid.v1.EmbeddingDimensions
-	18, // 47: llamagrid.v1.ModelInfo.adapters:type_name -> llamagrid.v1.LoraAdapter
-	14, // 48: llamagrid.v1.ApplyChatTemplateRequest.chat:type_name -> llamagrid.v1.ChatConversation
-	59, // 49: llamagrid.v1.GetModelInfoResponse.info:type_name -> llamagrid.v1.ModelInfo
-	59, // 50: llamagrid.v1.ListModelsResponse.models:type_name -> llamagrid.v1.ModelInfo
-	69, // 51: llamagrid.v1.RelayRequest.start:type_name -> llamagrid.v1.RelayStart
-	16, // 52: llamagrid.v1.RelayStart.request:type_name -> llamagrid.v1.GenerateRequest
-	46, // 53: llamagrid.v1.RelayEvent.response:type_name -> llamagrid.v1.GenerateResponse
-	70, // 54: llamagrid.v1.RelayEvent.error:type_name -> llamagrid.v1.RelayError
-	71, // 55: llamagrid.v1.RelayResponse.events:type_name -> llamagrid.v1.RelayEvent
-	15, // 56: llamagrid.v1.SlotState.sampling:type_name -> llamagrid.v1.SamplingParams
-	74, // 57: llamagrid.v1.GetSlotsResponse.slots:type_name -> llamagrid.v1.SlotState
-	16, // 58: llamagrid.v1.InferenceService.Generate:input_type -> llamagrid.v1.GenerateRequest
-	48, // 59: llamagrid.v1.InferenceService.Embed:input_type -> llamagrid.v1.EmbedRequest
-	51, // 60: llamagrid.v1.InferenceService.Tokenize:input_type -> llamagrid.v1.TokenizeRequest
-	54, // 61: llamagrid.v1.InferenceService.Detokenize:input_type -> llamagrid.v1.DetokenizeRequest
-	62, // 62: llamagrid.v1.InferenceService.GetModelInfo:input_type -> llamagrid.v1.GetModelInfoRequest
-	64, // 63: llamagrid.v1.InferenceService.ListModels:input_type -> llamagrid.v1.ListModelsRequest
-	66, // 64: llamagrid.v1.InferenceService.GetLoad:input_type -> llamagrid.v1.GetLoadRequest
-	60, // 65: llamagrid.v1.InferenceService.ApplyChatTemplate:input_type -> llamagrid.v1.ApplyChatTemplateRequest
-	19, // 66: llamagrid.v1.InferenceService.ListLoraAdapters:input_type -> llamagrid.v1.ListLoraAdaptersRequest
-	21, // 67: llamagrid.v1.InferenceService.SetLoraAdapters:input_type -> llamagrid.v1.SetLoraAdaptersRequest
-	73, // 68: llamagrid.v1.InferenceService.GetSlots:input_type -> llamagrid.v1.GetSlotsRequest
-	76, // 69: llamagrid.v1.InferenceService.SaveSlot:input_type -> llamagrid.v1.SaveSlotRequest
-	78, // 70: llamagrid.v1.InferenceService.RestoreSlot:input_type -> llamagrid.v1.RestoreSlotRequest
-	80, // 71: llamagrid.v1.InferenceService.EraseSlot:input_type -> llamagrid.v1.EraseSlotRequest
-	68, // 72: llamagrid.v1.InferenceService.Relay:input_type -> llamagrid.v1.RelayRequest
-	28, // 73: llamagrid.v1.SessionService.OpenSession:input_type -> llamagrid.v1.OpenSessionRequest
-	30, // 74: llamagrid.v1.SessionService.GetSession:input_type -> llamagrid.v1.GetSessionRequest
-	32, // 75: llamagrid.v1.SessionService.ForkSession:input_type -> llamagrid.v1.ForkSessionRequest
-	34, // 76: llamagrid.v1.SessionService.RollbackSession:input_type -> llamagrid.v1.RollbackSessionRequest
-	36, // 77: llamagrid.v1.SessionService.CloseSession:input_type -> llamagrid.v1.CloseSessionRequest
-	38, // 78: llamagrid.v1.SessionService.CancelTurn:input_type -> llamagrid.v1.CancelTurnRequest
-	46, // 79: llamagrid.v1.InferenceService.Generate:output_type -> llamagrid.v1.GenerateResponse
-	50, // 80: llamagrid.v1.InferenceService.Embed:output_type -> llamagrid.v1.EmbedResponse
-	53, // 81: llamagrid.v1.InferenceService.Tokenize:output_type -> llamagrid.v1.TokenizeResponse
-	55, // 82: llamagrid.v1.InferenceService.Detokenize:output_type -> llamagrid.v1.DetokenizeResponse
-	63, // 83: llamagrid.v1.InferenceService.GetModelInfo:output_type -> llamagrid.v1.GetModelInfoResponse
-	65, // 84: llamagrid.v1.InferenceService.ListModels:output_type -> llamagrid.v1.ListModelsResponse
-	67, // 85: llamagrid.v1.InferenceService.GetLoad:output_type -> llamagrid.v1.GetLoadResponse
-	61, // 86: llamagrid.v1.InferenceService.ApplyChatTemplate:output_type -> llamagrid.v1.ApplyChatTemplateResponse
-	20, // 87: llamagrid.v1.InferenceService.ListLoraAdapters:output_type -> llamagrid.v1.ListLoraAdaptersResponse
-	22, // 88: llamagrid.v1.InferenceService.SetLoraAdapters:output_type -> llamagrid.v1.SetLoraAdaptersResponse
-	75, // 89: llamagrid.v1.InferenceService.GetSlots:output_type -> llamagrid.v1.GetSlotsResponse
-	77, // 90: llamagrid.v1.InferenceService.SaveSlot:output_type -> llamagrid.v1.SaveSlotResponse
-	79, // 91: llamagrid.v1.InferenceService.RestoreSlot:output_type -> llamagrid.v1.RestoreSlotResponse
-	81, // 92: llamagrid.v1.InferenceService.EraseSlot:output_type -> llamagrid.v1.EraseSlotResponse
-	72, // 93: llamagrid.v1.InferenceService.Relay:output_type -> llamagrid.v1.RelayResponse
-	29, // 94: llamagrid.v1.SessionService.OpenSession:output_type -> llamagrid.v1.OpenSessionResponse
-	31, // 95: llamagrid.v1.SessionService.GetSession:output_type -> llamagrid.v1.GetSessionResponse
-	33, // 96: llamagrid.v1.SessionService.ForkSession:output_type -> llamagrid.v1.ForkSessionResponse
-	35, // 97: llamagrid.v1.SessionService.RollbackSession:output_type -> llamagrid.v1.RollbackSessionResponse
-	37, // 98: llamagrid.v1.SessionService.CloseSession:output_type -> llamagrid.v1.CloseSessionResponse
-	39, // 99: llamagrid.v1.SessionService.CancelTurn:output_type -> llamagrid.v1.CancelTurnResponse
-	79, // [79:100] is the sub-list for method output_type
-	58, // [58:79] is the sub-list for method input_type
-	58, // [58:58] is the sub-list for extension type_name
-	58, // [58:58] is the sub-list for extension extendee
-	0,  // [0:58] is the sub-list for field type_name
+	27, // 20: llamagrid.v1.SessionTranscript.images:type_name -> llamagrid.v1.TranscriptImage
+	9,  // 21: llamagrid.v1.TranscriptImage.image:type_name -> llamagrid.v1.Image
+	2,  // 22: llamagrid.v1.SessionInfo.kv_tier:type_name -> llamagrid.v1.KvTier
+	26, // 23: llamagrid.v1.OpenSessionRequest.transcript:type_name -> llamagrid.v1.SessionTranscript
+	28, // 24: llamagrid.v1.OpenSessionResponse.session:type_name -> llamagrid.v1.SessionInfo
+	28, // 25: llamagrid.v1.GetSessionResponse.session:type_name -> llamagrid.v1.SessionInfo
+	26, // 26: llamagrid.v1.GetSessionResponse.transcript:type_name -> llamagrid.v1.SessionTranscript
+	28, // 27: llamagrid.v1.ForkSessionResponse.session:type_name -> llamagrid.v1.SessionInfo
+	28, // 28: llamagrid.v1.RollbackSessionResponse.session:type_name -> llamagrid.v1.SessionInfo
+	41, // 29: llamagrid.v1.TokenLogprob.chosen:type_name -> llamagrid.v1.LogprobEntry
+	41, // 30: llamagrid.v1.TokenLogprob.top:type_name -> llamagrid.v1.LogprobEntry
+	42, // 31: llamagrid.v1.GenerateChunk.logprobs:type_name -> llamagrid.v1.TokenLogprob
+	13, // 32: llamagrid.v1.GenerateChunk.tool_calls:type_name -> llamagrid.v1.ToolCallDelta
+	42, // 33: llamagrid.v1.GenerateChunk.prompt_logprobs:type_name -> llamagrid.v1.TokenLogprob
+	3,  // 34: llamagrid.v1.GenerateFinal.finish_reason:type_name -> llamagrid.v1.FinishReason
+	44, // 35: llamagrid.v1.GenerateFinal.usage:type_name -> llamagrid.v1.Usage
+	45, // 36: llamagrid.v1.GenerateFinal.session:type_name -> llamagrid.v1.SessionCommit
+	12, // 37: llamagrid.v1.GenerateFinal.tool_calls:type_name -> llamagrid.v1.ToolCall
+	43, // 38: llamagrid.v1.GenerateResponse.chunk:type_name -> llamagrid.v1.GenerateChunk
+	46, // 39: llamagrid.v1.GenerateResponse.final:type_name -> llamagrid.v1.GenerateFinal
+	6,  // 40: llamagrid.v1.EmbedInput.tokens:type_name -> llamagrid.v1.TokenList
+	48, // 41: llamagrid.v1.EmbedRequest.inputs:type_name -> llamagrid.v1.EmbedInput
+	50, // 42: llamagrid.v1.EmbedResponse.embeddings:type_name -> llamagrid.v1.Embedding
+	53, // 43: llamagrid.v1.TokenizeResponse.pieces:type_name -> llamagrid.v1.TokenPiece
+	5,  // 44: llamagrid.v1.Device.type:type_name -> llamagrid.v1.DeviceType
+	57, // 45: llamagrid.v1.DevicePlacement.devices:type_name -> llamagrid.v1.Device
+	4,  // 46: llamagrid.v1.ModelInfo.capabilities:type_name -> llamagrid.v1.Capability
+	58, // 47: llamagrid.v1.ModelInfo.placement:type_name -> llamagrid.v1.DevicePlacement
+	59, // 48: llamagrid.v1.ModelInfo.embedding_dimensions:type_name -> llamagrid.v1.EmbeddingDimensions
+	18, // 49: llamagrid.v1.ModelInfo.adapters:type_name -> llamagrid.v1.LoraAdapter
+	14, // 50: llamagrid.v1.ApplyChatTemplateRequest.chat:type_name -> llamagrid.v1.ChatConversation
+	60, // 51: llamagrid.v1.GetModelInfoResponse.info:type_name -> llamagrid.v1.ModelInfo
+	60, // 52: llamagrid.v1.ListModelsResponse.models:type_name -> llamagrid.v1.ModelInfo
+	70, // 53: llamagrid.v1.RelayRequest.start:type_name -> llamagrid.v1.RelayStart
+	16, // 54: llamagrid.v1.RelayStart.request:type_name -> llamagrid.v1.GenerateRequest
+	47, // 55: llamagrid.v1.RelayEvent.response:type_name -> llamagrid.v1.GenerateResponse
+	71, // 56: llamagrid.v1.RelayEvent.error:type_name -> llamagrid.v1.RelayError
+	72, // 57: llamagrid.v1.RelayResponse.events:type_name -> llamagrid.v1.RelayEvent
+	15, // 58: llamagrid.v1.SlotState.sampling:type_name -> llamagrid.v1.SamplingParams
+	75, // 59: llamagrid.v1.GetSlotsResponse.slots:type_name -> llamagrid.v1.SlotState
+	16, // 60: llamagrid.v1.InferenceService.Generate:input_type -> llamagrid.v1.GenerateRequest
+	49, // 61: llamagrid.v1.InferenceService.Embed:input_type -> llamagrid.v1.EmbedRequest
+	52, // 62: llamagrid.v1.InferenceService.Tokenize:input_type -> llamagrid.v1.TokenizeRequest
+	55, // 63: llamagrid.v1.InferenceService.Detokenize:input_type -> llamagrid.v1.DetokenizeRequest
+	63, // 64: llamagrid.v1.InferenceService.GetModelInfo:input_type -> llamagrid.v1.GetModelInfoRequest
+	65, // 65: llamagrid.v1.InferenceService.ListModels:input_type -> llamagrid.v1.ListModelsRequest
+	67, // 66: llamagrid.v1.InferenceService.GetLoad:input_type -> llamagrid.v1.GetLoadRequest
+	61, // 67: llamagrid.v1.InferenceService.ApplyChatTemplate:input_type -> llamagrid.v1.ApplyChatTemplateRequest
+	19, // 68: llamagrid.v1.InferenceService.ListLoraAdapters:input_type -> llamagrid.v1.ListLoraAdaptersRequest
+	21, // 69: llamagrid.v1.InferenceService.SetLoraAdapters:input_type -> llamagrid.v1.SetLoraAdaptersRequest
+	74, // 70: llamagrid.v1.InferenceService.GetSlots:input_type -> llamagrid.v1.GetSlotsRequest
+	77, // 71: llamagrid.v1.InferenceService.SaveSlot:input_type -> llamagrid.v1.SaveSlotRequest
+	79, // 72: llamagrid.v1.InferenceService.RestoreSlot:input_type -> llamagrid.v1.RestoreSlotRequest
+	81, // 73: llamagrid.v1.InferenceService.EraseSlot:input_type -> llamagrid.v1.EraseSlotRequest
+	69, // 74: llamagrid.v1.InferenceService.Relay:input_type -> llamagrid.v1.RelayRequest
+	29, // 75: llamagrid.v1.SessionService.OpenSession:input_type -> llamagrid.v1.OpenSessionRequest
+	31, // 76: llamagrid.v1.SessionService.GetSession:input_type -> llamagrid.v1.GetSessionRequest
+	33, // 77: llamagrid.v1.SessionService.ForkSession:input_type -> llamagrid.v1.ForkSessionRequest
+	35, // 78: llamagrid.v1.SessionService.RollbackSession:input_type -> llamagrid.v1.RollbackSessionRequest
+	37, // 79: llamagrid.v1.SessionService.CloseSession:input_type -> llamagrid.v1.CloseSessionRequest
+	39, // 80: llamagrid.v1.SessionService.CancelTurn:input_type -> llamagrid.v1.CancelTurnRequest
+	47, // 81: llamagrid.v1.InferenceService.Generate:output_type -> llamagrid.v1.GenerateResponse
+	51, // 82: llamagrid.v1.InferenceService.Embed:output_type -> llamagrid.v1.EmbedResponse
+	54, // 83: llamagrid.v1.InferenceService.Tokenize:output_type -> llamagrid.v1.TokenizeResponse
+	56, // 84: llamagrid.v1.InferenceService.Detokenize:output_type -> llamagrid.v1.DetokenizeResponse
+	64, // 85: llamagrid.v1.InferenceService.GetModelInfo:output_type -> llamagrid.v1.GetModelInfoResponse
+	66, // 86: llamagrid.v1.InferenceService.ListModels:output_type -> llamagrid.v1.ListModelsResponse
+	68, // 87: llamagrid.v1.InferenceService.GetLoad:output_type -> llamagrid.v1.GetLoadResponse
+	62, // 88: llamagrid.v1.InferenceService.ApplyChatTemplate:output_type -> llamagrid.v1.ApplyChatTemplateResponse
+	20, // 89: llamagrid.v1.InferenceService.ListLoraAdapters:output_type -> llamagrid.v1.ListLoraAdaptersResponse
+	22, // 90: llamagrid.v1.InferenceService.SetLoraAdapters:output_type -> llamagrid.v1.SetLoraAdaptersResponse
+	76, // 91: llamagrid.v1.InferenceService.GetSlots:output_type -> llamagrid.v1.GetSlotsResponse
+	78, // 92: llamagrid.v1.InferenceService.SaveSlot:output_type -> llamagrid.v1.SaveSlotResponse
+	80, // 93: llamagrid.v1.InferenceService.RestoreSlot:output_type -> llamagrid.v1.RestoreSlotResponse
+	82, // 94: llamagrid.v1.InferenceService.EraseSlot:output_type -> llamagrid.v1.EraseSlotResponse
+	73, // 95: llamagrid.v1.InferenceService.Relay:output_type -> llamagrid.v1.RelayResponse
+	30, // 96: llamagrid.v1.SessionService.OpenSession:output_type -> llamagrid.v1.OpenSessionResponse
+	32, // 97: llamagrid.v1.SessionService.GetSession:output_type -> llamagrid.v1.GetSessionResponse
+	34, // 98: llamagrid.v1.SessionService.ForkSession:output_type -> llamagrid.v1.ForkSessionResponse
+	36, // 99: llamagrid.v1.SessionService.RollbackSession:output_type -> llamagrid.v1.RollbackSessionResponse
+	38, // 100: llamagrid.v1.SessionService.CloseSession:output_type -> llamagrid.v1.CloseSessionResponse
+	40, // 101: llamagrid.v1.SessionService.CancelTurn:output_type -> llamagrid.v1.CancelTurnResponse
+	81, // [81:102] is the sub-list for method output_type
+	60, // [60:81] is the sub-list for method input_type
+	60, // [60:60] is the sub-list for extension type_name
+	60, // [60:60] is the sub-list for extension extendee
+	0,  // [0:60] is the sub-list for field type_name
 }
 
 func init() { file_llamagrid_v1_inference_proto_init() }
@@ -6973,24 +7070,24 @@ func file_llamagrid_v1_inference_proto_init() {
 		(*GenerateRequest_Infill)(nil),
 	}
 	file_llamagrid_v1_inference_proto_msgTypes[19].OneofWrappers = []any{}
-	file_llamagrid_v1_inference_proto_msgTypes[40].OneofWrappers = []any{
+	file_llamagrid_v1_inference_proto_msgTypes[41].OneofWrappers = []any{
 		(*GenerateResponse_Chunk)(nil),
 		(*GenerateResponse_Final)(nil),
 	}
-	file_llamagrid_v1_inference_proto_msgTypes[41].OneofWrappers = []any{
+	file_llamagrid_v1_inference_proto_msgTypes[42].OneofWrappers = []any{
 		(*EmbedInput_Text)(nil),
 		(*EmbedInput_Tokens)(nil),
 	}
-	file_llamagrid_v1_inference_proto_msgTypes[42].OneofWrappers = []any{}
-	file_llamagrid_v1_inference_proto_msgTypes[46].OneofWrappers = []any{
+	file_llamagrid_v1_inference_proto_msgTypes[43].OneofWrappers = []any{}
+	file_llamagrid_v1_inference_proto_msgTypes[47].OneofWrappers = []any{
 		(*TokenPiece_Text)(nil),
 		(*TokenPiece_Raw)(nil),
 	}
-	file_llamagrid_v1_inference_proto_msgTypes[62].OneofWrappers = []any{
+	file_llamagrid_v1_inference_proto_msgTypes[63].OneofWrappers = []any{
 		(*RelayRequest_Start)(nil),
 		(*RelayRequest_Cancel)(nil),
 	}
-	file_llamagrid_v1_inference_proto_msgTypes[65].OneofWrappers = []any{
+	file_llamagrid_v1_inference_proto_msgTypes[66].OneofWrappers = []any{
 		(*RelayEvent_Admitted)(nil),
 		(*RelayEvent_Response)(nil),
 		(*RelayEvent_Error)(nil),
@@ -7001,7 +7098,7 @@ func file_llamagrid_v1_inference_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_llamagrid_v1_inference_proto_rawDesc), len(file_llamagrid_v1_inference_proto_rawDesc)),
 			NumEnums:      6,
-			NumMessages:   77,
+			NumMessages:   78,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

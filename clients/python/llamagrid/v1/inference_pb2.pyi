@@ -1246,9 +1246,13 @@ class SessionTranscript(_message.Message):
 
     TOKEN_IDS_FIELD_NUMBER: _builtins.int
     TURN_ENDS_FIELD_NUMBER: _builtins.int
+    IMAGES_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def token_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
-        """The token ids of every committed turn, in order."""
+        """The token ids of every committed turn, in order. An image's positions hold negative ids
+        derived from its bytes (see TranscriptImage); every other id is a token of the model's
+        vocabulary.
+        """
 
     @_builtins.property
     def turn_ends(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
@@ -1256,19 +1260,57 @@ class SessionTranscript(_message.Message):
         the number of token_ids.
         """
 
+    @_builtins.property
+    def images(self) -> _containers.RepeatedCompositeFieldContainer[Global___TranscriptImage]:
+        """The images of the transcript, in the order of their starts: a vision model's session
+        re-reads them when its KV cache is gone (its whole transcript is prefilled again).
+        """
+
     def __init__(
         self,
         *,
         token_ids: _abc.Iterable[_builtins.int] | None = ...,
         turn_ends: _abc.Iterable[_builtins.int] | None = ...,
+        images: _abc.Iterable[Global___TranscriptImage] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["token_ids", b"token_ids", "turn_ends", b"turn_ends"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["images", b"images", "token_ids", b"token_ids", "turn_ends", b"turn_ends"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SessionTranscript: _TypeAlias = SessionTranscript  # noqa: Y015
+
+@_typing.final
+class TranscriptImage(_message.Message):
+    """TranscriptImage is an image of a session's transcript and where its tokens start."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    START_FIELD_NUMBER: _builtins.int
+    IMAGE_FIELD_NUMBER: _builtins.int
+    start: _builtins.int
+    """The position in token_ids where the image begins: the tokens the projector puts around
+    the image, then one negative id per image position. A worker resuming the transcript reads
+    the image again and refuses it unless it gives exactly those ids there.
+    """
+    @_builtins.property
+    def image(self) -> Global___Image:
+        """The image, as the client sent it."""
+
+    def __init__(
+        self,
+        *,
+        start: _builtins.int = ...,
+        image: Global___Image | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["image", b"image"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["image", b"image", "start", b"start"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TranscriptImage: _TypeAlias = TranscriptImage  # noqa: Y015
 
 @_typing.final
 class SessionInfo(_message.Message):
@@ -1284,6 +1326,7 @@ class SessionInfo(_message.Message):
     TTL_S_FIELD_NUMBER: _builtins.int
     KV_TIER_FIELD_NUMBER: _builtins.int
     BUSY_FIELD_NUMBER: _builtins.int
+    IMAGES_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     """The session's id."""
     model: _builtins.str
@@ -1298,6 +1341,8 @@ class SessionInfo(_message.Message):
     """Where the session's KV cache is."""
     busy: _builtins.bool
     """Whether a turn is running."""
+    images: _builtins.int
+    """Images in the transcript."""
     @_builtins.property
     def turn_ends(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """The transcript's length at the end of each committed turn (the number of turns is the
@@ -1315,10 +1360,11 @@ class SessionInfo(_message.Message):
         ttl_s: _builtins.int = ...,
         kv_tier: Global___KvTier.ValueType = ...,
         busy: _builtins.bool = ...,
+        images: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["busy", b"busy", "expires_unix_ms", b"expires_unix_ms", "kv_tier", b"kv_tier", "length", b"length", "model", b"model", "session_id", b"session_id", "ttl_s", b"ttl_s", "turn_ends", b"turn_ends"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["busy", b"busy", "expires_unix_ms", b"expires_unix_ms", "images", b"images", "kv_tier", b"kv_tier", "length", b"length", "model", b"model", "session_id", b"session_id", "ttl_s", b"ttl_s", "turn_ends", b"turn_ends"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1815,6 +1861,7 @@ class SessionCommit(_message.Message):
     TURNS_FIELD_NUMBER: _builtins.int
     LENGTH_FIELD_NUMBER: _builtins.int
     APPENDED_TOKEN_IDS_FIELD_NUMBER: _builtins.int
+    IMAGE_STARTS_FIELD_NUMBER: _builtins.int
     turns: _builtins.int
     """The session's committed turns, this one included."""
     length: _builtins.int
@@ -1825,16 +1872,23 @@ class SessionCommit(_message.Message):
         the generated tokens.
         """
 
+    @_builtins.property
+    def image_starts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Where each image of the turn begins in the transcript (TranscriptImage.start), in the order
+        the request gave its images; the images themselves are the request's.
+        """
+
     def __init__(
         self,
         *,
         turns: _builtins.int = ...,
         length: _builtins.int = ...,
         appended_token_ids: _abc.Iterable[_builtins.int] | None = ...,
+        image_starts: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["appended_token_ids", b"appended_token_ids", "length", b"length", "turns", b"turns"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["appended_token_ids", b"appended_token_ids", "image_starts", b"image_starts", "length", b"length", "turns", b"turns"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
