@@ -21,37 +21,12 @@ from llamagrid.gateway.fields import refuse_undeclared
 from llamagrid.gateway.images.loaded import LoadedImage
 from llamagrid.gateway.llamacpp.schemas import INT32_MAX, CompletionRequest, MultimodalPrompt
 from llamagrid.gateway.lora.translate import request_lora
+from llamagrid.gateway.sampling import copy_plain
 from llamagrid.v1 import inference_pb2 as pb
 
 #: Tokenizes a text for the model: (text, add_special) -> token ids.
 Tokenizer = Callable[[str, bool], Awaitable[list[int]]]
 
-#: Options copied as given onto SamplingParams (the worker judges their values).
-PLAIN_SAMPLING_FIELDS = (
-    "temperature",
-    "dynatemp_range",
-    "dynatemp_exponent",
-    "top_k",
-    "top_p",
-    "min_p",
-    "typical_p",
-    "repeat_penalty",
-    "repeat_last_n",
-    "presence_penalty",
-    "frequency_penalty",
-    "mirostat",
-    "mirostat_tau",
-    "mirostat_eta",
-    "dry_multiplier",
-    "dry_base",
-    "dry_allowed_length",
-    "dry_penalty_last_n",
-    "xtc_probability",
-    "xtc_threshold",
-    "top_n_sigma",
-    "ignore_eos",
-    "min_keep",
-)
 #: The bias that ``false`` ("never") becomes: the most negative the contract allows.
 NEVER_BIAS = -100.0
 #: The most texts of one request the gateway tokenizes (prompt pieces and logit_bias keys).
@@ -123,10 +98,7 @@ def _refuse_unsupported(body: CompletionRequest) -> None:
 def sampling_params(body: CompletionRequest) -> pb.SamplingParams:
     """The sampling options of a /completion body."""
     sampling = pb.SamplingParams()
-    for name in PLAIN_SAMPLING_FIELDS:
-        value = getattr(body, name)
-        if value is not None:
-            setattr(sampling, name, value)
+    copy_plain(body, sampling)
     if body.n_predict > 0:
         sampling.max_tokens = body.n_predict
     if body.seed is not None and body.seed != -1:

@@ -31,36 +31,9 @@ from llamagrid.gateway.openai.schemas import (
     PromptObject,
     SamplingFields,
 )
+from llamagrid.gateway.sampling import copy_plain
 from llamagrid.v1 import inference_pb2 as pb
 
-#: Fields whose value is copied as is onto SamplingParams.
-_PLAIN_SAMPLING_FIELDS = (
-    "temperature",
-    "top_p",
-    "top_k",
-    "min_p",
-    "typical_p",
-    "repeat_penalty",
-    "repeat_last_n",
-    "presence_penalty",
-    "frequency_penalty",
-    "ignore_eos",
-    "mirostat",
-    "mirostat_tau",
-    "mirostat_eta",
-    "dry_multiplier",
-    "dry_base",
-    "dry_allowed_length",
-    "dry_penalty_last_n",
-    "xtc_probability",
-    "xtc_threshold",
-    "top_n_sigma",
-    "dynatemp_range",
-    "dynatemp_exponent",
-    "min_keep",
-    "adaptive_target",
-    "adaptive_decay",
-)
 #: Chat fields that the gateway cannot honour: any value other than null is refused. The
 #: legacy ``functions``/``function_call`` are refused rather than mapped: their answers have a
 #: shape of their own (``message.function_call``); ``tools``/``tool_choice`` replace them.
@@ -307,10 +280,7 @@ def embed_request(request: EmbeddingRequest) -> pb.EmbedRequest:
 def sampling_params(request: SamplingFields, max_tokens: int | None) -> pb.SamplingParams:
     """The sampling fields common to chat and text completions."""
     sampling = pb.SamplingParams()
-    for name in _PLAIN_SAMPLING_FIELDS:
-        value = getattr(request, name)
-        if value is not None:
-            setattr(sampling, name, value)
+    copy_plain(request, sampling)
     if max_tokens is not None:
         sampling.max_tokens = max_tokens
     if request.seed is not None:

@@ -3,38 +3,20 @@ protobuf."""
 
 from __future__ import annotations
 
+import dataclasses
+
 from llamagrid.v1 import inference_pb2 as pb
 from llamagrid.worker.engine.requests import Sampling
 from llamagrid.worker.engine.sampling import resolve
 from llamagrid.worker.engine.slot_control import SlotReport, SlotRestored, SlotSaved
+from llamagrid.worker.native.sampler import SamplerConfig
 
-#: Resolved sampler options copied into SlotState.sampling under the same name.
-_SAME_NAME = (
-    "temperature",
-    "top_p",
-    "top_k",
-    "min_p",
-    "typical_p",
-    "repeat_penalty",
-    "repeat_last_n",
-    "presence_penalty",
-    "frequency_penalty",
-    "seed",
-    "mirostat",
-    "mirostat_tau",
-    "mirostat_eta",
-    "dry_multiplier",
-    "dry_base",
-    "dry_allowed_length",
-    "dry_penalty_last_n",
-    "xtc_probability",
-    "xtc_threshold",
-    "top_n_sigma",
-    "dynatemp_range",
-    "dynatemp_exponent",
-    "min_keep",
-    "adaptive_target",
-    "adaptive_decay",
+#: Resolved sampler options copied into SlotState.sampling: SamplingParams' single fields that
+#: SamplerConfig has under the same name.
+_SAME_NAME = tuple(
+    f.name
+    for f in pb.SamplingParams.DESCRIPTOR.fields
+    if not f.is_repeated and f.name in {c.name for c in dataclasses.fields(SamplerConfig)}
 )
 
 
