@@ -51,12 +51,14 @@ from llamagrid.gateway.dispatch import Dispatcher, Routed
 from llamagrid.gateway.errors import OpenAIError, invalid_request, unsupported
 from llamagrid.gateway.fields import UNSET_SCHEMA, refuse_undeclared
 from llamagrid.gateway.openai import rendering, translate
+from llamagrid.gateway.openai.images import image_parts, load_images
 from llamagrid.gateway.openai.router import ERROR_RESPONSES, get_dispatcher
 from llamagrid.gateway.openai.schemas import (
     INT32_MAX,
     INT32_MIN,
     ChatCompletionRequest,
     ChatMessage,
+    ContentPart,
 )
 from llamagrid.gateway.policies import RouteRequest
 from llamagrid.gateway.routing import generate_route
@@ -168,8 +170,9 @@ class InteractiveRequest(BaseModel):
     )
     image_url: StrictStr | list[StrictStr] | None = Field(
         default=None,
-        description="Not supported on this route (images go to /v1/chat/completions): only "
-        "null or empty.",
+        description="Images for a vision model, before the text of a string prompt (as LMDeploy "
+        "puts them): data: URLs, or http(s):// and file:// URLs where the operator allows them "
+        "(README, Images). With chat messages, images go in their content parts instead.",
     )
     adapter_name: StrictStr | None = Field(
         default=None, description="Not supported (no LoRA adapters): only null or empty."
@@ -344,11 +347,6 @@ async def end_quietly(dispatcher: Dispatcher, request: Request, session_id: str)
 
 def _refuse_unsupported(body: InteractiveRequest) -> None:
     """Refuse, by name, every field set to something llamagrid cannot honour."""
-    if body.image_url:
-        raise unsupported(
-            "image_url",
-            "image_url is not supported on this route: send images to /v1/chat/completions.",
-        )
     if body.adapter_name:
         raise unsupported("adapter_name", "adapter_name is not supported (no LoRA adapters).")
     if body.skip_special_tokens is False:
@@ -368,15 +366,49 @@ def _refuse_unsupported(body: InteractiveRequest) -> None:
         )
 
 
-def _messages(prompt: str | list[ChatMessage]) -> list[ChatMessage]:
+def _text_turn(prompt: str | list[ChatMessage]) -> list[ChatMessage]:
     """A string prompt is one user message."""
     if isinstance(prompt, str):
         return [ChatMessage(role="user", content=prompt)]
     return prompt
 
 
-def generate_request(body: InteractiveRequest, model: str) -> pb.GenerateRequest:
-    """The Generate call for the request (errors name LMDeploy's fields)."""
+async def turn_messages(
+    body: InteractiveRequest, request: Request, dispatcher: Dispatcher
+) -> list[ChatMessage]:
+    """The turn's messages, their images loaded: a string prompt is one user message, after the
+    images of ``image_url``; chat messages carry theirs in their content parts."""
+    given = body.image_url
+    urls = [given] if isinstance(given, str) else list(given or [])
+    if urls and not isinstance(body.prompt, str):
+        raise invalid_request(
+            "image_url goes with a string prompt: with chat messages, put the images in their "
+            "content as image_url parts.",
+            "image_url",
+        )
+    if not urls:
+        messages = _text_turn(body.prompt)
+    else:
+        parts = [ContentPart(type="image_url", image_url=url) for url in urls]
+        text = ContentPart(type="text", text=str(body.prompt))
+        messages = [ChatMessage(role="user", content=[*parts, text])]
+    if not image_parts(messages):
+        return messages
+    try:
+        await load_images(request, messages, _model(body, dispatcher))
+    except OpenAIError as error:
+        if urls:  # the images of image_url, named as the client sent them
+            number = (error.param or "").partition("].content[")[2].partition("]")[0]
+            error.param = "image_url" if isinstance(given, str) else f"image_url[{number}]"
+        raise rename(error) from None
+    return messages
+
+
+def generate_request(
+    body: InteractiveRequest, model: str, messages: list[ChatMessage] | None = None
+) -> pb.GenerateRequest:
+    """The Generate call for the request (errors name LMDeploy's fields); ``messages`` are its
+    turn with images loaded (turn_messages), by default the prompt's text alone."""
     if body.request_output_len == 0:
         raise invalid_request(
             "request_output_len must be at least 1 (0 only ends a session: with an empty "
@@ -386,7 +418,7 @@ def generate_request(body: InteractiveRequest, model: str) -> pb.GenerateRequest
     stop = None if isinstance(body.stop, bool) else body.stop
     chat = ChatCompletionRequest(
         model=model,
-        messages=_messages(body.prompt),
+        messages=messages if messages is not None else _text_turn(body.prompt),
         stop=stop,
         max_tokens=body.request_output_len,
         temperature=body.temperature,
@@ -470,7 +502,7 @@ async def chat_interactive(
     _refuse_unsupported(body)
     if not body.interactive_mode and body.prompt == "":
         return await _end(body, key, sessions, request, dispatcher)
-    turn = _Turn(body, request, dispatcher)
+    turn = _Turn(body, await turn_messages(body, request, dispatcher), request, dispatcher)
     if body.session_id == NO_SESSION:
         return await turn.stateless()
     if body.interactive_mode:
@@ -548,12 +580,18 @@ async def _end(
 class _Turn:
     """One generation: stateless, or a turn of a session."""
 
-    def __init__(self, body: InteractiveRequest, request: Request, dispatcher: Dispatcher) -> None:
+    def __init__(
+        self,
+        body: InteractiveRequest,
+        messages: list[ChatMessage],
+        request: Request,
+        dispatcher: Dispatcher,
+    ) -> None:
         """Translate (and so check) the request before any session is opened or ended."""
         self.body = body
         self.request = request
         self.dispatcher = dispatcher
-        self.proto = generate_request(body, "")
+        self.proto = generate_request(body, "", messages)
 
     async def stateless(self) -> Response:
         proto = self.proto

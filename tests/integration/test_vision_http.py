@@ -150,6 +150,31 @@ def test_a_plain_http_client_and_a_stream_carry_images_too(vision_url: str) -> N
     assert text == whole.json()["choices"][0]["message"]["content"]
 
 
+def test_lmdeploys_interactive_route_takes_image_url(
+    client: openai.OpenAI, vision_url: str
+) -> None:
+    """LMDeploy's image_url: the images before the string prompt's text, kept in the session
+    for its later turns."""
+    picture = png_image(56, 56, 5)
+
+    def interactive(session_id: int, **fields: Any) -> dict[str, Any]:
+        body = {"model": VISION, "session_id": session_id, "request_output_len": 8, **fields}
+        body = {"interactive_mode": True, "temperature": 0, **body}
+        reply = httpx.post(f"{vision_url}/v1/chat/interactive", json=body, timeout=120)
+        assert reply.status_code == 200, reply.text
+        answer: dict[str, Any] = reply.json()
+        return answer
+
+    text_only = interactive(40, prompt=QUESTION)
+    seen = interactive(41, prompt=QUESTION, image_url=data_url(picture))
+    assert seen["input_tokens"] == text_only["input_tokens"] + IMAGE_TOKENS
+    assert seen["text"] == ask(client, picture).choices[0].message.content
+    later = interactive(41, prompt="And what colour is it?")
+    assert later["history_tokens"] >= seen["input_tokens"] and later["finish_reason"]
+    for session_id in (40, 41):
+        interactive(session_id, prompt="", interactive_mode=False)
+
+
 def test_completion_takes_multimodal_data_at_the_media_marker(vision_url: str) -> None:
     props = httpx.get(f"{vision_url}/props", params={"model": VISION}, timeout=30).json()
     assert props["modalities"]["vision"] is True
