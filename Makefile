@@ -76,9 +76,10 @@ system-deps:
 	command -v chromium >/dev/null || { $(SUDO) apt-get update -qq && \
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; }
 
+# --durations: the slowest tests, so that CI's time (budget: well under 30 minutes) stays visible.
 test: install system-deps
 	$(MAKE) proto-check lint
-	$(VENV)/bin/pytest -ra
+	$(VENV)/bin/pytest -ra --durations=25
 
 # One ring each (design.md section 4; tests/conftest.py marks every test with its folder's ring).
 # pytest exits 5 when a selection runs no test: that fails the target.
