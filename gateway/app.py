@@ -41,8 +41,10 @@ from llamagrid.gateway.nodes.router import install_nodes
 from llamagrid.gateway.openai.router import router as openai_router
 from llamagrid.gateway.pool import PoolOptions, WorkerPool
 from llamagrid.gateway.responses.router import router as responses_router
+from llamagrid.gateway.session_directory import (
+    SessionDirectory,
+)
 from llamagrid.gateway.session_store import create_store
-from llamagrid.gateway.sessions import SessionDirectory
 from llamagrid.gateway.sessions import router as sessions_router
 from llamagrid.gateway.settings import Access, GatewaySettings
 from llamagrid.gateway.slots.router import router as slots_router
@@ -103,7 +105,9 @@ def create_app(settings: GatewaySettings, pool: WorkerPool) -> FastAPI:
     keys = api_keys(settings)
     check = ApiKeyCheck(keys) if keys else None
     discovery = DnsDiscovery(pool, settings.worker_dns, settings.dns_interval_s)
-    store = create_store(settings.session_store, settings.max_session_records)
+    store = create_store(
+        settings.session_store, settings.max_session_records, settings.max_session_image_bytes
+    )
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

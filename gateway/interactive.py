@@ -62,13 +62,15 @@ from llamagrid.gateway.openai.schemas import (
 )
 from llamagrid.gateway.policies import RouteRequest
 from llamagrid.gateway.routing import generate_route
+from llamagrid.gateway.session_directory import (
+    get_directory,
+    session_stub,
+)
 from llamagrid.gateway.sessions import (
     SessionCreate,
     cancel_turn,
     delete_session,
-    get_directory,
     open_session,
-    session_stub,
     turn_route,
 )
 from llamagrid.gateway.sse import (

@@ -8,25 +8,22 @@ and one naming a worker that has left the fleet is a 404 ``session_lost``.
 
 ``POST /v1/sessions/{id}/chat/completions`` takes an OpenAI chat body whose ``messages`` hold
 only the new turn, so any OpenAI SDK works with ``base_url`` set to ``.../v1/sessions/{id}``.
+Its images are loaded as ``/v1/chat/completions`` loads them, for the session's model.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import logging
-from array import array
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-import grpc
 from fastapi import APIRouter, Depends, Path, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from llamagrid.client import AsyncInferenceClient
-from llamagrid.gateway.dispatch import Dispatcher, Resume, Routed
-from llamagrid.gateway.errors import OpenAIError
+from llamagrid.gateway.dispatch import Dispatcher, Routed
+from llamagrid.gateway.model_names import resolve_for
 from llamagrid.gateway.openai import translate
+from llamagrid.gateway.openai.images import image_parts, load_images
 from llamagrid.gateway.openai.router import (
     ERROR_RESPONSES,
     completion_responses,
@@ -35,16 +32,16 @@ from llamagrid.gateway.openai.router import (
 )
 from llamagrid.gateway.openai.schemas import ChatCompletion, ChatCompletionRequest
 from llamagrid.gateway.policies import RouteRequest
-from llamagrid.gateway.pool import WorkerPool
-from llamagrid.gateway.session_store import SessionRecord, SessionStore
+from llamagrid.gateway.session_directory import (
+    get_directory,
+    public_id,
+    request_images,
+    session_stub,
+)
 from llamagrid.gateway.sse import EventStreamResponse
 from llamagrid.v1 import inference_pb2 as pb
 from llamagrid.v1 import inference_pb2_grpc as pb_grpc
 
-log = logging.getLogger(__name__)
-
-#: What a public session id starts with.
-ID_PREFIX = "lgs"
 #: The longest public session id accepted.
 MAX_ID_CHARS = 512
 #: The largest TTL or turn count a request may name (the worker's fields are 32-bit).
@@ -58,12 +55,6 @@ _TIERS: dict[int, str] = {
 
 if TYPE_CHECKING:  # the async stub type exists only in the type stubs
     Stub = pb_grpc.SessionServiceAsyncStub
-
-
-def session_stub(client: AsyncInferenceClient) -> Stub:
-    """A SessionService stub on a worker client's channel (its TLS and token included)."""
-    return pb_grpc.SessionServiceStub(client.channel)
-
 
 router = APIRouter(prefix="/v1/sessions", tags=["sessions"], responses=ERROR_RESPONSES)
 Dispatch = Annotated[Dispatcher, Depends(get_dispatcher)]
@@ -111,6 +102,8 @@ class Session(BaseModel):
     length: int
     #: Committed turns.
     turns: int
+    #: Images in the transcript.
+    images: int
     #: The transcript's length at the end of each committed turn.
     turn_ends: list[int]
     #: When the session expires unless used again (Unix seconds).
@@ -140,33 +133,6 @@ class TurnCancelled(BaseModel):
     cancelled: bool
 
 
-def public_id(address: str, worker_id: str) -> str:
-    """The id clients see: the home worker's address and the worker's own id."""
-    encoded = base64.urlsafe_b64encode(address.encode()).decode().rstrip("=")
-    return f"{ID_PREFIX}.{encoded}.{worker_id}"
-
-
-def parse_id(session_id: str) -> tuple[str, str]:
-    """The home worker's address and the worker's own id; 404 for an id we never made."""
-    prefix, _, rest = session_id.partition(".")
-    encoded, _, worker_id = rest.partition(".")
-    try:
-        if prefix != ID_PREFIX or not encoded or not worker_id:
-            raise ValueError(session_id)
-        padded = encoded + "=" * (-len(encoded) % 4)
-        address = base64.b64decode(padded, altchars=b"-_", validate=True).decode()
-        if not address:
-            raise ValueError(session_id)
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise OpenAIError(
-            404,
-            "No session has this id.",
-            param="session_id",
-            code="session_not_found",
-        ) from None
-    return address, worker_id
-
-
 def describe(info: pb.SessionInfo, address: str) -> Session:
     """The HTTP description of a worker's SessionInfo."""
     return Session(
@@ -174,6 +140,7 @@ def describe(info: pb.SessionInfo, address: str) -> Session:
         model=info.model,
         length=info.length,
         turns=len(info.turn_ends),
+        images=info.images,
         turn_ends=list(info.turn_ends),
         expires_at=info.expires_unix_ms // 1000,
         ttl_s=info.ttl_s,
@@ -181,114 +148,6 @@ def describe(info: pb.SessionInfo, address: str) -> Session:
         busy=info.busy,
         worker=address,
     )
-
-
-def session_lost() -> OpenAIError:
-    """The 404 for a session whose worker is gone with no copy of its transcript to resume."""
-    return OpenAIError(
-        404,
-        "The worker that held this session is gone, and the gateway's session store holds no "
-        "copy of its transcript: the session is lost.",
-        param="session_id",
-        code="session_lost",
-    )
-
-
-class SessionDirectory:
-    """Where each session is, and the gateway's copy of its transcript (gateway/session_store.py).
-
-    A session's home is its store record's, else the worker its id names. Every committed turn
-    is added to the copy (``committed``); when the home is lost, ``resume`` reopens the session
-    on another worker from the copy and records the move, so the session keeps its id.
-    """
-
-    def __init__(self, store: SessionStore, pool: WorkerPool) -> None:
-        self.store = store
-        self.pool = pool
-
-    async def locate(self, session_id: str) -> tuple[str, str]:
-        """The session's home address and its id there."""
-        record = await self.store.get(session_id)
-        if record is not None:
-            return record.home, record.worker_id
-        return parse_id(session_id)
-
-    async def sync(self, session_id: str, model: str, address: str, worker_id: str) -> None:
-        """Copy the session's whole transcript from its worker (after a fork or a rollback, or
-        when the copy and the worker disagree)."""
-        worker = self.pool.get(address)
-        if worker is None:
-            return
-        request = pb.GetSessionRequest(session_id=worker_id, with_transcript=True)
-        reply = await session_stub(worker.client).GetSession(request, timeout=30)
-        record = SessionRecord(
-            model=model or reply.session.model,
-            home=address,
-            worker_id=worker_id,
-            ttl_s=reply.session.ttl_s,
-            tokens=array("i", reply.transcript.token_ids),
-            turn_ends=array("i", reply.transcript.turn_ends),
-        )
-        await self.store.put(session_id, record)
-
-    async def opened(self, session_id: str, model: str, address: str, info: pb.SessionInfo) -> None:
-        """Record a new, empty session."""
-        record = SessionRecord(model, address, info.session_id, info.ttl_s)
-        await self.store.put(session_id, record)
-
-    async def committed(
-        self, session_id: str, model: str, address: str, final: pb.GenerateFinal
-    ) -> None:
-        """Add a committed turn to the copy (or copy the whole transcript if they disagree)."""
-        commit = final.session
-        appended = list(commit.appended_token_ids)
-        if await self.store.append(session_id, commit.length - len(appended), appended):
-            return
-        _, worker_id = await self.locate(session_id)
-        try:
-            await self.sync(session_id, model, address, worker_id)
-        except grpc.aio.AioRpcError as error:  # the turn stands; only the copy lags
-            log.warning("could not copy session %s's transcript: %s", session_id, error.code())
-
-    def resumer(self, session_id: str, moved: Callable[[str], None] | None = None) -> Resume:
-        """What the dispatcher calls when the session's home is lost; ``moved`` is told the
-        session's new id on its new worker."""
-
-        async def resume() -> tuple[str, str]:
-            record = await self.store.get(session_id)
-            if record is None:
-                raise session_lost()
-            old = self.pool.get(record.home)
-            choice = self.pool.select(
-                RouteRequest(record.model, new_session=True),
-                exclude=[old] if old is not None else [],
-            )
-            transcript = pb.SessionTranscript(
-                token_ids=record.tokens.tolist(), turn_ends=record.turn_ends.tolist()
-            )
-            request = pb.OpenSessionRequest(
-                model=record.model, ttl_s=record.ttl_s, transcript=transcript
-            )
-            reply = await session_stub(choice.worker.client).OpenSession(request, timeout=60)
-            choice.worker.sessions_opened += 1
-            record.home, record.worker_id = choice.worker.address, reply.session.session_id
-            await self.store.put(session_id, record)
-            if moved is not None:
-                moved(record.worker_id)
-            return record.home, record.worker_id
-
-        return resume
-
-    async def forget(self, session_id: str) -> None:
-        """The session was deleted."""
-        await self.store.delete(session_id)
-
-
-def get_directory(request: Request) -> SessionDirectory:
-    """The app's session directory (set by create_app)."""
-    directory = request.app.state.sessions
-    assert isinstance(directory, SessionDirectory)
-    return directory
 
 
 async def turn_route(
@@ -307,7 +166,8 @@ async def turn_route(
     model = proto.model
 
     async def committed(final: pb.GenerateFinal) -> None:
-        await directory.committed(session_id, model, routed.worker, final)
+        images = request_images(proto)
+        await directory.committed(session_id, model, routed.worker, final, images)
         if on_commit is not None:
             on_commit(final)
 
@@ -450,6 +310,10 @@ async def session_chat(
 ) -> ChatCompletion | EventStreamResponse:
     """The session's next turn: ``messages`` holds only the new messages. Usage counts the
     whole context as prompt tokens, the part reused from the session as cached tokens."""
+    if image_parts(body.messages):  # checked against the session's own model
+        directory = get_directory(request)
+        model = await directory.model_of(session_id) or resolve_for(request, body.model)
+        await load_images(request, body.messages, model)
     proto = translate.chat_request(body)
     route, routed = await turn_route(request, session_id, proto)
     return await run_chat(body, proto, route, routed, request, response, dispatcher)

@@ -101,6 +101,12 @@ class GatewaySettings(BaseSettings):
         description="Sessions the memory store keeps at most (the least recently written go "
         "first).",
     )
+    max_session_image_bytes: int = Field(
+        1 << 30,
+        ge=0,
+        description="Bytes of session images (the images of their transcripts) the memory store "
+        "keeps at most (the least recently written sessions go first).",
+    )
     breaker_threshold: int = Field(
         3,
         ge=1,

@@ -17,6 +17,7 @@ SINGLE_MODEL_FIELDS = (
     "model",
     "hf_repo",
     "hf_file",
+    "hf_mmproj_file",
     "alias",
     "n_ctx",
     "parallel",
@@ -85,6 +86,9 @@ class ServeSettings(BaseSettings):
     model: str = Field(default="", description="GGUF path; empty means the default SmolLM2.")
     hf_repo: str = Field(default="", description="Hugging Face repository of the GGUF.")
     hf_file: str = Field(default="", description="File name (or glob) inside --hf-repo.")
+    hf_mmproj_file: str = Field(
+        default="", description="The vision projector's file name (or glob) inside --hf-repo."
+    )
     alias: str = Field(default="", description="Model name for clients (default smollm2).")
     n_ctx: int = Field(default=8192, ge=0, description="Worker KV context, shared by slots.")
     parallel: int = Field(default=4, ge=1, description="Worker slots.")
@@ -174,6 +178,7 @@ class ServeSettings(BaseSettings):
             ("--model", self.model),
             ("--hf-repo", self.hf_repo),
             ("--hf-file", self.hf_file),
+            ("--hf-mmproj-file", self.hf_mmproj_file),
             ("--alias", self.alias),
         ):
             if value:

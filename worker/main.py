@@ -12,7 +12,7 @@ from pydantic_settings import CliApp
 
 from llamagrid.fleet.parent_death import exit_with_parent
 from llamagrid.worker.engine.llama_engine import LlamaEngine
-from llamagrid.worker.model_source import ModelNotFound, resolve
+from llamagrid.worker.model_source import ModelNotFound, resolve, resolve_projector
 from llamagrid.worker.registration import Registrar, RegistrationError, read_key
 from llamagrid.worker.rpc.security import SecurityError, exposure_warning, server_security
 from llamagrid.worker.rpc.server import EngineDied, serve
@@ -116,6 +116,10 @@ def main(argv: list[str] | None = None) -> None:
         source = resolve(
             settings.model, settings.hf_repo, settings.hf_file, settings.hf_revision, settings.alias
         )
+        mmproj = resolve_projector(
+            settings.mmproj, settings.hf_repo, settings.hf_mmproj_file, settings.hf_revision
+        )
+        settings = settings.model_copy(update={"mmproj": mmproj})
     except ModelNotFound as exc:
         sys.exit(f"llamagrid worker: {exc}")
     try:

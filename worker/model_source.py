@@ -88,5 +88,17 @@ def resolve(model: str, hf_repo: str, hf_file: str, revision: str, alias: str) -
     return ModelSource(default_model_path(), alias or DEFAULT_MODEL_ALIAS)
 
 
+def resolve_projector(mmproj: str, hf_repo: str, hf_mmproj_file: str, revision: str) -> str:
+    """The vision projector's path: --mmproj as given, or --hf-mmproj-file fetched from
+    --hf-repo (empty: none)."""
+    if not hf_mmproj_file:
+        return mmproj
+    if mmproj:
+        raise ModelNotFound("give the projector as --mmproj or as --hf-mmproj-file, not both")
+    if not hf_repo:
+        raise ModelNotFound("--hf-mmproj-file names a file of --hf-repo, which is not set")
+    return str(from_hugging_face(hf_repo, hf_mmproj_file, revision))
+
+
 def _stem(path: Path) -> str:
     return path.name.removesuffix(".gguf")

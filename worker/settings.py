@@ -36,6 +36,11 @@ class WorkerSettings(BaseSettings):
     hf_repo: str = Field(default="", description="Hugging Face repository to fetch the GGUF from.")
     hf_file: str = Field(default="", description="File name (or glob) inside --hf-repo.")
     hf_revision: str = Field(default="main", description="Branch, tag or commit of --hf-repo.")
+    hf_mmproj_file: str = Field(
+        default="",
+        description="The model's vision projector: a file name (or glob) inside --hf-repo, "
+        "fetched like the model (instead of a --mmproj path).",
+    )
     alias: str = Field(
         default="", description="Name clients use for the model; default: file stem."
     )

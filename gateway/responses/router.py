@@ -38,15 +38,17 @@ from llamagrid.gateway.responses.schemas import (
 )
 from llamagrid.gateway.responses.store import ResponseStore, get_store
 from llamagrid.gateway.routing import prefix_key, session_key
+from llamagrid.gateway.session_directory import (
+    SessionDirectory,
+    get_directory,
+    session_stub,
+)
 from llamagrid.gateway.sessions import (
     SessionCreate,
-    SessionDirectory,
     SessionFork,
     fork_session,
-    get_directory,
     get_session,
     open_session,
-    session_stub,
     turn_route,
 )
 from llamagrid.gateway.sse import Admitted, Events, EventStreamResponse

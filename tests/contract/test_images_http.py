@@ -9,10 +9,14 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
+import httpx
 import openai
 import pytest
 
 from llamagrid.gateway.app import create_app, create_pool
+from llamagrid.gateway.session_directory import (
+    public_id,
+)
 from llamagrid.gateway.settings import GatewaySettings
 from llamagrid.v1 import inference_pb2 as pb
 from tests.contract.conftest import API_KEY, Gateway, eventually, serve
@@ -196,15 +200,46 @@ async def test_routes_that_take_no_images_say_so(vision: Gateway) -> None:
     body = {"model": MODEL, "input": [{"role": "user", "content": [image]}]}
     async with vision.http(headers=AUTH) as http:
         responses = await http.post("/v1/responses", json=body)
-        session = await http.post(
-            "/v1/sessions/lgs.x/chat/completions",
-            json={"model": MODEL, "messages": user(image_part(PNG_URL))},
-        )
     assert responses.status_code == 400, responses.text
     assert "input_image is not supported on this route" in responses.json()["error"]["message"]
-    assert session.status_code == 400, session.text
-    assert "image_url is not supported on this route" in session.json()["error"]["message"]
     assert vision.worker.generate_requests() == []
+
+
+async def session_turn(gateway: Gateway, url: str, model: str = "") -> httpx.Response:
+    """A session turn with one image, on a session of the gateway's worker (which the gateway's
+    store does not know: the id alone names the worker)."""
+    session_id = public_id(gateway.worker.address, "ses_1")
+    body = {"model": model, "messages": user(image_part(url), {"type": "text", "text": "And?"})}
+    async with gateway.http(headers=AUTH) as http:
+        return await http.post(f"/v1/sessions/{session_id}/chat/completions", json=body)
+
+
+@pytest.mark.parametrize("model", ["", MODEL, "gpt-4o"])
+async def test_a_session_turns_image_reaches_the_worker_whatever_model_the_body_names(
+    vision: Gateway, model: str
+) -> None:
+    reply = await session_turn(vision, PNG_URL, model)
+    # The image is loaded for the session's model whatever the body names; the name itself is
+    # the worker's to judge (a real worker takes "" as its only model).
+    assert reply.status_code == 200 or model != MODEL, reply.text
+    (sent,) = vision.worker.generate_requests()
+    assert sent.session.session_id == "ses_1"
+    (message,) = sent.chat.messages
+    assert message.parts[0].image == pb.Image(data=PNG, mime_type="image/png")
+
+
+async def test_a_session_turns_image_is_refused_as_a_chats_is(
+    vision: Gateway, gateway: Gateway
+) -> None:
+    no_projector = await session_turn(gateway, PNG_URL)
+    assert no_projector.status_code == 400, no_projector.text
+    assert no_projector.json()["error"]["code"] == "model_not_multimodal"
+    fetched = await session_turn(vision, "https://example.com/cat.png")
+    assert fetched.status_code == 400 and "fetching images is off" in fetched.text
+    malformed = await session_turn(vision, "data:image/png;base64,iVBO@@==")
+    assert malformed.status_code == 400 and "not valid base64" in malformed.text
+    assert malformed.json()["error"]["param"] == "messages[0].content[0].image_url"
+    assert vision.worker.generate_requests() == gateway.worker.generate_requests() == []
 
 
 async def test_a_text_completion_takes_llama_servers_prompt_object(vision: Gateway) -> None:

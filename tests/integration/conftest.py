@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
+import socket
+import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,7 +16,15 @@ from openai import OpenAI
 from llamagrid.grpc_options import channel_options
 from llamagrid.v1 import inference_pb2_grpc as pb_grpc
 from tests.mmproj_model import write_projector
-from tests.procs import Proc, running, spawn_gateway, spawn_worker, wait_http_ok, wait_serving
+from tests.procs import (
+    Proc,
+    free_port,
+    running,
+    spawn_gateway,
+    spawn_worker,
+    wait_http_ok,
+    wait_serving,
+)
 
 
 @pytest.fixture(scope="session")
@@ -59,3 +71,32 @@ def vision_projector(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A llava-style projector GGUF for SmolLM2 with seeded random weights (tests/mmproj_model.py),
     written once per session: 16 tokens an image, projected to SmolLM2's width."""
     return write_projector(tmp_path_factory.mktemp("mmproj") / "mmproj.gguf")
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A redis-server on a free port, as the README tells users to run one for a shared
+    session store (no persistence), for the tests of one module."""
+    binary = shutil.which("redis-server")
+    assert binary, "redis-server is missing: `make test` installs it (Debian's redis-server)"
+    port = free_port()
+    directory = tmp_path_factory.mktemp("redis")
+    server = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        cwd=directory,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    break
+            except OSError:
+                assert time.monotonic() < deadline, "redis-server did not start"
+                time.sleep(0.05)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        server.terminate()
+        server.wait(10)

@@ -4,16 +4,14 @@ turn reopens the session elsewhere from the stored transcript (``session:resumed
 exactly what a run without the kill answers. A stream under way when its worker dies ends with an
 error event, is never replayed, and leaves the session as it was.
 
-redis-server is started as the README tells users to run it for a shared session store.
+redis-server is started as the README tells users to run it for a shared session store
+(tests/integration/conftest.py ``redis_url``).
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import signal
-import socket
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,38 +20,11 @@ import httpx
 import pytest
 import redis
 
-from tests.procs import Proc, free_port, running, spawn_gateway, spawn_worker, wait_serving
+from tests.procs import Proc, running, spawn_gateway, spawn_worker, wait_serving
 
 WORKER_ARGS = ("--parallel", "2", "--n-ctx", "4096", "--n-threads", "1", "--flash-attn", "off")
 QUESTIONS = [f"Name something that is {colour}." for colour in ("red", "blue", "green", "white")]
 QUESTIONS += ["Say one word.", "Name a fruit.", "Name a city.", "Name a tree.", "Hi.", "Bye."]
-
-
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    binary = shutil.which("redis-server")
-    assert binary, "redis-server is missing: `make test` installs it (Debian's redis-server)"
-    port = free_port()
-    directory = tmp_path_factory.mktemp("redis")
-    server = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        cwd=directory,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1):
-                    break
-            except OSError:
-                assert time.monotonic() < deadline, "redis-server did not start"
-                time.sleep(0.05)
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        server.terminate()
-        server.wait(10)
 
 
 class Fleet:

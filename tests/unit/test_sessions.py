@@ -246,3 +246,18 @@ def test_a_turn_cancelled_before_it_reached_the_engine_is_refused_when_it_does()
     sessions.end_turn(session)
     sessions.begin_turn(SessionRef(session.session_id))
     sessions.check_open(session)  # the next turn is not affected
+
+
+def test_a_committed_turn_frees_the_session_before_its_answer_is_sent() -> None:
+    """The next turn may begin as soon as a turn commits; the first turn's late end does not
+    end the next one."""
+    sessions, _ = table()
+    session = sessions.open(0)
+    first = sessions.begin_turn(SessionRef(session.session_id)).turn_id
+    sessions.commit(session, [5, 6])
+    assert not session.busy  # committed: free, though the answer is still on its way
+    second = sessions.begin_turn(SessionRef(session.session_id, expected_turns=1)).turn_id
+    sessions.end_turn(session, first)  # the first turn's stream closes late
+    assert session.busy and second != first
+    sessions.end_turn(session, second)
+    assert not session.busy and session.turns == 1

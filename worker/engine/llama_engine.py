@@ -310,14 +310,15 @@ class LlamaEngine:
             request, tool_format, reasoning_format, ReasoningFormat(self.settings.reasoning_format)
         )
         session = self.sessions.begin_turn(request.session) if request.session else None
+        turn_id = session.turn_id if session is not None else 0
         batches = self._generate(request, desc.context_per_slot, session, plan)
         try:
             async with contextlib.aclosing(batches):  # closing generate closes the job now
                 async for batch in batches:
                     yield batch
         finally:
-            if session is not None:
-                self.sessions.end_turn(session)
+            if session is not None:  # unless it committed: that ended it
+                self.sessions.end_turn(session, turn_id)
 
     def _output_formats(self, template: str) -> tuple[str, str | None]:
         """The tool-call format (--tool-call-format, else the template's) and the thinking

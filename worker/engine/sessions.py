@@ -13,8 +13,9 @@ Rules, all enforced here, on the event loop's thread (so no lock is needed):
 - **One turn at a time.** ``begin_turn`` marks the session busy; a second turn, a rollback or a
   fork while it runs would race its commit, so the turn is refused (SESSION_BUSY) and so is the
   rollback. A fork reads only committed turns and may run.
-- **A turn commits atomically**, when its final event arrives (``commit``). A turn that fails or
-  is cancelled never calls it, and the session is exactly as before.
+- **A turn commits atomically**, when its final event arrives (``commit``), and the session is
+  free for the next turn at once, before the client has the answer. A turn that fails or is
+  cancelled never calls it, and the session is exactly as before once it ends (``end_turn``).
 - **Sessions expire** after their TTL of disuse. An expired session is reaped lazily (every
   call sweeps at most once a second) and its id remembered for a while, so that a late client
   hears SESSION_EXPIRED rather than SESSION_NOT_FOUND.
@@ -65,6 +66,8 @@ class Session:
     turn_ends: list[int] = field(default_factory=list)
     #: Whether a turn is running.
     busy: bool = False
+    #: Counts the turns begun: ``end_turn`` ends only the turn it names.
+    turn_id: int = 0
     #: Cancels the running turn's generation (set once it has one).
     cancel: Callable[[EngineError], None] | None = None
     #: Set by close: a running turn must not commit.
@@ -272,6 +275,7 @@ class SessionTable:
                 "session.expected_turns",
             )
         session.busy = True
+        session.turn_id += 1
         return session
 
     def check_image_count(self, n: int, param: str, session: Session | None = None) -> None:
@@ -307,10 +311,15 @@ class SessionTable:
         new, session.pending = session.pending, []
         session.images += new
         starts = tuple(p.start for p in new)
+        self.end_turn(session)  # the next turn may begin before this one's answer is sent
         return SessionCommit(session.turns, len(session.tokens), tuple(appended), starts)
 
-    def end_turn(self, session: Session) -> None:
-        """The turn is over, committed or not (an uncommitted turn's images are let go)."""
+    def end_turn(self, session: Session, turn_id: int | None = None) -> None:
+        """The turn is over, committed or not (an uncommitted turn's images are let go). With
+        ``turn_id``, only if that turn still runs (a committed turn has ended already, and
+        another may have begun since)."""
+        if not session.busy or (turn_id is not None and turn_id != session.turn_id):
+            return
         self.bank.release(session.pending)
         session.pending = []
         session.busy = False
