@@ -78,6 +78,7 @@ def image_policy(settings: GatewaySettings) -> ImagePolicy:
         fetch_hosts=tuple(settings.image_fetch_allow_hosts),
         fetch_max_bytes=settings.image_fetch_max_bytes,
         fetch_timeout_s=settings.image_fetch_timeout_s,
+        fetch_ca_file=settings.image_fetch_ca_file,
         file_dir=settings.image_file_dir,
     )
 

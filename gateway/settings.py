@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import ssl
 from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
@@ -317,6 +318,12 @@ class GatewaySettings(BaseSettings):
     image_fetch_timeout_s: float = Field(
         10.0, gt=0, le=600, description="Seconds one image fetch may take, DNS included."
     )
+    image_fetch_ca_file: str = Field(
+        "",
+        description="PEM file of the certificate authorities that an https image host's "
+        "certificate must chain to, instead of the public ones (certifi's): for image hosts "
+        "behind a private CA.",
+    )
     image_file_dir: str = Field(
         "",
         description="Directory whose files file:// image URLs may name (symbolic links that "
@@ -362,6 +369,20 @@ class GatewaySettings(BaseSettings):
                     f"image fetch host {host[:100]!r} is not a host name, *.domain or IP address"
                 )
         return list(dict.fromkeys(value))
+
+    @field_validator("image_fetch_ca_file")
+    @classmethod
+    def _check_ca_file(cls, value: str) -> str:
+        """A PEM file of certificates that loads, when set."""
+        if value:
+            try:
+                ssl.create_default_context(cafile=value)
+            except (OSError, ssl.SSLError) as error:
+                raise ValueError(
+                    f"--image-fetch-ca-file {value[:200]!r} is not a PEM file of certificates: "
+                    f"{error}"
+                ) from None
+        return value
 
     @field_validator("image_file_dir")
     @classmethod

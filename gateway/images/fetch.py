@@ -13,7 +13,9 @@ of the environment are ignored, and no connection is kept or shared between fetc
 from __future__ import annotations
 
 import asyncio
+import functools
 import socket
+import ssl
 from dataclasses import dataclass
 
 import httpx
@@ -45,7 +47,7 @@ async def fetch(url: str, policy: ImagePolicy, param: str) -> LoadedImage:
     try:
         async with asyncio.timeout(policy.fetch_timeout_s):
             target = await resolve(url, policy, param)
-            return await fetch_pinned(target, policy.fetch_cap, param)
+            return await fetch_pinned(target, policy.fetch_cap, param, policy.fetch_ca_file)
     except TimeoutError:
         raise invalid_request(
             f"Fetching the image {shown(url)} took longer than {policy.fetch_timeout_s:g} s.",
@@ -108,8 +110,18 @@ async def _addresses(host: str, port: int, url: str, param: str) -> list[IPAddre
     return addresses
 
 
-async def fetch_pinned(target: Target, max_bytes: int, param: str) -> LoadedImage:
-    """GET ``target.url`` from ``target.address`` (Host header and SNI from the URL)."""
+@functools.cache
+def _tls(ca_file: str) -> ssl.SSLContext | bool:
+    """How https fetches verify a host: its certificate checked against the URL's name, and
+    chaining to the CAs of ``ca_file`` (empty: httpx's default, the public ones)."""
+    return ssl.create_default_context(cafile=ca_file) if ca_file else True
+
+
+async def fetch_pinned(
+    target: Target, max_bytes: int, param: str, ca_file: str = ""
+) -> LoadedImage:
+    """GET ``target.url`` from ``target.address`` (Host header and SNI from the URL; an https
+    host's certificate verified against that name)."""
     url = target.url
     shown_url = str(url)
     host_header = url.netloc.decode("ascii").rpartition("@")[2]
@@ -119,7 +131,7 @@ async def fetch_pinned(target: Target, max_bytes: int, param: str) -> LoadedImag
     limits = httpx.Limits(max_connections=1, max_keepalive_connections=0)
     # No timeout of httpx's own: the caller's deadline covers the whole fetch.
     async with httpx.AsyncClient(
-        trust_env=False, follow_redirects=False, limits=limits, timeout=None
+        trust_env=False, follow_redirects=False, limits=limits, timeout=None, verify=_tls(ca_file)
     ) as client:
         request = client.build_request("GET", dialled, headers=headers, extensions=extensions)
         try:

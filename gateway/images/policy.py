@@ -41,6 +41,8 @@ class ImagePolicy:
     fetch_max_bytes: int = 10 * 1024 * 1024
     #: Seconds one fetch may take, name resolution included.
     fetch_timeout_s: float = 10.0
+    #: PEM file of the CAs an https host's certificate must chain to; empty: the public ones.
+    fetch_ca_file: str = ""
     #: The directory file:// URLs are read from; empty: file:// URLs are refused.
     file_dir: str = ""
 

@@ -4,7 +4,8 @@ pinned-address fetch itself.
 
 A successful fetch through the gateway needs a host with a globally reachable address, which
 this machine's loopback is not (and must not be): the pinned fetch is shown here against the
-local server dialled by address (``fetch_pinned``), and the address policy in
+local server dialled by address (``fetch_pinned``), over http and over https (the certificate
+checked against the URL's name, not the address dialled), and the address policy in
 tests/unit/test_image_policy.py.
 """
 
@@ -19,10 +20,14 @@ from typing import Any
 
 import httpx
 import pytest
+import uvicorn
 
+from llamagrid.gateway.app import image_policy
 from llamagrid.gateway.errors import OpenAIError
 from llamagrid.gateway.images.fetch import Target, fetch_pinned
-from tests.contract.conftest import serve
+from llamagrid.gateway.settings import GatewaySettings
+from tests.certs import Certs, make_certs
+from tests.contract.conftest import serve, serve_config, server_url
 from tests.contract.fake_worker import MODEL, FakeWorker
 from tests.contract.test_images_http import chat_error, image_gateway, image_part, user
 from tests.mmproj_model import png_image
@@ -203,6 +208,53 @@ async def test_the_pinned_fetch_takes_only_a_plain_image_under_the_cap(
         await fetch_pinned(pinned(image_server, path), 1 << 20, "p")
     assert caught.value.status_code == status and says in caught.value.message
     assert image_server.seen == [(path, f"images.example:{image_server.port}")]  # once: no hops
+
+
+@pytest.fixture
+async def https_image_server(tmp_path: Path) -> AsyncIterator[tuple[ImageServer, Certs]]:
+    """The same server over https, its certificate (for localhost) signed by a private CA."""
+    certs = make_certs(tmp_path)
+    server = ImageServer()
+    config = uvicorn.Config(
+        server,
+        host="127.0.0.1",
+        port=0,
+        log_level="warning",
+        ssl_certfile=str(certs.server_cert),
+        ssl_keyfile=str(certs.server_key),
+    )
+    async with serve_config(config) as running:
+        server.url = server_url(running)
+        yield server, certs
+
+
+async def test_an_https_host_s_certificate_is_checked_against_the_url_s_name(
+    https_image_server: tuple[ImageServer, Certs],
+) -> None:
+    """Dialled by address, verified by name: the certificate must name the URL's host and chain
+    to a trusted CA (--image-fetch-ca-file, else the public ones)."""
+    server, certs = https_image_server
+    here = ipaddress.ip_address("127.0.0.1")
+    named = Target(httpx.URL(f"https://localhost:{server.port}/cat.png"), here)
+    image = await fetch_pinned(named, 1 << 20, "p", str(certs.ca))
+    assert (image.data, image.mime_type) == (PNG, "image/png")
+    assert server.seen == [("/cat.png", f"localhost:{server.port}")]
+    other_name = Target(httpx.URL(f"https://images.example:{server.port}/cat.png"), here)
+    for target, ca in ((other_name, str(certs.ca)), (named, ""), (named, str(certs.other_ca))):
+        with pytest.raises(OpenAIError) as caught:
+            await fetch_pinned(target, 1 << 20, "p", ca)
+        assert caught.value.status_code == 400 and "the request failed" in caught.value.message
+    assert len(server.seen) == 1  # no request went out over an unverified connection
+
+
+def test_the_ca_file_must_be_certificates(tmp_path: Path) -> None:
+    junk = tmp_path / "ca.pem"
+    junk.write_text("not a certificate")
+    for path in (junk, tmp_path / "missing.pem"):
+        with pytest.raises(ValueError, match="--image-fetch-ca-file"):
+            GatewaySettings(image_fetch_ca_file=str(path))
+    ca = str(make_certs(tmp_path).ca)
+    assert image_policy(GatewaySettings(image_fetch_ca_file=ca)).fetch_ca_file == ca
 
 
 # ---------------------------------------------------------------------------------------------
