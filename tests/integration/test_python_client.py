@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from typing import Any
 
 import grpc
 import pytest
@@ -12,6 +13,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
 
+from llamagrid.client import AsyncInferenceClient
 from llamagrid.errors import parse_details
 from llamagrid.sync_client import InferenceClient
 from llamagrid.v1 import inference_pb2 as pb
@@ -144,3 +146,28 @@ def test_reflection_lists_and_describes_the_service(worker: Proc) -> None:
     assert generate.server_streaming and not generate.client_streaming
     assert generate.output_type.full_name == "llamagrid.v1.GenerateResponse"
     assert {"model", "prompt", "tokens", "chat", "sampling"} <= request_fields
+
+
+def test_template_lora_and_slot_calls(client: InferenceClient) -> None:
+    chat = pb.ChatConversation(messages=[pb.ChatMessage(role="user", content="Hi there")])
+    prompt = client.apply_chat_template(pb.ApplyChatTemplateRequest(chat=chat)).prompt
+    assert "Hi there" in prompt and "<|im_start|>" in prompt
+    assert list(client.list_lora_adapters(pb.ListLoraAdaptersRequest()).adapters) == []
+    slots = client.get_slots().slots
+    assert [s.id for s in slots] == list(range(client.get_load().slots))
+    for call in (
+        lambda: client.save_slot(pb.SaveSlotRequest(id=0, filename="s.bin")),
+        lambda: client.restore_slot(pb.RestoreSlotRequest(id=0, filename="s.bin")),
+        lambda: client.erase_slot(pb.EraseSlotRequest(id=0)),
+    ):
+        with pytest.raises(grpc.RpcError) as caught:
+            call()
+        error: Any = caught.value
+        assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert parse_details(error.trailing_metadata()).reason == "SLOT_FILES_OFF"
+
+
+async def test_the_async_client_lists_slots(worker: Proc) -> None:
+    async with AsyncInferenceClient(worker.target) as client:
+        slots = (await client.get_slots(timeout=30)).slots
+        assert len(slots) == (await client.get_load(timeout=30)).slots

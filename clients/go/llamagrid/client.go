@@ -124,6 +124,14 @@ func (c *Client) Detokenize(ctx context.Context, req *pb.DetokenizeRequest, opts
 	return resp, newError(err)
 }
 
+// ApplyChatTemplate returns the prompt text req.Chat renders to with the model's chat template,
+// followed by the opening of the assistant's turn, without generating anything: what a Generate
+// call with the same messages would run on. The messages are checked as Generate checks them.
+func (c *Client) ApplyChatTemplate(ctx context.Context, req *pb.ApplyChatTemplateRequest, opts ...grpc.CallOption) (string, error) {
+	resp, err := c.rpc.ApplyChatTemplate(ctx, req, opts...)
+	return resp.GetPrompt(), newError(err)
+}
+
 // GetModelInfo describes the model served under req.Model ("" for the worker's only model).
 func (c *Client) GetModelInfo(ctx context.Context, req *pb.GetModelInfoRequest, opts ...grpc.CallOption) (*pb.GetModelInfoResponse, error) {
 	resp, err := c.rpc.GetModelInfo(ctx, req, opts...)

@@ -42,6 +42,14 @@ const (
 	ReasonSessionLengthMismatch = "SESSION_LENGTH_MISMATCH"
 	// ReasonSessionLimit: the worker holds its maximum number of sessions (RESOURCE_EXHAUSTED).
 	ReasonSessionLimit = "SESSION_LIMIT"
+	// ReasonTurnCancelled: the session's turn was cancelled through CancelTurn (CANCELLED).
+	ReasonTurnCancelled = "TURN_CANCELLED"
+	// ReasonSlotBusy: the slot runs a request; saving, restoring or erasing it needs it idle
+	// (ABORTED).
+	ReasonSlotBusy = "SLOT_BUSY"
+	// ReasonSlotFilesOff: slot files are off, the worker has no --slot-save-path
+	// (FAILED_PRECONDITION).
+	ReasonSlotFilesOff = "SLOT_FILES_OFF"
 )
 
 // Error is the error every Client method returns when a call fails. It carries the call's

@@ -219,3 +219,85 @@ func TestSessionBusyAndCancelledTurn(t *testing.T) {
 		t.Errorf("the turn after a cancelled one committed %v", first)
 	}
 }
+
+// TestCancelTurn cancels a running turn through CancelTurn, from another call: the turn's stream
+// ends with CANCELLED (TURN_CANCELLED), the session keeps no turn, and a second CancelTurn finds
+// nothing to cancel.
+func TestCancelTurn(t *testing.T) {
+	client := dial(t)
+	opened, err := client.OpenSession(callCtx(t), &pb.OpenSessionRequest{})
+	if err != nil {
+		t.Fatalf("OpenSession: %v", err)
+	}
+	id := opened.GetSessionId()
+	closeAtEnd(t, client, id)
+
+	long := &pb.GenerateRequest{
+		Input:    llamagrid.Chat(llamagrid.Message("user", "Count from one to one thousand.")),
+		Sampling: &pb.SamplingParams{Temperature: proto.Float32(0), MaxTokens: proto.Uint32(400), IgnoreEos: proto.Bool(true)},
+		Session:  llamagrid.Turn(id),
+	}
+	started := make(chan struct{})
+	ended := make(chan error, 1)
+	ctx := callCtx(t)
+	go func() {
+		first := true
+		for resp, err := range client.Generate(ctx, long) {
+			if err != nil {
+				ended <- err
+				return
+			}
+			if resp.GetFinal() != nil {
+				ended <- errors.New("the turn finished: " + resp.GetFinal().String())
+				return
+			}
+			if first {
+				first = false
+				close(started)
+			}
+		}
+		ended <- errors.New("the turn's stream ended without a final message or an error")
+	}()
+	select {
+	case <-started:
+	case err := <-ended:
+		t.Fatalf("the long turn ended before its first chunk: %v", err)
+	case <-time.After(2 * time.Minute):
+		t.Fatal("the long turn sent no chunk within 2 minutes")
+	}
+
+	cancelled, err := client.CancelTurn(callCtx(t), id)
+	if err != nil || !cancelled {
+		t.Fatalf("CancelTurn of a running turn = %v, %v; want true", cancelled, err)
+	}
+	select {
+	case err := <-ended:
+		wantError(t, "the cancelled turn", err, codes.Canceled, llamagrid.ReasonTurnCancelled)
+		t.Log(err)
+		if !errors.Is(err, context.Canceled) {
+			t.Errorf("errors.Is(%v, context.Canceled) = false", err)
+		}
+	case <-time.After(time.Minute):
+		t.Fatal("the cancelled turn's stream did not end within a minute")
+	}
+
+	var info *pb.SessionInfo
+	for start := time.Now(); time.Since(start) < 10*time.Second; time.Sleep(50 * time.Millisecond) {
+		info = getSession(t, client, id).GetSession()
+		if !info.GetBusy() {
+			break
+		}
+	}
+	if info.GetBusy() || info.GetLength() != 0 || len(info.GetTurnEnds()) != 0 {
+		t.Fatalf("after a cancelled turn the session should be idle with no turns: %v", info)
+	}
+	cancelled, err = client.CancelTurn(callCtx(t), id)
+	if err != nil || cancelled {
+		t.Fatalf("CancelTurn with no turn running = %v, %v; want false", cancelled, err)
+	}
+	if err := client.CloseSession(callCtx(t), id); err != nil {
+		t.Fatalf("CloseSession: %v", err)
+	}
+	_, err = client.CancelTurn(callCtx(t), id)
+	wantError(t, "CancelTurn of a closed session", err, codes.NotFound, llamagrid.ReasonSessionNotFound)
+}

@@ -43,6 +43,16 @@ func (c *Client) CloseSession(ctx context.Context, sessionID string, opts ...grp
 	return newError(err)
 }
 
+// CancelTurn cancels the turn running on a session, from any caller, and reports whether one
+// was running. The turn's stream ends with CANCELLED, reason ReasonTurnCancelled (errors.Is
+// with context.Canceled is true for it too; the reason tells it from the caller's own
+// cancellation), and the turn commits nothing. An unknown, closed or reaped session fails with
+// NOT_FOUND, reason ReasonSessionNotFound.
+func (c *Client) CancelTurn(ctx context.Context, sessionID string, opts ...grpc.CallOption) (bool, error) {
+	resp, err := c.sessions.CancelTurn(ctx, &pb.CancelTurnRequest{SessionId: sessionID}, opts...)
+	return resp.GetCancelled(), newError(err)
+}
+
 // Turn makes a GenerateRequest the next turn of a session, for the request's Session field. A
 // session is a conversation the worker keeps: the exact token ids of its committed turns. The
 // request's input (chat messages, prompt or tokens) is then only the new turn, and the final

@@ -184,6 +184,32 @@ class AsyncInferenceClient:
         """Set the scales of a model's LoRA adapters (those left out get 0)."""
         return await self._stub.SetLoraAdapters(request, timeout=timeout)
 
+    # Slots: the KV cache's sequences, and their files (the worker's --slot-save-path).
+    async def get_slots(
+        self, request: pb.GetSlotsRequest | None = None, timeout: float | None = None
+    ) -> pb.GetSlotsResponse:
+        """Every slot of a model, in id order, with what it runs and the tokens it holds."""
+        return await self._stub.GetSlots(request or pb.GetSlotsRequest(), timeout=timeout)
+
+    async def save_slot(
+        self, request: pb.SaveSlotRequest, timeout: float | None = None
+    ) -> pb.SaveSlotResponse:
+        """Write an idle slot's cached tokens and KV state to a file of --slot-save-path
+        (FAILED_PRECONDITION, reason SLOT_FILES_OFF, on a worker without one)."""
+        return await self._stub.SaveSlot(request, timeout=timeout)
+
+    async def restore_slot(
+        self, request: pb.RestoreSlotRequest, timeout: float | None = None
+    ) -> pb.RestoreSlotResponse:
+        """Load a file SaveSlot wrote into an idle slot."""
+        return await self._stub.RestoreSlot(request, timeout=timeout)
+
+    async def erase_slot(
+        self, request: pb.EraseSlotRequest, timeout: float | None = None
+    ) -> pb.EraseSlotResponse:
+        """Drop an idle slot's cached tokens."""
+        return await self._stub.EraseSlot(request, timeout=timeout)
+
     # Sessions: a Generate request whose ``session`` names one is that session's next turn.
     async def open_session(
         self,

@@ -124,6 +124,50 @@ class InferenceClient:
         """The worker's work in progress and KV cache occupancy."""
         return self._stub.GetLoad(pb.GetLoadRequest(), timeout=timeout)
 
+    def apply_chat_template(
+        self, request: pb.ApplyChatTemplateRequest, timeout: float | None = None
+    ) -> pb.ApplyChatTemplateResponse:
+        """The prompt text a conversation renders to, nothing generated."""
+        return self._stub.ApplyChatTemplate(request, timeout=timeout)
+
+    def list_lora_adapters(
+        self, request: pb.ListLoraAdaptersRequest, timeout: float | None = None
+    ) -> pb.ListLoraAdaptersResponse:
+        """The LoRA adapters of a model, with their current scales."""
+        return self._stub.ListLoraAdapters(request, timeout=timeout)
+
+    def set_lora_adapters(
+        self, request: pb.SetLoraAdaptersRequest, timeout: float | None = None
+    ) -> pb.SetLoraAdaptersResponse:
+        """Set the scales of a model's LoRA adapters (those left out get 0)."""
+        return self._stub.SetLoraAdapters(request, timeout=timeout)
+
+    # Slots: the KV cache's sequences, and their files (the worker's --slot-save-path).
+    def get_slots(
+        self, request: pb.GetSlotsRequest | None = None, timeout: float | None = None
+    ) -> pb.GetSlotsResponse:
+        """Every slot of a model, in id order, with what it runs and the tokens it holds."""
+        return self._stub.GetSlots(request or pb.GetSlotsRequest(), timeout=timeout)
+
+    def save_slot(
+        self, request: pb.SaveSlotRequest, timeout: float | None = None
+    ) -> pb.SaveSlotResponse:
+        """Write an idle slot's cached tokens and KV state to a file of --slot-save-path
+        (FAILED_PRECONDITION, reason SLOT_FILES_OFF, on a worker without one)."""
+        return self._stub.SaveSlot(request, timeout=timeout)
+
+    def restore_slot(
+        self, request: pb.RestoreSlotRequest, timeout: float | None = None
+    ) -> pb.RestoreSlotResponse:
+        """Load a file SaveSlot wrote into an idle slot."""
+        return self._stub.RestoreSlot(request, timeout=timeout)
+
+    def erase_slot(
+        self, request: pb.EraseSlotRequest, timeout: float | None = None
+    ) -> pb.EraseSlotResponse:
+        """Drop an idle slot's cached tokens."""
+        return self._stub.EraseSlot(request, timeout=timeout)
+
     # Sessions: a Generate request whose ``session`` names one is that session's next turn.
     def open_session(
         self,

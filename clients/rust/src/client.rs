@@ -15,8 +15,8 @@ use crate::builder::{ClientBuilder, TokenInterceptor};
 use crate::v1::inference_service_client::InferenceServiceClient;
 use crate::v1::session_service_client::SessionServiceClient;
 use crate::v1::{
-    CloseSessionRequest, GetLoadRequest, GetModelInfoRequest, GetSessionRequest, ListModelsRequest,
-    RollbackSessionRequest,
+    CancelTurnRequest, CloseSessionRequest, GetLoadRequest, GetModelInfoRequest, GetSessionRequest,
+    ListModelsRequest, RollbackSessionRequest,
 };
 use crate::{
     DetokenizeRequest, DetokenizeResponse, EmbedRequest, EmbedResponse, Error, ForkSessionRequest,
@@ -215,8 +215,20 @@ impl Client {
         Ok(())
     }
 
+    /// Cancels the turn running on a session, from any caller: that turn's stream ends with
+    /// [`Code::Cancelled`](crate::Code::Cancelled), reason
+    /// [`reason::TURN_CANCELLED`](crate::reason::TURN_CANCELLED), and the session stays as it was
+    /// before the turn. Returns whether a turn was running; an unknown session fails with
+    /// [`Code::NotFound`](crate::Code::NotFound).
+    pub async fn cancel_turn(&self, session_id: impl Into<String>) -> Result<bool, Error> {
+        let request = CancelTurnRequest { session_id: session_id.into() };
+        let response =
+            self.session_unary(request, |mut stub, r| async move { stub.cancel_turn(r).await });
+        Ok(response.await?.cancelled)
+    }
+
     /// Makes one unary call on a copy of the stub, within this client's timeout.
-    async fn unary<Req, Resp, Fut>(
+    pub(crate) async fn unary<Req, Resp, Fut>(
         &self,
         message: Req,
         call: impl FnOnce(Stub, Request<Req>) -> Fut,

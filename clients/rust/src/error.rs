@@ -37,6 +37,14 @@ pub mod reason {
     pub const SESSION_LENGTH_MISMATCH: &str = "SESSION_LENGTH_MISMATCH";
     /// The worker holds its maximum number of sessions (RESOURCE_EXHAUSTED).
     pub const SESSION_LIMIT: &str = "SESSION_LIMIT";
+    /// The session's turn was cancelled by [`Client::cancel_turn`](crate::Client::cancel_turn)
+    /// (CANCELLED); it committed nothing.
+    pub const TURN_CANCELLED: &str = "TURN_CANCELLED";
+    /// The slot runs a request; saving, restoring or erasing it needs it idle (ABORTED).
+    pub const SLOT_BUSY: &str = "SLOT_BUSY";
+    /// Slot files are off: the worker was started without `--slot-save-path`
+    /// (FAILED_PRECONDITION).
+    pub const SLOT_FILES_OFF: &str = "SLOT_FILES_OFF";
 }
 
 /// Why a call failed.

@@ -26,6 +26,7 @@
 
 mod builder;
 mod client;
+mod control;
 mod error;
 
 use std::time::Duration;
@@ -36,12 +37,14 @@ pub use error::{ERROR_DOMAIN, Error, StatusError, reason};
 pub use tonic::Code;
 pub use v1::generate_response::Event;
 pub use v1::{
-    ChatConversation, ChatMessage, ContentPart, DetokenizeRequest, DetokenizeResponse, EmbedInput,
-    EmbedRequest, EmbedResponse, Embedding, FinishReason, ForkSessionRequest, GenerateChunk,
-    GenerateFinal, GenerateRequest, GenerateResponse, GetLoadResponse, GetSessionResponse, Image,
-    KvTier, ModelInfo, OpenSessionRequest, SamplingParams, SessionCommit, SessionInfo, SessionRef,
-    SessionTranscript, TokenList, TokenizeRequest, TokenizeResponse, Tool, ToolCall, ToolCallDelta,
-    ToolChoice, ToolChoiceMode, Usage,
+    ApplyChatTemplateRequest, ChatConversation, ChatMessage, ContentPart, DetokenizeRequest,
+    DetokenizeResponse, EmbedInput, EmbedRequest, EmbedResponse, Embedding, EraseSlotRequest,
+    EraseSlotResponse, FinishReason, ForkSessionRequest, GenerateChunk, GenerateFinal,
+    GenerateRequest, GenerateResponse, GetLoadResponse, GetSessionResponse, Image, KvTier,
+    LoraAdapter, LoraScale, ModelInfo, OpenSessionRequest, RestoreSlotRequest, RestoreSlotResponse,
+    SamplingParams, SaveSlotRequest, SaveSlotResponse, SessionCommit, SessionInfo, SessionRef,
+    SessionTranscript, SlotState, TokenList, TokenizeRequest, TokenizeResponse, Tool, ToolCall,
+    ToolCallDelta, ToolChoice, ToolChoiceMode, Usage,
 };
 
 /// Compiles the README's code blocks as doctests.

@@ -187,6 +187,63 @@ fn busy_session_and_cancelled_turn() {
     });
 }
 
+/// Starts a long turn, cancels it with CancelTurn once it has produced output, and checks that
+/// its stream ends with CANCELLED (TURN_CANCELLED), that it committed nothing, and that a second
+/// CancelTurn finds no turn to cancel.
+#[test]
+fn cancel_turn_ends_the_running_turn() {
+    run(async {
+        let client = connect().await;
+        let opened = client.open_session(OpenSessionRequest::default()).await.expect("OpenSession");
+        let id = opened.session_id;
+        let long =
+            GenerateRequest::chat([ChatMessage::new("user", "Count from one to one thousand.")])
+                .with_sampling(SamplingParams {
+                    temperature: Some(0.0),
+                    max_tokens: Some(400),
+                    ignore_eos: Some(true),
+                    ..Default::default()
+                })
+                .with_session(SessionRef::new(&id));
+        // The stream runs on the worker while this task holds it.
+        let mut stream = client.generate(long).await.expect("the long turn");
+        let first = stream.message().await.expect("the long turn failed");
+        assert!(
+            matches!(first.as_ref().and_then(|r| r.event.as_ref()), Some(Event::Chunk(_))),
+            "the long turn did not start with a chunk: {first:?}"
+        );
+
+        assert!(client.cancel_turn(&id).await.expect("CancelTurn"), "no turn was running");
+        let ended = loop {
+            match stream.message().await {
+                Ok(Some(response)) => {
+                    if let Some(Event::Final(fin)) = response.event {
+                        panic!("the cancelled turn finished: {fin:?}");
+                    }
+                }
+                Ok(None) => panic!("the cancelled turn's stream ended without an error"),
+                Err(err) => break err,
+            }
+        };
+        assert_eq!(
+            (ended.code(), ended.reason()),
+            (Code::Cancelled, Some(reason::TURN_CANCELLED)),
+            "the cancelled turn's stream: {ended}"
+        );
+
+        let got = client.get_session(&id, false).await.expect("GetSession");
+        let info = got.session.expect("GetSession returned no session");
+        assert_eq!((info.length, info.turn_ends.len()), (0, 0), "it committed: {info:?}");
+        assert!(!info.busy, "the cancelled turn still runs: {info:?}");
+        assert!(
+            !client.cancel_turn(&id).await.expect("CancelTurn"),
+            "a second cancel found a turn"
+        );
+
+        client.close_session(&id).await.expect("CloseSession");
+    });
+}
+
 #[test]
 fn unknown_session_is_not_found() {
     run(async {
@@ -201,6 +258,13 @@ fn unknown_session_is_not_found() {
             Code::NotFound,
             reason::SESSION_NOT_FOUND,
             "ForkSession of an unknown id",
+        );
+        let cancel = client.cancel_turn("no-such-session").await;
+        assert_fails(
+            cancel,
+            Code::NotFound,
+            reason::SESSION_NOT_FOUND,
+            "CancelTurn of an unknown id",
         );
     });
 }

@@ -32,6 +32,17 @@ public final class ErrorReason {
   public static final String SESSION_LENGTH_MISMATCH = "SESSION_LENGTH_MISMATCH";
   /** The worker holds its maximum number of sessions ({@code RESOURCE_EXHAUSTED}). */
   public static final String SESSION_LIMIT = "SESSION_LIMIT";
+  /**
+   * The session's turn was cancelled through {@link LlamagridClient#cancelTurn(String)} ({@code
+   * CANCELLED}); nothing was committed.
+   */
+  public static final String TURN_CANCELLED = "TURN_CANCELLED";
+  /** The slot runs a request: saving, restoring and erasing need an idle one ({@code ABORTED}). */
+  public static final String SLOT_BUSY = "SLOT_BUSY";
+  /**
+   * The worker has no {@code --slot-save-path}: slot files are off ({@code FAILED_PRECONDITION}).
+   */
+  public static final String SLOT_FILES_OFF = "SLOT_FILES_OFF";
 
   private ErrorReason() {}
 }

@@ -2,11 +2,15 @@ package dev.llamagrid.client;
 
 import com.google.protobuf.InvalidProtocolBufferException;
 import com.google.rpc.ErrorInfo;
+import dev.llamagrid.v1.ApplyChatTemplateRequest;
+import dev.llamagrid.v1.CancelTurnRequest;
 import dev.llamagrid.v1.CloseSessionRequest;
 import dev.llamagrid.v1.DetokenizeRequest;
 import dev.llamagrid.v1.DetokenizeResponse;
 import dev.llamagrid.v1.EmbedRequest;
 import dev.llamagrid.v1.EmbedResponse;
+import dev.llamagrid.v1.EraseSlotRequest;
+import dev.llamagrid.v1.EraseSlotResponse;
 import dev.llamagrid.v1.ForkSessionRequest;
 import dev.llamagrid.v1.GenerateRequest;
 import dev.llamagrid.v1.GenerateResponse;
@@ -16,18 +20,26 @@ import dev.llamagrid.v1.GetModelInfoRequest;
 import dev.llamagrid.v1.GetModelInfoResponse;
 import dev.llamagrid.v1.GetSessionRequest;
 import dev.llamagrid.v1.GetSessionResponse;
+import dev.llamagrid.v1.GetSlotsRequest;
 import dev.llamagrid.v1.InferenceServiceGrpc;
+import dev.llamagrid.v1.ListLoraAdaptersRequest;
 import dev.llamagrid.v1.ListModelsRequest;
 import dev.llamagrid.v1.ListModelsResponse;
+import dev.llamagrid.v1.LoraAdapter;
 import dev.llamagrid.v1.OpenSessionRequest;
+import dev.llamagrid.v1.RestoreSlotRequest;
+import dev.llamagrid.v1.RestoreSlotResponse;
 import dev.llamagrid.v1.RollbackSessionRequest;
+import dev.llamagrid.v1.SaveSlotRequest;
+import dev.llamagrid.v1.SaveSlotResponse;
 import dev.llamagrid.v1.SessionInfo;
 import dev.llamagrid.v1.SessionRef;
 import dev.llamagrid.v1.SessionServiceGrpc;
+import dev.llamagrid.v1.SetLoraAdaptersRequest;
+import dev.llamagrid.v1.SlotState;
 import dev.llamagrid.v1.TokenizeRequest;
 import dev.llamagrid.v1.TokenizeResponse;
 import io.grpc.ChannelCredentials;
-import io.grpc.ConnectivityState;
 import io.grpc.Context;
 import io.grpc.Grpc;
 import io.grpc.ManagedChannel;
@@ -36,8 +48,8 @@ import io.grpc.protobuf.StatusProto;
 import io.grpc.stub.StreamObserver;
 import java.time.Duration;
 import java.util.Iterator;
+import java.util.List;
 import java.util.Optional;
-import java.util.concurrent.Executors;
 import java.util.concurrent.ScheduledExecutorService;
 import java.util.concurrent.TimeUnit;
 
@@ -112,15 +124,7 @@ public final class LlamagridClient implements AutoCloseable {
   }
 
   private static LlamagridClient open(ManagedChannel channel) {
-    ScheduledExecutorService timer =
-        Executors.newSingleThreadScheduledExecutor(
-            r -> {
-              Thread t = new Thread(r, "llamagrid-reconnect");
-              t.setDaemon(true);
-              return t;
-            });
-    capReconnectBackoff(channel, timer);
-    return new LlamagridClient(channel, timer, null);
+    return new LlamagridClient(channel, Channels.capReconnectBackoff(channel), null);
   }
 
   /**
@@ -129,7 +133,7 @@ public final class LlamagridClient implements AutoCloseable {
    * the 5 s reconnect cap only comes with {@link #connect(String)}.
    */
   public static ManagedChannelBuilder<?> channelBuilder(String target) {
-    return withDefaults(ManagedChannelBuilder.forTarget(target).usePlaintext());
+    return Channels.withDefaults(ManagedChannelBuilder.forTarget(target).usePlaintext());
   }
 
   /**
@@ -140,34 +144,7 @@ public final class LlamagridClient implements AutoCloseable {
    */
   public static ManagedChannelBuilder<?> channelBuilder(
       String target, ChannelCredentials credentials) {
-    return withDefaults(Grpc.newChannelBuilder(target, credentials));
-  }
-
-  private static ManagedChannelBuilder<?> withDefaults(ManagedChannelBuilder<?> builder) {
-    return builder
-        .maxInboundMessageSize(MAX_MESSAGE_BYTES)
-        .keepAliveTime(KEEPALIVE_TIME.toMillis(), TimeUnit.MILLISECONDS)
-        .keepAliveTimeout(KEEPALIVE_TIMEOUT.toMillis(), TimeUnit.MILLISECONDS)
-        .keepAliveWithoutCalls(true);
-  }
-
-  /**
-   * grpc-java has no setting for the maximum reconnect backoff (its own grows to two minutes), so
-   * while the channel is in TRANSIENT_FAILURE this resets the backoff every
-   * {@link #MAX_RECONNECT_BACKOFF}, which makes it try again at once: attempts are never further
-   * apart than that.
-   */
-  private static void capReconnectBackoff(ManagedChannel channel, ScheduledExecutorService timer) {
-    long period = MAX_RECONNECT_BACKOFF.toMillis();
-    timer.scheduleWithFixedDelay(
-        () -> {
-          if (channel.getState(false) == ConnectivityState.TRANSIENT_FAILURE) {
-            channel.resetConnectBackoff();
-          }
-        },
-        period,
-        period,
-        TimeUnit.MILLISECONDS);
+    return Channels.withDefaults(Grpc.newChannelBuilder(target, credentials));
   }
 
   /**
@@ -185,29 +162,17 @@ public final class LlamagridClient implements AutoCloseable {
 
   /** A blocking stub with this client's message limit and deadline. */
   public InferenceServiceGrpc.InferenceServiceBlockingStub blockingStub() {
-    InferenceServiceGrpc.InferenceServiceBlockingStub stub =
-        InferenceServiceGrpc.newBlockingStub(channel)
-            .withMaxInboundMessageSize(MAX_MESSAGE_BYTES)
-            .withMaxOutboundMessageSize(MAX_MESSAGE_BYTES);
-    return timeout == null ? stub : stub.withDeadlineAfter(timeout);
+    return Channels.configure(InferenceServiceGrpc.newBlockingStub(channel), timeout);
   }
 
   /** An async stub with this client's message limit and deadline. */
   public InferenceServiceGrpc.InferenceServiceStub asyncStub() {
-    InferenceServiceGrpc.InferenceServiceStub stub =
-        InferenceServiceGrpc.newStub(channel)
-            .withMaxInboundMessageSize(MAX_MESSAGE_BYTES)
-            .withMaxOutboundMessageSize(MAX_MESSAGE_BYTES);
-    return timeout == null ? stub : stub.withDeadlineAfter(timeout);
+    return Channels.configure(InferenceServiceGrpc.newStub(channel), timeout);
   }
 
   /** A blocking stub of the session service with this client's message limit and deadline. */
   public SessionServiceGrpc.SessionServiceBlockingStub sessionStub() {
-    SessionServiceGrpc.SessionServiceBlockingStub stub =
-        SessionServiceGrpc.newBlockingStub(channel)
-            .withMaxInboundMessageSize(MAX_MESSAGE_BYTES)
-            .withMaxOutboundMessageSize(MAX_MESSAGE_BYTES);
-    return timeout == null ? stub : stub.withDeadlineAfter(timeout);
+    return Channels.configure(SessionServiceGrpc.newBlockingStub(channel), timeout);
   }
 
   /**
@@ -249,6 +214,15 @@ public final class LlamagridClient implements AutoCloseable {
     return blockingStub().detokenize(request);
   }
 
+  /**
+   * The prompt text a conversation renders to: the model's chat template applied to its messages,
+   * followed by the opening of the assistant's turn, without generating anything. The messages
+   * are checked as a {@link #generate(GenerateRequest)} chat input is ({@code INVALID_ARGUMENT}).
+   */
+  public String applyChatTemplate(ApplyChatTemplateRequest request) {
+    return blockingStub().applyChatTemplate(request).getPrompt();
+  }
+
   /** Describes the model served under an alias (empty: the worker's only model). */
   public GetModelInfoResponse getModelInfo(GetModelInfoRequest request) {
     return blockingStub().getModelInfo(request);
@@ -262,6 +236,53 @@ public final class LlamagridClient implements AutoCloseable {
   /** The worker's current load: active and queued requests, KV cache occupancy. */
   public GetLoadResponse getLoad() {
     return blockingStub().getLoad(GetLoadRequest.getDefaultInstance());
+  }
+
+  /**
+   * The LoRA adapters of a model (empty: the worker's only model) in id order, with the scales a
+   * request that gives none of its own runs with; empty when the worker loaded none.
+   */
+  public List<LoraAdapter> listLoraAdapters(ListLoraAdaptersRequest request) {
+    return blockingStub().listLoraAdapters(request).getAdaptersList();
+  }
+
+  /**
+   * Sets the scales of a model's LoRA adapters for the requests admitted from now on (adapters
+   * left out get 0) and returns every adapter with its new scale. An unknown or repeated id, or a
+   * scale that is not finite or beyond -10..10, fails with {@code INVALID_ARGUMENT}, reason
+   * {@link ErrorReason#INVALID_VALUE}, and changes nothing.
+   */
+  public List<LoraAdapter> setLoraAdapters(SetLoraAdaptersRequest request) {
+    return blockingStub().setLoraAdapters(request).getAdaptersList();
+  }
+
+  /** Every slot of the worker, in id order: whether it is busy, its request and cached tokens. */
+  public List<SlotState> getSlots(GetSlotsRequest request) {
+    return blockingStub().getSlots(request).getSlotsList();
+  }
+
+  /**
+   * Writes an idle slot's cached tokens and KV state to a file of the worker's {@code
+   * --slot-save-path}. Without one it fails with {@code FAILED_PRECONDITION}, reason {@link
+   * ErrorReason#SLOT_FILES_OFF}, as do {@link #restoreSlot} and {@link #eraseSlot}; a busy slot
+   * fails with {@code ABORTED}, reason {@link ErrorReason#SLOT_BUSY}.
+   */
+  public SaveSlotResponse saveSlot(SaveSlotRequest request) {
+    return blockingStub().saveSlot(request);
+  }
+
+  /**
+   * Loads a file written by {@link #saveSlot} into an idle slot, so that the next request starting
+   * with its tokens reuses them. A file made for another model or other context settings fails
+   * with {@code INVALID_ARGUMENT}.
+   */
+  public RestoreSlotResponse restoreSlot(RestoreSlotRequest request) {
+    return blockingStub().restoreSlot(request);
+  }
+
+  /** Drops an idle slot's cached tokens and says how many it held. */
+  public EraseSlotResponse eraseSlot(EraseSlotRequest request) {
+    return blockingStub().eraseSlot(request);
   }
 
   /**
@@ -301,6 +322,17 @@ public final class LlamagridClient implements AutoCloseable {
   /** Deletes a session; a turn running on it is cancelled. */
   public void closeSession(String sessionId) {
     sessionStub().closeSession(CloseSessionRequest.newBuilder().setSessionId(sessionId).build());
+  }
+
+  /**
+   * Cancels the turn running on a session, from any caller, and says whether one ran. The turn's
+   * stream then fails with {@code CANCELLED}, reason {@link ErrorReason#TURN_CANCELLED}, and the
+   * session stays as it was before the turn. An unknown session fails with {@code NOT_FOUND}.
+   */
+  public boolean cancelTurn(String sessionId) {
+    return sessionStub()
+        .cancelTurn(CancelTurnRequest.newBuilder().setSessionId(sessionId).build())
+        .getCancelled();
   }
 
   /**

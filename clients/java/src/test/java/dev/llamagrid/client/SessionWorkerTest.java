@@ -233,6 +233,50 @@ class SessionWorkerTest {
     assertEquals(1, commit(LlamagridClient.turn(id), "Name one color.").getTurns());
   }
 
+  /**
+   * Cancels a running turn through CancelTurn, as another caller would: its stream fails with
+   * {@code CANCELLED} ({@code TURN_CANCELLED}), the session keeps no turn, and a second
+   * CancelTurn finds nothing to cancel.
+   */
+  @Test
+  void cancelTurnEndsTheRunningTurn() {
+    String id = client.openSession(OpenSessionRequest.getDefaultInstance()).getSessionId();
+    opened.add(id);
+    assertFalse(client.cancelTurn(id), "CancelTurn with no turn running");
+    GenerateRequest longTurn =
+        GenerateRequest.newBuilder()
+            .setChat(
+                ChatConversation.newBuilder()
+                    .addMessages(
+                        ChatMessage.newBuilder()
+                            .setRole("user")
+                            .setContent("Tell me a long story about a lighthouse.")))
+            .setSampling(
+                SamplingParams.newBuilder().setTemperature(0f).setMaxTokens(400).setIgnoreEos(true))
+            .setSession(LlamagridClient.turn(id))
+            .build();
+    try (LlamagridClient.GenerateStream stream = client.generate(longTurn)) {
+      // The stream's messages arrive on gRPC's threads while this one waits for the first chunk.
+      assertTrue(stream.hasNext() && stream.next().hasChunk(), "the long turn produced nothing");
+      assertTrue(client.cancelTurn(id), "CancelTurn found no turn running");
+      assertFails(
+          Status.Code.CANCELLED,
+          ErrorReason.TURN_CANCELLED,
+          () -> {
+            while (stream.hasNext()) {
+              assertFalse(stream.next().hasFinal(), "the cancelled turn finished");
+            }
+          },
+          "the rest of the cancelled turn");
+    }
+    SessionInfo info = get(id).getSession();
+    assertFalse(info.getBusy(), "the cancelled turn still runs: " + info);
+    assertEquals(0, info.getLength(), "the cancelled turn committed tokens: " + info);
+    assertEquals(List.of(), info.getTurnEndsList());
+    assertFalse(client.cancelTurn(id), "a second CancelTurn");
+    client.closeSession(id);
+  }
+
   @Test
   void unknownSessionIsNotFound() {
     assertFails(
@@ -247,6 +291,11 @@ class SessionWorkerTest {
             client.forkSession(
                 ForkSessionRequest.newBuilder().setSessionId("no-such-session").build()),
         "ForkSession of an unknown id");
+    assertFails(
+        Status.Code.NOT_FOUND,
+        ErrorReason.SESSION_NOT_FOUND,
+        () -> client.cancelTurn("no-such-session"),
+        "CancelTurn of an unknown id");
   }
 
   @Test

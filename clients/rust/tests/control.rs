@@ -1,0 +1,111 @@
+//! The chat template, LoRA and slot calls against the live worker of `LLAMAGRID_WORKER_ADDR` (see
+//! `worker.rs`): a plain SmolLM2 worker, without LoRA adapters or `--slot-save-path`. They fail,
+//! rather than skip, when it is unset.
+
+use std::future::Future;
+use std::time::Duration;
+
+use llamagrid_client::{
+    ApplyChatTemplateRequest, ChatMessage, Client, Code, EraseSlotRequest, Error, LoraScale,
+    RestoreSlotRequest, SaveSlotRequest, reason,
+};
+
+/// Runs a test body on a runtime of its own.
+fn run<F: Future>(test: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("cannot build a tokio runtime")
+        .block_on(test)
+}
+
+async fn connect() -> Client {
+    let addr = std::env::var("LLAMAGRID_WORKER_ADDR")
+        .ok()
+        .filter(|addr| !addr.is_empty())
+        .expect("LLAMAGRID_WORKER_ADDR is not set: these tests need a running llamagrid worker, e.g. LLAMAGRID_WORKER_ADDR=127.0.0.1:50051");
+    let client = Client::connect(&addr)
+        .await
+        .unwrap_or_else(|err| panic!("cannot connect to the worker at {addr}: {err}"));
+    // Generous: the worker may share a few busy cores with other suites.
+    client.with_timeout(Duration::from_secs(120))
+}
+
+fn assert_fails<T: std::fmt::Debug>(
+    result: Result<T, Error>,
+    code: Code,
+    reason: &str,
+    what: &str,
+) {
+    let err = result.expect_err(what);
+    assert_eq!((err.code(), err.reason()), (code, Some(reason)), "{what}: {err}");
+}
+
+#[test]
+fn apply_chat_template_renders_the_prompt() {
+    run(async {
+        let client = connect().await;
+        let text = "Name three primary colors.";
+        let request = ApplyChatTemplateRequest::chat([ChatMessage::new("user", text)]);
+        let prompt = client.apply_chat_template(request).await.expect("ApplyChatTemplate");
+        assert!(prompt.contains(text), "the prompt lacks the message: {prompt:?}");
+        assert!(prompt.contains("<|im_start|>"), "not ChatML: {prompt:?}");
+
+        let empty = client.apply_chat_template(ApplyChatTemplateRequest::chat([])).await;
+        let err = empty.expect_err("an empty conversation");
+        assert_eq!(
+            (err.code(), err.reason(), err.param()),
+            (Code::InvalidArgument, Some(reason::INVALID_VALUE), Some("messages")),
+            "{err}"
+        );
+    });
+}
+
+#[test]
+fn lora_adapters_of_a_worker_without_any() {
+    run(async {
+        let client = connect().await;
+        let adapters = client.list_lora_adapters("").await.expect("ListLoraAdapters");
+        assert!(adapters.is_empty(), "a plain worker lists adapters: {adapters:?}");
+
+        let set = client.set_lora_adapters("", [LoraScale { id: 0, scale: 1.0 }]).await;
+        let err = set.expect_err("adapter id 0 on a worker without adapters");
+        assert_eq!(
+            (err.code(), err.reason(), err.param()),
+            (Code::InvalidArgument, Some(reason::INVALID_VALUE), Some("adapters")),
+            "{err}"
+        );
+        let none = client.set_lora_adapters("", []).await.expect("SetLoraAdapters of none");
+        assert!(none.is_empty(), "{none:?}");
+    });
+}
+
+#[test]
+fn slots_and_slot_files_off() {
+    run(async {
+        let client = connect().await;
+        let slots = client.get_slots("").await.expect("GetSlots");
+        let load = client.get_load().await.expect("GetLoad");
+        assert_eq!(slots.len(), load.slots as usize, "GetSlots and GetLoad differ: {slots:?}");
+        for (i, slot) in slots.iter().enumerate() {
+            assert_eq!(slot.id as usize, i, "slots out of order: {slots:?}");
+            assert!(slot.n_ctx > 0, "a slot without context: {slot:?}");
+        }
+
+        let filename = "rust-client-test.bin";
+        let save = client
+            .save_slot(SaveSlotRequest { id: 0, filename: filename.into(), ..Default::default() })
+            .await;
+        assert_fails(save, Code::FailedPrecondition, reason::SLOT_FILES_OFF, "SaveSlot");
+        let restore = client
+            .restore_slot(RestoreSlotRequest {
+                id: 0,
+                filename: filename.into(),
+                ..Default::default()
+            })
+            .await;
+        assert_fails(restore, Code::FailedPrecondition, reason::SLOT_FILES_OFF, "RestoreSlot");
+        let erase = client.erase_slot(EraseSlotRequest { id: 0, ..Default::default() }).await;
+        assert_fails(erase, Code::FailedPrecondition, reason::SLOT_FILES_OFF, "EraseSlot");
+    });
+}
