@@ -6,7 +6,6 @@
 //! nothing: the tests check that the image reached the model, through the prompt's token count.
 //! Greedy decoding.
 
-use std::future::Future;
 use std::time::Duration;
 
 use llamagrid_client::{
@@ -14,18 +13,12 @@ use llamagrid_client::{
     SamplingParams,
 };
 
+mod common;
+use common::run;
+
 /// How many tokens the test projector makes of a 56x56 image (4x4 patches of 14 pixels).
 const IMAGE_TOKENS: u32 = 16;
 const QUESTION: &str = "What is in this picture?";
-
-/// Runs a test body on a runtime of its own.
-fn run<F: Future>(test: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("cannot build a tokio runtime")
-        .block_on(test)
-}
 
 /// The vision worker's address and the test image, or `None` (after saying so) when there is no
 /// vision worker to test against.

@@ -1,7 +1,6 @@
 //! Session calls against the live worker of `LLAMAGRID_WORKER_ADDR` (see `worker.rs`); they fail,
 //! rather than skip, when it is unset.
 
-use std::future::Future;
 use std::time::{Duration, Instant};
 
 use llamagrid_client::{
@@ -9,26 +8,8 @@ use llamagrid_client::{
     OpenSessionRequest, SamplingParams, SessionCommit, SessionRef, reason,
 };
 
-/// Runs a test body on a runtime of its own.
-fn run<F: Future>(test: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("cannot build a tokio runtime")
-        .block_on(test)
-}
-
-async fn connect() -> Client {
-    let addr = std::env::var("LLAMAGRID_WORKER_ADDR")
-        .ok()
-        .filter(|addr| !addr.is_empty())
-        .expect("LLAMAGRID_WORKER_ADDR is not set: these tests need a running llamagrid worker, e.g. LLAMAGRID_WORKER_ADDR=127.0.0.1:50051");
-    let client = Client::connect(&addr)
-        .await
-        .unwrap_or_else(|err| panic!("cannot connect to the worker at {addr}: {err}"));
-    // Generous: the worker may share a few busy cores with other suites.
-    client.with_timeout(Duration::from_secs(120))
-}
+mod common;
+use common::{connect, run};
 
 /// Runs one greedy 8-token turn and returns its final message, or the error it failed with.
 async fn turn(client: &Client, session: SessionRef, user: &str) -> Result<GenerateFinal, Error> {

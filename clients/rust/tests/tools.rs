@@ -6,14 +6,15 @@
 //! `GenerateFinal::tool_calls`. Greedy decoding throughout.
 
 use std::collections::BTreeMap;
-use std::future::Future;
-use std::time::Duration;
 
 use llamagrid_client::{
     ChatMessage, Client, Code, Event, FinishReason, GenerateFinal, GenerateRequest, SamplingParams,
     Tool, ToolCall, ToolCallDelta, ToolChoice, ToolChoiceMode, reason,
 };
 use serde_json::{Map, Value};
+
+mod common;
+use common::{connect, run};
 
 const WEATHER_SCHEMA: &str = r#"{
   "type": "object",
@@ -27,27 +28,6 @@ const WEATHER_SCHEMA: &str = r#"{
 const TIME_SCHEMA: &str = r#"{"type": "object", "properties": {"zone": {"type": "string"}}}"#;
 const QUESTION: &str = "What is the weather like in Paris?";
 const WEATHER_RESULT: &str = r#"{"temperature": 18, "unit": "celsius"}"#;
-
-/// Runs a test body on a runtime of its own.
-fn run<F: Future>(test: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("cannot build a tokio runtime")
-        .block_on(test)
-}
-
-async fn connect() -> Client {
-    let addr = std::env::var("LLAMAGRID_WORKER_ADDR")
-        .ok()
-        .filter(|addr| !addr.is_empty())
-        .expect("LLAMAGRID_WORKER_ADDR is not set: these tests need a running llamagrid worker, e.g. LLAMAGRID_WORKER_ADDR=127.0.0.1:50051");
-    let client = Client::connect(&addr)
-        .await
-        .unwrap_or_else(|err| panic!("cannot connect to the worker at {addr}: {err}"));
-    // Generous: the worker may share a few busy cores with other suites.
-    client.with_timeout(Duration::from_secs(120))
-}
 
 fn tools() -> [Tool; 2] {
     [

@@ -4,7 +4,6 @@
 //! When `LLAMAGRID_PARITY_OUT` is set, the chat generation test writes the token ids it got
 //! there as `{"token_ids": [...]}`, for comparison with the other clients.
 
-use std::future::Future;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -14,20 +13,14 @@ use llamagrid_client::{
 };
 use tokio_stream::StreamExt;
 
+mod common;
+use common::run;
+
 /// Tests that generate run one at a time, so that the deadline test sees only its own request.
 static GENERATION: Mutex<()> = Mutex::new(());
 
 fn one_generation_at_a_time() -> MutexGuard<'static, ()> {
     GENERATION.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// Runs a test body on a runtime of its own.
-fn run<F: Future>(test: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("cannot build a tokio runtime")
-        .block_on(test)
 }
 
 async fn connect() -> Client {
