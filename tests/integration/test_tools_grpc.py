@@ -377,3 +377,24 @@ def test_the_worker_serves_as_before_after_all_this(client: InferenceClient, wor
     stream = generate(client, chat(QUESTION, sampling=sampling))
     assert stream.text and not stream.deltas and not stream.reasoning
     assert worker.popen.poll() is None
+
+
+def test_a_template_without_tools_gets_them_described_and_answers_in_the_generic_json(
+    thinker: InferenceClient,
+) -> None:
+    """THINKING_TEMPLATE never reads ``tools``: the worker describes them in a system message
+    (not for tool_choice none), and reads an answer in the generic JSON as a call."""
+
+    def prompt_tokens(**fields: object) -> int:
+        stream = generate(thinker, chat(QUESTION, sampling=forced("Hm."), **fields))
+        return stream.final.usage.prompt_tokens
+
+    plain = prompt_tokens()
+    none = pb.ToolChoice(mode=pb.TOOL_CHOICE_MODE_NONE)
+    assert prompt_tokens(tools=[WEATHER], tool_choice=none) == plain
+    assert prompt_tokens(tools=[WEATHER]) > plain + 40  # the tool, its schema, how to call
+    arguments = {"city": "Oslo", "unit": "celsius"}
+    output = json.dumps({"tool_calls": [{"name": "get_weather", "arguments": arguments}]})
+    stream = generate(thinker, chat(QUESTION, tools=[WEATHER], sampling=forced(output, 96)))
+    (call,) = check_calls(stream, {"get_weather"})
+    assert json.loads(call.arguments) == arguments and stream.text == ""

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from llamagrid.worker.engine.chat_template import OBJECT_CALLS, CallStyle
-from llamagrid.worker.engine.requests import GenerationSpec, Message, Tool, ToolCall
+from llamagrid.worker.engine.requests import GenerationSpec, Message, Tool, ToolCall, ToolChoice
 
 
 def message_dict(m: Message, style: CallStyle = OBJECT_CALLS) -> dict[str, Any]:
@@ -118,6 +118,9 @@ class ChatInputs:
 
     tools: tuple[Mapping[str, Any], ...] = ()
     variables: Mapping[str, Any] = field(default_factory=dict)
+    #: The model may call the tools (tool_choice is not "none"): a template that does not show
+    #: them gets them described in a system message (engine/tool_prompt.py).
+    callable_tools: bool = False
 
     @classmethod
     def of(cls, spec: GenerationSpec) -> ChatInputs:
@@ -127,7 +130,8 @@ class ChatInputs:
         )
         if spec.reasoning_effort:
             variables["reasoning_effort"] = spec.reasoning_effort
-        return cls(tuple(tool_dict(t) for t in spec.tools), variables)
+        callable_tools = bool(spec.tools) and spec.tool_choice is not ToolChoice.NONE
+        return cls(tuple(tool_dict(t) for t in spec.tools), variables, callable_tools)
 
 
 @dataclass(frozen=True)

@@ -135,6 +135,12 @@ class ChatTemplate:
             raise ValueError(f"the chat template does not compile: {exc}") from exc
 
     @cached_property
+    def shows_tools(self) -> bool:
+        """Whether the template reads ``tools`` at all (else it drops a request's tools)."""
+        tree = make_environment().parse(self.source)
+        return any(name.name == "tools" for name in tree.find_all(nodes.Name))
+
+    @cached_property
     def call_style(self) -> CallStyle:
         """How this template wants an assistant turn that calls tools (found once, by
         rendering such a turn each way).

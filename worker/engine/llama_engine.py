@@ -29,7 +29,7 @@ from llamagrid.worker.engine.events import Chunk, Event, Final
 from llamagrid.worker.engine.limits import RequestLimits
 from llamagrid.worker.engine.lora import LoraAdapter, LoraScale, Scales, check_lora, scales_of
 from llamagrid.worker.engine.media import Media, PlacedImage, text_tokens
-from llamagrid.worker.engine.parsing import reasoning_format_of, tool_format_of
+from llamagrid.worker.engine.parsing import chosen_tool_format, reasoning_format_of
 from llamagrid.worker.engine.prompts import check_fits
 from llamagrid.worker.engine.reports import (
     EmbedResult,
@@ -324,9 +324,8 @@ class LlamaEngine:
         """The tool-call format (--tool-call-format, else the template's) and the thinking
         format of the chat template, found once."""
         if self._formats is None:
-            chosen = self.settings.tool_call_format
-            tool_format = tool_format_of(template) if chosen == "auto" else chosen
-            self._formats = (tool_format, reasoning_format_of(template))
+            chosen = chosen_tool_format(self.settings.tool_call_format, template)
+            self._formats = (chosen, reasoning_format_of(template))
         return self._formats
 
     async def _thinking_open(self, plan: OutputPlan | None, prompt: list[int]) -> bool:

@@ -87,6 +87,7 @@ from llamagrid.worker.engine.media import (
 from llamagrid.worker.engine.reports import TokenPiece
 from llamagrid.worker.engine.requests import GenerationSpec, Infill, Message
 from llamagrid.worker.engine.special_texts import Escaper, SpecialToken, SpecialTokens
+from llamagrid.worker.engine.tool_prompt import with_tools_described
 
 #: The whitespace C's isspace() knows, which llama.cpp strips beside LSTRIP/RSTRIP tokens.
 _ASCII_SPACE = " \t\n\v\f\r"
@@ -155,8 +156,11 @@ class PromptTokenizer:
         infill_window: tuple[int, int] = (512, 2048),
         images: ImageTokenizer | None = None,
         image_limits: tuple[int, int] = (10 << 20, 4096 * 4096),
+        tool_format: str = "generic",
     ) -> None:
         self.vocab = vocab
+        #: The tool-call format answers are read in (--tool-call-format, else the template's).
+        self.tool_format = tool_format
         #: The vision projector's tokenizer (None: the model reads no images), and the bytes and
         #: pixels an image may have.
         self.images = images
@@ -271,6 +275,8 @@ class PromptTokenizer:
         With ``after`` (earlier turns, whose text holds no special-token text), only what the
         template writes after those turns is tokenized, without BOS: a session's next turn.
         """
+        if inputs is not None and inputs.callable_tools and self.describes_tools:
+            messages = with_tools_described(messages, inputs.tools)
         calls = any(m.tool_calls for m in messages)
         style = self.template.call_style if calls else OBJECT_CALLS
         n_images = sum(len(m.images) for m in messages)
@@ -328,6 +334,12 @@ class PromptTokenizer:
             ids = self._assemble(text, sorted([*found, *media], key=lambda f: f[0]), esc, add_bos)
         self._check_controls(ids, written, add_bos)
         return ids
+
+    @property
+    def describes_tools(self) -> bool:
+        """Whether a request's tools are described in a system message (engine/tool_prompt.py):
+        the template does not show them, and answers are read in the generic format."""
+        return self.tool_format == "generic" and not self.template.shows_tools
 
     @property
     def media_marker(self) -> str:

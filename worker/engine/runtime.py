@@ -19,6 +19,7 @@ from llamagrid.worker.engine.embedder import Embedder
 from llamagrid.worker.engine.infill import FimTokens
 from llamagrid.worker.engine.limits import RequestLimits
 from llamagrid.worker.engine.lora import parse_scaled
+from llamagrid.worker.engine.parsing import chosen_tool_format
 from llamagrid.worker.engine.prompts import MEDIA_MARKER_ID
 from llamagrid.worker.engine.reports import ModelDescription
 from llamagrid.worker.engine.request_prompts import RequestPrompts
@@ -129,6 +130,7 @@ class Runtime:
             infill_window=(s.n_batch, self.ctx.n_ctx // s.parallel),
             images=self.projector,
             image_limits=(s.max_image_bytes, s.max_image_pixels),
+            tool_format=chosen_tool_format(s.tool_call_format, template_src),
         )
         self.counters = EngineCounters()
         self.scheduler = Scheduler(

@@ -44,6 +44,7 @@ from llamagrid.worker.engine.parsing.deltas import (
 from llamagrid.worker.engine.parsing.detect import (
     REASONING_FORMATS,
     TOOL_FORMATS,
+    chosen_tool_format,
     reasoning_format_of,
     tool_format_of,
 )
@@ -68,6 +69,7 @@ __all__ = [
     "ReasoningDelta",
     "TextDelta",
     "ToolSpec",
+    "chosen_tool_format",
     "make_parser",
     "reasoning_format_of",
     "tool_format_of",

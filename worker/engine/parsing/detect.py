@@ -34,6 +34,12 @@ def tool_format_of(template_source: str) -> str:
     return "generic"
 
 
+def chosen_tool_format(setting: str, template_source: str) -> str:
+    """The tool-call format a worker reads answers in: --tool-call-format, unless it is "auto",
+    else the template's."""
+    return tool_format_of(template_source) if setting == "auto" else setting
+
+
 def reasoning_format_of(template_source: str) -> str | None:
     """The reasoning format of the model whose chat template this is, or None if it has none."""
     if "<|channel|>" in template_source:
