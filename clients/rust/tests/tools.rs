@@ -174,11 +174,18 @@ fn named_function_is_called_then_its_result_answered() {
         );
         assert!(fin2.tool_calls.is_empty() && second.deltas.is_empty(), "calls: {fin2:?}");
         assert!(!answer.trim().is_empty(), "no answer text: {fin2:?}");
+        // More than the question alone: the first turn's prompt is no baseline, since SmolLM2's
+        // template reads no tools and the worker described them there (tool choice none: not).
         let prompt_tokens = |fin: &GenerateFinal| fin.usage.as_ref().map(|u| u.prompt_tokens);
+        let alone = generate(
+            &client,
+            GenerateRequest::chat([ChatMessage::new("user", QUESTION)]).with_sampling(greedy(1)),
+        )
+        .await;
         assert!(
-            prompt_tokens(fin2) > prompt_tokens(fin),
+            prompt_tokens(fin2) > prompt_tokens(&alone.fin),
             "the call and its result were not rendered: {:?} then {:?} prompt tokens",
-            prompt_tokens(fin),
+            prompt_tokens(&alone.fin),
             prompt_tokens(fin2)
         );
 
