@@ -79,14 +79,18 @@ def test_large_embedding_batch_needs_the_raised_message_size(
     client: InferenceClient, worker: Proc
 ) -> None:
     """2,000 vectors of 576 floats are about 4.7 MB: over gRPC's 4 MiB default, within our
-    64 MiB (llamagrid.grpc_options.MAX_MESSAGE_BYTES)."""
+    64 MiB (llamagrid.grpc_options.MAX_MESSAGE_BYTES). A channel with gRPC's defaults cannot
+    take an answer that large: shown with a large Tokenize answer, which costs the worker far
+    less than a second batch of embeddings."""
     request = pb.EmbedRequest(inputs=[pb.EmbedInput(text=f"item {i}") for i in range(2000)])
     out = client.embed(request, timeout=300)
     assert len(out.embeddings) == 2000 and out.ByteSize() > 4 * 1024 * 1024
+    text = pb.TokenizeRequest(text="word, " * 600_000, with_pieces=True)
+    assert client.tokenize(text, timeout=300).ByteSize() > 4 * 1024 * 1024
     with grpc.insecure_channel(worker.target) as plain:  # gRPC's default limits
         stub = pb_grpc.InferenceServiceStub(plain)
         with pytest.raises(grpc.RpcError) as caught:
-            stub.Embed(request, timeout=300)
+            stub.Tokenize(text, timeout=300)
     assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED  # type: ignore[attr-defined]
 
 
