@@ -3,22 +3,12 @@
 //! rather than skip, when it is unset.
 
 use llamagrid_client::{
-    ApplyChatTemplateRequest, ChatMessage, Code, EraseSlotRequest, Error, LoraScale,
-    RestoreSlotRequest, SaveSlotRequest, reason,
+    ApplyChatTemplateRequest, ChatMessage, Code, EraseSlotRequest, LoraScale, RestoreSlotRequest,
+    SaveSlotRequest, reason,
 };
 
 mod common;
-use common::{connect, run};
-
-fn assert_fails<T: std::fmt::Debug>(
-    result: Result<T, Error>,
-    code: Code,
-    reason: &str,
-    what: &str,
-) {
-    let err = result.expect_err(what);
-    assert_eq!((err.code(), err.reason()), (code, Some(reason)), "{what}: {err}");
-}
+use common::{assert_fails, connect, run};
 
 #[test]
 fn apply_chat_template_renders_the_prompt() {

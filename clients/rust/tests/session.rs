@@ -9,7 +9,7 @@ use llamagrid_client::{
 };
 
 mod common;
-use common::{connect, run};
+use common::{assert_fails, connect, run};
 
 /// Runs one greedy 8-token turn and returns its final message, or the error it failed with.
 async fn turn(client: &Client, session: SessionRef, user: &str) -> Result<GenerateFinal, Error> {
@@ -36,16 +36,6 @@ async fn commit(client: &Client, session: SessionRef, user: &str) -> SessionComm
         turn(client, session, user).await.unwrap_or_else(|err| panic!("turn {user:?}: {err}"));
     let Some(session) = fin.session else { panic!("turn {user:?}: no session commit in {fin:?}") };
     session
-}
-
-fn assert_fails<T: std::fmt::Debug>(
-    result: Result<T, Error>,
-    code: Code,
-    reason: &str,
-    what: &str,
-) {
-    let err = result.expect_err(what);
-    assert_eq!((err.code(), err.reason()), (code, Some(reason)), "{what}: {err}");
 }
 
 /// Closes the sessions a test opened, whatever state it left them in.
@@ -122,6 +112,18 @@ fn session_lifecycle() {
     });
 }
 
+/// A greedy turn of session `id` that runs until `max_tokens` (EOS ignored).
+fn long_turn(id: &str, max_tokens: u32) -> GenerateRequest {
+    GenerateRequest::chat([ChatMessage::new("user", "Count from one to one thousand.")])
+        .with_sampling(SamplingParams {
+            temperature: Some(0.0),
+            max_tokens: Some(max_tokens),
+            ignore_eos: Some(true),
+            ..Default::default()
+        })
+        .with_session(SessionRef::new(id))
+}
+
 /// Starts a long turn, checks that a second turn is refused while it runs, cancels it and checks
 /// that it committed nothing.
 #[test]
@@ -130,15 +132,7 @@ fn busy_session_and_cancelled_turn() {
         let client = connect().await;
         let opened = client.open_session(OpenSessionRequest::default()).await.expect("OpenSession");
         let id = opened.session_id;
-        let long =
-            GenerateRequest::chat([ChatMessage::new("user", "Count from one to one thousand.")])
-                .with_sampling(SamplingParams {
-                    temperature: Some(0.0),
-                    max_tokens: Some(2000),
-                    ignore_eos: Some(true),
-                    ..Default::default()
-                })
-                .with_session(SessionRef::new(&id));
+        let long = long_turn(&id, 2000);
         let mut stream = client.generate(long).await.expect("the long turn");
         // Once the turn has produced output, it is running.
         let first = stream.message().await.expect("the long turn failed");
@@ -177,15 +171,7 @@ fn cancel_turn_ends_the_running_turn() {
         let client = connect().await;
         let opened = client.open_session(OpenSessionRequest::default()).await.expect("OpenSession");
         let id = opened.session_id;
-        let long =
-            GenerateRequest::chat([ChatMessage::new("user", "Count from one to one thousand.")])
-                .with_sampling(SamplingParams {
-                    temperature: Some(0.0),
-                    max_tokens: Some(400),
-                    ignore_eos: Some(true),
-                    ..Default::default()
-                })
-                .with_session(SessionRef::new(&id));
+        let long = long_turn(&id, 400);
         // The stream runs on the worker while this task holds it.
         let mut stream = client.generate(long).await.expect("the long turn");
         let first = stream.message().await.expect("the long turn failed");

@@ -5,7 +5,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use llamagrid_client::Client;
+use llamagrid_client::{Client, Code, Error};
 
 /// Runs a test body on a runtime of its own.
 pub fn run<F: Future>(test: F) -> F::Output {
@@ -27,4 +27,15 @@ pub async fn connect() -> Client {
         .await
         .unwrap_or_else(|err| panic!("cannot connect to the worker at {addr}: {err}"));
     client.with_timeout(Duration::from_secs(120))
+}
+
+/// Asserts that a call failed with this code and reason.
+pub fn assert_fails<T: std::fmt::Debug>(
+    result: Result<T, Error>,
+    code: Code,
+    reason: &str,
+    what: &str,
+) {
+    let err = result.expect_err(what);
+    assert_eq!((err.code(), err.reason()), (code, Some(reason)), "{what}: {err}");
 }
